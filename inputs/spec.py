@@ -1,0 +1,54 @@
+"""The contract between a dataset module and the framework."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Fields every dataset config has; a format subclasses it with its own options.
+
+    path: files (a path, a glob, or a comma-separated list); None lets a format make its default set.
+    batch_size: the global batch (all processes together).
+    """
+
+    format: str = ""
+    path: str | None = None
+    eval_path: str | None = None
+    batch_size: int = 32
+    shuffle: bool = True
+    read_threads: int = 2
+    prefetch: int = 4
+    workers: int = 0
+
+
+class BatchSource(Protocol):
+    """Random access by batches: ``read`` takes many sorted indices at once, so a format reads slices
+    instead of one record at a time in Python."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: np.ndarray) -> Batch: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A module ``smilejax.inputs.<format>`` exposes ``SPEC = DatasetSpec(...)``.
+
+    config: subclass of ``DataConfig``.
+    source(cfg, split) -> BatchSource for split ``"train"`` or ``"eval"``; raises a clear error on
+        missing or malformed files before training starts.
+    pipeline: optional replacement for ``pipeline.batched`` (for bucketing and the like), same signature.
+    """
+
+    name: str
+    config: type
+    source: Callable[[DataConfig, str], BatchSource]
+    pipeline: Callable | None = None

@@ -1,0 +1,3 @@
+"""smilejax: train, tune and serve HEP models with JAX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from smilejax.cli import main
+
+sys.exit(main())

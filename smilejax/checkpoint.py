@@ -1,0 +1,107 @@
+"""Orbax checkpoints of the train state and the Grain iterator, with fallback past a broken one.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a crash mid-save
+leaves the previous step as the latest good checkpoint. If the latest one is unreadable anyway (a
+truncated file on a flaky filesystem), ``restore`` says so and takes the one before.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from smilejax.steps import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree):
+    """Typed PRNG keys cannot be serialised; store their raw uint32 data."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _abstract_with_data(tree):
+    def f(x):
+        if _is_key(x):
+            return jax.ShapeDtypeStruct(jax.eval_shape(jax.random.key_data, x).shape, np.uint32, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(f, tree)
+
+
+def _data_to_keys(template, tree):
+    return jax.tree.map(lambda t, x: jax.random.wrap_key_data(x) if _is_key(t) else x, template, tree)
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, state: TrainState, iterator: grain.DatasetIterator, *, wait: bool = False) -> None:
+        step = int(jax.device_get(state.step))
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_keys_to_data(state)),
+                data=grain.checkpoint.CheckpointSave(iterator),
+            ),
+        )
+        if wait:
+            self.manager.wait_until_finished()
+
+    def restore(self, abstract: TrainState, iterator: grain.DatasetIterator) -> TrainState | None:
+        """The newest readable checkpoint's state (the iterator is restored in place); None if none."""
+        self.manager.wait_until_finished()
+        candidates = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in candidates:
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract_with_data(abstract)),
+                        data=grain.checkpoint.CheckpointRestore(iterator),
+                    ),
+                )
+            except Exception as err:  # any unreadable checkpoint: try the previous one
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                            step, self.directory, f"{type(err).__name__}: {err}".splitlines()[0])
+                failures.append(step)
+                continue
+            if failures:
+                log.warning("resumed from step %d; skipped unreadable step(s) %s", step, failures)
+            return _data_to_keys(abstract, restored.state)
+        if failures:
+            raise RuntimeError(
+                f"no readable checkpoint in {self.directory}: steps {failures} all failed to restore; "
+                "move the folder away to start afresh"
+            )
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

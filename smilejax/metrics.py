@@ -1,0 +1,120 @@
+"""Metrics: ``metrics.jsonl`` (the record every study reads), Weights & Biases, TensorBoard, and MFU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from smilejax.config import Config, LoggingConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak FLOP/s per device, by jax's device_kind (substring match, first hit wins).
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A40": 150e12,
+    "L40S": 362e12,
+    "V100": 125e12,
+    "MI250X": 191.5e12,  # per GCD: JAX sees each of the two dies as a device
+    "MI300X": 1307e12,
+    "TPU v4": 275e12,
+    "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+}
+
+def peak_flops(device: jax.Device) -> float | None:
+    kind = device.device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+
+
+def step_flops(compiled) -> float | None:
+    """FLOPs of one compiled step, from XLA's cost analysis (per device for SPMD programs)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step; on resume, drops records past the restored step."""
+
+    def __init__(self, path: Path, *, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+class Loggers:
+    """W&B and TensorBoard behind one ``log``; created on process 0 only."""
+
+    def __init__(self, cfg: Config, run_dir: Path, run_info: dict, *, resume: bool):
+        self.wandb = None
+        self.tb = None
+        lc: LoggingConfig = cfg.logging
+        mode = os.environ.get("WANDB_MODE") or lc.wandb
+        if mode in ("disabled", "off"):
+            mode = "off"
+        if mode != "off":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=lc.project,
+                group=lc.group,
+                name=lc.name or run_dir.name,
+                id=_wandb_id(run_dir),
+                resume="allow" if resume else None,
+                dir=str(run_dir),
+                mode=mode,
+                config={**to_dict(cfg), "run_info": run_info},
+            )
+        if lc.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable id per run directory so that a resumed run continues the same W&B run."""
+    path = run_dir / "wandb_id"
+    if not path.exists():
+        path.write_text(uuid.uuid4().hex[:12])
+    return path.read_text().strip()

@@ -1,0 +1,207 @@
+"""Train state, its sharding, and the jitted train/eval steps.
+
+The model is split once (``nnx.split``) into a static graph and pure-dict states; the steps are plain
+``jax.jit`` functions over those states (DESIGN.md: ``nnx.jit`` costs small HEP models too much
+Python time). Two data-parallel forms share one loss-and-gradient core:
+
+- ``jit``: global arrays with ``NamedSharding``; the compiler inserts the gradient reduction and
+  handles FSDP and tensor parallelism from the same rules;
+- ``shard_map``: each device computes gradients on its batch shard and reduces them explicitly with
+  ``lax.pmean``; parameters are replicated, so it is pure data parallelism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from smilejax import mesh as meshlib
+from smilejax import optim
+from smilejax.config import Config, ConfigError
+from smilejax.models.spec import ModelSpec
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: PyTree  # float32 parameters (pure dict)
+    rest: PyTree  # other model state: RNG streams, running statistics (pure dict)
+    opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything static about one run's model: graph, optimizer, shardings and the steps."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    lr: optax.Schedule
+    mesh: Mesh
+    state_sharding: TrainState
+    batch_sharding: NamedSharding
+    abstract_state: TrainState
+    init: Callable[[], TrainState]
+    train_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]
+    eval_step: Callable[[TrainState, dict], Metrics]
+
+    @property
+    def param_count(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
+
+
+def compute_dtype(cfg: Config) -> jnp.dtype:
+    return jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
+
+
+def _build_model(spec: ModelSpec, cfg: Config, seed: int) -> nnx.Module:
+    with nnx.use_eager_sharding(False):
+        return spec.build(cfg.model, rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg))
+
+
+def _param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: dict[str, list[str]]) -> PyTree:
+    """NamedShardings (as a pure dict) from the logical names the model put on each parameter."""
+    specs = {}
+    for path, var in nnx.to_flat_state(abstract_params):
+        names = var.get_metadata().get("out_sharding")
+        specs[path] = NamedSharding(mesh, meshlib.logical_spec(names, var.value.shape, mesh, rules))
+    return nnx.to_pure_dict(nnx.from_flat_state(specs))
+
+
+def _state_shardings(abstract: TrainState, params: PyTree, tx, mesh: Mesh) -> TrainState:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt = optax.tree_map_params(
+        tx, lambda _, s: s, abstract.opt_state, params, transform_non_params=lambda _: replicated
+    )
+    return TrainState(
+        step=replicated,
+        params=params,
+        rest=jax.tree.map(lambda _: replicated, abstract.rest),
+        opt_state=opt,
+    )
+
+
+def _split_microbatches(batch: dict, k: int) -> dict:
+    # Microbatch j takes rows j, j+k, j+2k, ...: each device's contiguous shard feeds every
+    # microbatch, so accumulation moves no data between devices.
+    def split(x):
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+
+    return jax.tree.map(split, batch)
+
+
+def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
+    """The model's program on ``mesh``: sharded init, train step and eval step."""
+    tx, lr = optim.make(cfg.optimizer, cfg.run.steps)
+    rules = cfg.mesh.rules
+    abstract_model = nnx.eval_shape(lambda: _build_model(spec, cfg, cfg.run.seed))
+    graphdef, abs_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+    param_sharding = _param_shardings(abs_params, mesh, rules)
+
+    def init() -> TrainState:
+        model = _build_model(spec, cfg, cfg.run.seed)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+
+    abstract_state = jax.eval_shape(init)
+    state_sharding = _state_shardings(abstract_state, param_sharding, tx, mesh)
+    batch_sharding = meshlib.batch_sharding(mesh, rules)
+
+    def loss_and_grads(params, rest, batch):
+        def loss_of(p):
+            model = nnx.merge(graphdef, p, rest)
+            loss, metrics = spec.loss(model, batch)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, nnx.to_pure_dict(new_rest))
+
+        (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        return loss, metrics, new_rest, grads
+
+    def accumulate(params, rest, batch):
+        k = cfg.train.grad_accum
+        if k == 1:
+            return loss_and_grads(params, rest, batch)
+
+        def body(carry, micro):
+            rest, sums = carry
+            loss, metrics, rest, grads = loss_and_grads(params, rest, micro)
+            sums = jax.tree.map(jnp.add, sums, (loss, metrics, grads))
+            return (rest, sums), None
+
+        micro = _split_microbatches(batch, k)
+        loss, metrics, _, grads = jax.eval_shape(loss_and_grads, params, rest, jax.tree.map(lambda x: x[0], micro))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
+        (rest, sums), _ = jax.lax.scan(body, (rest, zeros), micro)
+        loss, metrics, grads = jax.tree.map(lambda s: s / k, sums)
+        return loss, metrics, rest, grads
+
+    def apply(state: TrainState, loss, metrics, rest, grads) -> tuple[TrainState, Metrics]:
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {**metrics, "loss": loss, "lr": lr(state.step), "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, rest, opt_state), out
+
+    def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        return apply(state, *accumulate(state.params, state.rest, batch))
+
+    batch_axes = tuple(a for a in rules.get("batch", []) if a in mesh.shape)
+
+    def shard_map_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        def local(state, batch):
+            loss, metrics, rest, grads = accumulate(state.params, state.rest, batch)
+            loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), batch_axes)
+            return apply(state, loss, metrics, rest, grads)
+
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(batch_axes)),
+            out_specs=PartitionSpec(),
+            check_vma=False,
+        )(state, batch)
+
+    if cfg.train.parallel == "shard_map":
+        sharded = [a for a in ("fsdp", "tensor") if mesh.shape[a] > 1]
+        if sharded:
+            raise ConfigError(
+                f"train.parallel=shard_map is pure data parallelism; set {', '.join(f'mesh.{a}=1' for a in sharded)}"
+                " or use train.parallel=jit"
+            )
+        step_fn = shard_map_step
+    else:
+        step_fn = jit_step
+
+    def eval_fn(state: TrainState, batch: dict) -> Metrics:
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()
+        loss, metrics = spec.loss(model, batch)
+        return {**metrics, "loss": loss}
+
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, None),
+        donate_argnums=(0,) if cfg.train.donate else (),
+    )
+    return Program(
+        graphdef=graphdef,
+        tx=tx,
+        lr=lr,
+        mesh=mesh,
+        state_sharding=state_sharding,
+        batch_sharding=batch_sharding,
+        abstract_state=abstract_state,
+        init=jax.jit(init, out_shardings=state_sharding),
+        train_step=train_step,
+        eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
+    )

@@ -1,0 +1,283 @@
+"""``smilejax train``: one linear recipe from config to checkpoints.
+
+runtime → run dir → mesh → input → model → restore → loggers → loop (hooks every N steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from smilejax import checkpoint, config, metrics, preemption, registry, runtime, steps
+from smilejax import mesh as meshlib
+from smilejax.config import Config, ConfigError
+from smilejax.inputs import pipeline as pipelines
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
+
+
+@dataclasses.dataclass
+class Hook:
+    """Runs ``fn(step)`` after every ``every``-th step (``every <= 0`` disables it)."""
+
+    every: int
+    fn: Callable[[int], None]
+
+    def __call__(self, step: int) -> None:
+        if self.every > 0 and step % self.every == 0:
+            self.fn(step)
+
+
+@dataclasses.dataclass
+class Result:
+    run_dir: Path
+    step: int
+    preempted: bool
+    last_metrics: dict
+
+
+# ---------------------------------------------------------------- helpers
+
+_accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
+def default_run_dir(cfg: Config) -> Path:
+    model = cfg.model.name.rpartition(":")[2].lower() if ":" in cfg.model.name else cfg.model.name
+    stamp = int(time.time())
+    if jax.process_count() > 1:  # every process must pick the same folder
+        stamp = int(multihost_utils.broadcast_one_to_all(np.int64(stamp)))
+    when = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{model}-{when}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_info(cfg: Config, program: steps.Program, cluster: runtime.ClusterEnv) -> dict:
+    dev = jax.devices()[0]
+    return {
+        "model": cfg.model.name,
+        "param_count": int(program.param_count),
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "launcher": cluster.launcher,
+        "nodes": cluster.num_nodes,
+        "mesh": dict(program.mesh.shape),
+        "parallel": cfg.train.parallel,
+        "precision": cfg.train.precision,
+        "global_batch": cfg.data.batch_size,
+        "versions": versions(),
+        "command": sys.argv,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None):
+    spec = registry.dataset(cfg.data.format)
+    source = spec.source(cfg.data, split)
+    build = spec.pipeline or pipelines.from_config
+    return build(
+        source,
+        cfg.data,
+        seed=cfg.run.seed if split == "train" else cfg.run.seed + 1,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        shuffle=shuffle,
+    )
+
+
+def to_global(program: steps.Program, local: dict, global_batch: int) -> dict:
+    """This process's rows → one global jax.Array per key (each process feeds only its shard)."""
+    def put(x: np.ndarray) -> jax.Array:
+        return jax.make_array_from_process_local_data(
+            program.batch_sharding, x, (global_batch, *x.shape[1:])
+        )
+
+    return {k: put(v) for k, v in local.items()}
+
+
+def check_batch(cfg: Config, mesh) -> None:
+    divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
+    if cfg.data.batch_size % divisor:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} must be divisible by the batch-sharded devices "
+            f"× train.grad_accum = {divisor} (mesh {meshlib.describe(mesh)})"
+        )
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
+    sums: dict[str, float] = {}
+    for _ in range(cfg.run.eval_steps):
+        out = program.eval_step(state, to_global(program, next(batches), cfg.data.batch_size))
+        for k, v in jax.device_get(out).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
+    # ---- runtime and run directory
+    cluster = runtime.initialize()
+    lead = jax.process_index() == 0
+    run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(run_dir)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- mesh
+    mesh = meshlib.build_mesh(cfg.mesh)
+    check_batch(cfg, mesh)
+
+    # ---- input (fails here, before any compilation, on a missing or malformed file)
+    batches = iter(make_inputs(cfg, "train"))
+    eval_batches = iter(make_inputs(cfg, "eval", shuffle=False)) if cfg.run.eval_every > 0 else None
+
+    # ---- model and train state
+    program = steps.build(registry.model(cfg.model.name), cfg, mesh)
+    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
+    state = ckpt.restore(program.abstract_state, batches)
+    resumed = state is not None
+    if not resumed:
+        state = program.init()
+    start = int(jax.device_get(state.step))
+    info = run_info(cfg, program, cluster)
+    if lead:
+        config.save(cfg, run_dir / "config.yaml")
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        log.info("%s", runtime.describe(cluster))
+        log.info("mesh %s, %s parameters, run dir %s", meshlib.describe(mesh), f"{program.param_count:,}", run_dir)
+        if resumed:
+            log.info("resumed from step %d", start)
+
+    # ---- loggers (process 0 only)
+    record = metrics.MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if lead else None
+    loggers = metrics.Loggers(cfg, run_dir, info, resume=resumed) if lead else None
+
+    def emit(step: int, values: dict) -> None:
+        if lead:
+            record.write({"step": step, **values})
+            loggers.log(step, values)
+
+    # ---- compile ahead of time, once per batch shape; the first one gives FLOPs for MFU
+    compiled: dict[tuple, Callable] = {}
+
+    def compiled_for(state: steps.TrainState, batch: dict) -> Callable:
+        shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if shapes not in compiled:
+            compiled[shapes] = program.train_step.lower(state, batch).compile()
+        return compiled[shapes]
+
+    first_global = to_global(program, next(batches), cfg.data.batch_size)
+    flops = metrics.step_flops(compiled_for(state, first_global))
+    peak = metrics.peak_flops(jax.devices()[0])
+
+    # ---- hooks
+    window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None}
+    last: dict = {}
+
+    def log_hook(step: int) -> None:
+        sums = jax.device_get(window["sums"])
+        elapsed = time.perf_counter() - window["t0"]
+        n = window["steps"]
+        values = {k: float(v) / n for k, v in sums.items()}
+        step_time = elapsed / n
+        values.update(
+            samples_per_s=cfg.data.batch_size / step_time,
+            step_time_s=step_time,
+            data_wait_frac=min(window["data_s"] / elapsed, 1.0),
+        )
+        if flops and peak:
+            values["mfu"] = flops / step_time / peak
+        if not np.isfinite(values["loss"]):
+            raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping (last checkpoint kept)")
+        emit(step, values)
+        last.clear()
+        last.update(values)
+        bar.set_postfix(loss=f"{values['loss']:.4g}", samples_s=f"{values['samples_per_s']:.4g}")
+        window.update(steps=0, data_s=0.0, t0=time.perf_counter(), sums=None)
+
+    def eval_hook(step: int) -> None:
+        emit(step, evaluate(program, state, eval_batches, cfg))
+
+    def checkpoint_hook(step: int) -> None:
+        ckpt.save(state, batches)
+
+    def profile_hook(step: int) -> None:
+        if step == cfg.run.profile_at:
+            jax.profiler.start_trace(str(run_dir / "profile"))
+        elif step == cfg.run.profile_at + cfg.run.profile_steps:
+            jax.profiler.stop_trace()
+
+    hooks = [
+        Hook(cfg.run.log_every, log_hook),
+        Hook(cfg.run.eval_every if eval_batches else 0, eval_hook),
+        Hook(cfg.run.checkpoint_every, checkpoint_hook),
+        Hook(1 if cfg.run.profile_at >= 0 else 0, profile_hook),
+        *extra_hooks,
+    ]
+
+    # ---- loop
+    watch = preemption.StopWatch(cfg.run.preemption_check_every)
+    bar = tqdm(total=cfg.run.steps, initial=start, disable=not (lead and cfg.logging.progress),
+               desc="train", unit="step", dynamic_ncols=True)
+    preempted = False
+    pending = first_global
+    try:
+        for step in range(start + 1, cfg.run.steps + 1):
+            t_data = time.perf_counter()
+            batch = pending if pending is not None else to_global(program, next(batches), cfg.data.batch_size)
+            pending = None
+            window["data_s"] += time.perf_counter() - t_data
+            state, out = compiled_for(state, batch)(state, batch)
+            window["sums"] = out if window["sums"] is None else _accumulate(window["sums"], out)
+            window["steps"] += 1
+            for hook in hooks:
+                hook(step)
+            bar.update(1)
+            if step < cfg.run.steps and watch.should_stop(step):
+                preempted = True
+                if lead:
+                    log.warning("stop requested (%s): checkpointing step %d", watch.requested, step)
+                break
+        if window["steps"]:
+            log_hook(int(jax.device_get(state.step)))
+        ckpt.save(state, batches, wait=True)
+    finally:
+        bar.close()
+        watch.restore()
+        ckpt.wait()
+        ckpt.close()
+        if lead:
+            record.close()
+            loggers.close()
+    return Result(run_dir=run_dir, step=int(jax.device_get(state.step)), preempted=preempted, last_metrics=last)
