@@ -23,6 +23,12 @@ class _EpochOrder:
         self._lock = threading.Lock()
         self._cache: dict[int, np.ndarray] = {}
 
+    def __getstate__(self) -> dict:  # Grain worker processes get a copy without the lock
+        return {"n": self.n, "seed": self.seed, "shuffle": self.shuffle}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def __call__(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.n)

@@ -45,7 +45,7 @@ class DatasetSpec:
     config: subclass of ``DataConfig``.
     source(cfg, split) -> BatchSource for split ``"train"`` or ``"eval"``; raises a clear error on
         missing or malformed files before training starts.
-    pipeline: optional replacement for ``pipeline.batched`` (for bucketing and the like), same signature.
+    pipeline: optional replacement for ``pipeline.from_config`` (for bucketing and the like), same signature.
     """
 
     name: str

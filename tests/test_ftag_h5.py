@@ -1,0 +1,516 @@
+"""The ATLAS flavour-tagging HDF5 input: synthetic files, atlas-ftag-tools mock files, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import time
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from smilejax.inputs import ftag_h5 as fh
+from smilejax.inputs import ftag_synthetic as fs
+from smilejax.inputs import pipeline
+
+N1, N2 = 3000, 2000
+TRUTH_ID_TO_FLAVOUR = {5: 0, 4: 1, 0: 2, 15: 3}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ftag")
+    fs.make(d / "s1.h5", N1, seed=1)
+    fs.make(d / "s2.h5", N2, seed=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def mock_path(tmp_path_factory):
+    from ftag import mock  # atlas-ftag-tools: ATLAS's own writer of this format
+
+    path = tmp_path_factory.mktemp("mock") / "mock.h5"
+    fname, f = mock.get_mock_file(num_jets=1500, fname=str(path))
+    f.close()
+    return fname
+
+
+def _cfg(path, **kw) -> fh.FtagConfig:
+    return fh.FtagConfig(path=str(path), **kw)
+
+
+def _file(path):
+    with fh.open_h5(str(path)) as f:
+        return f["jets"][:], f["tracks"][:]
+
+
+def _first_batch(src, batch_size=64, seed=0, **kw):
+    return next(iter(pipeline.batched(src, batch_size=batch_size, seed=seed, **kw)))
+
+
+def _assert_contract(batch, b, t, f, aux):
+    keys = {"tracks", "valid", "flavour"} | ({"track_origin", "track_vertex"} if aux else set())
+    assert set(batch) == keys
+    assert batch["tracks"].shape == (b, t, f) and batch["tracks"].dtype == np.float32
+    assert batch["valid"].shape == (b, t) and batch["valid"].dtype == np.bool_
+    assert batch["flavour"].shape == (b,) and batch["flavour"].dtype == np.int32
+    assert set(np.unique(batch["flavour"])) <= {0, 1, 2, 3}
+    valid = batch["valid"]
+    assert np.isfinite(batch["tracks"]).all()
+    assert (batch["tracks"][~valid] == 0).all(), "padded slots must be zero"
+    if aux:
+        for k in ("track_origin", "track_vertex"):
+            assert batch[k].shape == (b, t) and batch[k].dtype == np.int32
+            assert (batch[k][~valid] == -1).all()
+        assert batch["track_origin"][valid].min() >= 0 and batch["track_origin"][valid].max() <= 7
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def test_synthetic_through_pipeline(data_dir):
+    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+    assert len(src) == N1 - round(0.1 * N1)
+    batch = _first_batch(src)
+    _assert_contract(batch, 64, 40, 21, aux=True)
+    valid = batch["valid"]
+    n_valid = valid.sum(1)
+    prefix = np.arange(40)[None, :] < n_valid[:, None]
+    assert (valid != prefix).any(axis=1).any(), "holes in the masks must be kept"
+
+
+def test_values_match_file(data_dir, tmp_path):
+    norm = fh.compute_norm_dict(str(data_dir / "s1.h5"), max_jets=2000)
+    cfg = _cfg(data_dir / "s1.h5", norm_dict=str(fh.write_norm_dict(norm, tmp_path / "norm.yaml")))
+    src = fh.SPEC.source(cfg, "train")
+    rows = np.array([0, 1, 2, 7, 100, 101, 1500, 2600])
+    batch = src.read(rows)
+    jets, tracks = _file(data_dir / "s1.h5")
+    jets, tracks = jets[rows], tracks[rows]
+    np.testing.assert_array_equal(batch["valid"], tracks["valid"])
+    np.testing.assert_array_equal(batch["flavour"], jets["flavour_label"])
+    np.testing.assert_array_equal(
+        batch["flavour"], [TRUTH_ID_TO_FLAVOUR[x] for x in jets["HadronConeExclTruthLabelID"]]
+    )
+    v = tracks["valid"]
+    np.testing.assert_array_equal(batch["track_origin"][v], tracks["ftagTruthOriginLabel"][v])
+    np.testing.assert_array_equal(batch["track_vertex"][v], tracks["ftagTruthVertexIndex"][v])
+    for i, name in enumerate(cfg.track_vars):
+        m, s = norm["tracks"][name]["mean"], norm["tracks"][name]["std"]
+        expect = (tracks[name][v] - m) / s
+        np.testing.assert_allclose(batch["tracks"][..., i][v], expect, rtol=1e-5, atol=1e-5)
+    for k, name in enumerate(cfg.jet_vars):
+        m, s = norm["jets"][name]["mean"], norm["jets"][name]["std"]
+        expect = np.broadcast_to(((jets[name] - m) / s)[:, None], v.shape)
+        np.testing.assert_allclose(batch["tracks"][..., 19 + k][v], expect[v], rtol=1e-5, atol=1e-5)
+    # unsorted indices: same rows, the caller's order
+    shuffled = rows[::-1].copy()
+    np.testing.assert_array_equal(src.read(shuffled)["tracks"], batch["tracks"][::-1])
+
+
+def test_normalisation_zero_mean_unit_std(data_dir):
+    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+    batch = src.read(np.arange(len(src)))
+    x, v = batch["tracks"], batch["valid"]
+    trk = x[v][:, :19].astype(np.float64)
+    np.testing.assert_allclose(trk.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(trk.std(0), 1, atol=1e-3)
+    first_valid = np.argmax(v, axis=1)
+    jet = x[np.arange(len(x)), first_valid, 19:].astype(np.float64)
+    np.testing.assert_allclose(jet.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(jet.std(0), 1, atol=1e-3)
+
+
+def test_mock_file_from_atlas_ftag_tools(mock_path, caplog):
+    with caplog.at_level(logging.INFO, logger=fh.__name__):
+        src = fh.SPEC.source(_cfg(mock_path, eval_fraction=0.0), "train")
+    assert "track truth labels absent" in caplog.text
+    assert len(src) == 1500
+    batch = _first_batch(src, batch_size=100)
+    _assert_contract(batch, 100, 40, 21, aux=False)
+    assert "track_origin" not in batch and "track_vertex" not in batch
+    jets, tracks = _file(mock_path)
+    rows = np.arange(0, 1500, 7)
+    got = src.read(rows)
+    np.testing.assert_array_equal(
+        got["flavour"], [TRUTH_ID_TO_FLAVOUR[x] for x in jets["HadronConeExclTruthLabelID"][rows]]
+    )
+    np.testing.assert_array_equal(got["valid"], tracks["valid"][rows])
+    # the mock's hit counts are all 0 (std 0): shifted, not divided by zero
+    assert np.isfinite(src.read(np.arange(1500))["tracks"]).all()
+
+    with pytest.raises(ValueError, match="aux_labels=on") as err:
+        fh.SPEC.source(_cfg(mock_path, aux_labels="on"), "train")
+    assert mock_path in str(err.value) and "ftagTruthOriginLabel" in str(err.value)
+
+
+def test_aux_labels_off_and_on(data_dir):
+    off = fh.SPEC.source(_cfg(data_dir / "s1.h5", aux_labels="off"), "train")
+    assert set(off.read(np.arange(4))) == {"tracks", "valid", "flavour"}
+    on = fh.SPEC.source(_cfg(data_dir / "s1.h5", aux_labels="on"), "train")
+    assert "track_origin" in on.read(np.arange(4))
+
+
+def test_glob_and_comma_list_of_two_files(data_dir):
+    glob_src = fh.SPEC.source(_cfg(data_dir / "s*.h5", eval_fraction=0.0), "train")
+    assert len(glob_src) == N1 + N2
+    comma = f"{data_dir / 's1.h5'},{data_dir / 's2.h5'}"
+    comma_src = fh.SPEC.source(_cfg(comma, eval_fraction=0.0), "train")
+    assert len(comma_src) == N1 + N2
+    rows = np.array([0, N1 - 1, N1, N1 + N2 - 1])
+    a, b = glob_src.read(rows), comma_src.read(rows)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    _, t2 = _file(data_dir / "s2.h5")
+    np.testing.assert_array_equal(a["valid"][2:], t2["valid"][[0, N2 - 1]])
+    # held-out tail of every file for eval; train and eval partition the files
+    train = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "train")
+    ev = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "eval")
+    assert len(ev) == round(0.1 * N1) + round(0.1 * N2)
+    assert len(train) + len(ev) == N1 + N2
+    assert [s[1:] for s in ev.segments] == [(N1 - 300, N1), (N2 - 200, N2)]
+    # an explicit eval_path: the whole training files train
+    explicit = _cfg(data_dir / "s1.h5", eval_path=str(data_dir / "s2.h5"))
+    assert len(fh.SPEC.source(explicit, "train")) == N1
+    assert len(fh.SPEC.source(explicit, "eval")) == N2
+
+
+def test_same_global_batches_for_one_and_two_processes(data_dir):
+    src = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "train")
+    one = iter(pipeline.batched(src, batch_size=128, seed=7))
+    parts = [iter(pipeline.batched(src, batch_size=128, seed=7, process_index=p, process_count=2))
+             for p in range(2)]
+    for _ in range(3):
+        whole = next(one)
+        halves = [next(it) for it in parts]
+        for k in whole:
+            np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
+
+
+def test_source_pickles_without_handles(data_dir):
+    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+    rows = np.arange(10, 50)
+    before = src.read(rows)
+    clone = pickle.loads(pickle.dumps(src))
+    after = clone.read(rows)
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_max_tracks_cut_and_pad(data_dir, tmp_path):
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+
+    def read(max_tracks):
+        cfg = _cfg(data_dir / "s1.h5", max_tracks=max_tracks, norm_dict=norm)
+        return fh.SPEC.source(cfg, "train").read(np.arange(8))
+
+    short, full, long = read(20), read(40), read(48)
+    np.testing.assert_array_equal(short["tracks"], full["tracks"][:, :20])
+    np.testing.assert_array_equal(short["track_origin"], full["track_origin"][:, :20])
+    assert long["tracks"].shape == (8, 48, 21) and not long["valid"][:, 40:].any()
+    np.testing.assert_array_equal(long["tracks"][:, :40], full["tracks"])
+
+
+def test_explicit_flavour_field(data_dir):
+    auto = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train").read(np.arange(200))
+    pdg = fh.SPEC.source(_cfg(data_dir / "s1.h5", flavour_label="HadronConeExclTruthLabelID"), "train")
+    np.testing.assert_array_equal(pdg.read(np.arange(200))["flavour"], auto["flavour"])
+
+
+# ---------------------------------------------------------------------------- norm and class dicts
+
+
+def test_norm_dict_cached_and_roundtrip(data_dir, tmp_path, monkeypatch):
+    cfg = _cfg(data_dir / "s1.h5")
+    fh.SPEC.source(cfg, "train")
+    cached = list(data_dir.glob("norm_dict.smilejax-*.yaml"))
+    assert cached, "the computed norm dict is cached next to the data"
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(fh, "compute_norm_dict", fail)
+    fh.SPEC.source(cfg, "eval")  # eval uses the training part's cached normalisation
+    monkeypatch.undo()
+
+    norm = fh.compute_norm_dict(str(data_dir / "s1.h5"), cfg, max_jets=1000)
+    assert set(norm) == {"jets", "tracks"} and set(norm["tracks"]) == set(cfg.track_vars)
+    path = fh.write_norm_dict(norm, tmp_path / "norm.yaml")
+    assert fh.load_norm_dict(path) == norm
+    (tmp_path / "norm.json").write_text(json.dumps(norm))
+    src = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=str(tmp_path / "norm.json")), "train")
+    assert np.isfinite(src.read(np.arange(10))["tracks"]).all()
+    # a norm dict without a needed variable
+    del norm["tracks"]["qOverP"]
+    fh.write_norm_dict(norm, tmp_path / "partial.yaml")
+    with pytest.raises(ValueError, match="qOverP") as err:
+        fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=str(tmp_path / "partial.yaml")), "train")
+    assert "partial.yaml" in str(err.value)
+
+
+def test_class_weights_salt_format(data_dir, tmp_path):
+    # the layout salt's use_class_dict reads and umami-preprocessing writes
+    salt_dict = {"jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
+                 "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]}}
+    path = tmp_path / "class_dict.yaml"
+    path.write_text(yaml.safe_dump(salt_dict))
+    w = fh.class_weights(str(path))
+    assert w.dtype == np.float32 and w.tolist() == pytest.approx([1.0, 1.73, 1.08, 9.5])
+    origin = fh.class_weights(path, "tracks", "ftagTruthOriginLabel", n_classes=8)
+    assert origin.shape == (8,)
+    with pytest.raises(ValueError, match="ftagTruthVertexIndex"):
+        fh.class_weights(path, "tracks", "ftagTruthVertexIndex")
+    with pytest.raises(ValueError, match="not 4"):
+        fh.class_weights(path, "tracks", "ftagTruthOriginLabel", n_classes=4)
+
+    computed = fh.compute_class_dict(str(data_dir / "s1.h5"))
+    flav = np.array(computed["jets"]["flavour_label"])
+    _, tracks = _file(data_dir / "s1.h5")
+    assert flav.min() == 1.0 and flav.argmax() == 3, "tau jets are the rarest"
+    counts = np.bincount(tracks["ftagTruthOriginLabel"][tracks["valid"]], minlength=8)
+    orig = np.array(computed["tracks"]["ftagTruthOriginLabel"])
+    assert orig.argmin() == counts.argmax() == 2, "primary tracks are the most common"
+    np.testing.assert_allclose(orig, np.round(counts.max() / counts, 2), rtol=1e-2)
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+
+
+def _rewrite(src, dst, edit_jets=None, edit_tracks=None, drop=None):
+    jets, tracks = _file(src)
+    jets = edit_jets(jets) if edit_jets else jets
+    tracks = edit_tracks(tracks) if edit_tracks else tracks
+    with h5py.File(dst, "w", locking=False) as f:
+        if drop != "jets":
+            f.create_dataset("jets", data=jets)
+        if drop != "tracks":
+            f.create_dataset("tracks", data=tracks)
+    return str(dst)
+
+
+def _retype(arr, field, dtype):
+    new = np.dtype([(n, dtype if n == field else arr.dtype[n]) for n in arr.dtype.names])
+    out = np.zeros(arr.shape, new)
+    for n in arr.dtype.names:
+        out[n] = arr[n].astype(new[n]) if n != field else arr[n].astype(dtype)
+    return out
+
+
+def test_missing_file_and_glob(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.h5"):
+        fh.SPEC.source(_cfg(tmp_path / "nope.h5"), "train")
+    with pytest.raises(FileNotFoundError, match=r"none\*\.h5"):
+        fh.SPEC.source(_cfg(tmp_path / "none*.h5"), "train")
+
+
+def test_missing_dataset(data_dir, tmp_path):
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "no_tracks.h5", drop="tracks")
+    with pytest.raises(ValueError, match="'tracks'") as err:
+        fh.SPEC.source(_cfg(bad), "train")
+    assert bad in str(err.value)
+
+
+def test_missing_variable_lists_close_names(data_dir):
+    with pytest.raises(ValueError, match="d0_sig") as err:
+        fh.SPEC.source(_cfg(data_dir / "s1.h5", track_vars=["d0_sig"]), "train")
+    msg = str(err.value)
+    assert str(data_dir / "s1.h5") in msg and "'tracks'" in msg
+    with pytest.raises(ValueError, match="close names") as err:
+        fh.SPEC.source(_cfg(data_dir / "s1.h5", track_vars=["numberOfPixelHit"]), "train")
+    assert "numberOfPixelHits" in str(err.value)
+
+
+def test_wrong_dtype(data_dir, tmp_path):
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "str_d0.h5", edit_tracks=lambda t: _retype(t, "d0", "S8"))
+    with pytest.raises(ValueError, match="tracks/d0 has dtype") as err:
+        fh.SPEC.source(_cfg(bad), "train")
+    assert bad in str(err.value)
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "float_valid.h5",
+                   edit_tracks=lambda t: _retype(t, "valid", "f4"))
+    with pytest.raises(ValueError, match="tracks/valid has dtype") as err:
+        fh.SPEC.source(_cfg(bad), "train")
+    assert bad in str(err.value)
+
+
+def test_truncated_and_corrupt_file(data_dir, tmp_path):
+    trunc = tmp_path / "trunc.h5"
+    shutil.copy(data_dir / "s1.h5", trunc)
+    os.truncate(trunc, os.path.getsize(trunc) // 2)
+    with pytest.raises(ValueError, match="truncated") as err:
+        fh.SPEC.source(_cfg(trunc), "train")
+    assert str(trunc) in str(err.value)
+    garbage = tmp_path / "garbage.h5"
+    shutil.copy(data_dir / "s1.h5", garbage)
+    with open(garbage, "r+b") as f:
+        f.write(b"\0" * 4096)
+    with pytest.raises(ValueError, match="not a readable HDF5 file") as err:
+        fh.SPEC.source(_cfg(garbage), "train")
+    assert str(garbage) in str(err.value)
+
+
+def test_nan_and_inf_in_inputs(data_dir, tmp_path):
+    _, tracks = _file(data_dir / "s1.h5")
+    slot = int(np.argmax(tracks["valid"][5]))
+
+    def nan_d0(t):
+        t["d0"][5, slot] = np.nan
+        return t
+
+    def inf_pt(j):
+        j["pt"][9] = np.inf
+        return j
+
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "nan.h5", edit_tracks=nan_d0)
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
+    src.read(np.arange(0, 5))  # rows before the bad one read fine
+    with pytest.raises(ValueError, match=r"tracks/d0 at row 5") as err:
+        src.read(np.arange(0, 64))
+    assert bad in str(err.value) and "rows 0..63" in str(err.value)
+    with pytest.raises(ValueError, match="tracks/d0 at row 5"):
+        fh.check(bad)
+    with pytest.raises(ValueError, match="tracks/d0") as err:  # computing the norm dict sees it too
+        fh.SPEC.source(_cfg(bad), "train")
+    assert bad in str(err.value)
+
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "inf.h5", edit_jets=inf_pt)
+    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
+    with pytest.raises(ValueError, match="jets/pt at row 9") as err:
+        src.read(np.array([3, 9, 11]))
+    assert bad in str(err.value)
+
+
+def test_bad_labels(data_dir, tmp_path):
+    def bad_truth(j):
+        j["HadronConeExclTruthLabelID"][12] = 7
+        return j
+
+    # rewritten without the class-name attribute on flavour_label: auto picks HadronConeExclTruthLabelID
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "label.h5", edit_jets=bad_truth)
+    src = fh.SPEC.source(_cfg(bad, aux_labels="off"), "train")
+    with pytest.raises(ValueError, match="HadronConeExclTruthLabelID = 7 at row 12") as err:
+        src.read(np.arange(10, 20))
+    assert bad in str(err.value)
+
+    def bad_origin(t):
+        slot = int(np.argmax(t["valid"][3]))
+        t["ftagTruthOriginLabel"][3, slot] = 9
+        return t
+
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "origin.h5", edit_tracks=bad_origin)
+    with pytest.raises(ValueError, match="ftagTruthOriginLabel = 9 at row 3") as err:
+        fh.check(bad)
+    assert bad in str(err.value)
+
+
+def test_check_reports(data_dir, mock_path):
+    report = fh.check(f"{data_dir / 's1.h5'},{mock_path}")
+    s1 = report[str(data_dir / "s1.h5")]
+    jets, tracks = _file(data_dir / "s1.h5")
+    assert s1["jets"] == N1 and s1["tracks"] == int(tracks["valid"].sum()) and s1["aux"]
+    assert s1["flavours"] == np.bincount(jets["flavour_label"], minlength=4).tolist()
+    assert report[mock_path]["aux"] is False
+
+
+# ---------------------------------------------------------------------------------- synthetic maker
+
+
+def test_default_dataset_made_once(tmp_path, monkeypatch):
+    t0 = time.perf_counter()
+    train = fs.default_dataset(tmp_path)
+    assert time.perf_counter() - t0 < 10
+    ev = fs.default_dataset(tmp_path, split="eval")
+    mtime = os.path.getmtime(train)
+    assert fs.default_dataset(tmp_path) == train and os.path.getmtime(train) == mtime
+    assert len(fh.SPEC.source(_cfg(train, eval_fraction=0.0), "train")) == 20_000
+    monkeypatch.setenv("SMILEJAX_CACHE", str(tmp_path))
+    cfg = fh.FtagConfig()  # path None: the default set, its own eval file
+    assert len(fh.SPEC.source(cfg, "train")) == 20_000
+    assert len(fh.SPEC.source(cfg, "eval")) == 5_000
+    assert os.path.getmtime(train) == mtime and os.path.exists(ev)
+
+
+def _auc(sig, bkg):
+    x = np.concatenate([sig, bkg])
+    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable") + 1.0
+    return (ranks[: sig.size].sum() - sig.size * (sig.size + 1) / 2) / (sig.size * bkg.size)
+
+
+def test_synthetic_physics(data_dir):
+    jets, tracks = _file(data_dir / "s1.h5")
+    flav, valid = jets["flavour_label"], tracks["valid"]
+    sd0 = np.where(valid, tracks["IP3D_signed_d0_significance"], -np.inf)
+    auc = _auc(sd0.max(1)[flav == 0], sd0.max(1)[flav == 2])
+    assert 0.7 < auc < 0.95, auc  # informative, but far from perfect
+    n_disp = (sd0 > 3).sum(1)
+    n_b, n_c, n_light = (n_disp[flav == k].mean() for k in range(3))
+    assert n_b > 2 * n_c and n_c > 2 * n_light, (n_b, n_c, n_light)  # displaced tracks: b >> c >> light
+    origin = np.where(valid, tracks["ftagTruthOriginLabel"], -1)
+    from_b = ((origin == 3) | (origin == 4)).any(1)
+    assert from_b[flav == 0].mean() > 0.8 and not from_b[flav != 0].any()
+    assert not (origin == 5).any(1)[flav != 1].any()
+    n_tau = (origin == 6).sum(1)[flav == 3]
+    assert set(np.unique(n_tau)) <= {0, 1, 2, 3} and n_tau.mean() > 1
+    assert (valid.sum(1) >= 1).all()
+    assert np.isnan(tracks["d0"][~valid]).all()  # padding as the dumper writes it
+
+
+# ------------------------------------------------------------------------- compressed files, block order
+
+
+def test_block_order_is_a_permutation_of_blocks():
+    order = fh._BlockOrder(n=1050, block=100, seed=3)
+    rows = order.rows(epoch=0, lo=0, hi=1000)
+    offset = rows.min()
+    assert 0 <= offset <= 50 and np.array_equal(np.sort(rows), np.arange(offset, offset + 1000))
+    runs = rows.reshape(10, 100)
+    assert (np.diff(runs, axis=1) == 1).all() and ((runs[:, 0] - offset) % 100 == 0).all()
+    assert not np.array_equal(order.rows(1, 0, 1000), rows), "each epoch has its own order"
+    np.testing.assert_array_equal(fh._BlockOrder(1050, 100, 3).rows(0, 300, 400), rows[300:400])
+
+
+def test_compressed_chunked_files(data_dir, tmp_path):
+    lzf = fs.make(tmp_path / "s1_lzf.h5", N1, seed=1, compression="lzf", chunk_jets=100)
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+    plain_src = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=norm), "train")
+    cfg = _cfg(lzf, norm_dict=norm, batch_size=200)
+    src = fh.SPEC.source(cfg, "train")
+    assert src.files[0].chunk_rows == 100 and plain_src.files[0].chunk_rows == 0
+    rows = np.array([1, 2, 3, 250, 1999, 2500])
+    for k, v in src.read(rows).items():
+        np.testing.assert_array_equal(v, plain_src.read(rows)[k])
+    assert fh.shuffle_block(src, cfg) == 100 and fh.shuffle_block(plain_src, cfg) == 1
+    assert fh.shuffle_block(src, _cfg(lzf, shuffle_block=1)) == 1
+
+    # block order through the spec's pipeline: same global batches for 1 and 2 processes
+    one = iter(fh.SPEC.pipeline(src, cfg, seed=5, process_index=0, process_count=1))
+    two = [iter(fh.SPEC.pipeline(src, cfg, seed=5, process_index=p, process_count=2)) for p in range(2)]
+    seen = []
+    for _ in range(len(src) // 200):
+        whole, halves = next(one), [next(it) for it in two]
+        for k in whole:
+            np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
+        seen.append(whole["tracks"].reshape(len(whole["tracks"]), -1))
+    seen = np.concatenate(seen)
+    assert len(np.unique(seen, axis=0)) == len(seen), "an epoch reads every jet at most once"
+
+
+def test_lz4_file_as_atlas_ftag_tools_writes_it(data_dir, tmp_path):
+    import hdf5plugin
+
+    jets, tracks = _file(data_dir / "s1.h5")
+    path = tmp_path / "lz4.h5"
+    with h5py.File(path, "w", locking=False) as f:
+        f.create_dataset("jets", data=jets, chunks=True, **hdf5plugin.LZ4())
+        f.create_dataset("tracks", data=tracks, chunks=(100, 40), **hdf5plugin.LZ4())
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+    src = fh.SPEC.source(_cfg(path, norm_dict=norm, eval_fraction=0.0), "train")
+    ref = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=norm, eval_fraction=0.0), "train")
+    assert src.files[0].chunk_rows == 100
+    rows = np.sort(np.random.default_rng(0).choice(N1, 300, replace=False))
+    for k, v in src.read(rows).items():
+        np.testing.assert_array_equal(v, ref.read(rows)[k])
