@@ -270,6 +270,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _build(hint, value, key)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     if hint is float or hint in (int, str, bool):

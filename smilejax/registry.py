@@ -14,7 +14,7 @@ from typing import Any
 from smilejax.inputs.spec import DatasetSpec
 from smilejax.models.spec import ModelSpec
 
-_NOT_PLUGINS = {"spec", "layers", "pipeline"}
+_NOT_PLUGINS = {"spec", "layers", "pipeline", "ftag_synthetic"}
 
 
 def _names(package: str) -> list[str]:

@@ -148,7 +148,7 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
     def apply(state: TrainState, loss, metrics, rest, grads) -> tuple[TrainState, Metrics]:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        out = {**metrics, "loss": loss, "lr": lr(state.step), "grad_norm": optax.global_norm(grads)}
+        out = {**metrics, "loss": loss, "lr": lr(state.step), "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, rest, opt_state), out
 
     def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:

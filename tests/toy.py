@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import jax
@@ -61,12 +62,14 @@ class ToyDataConfig(DataConfig):
     format: str = "tests.toy:DATA"
     examples: int = 512
     features: int = 8
+    read_delay_s: float = 0.0  # slows reads so tests can signal a run mid-way
 
 
 class ToySource:
     """y = sin(x·w) + noise, generated from a seed, or read from an .npz file at ``path``."""
 
     def __init__(self, cfg: ToyDataConfig, split: str):
+        self.delay = cfg.read_delay_s
         if cfg.path:
             if not Path(cfg.path).exists():
                 raise FileNotFoundError(f"data.path {cfg.path!r} does not exist")
@@ -82,6 +85,7 @@ class ToySource:
         return len(self.x)
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.delay)
         return {"x": self.x[indices], "y": self.y[indices]}
 
 

@@ -1,0 +1,81 @@
+"""Every test sees 8 simulated CPU devices; subprocess helpers run the real ``smilejax`` CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(devices: int = 8, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess: ``devices`` CPU devices, tests/ importable, no W&B network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_"))}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        WANDB_SILENT="true",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def smilejax_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "smilejax", *args]
+
+
+def run_cli(*args: str, devices: int = 8, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        smilejax_cmd(*args), env=cli_env(devices, **env), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process ended (rc={proc.returncode}) before {what}:\n{out[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture
+def toy_yaml(tmp_path):
+    """Writes a toy config file with overrides and returns its path."""
+    import yaml
+
+    from tests import toy
+
+    def write(**sections) -> Path:
+        path = tmp_path / "toy.yaml"
+        path.write_text(yaml.safe_dump(toy.config(**sections)))
+        return path
+
+    return write

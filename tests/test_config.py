@@ -1,0 +1,87 @@
+"""Config loading: typed sections, dotted overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from smilejax import config
+from smilejax.config import ConfigError
+from tests import toy
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = config.load(toy.config(), ["optimizer.lr=3e-4", "mesh.fsdp=4", "run.steps=200", "run.dir=runs/x",
+                                     "model.hidden=64", "train.precision=bf16"])
+    assert cfg.optimizer.lr == pytest.approx(3e-4) and isinstance(cfg.optimizer.lr, float)
+    assert cfg.mesh.fsdp == 4 and cfg.run.steps == 200 and cfg.run.dir == "runs/x"
+    assert cfg.model.hidden == 64 and type(cfg.model).__name__ == "ToyModelConfig"
+    assert type(cfg.data).__name__ == "ToyDataConfig" and cfg.data.batch_size == 16
+    assert cfg.train.precision == "bf16"
+
+
+def test_int_widens_to_float():
+    assert config.load(toy.config(), ["optimizer.lr=1"]).optimizer.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("optimizer.lrr=1e-3", ["optimizer.", "'lrr'", "'lr'"]),
+        ("run.step=5", ["run.", "'step'", "'steps'"]),
+        ("model.hiden=3", ["model.", "'hiden'", "'hidden'"]),
+        ("optimiser.lr=1e-3", ["'optimiser'", "'optimizer'"]),
+        ("data.bach_size=4", ["data.", "'bach_size'", "'batch_size'"]),
+    ],
+)
+def test_misspelled_key_names_key_and_closest(override, names):
+    with pytest.raises(ConfigError) as err:
+        config.load(toy.config(), [override])
+    for name in names:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.steps=ten", "run.steps must be int"),
+        ("run.steps=1.5", "run.steps must be int"),
+        ("optimizer.lr=fast", "optimizer.lr must be float"),
+        ("logging.tensorboard=3", "logging.tensorboard must be bool"),
+        ("optimizer.name=adam", "optimizer.name must be one of"),
+        ("mesh.rules.batch=data", "mesh.rules.batch must be a list"),
+        ("run.steps=0", "run.steps must be at least 1"),
+        ("mesh.data=0", "mesh.data must be -1"),
+    ],
+)
+def test_wrong_type_or_value_names_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        config.load(toy.config(), [override])
+
+
+def test_literal_error_suggests_closest_choice():
+    with pytest.raises(ConfigError, match="did you mean 'adamw'"):
+        config.load(toy.config(), ["optimizer.name=adamww"])
+
+
+def test_bad_override_syntax_and_missing_sections():
+    with pytest.raises(ConfigError, match="key=value"):
+        config.load(toy.config(), ["optimizer.lr"])
+    with pytest.raises(ConfigError, match="model.name is missing"):
+        config.load({"model": {}, "data": {"format": "tests.toy:DATA"}})
+    with pytest.raises(ConfigError, match="unknown model 'gn3'"):
+        config.load(toy.config(model={"name": "gn3"}))
+
+
+def test_unknown_config_name_lists_packaged(tmp_path):
+    with pytest.raises(ConfigError, match="neither a file nor a packaged config"):
+        config.read_yaml(tmp_path / "nope.yaml")
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = config.load(toy.config(), ["optimizer.schedule=cosine", "mesh.tensor=2"])
+    path = tmp_path / "config.yaml"
+    config.save(cfg, path)
+    again = config.load(path)
+    assert config.to_dict(again) == config.to_dict(cfg)
+    assert set(yaml.safe_load(path.read_text())) >= {"run", "data", "model", "optimizer", "mesh", "logging"}
