@@ -107,8 +107,18 @@ GN2_TRACK_VARS = (
 )
 FLAVOURS = ("b", "c", "light", "tau")  # the index of ``flavour``
 # umami-preprocessing class names (jets.attrs["flavour_label"]) -> flavour index
-FLAVOUR_NAMES = {"bjets": 0, "cjets": 1, "ujets": 2, "lightjets": 2, "taujets": 3,
-                 "b": 0, "c": 1, "u": 2, "light": 2, "tau": 3}
+FLAVOUR_NAMES = {
+    "bjets": 0,
+    "cjets": 1,
+    "ujets": 2,
+    "lightjets": 2,
+    "taujets": 3,
+    "b": 0,
+    "c": 1,
+    "u": 2,
+    "light": 2,
+    "tau": 3,
+}
 # HadronConeExcl(Extended)TruthLabelID -> flavour index
 TRUTH_LABEL_IDS = {5: 0, 54: 0, 55: 0, 4: 1, 44: 1, 0: 2, 15: 3}
 TRUTH_LABEL_FIELDS = ("HadronConeExclTruthLabelID", "HadronConeExclExtendedTruthLabelID")
@@ -230,9 +240,7 @@ def _require(path: str, ds: h5py.Dataset, names: Iterable[str], kinds: str, what
             )
         dt = ds.dtype[name]
         if dt.kind not in kinds or dt.shape:
-            raise ValueError(
-                f"{path}: variable {ds.name.lstrip('/')}/{name} has dtype {dt}, expected {what}"
-            )
+            raise ValueError(f"{path}: variable {ds.name.lstrip('/')}/{name} has dtype {dt}, expected {what}")
 
 
 def _attr_names(ds: h5py.Dataset, attr: str) -> list[str] | None:
@@ -310,8 +318,9 @@ def inspect_file(path: str, cfg: FtagConfig) -> _FileInfo:
             origin = vertex = None
         compressed = tracks.chunks is not None and tracks.id.get_create_plist().get_nfilters() > 0
         chunk_rows = int(tracks.chunks[0]) if compressed else 0
-        return _FileInfo(path, int(jets.shape[0]), int(tracks.shape[1]), field, lut, origin, vertex,
-                         chunk_rows)
+        return _FileInfo(
+            path, int(jets.shape[0]), int(tracks.shape[1]), field, lut, origin, vertex, chunk_rows
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,8 +379,12 @@ def _norm_arrays(norm: Mapping, group: str, names: Sequence[str], where: str) ->
         raise ValueError(f"norm dict {where}: non-finite mean/std for {group}")
     zero = std_arr <= 0
     if zero.any():
-        log.warning("norm dict %s: %s/%s have std 0; they are only shifted", where, group,
-                    [n for n, z in zip(names, zero, strict=True) if z])
+        log.warning(
+            "norm dict %s: %s/%s have std 0; they are only shifted",
+            where,
+            group,
+            [n for n, z in zip(names, zero, strict=True) if z],
+        )
     return np.asarray(mean, np.float32), np.where(zero, 1, std_arr).astype(np.float32)
 
 
@@ -381,8 +394,16 @@ class FtagH5Source:
     segments: ``(file index, first row, end row)`` of each file part in this split, in index order.
     """
 
-    def __init__(self, files: Sequence[_FileInfo], segments: Sequence[tuple[int, int, int]],
-                 cfg: FtagConfig, norm: Mapping, *, aux: bool, norm_source: str = "<dict>"):
+    def __init__(
+        self,
+        files: Sequence[_FileInfo],
+        segments: Sequence[tuple[int, int, int]],
+        cfg: FtagConfig,
+        norm: Mapping,
+        *,
+        aux: bool,
+        norm_source: str = "<dict>",
+    ):
         self.files = list(files)
         self.segments = [tuple(int(x) for x in s) for s in segments]
         self.cfg = cfg
@@ -542,8 +563,9 @@ def check(path: str, cfg: FtagConfig | None = None, *, chunk: int = _CHECK_CHUNK
     report = {}
     for p in expand_paths(path):
         info = inspect_file(p, cfg)
-        src = FtagH5Source([info], [(0, 0, info.n_jets)], cfg, _identity_norm(cfg),
-                           aux=info.origin_field is not None)
+        src = FtagH5Source(
+            [info], [(0, 0, info.n_jets)], cfg, _identity_norm(cfg), aux=info.origin_field is not None
+        )
         counts = np.zeros(len(FLAVOURS), np.int64)
         n_valid = 0
         try:
@@ -553,22 +575,33 @@ def check(path: str, cfg: FtagConfig | None = None, *, chunk: int = _CHECK_CHUNK
                 n_valid += int(batch["valid"].sum())
         finally:
             src.close()
-        report[p] = {"jets": info.n_jets, "tracks": n_valid, "flavours": counts.tolist(),
-                     "aux": info.origin_field is not None}
+        report[p] = {
+            "jets": info.n_jets,
+            "tracks": n_valid,
+            "flavours": counts.tolist(),
+            "aux": info.origin_field is not None,
+        }
     return report
 
 
 def _identity_norm(cfg: FtagConfig) -> dict:
-    return {"jets": {v: {"mean": 0.0, "std": 1.0} for v in cfg.jet_vars},
-            "tracks": {v: {"mean": 0.0, "std": 1.0} for v in cfg.track_vars}}
+    return {
+        "jets": {v: {"mean": 0.0, "std": 1.0} for v in cfg.jet_vars},
+        "tracks": {v: {"mean": 0.0, "std": 1.0} for v in cfg.track_vars},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # normalisation and class weights
 
 
-def compute_norm_dict(paths: str | Sequence[str], cfg: FtagConfig | None = None, max_jets: int = 200_000,
-                      *, segments: Sequence[tuple[str, int, int]] | None = None) -> dict:
+def compute_norm_dict(
+    paths: str | Sequence[str],
+    cfg: FtagConfig | None = None,
+    max_jets: int = 200_000,
+    *,
+    segments: Sequence[tuple[str, int, int]] | None = None,
+) -> dict:
     """Mean and std of the jet variables and of the track variables on valid tracks, over the first
     ``max_jets`` jets of the files in order (or of ``segments``: ``(path, first row, end row)``)."""
     cfg = cfg or FtagConfig()
@@ -591,8 +624,10 @@ def compute_norm_dict(paths: str | Sequence[str], cfg: FtagConfig | None = None,
                 jets = _read_rows(jets_ds, cfg.jet_vars, rows, p)
                 trk = _read_rows(tracks_ds, [*cfg.track_vars, "valid"], rows, p)[:, : cfg.max_tracks]
                 valid = trk["valid"]
-                for group, arr, names in (("tracks", trk[valid], cfg.track_vars),
-                                          ("jets", jets, cfg.jet_vars)):
+                for group, arr, names in (
+                    ("tracks", trk[valid], cfg.track_vars),
+                    ("jets", jets, cfg.jet_vars),
+                ):
                     for i, name in enumerate(names):
                         x = arr[name].astype(np.float64)
                         bad = ~np.isfinite(x)
@@ -618,8 +653,10 @@ def write_norm_dict(norm: Mapping, path: str | os.PathLike) -> Path:
     """Write a norm dict as YAML (atomically), in the umami-preprocessing/salt layout."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    plain = {g: {v: {"mean": float(d["mean"]), "std": float(d["std"])} for v, d in vs.items()}
-             for g, vs in norm.items()}
+    plain = {
+        g: {v: {"mean": float(d["mean"]), "std": float(d["std"])} for v, d in vs.items()}
+        for g, vs in norm.items()
+    }
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(yaml.safe_dump(plain, sort_keys=False))
     os.replace(tmp, path)
@@ -642,8 +679,9 @@ def load_norm_dict(path: str | os.PathLike) -> dict:
     return data
 
 
-def compute_class_dict(paths: str | Sequence[str], cfg: FtagConfig | None = None,
-                       max_jets: int = 200_000) -> dict:
+def compute_class_dict(
+    paths: str | Sequence[str], cfg: FtagConfig | None = None, max_jets: int = 200_000
+) -> dict:
     """Class weights in umami-preprocessing's ``class_dict.yaml`` layout: per label, ``total/count``
     scaled so the most common class weighs 1, rounded to 2 decimals, one entry per class (b, c, light,
     tau for ``flavour_label``; the 8 origins for the track origin). An absent class gets the largest
@@ -651,8 +689,9 @@ def compute_class_dict(paths: str | Sequence[str], cfg: FtagConfig | None = None
     cfg = cfg or FtagConfig()
     files = [inspect_file(p, cfg) for p in expand_paths(paths)]
     aux = all(i.origin_field for i in files)
-    src = FtagH5Source(files, [(k, 0, i.n_jets) for k, i in enumerate(files)], cfg, _identity_norm(cfg),
-                       aux=aux)
+    src = FtagH5Source(
+        files, [(k, 0, i.n_jets) for k, i in enumerate(files)], cfg, _identity_norm(cfg), aux=aux
+    )
     flav = np.zeros(len(FLAVOURS), np.int64)
     orig = np.zeros(len(TRACK_ORIGINS), np.int64)
     n = min(len(src), int(max_jets))
@@ -680,8 +719,12 @@ def _weights(counts: np.ndarray) -> list[float]:
     return np.round(w, 2).tolist()
 
 
-def class_weights(class_dict: str | os.PathLike | Mapping, group: str = "jets",
-                  label: str = "flavour_label", n_classes: int | None = None) -> np.ndarray:
+def class_weights(
+    class_dict: str | os.PathLike | Mapping,
+    group: str = "jets",
+    label: str = "flavour_label",
+    n_classes: int | None = None,
+) -> np.ndarray:
     """The weights list of ``class_dict[group][label]`` (a salt/umami-preprocessing class dict, path or
     mapping) as float32, e.g. ``class_weights(path)`` for the jet flavour and
     ``class_weights(path, "tracks", "ftagTruthOriginLabel", 8)`` for the track origin."""
@@ -696,8 +739,9 @@ def class_weights(class_dict: str | os.PathLike | Mapping, group: str = "jets",
         raise ValueError(f"class dict {where} has no {group}/{label} (it has {have})")
     w = np.asarray(class_dict[group][label], np.float32)
     if w.ndim != 1 or (n_classes is not None and w.size != n_classes) or not np.isfinite(w).all():
-        raise ValueError(f"class dict {where}: {group}/{label} = {w.tolist()} is not {n_classes or 'n'} "
-                         "finite weights")
+        raise ValueError(
+            f"class dict {where}: {group}/{label} = {w.tolist()} is not {n_classes or 'n'} finite weights"
+        )
     return w
 
 
@@ -717,12 +761,19 @@ def _split_segments(files: Sequence[_FileInfo], frac: float, part: str) -> list[
 
 
 def _norm_cache_path(cfg: FtagConfig, files: Sequence[_FileInfo], segments) -> Path:
-    key = json.dumps({
-        "files": [(os.path.realpath(i.path), os.path.getsize(i.path), int(os.path.getmtime(i.path)))
-                  for i in files],
-        "segments": segments, "jets": cfg.jet_vars, "tracks": cfg.track_vars,
-        "max_tracks": cfg.max_tracks, "max_jets": cfg.norm_max_jets,
-    })
+    key = json.dumps(
+        {
+            "files": [
+                (os.path.realpath(i.path), os.path.getsize(i.path), int(os.path.getmtime(i.path)))
+                for i in files
+            ],
+            "segments": segments,
+            "jets": cfg.jet_vars,
+            "tracks": cfg.track_vars,
+            "max_tracks": cfg.max_tracks,
+            "max_jets": cfg.norm_max_jets,
+        }
+    )
     name = f"norm_dict.smilejax-{hashlib.sha256(key.encode()).hexdigest()[:12]}.yaml"
     here = Path(files[0].path).resolve().parent
     if os.access(here, os.W_OK):
@@ -795,7 +846,9 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
         else:
             log.info("computing the normalisation on up to %d training jets", cfg.norm_max_jets)
             norm = compute_norm_dict(
-                [], cfg, cfg.norm_max_jets,
+                [],
+                cfg,
+                cfg.norm_max_jets,
                 segments=[(train_files[k].path, a, b) for k, a, b in train_segments],
             )
             try:
@@ -807,8 +860,11 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
     aux = _aux_enabled(cfg, files)
     log.info(
         "ftag_h5 %s: %d files, %d jets; track truth labels %s",
-        split, len(files), sum(b - a for _, a, b in segments),
-        "present: batches carry track_origin, track_vertex" if aux
+        split,
+        len(files),
+        sum(b - a for _, a, b in segments),
+        "present: batches carry track_origin, track_vertex"
+        if aux
         else ("absent" if any(i.origin_field is None for i in files) else "present, off by config"),
     )
     return FtagH5Source(files, segments, cfg, norm, aux=aux, norm_source=norm_source)
@@ -817,8 +873,11 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
 def batch_schema(cfg: FtagConfig, aux: bool = True) -> dict[str, tuple[tuple, np.dtype]]:
     """Per-example shapes and dtypes of a batch (without the batch dimension)."""
     t, f = cfg.max_tracks, len(cfg.track_vars) + len(cfg.jet_vars)
-    schema = {"tracks": ((t, f), np.dtype(np.float32)), "valid": ((t,), np.dtype(bool)),
-              "flavour": ((), np.dtype(np.int32))}
+    schema = {
+        "tracks": ((t, f), np.dtype(np.float32)),
+        "valid": ((t,), np.dtype(bool)),
+        "flavour": ((), np.dtype(np.int32)),
+    }
     if aux:
         schema["track_origin"] = ((t,), np.dtype(np.int32))
         schema["track_vertex"] = ((t,), np.dtype(np.int32))
@@ -876,15 +935,22 @@ def batched(
     jets from random places of all files, which a compressed chunked file serves by decompressing each
     touched chunk once. Like salt's batch sampler this assumes the files' rows are already shuffled
     (umami-preprocessing output is). Same global batches for every process count, same resumption."""
-    kw = dict(process_index=process_index, process_count=process_count, read_threads=read_threads,
-              prefetch=prefetch, workers=workers)
+    kw = dict(
+        process_index=process_index,
+        process_count=process_count,
+        read_threads=read_threads,
+        prefetch=prefetch,
+        workers=workers,
+    )
     if block <= 1 or not shuffle:
         return pipeline.batched(source, batch_size=batch_size, seed=seed, shuffle=shuffle, **kw)
     order = _BlockOrder(len(source), block, seed)
     per_epoch = order.n_blocks * block // batch_size
     if per_epoch == 0:
-        raise ValueError(f"the dataset has {len(source)} examples, fewer than one batch of {batch_size} "
-                         f"in blocks of {block}")
+        raise ValueError(
+            f"the dataset has {len(source)} examples, fewer than one batch of {batch_size} "
+            f"in blocks of {block}"
+        )
     part = pipeline.local_slice(batch_size, process_index, process_count)
 
     def read_batch(step: int, _: int) -> Batch:
@@ -906,13 +972,24 @@ def shuffle_block(source: FtagH5Source, cfg: FtagConfig) -> int:
         return int(cfg.shuffle_block)
     block = max([i.chunk_rows for i in getattr(source, "files", [])] + [1])
     if block > 1:
-        log.info("ftag_h5: compressed files in chunks of %d jets: shuffling blocks of %d consecutive jets "
-                 "(data.shuffle_block=1 shuffles single jets, slower)", block, block)
+        log.info(
+            "ftag_h5: compressed files in chunks of %d jets: shuffling blocks of %d consecutive jets "
+            "(data.shuffle_block=1 shuffles single jets, slower)",
+            block,
+            block,
+        )
     return block
 
 
-def from_config(source: FtagH5Source, cfg: FtagConfig, *, seed: int, process_index: int,
-                process_count: int, shuffle: bool | None = None) -> grain.IterDataset:
+def from_config(
+    source: FtagH5Source,
+    cfg: FtagConfig,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle: bool | None = None,
+) -> grain.IterDataset:
     """The per-process pipeline of a config (``DatasetSpec.pipeline``, called as ``pipeline.from_config``)."""
     return batched(
         source,

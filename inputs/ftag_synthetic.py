@@ -259,8 +259,14 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
     return jets, tracks
 
 
-def make(path: str | os.PathLike, n_jets: int, seed: int = 0, *, compression: str | None = None,
-         chunk_jets: int | None = None) -> Path:
+def make(
+    path: str | os.PathLike,
+    n_jets: int,
+    seed: int = 0,
+    *,
+    compression: str | None = None,
+    chunk_jets: int | None = None,
+) -> Path:
     """Write a synthetic file (atomically: a temporary name, then a rename) and return its path.
 
     compression: None (contiguous datasets, the default and fastest) or an h5py filter such as ``"lzf"``
@@ -275,11 +281,16 @@ def make(path: str | os.PathLike, n_jets: int, seed: int = 0, *, compression: st
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with h5py.File(tmp, "w", locking=False) as f:
-            ds = f.create_dataset("jets", data=jets, compression=compression,
-                                  chunks=(chunks,) if chunks else None)
+            ds = f.create_dataset(
+                "jets", data=jets, compression=compression, chunks=(chunks,) if chunks else None
+            )
             ds.attrs["flavour_label"] = list(FLAVOUR_NAMES)
-            f.create_dataset("tracks", data=tracks, compression=compression,
-                             chunks=(chunks, tracks.shape[1]) if chunks else None)
+            f.create_dataset(
+                "tracks",
+                data=tracks,
+                compression=compression,
+                chunks=(chunks, tracks.shape[1]) if chunks else None,
+            )
             f.attrs["generator"] = f"smilejax.inputs.ftag_synthetic v{VERSION}"
             f.attrs["seed"] = int(seed)
             f.attrs["n_jets"] = int(n_jets)

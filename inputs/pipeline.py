@@ -41,9 +41,7 @@ class _EpochOrder:
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
     if global_batch % process_count:
-        raise ValueError(
-            f"data.batch_size={global_batch} is not divisible by the {process_count} processes"
-        )
+        raise ValueError(f"data.batch_size={global_batch} is not divisible by the {process_count} processes")
     per = global_batch // process_count
     return slice(process_index * per, (process_index + 1) * per)
 
@@ -83,16 +81,21 @@ def batched(
         return _read(source, rows)
 
     ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(read_batch)
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
-    )
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return it
 
 
-def from_config(source: BatchSource, cfg, *, seed: int, process_index: int, process_count: int,
-                shuffle: bool | None = None) -> grain.IterDataset:
+def from_config(
+    source: BatchSource,
+    cfg,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle: bool | None = None,
+) -> grain.IterDataset:
     """``batched`` with the options of a ``DataConfig``."""
     return batched(
         source,
@@ -105,4 +108,3 @@ def from_config(source: BatchSource, cfg, *, seed: int, process_index: int, proc
         prefetch=cfg.prefetch,
         workers=cfg.workers,
     )
-

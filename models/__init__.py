@@ -1,1 +1,1 @@
-"""Flax NNX ports of HEP models, one module each (see ``spec.ModelSpec``); installed as ``smilejax.models``."""
+"""Flax NNX ports of HEP models, one module each (see ``spec.ModelSpec``); installed as smilejax.models."""

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def _is_key(x) -> bool:
-    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key
+    )
 
 
 def _keys_to_data(tree):
@@ -32,7 +34,9 @@ def _keys_to_data(tree):
 def _abstract_with_data(tree):
     def f(x):
         if _is_key(x):
-            return jax.ShapeDtypeStruct(jax.eval_shape(jax.random.key_data, x).shape, np.uint32, sharding=x.sharding)
+            return jax.ShapeDtypeStruct(
+                jax.eval_shape(jax.random.key_data, x).shape, np.uint32, sharding=x.sharding
+            )
         return x
 
     return jax.tree.map(f, tree)
@@ -86,8 +90,12 @@ class Checkpointer:
                     ),
                 )
             except Exception as err:  # any unreadable checkpoint: try the previous one
-                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                            step, self.directory, f"{type(err).__name__}: {err}".splitlines()[0])
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying an older one",
+                    step,
+                    self.directory,
+                    f"{type(err).__name__}: {err}".splitlines()[0],
+                )
                 failures.append(step)
                 continue
             if failures:

@@ -27,7 +27,7 @@ checkpoint (requeue and run the same command again to resume)."""
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smilejax",
-        description="Train, tune and serve High-Energy-Physics models with JAX, from a laptop to many GPU nodes.",
+        description="Train, tune and serve High-Energy-Physics models with JAX, laptop to GPU cluster.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,8 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool) -> None:
     # Only process 0 talks; the others report warnings and errors.
-    rank = next((os.environ[v] for v in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JAX_PROCESS_ID")
-                 if v in os.environ), "0")
+    rank = next(
+        (
+            os.environ[v]
+            for v in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JAX_PROCESS_ID")
+            if v in os.environ
+        ),
+        "0",
+    )
     level = logging.DEBUG if verbose else logging.INFO if rank == "0" else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "orbax", "jax._src", "grain"):

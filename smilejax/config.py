@@ -205,7 +205,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"mesh.{axis} must be -1 (fill) or a positive size, got {size}")
     if cfg.data.batch_size % cfg.train.grad_accum:
         raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}"
+            f"data.batch_size={cfg.data.batch_size} is not divisible by "
+            f"train.grad_accum={cfg.train.grad_accum}"
         )
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
@@ -232,7 +233,10 @@ def _build(cls: type, values: Any, where: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     _check_keys(values, fields, f"{where}.")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # a section's own checks (__post_init__)
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -251,6 +255,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+            words = ("off", "no", "false") if not value else ("on", "yes", "true")
+            value = next((w for w in words if w in args), value)
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint_text = f" (did you mean {close[0]!r}?)" if close else ""

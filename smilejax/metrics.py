@@ -31,6 +31,7 @@ PEAK_FLOPS = {
     "TPU v5 lite": 197e12,
 }
 
+
 def peak_flops(device: jax.Device) -> float | None:
     kind = device.device_kind
     return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
@@ -54,7 +55,11 @@ class MetricsLog:
     def __init__(self, path: Path, *, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
             path.write_text("".join(line + "\n" for line in kept))
         self._file = path.open("a")
 

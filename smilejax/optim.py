@@ -8,7 +8,7 @@ from smilejax.config import OptimizerConfig
 
 
 def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
-    return int(round(cfg.warmup * total_steps)) if cfg.warmup < 1 else int(cfg.warmup)
+    return round(cfg.warmup * total_steps) if cfg.warmup < 1 else int(cfg.warmup)
 
 
 def schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -37,6 +37,7 @@ def schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
         div_factor=cfg.lr / initial,
         final_div_factor=initial / final,
     )
+
 
 def make(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     lr = schedule(cfg, total_steps)

@@ -139,7 +139,9 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
             return (rest, sums), None
 
         micro = _split_microbatches(batch, k)
-        loss, metrics, _, grads = jax.eval_shape(loss_and_grads, params, rest, jax.tree.map(lambda x: x[0], micro))
+        loss, metrics, _, grads = jax.eval_shape(
+            loss_and_grads, params, rest, jax.tree.map(lambda x: x[0], micro)
+        )
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
         (rest, sums), _ = jax.lax.scan(body, (rest, zeros), micro)
         loss, metrics, grads = jax.tree.map(lambda s: s / k, sums)
@@ -174,8 +176,8 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         sharded = [a for a in ("fsdp", "tensor") if mesh.shape[a] > 1]
         if sharded:
             raise ConfigError(
-                f"train.parallel=shard_map is pure data parallelism; set {', '.join(f'mesh.{a}=1' for a in sharded)}"
-                " or use train.parallel=jit"
+                "train.parallel=shard_map is pure data parallelism; set "
+                f"{', '.join(f'mesh.{a}=1' for a in sharded)} or use train.parallel=jit"
             )
         step_fn = shard_map_step
     else:

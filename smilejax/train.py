@@ -5,6 +5,7 @@ runtime → run dir → mesh → input → model → restore → loggers → loo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -69,10 +70,8 @@ def default_run_dir(cfg: Config) -> Path:
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -114,10 +113,9 @@ def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None):
 
 def to_global(program: steps.Program, local: dict, global_batch: int) -> dict:
     """This process's rows → one global jax.Array per key (each process feeds only its shard)."""
+
     def put(x: np.ndarray) -> jax.Array:
-        return jax.make_array_from_process_local_data(
-            program.batch_sharding, x, (global_batch, *x.shape[1:])
-        )
+        return jax.make_array_from_process_local_data(program.batch_sharding, x, (global_batch, *x.shape[1:]))
 
     return {k: put(v) for k, v in local.items()}
 
@@ -174,8 +172,9 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
     if lead:
         config.save(cfg, run_dir / "config.yaml")
         (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-        log.info("%s", runtime.describe(cluster))
-        log.info("mesh %s, %s parameters, run dir %s", meshlib.describe(mesh), f"{program.param_count:,}", run_dir)
+        log.info(
+            "mesh %s, %s parameters, run dir %s", meshlib.describe(mesh), f"{program.param_count:,}", run_dir
+        )
         if resumed:
             log.info("resumed from step %d", start)
 
@@ -219,7 +218,9 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
         if flops and peak:
             values["mfu"] = flops / step_time / peak
         if not np.isfinite(values["loss"]):
-            raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping (last checkpoint kept)")
+            raise FloatingPointError(
+                f"loss is {values['loss']} at step {step}; stopping (last checkpoint kept)"
+            )
         emit(step, values)
         last.clear()
         last.update(values)
@@ -248,8 +249,14 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
 
     # ---- loop
     watch = preemption.StopWatch(cfg.run.preemption_check_every)
-    bar = tqdm(total=cfg.run.steps, initial=start, disable=not (lead and cfg.logging.progress),
-               desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.run.steps,
+        initial=start,
+        disable=not (lead and cfg.logging.progress),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     preempted = False
     pending = first_global
     try:
@@ -280,4 +287,6 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
         if lead:
             record.close()
             loggers.close()
-    return Result(run_dir=run_dir, step=int(jax.device_get(state.step)), preempted=preempted, last_metrics=last)
+    return Result(
+        run_dir=run_dir, step=int(jax.device_get(state.step)), preempted=preempted, last_metrics=last
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,9 +15,10 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SLURM_SCRIPT = ROOT / "launch" / "local_slurm.sh"
 
 
 def cli_env(devices: int = 8, **extra: str) -> dict[str, str]:
@@ -39,7 +41,12 @@ def smilejax_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, devices: int = 8, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        smilejax_cmd(*args), env=cli_env(devices, **env), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        smilejax_cmd(*args),
+        env=cli_env(devices, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -79,3 +86,33 @@ def toy_yaml(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm_conf():
+    """SLURM_CONF of the local cluster; a cluster that was already running is reused and left running."""
+    missing = [
+        b for b in ("slurmctld", "slurmd", "munged", "srun") if not shutil.which(b, path="/usr/sbin:/usr/bin")
+    ]
+    if missing:
+        pytest.fail(
+            f"the local Slurm cluster needs {', '.join(missing)}: install slurmd slurmctld slurm-client munge"
+        )
+    state_dir = Path(os.environ.get("SMILEJAX_SLURM_DIR", "/tmp/smilejax-slurm"))
+    was_running = (
+        subprocess.run(["bash", str(SLURM_SCRIPT), "status", str(state_dir)], capture_output=True).returncode
+        == 0
+    )
+    start = subprocess.run(
+        ["bash", str(SLURM_SCRIPT), "start", str(state_dir)], capture_output=True, text=True, timeout=120
+    )
+    if start.returncode:
+        pytest.fail(f"the local Slurm cluster did not start:\n{start.stdout}\n{start.stderr}")
+    yield state_dir / "slurm.conf"
+    if not was_running:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(state_dir)], capture_output=True, timeout=60)
+
+
+def slurm_env(slurm_conf: Path, devices: int = 2) -> dict[str, str]:
+    """A CLI environment for jobs on the local cluster (no launcher variables of an enclosing job)."""
+    return cli_env(devices, SLURM_CONF=str(slurm_conf))

@@ -11,8 +11,17 @@ from tests import toy
 
 
 def test_defaults_and_overrides_are_typed():
-    cfg = config.load(toy.config(), ["optimizer.lr=3e-4", "mesh.fsdp=4", "run.steps=200", "run.dir=runs/x",
-                                     "model.hidden=64", "train.precision=bf16"])
+    cfg = config.load(
+        toy.config(),
+        [
+            "optimizer.lr=3e-4",
+            "mesh.fsdp=4",
+            "run.steps=200",
+            "run.dir=runs/x",
+            "model.hidden=64",
+            "train.precision=bf16",
+        ],
+    )
     assert cfg.optimizer.lr == pytest.approx(3e-4) and isinstance(cfg.optimizer.lr, float)
     assert cfg.mesh.fsdp == 4 and cfg.run.steps == 200 and cfg.run.dir == "runs/x"
     assert cfg.model.hidden == 64 and type(cfg.model).__name__ == "ToyModelConfig"
@@ -67,7 +76,7 @@ def test_literal_error_suggests_closest_choice():
 def test_bad_override_syntax_and_missing_sections():
     with pytest.raises(ConfigError, match="key=value"):
         config.load(toy.config(), ["optimizer.lr"])
-    with pytest.raises(ConfigError, match="model.name is missing"):
+    with pytest.raises(ConfigError, match=r"model\.name is missing"):
         config.load({"model": {}, "data": {"format": "tests.toy:DATA"}})
     with pytest.raises(ConfigError, match="unknown model 'gn3'"):
         config.load(toy.config(model={"name": "gn3"}))
@@ -85,3 +94,7 @@ def test_saved_config_reloads_identically(tmp_path):
     again = config.load(path)
     assert config.to_dict(again) == config.to_dict(cfg)
     assert set(yaml.safe_load(path.read_text())) >= {"run", "data", "model", "optimizer", "mesh", "logging"}
+
+
+def test_yaml_off_means_the_word_off():
+    assert config.load(toy.config(), ["logging.wandb=off"]).logging.wandb == "off"

@@ -182,8 +182,10 @@ def test_glob_and_comma_list_of_two_files(data_dir):
 def test_same_global_batches_for_one_and_two_processes(data_dir):
     src = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "train")
     one = iter(pipeline.batched(src, batch_size=128, seed=7))
-    parts = [iter(pipeline.batched(src, batch_size=128, seed=7, process_index=p, process_count=2))
-             for p in range(2)]
+    parts = [
+        iter(pipeline.batched(src, batch_size=128, seed=7, process_index=p, process_count=2))
+        for p in range(2)
+    ]
     for _ in range(3):
         whole = next(one)
         halves = [next(it) for it in parts]
@@ -254,8 +256,10 @@ def test_norm_dict_cached_and_roundtrip(data_dir, tmp_path, monkeypatch):
 
 def test_class_weights_salt_format(data_dir, tmp_path):
     # the layout salt's use_class_dict reads and umami-preprocessing writes
-    salt_dict = {"jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
-                 "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]}}
+    salt_dict = {
+        "jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
+        "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]},
+    }
     path = tmp_path / "class_dict.yaml"
     path.write_text(yaml.safe_dump(salt_dict))
     w = fh.class_weights(str(path))
@@ -329,8 +333,9 @@ def test_wrong_dtype(data_dir, tmp_path):
     with pytest.raises(ValueError, match="tracks/d0 has dtype") as err:
         fh.SPEC.source(_cfg(bad), "train")
     assert bad in str(err.value)
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "float_valid.h5",
-                   edit_tracks=lambda t: _retype(t, "valid", "f4"))
+    bad = _rewrite(
+        data_dir / "s1.h5", tmp_path / "float_valid.h5", edit_tracks=lambda t: _retype(t, "valid", "f4")
+    )
     with pytest.raises(ValueError, match="tracks/valid has dtype") as err:
         fh.SPEC.source(_cfg(bad), "train")
     assert bad in str(err.value)

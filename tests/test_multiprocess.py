@@ -23,9 +23,16 @@ def test_two_processes_match_one(toy_yaml, tmp_path):
     procs = [
         subprocess.Popen(
             smilejax_cmd("train", str(cfg), f"run.dir={multi}"),
-            env=cli_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                        JAX_PROCESS_ID=str(rank)),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=cli_env(
+                4,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(rank),
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in range(2)
     ]

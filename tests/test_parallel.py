@@ -51,7 +51,9 @@ def test_strategies_match_one_device(reference, mesh, shard_shape):
     ref_losses, ref_state = reference
     losses, state = train_losses(mesh=mesh)
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state.params, ref_state.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), state.params, ref_state.params
+    )
     # parameters and their optimizer moments are sharded the way the rules say ('mid' is mlp × embed)
     kernel = state.params["mid"]["kernel"]
     assert kernel.addressable_shards[0].data.shape == shard_shape
@@ -62,7 +64,9 @@ def test_jit_and_shard_map_data_parallel_agree():
     jit_losses, jit_state = train_losses(mesh={"data": 8}, train={"parallel": "jit"})
     sm_losses, sm_state = train_losses(mesh={"data": 8}, train={"parallel": "shard_map"})
     np.testing.assert_allclose(sm_losses, jit_losses, rtol=2e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), sm_state.params, jit_state.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), sm_state.params, jit_state.params
+    )
 
 
 def test_gradient_accumulation_matches_full_batch(reference):
@@ -96,5 +100,9 @@ def test_mesh_shape_errors_name_the_problem():
 def test_indivisible_dimension_stays_replicated():
     mesh = meshlib.build_mesh(MeshConfig(data=1, fsdp=8))
     rules = MeshConfig().rules
-    assert meshlib.logical_spec(("mlp", "embed"), (32, 12), mesh, rules) == jax.sharding.PartitionSpec(None, None)
-    assert meshlib.logical_spec(("mlp", "embed"), (32, 16), mesh, rules) == jax.sharding.PartitionSpec(None, ("fsdp",))
+    assert meshlib.logical_spec(("mlp", "embed"), (32, 12), mesh, rules) == jax.sharding.PartitionSpec(
+        None, None
+    )
+    assert meshlib.logical_spec(("mlp", "embed"), (32, 16), mesh, rules) == jax.sharding.PartitionSpec(
+        None, ("fsdp",)
+    )

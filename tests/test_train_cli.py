@@ -28,9 +28,14 @@ def reference(tmp_path_factory):
     cfg = tmp / "toy.yaml"
     from tests import toy
 
-    cfg.write_text(yaml.safe_dump(toy.config(run={"steps": STEPS, "checkpoint_every": 4, "eval_every": 8,
-                                                   "eval_steps": 2},
-                                             logging={"wandb": "offline", "tensorboard": True})))
+    cfg.write_text(
+        yaml.safe_dump(
+            toy.config(
+                run={"steps": STEPS, "checkpoint_every": 4, "eval_every": 8, "eval_steps": 2},
+                logging={"wandb": "offline", "tensorboard": True},
+            )
+        )
+    )
     run_dir = tmp / "run"
     proc = run_cli("train", str(cfg), f"run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,7 +43,7 @@ def reference(tmp_path_factory):
 
 
 def test_run_directory_holds_config_info_metrics_and_loggers(reference):
-    cfg, run_dir = reference
+    _cfg, run_dir = reference
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["run"]["steps"] == STEPS and saved["run"]["dir"] == str(run_dir)
     assert saved["model"]["hidden"] == 32  # defaults are filled in
@@ -56,7 +61,11 @@ def test_run_directory_holds_config_info_metrics_and_loggers(reference):
     assert "mfu" not in train_records[0]  # no known peak for a CPU
     evals = [r for r in records if "eval/loss" in r]
     assert [r["step"] for r in evals] == [8, 16, 24]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["16", "20", "24"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "16",
+        "20",
+        "24",
+    ]
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -86,13 +95,19 @@ def test_missing_data_path_is_a_clear_error(toy_yaml, tmp_path):
     missing = tmp_path / "nowhere.npz"
     proc = run_cli("train", str(toy_yaml()), f"data.path={missing}", f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and str(missing) in proc.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir()
+    )
 
 
 def _start(cfg, run_dir, *overrides) -> subprocess.Popen:
     return subprocess.Popen(
         smilejax_cmd("train", str(cfg), f"run.dir={run_dir}", "data.read_delay_s=0.05", *overrides),
-        env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from smilejax.inputs.spec import DataConfig, DatasetSpec
 from smilejax.models.spec import ModelSpec
 
@@ -26,14 +25,25 @@ class ToyModelConfig:
 class ToyMLP(nnx.Module):
     def __init__(self, cfg: ToyModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         init = nnx.initializers.lecun_normal()
-        self.up = nnx.Linear(cfg.features, cfg.hidden, dtype=dtype, rngs=rngs,
-                             kernel_init=nnx.with_partitioning(init, ("in", "mlp")),
-                             bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("mlp",)))
-        self.mid = nnx.Linear(cfg.hidden, cfg.hidden, dtype=dtype, rngs=rngs,
-                              kernel_init=nnx.with_partitioning(init, ("mlp", "embed")),
-                              bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
-        self.out = nnx.Linear(cfg.hidden, 1, dtype=dtype, rngs=rngs,
-                              kernel_init=nnx.with_partitioning(init, ("embed", None)))
+        self.up = nnx.Linear(
+            cfg.features,
+            cfg.hidden,
+            dtype=dtype,
+            rngs=rngs,
+            kernel_init=nnx.with_partitioning(init, ("in", "mlp")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("mlp",)),
+        )
+        self.mid = nnx.Linear(
+            cfg.hidden,
+            cfg.hidden,
+            dtype=dtype,
+            rngs=rngs,
+            kernel_init=nnx.with_partitioning(init, ("mlp", "embed")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)),
+        )
+        self.out = nnx.Linear(
+            cfg.hidden, 1, dtype=dtype, rngs=rngs, kernel_init=nnx.with_partitioning(init, ("embed", None))
+        )
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

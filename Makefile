@@ -1,0 +1,35 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+
+VENV ?= .venv
+# JAX 0.11+ needs Python 3.12; under pyenv, select a 3.12 interpreter when one is installed.
+export PYENV_VERSION ?= $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1)
+PYTHON ?= $(shell python3.12 -c 'print("python3.12")' 2>/dev/null || echo python3)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint system clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Trains GN2 on a small synthetic ATLAS-format dataset that is made once and cached.
+demo: $(STAMP)
+	$(VENV)/bin/smilejax train gn2 run.steps=200 run.dir=runs/gn2-demo
+
+# Debian packages the tests need (a real local Slurm cluster); installed only where missing.
+system:
+	bash launch/install_system_deps.sh
+
+test: $(STAMP) system
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs

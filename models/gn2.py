@@ -1,0 +1,261 @@
+"""GN2, ATLAS's transformer jet-flavour tagger (salt's ``GN2.yaml``), in Flax NNX.
+
+Architecture (defaults = salt's ``configs/GN2/GN2.yaml``; 2,339,150 parameters, as in salt)::
+
+    tracks [B, T, 21] (normalised track variables + jet pt, eta), valid [B, T]
+      -> initial net       21 -> 256 -> 256 (ReLU)                                  per track
+      -> encoder           4 pre-LN layers (width 256, 8 heads, ReLU feed-forward 512),
+                           1 learned register token appended, projection 256 -> 128, final LayerNorm
+      -> pooling           global attention pooling over valid tracks and the register -> jet [B, 128]
+      -> jet flavour       MLP 128-128-64-32-4 on the jet embedding            (b, c, light, tau)
+      -> track origin      MLP (128+128)-128-64-32-8 on [jet, track]           (8 origin classes)
+      -> track vertexing   MLP (128+2*128)-128-64-32-1 on [jet, track_i, track_j] for every ordered pair
+
+As in salt, LayerNorms have no affine parameters, the task heads receive the pooled jet embedding
+concatenated *in front of* their per-track input, and the register token takes part in pooling but
+not in the per-track tasks. Head first layers are applied piecewise (``MLP.project_first``), which is
+the same function as salt's concatenation but never builds the [B, T, T, 384] pair tensor.
+
+Padded tracks (``valid == False``; holes allowed) are zeroed on input, never attended to nor pooled,
+and their per-track / per-pair outputs are set to 0.
+
+Losses (``loss``), averaged in float32:
+
+* jet: cross-entropy over jets, with optional class weights (PyTorch's weighted mean); jets with a
+  negative label are ignored;
+* origin: cross-entropy over valid tracks with a label >= 0 (salt ignores -1 and -2), optional class
+  weights; weight 0.5;
+* vertex: binary cross-entropy over all ordered pairs (i, j), i != j, of valid tracks; the target is 1
+  when both tracks carry the same vertex index and that index is >= 0 (salt's definition). When
+  ``track_origin`` is present the pair weight is salt's: with ``w = [origin in {fromB, fromBC, fromC}]
+  - [origin == fake]`` per track, a pair weighs ``1 + (w_i & w_j)`` (a bitwise and, as in salt: two
+  heavy-flavour tracks, or one heavy-flavour and one fake, weigh 2; two fakes 0; all other pairs 1).
+  The weighted sum is divided by the number of valid pairs
+  (``vertex_loss_norm="pairs"``, default) or, as salt does, by the number of matching pairs
+  (``"matches"``: salt's scale, larger by pairs/matches, and 0 rather than NaN without matches); weight 1.5.
+
+Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, None for class logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from .layers import MLP, Encoder, GlobalAttentionPooling
+from .spec import ModelSpec
+
+JET_CLASSES = ("b", "c", "light", "tau")
+ORIGIN_CLASSES = ("pileup", "fake", "primary", "fromB", "fromBC", "fromC", "fromTau", "otherSecondary")
+TASKS = ("jet", "origin", "vertex")
+AUX_KEYS = {"origin": "track_origin", "vertex": "track_vertex"}
+
+_FAKE = ORIGIN_CLASSES.index("fake")
+_HEAVY_FLAVOUR = tuple(ORIGIN_CLASSES.index(c) for c in ("fromB", "fromBC", "fromC"))
+
+
+@dataclasses.dataclass
+class GN2Config:
+    """GN2 hyperparameters (plain types, so a YAML mapping fills it).
+
+    class_weights: optional per-class loss weights keyed by task, ``{"jet": [4 floats], "origin":
+        [8 floats]}`` (the weights of salt's class dict).
+    aux_tasks: ``"auto"`` trains origin / vertex when the batch holds ``track_origin`` /
+        ``track_vertex``; ``"on"`` demands both (ValueError naming the missing key); ``"off"`` jet only.
+    """
+
+    name: str = "gn2"
+    track_features: int = 21
+    max_tracks: int = 40
+    embed: int = 256
+    init_hidden: list[int] = dataclasses.field(default_factory=lambda: [256])
+    layers: int = 4
+    heads: int = 8
+    ff: int = 512
+    out: int = 128
+    registers: int = 1
+    head_hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32])
+    jet_classes: int = len(JET_CLASSES)
+    origin_classes: int = len(ORIGIN_CLASSES)
+    activation: str = "relu"
+    dropout: float = 0.0
+    remat: bool = False
+    aux_tasks: str = "auto"
+    jet_weight: float = 1.0
+    origin_weight: float = 0.5
+    vertex_weight: float = 1.5
+    vertex_origin_weighting: bool = True
+    vertex_loss_norm: str = "pairs"
+    class_weights: dict[str, list[float]] | None = None
+
+    def __post_init__(self):
+        if self.aux_tasks not in ("auto", "on", "off"):
+            raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
+        if self.vertex_loss_norm not in ("pairs", "matches"):
+            raise ValueError(f"vertex_loss_norm must be 'pairs' or 'matches', got {self.vertex_loss_norm!r}")
+        sizes = {"jet": self.jet_classes, "origin": self.origin_classes}
+        for task, weights in (self.class_weights or {}).items():
+            if task not in sizes:
+                raise ValueError(f"class_weights: unknown task {task!r}; expected one of {sorted(sizes)}")
+            if len(weights) != sizes[task]:
+                raise ValueError(
+                    f"class_weights[{task!r}] has {len(weights)} entries, expected {sizes[task]}"
+                )
+
+
+class GN2(nnx.Module):
+    """``model(tracks, valid) -> {"jet_logits": [B, 4], "origin_logits": [B, T, 8], "vertex_logits":
+    [B, T, T]}``; ``tasks=`` restricts which heads run."""
+
+    def __init__(self, cfg: GN2Config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        dtype = jnp.dtype(dtype)
+        self.dtype = dtype
+        # Only hashable, plain values on the module, so its graphdef can be a static jit argument.
+        self.aux_tasks = cfg.aux_tasks
+        self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
+        self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
+        self.vertex_loss_norm = cfg.vertex_loss_norm
+        cw = cfg.class_weights or {}
+        self.jet_class_weights = tuple(float(w) for w in cw["jet"]) if "jet" in cw else None
+        self.origin_class_weights = tuple(float(w) for w in cw["origin"]) if "origin" in cw else None
+
+        common = dict(activation=cfg.activation, dropout=cfg.dropout, rngs=rngs, dtype=dtype)
+        self.init_net = MLP(
+            [cfg.track_features, *cfg.init_hidden, cfg.embed], in_axis="in", out_axis="embed", **common
+        )
+        self.encoder = Encoder(
+            cfg.layers,
+            cfg.embed,
+            cfg.heads,
+            cfg.ff,
+            out_dim=cfg.out,
+            num_registers=cfg.registers,
+            remat=cfg.remat,
+            **common,
+        )
+        self.pool = GlobalAttentionPooling(cfg.out, rngs=rngs, dtype=dtype)
+        hidden = list(cfg.head_hidden)
+        self.jet_head = MLP([cfg.out, *hidden, cfg.jet_classes], **common)
+        self.origin_head = MLP([2 * cfg.out, *hidden, cfg.origin_classes], **common)
+        self.vertex_head = MLP([3 * cfg.out, *hidden, 1], **common)
+
+    def __call__(
+        self, tracks: jax.Array, valid: jax.Array, *, tasks: tuple[str, ...] = TASKS
+    ) -> dict[str, jax.Array]:
+        valid = valid.astype(bool)
+        n_tracks = tracks.shape[1]
+        x = jnp.where(valid[..., None], tracks, 0).astype(self.dtype)  # garbage in padding never leaks
+        x = self.init_net(x)
+        x, valid_all = self.encoder(x, valid)  # registers appended at the end
+        jet = self.pool(x, valid_all)
+        trk = x[:, :n_tracks]
+
+        out = {}
+        if "jet" in tasks:
+            out["jet_logits"] = self.jet_head(jet)
+        if "origin" in tasks:
+            logits = self.origin_head(trk, context=jet)
+            out["origin_logits"] = jnp.where(valid[..., None], logits, 0)
+        if "vertex" in tasks:
+            ctx, xi, xj = self.vertex_head.project_first(jet, trk, trk)
+            h = ctx[:, None, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
+            logits = self.vertex_head.finish(h)[..., 0]
+            pair_valid = valid[:, :, None] & valid[:, None, :]
+            out["vertex_logits"] = jnp.where(pair_valid, logits, 0)
+        return out
+
+
+def build(cfg: GN2Config, *, rngs: nnx.Rngs, dtype=jnp.float32) -> GN2:
+    return GN2(cfg, rngs=rngs, dtype=dtype)
+
+
+def _active_tasks(mode: str, batch) -> tuple[str, ...]:
+    if mode == "off":
+        return ("jet",)
+    if mode == "on":
+        for key in AUX_KEYS.values():
+            if key not in batch:
+                raise ValueError(f"aux_tasks='on' needs batch key {key!r}, which the batch lacks")
+        return TASKS
+    return ("jet", *(task for task, key in AUX_KEYS.items() if key in batch))
+
+
+def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _cross_entropy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array, class_weights: tuple[float, ...] | None
+) -> jax.Array:
+    """Mean cross-entropy over ``mask``; with class weights, PyTorch's sum(w_y * l) / sum(w_y)."""
+    n = logits.shape[-1]
+    labels = labels.astype(jnp.int32)
+    mask = mask & (labels >= 0) & (labels < n)
+    safe = jnp.where(mask, labels, 0)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    w = mask.astype(jnp.float32)
+    if class_weights is not None:
+        w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+    return _safe_div(jnp.sum(w * nll), jnp.sum(w))
+
+
+def _pair_weights(origin: jax.Array) -> jax.Array:
+    """salt's VertexingTask.get_weights: 1 + (w_i & w_j), w = [heavy flavour] - [fake] (bitwise and)."""
+    hf = jnp.isin(origin, jnp.asarray(_HEAVY_FLAVOUR)).astype(jnp.int32)
+    w = hf - (origin == _FAKE).astype(jnp.int32)
+    return (1 + jnp.bitwise_and(w[:, :, None], w[:, None, :])).astype(jnp.float32)
+
+
+def loss(model: GN2, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    tasks = _active_tasks(model.aux_tasks, batch)
+    valid = jnp.asarray(batch["valid"]).astype(bool)
+    out = model(batch["tracks"], valid, tasks=tasks)
+    w_jet, w_origin, w_vertex = model.task_weights
+
+    flavour = jnp.asarray(batch["flavour"]).astype(jnp.int32)
+    jet_logits = out["jet_logits"].astype(jnp.float32)
+    loss_jet = _cross_entropy(jet_logits, flavour, jnp.ones_like(valid[:, 0]), model.jet_class_weights)
+    acc_jet = jnp.mean((jnp.argmax(jet_logits, axis=-1) == flavour).astype(jnp.float32))
+    metrics = {"loss_jet": loss_jet, "acc_jet": acc_jet}
+    total = w_jet * loss_jet
+
+    if "origin" in tasks:
+        loss_origin = _cross_entropy(
+            out["origin_logits"], jnp.asarray(batch["track_origin"]), valid, model.origin_class_weights
+        )
+        metrics["loss_origin"] = loss_origin
+        total = total + w_origin * loss_origin
+
+    if "vertex" in tasks:
+        vertex = jnp.asarray(batch["track_vertex"]).astype(jnp.int32)
+        n = vertex.shape[1]
+        pairs = valid[:, :, None] & valid[:, None, :] & ~jnp.eye(n, dtype=bool)
+        target = (
+            (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0) & (vertex[:, None, :] >= 0)
+        )
+        bce = optax.sigmoid_binary_cross_entropy(
+            out["vertex_logits"].astype(jnp.float32), target.astype(jnp.float32)
+        )
+        weight = pairs.astype(jnp.float32)
+        if model.vertex_origin_weighting and "track_origin" in batch:
+            weight = weight * _pair_weights(jnp.asarray(batch["track_origin"]).astype(jnp.int32))
+        norm = pairs & target if model.vertex_loss_norm == "matches" else pairs
+        loss_vertex = _safe_div(jnp.sum(weight * bce), jnp.sum(norm.astype(jnp.float32)))
+        metrics["loss_vertex"] = loss_vertex
+        total = total + w_vertex * loss_vertex
+
+    return total.astype(jnp.float32), metrics
+
+
+def input_spec(cfg: GN2Config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+        "tracks": jax.ShapeDtypeStruct((batch_size, cfg.max_tracks, cfg.track_features), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((batch_size, cfg.max_tracks), jnp.bool_),
+    }
+
+
+SPEC = ModelSpec(name="gn2", config=GN2Config, build=build, loss=loss, input_spec=input_spec)
