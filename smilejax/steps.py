@@ -72,7 +72,7 @@ def _param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: dict[str, li
     specs = {}
     for path, var in nnx.to_flat_state(abstract_params):
         names = var.get_metadata().get("out_sharding")
-        specs[path] = NamedSharding(mesh, meshlib.logical_spec(names, var.value.shape, mesh, rules))
+        specs[path] = NamedSharding(mesh, meshlib.logical_spec(names, var.get_value().shape, mesh, rules))
     return nnx.to_pure_dict(nnx.from_flat_state(specs))
 
 
