@@ -75,31 +75,34 @@ class Checkpointer:
         if wait:
             self.manager.wait_until_finished()
 
-    def restore(self, abstract: TrainState, iterator: grain.DatasetIterator) -> TrainState | None:
-        """The newest readable checkpoint's state (the iterator is restored in place); None if none."""
+    def restore(
+        self, abstract: TrainState, iterator: grain.DatasetIterator | None = None, *, step: int | None = None
+    ) -> TrainState | None:
+        """The newest readable checkpoint's state (or ``step``'s), None if there is none.
+
+        ``iterator``, when given, is restored in place to where that checkpoint's data stream stood.
+        """
         self.manager.wait_until_finished()
-        candidates = sorted(self.manager.all_steps(), reverse=True)
+        candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
         failures = []
-        for step in candidates:
+        for candidate in candidates:
+            items = {"state": ocp.args.StandardRestore(_abstract_with_data(abstract))}
+            if iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_abstract_with_data(abstract)),
-                        data=grain.checkpoint.CheckpointRestore(iterator),
-                    ),
-                )
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
             except Exception as err:  # any unreadable checkpoint: try the previous one
+                reason = f"{type(err).__name__}: {err}".splitlines()[0]
                 log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying an older one",
-                    step,
+                    "checkpoint step %s in %s is unreadable (%s); trying an older one",
+                    candidate,
                     self.directory,
-                    f"{type(err).__name__}: {err}".splitlines()[0],
+                    reason,
                 )
-                failures.append(step)
+                failures.append(candidate)
                 continue
             if failures:
-                log.warning("resumed from step %d; skipped unreadable step(s) %s", step, failures)
+                log.warning("resumed from step %d; skipped unreadable step(s) %s", candidate, failures)
             return _data_to_keys(abstract, restored.state)
         if failures:
             raise RuntimeError(

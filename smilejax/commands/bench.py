@@ -1,0 +1,24 @@
+"""``smilejax bench STUDY ...``: performance studies (modules of ``smilejax.bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+
+import smilejax.bench as studies
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="performance studies: throughput, scaling, input pipeline, serving",
+        description="Performance studies. Each reports speeds as ratios against a baseline measured in "
+        "the same run and writes JSON, a table and plots into --out, with the machine, date and command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    studies_sub = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
+    for module in sorted(
+        m.name for m in pkgutil.iter_modules(studies.__path__) if not m.name.startswith("_")
+    ):
+        importlib.import_module(f"{studies.__name__}.{module}").register(studies_sub)

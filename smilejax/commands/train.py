@@ -1,0 +1,36 @@
+"""``smilejax train CONFIG [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from smilejax.commands.common import LAUNCH_EPILOG, add_config_args
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a model (resumes when RUN_DIR already holds a checkpoint)",
+        description="Train a model. CONFIG is a YAML file or the name of a packaged config. The run "
+        "directory gets config.yaml (resolved), run.json (hardware, mesh, versions), metrics.jsonl, "
+        "checkpoints/, and the W&B / TensorBoard files. Running again on the same run.dir resumes "
+        "from its newest readable checkpoint.",
+        epilog=LAUNCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smilejax import config, train
+    from smilejax.preemption import EXIT_PREEMPTED
+
+    result = train.train(config.load(args.config, args.overrides))
+    if result.preempted:
+        logging.getLogger("smilejax").warning(
+            "stopped at step %d after a checkpoint; run the same command to resume", result.step
+        )
+        return EXIT_PREEMPTED
+    return 0
