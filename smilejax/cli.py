@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"smilejax: config error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a NaN/inf loss: the last good checkpoint stays
+        print(f"smilejax: stopped: {err}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError, KeyError) as err:
         if args.verbose:
             raise

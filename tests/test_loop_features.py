@@ -1,0 +1,62 @@
+"""Loop features beyond the basics: MFU, profiler traces, NaN stops, optimizers and schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smilejax import config, metrics, optim, train
+from smilejax.config import OptimizerConfig
+from tests import toy
+
+
+def _run(tmp_path, **sections):
+    run = {"dir": str(tmp_path / "run"), "steps": 4, **sections.pop("run", {})}
+    cfg = config.load(toy.config(run=run, **sections))
+    return train.train(cfg), tmp_path / "run"
+
+
+def test_mfu_is_logged_when_the_device_peak_is_known(tmp_path, monkeypatch):
+    monkeypatch.setitem(metrics.PEAK_FLOPS, "cpu", 1e9)
+    _, run_dir = _run(tmp_path)
+    records = [r for r in metrics.read(run_dir / "metrics.jsonl") if "loss" in r]
+    assert all(0 < r["mfu"] < 1 for r in records)
+
+
+def test_profiler_trace_is_written(tmp_path):
+    _, run_dir = _run(tmp_path, run={"profile_at": 1, "profile_steps": 2})
+    assert list((run_dir / "profile").rglob("*.xplane.pb"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    # Rows of the 4th batch (no shuffling) carry a NaN target: step 4's loss is NaN.
+    source = toy.ToySource(toy.ToyDataConfig(), "train")
+    y = source.y.copy()
+    y[3 * 16 : 4 * 16] = np.nan
+    data = tmp_path / "nan.npz"
+    np.savez(data, x=source.x, y=y)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 4"):
+        _run(tmp_path, run={"steps": 8, "checkpoint_every": 2}, data={"path": str(data), "shuffle": False})
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [2]
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "lamb"])
+def test_each_optimizer_trains(tmp_path, name):
+    lr = 3e-3 if name == "lion" else 1e-2
+    result, run_dir = _run(tmp_path, run={"steps": 30, "log_every": 10}, optimizer={"name": name, "lr": lr})
+    losses = [r["loss"] for r in metrics.read(run_dir / "metrics.jsonl")]
+    assert result.step == 30 and losses[-1] < losses[0]
+
+
+def test_schedules_hit_their_anchor_points():
+    cosine = optim.schedule(OptimizerConfig(schedule="cosine", lr=1.0, warmup=10, final_lr=0.1), 110)
+    assert float(cosine(0)) == pytest.approx(0.0) and float(cosine(10)) == pytest.approx(1.0)
+    assert float(cosine(110)) == pytest.approx(0.1)
+    one = optim.schedule(
+        OptimizerConfig(schedule="onecycle", lr=5e-4, initial_lr=1e-7, final_lr=1e-5, warmup=0.01), 1000
+    )
+    assert float(one(0)) == pytest.approx(1e-7, rel=1e-3) and float(one(10)) == pytest.approx(5e-4)
+    assert float(one(1000)) == pytest.approx(1e-5, rel=1e-3)
+    const = optim.schedule(OptimizerConfig(lr=0.5, warmup=0.5), 10)
+    assert [float(const(s)) for s in (0, 5, 9)] == pytest.approx([0.0, 0.5, 0.5])
