@@ -160,3 +160,11 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(reference, tmp_path)
     assert "checkpoint step 24" in proc.stderr and "unreadable" in proc.stderr
     assert "resumed from step 20" in proc.stderr
     assert losses(run_dir) == losses(ref_dir)
+
+
+def test_every_command_has_help():
+    from smilejax.commands import names
+
+    for name in names():
+        proc = run_cli(name, "--help")
+        assert proc.returncode == 0 and "usage: smilejax" in proc.stdout, (name, proc.stderr[-2000:])

@@ -18,7 +18,6 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     studies_sub = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
-    for module in sorted(
-        m.name for m in pkgutil.iter_modules(studies.__path__) if not m.name.startswith("_")
-    ):
+    names = (m.name for m in pkgutil.iter_modules(studies.__path__))
+    for module in sorted(n for n in names if not n.startswith("_") and n != "common"):
         importlib.import_module(f"{studies.__name__}.{module}").register(studies_sub)
