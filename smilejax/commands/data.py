@@ -1,0 +1,251 @@
+"""``smilejax data make|norm|check``: make datasets, compute normalisation dicts, check files up front."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+MAKERS = {
+    "ftag-synthetic": "synthetic ATLAS flavour-tagging jets (numpy only, ~5e4 jets/s)",
+    "ftag-pythia": "ATLAS flavour-tagging jets from Pythia 8 tt̄ events at 13 TeV (~400 jets/s per core)",
+}
+PLOT_VARS = (  # (tracks field, x range, axis: lin/log/int) drawn per flavour by `data check --plot`
+    ("IP3D_signed_d0_significance", (-10, 40), "lin"),
+    ("IP3D_signed_z0_significance", (-10, 40), "lin"),
+    ("d0", (-1, 1), "lin"),
+    ("z0SinTheta", (-1, 1), "lin"),
+    ("pt", (500, 1e5), "log"),
+    ("numberOfPixelHits", (0, 10), "int"),
+)
+
+
+def _default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _add_vars(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jet-vars", default=None, metavar="A,B", help="jet variables (default: pt,eta, as data.jet_vars)"
+    )
+    parser.add_argument(
+        "--track-vars", default=None, metavar="A,B,...", help="track variables (default: GN2's 19)"
+    )
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "data",
+        help="make datasets (synthetic, Pythia), compute normalisation dicts, check files",
+        description="Datasets in the ATLAS flavour-tagging HDF5 format (what data.format=ftag_h5 reads, "
+        "as salt and atlas-ftag-tools do): make them, compute their normalisation dict, check them.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    make = actions.add_parser(
+        "make",
+        help="generate a dataset file",
+        description="Generate a dataset into one HDF5 file (written under a temporary name, then renamed).",
+    )
+    makers = make.add_subparsers(dest="maker", metavar="MAKER", required=True)
+    for name, about in MAKERS.items():
+        m = makers.add_parser(name, help=about, description=about + ".")
+        m.add_argument("--out", required=True, metavar="PATH", help="output file (.h5)")
+        m.add_argument("--jets", required=True, type=int, metavar="N", help="number of jets")
+        m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        if name == "ftag-pythia":
+            m.description += (
+                " Worker k generates its share of the jets from seeds (seed, k) and the parts are merged in "
+                "order, so the file is reproducible for the same --seed and --workers (not across worker "
+                "counts). Needs: " + "pip install pythia8mc==8.317.2 fastjet"
+            )
+            m.add_argument(
+                "--workers",
+                type=int,
+                default=_default_workers(),
+                metavar="K",
+                help="generator processes (default: the CPUs this process may use, %(default)s here)",
+            )
+            m.add_argument("--no-progress", action="store_true", help="no progress bar")
+        m.set_defaults(run=run_make)
+
+    norm = actions.add_parser(
+        "norm",
+        help="compute the normalisation dict (mean, std) of the input variables",
+        description="Mean and std of the jet variables and of the track variables on valid tracks, over the "
+        "first N jets of FILES in order, written as YAML in the umami-preprocessing/salt layout "
+        "{jets|tracks: {var: {mean, std}}} (use it as data.norm_dict).",
+    )
+    norm.add_argument("files", nargs="+", metavar="FILES", help="HDF5 files, globs or directories")
+    norm.add_argument("--out", required=True, metavar="PATH", help="output YAML (e.g. norm.yaml)")
+    norm.add_argument("--jets", type=int, default=200_000, metavar="N", help="jets to use (default 200000)")
+    _add_vars(norm)
+    norm.set_defaults(run=run_norm)
+
+    check = actions.add_parser(
+        "check",
+        help="scan files for structure, dtype, label and NaN/inf problems",
+        description="Read every file whole, in chunks: datasets, variables and dtypes, flavour and track "
+        "labels, NaN/inf in the input variables. Prints a YAML report per file (jets, valid tracks, jets "
+        "per flavour b/c/light/tau, track labels present, or the error naming file, field and row).",
+        epilog="exit codes: 0 every file is fine, 2 a file has a problem (the report names it)",
+    )
+    check.add_argument("files", nargs="+", metavar="FILES", help="HDF5 files, globs or directories")
+    check.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="also draw per-flavour distributions of the main track variables (first 20000 jets per file)",
+    )
+    _add_vars(check)
+    check.set_defaults(run=run_check)
+
+
+def _config(args: argparse.Namespace):
+    from smilejax.inputs.ftag_h5 import FtagConfig
+
+    cfg = FtagConfig()
+    if args.jet_vars:
+        cfg.jet_vars = [v.strip() for v in args.jet_vars.split(",") if v.strip()]
+    if args.track_vars:
+        cfg.track_vars = [v.strip() for v in args.track_vars.split(",") if v.strip()]
+    return cfg
+
+
+def run_make(args: argparse.Namespace) -> int:
+    import h5py
+    import numpy as np
+
+    if args.jets < 1:
+        raise ValueError(f"--jets must be at least 1, not {args.jets}")
+    if args.maker == "ftag-synthetic":
+        from smilejax.inputs import ftag_synthetic
+
+        path = ftag_synthetic.make(args.out, args.jets, args.seed)
+    else:
+        from smilejax.inputs import ftag_pythia
+
+        try:
+            ftag_pythia.require_generators()
+        except ImportError as err:
+            print(f"smilejax: {err}", file=sys.stderr)
+            return 2
+        path = ftag_pythia.make(
+            args.out, args.jets, args.seed, workers=args.workers, progress=not args.no_progress
+        )
+    with h5py.File(path, "r", locking=False) as f:
+        flav = np.bincount(f["jets"].fields("flavour_label")[:], minlength=4)
+        extra = ""
+        if "n_events" in f.attrs:
+            secs = float(f.attrs["seconds"])
+            cpu = float(f.attrs["cpu_seconds"])
+            extra = (
+                f" from {int(f.attrs['n_events'])} events in {secs:.1f} s ({args.jets / secs:.0f} jets/s "
+                f"with {int(f.attrs['workers'])} workers, {args.jets / cpu:.0f} jets per CPU-second)"
+            )
+    print(f"wrote {args.jets} jets (b {flav[0]}, c {flav[1]}, light {flav[2]}, tau {flav[3]}){extra}: {path}")
+    return 0
+
+
+def run_norm(args: argparse.Namespace) -> int:
+    from smilejax.inputs import ftag_h5
+
+    if args.jets < 1:
+        raise ValueError(f"--jets must be at least 1, not {args.jets}")
+    cfg = _config(args)
+    norm = ftag_h5.compute_norm_dict(args.files, cfg, args.jets)
+    path = ftag_h5.write_norm_dict(norm, args.out)
+    n_jet, n_track = len(norm["jets"]), len(norm["tracks"])
+    print(f"wrote the normalisation of {n_jet} jet and {n_track} track variables: {path}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from smilejax.inputs import ftag_h5
+
+    cfg = _config(args)
+    report: dict[str, dict] = {}
+    good: list[str] = []
+    for arg in args.files:
+        try:
+            files = ftag_h5.expand_paths(arg)
+        except (FileNotFoundError, ValueError) as err:
+            report[arg] = {"error": str(err)}
+            continue
+        for path in files:
+            try:
+                report.update(ftag_h5.check(path, cfg))
+                good.append(path)
+            except (FileNotFoundError, ValueError, KeyError) as err:
+                report[path] = {"error": str(err)}
+    print(yaml.safe_dump(report, sort_keys=False, width=200), end="")
+    bad = [p for p, r in report.items() if "error" in r]
+    if args.plot and good:
+        print(f"plot: {_plot(good, cfg, args.plot)}")
+    if bad:
+        print(f"smilejax: {len(bad)} of {len(report)} files have problems: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
+    """Per-flavour, unit-area histograms of the main track variables and of the tracks per jet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from smilejax.inputs import ftag_h5
+
+    values: dict[str, list] = {name: [] for name, _, _ in PLOT_VARS}
+    n_tracks, flavours = [], []
+    for path in paths:
+        info = ftag_h5.inspect_file(path, cfg)
+        n = min(info.n_jets, max_jets)
+        with ftag_h5.open_h5(path) as f:
+            raw = f[cfg.jets_name].fields(info.flavour_field)[:n].astype(np.int64)
+            fields = [v for v in values if v in (f[cfg.tracks_name].dtype.names or ())]
+            trk = f[cfg.tracks_name].fields([*fields, "valid"])[:n]
+        flav = info.flavour_lut[np.clip(raw, 0, info.flavour_lut.size - 1)]
+        valid = trk["valid"]
+        flavours.append(flav)
+        n_tracks.append(valid.sum(1))
+        for name in values:
+            x = trk[name] if name in fields else np.full(valid.shape, np.nan)
+            values[name].append([x[valid & (flav[:, None] == k)] for k in range(4)])
+    flav = np.concatenate(flavours)
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    colours = ("tab:red", "tab:orange", "tab:blue", "tab:green")
+    panels = [*PLOT_VARS, ("tracks per jet", (0, 40), "int")]
+    for ax, (name, (lo, hi), axis) in zip(axes.flat, panels, strict=False):
+        if axis == "int":
+            bins = np.arange(lo, hi + 2) - 0.5
+        else:
+            bins = np.geomspace(lo, hi, 41) if axis == "log" else np.linspace(lo, hi, 41)
+        for k, label in enumerate(ftag_h5.FLAVOURS):
+            if name == "tracks per jet":
+                x = np.concatenate(n_tracks)[flav == k]
+            else:
+                x = np.concatenate([per_file[k] for per_file in values[name]])
+            x = x[np.isfinite(x)]
+            if x.size:
+                ax.hist(
+                    np.clip(x, lo, hi), bins, histtype="step", density=True, color=colours[k], label=label
+                )
+        ax.set_xlabel(name)
+        ax.set_yscale("log")
+        if axis == "log":
+            ax.set_xscale("log")
+    counts = np.bincount(flav, minlength=4)
+    axes.flat[-1].bar(ftag_h5.FLAVOURS, counts, color=colours)
+    axes.flat[-1].set_xlabel("jets per flavour")
+    axes.flat[0].legend()
+    fig.suptitle(f"{len(paths)} file(s), {flav.size} jets (first {max_jets} per file); unit-area histograms")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,106 @@
+"""``smilejax data make|norm|check`` through the real CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import yaml
+from smilejax.inputs import ftag_h5 as fh
+from smilejax.inputs import ftag_synthetic as fs
+
+from tests.conftest import run_cli
+
+
+def test_make_synthetic_then_norm_and_check(tmp_path):
+    out = tmp_path / "syn.h5"
+    proc = run_cli("data", "make", "ftag-synthetic", "--out", str(out), "--jets", "400", "--seed", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jets, tracks = fs.generate(400, 4)
+    with h5py.File(out, "r", locking=False) as f:
+        np.testing.assert_array_equal(f["jets"][:], jets)
+        written = f["tracks"][:]
+    for name in fs.TRACK_DTYPE.names:  # field by field: NaN padding compares equal
+        np.testing.assert_array_equal(written[name], tracks[name], err_msg=name)
+    flav = np.bincount(jets["flavour_label"], minlength=4)
+    assert f"wrote 400 jets (b {flav[0]}, c {flav[1]}" in proc.stdout
+
+    norm = tmp_path / "norm.yaml"
+    proc = run_cli("data", "norm", str(out), "--out", str(norm), "--jets", "300")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = fh.load_norm_dict(norm)
+    expected = fh.compute_norm_dict(str(out), max_jets=300)
+    assert set(written["tracks"]) == set(fh.GN2_TRACK_VARS) and set(written["jets"]) == {"pt", "eta"}
+    for group, variables in expected.items():
+        for var, d in variables.items():
+            np.testing.assert_allclose(
+                [written[group][var]["mean"], written[group][var]["std"]], [d["mean"], d["std"]]
+            )
+
+    proc = run_cli(
+        "data", "norm", str(out), "--out", str(tmp_path / "btag.yaml"), "--jet-vars", "pt_btagJes,eta_btagJes"
+    )
+    assert proc.returncode == 0 and set(fh.load_norm_dict(tmp_path / "btag.yaml")["jets"]) == {
+        "pt_btagJes",
+        "eta_btagJes",
+    }
+
+    proc = run_cli("data", "check", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = yaml.safe_load(proc.stdout)[str(out)]
+    assert report["jets"] == 400 and report["flavours"] == flav.tolist() and report["aux"] is True
+    assert report["tracks"] == int(tracks["valid"].sum())
+
+
+def test_check_reports_a_nan_and_exits_2(tmp_path):
+    good = fs.make(tmp_path / "good.h5", 300, seed=1)
+    bad = tmp_path / "bad.h5"
+    shutil.copy(good, bad)
+    with h5py.File(bad, "r+", locking=False) as f:
+        tracks = f["tracks"][:]
+        slot = int(np.argmax(tracks["valid"][7]))
+        tracks["d0"][7, slot] = np.nan
+        f["tracks"][...] = tracks
+    proc = run_cli("data", "check", str(good), str(bad))
+    assert proc.returncode == 2
+    report = yaml.safe_load(proc.stdout)
+    assert report[str(good)]["jets"] == 300, "the good file is still reported"
+    assert "tracks/d0 at row 7" in report[str(bad)]["error"]
+    assert str(bad) in proc.stderr
+
+    proc = run_cli("data", "check", str(tmp_path / "missing.h5"))
+    assert proc.returncode == 2 and "missing.h5: no such file" in proc.stdout
+
+    proc = run_cli("data", "norm", str(good), "--out", str(tmp_path / "n.yaml"), "--track-vars", "d0,nope")
+    assert proc.returncode == 2 and "'nope'" in proc.stderr and str(good) in proc.stderr
+    assert not (tmp_path / "n.yaml").exists()
+
+
+def test_make_pythia_and_plot(tmp_path):
+    out = tmp_path / "tt.h5"
+    proc = run_cli(
+        "data", "make", "ftag-pythia", "--out", str(out), "--jets", "30", "--workers", "1", "--seed", "5",
+        "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote 30 jets" in proc.stdout and "with 1 workers" in proc.stdout
+    with h5py.File(out, "r", locking=False) as f:
+        assert f["jets"].shape == (30,) and f.attrs["seed"] == 5
+
+    png = tmp_path / "plots" / "tt.png"
+    proc = run_cli("data", "check", str(out), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_help_explains_each_action():
+    proc = run_cli("data", "--help")
+    assert proc.returncode == 0 and all(a in proc.stdout for a in ("make", "norm", "check"))
+    proc = run_cli("data", "make", "ftag-pythia", "--help")
+    assert proc.returncode == 0
+    assert "--workers" in proc.stdout and "pip install pythia8mc==8.317.2" in proc.stdout
+    proc = run_cli("data", "check", "--help")
+    assert "exit codes" in proc.stdout and "--plot" in proc.stdout
+    proc = run_cli("data", "make", "ftag-synthetic", "--out", "x.h5", "--jets", "0")
+    assert proc.returncode == 2 and "--jets must be at least 1" in proc.stderr
