@@ -115,6 +115,10 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
 
     abstract_state = jax.eval_shape(init)
     state_sharding = _state_shardings(abstract_state, param_sharding, tx, mesh)
+    # Shardings on the abstract state let a checkpoint restore onto another device count or mesh.
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding
+    )
     batch_sharding = meshlib.batch_sharding(mesh, rules)
 
     def loss_and_grads(params, rest, batch):

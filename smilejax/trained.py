@@ -33,6 +33,8 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a smilejax run directory (no config.yaml)")
+    if not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ folder: nothing to load")
     cfg = config.load(config_path, list(overrides))
     cfg = dataclasses.replace(
         cfg,
@@ -43,6 +45,8 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     program = steps.build(spec, cfg, meshlib.build_mesh(cfg.mesh, jax.local_devices()))
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints, async_save=False)
     try:
+        if step is not None and step not in ckpt.steps():
+            raise FileNotFoundError(f"{run_dir} has no checkpoint of step {step}; it has {ckpt.steps()}")
         state = ckpt.restore(program.abstract_state, step=step)
     finally:
         ckpt.close()
