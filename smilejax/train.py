@@ -75,6 +75,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def topology(cluster: runtime.ClusterEnv, mesh) -> str:
+    """What the run found at start: nodes, processes, devices per process and in all, the mesh."""
+    local = jax.local_devices()
+    return (
+        f"{cluster.num_nodes} node(s), {jax.process_count()} process(es) ({cluster.local_size} per node, "
+        f"{cluster.launcher}), {len(local)} {local[0].platform} device(s) per process "
+        f"(ids {[d.id for d in local]}), {jax.device_count()} in all, mesh {meshlib.describe(mesh)}"
+    )
+
+
 def run_info(cfg: Config, program: steps.Program, cluster: runtime.ClusterEnv) -> dict:
     dev = jax.devices()[0]
     return {
@@ -155,6 +165,8 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
     # ---- mesh
     mesh = meshlib.build_mesh(cfg.mesh)
     check_batch(cfg, mesh)
+    if lead:
+        log.info("topology: %s", topology(cluster, mesh))
 
     # ---- input (fails here, before any compilation, on a missing or malformed file)
     batches = iter(make_inputs(cfg, "train"))

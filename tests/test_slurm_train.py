@@ -38,6 +38,7 @@ def test_srun_two_processes_train_in_one_runtime(slurm_conf, toy_yaml, tmp_path)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["launcher"] == "slurm" and info["process_count"] == 2 and info["device_count"] == 4
     assert "slurm: process 0/2" in proc.stderr
+    assert "topology: 1 node(s), 2 process(es)" in proc.stderr
     assert [r["step"] for r in metrics.read(run_dir / "metrics.jsonl")] == list(range(1, 7))
     assert (run_dir / "checkpoints" / "6").is_dir()
 
@@ -49,8 +50,9 @@ def test_sbatch_job_signalled_before_limit_checkpoints_and_resumes(slurm_conf, t
     )
     run_dir = tmp_path / "run"
     job = tmp_path / "job.sh"
+    # --wait rather than --kill-on-bad-exit: rank 0's exit 75 must not get rank 1 killed mid-exit.
     job.write_text(
-        f'#!/bin/bash\nsrun --kill-on-bad-exit=1 {sys.executable} -m smilejax train "$@"\n'
+        f'#!/bin/bash\nsrun --wait=60 {sys.executable} -m smilejax train "$@"\n'
         'rc=$?\necho "SRUN_EXIT=$rc"\nexit $rc\n'
     )
     env = slurm_env(slurm_conf)

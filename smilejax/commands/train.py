@@ -24,6 +24,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smilejax import preemption
+
+    preemption.listen()  # before the slow imports: an early scheduler warning must not kill us
     from smilejax import config, train
     from smilejax.preemption import EXIT_PREEMPTED
 

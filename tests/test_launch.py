@@ -1,0 +1,469 @@
+"""`smilejax launch` without a scheduler: rendered scripts, checks before submission, submission through
+stand-in ``sbatch``/``qsub``, the scripts' requeue logic, the rank wrapper, staging, and a Polaris job
+run end to end under a simulated PALS ``mpiexec`` whose ranks the runtime must recognise."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smilejax import cli, config
+from smilejax.launch import job as jobs
+from smilejax.launch import stage, systems
+from smilejax.launch.systems import LaunchError
+from smilejax.preemption import EXIT_PREEMPTED
+from tests import toy
+from tests.conftest import ROOT
+
+LAUNCH = ROOT / "launch"
+
+
+def launch(capsys, *args: str) -> tuple[int, str, str]:
+    """``smilejax launch ARGS`` in this process: (exit code, stdout, stderr)."""
+    code = cli.main(["launch", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def toy_cfg(tmp_path) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(toy.config(data={"batch_size": 64})))  # fits 32 GPUs
+    return path
+
+
+@pytest.fixture
+def stubs(tmp_path, monkeypatch) -> Path:
+    """A bin folder first on PATH, where tests put stand-ins of scheduler commands; each call is logged."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder
+
+
+def stub(folder: Path, name: str, body: str) -> Path:
+    """``name`` appends its arguments to ``folder/name.calls`` then runs ``body``."""
+    path = folder / name
+    path.write_text(f'#!/bin/bash\necho "$*" >> {folder}/{name}.calls\n{textwrap.dedent(body)}\n')
+    path.chmod(0o755)
+    return path
+
+
+def calls(folder: Path, name: str) -> list[str]:
+    log = folder / f"{name}.calls"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+# ---------------------------------------------------------------- rendered scripts
+
+
+@pytest.mark.parametrize(
+    ("system", "options", "expected"),
+    [
+        (
+            "perlmutter",
+            ["--nodes", "2", "--account", "m1234"],
+            [
+                "#SBATCH --nodes=2",
+                "#SBATCH --ntasks-per-node=4",
+                "#SBATCH --gpus-per-node=4",
+                "#SBATCH --cpus-per-task=32",
+                "#SBATCH --constraint=gpu",
+                "#SBATCH --qos=regular",
+                "#SBATCH --account=m1234",
+                "#SBATCH --time=02:00:00",
+                "#SBATCH --requeue",
+                "#SBATCH --signal=USR1@180",
+                "--ntasks-per-node=4 --cpus-per-task=32 --cpu-bind=cores --gpu-bind=none",
+                'export NCCL_NET="AWS Libfabric"',
+                'export HDF5_USE_FILE_LOCKING="FALSE"',
+                'scontrol requeue "$SLURM_JOB_ID"',
+            ],
+        ),
+        (  # one process per node owns all four GPUs
+            "perlmutter",
+            ["--nodes", "8", "--tasks-per-node", "1", "--time", "30"],
+            [
+                "#SBATCH --nodes=8",
+                "#SBATCH --ntasks-per-node=1",
+                "#SBATCH --cpus-per-task=128",
+                "--time=00:30:00",
+            ],
+        ),
+        (
+            "polaris",
+            ["--nodes", "2", "--account", "MyProj", "--time", "0:45:00"],
+            [
+                "#PBS -l select=2:system=polaris",
+                "#PBS -l walltime=00:45:00",
+                "#PBS -A MyProj",
+                "#PBS -q debug",
+                "#PBS -l place=scatter",
+                "#PBS -l filesystems=home:eagle",
+                "#PBS -r y",
+                "mpiexec -n $((NODES * 4)) --ppn 4 --depth=8 --cpu-bind depth",
+                "export CUDA_VISIBLE_DEVICES=3,2,1,0",
+                "+ 2700 - 180 ))",
+                'export NCCL_NET="AWS Libfabric"',
+                "qsub -W depend=afterany:",
+            ],
+        ),
+        (
+            "slurm-gpu",
+            ["--nodes", "4", "--queue", "gpu", "--qos", "high", "--time", "1-00:00:00"],
+            [
+                "#SBATCH --nodes=4",
+                "#SBATCH --ntasks-per-node=8",
+                "#SBATCH --gpus-per-node=8",
+                "#SBATCH --partition=gpu",
+                "#SBATCH --qos=high",
+                "#SBATCH --time=24:00:00",
+                "#SBATCH --exclusive",
+            ],
+        ),
+    ],
+)
+def test_dry_run_prints_the_script_with_the_systems_resource_lines(
+    capsys, stubs, toy_cfg, tmp_path, system, options, expected
+):
+    stub(stubs, "sbatch", "echo 1")
+    stub(stubs, "qsub", "echo 1")
+    run_dir = tmp_path / "run"
+    code, out, err = launch(
+        capsys, "--system", system, *options, "--dry-run", str(toy_cfg), f"run.dir={run_dir}"
+    )
+    assert code == 0, err
+    for line in expected:
+        assert line in out, f"{line!r} missing from\n{out}"
+    assert f"RUN_DIR={run_dir}" in out and "-m smilejax train" in out and "rank.sh" in out
+    assert subprocess.run(["bash", "-n"], input=out, text=True).returncode == 0  # valid shell
+    assert not run_dir.exists() and not calls(stubs, "sbatch") and not calls(stubs, "qsub")
+
+
+def test_time_limits_parse_like_slurm():
+    assert jobs.parse_time("30") == 1800
+    assert jobs.parse_time("30:00") == 1800  # minutes:seconds
+    assert jobs.parse_time("02:00:00") == 7200
+    assert jobs.parse_time("1-12") == 36 * 3600
+    assert jobs.parse_time("1-00:30:00") == 86400 + 1800
+    assert jobs.format_time(90061) == "25:01:01"
+    for bad in ("", "1h", "0", "1:2:3:4"):
+        with pytest.raises(LaunchError, match="time limit"):
+            jobs.parse_time(bad)
+
+
+# ---------------------------------------------------------------- bad input: an error, nothing submitted
+
+
+@pytest.mark.parametrize(
+    ("options", "overrides", "message"),
+    [
+        (["--system", "perlmuter"], [], "unknown system 'perlmuter': did you mean perlmutter"),
+        (["--system", "perlmutter", "--gpus-per-node", "8"], [], "perlmutter has 4 GPU"),
+        (["--system", "perlmutter", "--tasks-per-node", "3"], [], "does not divide the 4 GPUs"),
+        (["--system", "polaris"], [], "polaris needs an account"),
+        (["--system", "local", "--time", "1", "--signal-margin", "90"], [], "shorter than the time limit"),
+        (["--system", "local"], ["optimizer.lrr=0.1"], "unknown config key optimizer.'lrr'"),
+        (["--system", "local"], ["model.name=nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (
+            ["--system", "perlmutter", "--nodes", "3"],
+            [],
+            "data.batch_size=64 is not divisible by the 12 processes",
+        ),
+        (
+            ["--system", "perlmutter", "--tasks-per-node", "1"],
+            ["data.batch_size=6"],
+            "divisible by the batch-sharded",
+        ),
+        (["--system", "local", "--stage"], [], "--stage needs data.path"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written_or_submitted(
+    capsys, stubs, toy_cfg, tmp_path, options, overrides, message
+):
+    stub(stubs, "sbatch", "echo 1")
+    stub(stubs, "qsub", "echo 1")
+    run_dir = tmp_path / "run"
+    code, out, err = launch(capsys, *options, str(toy_cfg), f"run.dir={run_dir}", *overrides)
+    assert code == 2 and message in err, err
+    assert out == "" and not run_dir.exists()
+    assert not calls(stubs, "sbatch") and not calls(stubs, "qsub")
+
+
+def test_a_config_that_does_not_load_names_the_file(capsys, stubs, tmp_path):
+    stub(stubs, "sbatch", "echo 1")
+    code, _, err = launch(capsys, "--system", "local", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err and "neither a file nor a packaged config" in err
+    assert not calls(stubs, "sbatch")
+
+
+def test_system_file_keys_are_checked(tmp_path):
+    bad = tmp_path / "mycluster.yaml"
+    bad.write_text("scheduler: slurm\ngpus_per_nod: 4\n")
+    with pytest.raises(LaunchError, match=r"mycluster.yaml.*'gpus_per_nod'.*did you mean 'gpus_per_node'"):
+        systems.load(str(bad))
+    bad.write_text("scheduler: lsf\n")
+    with pytest.raises(LaunchError, match="scheduler must be one of 'slurm', 'pbs'"):
+        systems.load(str(bad))
+    bad.write_text("gpus_per_node: 4\ngpu_order: [0, 1, 1, 2]\n")
+    with pytest.raises(LaunchError, match="gpu_order"):
+        systems.load(str(bad))
+    good = systems.load(str(LAUNCH / "polaris.yaml"))
+    assert (good.name, good.scheduler, good.gpus_per_node, good.gpu_order) == (
+        "polaris",
+        "pbs",
+        4,
+        [3, 2, 1, 0],
+    )
+    assert {"local", "perlmutter", "polaris", "slurm-gpu"} <= set(systems.names())
+
+
+# ---------------------------------------------------------------- submission and the script's requeue logic
+
+
+def submit_local(capsys, stubs, toy_cfg, tmp_path, *options) -> tuple[Path, str]:
+    stub(stubs, "sbatch", "echo '4242;cluster'")
+    run_dir = tmp_path / "run"
+    args = ["--system", "local", "--tasks-per-node", "2", *options, str(toy_cfg), f"run.dir={run_dir}"]
+    code, out, err = launch(capsys, *args, "optimizer.lr=0.02")
+    assert code == 0, err
+    return run_dir, out
+
+
+def test_submission_writes_the_run_launch_folder_and_prints_the_job_id(capsys, stubs, toy_cfg, tmp_path):
+    run_dir, out = submit_local(capsys, stubs, toy_cfg, tmp_path)
+    assert out.strip() == "4242"
+    folder = run_dir / "launch"
+    assert calls(stubs, "sbatch") == [f"--parsable {folder / 'job.sh'}"]
+    assert os.access(folder / "job.sh", os.X_OK) and os.access(folder / "rank.sh", os.X_OK)
+    frozen = config.load(folder / "config.yaml")  # the resolved config, overrides applied
+    assert frozen.optimizer.lr == 0.02 and frozen.run.dir == str(run_dir) and frozen.data.batch_size == 64
+    record = json.loads((folder / "jobs.jsonl").read_text())
+    assert record["job_id"] == "4242" and record["system"] == "local" and record["tasks_per_node"] == 2
+    script = (folder / "job.sh").read_text()
+    assert "#SBATCH --overcommit" in script and f"#SBATCH --output={folder}/slurm-%j.out" in script
+
+
+@pytest.mark.parametrize(
+    ("train_rc", "restart", "requeued", "script_rc"),
+    [
+        (EXIT_PREEMPTED, 0, True, 0),
+        (EXIT_PREEMPTED, 20, False, EXIT_PREEMPTED),
+        (0, 0, False, 0),
+        (1, 3, False, 1),
+    ],
+)
+def test_slurm_script_requeues_a_preempted_run_until_the_limit(
+    capsys, stubs, toy_cfg, tmp_path, train_rc, restart, requeued, script_rc
+):
+    run_dir, _ = submit_local(capsys, stubs, toy_cfg, tmp_path)
+    stub(stubs, "srun", f"exit {train_rc}")
+    stub(stubs, "scontrol", "exit 0")
+    env = {
+        **os.environ,
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_RESTART_COUNT": str(restart),
+    }
+    proc = subprocess.run(
+        ["bash", str(run_dir / "launch" / "job.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == script_rc, proc.stdout + proc.stderr
+    assert calls(stubs, "scontrol") == (["requeue 4242"] if requeued else [])
+    (train,) = calls(stubs, "srun")
+    assert "--ntasks=2 --ntasks-per-node=2" in train and f"{run_dir}/launch/rank.sh" in train
+    assert train.endswith(f"-m smilejax train {run_dir}/launch/config.yaml")
+    assert f"attempt {restart + 1}" in proc.stdout
+
+
+# ---------------------------------------------------------------- the rank wrapper
+
+
+def test_rank_wrapper_holds_an_early_warning_until_the_run_can_take_it(tmp_path):
+    # The "run" installs its USR1 handler only after 1.5 s (JAX start-up); a warning at 0.3 s must
+    # neither kill it nor get lost: the wrapper repeats it, and the run exits 75 as after a checkpoint.
+    program = textwrap.dedent(
+        """
+        import signal, sys, time
+        time.sleep(1.5)
+        got = []
+        signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+        deadline = time.time() + 20
+        while not got and time.time() < deadline:
+            time.sleep(0.05)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # what smilejax's StopWatch.restore does
+        sys.exit(75 if got else 3)
+        """
+    )
+    proc = subprocess.Popen(["bash", str(LAUNCH / "templates" / "rank.sh"), sys.executable, "-c", program])
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=30) == EXIT_PREEMPTED
+
+
+def test_rank_wrapper_passes_exit_codes_and_term_on(tmp_path):
+    wrapper = str(LAUNCH / "templates" / "rank.sh")
+    assert subprocess.run(["bash", wrapper, "bash", "-c", "exit 7"]).returncode == 7
+    program = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(75)); time.sleep(30)"
+    )
+    proc = subprocess.Popen(["bash", wrapper, sys.executable, "-c", program])
+    time.sleep(1.0)
+    proc.terminate()
+    assert proc.wait(timeout=30) == EXIT_PREEMPTED
+
+
+# ---------------------------------------------------------------- staging
+
+
+def test_stage_plan_expands_globs_and_points_the_config_at_the_copies(tmp_path):
+    data = tmp_path / "data"
+    (data / "valid").mkdir(parents=True)
+    for name in ("a.h5", "b.h5", "valid/c.h5"):
+        (data / name).write_bytes(b"x" * 100)
+    cfg = config.load(toy.config(data={"path": str(data / "*.h5"), "eval_path": "data/valid"}))
+    system = systems.load("local")
+    plan = jobs.stage_plan(cfg, system, None, workdir=tmp_path)
+    assert plan.root == "/dev/shm" and plan.total_bytes == 300
+    assert plan.sources == (str(data / "a.h5"), str(data / "b.h5"), str(data / "valid"))
+    assert plan.overrides == (("data.path", ("a.h5", "b.h5")), ("data.eval_path", ("valid",)))
+    (data / "other").mkdir()
+    (data / "other" / "a.h5").write_bytes(b"y")
+    cfg.data.eval_path = str(data / "other" / "a.h5")
+    with pytest.raises(LaunchError, match=r"have the same name 'a\.h5'"):
+        jobs.stage_plan(cfg, system, None, workdir=tmp_path)
+    cfg.data.eval_path = None
+    cfg.data.path = str(data / "*.root")
+    with pytest.raises(LaunchError, match=r"data.path entry .*\*.root' matches no file"):
+        jobs.stage_plan(cfg, system, None, workdir=tmp_path)
+    cfg.data.path = str(data / "a.h5")
+    big = systems.System(name="tiny", stage_dir="/tmp", stage_capacity_gb=1e-8)
+    with pytest.raises(LaunchError, match="more than the 1e-08 GB tiny allows"):
+        jobs.stage_plan(cfg, big, None, workdir=tmp_path)
+
+
+def test_stage_copies_files_and_folders_once(tmp_path):
+    src = tmp_path / "src"
+    (src / "tree" / "sub").mkdir(parents=True)
+    (src / "a.npz").write_bytes(os.urandom(3000))
+    (src / "tree" / "sub" / "b.bin").write_bytes(os.urandom(500))
+    dest = tmp_path / "shm" / "smilejax-1"
+    first = stage.stage(dest, [src / "a.npz", src / "tree"])
+    assert (first["files"], first["copied"], first["bytes"]) == (2, 2, 3500)
+    assert (dest / "a.npz").read_bytes() == (src / "a.npz").read_bytes()
+    assert (dest / "tree" / "sub" / "b.bin").read_bytes() == (src / "tree" / "sub" / "b.bin").read_bytes()
+    assert not list(dest.glob(".*.part-*"))  # no temporary left behind
+    again = stage.stage(dest, [src / "a.npz", src / "tree"])  # a requeued job on the same node
+    assert again["copied"] == 0
+    assert stage.main([str(dest), str(src / "missing.h5")]) == 1
+
+
+# ---------------------------------------------------------------- Polaris under a simulated PALS mpiexec
+
+# PALS mpiexec: -n N --ppn P [other options] COMMAND...; every rank gets the PMI/PALS variables.
+MPIEXEC = """
+n=0; ppn=1
+while [[ $1 == -* ]]; do
+    case $1 in -n) n=$2; shift 2 ;; --ppn) ppn=$2; shift 2 ;; --cpu-bind) shift 2 ;; *) shift ;; esac
+done
+pids=()
+for ((r = 0; r < n; r++)); do
+    PMI_RANK=$r PMI_SIZE=$n PMI_LOCAL_RANK=$((r % ppn)) PMI_LOCAL_SIZE=$ppn PALS_RANKID=$r \\
+        PALS_LOCAL_RANKID=$((r % ppn)) PALS_NODEID=$((r / ppn)) "$@" &
+    pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait $p; s=$?; ((s > rc)) && rc=$s; done
+exit $rc
+"""
+
+# Stands in for `python -m smilejax train`: reports what the runtime detects, then waits for the
+# pre-walltime warning and exits 75 as a checkpointed run does.
+PROBE = """
+import json, os, signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(time.time()))
+from smilejax import runtime
+env = runtime.detect()
+visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+with open(os.environ["PROBE_OUT"], "a") as f:
+    f.write(json.dumps({
+        "env": env.__dict__, "gpus": [visible[i] for i in env.local_device_ids],
+        "hdf5_locking": os.environ.get("HDF5_USE_FILE_LOCKING"), "argv": sys.argv[1:],
+    }) + "\\n")
+deadline = time.time() + 40
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # as smilejax's StopWatch restores the inherited disposition
+sys.exit(75 if got else 3)
+"""
+
+
+def test_polaris_job_runs_under_pals_mpiexec_detects_ranks_and_resubmits(capsys, stubs, toy_cfg, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    python = tmp_path / "python"  # the system's interpreter: runs the probe whatever the arguments
+    python.write_text(f'#!/bin/bash\nexec {sys.executable} {probe} "$@"\n')
+    python.chmod(0o755)
+    sim = yaml.safe_load((LAUNCH / "polaris.yaml").read_text())
+    sim.update(setup=[], python=str(python))
+    (tmp_path / "polaris-sim.yaml").write_text(yaml.safe_dump(sim))
+    stub(stubs, "qsub", "echo 123.polaris-pbs-01")
+    stub(stubs, "mpiexec", MPIEXEC)
+    run_dir = tmp_path / "run"
+    # Walltime 60 s, warning 57 s before it: the ranks are warned 3 s into the job.
+    options = [
+        "--nodes",
+        "2",
+        "--tasks-per-node",
+        "2",
+        "--account",
+        "P",
+        "--time",
+        "1",
+        "--signal-margin",
+        "57",
+    ]
+    code, out, err = launch(
+        capsys, "--system", str(tmp_path / "polaris-sim.yaml"), *options, str(toy_cfg), f"run.dir={run_dir}"
+    )
+    assert code == 0 and out.strip() == "123.polaris-pbs-01", err
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x3001c0s1b0n0.hsn\nx3002c0s7b1n0.hsn\n")
+    env = dict(os.environ, PBS_JOBID="123.polaris-pbs-01", PBS_NODEFILE=str(nodefile))
+    env["PROBE_OUT"] = str(tmp_path / "ranks.jsonl")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    script = run_dir / "launch" / "job.sh"
+    started = time.time()
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    log = (run_dir / "launch" / "pbs-123.out").read_text()
+    assert proc.returncode == 0, log
+    assert time.time() - started < 60, "the warning came at the walltime, not before it"
+
+    lines = (tmp_path / "ranks.jsonl").read_text().splitlines()
+    ranks = sorted((json.loads(line) for line in lines), key=lambda r: r["env"]["process_id"])
+    assert [r["env"]["process_id"] for r in ranks] == [0, 1, 2, 3]
+    for r in ranks:
+        e = r["env"]
+        assert (e["launcher"], e["num_processes"], e["num_nodes"], e["local_size"]) == ("pbs", 4, 2, 2)
+        assert e["local_rank"] == e["process_id"] % 2
+        assert e["coordinator"].startswith("x3001c0s1b0n0.hsn:")
+        assert r["hdf5_locking"] == "FALSE"
+        assert r["argv"] == ["-m", "smilejax", "train", str(run_dir / "launch" / "config.yaml")]
+    # Two ranks per node split the GPUs in Polaris' affinity order 3,2,1,0.
+    assert [r["gpus"] for r in ranks] == [["3", "2"], ["1", "0"], ["3", "2"], ["1", "0"]]
+
+    assert "training exited with code 75" in log
+    assert (
+        calls(stubs, "qsub")[-1]
+        == f"-W depend=afterany:123.polaris-pbs-01 -v SMILEJAX_RESTART_COUNT=1 {script}"
+    )
