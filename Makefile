@@ -7,7 +7,7 @@ PYTHON ?= $(shell python3.12 -c 'print("python3.12")' 2>/dev/null || echo python
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint system clean
+.PHONY: install demo test lint system reference clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,15 @@ demo: $(STAMP)
 system:
 	bash launch/install_system_deps.sh
 
-test: $(STAMP) system
+# particleflow 3.1.0 (PyTorch) in its own Python 3.11 env, for tests/test_mlpf_parity.py
+reference:
+	bash launch/install_mlpf_reference.sh
+
+test: $(STAMP) system reference
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .mlpf-ref

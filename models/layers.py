@@ -9,7 +9,14 @@ and masked ``GlobalAttentionPooling``.
 Masks are ``valid`` booleans, ``True`` for a real element (the opposite of PyTorch's padding masks).
 Padded elements never send information: they are masked out as attention keys and pooling inputs.
 They may still receive (their outputs are finite but meaningless), and a fully padded row is safe:
-its attention or pooling weights come out uniform or zero, never NaN.
+its attention or pooling weights come out uniform or zero, never NaN. (``SelfAttention(mask_keys=False)``
+lets padded keys take part, for ports of models that were trained that way, such as particleflow's MLPF.)
+
+Attention implementations (``dot_product_attention``, ``SelfAttention(implementation=...)``): ``"math"``
+materialises the [B, heads, T, T] scores; ``"chunked"`` computes the same rows in blocks of
+``chunk_size`` queries, each block rematerialised in the backward pass, so memory grows as T * chunk
+rather than T^2 (events of thousands of elements train); ``"cudnn"`` is cuDNN's fused flash attention
+through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bfloat16/float16 compute, no attention dropout).
 
 Numerics: parameters are float32; ``dtype`` is the compute dtype handed to every layer. Attention
 scores, their mask and softmax, LayerNorm statistics and pooling weights are computed in float32
@@ -141,19 +148,104 @@ def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
     return nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
 
 
+ATTENTION_IMPLEMENTATIONS = ("math", "chunked", "cudnn")
+
+
+def check_attention_implementation(implementation: str) -> None:
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; choose from {ATTENTION_IMPLEMENTATIONS}"
+        )
+
+
+def _math_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, dropout: nnx.Dropout | None
+) -> jax.Array:
+    """Softmax attention of q [B, Q, H, D] over k, v [B, K, H, D]; scores, mask and softmax in float32."""
+    scores = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=F32)
+    scores = scores.astype(F32) * (1.0 / math.sqrt(q.shape[-1]))
+    if valid is not None:
+        scores = jnp.where(valid[:, None, None, :], scores, MASK_VALUE)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return jnp.einsum("bnqk,bknh->bqnh", weights.astype(v.dtype), v)
+
+
+def _chunked_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, chunk_size: int
+) -> jax.Array:
+    t = q.shape[1]
+    if t <= chunk_size:
+        return _math_attention(q, k, v, valid, None)
+    n = -(-t // chunk_size)
+    q = jnp.pad(q, ((0, 0), (0, n * chunk_size - t), (0, 0), (0, 0)))
+    blocks = jnp.moveaxis(q.reshape(q.shape[0], n, chunk_size, *q.shape[2:]), 1, 0)
+    # Rematerialised blocks: the backward pass keeps only the query blocks, never a [T, T] tensor.
+    out = jax.lax.map(jax.checkpoint(lambda qb: _math_attention(qb, k, v, valid, None)), blocks)
+    out = jnp.moveaxis(out, 0, 1).reshape(q.shape)
+    return out[:, :t]
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array | None,
+    *,
+    implementation: str = "math",
+    chunk_size: int = 1024,
+    dropout: nnx.Dropout | None = None,
+) -> jax.Array:
+    """Multi-head attention of q [B, Q, H, D] over k, v [B, K, H, D], scale 1/sqrt(D).
+
+    ``valid`` [B, K] masks keys (None: every key counts). ``"math"`` and ``"chunked"`` compute the same
+    rows; attention-weight dropout needs ``"math"``.
+    """
+    check_attention_implementation(implementation)
+    if dropout is not None and implementation != "math":
+        raise ValueError(f"attention dropout needs implementation='math', not {implementation!r}")
+    if implementation == "math":
+        return _math_attention(q, k, v, valid, dropout)
+    if implementation == "chunked":
+        return _chunked_attention(q, k, v, valid, chunk_size)
+    mask = None if valid is None else valid[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
 class SelfAttention(nnx.Module):
     """Multi-head self-attention with a key padding mask (``valid``: True = real element).
 
     The q/k/v projection is one fused kernel. Scores are accumulated, masked and soft-maxed in float32;
     masked keys get exactly zero weight; a row with no valid key gets uniform weights (finite, unused).
+    ``queries`` (optional, [B, T, embed]) replaces ``x`` as the input of the query projection only.
+    ``mask_keys=False`` lets padded elements take part as keys and values (particleflow's MLPF does).
+    ``implementation`` / ``chunk_size``: see ``dot_product_attention``.
     """
 
-    def __init__(self, embed: int, heads: int, *, dropout: float = 0.0, rngs: nnx.Rngs, dtype=F32):
+    def __init__(
+        self,
+        embed: int,
+        heads: int,
+        *,
+        dropout: float = 0.0,
+        implementation: str = "math",
+        chunk_size: int = 1024,
+        mask_keys: bool = True,
+        rngs: nnx.Rngs,
+        dtype=F32,
+    ):
         if embed % heads:
             raise ValueError(f"embed={embed} is not divisible by heads={heads}")
+        check_attention_implementation(implementation)
+        if chunk_size < 1:
+            raise ValueError(f"attention chunk_size must be >= 1, got {chunk_size}")
         self.heads = heads
         self.head_dim = embed // heads
         self.dtype = dtype
+        self.implementation = implementation
+        self.chunk_size = int(chunk_size)
+        self.mask_keys = bool(mask_keys)
         qkv_init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
         self.qkv_kernel = nnx.Param(
             nnx.with_partitioning(qkv_init, ("embed", None, "heads", "kv"))(
@@ -178,19 +270,26 @@ class SelfAttention(nnx.Module):
         )
         self.dropout = _dropout(dropout, rngs)
 
-    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array, queries: jax.Array | None = None) -> jax.Array:
         dt = self.dtype
         x = x.astype(dt)
-        qkv = jnp.einsum("bte,ecnh->btcnh", x, self.qkv_kernel[...].astype(dt))
-        qkv = qkv + self.qkv_bias[...].astype(dt)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=F32)
-        scores = scores.astype(F32) * (1.0 / math.sqrt(self.head_dim))
-        scores = jnp.where(valid[:, None, None, :], scores, MASK_VALUE)
-        weights = jax.nn.softmax(scores, axis=-1)
-        if self.dropout is not None:
-            weights = self.dropout(weights)
-        out = jnp.einsum("bnqk,bknh->bqnh", weights.astype(dt), v)
+        kernel, bias = self.qkv_kernel[...].astype(dt), self.qkv_bias[...].astype(dt)
+        if queries is None:
+            qkv = jnp.einsum("bte,ecnh->btcnh", x, kernel) + bias
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            q = jnp.einsum("bte,enh->btnh", queries.astype(dt), kernel[:, 0]) + bias[0]
+            kv = jnp.einsum("bte,ecnh->btcnh", x, kernel[:, 1:]) + bias[1:]
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        out = dot_product_attention(
+            q,
+            k,
+            v,
+            valid if self.mask_keys else None,
+            implementation=self.implementation,
+            chunk_size=self.chunk_size,
+            dropout=self.dropout,
+        )
         out = jnp.einsum("bqnh,nhe->bqe", out, self.out_kernel[...].astype(dt))
         return out + self.out_bias[...].astype(dt)
 
