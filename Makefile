@@ -7,7 +7,7 @@ PYTHON ?= $(shell python3.12 -c 'print("python3.12")' 2>/dev/null || echo python
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint system reference clean
+.PHONY: install demo test lint system reference triton clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ system:
 reference:
 	bash launch/install_mlpf_reference.sh
 
-test: $(STAMP) system reference
+# NVIDIA Triton from the nvidia-pytriton wheel, unpacked into the venv without its numpy<2 pin
+triton: $(STAMP)
+	bash launch/install_triton.sh $(PY)
+
+test: $(STAMP) system reference triton
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

@@ -1,0 +1,102 @@
+"""``smilejax export RUN_DIR --out REPO``: a trained model as StableHLO and ONNX in a Triton repository."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("stablehlo", "onnx")  # smilejax.serve.export.FORMATS, without importing JAX here
+
+EPILOG = """\
+REPO gets, for a model exported as NAME (default: the model's name):
+  NAME/         ONNX on Triton's ONNX Runtime backend (production; NVIDIA's tritonserver container)
+  NAME_jax/     the StableHLO artifact (jax.export) run by JAX in Triton's Python backend
+  NAME_onnx/    the same ONNX file run by onnxruntime in the Python backend (servers without ONNX Runtime)
+  smilejax_export.json   inputs, outputs, dtypes, the normalisation, versions and the source run
+
+Each artifact is checked against the in-process model (float32) before it is written. The batch
+dimension is symbolic, and so is the element count (tracks) where the model allows it.
+Serve it with: smilejax serve REPO"""
+
+
+def _formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad or text!r}; choose from {', '.join(FORMATS)}"
+        )
+    return formats
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a trained model (StableHLO, ONNX) into a Triton model repository",
+        description="Export RUN_DIR's model at its newest checkpoint into a Triton model repository.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a smilejax run directory (config.yaml, checkpoints/)"
+    )
+    parser.add_argument("--out", required=True, metavar="REPO", help="model repository to write (created)")
+    parser.add_argument(
+        "--format", type=_formats, default=list(FORMATS), help="comma list of stablehlo, onnx (default: both)"
+    )
+    parser.add_argument("--name", help="model name in the repository (default: from model.name)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
+    parser.add_argument("--fixed-elements", action="store_true", help="keep the element count (axis 1) fixed")
+    triton = parser.add_argument_group("Triton scheduling (config.pbtxt)")
+    triton.add_argument(
+        "--max-batch-size", type=int, default=64, help="largest batch a model runs (default 64)"
+    )
+    triton.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
+    triton.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=500,
+        help="how long a request waits for others (default 500)",
+    )
+    triton.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="comma list, e.g. 16,32")
+    triton.add_argument("--instances", type=int, default=1, help="model copies per device (default 1)")
+    triton.add_argument(
+        "--kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="instance kind (default auto: GPU if any)",
+    )
+    triton.add_argument("--no-warmup", action="store_true", help="compile the JAX model on first requests")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smilejax.serve import repository
+
+    options = repository.TritonOptions(
+        max_batch_size=args.max_batch_size,
+        dynamic_batching=not args.no_dynamic_batching,
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        instances=args.instances,
+        kind=args.kind,
+        warmup=not args.no_warmup,
+    )
+    meta = repository.build(
+        args.run_dir,
+        args.out,
+        formats=args.format,
+        name=args.name,
+        options=options,
+        step=args.step,
+        symbolic_elements=not args.fixed_elements,
+    )
+    for model, info in meta["models"].items():
+        print(f"{args.out}/{model}: {info['format']} on {info['runs_with']}")
+    return 0

@@ -1,0 +1,109 @@
+"""``smilejax serve REPO``: a real NVIDIA Triton Inference Server on a model repository, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+EPILOG = """\
+Where the server comes from:
+  laptop / CI     bash launch/install_triton.sh   (the server binary and Python backend from the
+                  nvidia-pytriton wheel, unpacked into the venv without touching its numpy)
+  HPC / GPU node  NVIDIA's container, which also has the ONNX Runtime backend for the production
+                  model, e.g. with Apptainer:
+                    apptainer exec --nv docker://nvcr.io/nvidia/tritonserver:24.10-py3 \\
+                      smilejax serve REPO --host 0.0.0.0
+                  (smilejax, jax[cuda12] and onnxruntime-gpu pip-installed in the container's Python
+                  for the Python-backend models; give Docker --shm-size=1g for the Python backend)
+
+Models whose backend the server lacks are left out (the ONNX Runtime one with the wheel's server).
+The server binds to 127.0.0.1 unless --host says otherwise. Across a wide-area network, use TLS on
+gRPC (--grpc-tls-cert/--grpc-tls-key, --grpc-tls-root for mutual TLS) and require a key on inference
+(--key-file, or SMILEJAX_SERVE_KEY): clients send it in the header 'smilejax-key' over HTTP and
+'triton-grpc-protocol-smilejax-key' over gRPC (smilejax.serve.client.Client(..., key=...) does).
+Triton receives the key on its command line: keep the host's process list private, or rely on
+mutual TLS. Ctrl-C (or SIGTERM) stops the server cleanly."""
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve a model repository with NVIDIA Triton Inference Server (HTTP and gRPC)",
+        description="Start Triton Inference Server on REPO (see smilejax export), wait until its models "
+        "are ready, print the endpoints, and serve until Ctrl-C.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("repo", metavar="REPO", help="model repository written by smilejax export")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics (default: off)")
+    parser.add_argument("--models", help="comma list of models to load (default: all the server can run)")
+    parser.add_argument("--triton", help="tritonserver binary (default: see smilejax.serve.server)")
+    parser.add_argument("--grpc-tls-cert", help="PEM server certificate: gRPC over TLS")
+    parser.add_argument("--grpc-tls-key", help="PEM server private key")
+    parser.add_argument(
+        "--grpc-tls-root", help="PEM CA certificate: require client certificates (mutual TLS)"
+    )
+    parser.add_argument("--key-file", help="file holding the key required on inference requests")
+    parser.add_argument("--exit-timeout", type=int, default=30, help="seconds to finish requests on stop")
+    parser.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for the models")
+    parser.add_argument("--log-verbose", type=int, default=0, help="Triton's verbose log level")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smilejax.serve.server import KEY_HEADER, Security, TritonServer
+
+    key = os.environ.get("SMILEJAX_SERVE_KEY")
+    if args.key_file:
+        key = Path(args.key_file).read_text().strip()
+    security = Security(
+        tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key, tls_root=args.grpc_tls_root, key=key
+    )
+    server = TritonServer(
+        args.repo,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        models=[m for m in (args.models or "").split(",") if m] or None,
+        binary=args.triton,
+        security=security,
+        exit_timeout_s=args.exit_timeout,
+        log_verbose=args.log_verbose,
+    )
+    for model, why in server.skipped.items():
+        print(f"not loading {model}: {why}", flush=True)
+
+    def terminate(signum, frame):  # SIGTERM (scheduler, docker stop) stops like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    server.start()
+    try:
+        server.wait_ready(args.ready_timeout)
+        tls = " (TLS)" if security.tls_cert else ""
+        print(
+            f"ready: {', '.join(server.models)} at http://{server.http_url} and grpc{tls} {server.grpc_url}"
+            + (f"; inference requires the {KEY_HEADER!r} header" if key else ""),
+            flush=True,
+        )
+        code = server.process.wait()
+        print(f"Triton exited with code {code}", file=sys.stderr)
+        return 1
+    except (RuntimeError, TimeoutError) as err:  # the server or a model failed to start
+        print(f"smilejax: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping Triton", flush=True)
+        code = server.stop()
+        print(f"stopped (Triton exit code {code})", flush=True)
+        return 0
+    finally:
+        server.stop()

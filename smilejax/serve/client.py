@@ -1,0 +1,147 @@
+"""A Triton client (``tritonclient``, HTTP or gRPC) that takes the batches the input pipeline makes.
+
+``Client(url, model).infer(batch)`` sends the model's inputs found in ``batch`` (a pipeline batch
+also holds labels; those stay home) as they are, and returns ``{output: array}``. What the server
+rejects (a wrong shape, dtype, or a missing input) raises ``InferenceError`` with the server's
+message, which names the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smilejax.serve.server import GRPC_HEADER_PREFIX, KEY_HEADER
+
+CLIENT_HINT = "pip install 'tritonclient[http,grpc]'"
+PROTOCOLS = ("http", "grpc")
+
+
+class InferenceError(RuntimeError):
+    """The server refused or failed a request; the message is the server's."""
+
+
+def _modules(protocol: str):
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    try:
+        if protocol == "http":
+            import tritonclient.http as triton
+        else:
+            import tritonclient.grpc as triton
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+    except ImportError as err:
+        raise ImportError(f"the Triton client is not installed ({err}): {CLIENT_HINT}") from err
+    return triton, InferenceServerException, np_to_triton_dtype
+
+
+class Client:
+    """One connection to one model. Not for sharing across threads: make one per thread."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        protocol: str = "http",
+        key: str | None = None,
+        tls_root: str | None = None,  # gRPC over TLS: the CA that signed the server certificate
+        tls_cert: str | None = None,  # mutual TLS: this client's certificate and key
+        tls_key: str | None = None,
+        timeout_s: float = 60.0,
+    ):
+        self._triton, self._error, self._dtype = _modules(protocol)
+        self.model, self.protocol = model, protocol
+        # Triton checks the key in this header on HTTP, and with its gRPC prefix on gRPC.
+        header = KEY_HEADER if protocol == "http" else f"{GRPC_HEADER_PREFIX}{KEY_HEADER}"
+        self.headers = {header: key} if key else None
+        for path in (tls_root, tls_cert, tls_key):
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: no such file")
+        if protocol == "grpc":
+            self._client = self._triton.InferenceServerClient(  # tritonclient reads the PEM files
+                url,
+                ssl=tls_root is not None,
+                root_certificates=tls_root,
+                private_key=tls_key,
+                certificate_chain=tls_cert,
+            )
+            self._timeout = {"client_timeout": timeout_s}
+        else:
+            if tls_root:
+                raise ValueError("TLS is offered on gRPC only (Triton's HTTP endpoint is plain HTTP)")
+            self._client = self._triton.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+            self._timeout = {}
+        self._inputs: list[str] | None = None
+        self._outputs: list[str] | None = None
+
+    def _call(self, fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._error as err:
+            raise InferenceError(f"{self.model}: {err.message()}") from err
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's inputs and outputs as the server declares them."""
+        meta = self._call(self._client.get_model_metadata, self.model, headers=self.headers)
+        if self.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            meta = MessageToDict(meta, preserving_proto_field_name=True)
+        return meta
+
+    def _names(self) -> tuple[list[str], list[str]]:
+        if self._inputs is None:
+            meta = self.metadata()
+            self._inputs = [t["name"] for t in meta["inputs"]]
+            self._outputs = [t["name"] for t in meta["outputs"]]
+        return self._inputs, self._outputs
+
+    def infer(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs for the model's inputs present in ``batch``, sent unchanged."""
+        input_names, output_names = self._names()
+        inputs = []
+        for name in input_names:
+            if name not in batch:
+                continue  # the server answers with the names of the missing inputs
+            array = np.ascontiguousarray(batch[name])
+            tensor = self._triton.InferInput(name, list(array.shape), self._dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        outputs = [self._triton.InferRequestedOutput(name) for name in output_names]
+        result = self._call(
+            self._client.infer, self.model, inputs, outputs=outputs, headers=self.headers, **self._timeout
+        )
+        return {name: result.as_numpy(name) for name in output_names}
+
+    def statistics(self) -> dict[str, int]:
+        """Counts since the server started: ``requests`` (successful inference requests), ``inferences``
+        (samples), ``executions`` (model runs: fewer than requests when dynamic batching merged some)."""
+        stats = self._call(self._client.get_inference_statistics, self.model, headers=self.headers)
+        if self.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            stats = MessageToDict(stats, preserving_proto_field_name=True)
+        model = stats["model_stats"][0]
+        return {
+            "requests": int(model["inference_stats"]["success"].get("count", 0)),
+            "inferences": int(model.get("inference_count", 0)),
+            "executions": int(model.get("execution_count", 0)),
+        }
+
+    def ready(self) -> bool:
+        return bool(self._call(self._client.is_model_ready, self.model, headers=self.headers))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,291 @@
+"""A trained model's forward pass as deployable artifacts, each checked against the model before it is kept.
+
+- StableHLO (``jax.export``): the canonical artifact. The batch dimension is symbolic, and so is the
+  element count (tracks, particles: axis 1 of the inputs) when the model has one and traces with it
+  symbolic. Lowered for CPU and CUDA, so a repository made on a laptop serves on a GPU node.
+- ONNX (``jax2onnx``): for Triton's ONNX Runtime backend and experiment software (Athena, CMSSW).
+  Symbolic batch; a symbolic element count only when onnxruntime reproduces the model with it
+  (jax2onnx 0.17 mislabels ``elements + 1`` dims, e.g. after GN2 appends its register token), else
+  the training config's element count.
+
+Parameters are constants inside both artifacts (host copies, so the program is single-device), and
+the model is called with its ``input_spec`` names as keyword arguments; outputs are the model's dict
+(a bare array becomes ``{"output": ...}``). Export runs in float32: the trained model comes back in
+float32 whatever precision it trained with (a bfloat16 cast inside makes onnxruntime refuse the graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from smilejax.trained import TrainedModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("stablehlo", "onnx")
+BATCH = "batch"
+ELEMENTS = "elements"
+PLATFORMS = ("cpu", "cuda")
+# Export-time agreement with the in-process model (float32 on both sides).
+RTOL, ATOL = 1e-5, 1e-5
+ONNX_HINT = "pip install jax2onnx onnx onnxruntime"
+
+
+class ExportError(ValueError):
+    """An artifact that could not be made, or that disagrees with the model; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One input or output, without its batch dimension; ``dims`` holds ints and symbolic names."""
+
+    name: str
+    dtype: str  # numpy's name: float32, bool, int32, ...
+    dims: tuple[int | str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Tensor:
+        return cls(d["name"], d["dtype"], tuple(d["dims"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """The model as a pure function of positional arrays (in ``inputs`` order) -> ``{output: array}``."""
+
+    fn: Callable[..., dict[str, jax.Array]]
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    element_size: int | None  # the training config's element count when axis 1 is symbolic, else None
+
+
+def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
+    """``tm``'s forward pass with its shapes: symbolic batch, and symbolic elements where the model allows."""
+    graphdef, state = nnx.split(tm.model)
+    state = jax.device_get(state)  # host copies: constants of a single-device program
+    specs = tm.spec.input_spec(tm.cfg.model, 1)
+    names = tuple(specs)
+
+    def fn(*args: jax.Array) -> dict[str, jax.Array]:
+        out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
+        return out if isinstance(out, dict) else {"output": out}
+
+    element_size = _element_axis(specs) if symbolic_elements else None
+    if element_size is not None:
+        try:
+            jax.eval_shape(fn, *_abstract(specs, element_size))
+        except Exception as err:  # the model fixes axis 1 (a dense layer over it, say)
+            log.info("axis 1 stays fixed at %d: tracing with it symbolic failed (%s)", element_size, err)
+            element_size = None
+    shapes = _abstract(specs, element_size)
+    out = jax.eval_shape(fn, *shapes)
+    inputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in zip(names, shapes, strict=True))
+    outputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in out.items())
+    return Forward(fn=fn, inputs=inputs, outputs=outputs, element_size=element_size)
+
+
+def _element_axis(specs: dict[str, jax.ShapeDtypeStruct]) -> int | None:
+    """The size of axis 1 when it reads as an element count: some input has per-element features
+    (rank >= 3) and every input of rank >= 2 agrees on axis 1 (GN2: tracks [B, T, F], valid [B, T])."""
+    if not any(len(s.shape) >= 3 for s in specs.values()):
+        return None
+    sizes = {s.shape[1] for s in specs.values() if len(s.shape) >= 2}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _abstract(specs: dict[str, jax.ShapeDtypeStruct], element_size: int | None) -> list[jax.ShapeDtypeStruct]:
+    batch, elements = jax.export.symbolic_shape(f"{BATCH}, {ELEMENTS}")
+    out = []
+    for s in specs.values():
+        shape = [batch, *s.shape[1:]]
+        if element_size is not None and len(shape) >= 2:
+            shape[1] = elements
+        out.append(jax.ShapeDtypeStruct(tuple(shape), s.dtype))
+    return out
+
+
+def _tensor(name: str, shape: Sequence[Any], dtype: Any) -> Tensor:
+    dims = tuple(d if isinstance(d, int) else str(d) for d in shape[1:])
+    return Tensor(name, np.dtype(dtype).name, dims)
+
+
+def _shapes(fwd: Forward, batch: Any, elements: Any) -> list[jax.ShapeDtypeStruct]:
+    """The inputs' shapes with ``batch`` and ``elements`` (ints, symbolic dims or names) filled in."""
+    return [
+        jax.ShapeDtypeStruct((batch, *(elements if d == ELEMENTS else d for d in t.dims)), np.dtype(t.dtype))
+        for t in fwd.inputs
+    ]
+
+
+# ---------------------------------------------------------------- example inputs and checks
+
+
+def example_inputs(fwd: Forward, batch: int, elements: int | None = None, seed: int = 0) -> list[np.ndarray]:
+    """Random inputs of the forward's shapes; masks keep at least their first element valid."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for s in _shapes(fwd, batch, elements or fwd.element_size):
+        if s.dtype == np.bool_:
+            a = rng.random(s.shape) < 0.8
+            if a.ndim >= 2:
+                a[:, 0] = True
+        elif s.dtype.kind == "f":
+            a = rng.normal(size=s.shape).astype(s.dtype)
+        else:
+            a = np.zeros(s.shape, s.dtype)
+        arrays.append(a)
+    return arrays
+
+
+def compare(expected: dict[str, Any], got: dict[str, Any], what: str) -> float:
+    """The largest absolute difference; raises ExportError naming the first output that disagrees."""
+    worst = 0.0
+    for name, ref in expected.items():
+        if name not in got:
+            raise ExportError(f"{what}: output {name!r} is missing (got {sorted(got)})")
+        ref, out = np.asarray(ref), np.asarray(got[name])
+        if ref.shape != out.shape:
+            raise ExportError(f"{what}: output {name!r} has shape {out.shape}, the model gives {ref.shape}")
+        if not np.allclose(out, ref, rtol=RTOL, atol=ATOL):
+            err = float(np.max(np.abs(out - ref)))
+            raise ExportError(f"{what}: output {name!r} differs from the model by up to {err:.3g}")
+        worst = max(worst, float(np.max(np.abs(out - ref))) if ref.size else 0.0)
+    return worst
+
+
+class Checker:
+    """The in-process model's outputs on example inputs, computed once, to hold each artifact against.
+
+    Points are (batch, elements): batch 1 and 3 at the config's element count, and batch 2 at half of
+    it when the element count is symbolic.
+    """
+
+    def __init__(self, fwd: Forward):
+        points: list[tuple[int, int | None]] = [(1, None), (3, None)]
+        if fwd.element_size and fwd.element_size > 1:
+            points.append((2, max(1, fwd.element_size // 2)))
+        reference = jax.jit(fwd.fn)
+        self.cases = []
+        for batch, elements in points:
+            xs = example_inputs(fwd, batch, elements, seed=batch)
+            self.cases.append((batch, elements, xs, jax.device_get(reference(*xs))))
+
+    def check(self, run: Callable[[list[np.ndarray]], dict[str, Any]], what: str, *, elements: bool) -> float:
+        """The largest absolute difference of ``run`` over the points (those with another element count
+        only when ``elements``); raises ExportError at the first disagreement."""
+        worst = 0.0
+        for batch, n, xs, expected in self.cases:
+            if n is None or elements:
+                worst = max(worst, compare(expected, run(xs), f"{what} at batch {batch}"))
+        return worst
+
+
+# ---------------------------------------------------------------- StableHLO
+
+
+def to_stablehlo(fwd: Forward, checker: Checker | None = None) -> tuple[jax.export.Exported, dict[str, Any]]:
+    """The ``jax.export`` artifact and its check report; raises ExportError when it disagrees."""
+    checker = checker or Checker(fwd)
+    jitted = jax.jit(fwd.fn)
+    args = _shapes(fwd, *jax.export.symbolic_shape(f"{BATCH}, {ELEMENTS}"))
+    try:
+        exported = jax.export.export(jitted, platforms=PLATFORMS)(*args)
+    except Exception as err:  # a primitive without a CUDA lowering in this jaxlib: keep this platform
+        log.warning(
+            "lowering for %s failed (%s); exporting for %s only", PLATFORMS, err, jax.default_backend()
+        )
+        exported = jax.export.export(jitted)(*args)
+    restored = jax.export.deserialize(exported.serialize())
+    worst = checker.check(lambda xs: restored.call(*xs), "StableHLO", elements=True)
+    return exported, {"platforms": list(exported.platforms), "max_abs_diff": worst}
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def to_onnx(fwd: Forward, checker: Checker | None = None, *, opset: int = 21) -> tuple[Any, dict[str, Any]]:
+    """The ONNX model (``onnx.ModelProto``) and its check report; raises ExportError when it disagrees."""
+    checker = checker or Checker(fwd)
+    try:
+        import jax2onnx
+        import onnxruntime
+    except ImportError as err:
+        raise ExportError(f"ONNX export needs jax2onnx and onnxruntime ({err}): {ONNX_HINT}") from err
+
+    def convert(symbolic_elements: bool):
+        # jax2onnx names symbolic dimensions by strings
+        shapes = _shapes(fwd, BATCH, ELEMENTS if symbolic_elements else fwd.element_size)
+        # jax2onnx 0.17 cannot lower the nested jit calls that jnp functions make under JAX 0.12
+        # (ClosedJaxpr is gone); tracing with jit disabled inlines them.
+        # onnx_ir warns about untyped shape constants it leaves out, jax2onnx about Flax's deprecated
+        # ``.value``: neither is ours to act on.
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+        with jax.disable_jit(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return jax2onnx.to_onnx(
+                fwd.fn,
+                shapes,
+                model_name="smilejax",
+                opset=opset,
+                input_names=[t.name for t in fwd.inputs],
+                output_names=[t.name for t in fwd.outputs],
+            )
+
+    def check(proto, symbolic_elements: bool) -> float:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # a failed symbolic attempt is reported by the ExportError
+        session = onnxruntime.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+
+        def run(xs: list[np.ndarray]) -> dict[str, Any]:
+            feed = {t.name: x for t, x in zip(fwd.inputs, xs, strict=True)}
+            return dict(zip(names, session.run(None, feed), strict=True))
+
+        return checker.check(run, "ONNX", elements=symbolic_elements)
+
+    report: dict[str, Any] = {"opset": opset, "jax2onnx": importlib.metadata.version("jax2onnx")}
+    if fwd.element_size is not None:
+        try:
+            proto = convert(True)
+            report["max_abs_diff"] = check(proto, True)
+            report["elements"] = "symbolic"
+            return proto, report
+        except Exception as err:
+            reason = str(err).splitlines()[0][:300]
+            log.info(
+                "ONNX with a symbolic element count failed (%s); fixing it at %d", reason, fwd.element_size
+            )
+            report["elements"] = f"fixed at {fwd.element_size}: symbolic failed ({reason})"
+    proto = convert(False)
+    report["max_abs_diff"] = check(proto, False)
+    return proto, report
+
+
+def onnx_inputs(fwd: Forward, report: dict[str, Any]) -> tuple[Tensor, ...]:
+    """The ONNX model's inputs: the forward's, with the element count fixed unless it stayed symbolic."""
+    if report.get("elements") == "symbolic" or fwd.element_size is None:
+        return fwd.inputs
+    return tuple(_fix(t, fwd.element_size) for t in fwd.inputs)
+
+
+def onnx_outputs(fwd: Forward, report: dict[str, Any]) -> tuple[Tensor, ...]:
+    if report.get("elements") == "symbolic" or fwd.element_size is None:
+        return fwd.outputs
+    return tuple(_fix(t, fwd.element_size) for t in fwd.outputs)
+
+
+def _fix(t: Tensor, size: int) -> Tensor:
+    return dataclasses.replace(t, dims=tuple(size if d == ELEMENTS else d for d in t.dims))

@@ -1,0 +1,182 @@
+"""Export: StableHLO and ONNX artifacts of a trained GN2 equal the in-process model; the Triton repository."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from smilejax.inputs import pipeline
+
+from smilejax import config, registry, train, trained
+from tests import toy
+from tests.conftest import run_cli
+
+try:
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
+
+SERVE_HINT = "pip install jax2onnx onnx onnxruntime 'tritonclient[http,grpc]'"
+TINY_GN2 = [
+    "model.embed=16",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=32",
+    "model.out=16",
+    "model.init_hidden=[16]",
+    "model.head_hidden=[16]",
+    "data.batch_size=32",
+    "data.read_threads=1",
+    "run.steps=2",
+    "run.log_every=1",
+    "run.checkpoint_every=2",
+    "run.eval_every=0",
+    "train.precision=fp32",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+]
+
+
+def train_tiny_gn2(run_dir) -> None:
+    train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
+
+
+def pipeline_batch(tm, size: int) -> dict[str, np.ndarray]:
+    """``size`` evaluation jets as the input pipeline makes them."""
+    source = registry.dataset(tm.cfg.data.format).source(tm.cfg.data, "eval")
+    return next(iter(pipeline.batched(source, batch_size=size, seed=0, shuffle=False, read_threads=1)))
+
+
+def model_outputs(tm, tracks: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    return jax.device_get(tm.model(jnp.asarray(tracks), jnp.asarray(valid)))
+
+
+def assert_equal_outputs(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for name, ref in expected.items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    if onnxruntime is None:
+        pytest.fail(f"export tests need onnxruntime and jax2onnx: {SERVE_HINT}")
+    from smilejax.serve import repository
+
+    root = tmp_path_factory.mktemp("export")
+    train_tiny_gn2(root / "run")
+    options = repository.TritonOptions(max_batch_size=16, max_queue_delay_us=1000, instances=2, kind="cpu")
+    meta = repository.build(root / "run", root / "repo", options=options)
+    return trained.load(root / "run"), root / "repo", meta
+
+
+def test_repository_layout_config_and_metadata(exported):
+    _, repo, meta = exported
+    assert set(meta["models"]) == {"gn2", "gn2_jax", "gn2_onnx"}
+    assert (repo / "gn2" / "1" / "model.onnx").stat().st_size > 1000
+    assert (repo / "gn2_onnx" / "1" / "model.onnx").read_bytes() == (
+        repo / "gn2" / "1" / "model.onnx"
+    ).read_bytes()
+    assert {p.name for p in (repo / "gn2_jax" / "1").iterdir()} >= {
+        "model.py",
+        "triton_io.py",
+        "io.json",
+        "model.jaxexport",
+    }
+
+    production = (repo / "gn2" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in production and "max_batch_size: 16" in production
+    assert "max_queue_delay_microseconds: 1000" in production
+    assert "count: 2" in production and "kind: KIND_CPU" in production
+    assert 'name: "valid"\n    data_type: TYPE_BOOL\n    dims: [ 40 ]' in production  # ONNX: 40 tracks
+    jax_cfg = (repo / "gn2_jax" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in jax_cfg
+    assert 'name: "tracks"\n    data_type: TYPE_FP32\n    dims: [ -1, 21 ]' in jax_cfg  # symbolic tracks
+    assert 'name: "vertex_logits"\n    data_type: TYPE_FP32\n    dims: [ -1, -1 ]' in jax_cfg
+
+    on_disk = json.loads((repo / "smilejax_export.json").read_text())
+    assert on_disk == meta
+    assert [(t["name"], t["dtype"]) for t in meta["inputs"]] == [("tracks", "float32"), ("valid", "bool")]
+    assert meta["source_run"]["step"] == 2 and meta["source_run"]["dir"].endswith("run")
+    assert meta["versions"]["jax"] == jax.__version__
+    assert meta["element_size"] == 40 and meta["data"]["track_vars"][0] == "d0"
+    norm = meta["normalisation"]["groups"]
+    assert set(norm) == {"tracks", "jets"} and norm["tracks"]["d0"]["std"] > 0 and "pt" in norm["jets"]
+    assert meta["exports"]["stablehlo"]["platforms"] == ["cpu", "cuda"]
+
+
+def test_stablehlo_equals_model_at_several_batch_and_track_counts(exported):
+    tm, repo, _ = exported
+    artifact = jax.export.deserialize(bytearray((repo / "gn2_jax" / "1" / "model.jaxexport").read_bytes()))
+    assert [str(a.shape) for a in artifact.in_avals] == ["(batch, elements, 21)", "(batch, elements)"]
+    batch = pipeline_batch(tm, 17)
+    for size, tracks in ((1, 40), (17, 40), (3, 17)):
+        x, v = batch["tracks"][:size, :tracks], batch["valid"][:size, :tracks]
+        got = jax.device_get(artifact.call(x, v))
+        assert got["vertex_logits"].shape == (size, tracks, tracks)
+        assert_equal_outputs(got, model_outputs(tm, x, v))
+
+
+def test_onnxruntime_equals_model_at_several_batch_sizes(exported):
+    tm, repo, meta = exported
+    session = onnxruntime.InferenceSession(
+        str(repo / "gn2" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in session.get_inputs()] == ["tracks", "valid"]
+    names = [o.name for o in session.get_outputs()]
+    batch = pipeline_batch(tm, 17)
+    for size in (1, 3, 8, 17):
+        x, v = batch["tracks"][:size], batch["valid"][:size]
+        got = dict(zip(names, session.run(None, {"tracks": x, "valid": v}), strict=True))
+        assert_equal_outputs(got, model_outputs(tm, x, v))
+    assert meta["exports"]["onnx"]["max_abs_diff"] < 1e-4
+
+
+def test_model_without_element_axis_exports_with_symbolic_batch_only(tmp_path):
+    from smilejax.serve import export, repository
+
+    cfg = config.load(toy.config(run={"dir": str(tmp_path / "run"), "steps": 2, "checkpoint_every": 2}))
+    train.train(cfg)
+    meta = repository.build(tmp_path / "run", tmp_path / "repo", formats=["stablehlo"], name="toy")
+    assert set(meta["models"]) == {"toy_jax"} and meta["element_size"] is None
+    assert meta["inputs"] == [{"name": "x", "dtype": "float32", "dims": [8]}]
+    assert meta["outputs"] == [{"name": "output", "dtype": "float32", "dims": []}]
+    artifact = jax.export.deserialize(
+        bytearray((tmp_path / "repo" / "toy_jax" / "1" / "model.jaxexport").read_bytes())
+    )
+    tm = trained.load(tmp_path / "run")
+    x = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    np.testing.assert_allclose(artifact.call(x)["output"], jax.device_get(tm.model(x)), rtol=1e-5, atol=1e-6)
+    assert meta["normalisation"] is None  # the toy source has none
+
+    with pytest.raises(ValueError, match=r"unknown export format.*'tflite'"):
+        repository.build(tmp_path / "run", tmp_path / "other", formats=["tflite"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="busy exists and is not a smilejax model repository"):
+        repository.build(tmp_path / "run", tmp_path / "busy")
+    with pytest.raises(FileNotFoundError, match="not a smilejax run directory"):
+        repository.build(tmp_path, tmp_path / "repo2")
+    assert export.forward(tm).element_size is None
+
+
+def test_export_cli_writes_the_chosen_format_and_names_bad_options(exported, tmp_path):
+    meta = exported[2]
+    run_dir = meta["source_run"]["dir"]
+    out = tmp_path / "cli-repo"
+    done = run_cli(
+        "export", run_dir, "--out", str(out), "--format", "stablehlo", "--max-batch-size", "8", "--no-warmup"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gn2_jax: stablehlo on JAX in the Python backend" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["gn2_jax", "smilejax_export.json"]
+    assert "max_batch_size: 8" in (out / "gn2_jax" / "config.pbtxt").read_text()
+    assert json.loads((out / "gn2_jax" / "1" / "io.json").read_text())["warmup"] is False
+
+    bad = run_cli("export", run_dir, "--out", str(tmp_path / "x"), "--format", "stablehlo,tflite")
+    assert bad.returncode == 2 and "unknown format(s) ['tflite']" in bad.stderr
+    bad = run_cli("export", run_dir, "--out", str(tmp_path / "x"), "--max-batch-size", "0")
+    assert bad.returncode == 2 and "max_batch_size must be at least 1" in bad.stderr

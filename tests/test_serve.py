@@ -1,0 +1,227 @@
+"""A real Triton Inference Server serves the exported GN2: equal outputs over HTTP and gRPC, dynamic batching,
+clear errors for bad requests, a concurrent load without failures, TLS + a required key, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+from smilejax import trained
+from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, wait_for
+from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch, train_tiny_gn2
+
+INSTALL = "bash launch/install_triton.sh"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    try:
+        from smilejax.serve import repository
+        from smilejax.serve.server import TritonServer, find_binary
+
+        find_binary()
+    except ImportError as err:
+        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
+    except FileNotFoundError as err:
+        pytest.fail(f"{err} (CI: {INSTALL})")
+    root = tmp_path_factory.mktemp("serve")
+    train_tiny_gn2(root / "run")
+    # A long queue delay so that concurrent single-jet requests surely meet in the dynamic batcher.
+    options = repository.TritonOptions(max_batch_size=32, max_queue_delay_us=20_000, kind="cpu")
+    repository.build(root / "run", root / "repo", options=options)
+    server = TritonServer(
+        root / "repo",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        exit_timeout_s=5,
+        log_file=root / "triton.log",
+    )
+    with server:
+        yield server, trained.load(root / "run"), root
+    assert server.process.returncode == 0, (root / "triton.log").read_text()[-3000:]
+
+
+def client(server, model: str, protocol: str, **kwargs):
+    from smilejax.serve.client import Client
+
+    return Client(
+        server.http_url if protocol == "http" else server.grpc_url, model, protocol=protocol, **kwargs
+    )
+
+
+def test_server_loads_the_models_its_backends_run(served):
+    server, _, _ = served
+    assert server.models == ["gn2_jax", "gn2_onnx"]
+    assert "onnxruntime" in server.skipped["gn2"]  # the wheel's server has the Python backend only
+    assert "--http-address=127.0.0.1" in server.command() and "--grpc-address=127.0.0.1" in server.command()
+    with client(server, "gn2_jax", "grpc") as c:
+        assert c.ready()
+        meta = c.metadata()
+    assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("tracks", "FP32"), ("valid", "BOOL")]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("model", ["gn2_jax", "gn2_onnx"])
+def test_served_outputs_equal_the_in_process_model(served, model, protocol):
+    server, tm, _ = served
+    batch = pipeline_batch(tm, 16)  # also holds labels: the client sends only the model's inputs
+    cases = [(1, 40), (5, 40), (16, 40)] + ([(3, 17), (2, 9)] if model == "gn2_jax" else [])
+    with client(server, model, protocol) as c:
+        for size, tracks in cases:
+            part = {k: v[:size, :tracks] if v.ndim > 1 else v[:size] for k, v in batch.items()}
+            got = c.infer(part)
+            assert got["origin_logits"].shape == (size, tracks, 8)
+            assert_equal_outputs(got, model_outputs(tm, part["tracks"], part["valid"]))
+
+
+def test_dynamic_batching_merges_concurrent_requests(served):
+    from smilejax.serve import load
+
+    server, tm, _ = served
+    one = {k: v[:1] for k, v in pipeline_batch(tm, 1).items()}
+    with client(server, "gn2_jax", "grpc") as c:
+        before = c.statistics()
+        result = load.run(
+            lambda: client(server, "gn2_jax", "grpc"), one, concurrency=8, requests=48, warmup=0
+        )
+        after = c.statistics()
+    assert result.failures == 0 and result.requests == 48, result.errors
+    requests = after["requests"] - before["requests"]
+    executions = after["executions"] - before["executions"]
+    assert requests == 48 and after["inferences"] - before["inferences"] == 48
+    assert 0 < executions < requests  # several requests ran as one batch
+
+
+def test_bad_requests_name_the_input_and_the_server_keeps_serving(served):
+    from smilejax.serve.client import InferenceError
+
+    server, tm, _ = served
+    batch = pipeline_batch(tm, 4)
+    x, v = batch["tracks"], batch["valid"]
+    bad = [
+        ({"tracks": x.astype(np.float64), "valid": v}, r"'tracks' data-type is 'FP64'.*expects 'FP32'"),
+        ({"tracks": x[:, :, :20], "valid": v}, r"unexpected shape for input 'tracks'"),
+        ({"tracks": x}, r"missing required input\(s\) \['valid'\]"),
+        ({"tracks": x, "valid": v[:, :30]}, r"input 'valid' has 30 elements .* input 'tracks' has 40"),
+    ]
+    expected = model_outputs(tm, x, v)
+    for protocol in ("http", "grpc"):
+        with client(server, "gn2_jax", protocol) as c:
+            for request, message in bad:
+                with pytest.raises(InferenceError, match=message):
+                    c.infer(request)
+                assert_equal_outputs(c.infer({"tracks": x, "valid": v}), expected)
+    with client(server, "gn2_onnx", "http") as c:  # ONNX's fixed track count is checked by Triton
+        with pytest.raises(InferenceError, match=r"unexpected shape for input '(tracks|valid)'.*got \[4,17"):
+            c.infer({"tracks": x[:, :17], "valid": v[:, :17]})
+        assert_equal_outputs(c.infer({"tracks": x, "valid": v}), expected)
+
+
+def test_many_concurrent_clients_complete_without_failures(served):
+    from smilejax.serve import load
+
+    server, tm, _ = served
+    batch = {k: v[:4] for k, v in pipeline_batch(tm, 4).items()}
+    for model, protocol in (("gn2_onnx", "http"), ("gn2_jax", "grpc")):
+
+        def make(model=model, protocol=protocol):
+            return client(server, model, protocol)
+
+        result = load.run(make, batch, concurrency=16, requests=96)
+        assert (result.failures, result.requests) == (0, 96), result.errors
+        summary = result.summary()
+        assert summary["inferences_per_s"] > 0 and summary["p50_ms"] <= summary["p99_ms"]
+
+
+def _certificate(folder) -> tuple[str, str]:
+    cert, key = folder / "server.pem", folder / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_serve_cli_with_grpc_tls_and_a_required_key_stops_on_ctrl_c(served, tmp_path):
+    from smilejax.serve.client import InferenceError
+    from smilejax.serve.server import KEY_HEADER
+
+    _, tm, root = served
+    cert, key = _certificate(tmp_path)
+    (tmp_path / "key").write_text("s3cret-key\n")
+    http, grpc = free_port(), free_port()
+    args = ["--models", "gn2_onnx", "--http-port", str(http), "--grpc-port", str(grpc), "--exit-timeout", "5"]
+    args += ["--grpc-tls-cert", cert, "--grpc-tls-key", key, "--key-file", str(tmp_path / "key")]
+    proc = subprocess.Popen(
+        smilejax_cmd("serve", str(root / "repo"), *args),
+        env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("ready:") for line in lines), 300, "the server to be ready")
+        ready = next(line for line in lines if line.startswith("ready:"))
+        assert f"grpc (TLS) 127.0.0.1:{grpc}" in ready and KEY_HEADER in ready
+        batch = {k: v[:2] for k, v in pipeline_batch(tm, 2).items()}
+        expected = model_outputs(tm, batch["tracks"], batch["valid"])
+
+        from smilejax.serve.client import Client
+
+        url = f"127.0.0.1:{grpc}"
+        with Client(url, "gn2_onnx", protocol="grpc", tls_root=cert, key="s3cret-key") as c:
+            assert_equal_outputs(c.infer(batch), expected)
+        no_key = Client(url, "gn2_onnx", protocol="grpc", tls_root=cert)
+        with no_key, pytest.raises(InferenceError, match=KEY_HEADER):
+            no_key.infer(batch)
+        plain = Client(url, "gn2_onnx", protocol="grpc", key="s3cret-key", timeout_s=5)
+        with plain, pytest.raises(InferenceError):  # plain text to a TLS port
+            plain.infer(batch)
+        wrong_key = Client(f"127.0.0.1:{http}", "gn2_onnx", key="wrong")
+        with wrong_key, pytest.raises(InferenceError, match=KEY_HEADER):
+            wrong_key.infer(batch)
+        with Client(f"127.0.0.1:{http}", "gn2_onnx", key="s3cret-key") as c:
+            assert_equal_outputs(c.infer(batch), expected)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5) as r:
+            assert r.status == 200  # health stays open: only inference needs the key
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        reader.join(timeout=10)
+        assert any(line.startswith("stopped (Triton exit code 0)") for line in lines), "".join(lines)[-3000:]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_bench_serve_reports_served_and_in_process_speeds(served, tmp_path):
+    _, _, root = served
+    done = run_cli(
+        "bench", "serve", str(root / "run"), "--repo", str(root / "repo"), "--models", "gn2_onnx",
+        "--protocols", "http", "--concurrency", "1,2", "--requests", "6", "--duration", "120",
+        "--batch-size", "4", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "serve.json").read_text())["rows"]
+    assert [(r["target"], r["concurrency"]) for r in rows] == [
+        ("in-process JAX", 1),
+        ("in-process JAX", 2),
+        ("gn2_onnx", 1),
+        ("gn2_onnx", 2),
+    ]
+    assert all(r["failures"] == 0 and r["requests"] == 6 and r["inferences_per_s"] > 0 for r in rows)
+    served_1, in_process_1 = rows[2]["inferences_per_s"], rows[0]["inferences_per_s"]
+    assert rows[2]["vs_in_process"] == pytest.approx(served_1 / in_process_1)
+    assert all(r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in rows)
+    assert "| gn2_onnx | http | 2 | 4 | 6 | 0 |" in (tmp_path / "serve.md").read_text()
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
