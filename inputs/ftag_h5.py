@@ -47,6 +47,19 @@ uncompressed files; for compressed chunked files, where every scattered jet deco
 blocks of ``chunk`` consecutive jets are shuffled instead (``batched``, ``cfg.shuffle_block``), which
 keeps the same global-batch and resumption guarantees.
 
+Bucketing (``cfg.bucket_tracks``, e.g. ``[16, 24]``): each global batch is padded only to the smallest
+bucket width that holds its jets' valid tracks (``max_tracks`` is always the last bucket, so no jet loses
+a track). The valid tracks are then moved to the front of each jet, in their file order (the ``valid``
+mask becomes a prefix; GN2 is invariant under permutations of the tracks). The width comes from a
+per-jet track-count index (``track_counts``: one scan of the ``valid`` field per file, cached as
+``.npy`` next to the norm dict), so every process picks the same width for a global batch. With
+``cfg.bucket_window`` > 1 the jets of that many consecutive global batches are sorted by track count and
+cut into batches of similar multiplicity, whose order is shuffled (see ``pipeline.Buckets``): this is
+what cuts the padding, since a random batch of thousands of jets nearly always holds one long jet,
+but it changes the batches (multiplicity-homogeneous, so flavour-correlated); the default window 1
+keeps exactly the batches of an unbucketed run and only trims their padding. On compressed chunked
+files a window > 1 also scatters each batch over the window's chunks (more decompression).
+
 Checks: ``check(paths)`` scans whole files up front; ``python -m smilejax.inputs.ftag_h5 FILES`` prints
 its report.
 """
@@ -72,6 +85,7 @@ import grain
 import h5py
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from . import pipeline
 from .spec import Batch, DataConfig, DatasetSpec
@@ -150,6 +164,12 @@ class FtagConfig(DataConfig):
         1 = single jets (the generic pipeline); 0 = auto: 1 for uncompressed files, the chunk length for
         compressed chunked ones (umami-preprocessing writes LZ4 chunks of 100 jets), where reading single
         scattered jets decompresses a whole chunk each (about 30x slower).
+    bucket_tracks: track widths a batch may be padded to (``max_tracks`` is added as the last); empty:
+        every batch has ``max_tracks`` slots with the file's masks (holes kept).
+    bucket_window: global batches whose jets are sorted by track count together before batching
+        (1: the same batches as without buckets, each padded to its longest jet; > 1 cuts much more
+        padding but makes batches multiplicity-, hence flavour-correlated, which slowed convergence
+        per step in a first test). Evaluation always uses 1.
     """
 
     format: str = "ftag_h5"
@@ -166,6 +186,18 @@ class FtagConfig(DataConfig):
     eval_fraction: float = 0.1
     check_finite: bool = True
     shuffle_block: int = 0
+    bucket_tracks: list[int] = dataclasses.field(default_factory=list)
+    bucket_window: int = 1
+
+    def __post_init__(self):
+        bad = [w for w in self.bucket_tracks if not 1 <= w <= self.max_tracks]
+        if bad or sorted(set(self.bucket_tracks)) != list(self.bucket_tracks):
+            raise ValueError(
+                f"bucket_tracks must be increasing track counts in 1..max_tracks ({self.max_tracks}), "
+                f"got {list(self.bucket_tracks)}"
+            )
+        if self.bucket_window < 1:
+            raise ValueError(f"bucket_window must be at least 1 (global batches), got {self.bucket_window}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,6 +450,7 @@ class FtagH5Source:
         self._offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         self._local = threading.local()
         self._pid = os.getpid()
+        self._counts: np.ndarray | None = None  # track_counts(), loaded on first use
 
     # ---- pickling (Grain worker processes): handles never travel
     def __getstate__(self):
@@ -448,23 +481,39 @@ class FtagH5Source:
             handles[i] = open_h5(self.files[i].path)
         return handles[i]
 
+    def track_counts(self) -> np.ndarray:
+        """Valid tracks of every jet of this split (within ``max_tracks`` slots), by index."""
+        if self._counts is None:
+            per_file = {}
+            parts = []
+            for fi, first, end in self.segments:
+                if fi not in per_file:
+                    per_file[fi] = file_track_counts(self.files[fi], self.cfg)
+                parts.append(per_file[fi][first:end])
+            self._counts = np.concatenate(parts)
+        return self._counts
+
     def close(self) -> None:
         for h in getattr(self._local, "handles", {}).values():
             h.close()
         self._local = threading.local()
 
-    def read(self, indices: np.ndarray) -> Batch:
+    def read(self, indices: np.ndarray, width: int | None = None) -> Batch:
+        """The batch of rows ``indices``; with ``width``, each jet's valid tracks first (in file order)
+        in ``width`` slots, so ``valid`` is a prefix mask (raises if a jet has more valid tracks)."""
         idx = np.asarray(indices, dtype=np.int64).ravel()
         n = len(self)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"indices outside [0, {n})")
         if idx.size > 1 and (np.diff(idx) < 0).any():  # be lenient: sort, read, restore the order
             order = np.argsort(idx, kind="stable")
-            batch = self.read(idx[order])
+            batch = self.read(idx[order], width)
             inverse = np.empty_like(order)
             inverse[order] = np.arange(order.size)
             return {k: v[inverse] for k, v in batch.items()}
-        b, t = idx.size, self.max_tracks
+        if width is not None and not 1 <= width <= self.max_tracks:
+            raise ValueError(f"width must be in 1..max_tracks ({self.max_tracks}), got {width}")
+        b, t = idx.size, self.max_tracks if width is None else int(width)
         out: Batch = {
             "tracks": np.zeros((b, t, self.n_features), np.float32),
             "valid": np.zeros((b, t), bool),
@@ -481,10 +530,10 @@ class FtagH5Source:
             s = int(seg[lo])
             fi, first, _ = self.segments[s]
             rows = idx[lo:hi] - self._offsets[s] + first
-            self._fill(fi, rows, {k: v[lo:hi] for k, v in out.items()})
+            self._fill(fi, rows, {k: v[lo:hi] for k, v in out.items()}, compact=width is not None)
         return out
 
-    def _fill(self, fi: int, rows: np.ndarray, out: Batch) -> None:
+    def _fill(self, fi: int, rows: np.ndarray, out: Batch, *, compact: bool) -> None:
         info = self.files[fi]
         f = self._handle(fi)
         jets_ds, tracks_ds = f[self.cfg.jets_name], f[self.cfg.tracks_name]
@@ -495,33 +544,53 @@ class FtagH5Source:
         if t_use < info.n_slots:
             trk = trk[:, :t_use]
         valid = trk["valid"]
-        out["valid"][:, :t_use] = valid
-        x = out["tracks"][:, :t_use]
+        # Only the valid tracks are normalised (a fifth of the slots in the synthetic set): gathered in
+        # row-major order, they fill either the file's slots (holes kept) or, compacted, the first
+        # n_valid slots of each jet, in the same order.
+        jet_of, slot_of = np.nonzero(valid)
+        sel = trk[jet_of, slot_of]
+        width = out["valid"].shape[1]
+        if compact:
+            counts = valid.sum(1)
+            if (counts > width).any():
+                r = int(np.argmax(counts > width))
+                raise ValueError(
+                    f"{info.path}: jet at row {rows[r]} has {counts[r]} valid tracks, more than the bucket "
+                    f"width {width}; is the track-count index stale? delete "
+                    f"{_counts_cache_path(info, self.cfg)}"
+                )
+            dest = np.arange(width)[None, :] < counts[:, None]
+        else:
+            dest = np.zeros((rows.size, width), bool)
+            dest[:, :t_use] = valid
         n_t = len(self.track_vars)
+        feats = np.empty((sel.size, self.n_features), np.float32)
         for i, name in enumerate(self.track_vars):
-            np.subtract(trk[name], self._t_mean[i], out=x[..., i], casting="unsafe")
-            x[..., i] /= self._t_std[i]
+            np.subtract(sel[name], self._t_mean[i], out=feats[:, i], casting="unsafe")
+            feats[:, i] /= self._t_std[i]
         jet_x = np.empty((rows.size, len(self.jet_vars)), np.float32)
         for i, name in enumerate(self.jet_vars):
             jet_x[:, i] = (jets[name] - self._j_mean[i]) / self._j_std[i]
-        x[..., n_t:] = jet_x[:, None, :]
-        np.copyto(x, 0, where=~valid[..., None])  # padded slots: 0 (files may hold NaN there)
-        if self.check_finite and not (np.isfinite(x).all() and np.isfinite(jet_x).all()):
-            self._raise_non_finite(info, rows, x, jet_x)
+        feats[:, n_t:] = jet_x[jet_of]
+        if self.check_finite and not (np.isfinite(feats).all() and np.isfinite(jet_x).all()):
+            self._raise_non_finite(info, rows, feats, jet_x, jet_of, slot_of)
+        out["tracks"][dest] = feats
+        out["valid"][:] = dest
 
         flav = self._flavour(info, jets[info.flavour_field], rows)
         out["flavour"][:] = flav
         if self.aux:
-            origin = trk[info.origin_field].astype(np.int32)
-            bad = valid & ((origin < 0) | (origin >= len(TRACK_ORIGINS)))
+            origin = sel[info.origin_field].astype(np.int32)
+            bad = (origin < 0) | (origin >= len(TRACK_ORIGINS))
             if bad.any():
-                r, c = np.argwhere(bad)[0]
+                k = int(np.argmax(bad))
                 raise ValueError(
-                    f"{info.path}: tracks/{info.origin_field} = {origin[r, c]} at row {rows[r]} slot {c} "
-                    f"(rows {rows[0]}..{rows[-1]} read) is not a class 0..{len(TRACK_ORIGINS) - 1}"
+                    f"{info.path}: tracks/{info.origin_field} = {origin[k]} at row {rows[jet_of[k]]} "
+                    f"slot {slot_of[k]} (rows {rows[0]}..{rows[-1]} read) is not a class "
+                    f"0..{len(TRACK_ORIGINS) - 1}"
                 )
-            out["track_origin"][:, :t_use] = np.where(valid, origin, -1)
-            out["track_vertex"][:, :t_use] = np.where(valid, trk[info.vertex_field], -1)
+            out["track_origin"][dest] = origin
+            out["track_vertex"][dest] = sel[info.vertex_field]
 
     def _flavour(self, info: _FileInfo, raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
         raw = raw.astype(np.int64)
@@ -535,7 +604,15 @@ class FtagH5Source:
             )
         return flav
 
-    def _raise_non_finite(self, info: _FileInfo, rows: np.ndarray, x: np.ndarray, jet_x: np.ndarray):
+    def _raise_non_finite(
+        self,
+        info: _FileInfo,
+        rows: np.ndarray,
+        feats: np.ndarray,
+        jet_x: np.ndarray,
+        jet_of: np.ndarray,
+        slot_of: np.ndarray,
+    ):
         bad_j = ~np.isfinite(jet_x)
         if bad_j.any():
             r, i = np.argwhere(bad_j)[0]
@@ -543,11 +620,11 @@ class FtagH5Source:
                 f"{info.path}: NaN or inf in input variable jets/{self.jet_vars[i]} at row {rows[r]} "
                 f"(rows {rows[0]}..{rows[-1]} read)"
             )
-        r, c, i = np.argwhere(~np.isfinite(x))[0]
+        k, i = np.argwhere(~np.isfinite(feats))[0]
         raise ValueError(
-            f"{info.path}: NaN or inf in input variable tracks/{self.track_vars[i]} at row {rows[r]} "
-            f"slot {c} (rows {rows[0]}..{rows[-1]} read; normalised with mean {self._t_mean[i]:g}, "
-            f"std {self._t_std[i]:g})"
+            f"{info.path}: NaN or inf in input variable tracks/{self.track_vars[i]} at row "
+            f"{rows[jet_of[k]]} slot {slot_of[k]} (rows {rows[0]}..{rows[-1]} read; normalised with mean "
+            f"{self._t_mean[i]:g}, std {self._t_std[i]:g})"
         )
 
 
@@ -618,8 +695,9 @@ def compute_norm_dict(
             break
         with open_h5(p) as f:
             jets_ds, tracks_ds = f[cfg.jets_name], f[cfg.tracks_name]
-            for a in range(first, min(end, first + left), _CHECK_CHUNK):
-                b = min(a + _CHECK_CHUNK, end, first + left)
+            stop = min(end, first + left)  # fixed before the loop: ``left`` shrinks inside it
+            for a in range(first, stop, _CHECK_CHUNK):
+                b = min(a + _CHECK_CHUNK, stop)
                 rows = np.arange(a, b)
                 jets = _read_rows(jets_ds, cfg.jet_vars, rows, p)
                 trk = _read_rows(tracks_ds, [*cfg.track_vars, "valid"], rows, p)[:, : cfg.max_tracks]
@@ -775,11 +853,59 @@ def _norm_cache_path(cfg: FtagConfig, files: Sequence[_FileInfo], segments) -> P
         }
     )
     name = f"norm_dict.smilejax-{hashlib.sha256(key.encode()).hexdigest()[:12]}.yaml"
-    here = Path(files[0].path).resolve().parent
+    return _cache_dir_for(files[0].path) / name
+
+
+def _cache_dir_for(path: str) -> Path:
+    """Where derived files of ``path`` are cached: next to it, else in ``$SMILEJAX_CACHE/ftag_norm``."""
+    here = Path(path).resolve().parent
     if os.access(here, os.W_OK):
-        return here / name
+        return here
     cache = Path(os.environ.get("SMILEJAX_CACHE") or Path.home() / ".cache" / "smilejax").expanduser()
-    return cache / "ftag_norm" / name
+    return cache / "ftag_norm"
+
+
+def _counts_cache_path(info: _FileInfo, cfg: FtagConfig) -> Path:
+    stat = os.stat(info.path)
+    key = json.dumps(
+        [os.path.realpath(info.path), stat.st_size, int(stat.st_mtime), cfg.tracks_name, cfg.max_tracks]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return _cache_dir_for(info.path) / f"{Path(info.path).stem}.track_counts.smilejax-{digest}.npy"
+
+
+def file_track_counts(info: _FileInfo, cfg: FtagConfig) -> np.ndarray:
+    """Valid tracks of every jet of a file within its first ``max_tracks`` slots (uint8 or uint16),
+    from one scan of the ``valid`` field, cached as ``.npy`` (memory-mapped when read back)."""
+    path = _counts_cache_path(info, cfg)
+    if path.exists():
+        counts = np.load(path, mmap_mode="r")
+        if counts.shape == (info.n_jets,):
+            return counts
+    t = min(cfg.max_tracks, info.n_slots)
+    counts = np.empty(info.n_jets, np.uint8 if t < 256 else np.uint16)
+    with open_h5(info.path) as f:
+        valid = f[cfg.tracks_name].fields("valid")
+        for a in tqdm(
+            range(0, info.n_jets, _CHECK_CHUNK),
+            desc=f"track counts {Path(info.path).name}",
+            unit="chunk",
+            disable=info.n_jets < 20 * _CHECK_CHUNK,
+        ):
+            b = min(a + _CHECK_CHUNK, info.n_jets)
+            try:
+                counts[a:b] = valid[a:b][:, :t].sum(1)
+            except (OSError, RuntimeError) as err:
+                msg = f"{info.path}: reading tracks/valid rows {a}..{b - 1} failed: {err}"
+                raise ValueError(msg) from err
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, counts)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not cache the track counts of %s in %s: %s", info.path, path, err)
+    return counts
 
 
 def _resolve(cfg: FtagConfig, split: str) -> tuple[list[str], list[str] | None]:
@@ -900,6 +1026,7 @@ class _BlockOrder:
     def __init__(self, n: int, block: int, seed: int):
         self.n, self.block, self.seed = n, block, seed
         self.n_blocks = n // block
+        self.size = self.n_blocks * block  # positions per epoch (pipeline.Order)
         self._cache: dict[int, tuple[np.ndarray, int]] = {}
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, int]:
@@ -929,39 +1056,45 @@ def batched(
     read_threads: int = 2,
     prefetch: int = 4,
     workers: int = 0,
+    buckets: pipeline.Buckets | None = None,
 ) -> grain.IterDataset:
     """``pipeline.batched`` whose shuffle moves blocks of ``block`` consecutive jets (1: single jets,
     exactly ``pipeline.batched``). A global batch then holds ``batch_size / block`` runs of neighbouring
     jets from random places of all files, which a compressed chunked file serves by decompressing each
     touched chunk once. Like salt's batch sampler this assumes the files' rows are already shuffled
     (umami-preprocessing output is). Same global batches for every process count, same resumption."""
-    kw = dict(
+    order = None
+    if block > 1 and shuffle:
+        order = _BlockOrder(len(source), block, seed)
+        if order.size < batch_size:
+            raise ValueError(
+                f"the dataset has {len(source)} examples, fewer than one batch of {batch_size} "
+                f"in blocks of {block}"
+            )
+    return pipeline.batched(
+        source,
+        batch_size=batch_size,
+        seed=seed,
         process_index=process_index,
         process_count=process_count,
+        shuffle=shuffle,
         read_threads=read_threads,
         prefetch=prefetch,
         workers=workers,
+        order=order,
+        buckets=buckets,
     )
-    if block <= 1 or not shuffle:
-        return pipeline.batched(source, batch_size=batch_size, seed=seed, shuffle=shuffle, **kw)
-    order = _BlockOrder(len(source), block, seed)
-    per_epoch = order.n_blocks * block // batch_size
-    if per_epoch == 0:
-        raise ValueError(
-            f"the dataset has {len(source)} examples, fewer than one batch of {batch_size} "
-            f"in blocks of {block}"
-        )
-    part = pipeline.local_slice(batch_size, process_index, process_count)
 
-    def read_batch(step: int, _: int) -> Batch:
-        epoch, k = divmod(step, per_epoch)
-        return source.read(order.rows(epoch, k * batch_size, (k + 1) * batch_size)[part])
 
-    ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(read_batch)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-    if workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return it
+def buckets(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Buckets | None:
+    """The track buckets ``cfg.bucket_tracks`` asks for (None when empty), with the source's counts."""
+    if not cfg.bucket_tracks:
+        return None
+    return pipeline.Buckets(
+        widths=pipeline.bucket_widths(cfg.bucket_tracks, source.max_tracks),
+        lengths=source.track_counts(),
+        window=cfg.bucket_window,
+    )
 
 
 def shuffle_block(source: FtagH5Source, cfg: FtagConfig) -> int:
@@ -1002,6 +1135,7 @@ def from_config(
         read_threads=cfg.read_threads,
         prefetch=cfg.prefetch,
         workers=cfg.workers,
+        buckets=buckets(source, cfg),
     )
 
 

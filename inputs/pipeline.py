@@ -3,11 +3,23 @@
 Global batch k of epoch e holds the examples ``perm_e[k*B:(k+1)*B]``; process p of P reads only its
 contiguous slice of that batch. So every process count sees the same global batches in the same order,
 and resuming an iterator at step k continues exactly where an uninterrupted run would be.
+
+Bucketing (``Buckets``): for sets padded to a fixed length (tracks of a jet), each global batch is padded
+only to the smallest of a few widths that holds its longest example. The width is a function of the
+global batch's rows and of a per-example length index that every process holds, so all processes pick
+the same width without talking to each other, and only ``len(widths)`` shapes are ever compiled. With
+``window > 1`` the examples of ``window`` consecutive global batches are first sorted by length and cut
+into batches of similar length, whose order is then shuffled: random batches of thousands of jets
+almost always contain one long jet, sorted ones mostly fit a small width. Everything stays a
+deterministic function of (seed, epoch, k), so the resumption guarantee above is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Sequence
+from typing import Protocol
 
 import grain
 import numpy as np
@@ -15,11 +27,20 @@ import numpy as np
 from .spec import Batch, BatchSource
 
 
+class Order(Protocol):
+    """The example order of each epoch: ``rows(epoch, lo, hi)`` are its positions lo..hi-1."""
+
+    size: int  # positions per epoch
+
+    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray: ...
+
+
 class _EpochOrder:
     """Per-epoch permutations, computed once per epoch and shared by the read threads."""
 
     def __init__(self, n: int, seed: int, shuffle: bool):
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.size = n
         self._lock = threading.Lock()
         self._cache: dict[int, np.ndarray] = {}
 
@@ -38,6 +59,110 @@ class _EpochOrder:
                 self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             return self._cache[epoch]
 
+    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+        return np.arange(lo, hi) if not self.shuffle else self(epoch)[lo:hi]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq/hash over a length array would be meaningless
+class Buckets:
+    """Pad each global batch to the smallest of ``widths`` that holds its longest example.
+
+    widths: increasing; the last must hold every example (``lengths.max() <= widths[-1]``).
+    lengths: valid elements of every example of the source, by source index.
+    window: global batches sorted together by length before they are cut (1: batches as shuffled).
+    """
+
+    widths: tuple[int, ...]
+    lengths: np.ndarray
+    window: int = 1
+
+    def __post_init__(self):
+        w = np.asarray(self.widths)
+        if w.size == 0 or (w < 1).any() or (np.diff(w) <= 0).any():
+            raise ValueError(f"bucket widths must be increasing positive lengths, got {list(self.widths)}")
+        if self.window < 1:
+            raise ValueError(f"the bucket window must be at least 1 batch, got {self.window}")
+        longest = int(self.lengths.max()) if self.lengths.size else 0
+        if longest > w[-1]:
+            raise ValueError(f"an example has {longest} elements, more than the largest bucket {w[-1]}")
+
+    def width(self, rows: np.ndarray) -> int:
+        longest = int(self.lengths[rows].max()) if rows.size else 0
+        return int(self.widths[int(np.searchsorted(self.widths, longest))])
+
+
+class BatchPlan:
+    """Which rows (and which width, when bucketed) global batch ``step`` holds; one epoch after another.
+
+    A pure function of (seed, step), shared by the read threads and picklable into Grain workers.
+    """
+
+    def __init__(self, order: Order, batch_size: int, buckets: Buckets | None = None, seed: int = 0):
+        self.order, self.batch_size, self.buckets, self.seed = order, batch_size, buckets, seed
+        self.per_epoch = order.size // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"the dataset has {order.size} examples, fewer than one batch of {batch_size}")
+        self.window = buckets.window if buckets is not None else 1
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_windows"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._windows = {}
+
+    def __call__(self, step: int) -> tuple[np.ndarray, int | None]:
+        epoch, k = divmod(step, self.per_epoch)
+        b = self.batch_size
+        if self.buckets is None:
+            return self.order.rows(epoch, k * b, (k + 1) * b), None
+        if self.window == 1:
+            rows = self.order.rows(epoch, k * b, (k + 1) * b)
+            return rows, self.buckets.width(rows)
+        w, j = divmod(k, self.window)
+        batches, widths = self._window(epoch, w)
+        return batches[j], int(widths[j])
+
+    def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The window's batches (sorted by length, then shuffled) and their widths."""
+        key = (epoch, w)
+        with self._lock:
+            got = self._windows.get(key)
+        if got is not None:
+            return got
+        b = self.batch_size
+        first = w * self.window
+        n = min(self.window, self.per_epoch - first)
+        rows = self.order.rows(epoch, first * b, (first + n) * b)
+        # stable sort: among equal lengths the shuffled order stays, so batches remain random samples
+        rows = rows[np.argsort(self.buckets.lengths[rows], kind="stable")].reshape(n, b)
+        perm = np.random.default_rng([self.seed, epoch, w, 0xB0C4E7]).permutation(n)
+        batches = rows[perm]
+        widths = np.array([self.buckets.width(r) for r in batches])
+        with self._lock:
+            self._windows = {k: v for k, v in self._windows.items() if k >= (epoch, w - 2)}
+            self._windows[key] = (batches, widths)
+        return batches, widths
+
+    def padding_fraction(self, steps: int | None = None) -> float:
+        """Padded share of the element slots of ``steps`` global batches (default: one epoch), from
+        the bucket lengths alone (nothing is read)."""
+        steps = self.per_epoch if steps is None else steps
+        if self.buckets is None:
+            raise ValueError("padding_fraction needs Buckets (their lengths)")
+        lengths = self.buckets.lengths
+        used = slots = 0
+        for step in range(steps):
+            rows, width = self(step)
+            used += int(lengths[rows].sum())
+            slots += rows.size * width
+        return 1.0 - used / slots
+
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
     if global_batch % process_count:
@@ -46,10 +171,10 @@ def local_slice(global_batch: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def _read(source: BatchSource, indices: np.ndarray) -> Batch:
+def _read(source: BatchSource, indices: np.ndarray, width: int | None = None) -> Batch:
     # Sorted reads are what makes HDF5/ArrayRecord slices fast; undo the sort afterwards.
     order = np.argsort(indices, kind="stable")
-    batch = source.read(indices[order])
+    batch = source.read(indices[order]) if width is None else source.read(indices[order], width=width)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     return {k: v[inverse] for k, v in batch.items()}
@@ -66,25 +191,46 @@ def batched(
     read_threads: int = 2,
     prefetch: int = 4,
     workers: int = 0,
+    order: Order | None = None,
+    buckets: Buckets | None = None,
 ) -> grain.IterDataset:
-    """An endless stream of this process's share of each global batch (incomplete last batches dropped)."""
-    n = len(source)
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"the dataset has {n} examples, fewer than one batch of {batch_size}")
+    """An endless stream of this process's share of each global batch (incomplete last batches dropped).
+
+    order: the epoch order (default: a global per-example permutation per epoch, or none without
+        ``shuffle``). buckets: pad each batch to a bucket width; the source's ``read(indices, width=w)``
+        must then return the valid elements first in ``w`` slots. Without ``shuffle`` (evaluation) the
+        bucket window is 1, so that the first batches are not a length-biased sample.
+    """
+    order = order if order is not None else _EpochOrder(len(source), seed, shuffle)
+    if buckets is not None and not shuffle and buckets.window > 1:
+        buckets = dataclasses.replace(buckets, window=1)
+    plan = BatchPlan(order, batch_size, buckets, seed)
     part = local_slice(batch_size, process_index, process_count)
-    order = _EpochOrder(n, seed, shuffle)
 
     def read_batch(step: int, _: int) -> Batch:
-        epoch, k = divmod(step, per_epoch)
-        rows = order(epoch)[k * batch_size : (k + 1) * batch_size][part]
-        return _read(source, rows)
+        rows, width = plan(step)
+        return _read(source, rows[part], width)
 
-    ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(read_batch)
+    ds = grain.MapDataset.range(plan.per_epoch).repeat(None).map_with_index(read_batch)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if workers > 0:
+        _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return it
+
+
+def _absl_flags_parsed() -> None:
+    # Grain's worker processes read absl flags, which only an absl.app entry point parses; with
+    # unparsed flags the first batch raises UnparsedFlagAccessError. Their defaults are what we want.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def bucket_widths(requested: Sequence[int], max_length: int) -> tuple[int, ...]:
+    """``requested`` widths capped at ``max_length``, with ``max_length`` itself as the last bucket."""
+    return tuple(sorted({int(w) for w in requested if w < max_length} | {int(max_length)}))
 
 
 def from_config(

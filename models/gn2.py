@@ -40,6 +40,7 @@ Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, Non
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -84,12 +85,12 @@ class GN2Config:
     activation: str = "relu"
     dropout: float = 0.0
     remat: bool = False
-    aux_tasks: str = "auto"
+    aux_tasks: Literal["auto", "on", "off"] = "auto"
     jet_weight: float = 1.0
     origin_weight: float = 0.5
     vertex_weight: float = 1.5
     vertex_origin_weighting: bool = True
-    vertex_loss_norm: str = "pairs"
+    vertex_loss_norm: Literal["pairs", "matches"] = "pairs"
     class_weights: dict[str, list[float]] | None = None
 
     def __post_init__(self):

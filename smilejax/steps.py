@@ -62,7 +62,8 @@ def compute_dtype(cfg: Config) -> jnp.dtype:
     return jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
 
 
-def _build_model(spec: ModelSpec, cfg: Config, seed: int) -> nnx.Module:
+def build_model(spec: ModelSpec, cfg: Config, seed: int | jax.Array) -> nnx.Module:
+    """The model of ``cfg`` in its compute dtype; ``seed`` is an int or a PRNG key."""
     with nnx.use_eager_sharding(False):
         return spec.build(cfg.model, rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg))
 
@@ -103,12 +104,12 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
     """The model's program on ``mesh``: sharded init, train step and eval step."""
     tx, lr = optim.make(cfg.optimizer, cfg.run.steps)
     rules = cfg.mesh.rules
-    abstract_model = nnx.eval_shape(lambda: _build_model(spec, cfg, cfg.run.seed))
+    abstract_model = nnx.eval_shape(lambda: build_model(spec, cfg, cfg.run.seed))
     graphdef, abs_params, _ = nnx.split(abstract_model, nnx.Param, ...)
     param_sharding = _param_shardings(abs_params, mesh, rules)
 
     def init() -> TrainState:
-        model = _build_model(spec, cfg, cfg.run.seed)
+        model = build_model(spec, cfg, cfg.run.seed)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))

@@ -199,21 +199,22 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
             record.write({"step": step, **values})
             loggers.log(step, values)
 
-    # ---- compile ahead of time, once per batch shape; the first one gives FLOPs for MFU
-    compiled: dict[tuple, Callable] = {}
+    # ---- compile ahead of time, once per batch shape (bucketed inputs have a few), with its FLOPs for MFU
+    compiled: dict[tuple, tuple[Callable, float | None]] = {}
 
-    def compiled_for(state: steps.TrainState, batch: dict) -> Callable:
+    def compiled_for(state: steps.TrainState, batch: dict) -> tuple[Callable, float | None]:
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
-            compiled[shapes] = program.train_step.lower(state, batch).compile()
+            step_fn = program.train_step.lower(state, batch).compile()
+            compiled[shapes] = step_fn, metrics.step_flops(step_fn)
         return compiled[shapes]
 
     first_global = to_global(program, next(batches), cfg.data.batch_size)
-    flops = metrics.step_flops(compiled_for(state, first_global))
+    compiled_for(state, first_global)
     peak = metrics.peak_flops(jax.devices()[0])
 
     # ---- hooks
-    window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None}
+    window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
     last: dict = {}
 
     def log_hook(step: int) -> None:
@@ -227,8 +228,8 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
             step_time_s=step_time,
             data_wait_frac=min(window["data_s"] / elapsed, 1.0),
         )
-        if flops and peak:
-            values["mfu"] = flops / step_time / peak
+        if window["flops"] and peak:
+            values["mfu"] = window["flops"] / elapsed / peak
         if not np.isfinite(values["loss"]):
             raise FloatingPointError(
                 f"loss is {values['loss']} at step {step}; stopping (last checkpoint kept)"
@@ -237,7 +238,7 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
         last.clear()
         last.update(values)
         bar.set_postfix(loss=f"{values['loss']:.4g}", samples_s=f"{values['samples_per_s']:.4g}")
-        window.update(steps=0, data_s=0.0, t0=time.perf_counter(), sums=None)
+        window.update(steps=0, data_s=0.0, t0=time.perf_counter(), sums=None, flops=0.0)
 
     def eval_hook(step: int) -> None:
         emit(step, evaluate(program, state, eval_batches, cfg))
@@ -277,7 +278,10 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
             batch = pending if pending is not None else to_global(program, next(batches), cfg.data.batch_size)
             pending = None
             window["data_s"] += time.perf_counter() - t_data
-            state, out = compiled_for(state, batch)(state, batch)
+            step_fn, flops = compiled_for(state, batch)
+            state, out = step_fn(state, batch)
+            unknown = flops is None or window["flops"] is None
+            window["flops"] = None if unknown else window["flops"] + flops
             window["sums"] = out if window["sums"] is None else _accumulate(window["sums"], out)
             window["steps"] += 1
             for hook in hooks:

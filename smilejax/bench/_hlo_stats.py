@@ -1,0 +1,234 @@
+"""What a compiled step communicates and how much memory it needs, read from XLA's own output.
+
+Collectives come from the optimized HLO text (``compiled.as_text()``), so they are the ops the
+device really runs after XLA's partitioner and combiners, not what the Python code asked for.
+For every ``all-reduce``, ``all-gather``, ``reduce-scatter``, ``all-to-all``, ``collective-permute``
+and ``collective-broadcast`` (synchronous, or the ``*-start`` half of an asynchronous pair; the
+``*-done`` half is not counted again) it records:
+
+- ``operand_bytes``: the bytes of the op's inputs on one device (its payload);
+- ``group_size``: how many devices take part (from ``replica_groups`` in any of XLA's three
+  spellings; a collective-permute is point to point and counts as a group of 2);
+- ``axes``: the mesh axes its first group spans, found by placing the group's partition ids on the
+  program's mesh (partition i is ``mesh.devices.flat[i]``), e.g. ``("data",)`` for a gradient
+  all-reduce or ``("tensor",)`` inside a tensor-parallel pair; empty when no mesh is given;
+- ``full_bytes``: the size of the whole buffer the collective works on (the gathered result of an
+  all-gather, the input of the others), which does not shrink as devices are added;
+- ``wire_bytes``: what one device sends with the bandwidth-optimal ring algorithm:
+  all-reduce ``2(p-1)/p · full``, all-gather / reduce-scatter / all-to-all ``(p-1)/p · full``,
+  collective-permute and broadcast its operand.
+
+An op is counted once where it appears in the program text: a collective inside a loop body
+(``train.grad_accum`` > 1 scans, for instance) runs once per iteration but is counted once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+KINDS = (
+    "all-reduce",
+    "all-gather",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "collective-broadcast",
+)
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
+_NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    kind: str
+    operand_bytes: int
+    group_size: int
+    axes: tuple[str, ...] = ()
+
+    @property
+    def full_bytes(self) -> int:
+        return self.operand_bytes * self.group_size if self.kind == "all-gather" else self.operand_bytes
+
+    @property
+    def wire_bytes(self) -> float:
+        p = self.group_size
+        if self.kind == "all-reduce":
+            return 2 * (p - 1) / p * self.full_bytes
+        if self.kind in ("all-gather", "reduce-scatter", "all-to-all"):
+            return (p - 1) / p * self.full_bytes
+        return float(self.operand_bytes)
+
+
+def _element_bytes(dtype: str) -> float:
+    if dtype == "pred":
+        return 1.0
+    bits = re.match(r"[a-z]+(\d+)", dtype)
+    return int(bits.group(1)) / 8 if bits else 0.0
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of every array in an HLO shape string (a tuple sums its elements; ``token[]`` is 0)."""
+    total = 0.0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype == "token":
+            continue
+        total += _element_bytes(dtype) * math.prod(int(d) for d in dims.split(",") if d)
+    return int(total)
+
+
+def _split_shape(rhs: str) -> tuple[str, str]:
+    """``"(f32[2], f32[]) all-reduce(...)"`` -> (shape, rest); tuples are matched by parentheses."""
+    if not rhs.startswith("("):
+        shape, _, rest = rhs.partition(" ")
+        return shape, rest
+    depth = 0
+    for i, ch in enumerate(rhs):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return rhs[: i + 1], rhs[i + 1 :].lstrip()
+    return rhs, ""
+
+
+def _operands(call: str) -> tuple[list[str], str]:
+    """``"op(%a, %b), attrs"`` -> (operand texts, attrs)."""
+    start = call.index("(")
+    depth = 0
+    for i in range(start, len(call)):
+        depth += {"(": 1, ")": -1, "{": 1, "}": -1}.get(call[i], 0)
+        if depth == 0:
+            inner, attrs = call[start + 1 : i], call[i + 1 :]
+            break
+    else:
+        inner, attrs = call[start + 1 :], ""
+    parts, depth, current = [], 0, ""
+    for ch in inner:
+        depth += {"(": 1, ")": -1, "{": 1, "}": -1, "[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current.strip())
+    return parts, attrs
+
+
+def first_group(attrs: str, num_partitions: int) -> list[int]:
+    """Partition ids of the first group in ``replica_groups`` (``{{0,1},{2,3}}``, ``[2,2]<=[4]T(1,0)``
+    or ``mesh['data'=4,'tensor'=2] {'data'}``) or of the first ``source_target_pairs`` pair; empty or
+    absent groups mean all partitions."""
+    pair = re.search(r"source_target_pairs=\{\{(\d+),(\d+)\}", attrs)
+    if pair:
+        return [int(pair.group(1)), int(pair.group(2))]
+    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if mesh:
+        axes = re.findall(r"'([^']+)'=(\d+)", mesh.group(1))
+        chosen = re.findall(r"'([^']+)'(?::\(\d+\)(\d+))?", mesh.group(2))
+        if any(sub for _, sub in chosen):  # sub-axes: the size is known, the members are not
+            return list(range(math.prod(int(sub or 1) for _, sub in chosen)))
+        ids = np.arange(math.prod(int(size) for _, size in axes)).reshape([int(size) for _, size in axes])
+        names = {name for name, _ in chosen}
+        return ids[tuple(slice(None) if name in names else 0 for name, _ in axes)].ravel().tolist()
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", attrs)
+    if iota:
+        dims = [int(d) for d in iota.group(3).split(",")]
+        ids = np.arange(math.prod(dims)).reshape(dims)
+        if iota.group(4):
+            ids = ids.transpose([int(p) for p in iota.group(4).split(",")])
+        return ids.reshape(int(iota.group(1)), int(iota.group(2)))[0].tolist()
+    listed = re.search(r"replica_groups=\{\{([^}]*)\}", attrs)
+    if listed:
+        return [int(d) for d in listed.group(1).split(",") if d.strip()]
+    return list(range(num_partitions))
+
+
+def group_size(attrs: str, num_partitions: int) -> int:
+    return max(len(first_group(attrs, num_partitions)), 1)
+
+
+def spanned_axes(members: list[int], mesh_shape: Mapping[str, int]) -> tuple[str, ...]:
+    """The mesh axes along which the partition ids ``members`` differ."""
+    coords = np.array(np.unravel_index(members, tuple(mesh_shape.values())))
+    return tuple(name for name, row in zip(mesh_shape, coords, strict=True) if len(set(row.tolist())) > 1)
+
+
+def collectives(hlo_text: str, mesh_shape: Mapping[str, int] | None = None) -> list[Collective]:
+    """Every collective of an optimized HLO module (see the module doc for what is counted);
+    ``mesh_shape`` (axis sizes in mesh order) names the axes each op spans."""
+    first = hlo_text.split("\n", 1)[0]
+    found = _NUM_PARTITIONS.search(first)
+    num_partitions = int(found.group(1)) if found else 1
+    shapes: dict[str, str] = {}
+    pending: list[tuple[str, list[str], str]] = []
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, rhs = match.groups()
+        shape, call = _split_shape(rhs)
+        shapes[name] = shape
+        opcode = call.split("(", 1)[0].strip()
+        kind = opcode.removesuffix("-start")
+        if kind in KINDS and not opcode.endswith("-done"):
+            operands, attrs = _operands(call)
+            pending.append((kind, operands, attrs))
+    out = []
+    for kind, operands, attrs in pending:
+        operand_bytes = 0
+        for text in operands:
+            ref = re.findall(r"%([\w.\-]+)", text)
+            # Newer XLA prints bare names; older prints "f32[4] %name": an inline shape wins.
+            inline = shape_bytes(text)
+            operand_bytes += inline if inline else shape_bytes(shapes.get(ref[-1], "")) if ref else 0
+        members = first_group(attrs, num_partitions)
+        size = 2 if kind == "collective-permute" else max(len(members), 1)
+        fits = (
+            mesh_shape
+            and members
+            and math.prod(mesh_shape.values()) == num_partitions
+            and max(members) < num_partitions
+        )
+        axes = spanned_axes(members, mesh_shape) if fits else ()
+        out.append(Collective(kind, operand_bytes, size, axes))
+    return out
+
+
+def summarize(ops: Iterable[Collective]) -> dict[str, Any]:
+    """Per-kind op counts and payload bytes, plus totals (``comm_bytes``, ``wire_bytes``, ``collectives``)."""
+    ops = list(ops)
+    out: dict[str, Any] = {"collectives": len(ops)}
+    for kind in KINDS:
+        of_kind = [op for op in ops if op.kind == kind]
+        if of_kind:
+            out[f"{kind}/count"] = len(of_kind)
+            out[f"{kind}/bytes"] = sum(op.operand_bytes for op in of_kind)
+    out["comm_bytes"] = sum(op.operand_bytes for op in ops)
+    out["wire_bytes"] = round(sum(op.wire_bytes for op in ops))
+    return out
+
+
+def memory(compiled) -> dict[str, int]:
+    """Per-device memory of a compiled program (bytes): arguments, outputs, temporaries, and their
+    total ``arguments + outputs - aliased (donated) + temporaries``; empty when the backend has none."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        return {}
+    if stats is None:
+        return {}
+    arg, out = stats.argument_size_in_bytes, stats.output_size_in_bytes
+    alias, temp = stats.alias_size_in_bytes, stats.temp_size_in_bytes
+    return {
+        "argument_bytes": arg,
+        "output_bytes": out,
+        "temp_bytes": temp,
+        "total_bytes": arg + out - alias + temp,
+    }

@@ -1,0 +1,132 @@
+"""The JAX half of ``smilejax bench train``: the model's real train step on device-resident batches."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import jax
+
+from smilejax import mesh as meshlib
+from smilejax import metrics, registry, runtime, steps
+from smilejax.bench import _models, _synthetic, common
+from smilejax.config import Config, ConfigError
+
+
+@dataclasses.dataclass
+class Measured:
+    rows: list[dict]
+    params: int
+    padded: int | None  # the padded set length (None: the model has no known set length)
+    widths: list[int | None]  # every length timed, ascending
+    flops: dict[int | None, float | None]  # per device and step, by length
+
+
+def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | None, list[int | None]]:
+    """(config field, padded length, lengths to time in ascending order) of ``--tracks``/``--bucket``."""
+    field = _models.adapter(registry.model(cfg.model.name).name).length_field
+    if field is None:
+        if args.bucket or args.tracks:
+            raise SystemExit(
+                f"--tracks/--bucket: no set length is known for model {cfg.model.name!r} "
+                "(add its config field to smilejax/bench/_models.py)"
+            )
+        return None, None, [None]
+    padded = args.tracks or int(getattr(cfg.model, field))
+    too_long = [w for w in args.bucket if not 1 <= w <= padded]
+    if too_long:
+        raise SystemExit(f"--bucket {too_long}: bucket lengths must be in 1..{padded} (the padded length)")
+    return field, padded, [*sorted(set(args.bucket) - {padded}), padded]
+
+
+def measure(cfg: Config, args: argparse.Namespace) -> Measured:
+    runtime.initialize()
+    spec = registry.model(cfg.model.name)
+    field, padded, widths = lengths(cfg, args)
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, batch_size=args.batch),
+        train=dataclasses.replace(cfg.train, precision=args.precision),
+    )
+    if field:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: padded}))
+    mesh = meshlib.build_mesh(cfg.mesh)
+    divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
+    if args.batch % divisor:
+        raise ConfigError(f"--batch {args.batch} must be divisible by {divisor} ({meshlib.describe(mesh)})")
+    program = steps.build(spec, cfg, mesh)
+    state = program.init()
+    peak = metrics.peak_flops(jax.devices()[0])
+    rows, flops_by_width = [], {}
+    # Ascending lengths: the device's peak-memory counter only grows, so each row's peak is its own.
+    for width in widths:
+        model_cfg = dataclasses.replace(cfg.model, **{field: width}) if field else cfg.model
+        host = _synthetic.batch(spec, model_cfg, args.batch, seed=0)
+        batch = {
+            k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda idx, v=v: v[idx])
+            for k, v in host.items()
+        }
+        compiled = program.train_step.lower(state, batch).compile()
+        flops = flops_by_width[width] = metrics.step_flops(compiled)
+        holder = {"state": state, "out": None}
+
+        def run_steps(compiled=compiled, batch=batch, holder=holder):
+            for _ in range(args.steps):  # the state is donated: always step the newest one
+                holder["state"], holder["out"] = compiled(holder["state"], batch)
+            return holder["state"], holder["out"]
+
+        timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
+        state, out = holder["state"], jax.device_get(holder["out"])
+        if not math.isfinite(float(out["loss"])):
+            raise FloatingPointError(f"{cfg.model.name}: loss is {float(out['loss'])} at length {width}")
+        per_step = timing["median_s"] / args.steps
+        rows.append(
+            {
+                "impl": "jax",
+                "mode": cfg.train.parallel,
+                "tracks": width,
+                "padding": "padded" if width == padded else "bucket",
+                "ms_per_step": 1e3 * per_step,
+                "samples_per_s": args.batch / per_step,
+                "mfu": flops / per_step / peak if flops and peak else None,
+                "tflops_per_s": flops * jax.device_count() / per_step / 1e12 if flops else None,
+                "peak_mem_gb": _peak_memory_gb(),
+                "compiled_mem_gb": _compiled_memory_gb(compiled),
+                "devices": jax.device_count(),
+                "note": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+            }
+        )
+    return Measured(rows, int(program.param_count), padded, widths, flops_by_width)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``vs_padded`` (JAX at the padded length) and ``vs_torch_eager`` (PyTorch eager, padded)."""
+
+    def base(impl: str, mode: str | None) -> float | None:
+        for r in rows:
+            padded_run = r.get("padding") == "padded" and r.get("samples_per_s")
+            if r["impl"] == impl and padded_run and (mode is None or r["mode"] == mode):
+                return r["samples_per_s"]
+        return None
+
+    padded, eager = base("jax", None), base("torch", "eager")
+    for r in rows:
+        speed = r.get("samples_per_s")
+        r["vs_padded"] = speed / padded if speed and padded else None
+        r["vs_torch_eager"] = speed / eager if speed and eager else None
+
+
+def _peak_memory_gb() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return peak / 2**30 if peak else None
+
+
+def _compiled_memory_gb(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    except Exception:  # not every backend reports it
+        return None
+    return total / 2**30

@@ -1,0 +1,264 @@
+"""``smilejax bench hpo``: search quality against compute for the tuners, and vectorised-trial throughput.
+
+Search: a tiny GN2 on the synthetic ATLAS-format set (``gn2`` config, small sizes below) is tuned by
+each method over ``--seeds`` seeds with the same trial budget: random search (Optuna's sampler, the
+baseline), Optuna TPE, TPE with ASHA pruning, keras-tuner Bayesian optimisation and keras-tuner
+Hyperband. The objective is the jet-flavour loss on held-out jets (``eval/loss_jet``) over the learning
+rate, weight decay and the two auxiliary-task loss weights. Compute is the training steps the trials
+spent (pruned and budget-limited trials count what they ran). Results: a table of the best objective
+per method (median over seeds, and at half the compute) and a plot of the best-so-far curves.
+
+Vectorised: K trials differing in learning rate trained as K separate runs against one ``jit(vmap)``
+program (``smilejax.tune.vectorised``), end to end (compile, steps, evaluation): trials per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+from smilejax.commands.common import OVERRIDES_HELP
+
+log = logging.getLogger(__name__)
+
+# A GN2 small enough for CPU studies: the same code path as the full model.
+TINY = [
+    "model.embed=32",
+    "model.init_hidden=[32]",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=64",
+    "model.out=32",
+    "model.head_hidden=[32,16]",
+    "data.batch_size=100",
+    "data.max_tracks=20",
+    "data.read_threads=1",
+    "train.precision=fp32",
+    "optimizer.schedule=cosine",
+    "optimizer.warmup=0.05",
+    "logging.wandb=off",
+    "logging.tensorboard=false",
+]
+SPACE = {
+    "objective": {"metric": "eval/loss_jet", "mode": "min"},
+    "parameters": {
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "scale": "log"},
+        "optimizer.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+        "model.origin_weight": {"type": "float", "low": 0.0, "high": 1.0},
+        "model.vertex_weight": {"type": "float", "low": 0.0, "high": 2.0},
+    },
+}
+# method: (backend, algorithm, pruner)
+METHODS = {
+    "random": ("optuna", "random", "none"),
+    "optuna-tpe": ("optuna", "tpe", "none"),
+    "optuna-tpe-asha": ("optuna", "tpe", "asha"),
+    "keras-bayesian": ("keras-tuner", "bayesian", "none"),
+    "keras-hyperband": ("keras-tuner", "hyperband", "none"),
+}
+COLUMNS = [
+    "method",
+    "seeds",
+    "trials",
+    "best_median",
+    "best_min",
+    "best_max",
+    "best_at_half",
+    "steps",
+    "minutes",
+]
+V_COLUMNS = [
+    "k",
+    "devices",
+    "trials_per_s",
+    "sequential_trials_per_s",
+    "speedup",
+    "program_s",
+    "sequential_s",
+]
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "hpo",
+        help="HPO: best objective against compute per tuner, and vectorised-trial throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "config", nargs="?", default="gn2", metavar="CONFIG", help="config (default gn2, tiny)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=3, help="repeats of every method (default 3)")
+    parser.add_argument("--trials", type=int, default=10, help="trial budget per study (default 10)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of a full trial (default 40)")
+    parser.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (default 10)")
+    parser.add_argument("--vectorise", default="1,4", help="K values for the throughput study ('' skips it)")
+    parser.add_argument("--vectorise-steps", type=int, default=20, help="steps of each vectorised trial")
+    parser.add_argument("--skip-search", action="store_true", help="only the vectorised throughput study")
+    parser.add_argument("--out", default="bench-results/hpo", help="folder for JSON, tables and plots")
+    parser.set_defaults(run=run)
+
+
+def _base(args: argparse.Namespace, steps: int) -> dict:
+    from smilejax import config
+
+    tree = config.read_yaml(args.config)
+    overrides = [
+        *(TINY if args.config == "gn2" else []),
+        f"run.steps={steps}",
+        f"run.eval_every={args.eval_every}",
+        "run.eval_steps=2",
+        f"run.log_every={args.eval_every}",
+        f"run.checkpoint_every={args.eval_every}",
+        "run.keep_checkpoints=1",
+        *args.overrides,
+    ]
+    return config.apply_overrides(tree, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smilejax.tune import worker as workers
+
+    workers.start()  # single-process trials, this process's devices
+    from smilejax.bench import common
+
+    out = Path(args.out)
+    if not args.skip_search:
+        rows, curves = search(args, out)
+        common.write_results(out, "hpo", rows, columns=COLUMNS, extra={"space": SPACE, "trials": args.trials})
+        from smilejax.tune import plots
+
+        plots.best_vs_compute(
+            curves, out / "hpo.png", metric=SPACE["objective"]["metric"], xlabel="training steps spent"
+        )
+    ks = [int(k) for k in args.vectorise.split(",") if k.strip()]
+    if ks:
+        rows = throughput(args, ks)
+        common.write_results(out, "hpo_vectorised", rows, columns=V_COLUMNS)
+    return 0
+
+
+# ---------------------------------------------------------------- search quality against compute
+
+
+def search(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
+    from tqdm import tqdm
+
+    from smilejax.tune import space as spaces
+    from smilejax.tune import study, worker
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    base = _base(args, args.steps)
+    space = spaces.parse(copy.deepcopy(SPACE), source="bench hpo space")
+    rows, curves = [], {}
+    runs = [(m, s) for m in methods for s in range(args.seeds)]
+    for method, seed in tqdm(runs, desc="hpo studies", unit="study"):
+        backend, algorithm, pruner = METHODS[method]
+        directory = out / "studies" / f"{method}-seed{seed}"
+        options = study.Options(
+            dir=directory, backend=backend, algorithm=algorithm, pruner=pruner, trials=args.trials, seed=seed
+        )
+        t0 = time.perf_counter()
+        summary = study.tune(copy.deepcopy(base), space, options, worker.local())
+        minutes = (time.perf_counter() - t0) / 60
+        curve = best_so_far(summary.trials)
+        curves.setdefault(method, []).append(curve)
+        rows.append({"method": method, "seed": seed, "curve": curve, "minutes": minutes})
+    return _table(rows, methods, args.trials), curves
+
+
+def best_so_far(trials: list[dict]) -> list[tuple[int, float]]:
+    """(steps spent so far, best complete objective so far) after each trial, in trial order."""
+    spent, best, curve = 0, None, []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        spent += int(t.get("step") or 0)
+        if t["state"] == "complete" and t["value"] is not None:
+            best = t["value"] if best is None else min(best, t["value"])
+        if best is not None:
+            curve.append((spent, best))
+    return curve
+
+
+def _table(rows: list[dict], methods: list[str], trials: int) -> list[dict]:
+    table = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method and r["curve"]]
+        if not mine:
+            continue
+        finals = [r["curve"][-1][1] for r in mine]
+        half = []
+        for r in mine:
+            budget = r["curve"][-1][0] / 2
+            before = [b for spent, b in r["curve"] if spent <= budget]
+            half.append(before[-1] if before else float("nan"))
+        table.append(
+            {
+                "method": method,
+                "seeds": len(mine),
+                "trials": trials,
+                "best_median": statistics.median(finals),
+                "best_min": min(finals),
+                "best_max": max(finals),
+                "best_at_half": statistics.median(half),
+                "steps": statistics.median(r["curve"][-1][0] for r in mine),
+                "minutes": statistics.median(r["minutes"] for r in mine),
+            }
+        )
+    return table
+
+
+# ---------------------------------------------------------------- vectorised throughput
+
+
+def throughput(args: argparse.Namespace, ks: list[int]) -> list[dict]:
+    """Trials per second: one ``jit(vmap)`` program of K trials against K separate runs."""
+    import jax
+
+    from smilejax import config, train
+    from smilejax.tune import vectorised
+
+    base = _base(args, args.vectorise_steps)
+    out = Path(args.out) / "vectorised"
+
+    def cfgs(k: int, tag: str) -> list:
+        return [
+            config.load(
+                copy.deepcopy(base), [f"optimizer.lr={1e-3 * (1 + i)}", f"run.dir={out / tag / str(i)}"]
+            )
+            for i in range(k)
+        ]
+
+    # Separate runs cost the same whatever the learning rate: time two and scale.
+    t0 = time.perf_counter()
+    for cfg in cfgs(2, "sequential"):
+        train.train(cfg)
+    per_trial = (time.perf_counter() - t0) / 2
+    rows = []
+    for k in ks:
+        t0 = time.perf_counter()
+        outcomes = vectorised.train(cfgs(k, f"k{k}"), "loss", save=False)
+        seconds = time.perf_counter() - t0
+        if any(o.state != "complete" for o in outcomes):
+            log.warning("K=%d: trials %s did not complete", k, [o.state for o in outcomes])
+        rows.append(
+            {
+                "k": k,
+                "devices": math.gcd(k, jax.local_device_count()),
+                "trials_per_s": k / seconds,
+                "sequential_trials_per_s": 1 / per_trial,
+                "speedup": per_trial * k / seconds,
+                "program_s": seconds,
+                "sequential_s": per_trial * k,
+            }
+        )
+    return rows

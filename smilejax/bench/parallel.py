@@ -1,0 +1,579 @@
+"""``smilejax bench parallel MODEL``: the same training steps under each parallel strategy and device count.
+
+Strategies are mesh shapes of the one train step (``smilejax/steps.py``):
+
+===============  ==========================================  ==========================================
+strategy         overrides on n devices                      what moves between devices
+===============  ==========================================  ==========================================
+``dp-jit``       ``mesh.data=n train.parallel=jit``          gradient all-reduce inserted by XLA
+``dp-shardmap``  ``mesh.data=n train.parallel=shard_map``    ``lax.pmean`` of per-device loss/gradients
+``fsdp``         ``mesh.data=1 mesh.fsdp=n``                 parameters gathered, gradients reduced
+``tensor``       ``mesh.tensor=T mesh.data=n/T`` (T=2)       activations inside a layer + data axis
+===============  ==========================================  ==========================================
+
+Every cell trains from the same initial parameters on the same synthetic global batches, so at a given
+device count all strategies must reach the same loss (checked; exit code 1 when they do not). Weak
+scaling (default) keeps ``--per-device-batch``; ``--global-batch`` keeps the global batch (strong
+scaling). Each cell reports step time, samples/s, efficiency against one device, the compiled step's
+memory per device, and the bytes its collectives move (``_hlo_stats``). A scaling model
+(``_scaling_model``) then predicts weak scaling from 1 to 64 Perlmutter-like nodes.
+
+Under ``srun`` (or any launcher ``smilejax.runtime`` knows) the same command measures the cross-process
+path: device counts must be multiples of the process count, and process 0 writes the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("dp-jit", "dp-shardmap", "fsdp", "tensor")
+STUDY = "parallel"
+MODEL_STUDY = "parallel_scaling_model"
+COLUMNS = [
+    "strategy",
+    "devices",
+    "processes",
+    "mesh",
+    "global_batch",
+    "step_ms",
+    "samples_per_s",
+    "efficiency",
+    "mem_MiB",
+    "comm_MB",
+    "wire_MB",
+    "collectives",
+    "loss",
+    "loss_rel_diff",
+]
+MODEL_COLUMNS = [
+    "strategy",
+    "nodes",
+    "gpus",
+    "t_compute_ms",
+    "t_comm_ms",
+    "t_step_ms",
+    "samples_per_s",
+    "eff_vs_1node",
+    "eff_vs_1gpu",
+]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,4,8")
+    return values
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "parallel",
+        help="data parallel (jit vs shard_map), FSDP and tensor parallel: speed, memory, communication",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "config", metavar="MODEL", nargs="?", help="packaged config name (e.g. gn2) or YAML file"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.layers=2"
+    )
+    parser.add_argument(
+        "--strategies",
+        default="dp-jit,dp-shardmap,fsdp",
+        help=f"comma-separated, from {', '.join(STRATEGIES)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--devices", type=_int_list, help="device counts, e.g. 1,2,4,8 (default: powers of two up to all)"
+    )
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--per-device-batch", type=int, default=16, help="weak scaling (default: %(default)s)")
+    batch.add_argument("--global-batch", type=int, help="strong scaling: the same global batch everywhere")
+    parser.add_argument("--tensor", type=int, default=2, help="tensor axis size of 'tensor' (default: 2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per cell (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
+    parser.add_argument(
+        "--loss-rtol",
+        type=float,
+        help="allowed relative loss difference between strategies (default: 1e-4 fp32, 2e-2 bf16)",
+    )
+    parser.add_argument("--out", default="bench-results", help="results folder (default: %(default)s)")
+    parser.add_argument(
+        "--from-results",
+        metavar="PARALLEL_JSON",
+        help="measure nothing: rerun only the scaling model on a saved parallel.json (other assumptions)",
+    )
+
+    model = parser.add_argument_group("scaling model (defaults: Perlmutter GPU nodes, see docs/SCALING.md)")
+    model.add_argument("--nodes", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    model.add_argument(
+        "--collectives-from",
+        metavar="PARALLEL_JSON",
+        help="take each strategy's collectives from another study's largest cell (e.g. an 8-device run "
+        "when this one measures a single GPU)",
+    )
+    model.add_argument("--model-batch", type=int, help="per-GPU batch to predict (default: the measured one)")
+    model.add_argument(
+        "--compute",
+        choices=("auto", "measured", "flops"),
+        default="auto",
+        help="t_compute from the measured 1-device step, or from its FLOPs / (peak × MFU); "
+        "auto: measured on GPUs, flops elsewhere (default: %(default)s)",
+    )
+    model.add_argument("--peak-tflops", type=float, default=312.0, help="per GPU (A100 bf16 dense: 312)")
+    model.add_argument("--mfu", type=float, default=0.25, help="model FLOPs utilisation for --compute flops")
+    model.add_argument("--gpus-per-node", type=int, default=4)
+    model.add_argument("--nic-gbs", type=float, default=25.0, help="GB/s per GPU's NIC (Slingshot-11: 25)")
+    model.add_argument("--intra-gbs", type=float, default=100.0, help="GB/s between GPUs of a node (NVLink)")
+    model.add_argument(
+        "--link-efficiency", type=float, default=0.8, help="fraction of peak bandwidth reached"
+    )
+    model.add_argument("--alpha-intra-us", type=float, default=2.0, help="latency per ring step in a node")
+    model.add_argument(
+        "--alpha-inter-us", type=float, default=5.0, help="latency per ring step between nodes"
+    )
+    model.add_argument("--overlap", type=float, default=0.0, help="fraction of communication hidden (0-1)")
+    parser.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def parse_strategies(text: str) -> list[str]:
+    from smilejax.config import ConfigError
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], STRATEGIES, n=1) if unknown else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"--strategies: unknown strategy {unknown[0] if unknown else text!r}{hint}; "
+            f"choose from {', '.join(STRATEGIES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def strategy_overrides(strategy: str, n: int, tensor: int) -> list[str] | None:
+    """Config overrides that make ``strategy`` on ``n`` devices; None when it cannot use ``n``."""
+    if strategy == "tensor":
+        if n < tensor or n % tensor:
+            return None
+        return [f"mesh.data={n // tensor}", "mesh.fsdp=1", f"mesh.tensor={tensor}", "train.parallel=jit"]
+    data, fsdp = (1, n) if strategy == "fsdp" else (n, 1)
+    parallel = "shard_map" if strategy == "dp-shardmap" else "jit"
+    return [f"mesh.data={data}", f"mesh.fsdp={fsdp}", "mesh.tensor=1", f"train.parallel={parallel}"]
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from smilejax.config import ConfigError
+
+    for name in ("steps", "per_device_batch", "tensor", "model_batch", "global_batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be at least 0, got {args.warmup}")
+    if not 0 <= args.overlap <= 1:
+        raise ConfigError(f"--overlap is a fraction between 0 and 1, got {args.overlap}")
+
+
+def load_config(source: str, overrides: list[str], extra: list[str]):
+    """The model's config with the bench's synthetic data format (no reader, no Grain)."""
+    from smilejax import config
+    from smilejax.bench import _synthetic
+
+    tree = config.read_yaml(source)
+    tree["data"] = {"format": _synthetic.FORMAT}  # the bench feeds its own batches
+    return config.load(tree, [*overrides, *extra])
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    if args.from_results:
+        return _model_only(args)
+    if not args.config:
+        from smilejax.config import ConfigError
+
+        raise ConfigError("MODEL is missing: a packaged config name such as gn2, or a YAML file")
+    if args.collectives_from:
+        _read_results(args.collectives_from, "--collectives-from")  # fail before measuring, not after
+    strategies = parse_strategies(args.strategies)
+
+    from smilejax import runtime
+
+    runtime.initialize()  # before anything touches devices: srun / mpiexec start jax.distributed here
+
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from smilejax import registry
+    from smilejax.bench import _parallel_measure as measure
+    from smilejax.bench import _synthetic
+    from smilejax.config import ConfigError
+
+    lead = jax.process_index() == 0
+    procs = jax.process_count()
+    devices = args.devices or [2**k for k in range(16) if 2**k <= jax.device_count() and 2**k % procs == 0]
+    measure.check_devices(devices)
+    base_cfg = load_config(args.config, args.overrides, [])
+    spec = registry.model(base_cfg.model.name)
+    precision = base_cfg.train.precision
+    rtol = args.loss_rtol if args.loss_rtol is not None else (1e-4 if precision == "fp32" else 2e-2)
+    total_steps = args.warmup + args.steps
+
+    plan, skipped = [], []
+    for n in devices:
+        for s in strategies:
+            extra = strategy_overrides(s, n, args.tensor)
+            (plan if extra is not None else skipped).append((s, n, extra))
+    if not plan:
+        raise ConfigError("nothing to measure: no strategy fits the requested device counts")
+    for s, n, _ in plan:  # strong scaling: check every cell before compiling any
+        split = n // args.tensor if s == "tensor" else n  # devices the batch is split over
+        if args.global_batch and args.global_batch % split:
+            raise ConfigError(
+                f"--global-batch {args.global_batch} does not split over the {split} batch-sharded "
+                f"devices of {s} on {n} devices; choose a multiple of {split}"
+            )
+    for s, n, _ in skipped:
+        log.warning(
+            "skipping %s on %d device(s): it needs a multiple of --tensor=%d devices", s, n, args.tensor
+        )
+
+    batches: dict[int, list[dict[str, np.ndarray]]] = {}
+    done: dict[tuple, dict[str, Any]] = {}  # on one device fsdp is dp-jit's very program: measure it once
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(plan, desc="bench parallel", unit="cell", disable=not lead, dynamic_ncols=True)
+    for s, n, extra in bar:
+        bar.set_postfix(strategy=s, devices=n)
+        gb = args.global_batch or args.per_device_batch * n
+        if (tuple(extra), gb) in done:
+            rows.append({**done[tuple(extra), gb], "strategy": s})
+            continue
+        cfg = load_config(
+            args.config,
+            args.overrides,
+            [*extra, f"data.batch_size={gb}", f"run.steps={total_steps}", "logging.progress=false"],
+        )
+        if gb not in batches:  # the same global batches for every strategy at this size
+            seed = cfg.run.seed
+            batches[gb] = [
+                _synthetic.batch(spec, cfg.model, gb, seed=seed * 7919 + i) for i in range(total_steps)
+            ]
+        result = measure.measure(spec, cfg, n, batches[gb], warmup=args.warmup)
+        rows.append(_row(s, n, procs, gb, result))
+        done[tuple(extra), gb] = rows[-1]
+    bar.close()
+
+    _add_efficiency(rows)
+    worst = _add_loss_agreement(rows)
+    model_rows, assumptions = _scaling_model(args, rows, jax.devices()[0].platform)
+    if lead:
+        _write_measured(args, rows, skipped, precision)
+        _write_model(args, model_rows, assumptions)
+    if worst["rel_diff"] > rtol:
+        log.error(
+            "losses disagree: %s on %d devices reached %.6g, %s reached %.6g (relative %.2g > %.2g)",
+            worst["strategy"],
+            worst["devices"],
+            worst["loss"],
+            worst["reference"],
+            worst["reference_loss"],
+            worst["rel_diff"],
+            rtol,
+        )
+        if worst["strategy"] == "dp-shardmap":
+            log.error(
+                "dp-shardmap averages per-device losses (pmean), as PyTorch DDP does: a loss normalised by "
+                "per-device counts (a mean over valid tracks or pairs) then differs from the global-batch "
+                "loss that dp-jit minimises; a loss that is a plain mean over examples agrees exactly"
+            )
+        return 1
+    log.info(
+        "losses agree across strategies: largest relative difference %.2g (tolerance %.2g)",
+        worst["rel_diff"],
+        rtol,
+    )
+    return 0
+
+
+def _row(strategy: str, n: int, procs: int, global_batch: int, r: dict[str, Any]) -> dict[str, Any]:
+    mib = 2**20
+    return {
+        "strategy": strategy,
+        "devices": n,
+        "processes": procs,
+        "mesh": r["mesh"],
+        "global_batch": global_batch,
+        "per_device_batch": global_batch / n,
+        "step_ms": r["step_s"] * 1e3,
+        "samples_per_s": global_batch / r["step_s"],
+        "mem_MiB": r.get("total_bytes", 0) / mib,
+        "mem_args_MiB": r.get("argument_bytes", 0) / mib,
+        "mem_temp_MiB": r.get("temp_bytes", 0) / mib,
+        "comm_MB": r["comm_bytes"] / 1e6,
+        "wire_MB": r["wire_bytes"] / 1e6,
+        **{k: v for k, v in r.items() if k not in ("step_s", "mesh")},
+    }
+
+
+def _add_efficiency(rows: list[dict[str, Any]]) -> None:
+    """Per-device throughput against the baseline: the strategy's own smallest device count, or
+    dp-jit's where that is smaller (tensor parallel cannot run on one device)."""
+    for row in rows:
+        own = [r for r in rows if r["strategy"] == row["strategy"]]
+        dp = [r for r in rows if r["strategy"] == "dp-jit"]
+        base = min(
+            own + [r for r in dp if r["devices"] < min(o["devices"] for o in own)], key=lambda r: r["devices"]
+        )
+        row["baseline"] = f"{base['strategy']}@{base['devices']}"
+        row["efficiency"] = (row["samples_per_s"] / row["devices"]) / (
+            base["samples_per_s"] / base["devices"]
+        )
+
+
+def _add_loss_agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Relative loss difference of every cell against the first strategy measured at the same device
+    count; returns the worst cell."""
+    worst = {"rel_diff": 0.0}
+    for row in rows:
+        ref = next(r for r in rows if r["devices"] == row["devices"])
+        diff = abs(row["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-12)
+        row["loss_rel_diff"] = diff
+        if diff >= worst["rel_diff"]:
+            worst = {
+                "rel_diff": diff,
+                "strategy": row["strategy"],
+                "devices": row["devices"],
+                "loss": row["loss"],
+                "reference": ref["strategy"],
+                "reference_loss": ref["loss"],
+            }
+    return worst
+
+
+# ---------------------------------------------------------------- scaling model
+
+
+def _scaling_model(
+    args: argparse.Namespace, rows: list[dict[str, Any]], platform: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from smilejax.bench import _hlo_stats, _scaling_model
+    from smilejax.bench._parallel_measure import expand
+
+    net = _scaling_model.Network(
+        gpus_per_node=args.gpus_per_node,
+        nic_gbs=args.nic_gbs,
+        intra_gbs=args.intra_gbs,
+        efficiency=args.link_efficiency,
+        alpha_intra_us=args.alpha_intra_us,
+        alpha_inter_us=args.alpha_inter_us,
+        overlap=args.overlap,
+    )
+    # Compute time per GPU from the smallest cell (one device when measured), scaled to the model batch.
+    base = min(rows, key=lambda r: (r["devices"], r["strategy"] != "dp-jit"))
+    batch = args.model_batch or int(base["per_device_batch"])
+    scale = batch / base["per_device_batch"]
+    mode = args.compute if args.compute != "auto" else ("measured" if platform == "gpu" else "flops")
+    if mode == "flops" and not base.get("flops"):
+        mode = "measured"  # the backend gave no cost analysis
+    if mode == "measured":
+        t_compute = base["step_ms"] / 1e3 * scale
+        source = (
+            f"measured step of {base['strategy']} on {base['devices']} device(s) ({platform}) × {scale:g}"
+        )
+    else:
+        t_compute = base["flops"] * scale / (args.peak_tflops * 1e12 * args.mfu)
+        source = (
+            f"{base['flops']:.4g} FLOPs per device per step (XLA cost analysis, {base['strategy']} on "
+            f"{base['devices']} device(s)) × {scale:g} / ({args.peak_tflops:g} TFLOP/s × MFU {args.mfu:g})"
+        )
+
+    comm_rows, where = rows, ""
+    if args.collectives_from:
+        comm_rows, _ = _read_results(args.collectives_from, "--collectives-from")
+        where = f" of {args.collectives_from}"
+    out, sources = [], {}
+    for strategy in dict.fromkeys(r["strategy"] for r in comm_rows):
+        largest = max((r for r in comm_rows if r["strategy"] == strategy), key=lambda r: r["devices"])
+        if largest["devices"] > 1:
+            ops = expand(largest["ops"])
+            sources[strategy] = (
+                f"collectives of the {largest['devices']}-device cell{where} ({largest['mesh']})"
+            )
+        elif strategy == "dp-jit":  # one device measured: the gradient all-reduce of data parallelism
+            grad_bytes = 4 * largest["param_count"]
+            ops = [_hlo_stats.Collective("all-reduce", grad_bytes, 2, ("data",))]
+            sources[strategy] = f"one all-reduce of the fp32 gradients ({grad_bytes / 1e6:.3g} MB), assumed"
+        else:
+            continue
+        for r in _scaling_model.predict(
+            ops,
+            t_compute=t_compute,
+            per_gpu_batch=batch,
+            net=net,
+            nodes=args.nodes,
+        ):
+            out.append({"strategy": strategy, **r})
+    assumptions = {
+        "network": net.describe(),
+        "per_gpu_batch": batch,
+        "t_compute_s": t_compute,
+        "t_compute_source": source,
+        "collectives_source": sources,
+        "model": "t_step = t_compute + (1 - overlap) * t_comm; see smilejax/bench/_scaling_model.py",
+    }
+    return out, assumptions
+
+
+# ---------------------------------------------------------------- output
+
+
+def _model_only(args: argparse.Namespace) -> int:
+    """``--from-results``: the scaling model on saved measurements, with this command's assumptions."""
+    rows, platform = _read_results(args.from_results, "--from-results")
+    model_rows, assumptions = _scaling_model(args, rows, platform)
+    _write_model(args, model_rows, {**assumptions, "measurements": args.from_results})
+    return 0
+
+
+def _read_results(path: str, flag: str) -> tuple[list[dict[str, Any]], str]:
+    """The rows and platform of a saved ``parallel.json``."""
+    import json
+
+    from smilejax.config import ConfigError
+
+    try:
+        saved = json.loads(Path(path).read_text())
+        rows, platform = saved["rows"], saved["machine"]["platform"]
+    except FileNotFoundError:
+        raise ConfigError(f"{flag} {path}: no such file") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{flag} {path}: not a parallel.json of this study ({err})") from None
+    if saved.get("study") != STUDY or not rows:
+        raise ConfigError(f"{flag} {path}: not a parallel.json of this study, or it has no rows")
+    return rows, platform
+
+
+def _write_measured(
+    args: argparse.Namespace, rows: list[dict[str, Any]], skipped: list, precision: str
+) -> None:
+    from smilejax.bench import common
+
+    out = Path(args.out)
+    weak = args.global_batch is None
+    extra = {
+        "scaling": "weak (fixed per-device batch)" if weak else "strong (fixed global batch)",
+        "precision": precision,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "skipped": [f"{s}@{n}" for s, n, _ in skipped],
+    }
+    common.write_results(out, STUDY, rows, columns=COLUMNS, extra=extra)
+    _plot(_plot_measured, out / f"{STUDY}.png", rows, extra["scaling"])
+
+
+def _write_model(
+    args: argparse.Namespace, model_rows: list[dict[str, Any]], assumptions: dict[str, Any]
+) -> None:
+    from smilejax.bench import common
+
+    out = Path(args.out)
+    common.write_results(
+        out, MODEL_STUDY, model_rows, columns=MODEL_COLUMNS, extra={"assumptions": assumptions}
+    )
+    _plot(_plot_model, out / f"{MODEL_STUDY}.png", model_rows, assumptions)
+    a = assumptions
+    sixteen = [r for r in model_rows if r["nodes"] == 16]
+    for r in sixteen:
+        log.info(
+            "predicted weak-scaling efficiency 1 -> 16 nodes, %s: %.1f%%",
+            r["strategy"],
+            100 * r["eff_vs_1node"],
+        )
+    log.info(
+        "t_compute %.3g ms per step at %d per GPU (%s)",
+        a["t_compute_s"] * 1e3,
+        a["per_gpu_batch"],
+        a["t_compute_source"],
+    )
+
+
+def _plot(draw, path: Path, *data) -> None:
+    # A bare GPU box may lack matplotlib: the JSON and table are already written, so only warn.
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        log.warning("no %s: matplotlib is not installed (pip install matplotlib)", path.name)
+        return
+    draw(path, *data)
+
+
+def _plot_measured(path: Path, rows: list[dict[str, Any]], scaling: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        mine = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["devices"])
+        x = [r["devices"] for r in mine]
+        left.plot(x, [r["samples_per_s"] for r in mine], marker="o", label=strategy)
+        right.plot(x, [r["efficiency"] for r in mine], marker="o", label=strategy)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("devices")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("samples / s")
+    right.set_ylabel("efficiency vs baseline (per device)")
+    right.axhline(1.0, color="grey", lw=0.8)
+    left.legend()
+    fig.suptitle(f"smilejax bench parallel: {scaling}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_model(path: Path, rows: list[dict[str, Any]], assumptions: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        ax.plot(
+            [r["nodes"] for r in mine], [100 * r["eff_vs_1node"] for r in mine], marker="o", label=strategy
+        )
+    ax.axhline(90, color="red", ls="--", lw=0.8, label="target 90% at 16 nodes")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("predicted weak-scaling efficiency vs 1 node (%)")
+    net = assumptions["network"]
+    ax.set_title(
+        f"{net['gpus_per_node']} GPUs/node, NIC {net['nic_gbs']:g} GB/s/GPU, "
+        f"intra-node {net['intra_gbs']:g} GB/s, overlap {net['overlap']:g}, "
+        f"batch {assumptions['per_gpu_batch']}/GPU",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

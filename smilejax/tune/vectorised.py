@@ -1,0 +1,487 @@
+"""K trials in one ``jit(vmap(...))`` program: trials that differ only in values that keep array shapes.
+
+What may differ between the trials of one program:
+
+- ``optimizer.lr``, ``initial_lr``, ``final_lr``, ``warmup``, ``schedule``: each trial's learning rate
+  per step comes from a table made with ``optim.schedule`` (so schedules stay those of ``optim.make``);
+- ``optimizer.weight_decay``, ``b1``, ``b2``, ``eps``: traced scalars in the optimizer that
+  ``optim.make`` builds inside the program (one source of truth for the optimizer);
+- ``run.seed``: initial parameters, dropout streams and data order (one input pipeline per seed);
+- ``model.<field>`` for float fields that a model keeps as plain numbers on its modules (dropout rates,
+  loss weights): they are found by building the model with two values and comparing, then set as
+  traced scalars on the merged module while the loss runs (``nnx.Dropout`` gets a traced-rate call).
+
+Everything else (shapes, batch size, steps, model structure) must be equal; a space or a set of
+configs that breaks this fails before training with the field named. Each trial gets a normal run
+directory (``config.yaml``, ``run.json``, ``metrics.jsonl``, a final checkpoint that ``trained.load``
+reads) and, after the program ends, its metrics replayed into TensorBoard/W&B; its results equal
+training it alone within float tolerance. The trial axis is sharded over ``gcd(K, local devices)``
+devices, so K per device. Not resumable mid-program: a killed program's trials are retried whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from smilejax import checkpoint, config, metrics, optim, registry, steps
+from smilejax import train as training
+from smilejax.config import Config, ConfigError
+from smilejax.models.spec import ModelSpec
+from smilejax.tune.objective import Outcome, Report, missing_metric
+from smilejax.tune.space import Space
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_FIELDS = ("lr", "initial_lr", "final_lr", "warmup", "schedule")
+TRACED_OPTIMIZER_FIELDS = ("weight_decay", "b1", "b2", "eps")
+PER_TRIAL = ("run.dir", "logging.name")  # differ by construction
+ALLOWED = {
+    *(f"optimizer.{f}" for f in (*SCHEDULE_FIELDS, *TRACED_OPTIMIZER_FIELDS)),
+    "run.seed",
+}
+
+
+class VectoriseError(ConfigError):
+    """Trials that cannot share one vmapped program; the message names the field."""
+
+
+# ---------------------------------------------------------------- what may differ
+
+
+def check_space(space: Space) -> None:
+    """Fails before any trial when a parameter can change what one program computes."""
+    for p in space.params:
+        if p.key in ALLOWED or p.key.startswith("model."):
+            continue
+        raise VectoriseError(
+            f"{space.source}: parameters.{p.key} cannot differ inside one vectorised program (it changes "
+            f"array shapes or the program); vectorisable: {', '.join(sorted(ALLOWED))} and float model "
+            "fields kept as plain numbers (dropout, loss weights); run without --vectorise"
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def differing(cfgs: list[Config]) -> dict[str, list]:
+    """Dotted fields whose values differ between the configs, with each config's value."""
+    flats = [_flat(config.to_dict(c)) for c in cfgs]
+    keys = [k for k in flats[0] if k not in PER_TRIAL]
+    return {k: [f.get(k) for f in flats] for k in keys if any(f.get(k) != flats[0][k] for f in flats)}
+
+
+# ---------------------------------------------------------------- model fields as traced attributes
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where a model-config field's value sits on the built module: ``path.attr[index]``."""
+
+    path: tuple
+    attr: str
+    index: int | None = None
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _modules(model: nnx.Module) -> dict[tuple, nnx.Module]:
+    return {tuple(path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
+
+
+def _attrs(module: nnx.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if not k.startswith("_pytree__") and _plain(v)}
+
+
+def model_slots(spec: ModelSpec, cfg: Config, field: str, other: float) -> list[Slot]:
+    """The attributes that model field ``field`` sets, found by building with its value and ``other``."""
+    a_value = float(getattr(cfg.model, field))
+    cfg_b = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: other}))
+    a, b = steps.build_model(spec, cfg, 0), steps.build_model(spec, cfg_b, 0)
+    name = f"model.{field}"
+    state_a, state_b = nnx.state(a), nnx.state(b)
+    if jax.tree.structure(state_a) != jax.tree.structure(state_b) or any(
+        x.shape != y.shape or not np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(
+            jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param)), strict=True
+        )
+    ):
+        raise VectoriseError(
+            f"{name}={a_value} vs {other} changes the model's structure or initial parameters "
+            "(e.g. dropout 0 builds no dropout layer); vectorise only trials that share them"
+        )
+    found: list[Slot] = []
+    mods_b = _modules(b)
+    for path, mod_a in _modules(a).items():
+        attrs_a, attrs_b = _attrs(mod_a), _attrs(mods_b[path])
+        for attr, va in attrs_a.items():
+            vb = attrs_b.get(attr)
+            if va == vb:
+                continue
+            if isinstance(va, tuple) and isinstance(vb, tuple) and len(va) == len(vb):
+                for i, (x, y) in enumerate(zip(va, vb, strict=True)):
+                    if x != y:
+                        _check_pair(name, path, f"{attr}[{i}]", x, y, a_value, other)
+                        found.append(Slot(path, attr, i))
+            else:
+                _check_pair(name, path, attr, va, vb, a_value, other)
+                found.append(Slot(path, attr))
+    return found
+
+
+def _check_pair(name: str, path: tuple, attr: str, x: Any, y: Any, a: float, b: float) -> None:
+    if not (isinstance(x, float) and isinstance(y, float) and math.isclose(x, a) and math.isclose(y, b)):
+        where = ".".join(map(str, (*path, attr)))
+        raise VectoriseError(
+            f"{name} does not sit on the model as a plain number ({where} = {x!r} vs {y!r}); "
+            "it cannot differ inside one vectorised program"
+        )
+
+
+class _TracedDropout(nnx.Dropout):
+    """``nnx.Dropout`` whose rate may be a traced value (the same mask and scaling for the same key)."""
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None):
+        if self.deterministic if deterministic is None else deterministic:
+            return inputs
+        rngs = self.rngs if rngs is None else rngs
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs[self.rng_collection]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        else:
+            key = rngs
+        keep = 1.0 - self.rate
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        mask = jnp.broadcast_to(jax.random.bernoulli(key, p=keep, shape=shape), inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+@contextlib.contextmanager
+def _traced(model: nnx.Module, slots: dict[str, list[Slot]], values: dict[str, jax.Array]) -> Iterator[None]:
+    """Sets each slot to its field's traced value while the loss runs; restores plain values after, so
+    the module splits as usual."""
+    mods = _modules(model)
+    saved: dict[tuple, Any] = {}
+    swapped = []
+    for field, field_slots in slots.items():
+        for s in field_slots:
+            mod = mods[s.path]
+            current = getattr(mod, s.attr)
+            saved.setdefault((s.path, s.attr), current)
+            new = (
+                values[field]
+                if s.index is None
+                else (*current[: s.index], values[field], *current[s.index + 1 :])
+            )
+            setattr(mod, s.attr, new)
+            if isinstance(mod, nnx.Dropout) and type(mod) is nnx.Dropout and s.attr == "rate":
+                object.__setattr__(mod, "__class__", _TracedDropout)
+                swapped.append(mod)
+    try:
+        yield
+    finally:
+        for mod in swapped:
+            object.__setattr__(mod, "__class__", nnx.Dropout)
+        for (path, attr), value in saved.items():
+            setattr(mods[path], attr, value)
+
+
+# ---------------------------------------------------------------- the program
+
+
+@dataclasses.dataclass
+class Program:
+    init: Any
+    step: Any
+    eval: Any
+    hypers: dict[str, jax.Array]
+    trial_sharding: NamedSharding
+    replicated: NamedSharding
+    param_count: int
+    devices: int
+
+
+def build(cfgs: list[Config]) -> Program:
+    cfg0, k = cfgs[0], len(cfgs)
+    if cfg0.train.grad_accum != 1:
+        raise VectoriseError("vectorised trials need train.grad_accum=1")
+    varying = differing(cfgs)
+    bad = [key for key in varying if key not in ALLOWED and not key.startswith("model.")]
+    if bad:
+        raise VectoriseError(
+            f"trials differ in {', '.join(bad)}, which cannot differ inside one vectorised program"
+        )
+    spec = registry.model(cfg0.model.name)
+    total = cfg0.run.steps
+
+    slots: dict[str, list[Slot]] = {}
+    for key, values in varying.items():
+        if key.startswith("model."):
+            field = key.removeprefix("model.")
+            other = next(v for v in values if v != values[0])
+            if not isinstance(values[0], float):
+                raise VectoriseError(
+                    f"{key} is not a float field; it cannot differ inside one vectorised program"
+                )
+            slots[key] = model_slots(spec, cfg0, field, float(other))
+
+    # Per-trial values: the learning-rate table and the traced scalars.
+    schedules = [optim.schedule(c.optimizer, total) for c in cfgs]
+    table = jax.jit(lambda s: jnp.stack([jax.vmap(f)(s) for f in schedules]))(jnp.arange(total + 1))
+    table = np.asarray(table, np.float32)  # one compilation for all K schedules
+    hypers: dict[str, Any] = {"lr": table, "seed": np.array([c.run.seed for c in cfgs], np.int32)}
+    for f in TRACED_OPTIMIZER_FIELDS:
+        if f"optimizer.{f}" in varying:
+            hypers[f"optimizer.{f}"] = np.array([getattr(c.optimizer, f) for c in cfgs], np.float32)
+    for key in slots:
+        hypers[key] = np.array([getattr(c.model, key.removeprefix("model.")) for c in cfgs], np.float32)
+
+    def tx_for(h: dict, lr_t) -> optax.GradientTransformation:
+        traced = {f: h[f"optimizer.{f}"] for f in TRACED_OPTIMIZER_FIELDS if f"optimizer.{f}" in h}
+        opt = dataclasses.replace(cfg0.optimizer, schedule="constant", warmup=0.0, lr=lr_t, **traced)
+        return optim.make(opt, total)[0]
+
+    abstract = nnx.eval_shape(lambda: steps.build_model(spec, cfg0, cfg0.run.seed))
+    graphdef, abs_params, _ = nnx.split(abstract, nnx.Param, ...)
+    param_count = sum(x.size for x in jax.tree.leaves(abs_params))
+
+    def init_one(h: dict) -> steps.TrainState:
+        model = steps.build_model(spec, cfg0, jax.random.key(h["seed"]))  # = nnx.Rngs(seed)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+        opt_state = tx_for(h, h["lr"][0]).init(params)
+        return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=opt_state)
+
+    def model_values(h: dict) -> dict:
+        return {key: h[key] for key in slots}
+
+    def step_one(h: dict, state: steps.TrainState, batch: dict):
+        lr_t = h["lr"][state.step]
+        tx = tx_for(h, lr_t)
+
+        def loss_of(p):
+            model = nnx.merge(graphdef, p, state.rest)
+            with _traced(model, slots, model_values(h)):
+                loss, out = spec.loss(model, batch)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return loss, (out, nnx.to_pure_dict(new_rest))
+
+        (loss, (out, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {**out, "loss": loss, "lr": lr_t, "grad_norm": optax.tree.norm(grads)}
+        return steps.TrainState(state.step + 1, params, rest, opt_state), out
+
+    def eval_one(h: dict, state: steps.TrainState, batch: dict):
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()
+        with _traced(model, slots, model_values(h)):
+            loss, out = spec.loss(model, batch)
+        return {**out, "loss": loss}
+
+    n_dev = math.gcd(k, jax.local_device_count())
+    mesh = Mesh(np.asarray(jax.local_devices()[:n_dev]), ("trials",))
+    per_trial = NamedSharding(mesh, PartitionSpec("trials"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    hypers = jax.device_put(hypers, per_trial)
+    batch_axis = None if len({c.run.seed for c in cfgs}) == 1 else 0  # one data stream per seed
+    return Program(
+        init=jax.jit(jax.vmap(init_one), out_shardings=per_trial),
+        step=jax.jit(jax.vmap(step_one, in_axes=(0, 0, batch_axis)), donate_argnums=(1,)),
+        eval=jax.jit(jax.vmap(eval_one, in_axes=(0, 0, None))),
+        hypers=hypers,
+        trial_sharding=per_trial,
+        replicated=replicated,
+        param_count=param_count,
+        devices=n_dev,
+    )
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _Inputs:
+    """One input pipeline per distinct seed; batches stacked along the trial axis when seeds differ."""
+
+    def __init__(self, cfgs: list[Config], program: Program):
+        self.program = program
+        seeds = [c.run.seed for c in cfgs]
+        self.groups = sorted(set(seeds))
+        self.of_trial = [self.groups.index(s) for s in seeds]
+        self.iters = [iter(training.make_inputs(cfgs[seeds.index(s)], "train")) for s in self.groups]
+
+    def next(self) -> dict:
+        batches = [next(it) for it in self.iters]
+        if len(batches) == 1:
+            return jax.device_put(batches[0], self.program.replicated)
+        stacked = {key: np.stack([batches[g][key] for g in self.of_trial]) for key in batches[0]}
+        return jax.device_put(stacked, self.program.trial_sharding)
+
+    def iterator_of(self, trial: int):
+        return self.iters[self.of_trial[trial]]
+
+
+def train(
+    cfgs: list[Config], metric: str, *, reports: list[Report | None] | None = None, save: bool = True
+) -> list[Outcome]:
+    """Trains the configs together; one ``Outcome`` per config, in order."""
+    k = len(cfgs)
+    reports = reports or [None] * k
+    cfg0 = cfgs[0]
+    t_start = time.perf_counter()
+    program = build(cfgs)
+    inputs = _Inputs(cfgs, program)
+    eval_iter = iter(training.make_inputs(cfg0, "eval", shuffle=False)) if cfg0.run.eval_every > 0 else None
+
+    run_dirs = [Path(c.run.dir) for c in cfgs]
+    info = {
+        "model": cfg0.model.name,
+        "param_count": int(program.param_count),
+        "device_kind": jax.local_devices()[0].device_kind,
+        "platform": jax.local_devices()[0].platform,
+        "vectorised": {"trials": k, "devices": program.devices},
+        "global_batch": cfg0.data.batch_size,
+        "versions": training.versions(),
+    }
+    records = []
+    for c, d in zip(cfgs, run_dirs, strict=True):
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a retried program starts afresh
+        config.save(c, d / "config.yaml")
+        (d / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        records.append(metrics.MetricsLog(d / "metrics.jsonl", resume_step=0))
+
+    try:
+        state = program.init(program.hypers)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError) as err:
+        raise VectoriseError(
+            f"a field that differs between the trials is used in Python control flow: {err}"
+        ) from err
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+    live = ["complete"] * k  # per trial: complete (still training), pruned, failed
+    stopped_at = [cfg0.run.steps] * k
+    history: list[list[tuple[int, float]]] = [[] for _ in range(k)]
+    sums, n, t0 = None, 0, time.perf_counter()
+
+    def write(step: int, per_trial: dict[str, np.ndarray]) -> None:
+        for i in range(k):
+            if live[i] != "complete":
+                continue
+            values = {key: float(v[i]) for key, v in per_trial.items()}
+            if "loss" in values and not math.isfinite(values["loss"]):
+                live[i], stopped_at[i] = "failed", step
+                log.warning("trial %s: loss is %s at step %d", run_dirs[i].name, values["loss"], step)
+                continue
+            records[i].write({"step": step, **values})
+            if metric in values and math.isfinite(values[metric]):
+                history[i].append((step, values[metric]))
+                if reports[i] is not None and reports[i](step, values[metric]):
+                    live[i], stopped_at[i] = "pruned", step
+
+    def log_window(step: int) -> None:
+        nonlocal sums, n, t0
+        means = {key: np.asarray(v) / n for key, v in jax.device_get(sums).items()}
+        step_time = (time.perf_counter() - t0) / n
+        means["samples_per_s"] = np.full(k, cfg0.data.batch_size / step_time)
+        means["step_time_s"] = np.full(k, step_time)
+        write(step, means)
+        sums, n, t0 = None, 0, time.perf_counter()
+
+    try:
+        for step in range(1, cfg0.run.steps + 1):
+            try:
+                state, out = program.step(program.hypers, state, inputs.next())
+            except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError) as err:
+                raise VectoriseError(
+                    f"a field that differs between the trials is used in Python control flow: {err}"
+                ) from err
+            sums = out if sums is None else add(sums, out)
+            n += 1
+            if step % cfg0.run.log_every == 0:
+                log_window(step)
+            if eval_iter is not None and step % cfg0.run.eval_every == 0:
+                totals = None
+                for _ in range(cfg0.run.eval_steps):
+                    batch = jax.device_put(next(eval_iter), program.replicated)
+                    got = program.eval(program.hypers, state, batch)
+                    totals = got if totals is None else add(totals, got)
+                write(
+                    step,
+                    {
+                        f"eval/{key}": np.asarray(v) / cfg0.run.eval_steps
+                        for key, v in jax.device_get(totals).items()
+                    },
+                )
+            if "complete" not in live:
+                break
+        if n:
+            log_window(int(jax.device_get(state.step)[0]))
+    finally:
+        for r in records:
+            r.close()
+    seconds = (time.perf_counter() - t_start) / k  # the program's time, shared by its trials
+
+    if save:
+        for i in range(k):
+            if live[i] == "complete":
+                ckpt = checkpoint.Checkpointer(
+                    run_dirs[i] / "checkpoints", keep=cfgs[i].run.keep_checkpoints, async_save=False
+                )
+                try:
+                    ckpt.save(jax.tree.map(lambda x, i=i: x[i], state), inputs.iterator_of(i), wait=True)
+                finally:
+                    ckpt.close()
+    for c, d in zip(cfgs, run_dirs, strict=True):
+        _replay(c, d, info)
+
+    outcomes = []
+    for i in range(k):
+        value = None
+        if live[i] != "failed":
+            found = [r[metric] for r in metrics.read(run_dirs[i] / "metrics.jsonl") if metric in r]
+            value = float(found[-1]) if found else None
+            if value is None and live[i] == "complete":
+                raise missing_metric(run_dirs[i], metric)
+        err = "non-finite loss" if live[i] == "failed" else None
+        outcomes.append(Outcome(live[i], value, stopped_at[i], seconds, run_dirs[i], history[i], err))
+    return outcomes
+
+
+def _replay(cfg: Config, run_dir: Path, info: dict) -> None:
+    """The trial's metrics.jsonl into its TensorBoard / W&B run (written after the program ends)."""
+    if cfg.logging.wandb == "off" and not cfg.logging.tensorboard:
+        return
+    loggers = metrics.Loggers(cfg, run_dir, info, resume=False)
+    try:
+        for record in metrics.read(run_dir / "metrics.jsonl"):
+            loggers.log(record["step"], {k: v for k, v in record.items() if k != "step"})
+    finally:
+        loggers.close()

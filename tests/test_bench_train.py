@@ -1,0 +1,97 @@
+"""``smilejax bench train`` and ``smilejax bench input`` end to end on CPU at tiny sizes (no torch)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from smilejax.models import gn2
+
+from smilejax.bench import _models
+from tests.conftest import run_cli
+
+SMALL_GN2 = [
+    "model.embed=16",
+    "model.init_hidden=[16]",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=32",
+    "model.out=8",
+    "model.head_hidden=[8]",
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
+    out = tmp_path / "bench"
+    args = ["--batch", "16", "--tracks", "10", "--bucket", "6", "--steps", "2", "--repeats", "1"]
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, *args, "--out", str(out), devices=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "train.json").read_text())
+    assert record["study"] == "train" and record["model"] == "gn2" and record["batch"] == 16
+    assert record["command"].startswith("smilejax bench train gn2")
+    assert record["machine"]["device_count"] == 2 and record["params"] > 0
+    jax_rows = {r["tracks"]: r for r in record["rows"] if r["impl"] == "jax"}
+    assert sorted(jax_rows) == [6, 10]
+    assert jax_rows[10]["padding"] == "padded" and jax_rows[6]["padding"] == "bucket"
+    for r in jax_rows.values():
+        assert r["ms_per_step"] > 0
+        assert r["samples_per_s"] == pytest.approx(16 / (r["ms_per_step"] / 1e3))
+        assert r["vs_torch_eager"] is None and r["mfu"] is None  # no torch; CPUs have no peak
+    assert jax_rows[10]["vs_padded"] == 1.0
+    speedup = jax_rows[6]["samples_per_s"] / jax_rows[10]["samples_per_s"]
+    assert jax_rows[6]["vs_padded"] == pytest.approx(speedup)
+    torch_rows = [r for r in record["rows"] if r["impl"] == "torch"]
+    assert [r["mode"] for r in torch_rows] == ["eager", "compile"]
+    assert all(r["note"] == "skipped: no --torch-python" for r in torch_rows)
+    table = (out / "train.md").read_text()
+    assert "| impl | mode | tracks |" in table and "skipped: no --torch-python" in table
+    assert (out / "train.png").read_bytes()[:8] == PNG
+
+
+def test_bench_train_rejects_bad_lengths_and_interpreters(tmp_path):
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--tracks", "10", "--bucket", "12", devices=1)
+    assert done.returncode != 0 and "--bucket [12]" in done.stderr and "1..10" in done.stderr
+    missing = tmp_path / "no-python"
+    done = run_cli(
+        "bench", "train", "gn2", *SMALL_GN2, "--batch", "4", "--tracks", "4", "--steps", "1",
+        "--repeats", "1", "--torch-python", str(missing), "--out", str(tmp_path), devices=1,
+    )  # fmt: skip
+    assert done.returncode != 0 and f"--torch-python {missing}: no such interpreter" in done.stderr
+
+
+def test_torch_peer_gets_every_gn2_hyperparameter_it_needs():
+    peer = _models.ADAPTERS["gn2"]
+    assert peer.torch_script.exists() and peer.length_field == "max_tracks"
+    sent = peer.torch_config(gn2.GN2Config(embed=64, layers=2))
+    assert sent["embed"] == 64 and sent["layers"] == 2 and sent["head_hidden"] == [128, 64, 32]
+    source = peer.torch_script.read_text()
+    assert all(f'c["{key}"]' in source for key in sent), "the peer reads every key it is sent"
+
+
+def test_bench_input_synthetic_set_bucketed(tmp_path):
+    out = tmp_path / "bench"
+    args = ["--jets", "2000", "--threads", "1,2", "--workers", "0", "--batches", "3", "--out", str(out)]
+    overrides = ["data.batch_size=200", "data.bucket_tracks=[8,16]", "data.bucket_window=4"]
+    done = run_cli("bench", "input", "gn2", *overrides, *args, devices=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "data" / "ftag_synthetic_2000.h5").exists()
+    record = json.loads((out / "input.json").read_text())
+    assert record["study"] == "input" and record["synthetic_jets"] == 2000
+    assert record["global_batch"] == 200 and record["bucket_tracks"] == [8, 16]
+    rows = record["rows"]
+    assert [(r["threads"], r["workers"], r["cores"]) for r in rows] == [(1, 0, 1), (2, 0, 2)]
+    for r in rows:
+        assert r["jets_per_s"] > 0 and r["batches"] == 3 and r["processes"] == 1
+        assert r["jets_per_s_per_core"] == pytest.approx(r["jets_per_s"] / r["cores"])
+        assert r["est_16_cores"] == pytest.approx(16 * r["jets_per_cpu_s"])
+        assert r["jets_per_cpu_s"] == pytest.approx(r["jets_per_s"] / r["cpu_util"])
+        assert r["tracks_mean"] < 40 and 0 < r["padding"] < 0.75  # bucketed: below the 79% of 40 slots
+    assert rows[0]["vs_first"] == 1.0
+    assert (out / "input.png").read_bytes()[:8] == PNG
+    assert "| threads | workers | cores |" in (out / "input.md").read_text()
+
+
+def test_bench_input_names_missing_files(tmp_path):
+    done = run_cli("bench", "input", "gn2", "--files", str(tmp_path / "none.h5"), devices=1)
+    assert done.returncode != 0 and "none.h5: no such file" in done.stderr
