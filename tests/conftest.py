@@ -116,3 +116,34 @@ def slurm_conf():
 def slurm_env(slurm_conf: Path, devices: int = 2) -> dict[str, str]:
     """A CLI environment for jobs on the local cluster (no launcher variables of an enclosing job)."""
     return cli_env(devices, SLURM_CONF=str(slurm_conf))
+
+
+# A GN2 small enough to train in seconds on the default synthetic set (data.path null).
+TINY_GN2 = [
+    "model.embed=16",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=32",
+    "model.out=16",
+    "model.init_hidden=[16]",
+    "model.head_hidden=[16]",
+    "data.batch_size=32",
+    "data.read_threads=1",
+    "train.precision=fp32",
+    "run.steps=20",
+    "run.log_every=10",
+    "run.checkpoint_every=0",
+    "run.eval_every=0",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_gn2_run(tmp_path_factory) -> Path:
+    """One tiny GN2 run (checkpoint at step 20) shared by the evaluation, export and serving tests."""
+    from smilejax import config, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_gn2") / "run"
+    train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
+    return run_dir

@@ -10,7 +10,7 @@ import pytest
 from ftag import Flavours
 from ftag.utils import calculate_rejection, get_discriminant
 
-from smilejax import cli, config, evaluation, train
+from smilejax import cli, config, evaluation
 from smilejax.evaluation import flavour, ip_baseline, tracks
 from tests import toy
 from tests.conftest import run_cli
@@ -133,31 +133,10 @@ def test_vertex_pair_efficiency_and_purity_by_hand():
 
 # ---------------------------------------------------------------- end to end
 
-TINY_GN2 = [
-    "model.embed=16",
-    "model.layers=1",
-    "model.heads=2",
-    "model.ff=32",
-    "model.out=16",
-    "model.init_hidden=[16]",
-    "model.head_hidden=[16]",
-    "data.batch_size=32",
-    "data.read_threads=1",
-    "train.precision=fp32",
-    "run.steps=20",
-    "run.log_every=10",
-    "run.checkpoint_every=0",
-    "logging.tensorboard=false",
-    "logging.progress=false",
-]
-
 
 @pytest.fixture(scope="module")
-def gn2_run(tmp_path_factory):
-    """A tiny GN2 trained for a few steps on the default synthetic set (data.path null)."""
-    run_dir = tmp_path_factory.mktemp("gn2") / "run"
-    train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
-    return run_dir
+def gn2_run(tiny_gn2_run):
+    return tiny_gn2_run
 
 
 def test_eval_writes_metrics_and_plots_for_gn2_and_the_ip_baseline(gn2_run):

@@ -20,28 +20,6 @@ except ImportError:
     onnxruntime = None
 
 SERVE_HINT = "pip install jax2onnx onnx onnxruntime 'tritonclient[http,grpc]'"
-TINY_GN2 = [
-    "model.embed=16",
-    "model.layers=1",
-    "model.heads=2",
-    "model.ff=32",
-    "model.out=16",
-    "model.init_hidden=[16]",
-    "model.head_hidden=[16]",
-    "data.batch_size=32",
-    "data.read_threads=1",
-    "run.steps=2",
-    "run.log_every=1",
-    "run.checkpoint_every=2",
-    "run.eval_every=0",
-    "train.precision=fp32",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-]
-
-
-def train_tiny_gn2(run_dir) -> None:
-    train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
 
 
 def pipeline_batch(tm, size: int) -> dict[str, np.ndarray]:
@@ -61,16 +39,15 @@ def assert_equal_outputs(got: dict, expected: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_gn2_run):
     if onnxruntime is None:
         pytest.fail(f"export tests need onnxruntime and jax2onnx: {SERVE_HINT}")
     from smilejax.serve import repository
 
     root = tmp_path_factory.mktemp("export")
-    train_tiny_gn2(root / "run")
     options = repository.TritonOptions(max_batch_size=16, max_queue_delay_us=1000, instances=2, kind="cpu")
-    meta = repository.build(root / "run", root / "repo", options=options)
-    return trained.load(root / "run"), root / "repo", meta
+    meta = repository.build(tiny_gn2_run, root / "repo", options=options)
+    return trained.load(tiny_gn2_run), root / "repo", meta
 
 
 def test_repository_layout_config_and_metadata(exported):
@@ -100,7 +77,7 @@ def test_repository_layout_config_and_metadata(exported):
     on_disk = json.loads((repo / "smilejax_export.json").read_text())
     assert on_disk == meta
     assert [(t["name"], t["dtype"]) for t in meta["inputs"]] == [("tracks", "float32"), ("valid", "bool")]
-    assert meta["source_run"]["step"] == 2 and meta["source_run"]["dir"].endswith("run")
+    assert meta["source_run"]["step"] == 20 and meta["source_run"]["dir"].endswith("run")
     assert meta["versions"]["jax"] == jax.__version__
     assert meta["element_size"] == 40 and meta["data"]["track_vars"][0] == "d0"
     norm = meta["normalisation"]["groups"]

@@ -14,13 +14,13 @@ import pytest
 
 from smilejax import trained
 from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, wait_for
-from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch, train_tiny_gn2
+from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch
 
 INSTALL = "bash launch/install_triton.sh"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, tiny_gn2_run):
     try:
         from smilejax.serve import repository
         from smilejax.serve.server import TritonServer, find_binary
@@ -31,10 +31,9 @@ def served(tmp_path_factory):
     except FileNotFoundError as err:
         pytest.fail(f"{err} (CI: {INSTALL})")
     root = tmp_path_factory.mktemp("serve")
-    train_tiny_gn2(root / "run")
     # A long queue delay so that concurrent single-jet requests surely meet in the dynamic batcher.
     options = repository.TritonOptions(max_batch_size=32, max_queue_delay_us=20_000, kind="cpu")
-    repository.build(root / "run", root / "repo", options=options)
+    repository.build(tiny_gn2_run, root / "repo", options=options)
     server = TritonServer(
         root / "repo",
         http_port=free_port(),
@@ -43,7 +42,7 @@ def served(tmp_path_factory):
         log_file=root / "triton.log",
     )
     with server:
-        yield server, trained.load(root / "run"), root
+        yield server, trained.load(tiny_gn2_run), root
     assert server.process.returncode == 0, (root / "triton.log").read_text()[-3000:]
 
 
@@ -205,9 +204,9 @@ def test_serve_cli_with_grpc_tls_and_a_required_key_stops_on_ctrl_c(served, tmp_
 
 
 def test_bench_serve_reports_served_and_in_process_speeds(served, tmp_path):
-    _, _, root = served
+    _, tm, root = served
     done = run_cli(
-        "bench", "serve", str(root / "run"), "--repo", str(root / "repo"), "--models", "gn2_onnx",
+        "bench", "serve", str(tm.run_dir), "--repo", str(root / "repo"), "--models", "gn2_onnx",
         "--protocols", "http", "--concurrency", "1,2", "--requests", "6", "--duration", "120",
         "--batch-size", "4", "--out", str(tmp_path),
     )  # fmt: skip
