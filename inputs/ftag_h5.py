@@ -444,6 +444,7 @@ class FtagH5Source:
         self.track_vars = list(cfg.track_vars)
         self.max_tracks = int(cfg.max_tracks)
         self.check_finite = bool(cfg.check_finite)
+        self.norm_source = norm_source
         self._t_mean, self._t_std = _norm_arrays(norm, "tracks", self.track_vars, norm_source)
         self._j_mean, self._j_std = _norm_arrays(norm, "jets", self.jet_vars, norm_source)
         sizes = [b - a for _, a, b in self.segments]
@@ -451,6 +452,25 @@ class FtagH5Source:
         self._local = threading.local()
         self._pid = os.getpid()
         self._counts: np.ndarray | None = None  # track_counts(), loaded on first use
+
+    @property
+    def norm(self) -> dict[str, dict[str, dict[str, float]]]:
+        """The normalisation in use, ``{group: {var: {mean, std}}}`` (a std of 0 reads as 1)."""
+        groups = (
+            ("tracks", self.track_vars, self._t_mean, self._t_std),
+            ("jets", self.jet_vars, self._j_mean, self._j_std),
+        )
+        return {
+            group: {v: {"mean": float(m), "std": float(s)} for v, m, s in zip(names, mean, std, strict=True)}
+            for group, names, mean, std in groups
+        }
+
+    def track_norm(self, name: str) -> tuple[float, float]:
+        """(mean, std) that normalised the track input ``name``."""
+        if name not in self.track_vars:
+            raise ValueError(f"{name!r} is not a track input ({', '.join(self.track_vars)})")
+        i = self.track_vars.index(name)
+        return float(self._t_mean[i]), float(self._t_std[i])
 
     # ---- pickling (Grain worker processes): handles never travel
     def __getstate__(self):

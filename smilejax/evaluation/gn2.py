@@ -52,23 +52,13 @@ def _softmax64(logits: np.ndarray) -> np.ndarray:
     return x / x.sum(axis=1, keepdims=True)
 
 
-def _track_norm(src, name: str) -> tuple[float, float]:
-    """(mean, std) that normalised the track input ``name``."""
-    # TODO: use src.track_norm(name) once inputs/ftag_h5.py exposes it (requested in issue 3).
-    accessor = getattr(src, "track_norm", None)
-    if accessor is not None:
-        return accessor(name)
-    i = list(src.track_vars).index(name)
-    return float(src._t_mean[i]), float(src._t_std[i])
-
-
 def _significance_reader(src):
     """A function batch -> signed d0 significance [b, t] (un-normalised), or None with the reason."""
     track_vars = list(getattr(src, "track_vars", []))
     if ip_baseline.VARIABLE not in track_vars:
         return None, f"the run's track inputs do not include {ip_baseline.VARIABLE}"
     i = track_vars.index(ip_baseline.VARIABLE)
-    mean, std = _track_norm(src, ip_baseline.VARIABLE)
+    mean, std = src.track_norm(ip_baseline.VARIABLE)
     return (lambda batch: batch["tracks"][..., i].astype(np.float64) * std + mean), None
 
 

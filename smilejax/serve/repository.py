@@ -283,16 +283,7 @@ def normalisation(cfg) -> dict[str, Any] | None:
 
 
 def _norm_of(source: Any, cfg) -> dict[str, Any] | None:
-    norm = getattr(source, "norm", None)
-    if norm is None and hasattr(source, "_t_mean"):
-        # ftag_h5 keeps its arrays private for now; see the report asking for a public ``norm``.
-        norm = {
-            group: {v: {"mean": float(m), "std": float(s)} for v, m, s in zip(names, mean, std, strict=True)}
-            for group, names, mean, std in (
-                ("tracks", source.track_vars, source._t_mean, source._t_std),
-                ("jets", source.jet_vars, source._j_mean, source._j_std),
-            )
-        }
+    norm = getattr(source, "norm", None)  # formats that normalise expose {group: {var: {mean, std}}}
     if norm is None:
         return None
     return {"source": getattr(source, "norm_source", getattr(cfg.data, "norm_dict", None)), "groups": norm}
