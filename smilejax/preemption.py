@@ -18,6 +18,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 log = logging.getLogger(__name__)
 
 _received: list[str] = []
+_inherited: dict[int, object] = {}  # the handlers before listen(): an "ignore" set by a rank wrapper
 
 
 def _record(signum, _frame) -> None:
@@ -27,7 +28,8 @@ def _record(signum, _frame) -> None:
 def listen() -> None:
     """Starts recording stop signals (idempotent)."""
     for sig in SIGNALS:
-        signal.signal(sig, _record)
+        previous = signal.signal(sig, _record)
+        _inherited.setdefault(sig, previous)
 
 
 class StopWatch:
@@ -56,6 +58,9 @@ class StopWatch:
         return bool(np.max(flags))
 
     def restore(self) -> None:
+        """Puts back the inherited handlers, so that a repeated warning cannot kill an exiting run
+        whose wrapper (launch/templates/rank.sh) started it with the signal ignored."""
         _received.clear()
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in _inherited.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        _inherited.clear()

@@ -44,8 +44,10 @@ def load(args: argparse.Namespace) -> tuple[Config, int | None]:
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
+    # This process (all threads) at nanosecond resolution; psutil's clock ticks (10 ms) only for workers,
+    # so that a short measurement never reads as zero CPU time.
+    total = time.process_time()
+    for p in proc.children(recursive=True):
         try:
             t = p.cpu_times()
             total += t.user + t.system
