@@ -154,7 +154,14 @@ def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[
 # ---------------------------------------------------------------- the run
 
 
-def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
+def train(
+    cfg: Config,
+    *,
+    extra_hooks: tuple[Hook, ...] = (),
+    on_metrics: Callable[[int, dict], None] | None = None,
+) -> Result:
+    """Trains ``cfg``. ``extra_hooks`` run after the built-in ones each step; ``on_metrics(step, values)``
+    sees every record written to ``metrics.jsonl`` (training and ``eval/`` values), on every process."""
     # ---- runtime and run directory
     cluster = runtime.initialize()
     lead = jax.process_index() == 0
@@ -195,6 +202,8 @@ def train(cfg: Config, *, extra_hooks: tuple[Hook, ...] = ()) -> Result:
     loggers = metrics.Loggers(cfg, run_dir, info, resume=resumed) if lead else None
 
     def emit(step: int, values: dict) -> None:
+        if on_metrics is not None:
+            on_metrics(step, values)
         if lead:
             record.write({"step": step, **values})
             loggers.log(step, values)

@@ -179,8 +179,8 @@ def test_bench_never_imports_grain():
     code = (
         "import sys\n"
         "from smilejax import registry\n"
-        "from smilejax.bench import parallel, _parallel_measure, _synthetic\n"
-        "cfg = parallel.load_config('gn2', [], [])\n"
+        "from smilejax.bench import parallel, _parallel_measure, _synthetic, _target\n"
+        "cfg = _target.load_config('gn2')\n"
         "_synthetic.batch(registry.model(cfg.model.name), cfg.model, 2, seed=0)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grain', 'h5py', 'orbax')))\n"
     )

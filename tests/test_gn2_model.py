@@ -18,8 +18,9 @@ from flax import nnx
 from smilejax.models import gn2
 from smilejax.models.spec import ModelSpec
 
+from tests.model_contract import checked_parameters
+
 SALT_GN2_PARAMS = 2_339_150  # salt's configs/GN2/GN2.yaml as built by salt.models.SaltModel
-LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "in"}
 
 SMALL = dict(
     track_features=21,
@@ -127,22 +128,11 @@ def test_spec_contract():
 def test_param_count_matches_salt_and_axes_are_named():
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: gn2.SPEC.build(gn2.GN2Config(), rngs=nnx.Rngs(0), dtype=jnp.float32))
-    params = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
-    count = sum(int(np.prod(p.shape)) for p in params)
+    # only tiny dimensions (class logits, the pooling gate, the register count) stay unnamed
+    count = checked_parameters(model, largest_unnamed=8)
     print(f"GN2 parameters: {count:,} (salt: {SALT_GN2_PARAMS:,})")
     assert abs(count - SALT_GN2_PARAMS) / SALT_GN2_PARAMS < 0.01
     assert count == SALT_GN2_PARAMS  # the port is exact
-    # nothing but parameters in the model state (no RNG state when dropout is 0)
-    state_leaves = jax.tree.leaves(nnx.state(model), is_leaf=lambda x: isinstance(x, nnx.Variable))
-    assert len(state_leaves) == len(params)
-    for p in params:
-        assert p.dtype == jnp.float32
-        names = p.get_metadata()["out_sharding"]
-        assert len(names) == len(p.shape)
-        named = [n for n in names if n is not None]
-        assert set(named) <= LOGICAL_AXES and len(named) == len(set(named)), names
-        # only tiny dimensions (class logits, the pooling gate, the register count) stay unnamed
-        assert all(n is not None or d <= 8 for n, d in zip(names, p.shape, strict=True)), (names, p.shape)
 
 
 def test_output_shapes_and_padded_entries():

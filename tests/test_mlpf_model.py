@@ -21,9 +21,9 @@ from smilejax.models.spec import ModelSpec
 
 from smilejax import registry
 from tests.mlpf_reference.events import random_events
+from tests.model_contract import checked_parameters
 
 PARTICLEFLOW_CLIC_PARAMS = 3_250_450  # particleflow 3.1.0's CLIC attention model (count_parameters)
-LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "in"}
 TINY = mlpf.MLPFConfig(num_convs=2, num_heads=2, head_dim=4)
 TOL = dict(rtol=1e-5, atol=1e-5)
 # LLVM -O0 for the test programs: the same XLA graph, half the CPU compile time
@@ -98,20 +98,12 @@ def test_spec_contract_and_config_errors():
 def test_param_count_matches_particleflow_and_axes_are_named():
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: mlpf.build(mlpf.MLPFConfig(), rngs=nnx.Rngs(0)))
-    params = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
-    count = sum(int(np.prod(p.shape)) for p in params)
+    # only tiny dimensions (head outputs, the fused q/k/v index) stay unnamed
+    count = checked_parameters(model, largest_unnamed=6)
     print(f"MLPF (CLIC) parameters: {count:,} (particleflow: {PARTICLEFLOW_CLIC_PARAMS:,})")
     assert count == PARTICLEFLOW_CLIC_PARAMS
+    params = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert len(params) == 142  # particleflow's state_dict holds 142 tensors
-    assert len(jax.tree.leaves(nnx.state(model))) == len(params)  # no RNG state without dropout
-    for p in params:
-        assert p.dtype == jnp.float32
-        names = p.get_metadata()["out_sharding"]
-        assert len(names) == len(p.shape)
-        named = [n for n in names if n is not None]
-        assert set(named) <= LOGICAL_AXES and len(named) == len(set(named)), names
-        # only tiny dimensions (head outputs, the fused q/k/v index) stay unnamed
-        assert all(n is not None or d <= 6 for n, d in zip(names, p.shape, strict=True)), (names, p.shape)
 
 
 def test_outputs_and_garbage_in_padded_rows():

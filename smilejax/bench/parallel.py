@@ -191,16 +191,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--overlap is a fraction between 0 and 1, got {args.overlap}")
 
 
-def load_config(source: str, overrides: list[str], extra: list[str]):
-    """The model's config with the bench's synthetic data format (no reader, no Grain)."""
-    from smilejax import config
-    from smilejax.bench import _synthetic
-
-    tree = config.read_yaml(source)
-    tree["data"] = {"format": _synthetic.FORMAT}  # the bench feeds its own batches
-    return config.load(tree, [*overrides, *extra])
-
-
 # ---------------------------------------------------------------- run
 
 
@@ -227,13 +217,14 @@ def run(args: argparse.Namespace) -> int:
     from smilejax import registry
     from smilejax.bench import _parallel_measure as measure
     from smilejax.bench import _synthetic
+    from smilejax.bench._target import load_config
     from smilejax.config import ConfigError
 
     lead = jax.process_index() == 0
     procs = jax.process_count()
     devices = args.devices or [2**k for k in range(16) if 2**k <= jax.device_count() and 2**k % procs == 0]
     measure.check_devices(devices)
-    base_cfg = load_config(args.config, args.overrides, [])
+    base_cfg = load_config(args.config, args.overrides)
     spec = registry.model(base_cfg.model.name)
     precision = base_cfg.train.precision
     rtol = args.loss_rtol if args.loss_rtol is not None else (1e-4 if precision == "fp32" else 2e-2)
@@ -270,8 +261,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         cfg = load_config(
             args.config,
-            args.overrides,
-            [*extra, f"data.batch_size={gb}", f"run.steps={total_steps}", "logging.progress=false"],
+            [
+                *args.overrides,
+                *extra,
+                f"data.batch_size={gb}",
+                f"run.steps={total_steps}",
+                "logging.progress=false",
+            ],
         )
         if gb not in batches:  # the same global batches for every strategy at this size
             seed = cfg.run.seed

@@ -1,10 +1,10 @@
 """One trial = one normal smilejax run (``train.train``) in its own run directory.
 
 The trial's config is the study's base config with the trial's values as dotted overrides, its run
-directory ``STUDY_DIR/trial-XXXX`` and its W&B run in the study's group. An extra train hook reads the
-objective metric from the run's ``metrics.jsonl`` each time it is logged and hands it to the backend
-(``report``), which may stop the trial early (pruning) by answering True. Running a trial again on the
-same directory resumes it from its newest checkpoint, as ``smilejax train`` does.
+directory ``STUDY_DIR/trial-XXXX`` and its W&B run in the study's group. The run hands each logged
+value of the objective metric to the trial (``train.train(on_metrics=...)``), and an extra hook passes
+it to the backend (``report``), which may stop the trial early (pruning) by answering True. Running a
+trial again on the same directory resumes it from its newest checkpoint, as ``smilejax train`` does.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def report_every(cfg: Config, metric: str) -> int:
     return cfg.run.eval_every if metric.startswith("eval/") else cfg.run.log_every
 
 
-def last_value(run_dir: Path, metric: str, *, at_step: int | None = None) -> float | None:
+def last_value(run_dir: Path, metric: str) -> float | None:
     records = metrics.read(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    found = [r for r in records if metric in r and (at_step is None or r["step"] == at_step)]
+    found = [r for r in records if metric in r]
     return float(found[-1][metric]) if found else None
 
 
@@ -95,8 +95,14 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
     every = report_every(cfg, metric)
     t0 = time.perf_counter()
 
+    logged: dict[int, float] = {}
+
+    def on_metrics(step: int, values: dict) -> None:
+        if metric in values:
+            logged[step] = float(values[metric])
+
     def hook(step: int) -> None:
-        value = last_value(run_dir, metric, at_step=step)
+        value = logged.get(step)
         if value is not None and math.isfinite(value):
             history.append((step, value))
             if report is not None and report(step, value):
@@ -107,7 +113,7 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
     hooks = (train.Hook(every, hook),) if every > 0 else ()
     state, step, error = "complete", cfg.run.steps, None
     try:
-        result = train.train(cfg, extra_hooks=hooks)
+        result = train.train(cfg, extra_hooks=hooks, on_metrics=on_metrics)
         step = result.step
     except _Stop as stop:
         state, step = ("pruned" if stop.pruned else "complete"), stop.step
