@@ -88,6 +88,7 @@ import yaml
 from tqdm import tqdm
 
 from . import pipeline
+from .cache import derived_dir
 from .spec import Batch, DataConfig, DatasetSpec
 
 try:  # registers the LZ4/Zstd/Blosc filters atlas-ftag-tools' H5Writer compresses with (default "lz4")
@@ -873,16 +874,7 @@ def _norm_cache_path(cfg: FtagConfig, files: Sequence[_FileInfo], segments) -> P
         }
     )
     name = f"norm_dict.smilejax-{hashlib.sha256(key.encode()).hexdigest()[:12]}.yaml"
-    return _cache_dir_for(files[0].path) / name
-
-
-def _cache_dir_for(path: str) -> Path:
-    """Where derived files of ``path`` are cached: next to it, else in ``$SMILEJAX_CACHE/ftag_norm``."""
-    here = Path(path).resolve().parent
-    if os.access(here, os.W_OK):
-        return here
-    cache = Path(os.environ.get("SMILEJAX_CACHE") or Path.home() / ".cache" / "smilejax").expanduser()
-    return cache / "ftag_norm"
+    return derived_dir(files[0].path, "ftag_norm") / name
 
 
 def _counts_cache_path(info: _FileInfo, cfg: FtagConfig) -> Path:
@@ -891,7 +883,7 @@ def _counts_cache_path(info: _FileInfo, cfg: FtagConfig) -> Path:
         [os.path.realpath(info.path), stat.st_size, int(stat.st_mtime), cfg.tracks_name, cfg.max_tracks]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return _cache_dir_for(info.path) / f"{Path(info.path).stem}.track_counts.smilejax-{digest}.npy"
+    return derived_dir(info.path, "ftag_norm") / f"{Path(info.path).stem}.track_counts.smilejax-{digest}.npy"
 
 
 def file_track_counts(info: _FileInfo, cfg: FtagConfig) -> np.ndarray:

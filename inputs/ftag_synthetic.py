@@ -34,6 +34,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .cache import cache_root
+
 VERSION = 1
 MAX_TRACKS = 40
 FLAVOUR_NAMES = ("bjets", "cjets", "ujets", "taujets")  # flavour_label 0..3
@@ -301,12 +303,6 @@ def make(
     return path
 
 
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("SMILEJAX_CACHE") or Path.home() / ".cache" / "smilejax").expanduser()
-
-
 def _is_complete(path: Path, n_jets: int) -> bool:
     try:
         with h5py.File(path, "r", locking=False) as f:
@@ -327,7 +323,7 @@ def default_dataset(cache_dir: str | os.PathLike | None = None, split: str = "tr
     """
     if split not in DEFAULT_SIZES:
         raise ValueError(f"split must be one of {sorted(DEFAULT_SIZES)}, not {split!r}")
-    root = _cache_dir(cache_dir) / "ftag_synthetic"
+    root = cache_root(cache_dir) / "ftag_synthetic"
     paths = {}
     for name, (n_jets, seed) in DEFAULT_SIZES.items():
         p = root / f"v{VERSION}_{name}_{n_jets}.h5"

@@ -164,6 +164,98 @@ class BatchPlan:
         return 1.0 - used / slots
 
 
+class BudgetPlan:
+    """Batches of about ``budget`` element slots: variable-size examples (events of many elements) go to
+    the smallest of ``widths`` that holds them, and a batch of width ``w`` holds ``sizes[w]`` examples.
+
+    Per epoch (a pure function of (seed, epoch), like ``BatchPlan``): examples in shuffled order are
+    split by bucket, each bucket is cut into whole batches (the remainder waits for a later epoch, in
+    which another shuffle leaves other examples over), and the batches of all buckets are shuffled
+    together. So there are ``len(widths)`` batch shapes, padding is bounded by the bucket spacing, and
+    every epoch has the same number of batches per bucket.
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, widths: Sequence[int], sizes: Sequence[int], seed: int, shuffle: bool
+    ):
+        self.buckets = Buckets(tuple(int(w) for w in widths), np.asarray(lengths))
+        self.sizes = tuple(int(s) for s in sizes)
+        if len(self.sizes) != len(self.buckets.widths) or min(self.sizes, default=0) < 1:
+            raise ValueError(f"need one positive batch size per bucket width, got {list(self.sizes)}")
+        self.seed, self.shuffle = seed, shuffle
+        self.bucket_of = np.searchsorted(self.buckets.widths, self.buckets.lengths).astype(np.int32)
+        self.counts = np.bincount(self.bucket_of, minlength=len(self.sizes))
+        self.batches_per_bucket = self.counts // np.asarray(self.sizes)
+        self.per_epoch = int(self.batches_per_bucket.sum())
+        if self.per_epoch == 0:
+            raise ValueError(
+                f"no bucket has enough examples for one batch: examples per bucket {self.counts.tolist()}, "
+                f"batch sizes {list(self.sizes)} (widths {list(self.buckets.widths)})"
+            )
+        self._lock = threading.Lock()
+        self._epochs: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_epochs"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._epochs = {}
+
+    def unused(self) -> dict[int, int]:
+        """Examples per width that never fill one batch (they are never read)."""
+        starved = (self.batches_per_bucket == 0) & (self.counts > 0)
+        return {int(self.buckets.widths[b]): int(self.counts[b]) for b in np.flatnonzero(starved)}
+
+    def __call__(self, step: int) -> tuple[np.ndarray, int]:
+        epoch, k = divmod(step, self.per_epoch)
+        batches, widths = self._epoch(epoch)
+        return batches[k], int(widths[k])
+
+    def _epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        with self._lock:
+            got = self._epochs.get(epoch)
+        if got is not None:
+            return got
+        n = self.bucket_of.size
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        batches: list[np.ndarray] = []
+        widths: list[int] = []
+        for b, (size, count) in enumerate(zip(self.sizes, self.batches_per_bucket, strict=True)):
+            rows = order[self.bucket_of[order] == b][: count * size]
+            batches.extend(rows.reshape(count, size))
+            widths.extend([self.buckets.widths[b]] * int(count))
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, epoch, 0xB0C4E7]).permutation(len(batches))
+            batches, widths = [batches[i] for i in perm], [widths[i] for i in perm]
+        got = (batches, np.asarray(widths))
+        with self._lock:
+            self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
+            self._epochs[epoch] = got
+        return got
+
+    def padding_fraction(self, steps: int | None = None) -> float:
+        """Padded share of the element slots of ``steps`` batches (default: one epoch)."""
+        steps = self.per_epoch if steps is None else steps
+        used = slots = 0
+        for step in range(steps):
+            rows, width = self(step)
+            used += int(self.buckets.lengths[rows].sum())
+            slots += rows.size * width
+        return 1.0 - used / slots
+
+
+def budget_sizes(widths: Sequence[int], budget: int, multiple: int) -> tuple[int, ...]:
+    """Examples per batch for each width: ``budget // width`` rounded down to a multiple of ``multiple``
+    (at least ``multiple``: a batch of the widest bucket may exceed the budget)."""
+    if budget < 1 or multiple < 1:
+        raise ValueError(f"the element budget and batch multiple must be positive, got {budget}, {multiple}")
+    return tuple(max(multiple, budget // int(w) // multiple * multiple) for w in widths)
+
+
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
     if global_batch % process_count:
         raise ValueError(f"data.batch_size={global_batch} is not divisible by the {process_count} processes")
@@ -193,6 +285,7 @@ def batched(
     workers: int = 0,
     order: Order | None = None,
     buckets: Buckets | None = None,
+    plan: BudgetPlan | None = None,
 ) -> grain.IterDataset:
     """An endless stream of this process's share of each global batch (incomplete last batches dropped).
 
@@ -200,16 +293,18 @@ def batched(
         ``shuffle``). buckets: pad each batch to a bucket width; the source's ``read(indices, width=w)``
         must then return the valid elements first in ``w`` slots. Without ``shuffle`` (evaluation) the
         bucket window is 1, so that the first batches are not a length-biased sample.
+        plan: batches of varying size (``BudgetPlan``) instead of ``batch_size``, ``order`` and ``buckets``.
     """
-    order = order if order is not None else _EpochOrder(len(source), seed, shuffle)
-    if buckets is not None and not shuffle and buckets.window > 1:
-        buckets = dataclasses.replace(buckets, window=1)
-    plan = BatchPlan(order, batch_size, buckets, seed)
-    part = local_slice(batch_size, process_index, process_count)
+    if plan is None:
+        order = order if order is not None else _EpochOrder(len(source), seed, shuffle)
+        if buckets is not None and not shuffle and buckets.window > 1:
+            buckets = dataclasses.replace(buckets, window=1)
+        plan = BatchPlan(order, batch_size, buckets, seed)
+        local_slice(batch_size, process_index, process_count)  # fail now, not in a read thread
 
     def read_batch(step: int, _: int) -> Batch:
         rows, width = plan(step)
-        return _read(source, rows[part], width)
+        return _read(source, rows[local_slice(len(rows), process_index, process_count)], width)
 
     ds = grain.MapDataset.range(plan.per_epoch).repeat(None).map_with_index(read_batch)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))

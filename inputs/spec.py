@@ -28,6 +28,11 @@ class DataConfig:
     prefetch: int = 4
     workers: int = 0
 
+    def global_batch_sizes(self) -> list[int]:
+        """Every global batch size the pipeline yields (formats with varying batches override this); each
+        must divide over the processes, the batch-sharded devices and the gradient-accumulation steps."""
+        return [self.batch_size]
+
 
 class BatchSource(Protocol):
     """Random access by batches: ``read`` takes many sorted indices at once, so a format reads slices

@@ -5,10 +5,11 @@
 #
 #   bash launch/install_mlpf_reference.sh [ENV_DIR]
 #
-# Only what `mlpf.model.mlpf` and `mlpf.model.losses` import at module load is installed (torch, numpy,
-# pydantic, pyyaml, psutil); particleflow goes in with --no-deps, so none of its heavy dependencies
-# (tensorflow, ray, comet-ml, ...) come along. comet_ml, imported at load and never called by the model,
-# is a stub in tests/mlpf_reference/stubs that the reference script puts on sys.path.
+# Only what `mlpf.model.mlpf`, `mlpf.model.losses` and `mlpf.model.PFDataset` import at module load is
+# installed (torch, numpy, pydantic, pyyaml, psutil, tensorflow-datasets without TensorFlow); particleflow
+# goes in with --no-deps, so none of its heavy dependencies (tensorflow, ray, comet-ml, ...) come along.
+# comet_ml, imported at load and never called by the model, is a stub in tests/mlpf_reference/stubs
+# that the reference script puts on sys.path.
 #
 # torch is pinned to the CPU build (2.13.0+cpu): where no such wheel is on disk or on an index pip
 # knows (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL), the install fails fast instead of downloading a CUDA
@@ -20,11 +21,11 @@ ENV_DIR=${1:-.mlpf-ref}
 TORCH=${MLPF_REF_TORCH:-torch==2.13.0+cpu}
 PARTICLEFLOW=particleflow==3.1.0
 STAMP="$ENV_DIR/.installed"
-WANT="$TORCH $PARTICLEFLOW numpy pydantic pyyaml psutil"
+WANT="$TORCH $PARTICLEFLOW numpy pydantic pyyaml psutil tensorflow-datasets==4.9.10 importlib_resources"
 
 check() {
   PYTHONPATH=tests/mlpf_reference/stubs "$ENV_DIR/bin/python" -c \
-    'import torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils; assert torch.version.cuda is None, torch.version.cuda' \
+    'import torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils, mlpf.model.PFDataset; assert torch.version.cuda is None, torch.version.cuda' \
     2>/dev/null
 }
 
@@ -51,6 +52,9 @@ fi
 echo '*' >"$ENV_DIR/.gitignore"  # never committed, wherever it lives
 pip=("$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "$TORCH" numpy pydantic pyyaml psutil
+# particleflow's dataset reader (PFDataset: TFDS data sources, no TensorFlow), to check that smilejax
+# writes and reads its dataset format exactly (tests/test_mlpf_tfds.py)
+"${pip[@]}" tensorflow-datasets==4.9.10 importlib_resources
 "${pip[@]}" --no-deps "$PARTICLEFLOW"
 
 if ! check; then

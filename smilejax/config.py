@@ -203,13 +203,21 @@ def validate(cfg: Config) -> None:
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
             raise ConfigError(f"mesh.{axis} must be -1 (fill) or a positive size, got {size}")
-    if cfg.data.batch_size % cfg.train.grad_accum:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is not divisible by "
-            f"train.grad_accum={cfg.train.grad_accum}"
-        )
+    for size in cfg.data.global_batch_sizes():
+        if size % cfg.train.grad_accum:
+            raise ConfigError(
+                f"{batch_name(cfg.data, size)}={size} is not divisible by "
+                f"train.grad_accum={cfg.train.grad_accum}"
+            )
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+
+
+def batch_name(data: DataConfig, size: int) -> str:
+    """How an error names a global batch size: the config key, or what it derives from."""
+    if data.global_batch_sizes() == [data.batch_size]:
+        return "data.batch_size"
+    return f"the batch of {size} examples (one of {data.global_batch_sizes()}, from the data config)"
 
 
 # ---------------------------------------------------------------- typed construction

@@ -14,7 +14,17 @@ from typing import Any
 from smilejax.inputs.spec import DatasetSpec
 from smilejax.models.spec import ModelSpec
 
-_NOT_PLUGINS = {"spec", "layers", "pipeline", "ftag_synthetic"}
+_NOT_PLUGINS = {
+    "spec",
+    "layers",
+    "pipeline",
+    "cache",
+    "ftag_synthetic",
+    "ftag_pythia",
+    "mlpf_format",
+    "mlpf_synthetic",
+    "mlpf_pythia",
+}
 
 
 def _names(package: str) -> list[str]:

@@ -121,22 +121,24 @@ def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None):
     )
 
 
-def to_global(program: steps.Program, local: dict, global_batch: int) -> dict:
-    """This process's rows → one global jax.Array per key (each process feeds only its shard)."""
+def to_global(program: steps.Program, local: dict) -> dict:
+    """This process's rows → one global jax.Array per key (each process feeds an equal shard)."""
 
     def put(x: np.ndarray) -> jax.Array:
-        return jax.make_array_from_process_local_data(program.batch_sharding, x, (global_batch, *x.shape[1:]))
+        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(program.batch_sharding, x, shape)
 
     return {k: put(v) for k, v in local.items()}
 
 
 def check_batch(cfg: Config, mesh) -> None:
     divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
-    if cfg.data.batch_size % divisor:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} must be divisible by the batch-sharded devices "
-            f"× train.grad_accum = {divisor} (mesh {meshlib.describe(mesh)})"
-        )
+    for size in cfg.data.global_batch_sizes():
+        if size % divisor:
+            raise ConfigError(
+                f"{config.batch_name(cfg.data, size)}={size} must be divisible by the batch-sharded devices "
+                f"× train.grad_accum = {divisor} (mesh {meshlib.describe(mesh)})"
+            )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -145,7 +147,7 @@ def check_batch(cfg: Config, mesh) -> None:
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
     sums: dict[str, float] = {}
     for _ in range(cfg.run.eval_steps):
-        out = program.eval_step(state, to_global(program, next(batches), cfg.data.batch_size))
+        out = program.eval_step(state, to_global(program, next(batches)))
         for k, v in jax.device_get(out).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
@@ -218,12 +220,12 @@ def train(
             compiled[shapes] = step_fn, metrics.step_flops(step_fn)
         return compiled[shapes]
 
-    first_global = to_global(program, next(batches), cfg.data.batch_size)
+    first_global = to_global(program, next(batches))
     compiled_for(state, first_global)
     peak = metrics.peak_flops(jax.devices()[0])
 
     # ---- hooks
-    window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
+    window = {"steps": 0, "samples": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
     last: dict = {}
 
     def log_hook(step: int) -> None:
@@ -233,7 +235,7 @@ def train(
         values = {k: float(v) / n for k, v in sums.items()}
         step_time = elapsed / n
         values.update(
-            samples_per_s=cfg.data.batch_size / step_time,
+            samples_per_s=window["samples"] / elapsed,
             step_time_s=step_time,
             data_wait_frac=min(window["data_s"] / elapsed, 1.0),
         )
@@ -247,7 +249,7 @@ def train(
         last.clear()
         last.update(values)
         bar.set_postfix(loss=f"{values['loss']:.4g}", samples_s=f"{values['samples_per_s']:.4g}")
-        window.update(steps=0, data_s=0.0, t0=time.perf_counter(), sums=None, flops=0.0)
+        window.update(steps=0, samples=0, data_s=0.0, t0=time.perf_counter(), sums=None, flops=0.0)
 
     def eval_hook(step: int) -> None:
         emit(step, evaluate(program, state, eval_batches, cfg))
@@ -284,7 +286,7 @@ def train(
     try:
         for step in range(start + 1, cfg.run.steps + 1):
             t_data = time.perf_counter()
-            batch = pending if pending is not None else to_global(program, next(batches), cfg.data.batch_size)
+            batch = pending if pending is not None else to_global(program, next(batches))
             pending = None
             window["data_s"] += time.perf_counter() - t_data
             step_fn, flops = compiled_for(state, batch)
@@ -293,6 +295,7 @@ def train(
             window["flops"] = None if unknown else window["flops"] + flops
             window["sums"] = out if window["sums"] is None else _accumulate(window["sums"], out)
             window["steps"] += 1
+            window["samples"] += next(iter(batch.values())).shape[0]
             for hook in hooks:
                 hook(step)
             bar.update(1)

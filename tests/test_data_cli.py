@@ -104,3 +104,15 @@ def test_help_explains_each_action():
     assert "exit codes" in proc.stdout and "--plot" in proc.stdout
     proc = run_cli("data", "make", "ftag-synthetic", "--out", "x.h5", "--jets", "0")
     assert proc.returncode == 2 and "--jets must be at least 1" in proc.stderr
+
+
+def test_make_mlpf_synthetic_then_refuse_to_overwrite(tmp_path):
+    out = tmp_path / "tfds"
+    args = ("data", "make", "mlpf-synthetic", "--out", str(out), "--events", "40", "--config", "3")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote 40 events (train 36, test 4;" in proc.stdout
+    assert (out / "clic_edm_qq_pf" / "3" / "3.1.0" / "dataset_info.json").is_file()
+    again = run_cli(*args)
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert run_cli(*args, "--overwrite").returncode == 0

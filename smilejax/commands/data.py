@@ -10,6 +10,11 @@ MAKERS = {
     "ftag-synthetic": "synthetic ATLAS flavour-tagging jets (numpy only, ~5e4 jets/s)",
     "ftag-pythia": "ATLAS flavour-tagging jets from Pythia 8 tt̄ events at 13 TeV (~400 jets/s per core)",
 }
+MLPF_MAKERS = {
+    "mlpf-synthetic": "synthetic MLPF events in particleflow's CLIC TFDS format (numpy only, ~1e3 events/s)",
+    "mlpf-pythia": "MLPF events in particleflow's CLIC TFDS format from Pythia 8 e+e- -> qq̄ at 380 GeV "
+    "and a parametrised CLIC-like detector (~1000 events/s per core)",
+}
 PLOT_VARS = (  # (tracks field, x range, axis: lin/log/int) drawn per flavour by `data check --plot`
     ("IP3D_signed_d0_significance", (-10, 40), "lin"),
     ("IP3D_signed_z0_significance", (-10, 40), "lin"),
@@ -38,14 +43,16 @@ def register(sub) -> None:
         "data",
         help="make datasets (synthetic, Pythia), compute normalisation dicts, check files",
         description="Datasets in the ATLAS flavour-tagging HDF5 format (what data.format=ftag_h5 reads, "
-        "as salt and atlas-ftag-tools do): make them, compute their normalisation dict, check them.",
+        "as salt and atlas-ftag-tools do): make them, compute their normalisation dict, check them; and "
+        "MLPF events in particleflow's TFDS ArrayRecord format (data.format=mlpf_tfds): make them.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     make = actions.add_parser(
         "make",
         help="generate a dataset file",
-        description="Generate a dataset into one HDF5 file (written under a temporary name, then renamed).",
+        description="Generate a dataset: ftag-* into one HDF5 file, mlpf-* into a TFDS data directory "
+        "(both written under a temporary name, then renamed).",
     )
     makers = make.add_subparsers(dest="maker", metavar="MAKER", required=True)
     for name, about in MAKERS.items():
@@ -68,6 +75,36 @@ def register(sub) -> None:
             )
             m.add_argument("--no-progress", action="store_true", help="no progress bar")
         m.set_defaults(run=run_make)
+    for name, about in MLPF_MAKERS.items():
+        m = makers.add_parser(
+            name,
+            help=about,
+            description=about + ". Writes DATA_DIR/NAME/CONFIG/3.1.0/ with train and test splits, as "
+            "particleflow's builders do (read it with data.format=mlpf_tfds data.path=DATA_DIR).",
+        )
+        m.add_argument("--out", required=True, metavar="DATA_DIR", help="TFDS data directory")
+        m.add_argument("--events", required=True, type=int, metavar="N", help="events (train + test)")
+        m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        m.add_argument("--name", default="clic_edm_qq_pf", help="dataset name (default clic_edm_qq_pf)")
+        m.add_argument("--config", type=int, default=1, help="builder config 1..10 (default 1)")
+        m.add_argument(
+            "--test-fraction", type=float, default=0.1, help="share of events in the test split (default 0.1)"
+        )
+        m.add_argument("--overwrite", action="store_true", help="replace an existing NAME/CONFIG/3.1.0")
+        if name == "mlpf-pythia":
+            m.description += (
+                " Worker k generates its share from seeds (seed, k), so the dataset is reproducible for the "
+                "same --seed and --workers. Needs: pip install pythia8mc==8.317.2 fastjet"
+            )
+            m.add_argument(
+                "--workers",
+                type=int,
+                default=_default_workers(),
+                metavar="K",
+                help="generator processes (default: the CPUs this process may use, %(default)s here)",
+            )
+            m.add_argument("--no-progress", action="store_true", help="no progress bar")
+        m.set_defaults(run=run_make_mlpf)
 
     norm = actions.add_parser(
         "norm",
@@ -144,6 +181,51 @@ def run_make(args: argparse.Namespace) -> int:
                 f"with {int(f.attrs['workers'])} workers, {args.jets / cpu:.0f} jets per CPU-second)"
             )
     print(f"wrote {args.jets} jets (b {flav[0]}, c {flav[1]}, light {flav[2]}, tau {flav[3]}){extra}: {path}")
+    return 0
+
+
+def run_make_mlpf(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from smilejax.inputs import mlpf_tfds
+
+    if args.events < 2:
+        raise ValueError(f"--events must be at least 2 (a train and a test event), not {args.events}")
+    t0 = time.perf_counter()
+    common = dict(
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        name=args.name,
+        config=args.config,
+        overwrite=args.overwrite,
+    )
+    try:
+        if args.maker == "mlpf-synthetic":
+            from smilejax.inputs import mlpf_synthetic
+
+            folder = mlpf_synthetic.make(args.out, args.events, **common)
+        else:
+            from smilejax.inputs import mlpf_pythia
+
+            mlpf_pythia.require_generators()
+            folder = mlpf_pythia.make(
+                args.out, args.events, workers=args.workers, progress=not args.no_progress, **common
+            )
+    except (ImportError, FileExistsError) as err:
+        print(f"smilejax: {err}", file=sys.stderr)
+        return 2
+    secs = time.perf_counter() - t0
+    cfg = mlpf_tfds.MlpfConfig(path=args.out, datasets=[args.name], configs=[args.config])
+    sizes = {split: mlpf_tfds.source(cfg, split).lengths for split in ("train", "eval")}
+    n = sum(len(v) for v in sizes.values())
+    elements = np.concatenate(list(sizes.values())) if n else np.zeros(1)
+    print(
+        f"wrote {n} events (train {len(sizes['train'])}, test {len(sizes['eval'])}; elements per event "
+        f"mean {elements.mean():.0f}, max {elements.max()}) in {secs:.1f} s ({n / secs:.0f} events/s): "
+        f"{folder}"
+    )
     return 0
 
 

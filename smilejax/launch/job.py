@@ -147,12 +147,13 @@ def resources(
 def check_fit(cfg, job_gpus: int, processes: int) -> None:
     """The config's mesh and batch fit the job's devices (known only on GPU systems) and processes."""
     from smilejax import mesh as meshlib
-    from smilejax.config import ConfigError
+    from smilejax.config import ConfigError, batch_name
 
-    if cfg.data.batch_size % processes:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is not divisible by the {processes} processes"
-        )
+    sizes = cfg.data.global_batch_sizes()
+    for size in sizes:
+        if size % processes:
+            name = batch_name(cfg.data, size)
+            raise ConfigError(f"{name}={size} is not divisible by the {processes} processes")
     if not job_gpus:
         return
     shape = meshlib.mesh_shape(cfg.mesh, job_gpus)
@@ -160,11 +161,12 @@ def check_fit(cfg, job_gpus: int, processes: int) -> None:
     for axis in cfg.mesh.rules.get("batch", []):
         divisor *= shape.get(axis, 1)
     divisor *= cfg.train.grad_accum
-    if cfg.data.batch_size % divisor:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} must be divisible by the batch-sharded devices × "
-            f"train.grad_accum = {divisor} on {job_gpus} GPUs (mesh {shape})"
-        )
+    for size in sizes:
+        if size % divisor:
+            raise ConfigError(
+                f"{batch_name(cfg.data, size)}={size} must be divisible by the batch-sharded devices × "
+                f"train.grad_accum = {divisor} on {job_gpus} GPUs (mesh {shape})"
+            )
 
 
 def default_run_dir(cfg, workdir: Path) -> Path:

@@ -1,0 +1,20 @@
+"""Where smilejax caches what it derives from datasets (default sets, counts, normalisations)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$SMILEJAX_CACHE``, else ``~/.cache/smilejax``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("SMILEJAX_CACHE") or Path.home() / ".cache" / "smilejax").expanduser()
+
+
+def derived_dir(path: str | os.PathLike, kind: str) -> Path:
+    """Where files derived from the dataset file or folder ``path`` go: next to it when that folder is
+    writable (they travel with the data), else ``cache_root()/kind`` (read-only shared datasets)."""
+    here = Path(path).resolve().parent
+    return here if os.access(here, os.W_OK) else cache_root() / kind

@@ -1,0 +1,435 @@
+"""MLPF's published datasets (TFDS ArrayRecord, ``mlpf_format``) as smilejax batches, without TensorFlow.
+
+``data.format: mlpf_tfds`` reads ``data.path`` (a TFDS data directory such as particleflow's
+``tensorflow_datasets/``) with TFDS's data-source API: for every sample in ``data.datasets``
+(``clic_edm_qq_pf``, ``clic_edm_ttbar_pf:3.1.0``, ...) and every numbered builder config in
+``data.configs`` (particleflow splits each sample into configs ``1`` .. ``10``), the ``train`` split for
+training and ``test`` for evaluation; all of them are one set, shuffled globally. With no ``data.path``
+a small synthetic set (``mlpf_synthetic``) is made once and cached.
+
+Each event is turned into what particleflow's loader (``TFDSDataSource``) makes: optionally sorted by
+element pT, then ``ytarget``'s pT and energy become ``log(target / element)`` (0 where there is no
+target or the ratio is not finite); the raw values are kept as ``ytarget_pt_orig``/``ytarget_e_orig``.
+A batch holds ``data.fields`` of
+
+* ``X`` [B, W, 17], ``mask`` [B, W] (real elements), ``ytarget`` [B, W, 13], ``ycand`` [B, W, 13],
+  ``ytarget_pt_orig``, ``ytarget_e_orig`` [B, W]: elements padded with zeros to the batch's width W;
+* ``genmet`` [B], ``genjets``, ``targetjets`` [B, J, 4] (zero rows pad to the batch's most jets),
+  ``event_mask`` [B] (all True: every row is a real event).
+
+Batching: events vary from tens to thousands of elements, so an event is padded only to the smallest
+of ``data.bucket_widths`` that holds it; one compiled shape per width. With ``data.element_budget = 0``
+a batch is ``data.batch_size`` events padded to the width of its longest; with a budget, a batch of
+width W holds ``budget // W`` events (a multiple of ``data.batch_multiple``), all of that bucket
+(``pipeline.BudgetPlan``), so memory per step is about constant and padding is small.
+The element count of every event is read once and cached (next to the data when it is writable).
+
+Errors name the dataset, config, version, split, record and feature: a version or configuration that is
+not on disk (with the ones that are), a feature layout other than particleflow's, an element type
+other than 1 (track) or 2 (cluster), a class index outside 0..5, NaN or inf in a feature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import mlpf_format as fmt
+from . import pipeline
+from .cache import derived_dir
+from .spec import Batch, DataConfig, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+ELEMENT_FIELDS = ("X", "mask", "ytarget", "ycand", "ytarget_pt_orig", "ytarget_e_orig")
+EVENT_FIELDS = ("genmet", "genjets", "targetjets", "event_mask")
+FIELDS = ELEMENT_FIELDS + EVENT_FIELDS
+EVAL_FIELDS = list(FIELDS)  # what ``smilejax eval`` reads
+
+
+@dataclasses.dataclass
+class MlpfConfig(DataConfig):
+    """``path``: the TFDS data directory (null: the synthetic demo set); ``eval_path``: another one for
+    evaluation (default ``path``). ``datasets``: sample names, each ``name`` or ``name:version``
+    (default version ``version``). ``configs``: builder configs (parts) read together.
+    ``fields``: batch keys (training needs ``X`` and ``ytarget``; ``mask`` is always added).
+    ``sort_by_pt``: elements in descending pT, as particleflow's ``sort`` option."""
+
+    format: str = "mlpf_tfds"
+    batch_size: int = 32
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["clic_edm_qq_pf"])
+    configs: list[int] = dataclasses.field(default_factory=lambda: [1])
+    version: str = fmt.VERSION
+    train_split: str = "train"
+    eval_split: str = "test"
+    fields: list[str] = dataclasses.field(default_factory=lambda: ["X", "ytarget"])
+    bucket_widths: list[int] = dataclasses.field(
+        default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    )
+    element_budget: int = 0
+    batch_multiple: int = 8
+    sort_by_pt: bool = False
+
+    def __post_init__(self):
+        unknown = sorted(set(self.fields) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"data.fields has unknown key(s) {unknown}; known: {list(FIELDS)}")
+        if not self.datasets:
+            raise ValueError("data.datasets is empty; name at least one sample, e.g. clic_edm_qq_pf")
+        bad = [c for c in self.configs if not 1 <= int(c) <= fmt.NUM_CONFIGS]
+        if bad or not self.configs:
+            raise ValueError(f"data.configs must be builder configs 1..{fmt.NUM_CONFIGS}, got {self.configs}")
+        pipeline.Buckets(tuple(self.bucket_widths), np.zeros(0, int))  # validates the widths
+        if self.element_budget < 0 or self.batch_multiple < 1:
+            raise ValueError(
+                f"data.element_budget must be >= 0 and data.batch_multiple >= 1, got "
+                f"{self.element_budget} and {self.batch_multiple}"
+            )
+
+    def global_batch_sizes(self) -> list[int]:
+        if self.element_budget == 0:
+            return [self.batch_size]
+        sizes = pipeline.budget_sizes(self.bucket_widths, self.element_budget, self.batch_multiple)
+        return sorted(set(sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One split of one builder config of one sample: what a record number is relative to."""
+
+    name: str
+    config: int
+    version: str
+    split: str
+    data_dir: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.config}:{self.version} split {self.split!r}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.data_dir) / self.name / str(self.config) / self.version
+
+
+def _parse_name(entry: str, default_version: str) -> tuple[str, str]:
+    name, _, version = entry.partition(":")
+    return name.strip(), (version.strip() or default_version)
+
+
+def parts(cfg: MlpfConfig, split: str) -> list[Part]:
+    """The parts a split reads (``split``: "train" or "eval"), checked to exist on disk."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if cfg.path is None:
+        from . import mlpf_synthetic
+
+        if cfg.datasets != ["clic_edm_qq_pf"] or any(
+            c not in mlpf_synthetic.DEFAULT_EVENTS for c in cfg.configs
+        ):
+            raise ValueError(
+                "with no data.path the synthetic demo set has only clic_edm_qq_pf configs "
+                f"{sorted(mlpf_synthetic.DEFAULT_EVENTS)}; set data.path to a TFDS data directory"
+            )
+        data_dir = mlpf_synthetic.default_dataset()
+    else:
+        data_dir = cfg.eval_path if split == "eval" and cfg.eval_path else cfg.path
+    data_dir = os.path.expanduser(data_dir)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data.path {data_dir!r} is not a directory (a TFDS data_dir is expected)")
+    tfds_split = cfg.train_split if split == "train" else cfg.eval_split
+    out = []
+    for entry in cfg.datasets:
+        name, version = _parse_name(entry, cfg.version)
+        for config in cfg.configs:
+            part = Part(name, int(config), version, tfds_split, data_dir)
+            _check_on_disk(part)
+            out.append(part)
+    return out
+
+
+def _check_on_disk(part: Part) -> None:
+    sample = Path(part.data_dir) / part.name
+    if not sample.is_dir():
+        have = sorted(p.name for p in Path(part.data_dir).iterdir() if p.is_dir() and p.name != "downloads")
+        raise FileNotFoundError(f"{part}: no dataset {part.name!r} in {part.data_dir} (it has: {have})")
+    if not (sample / str(part.config)).is_dir():
+        have = sorted(p.name for p in sample.iterdir() if p.is_dir() and p.name.isdigit())
+        raise FileNotFoundError(f"{part}: no builder config {part.config} in {sample} (it has: {have})")
+    if not (part.folder / "dataset_info.json").is_file():
+        have = sorted(
+            p.name for p in (sample / str(part.config)).iterdir() if (p / "dataset_info.json").exists()
+        )
+        raise FileNotFoundError(
+            f"{part}: version {part.version} is not on disk (versions there: {have}); set data.version "
+            f"or name:version in data.datasets"
+        )
+
+
+def _open(part: Part):
+    """TFDS's random-access data source of ``part``; checks its feature layout against particleflow's."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(part.folder))
+    _check_features(part, builder.info.features)
+    if part.split not in builder.info.splits:
+        raise FileNotFoundError(f"{part}: no such split; the dataset has {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=part.split)
+
+
+def _check_features(part: Part, features) -> None:
+    expected = fmt.features_dict()
+    got = {k: (tuple(v.shape), np.dtype(v.np_dtype).name) for k, v in features.items()}
+    want = {k: (tuple(v.shape), np.dtype(v.np_dtype).name) for k, v in expected.items()}
+    for key, (shape, dtype) in want.items():
+        if key not in got:
+            raise ValueError(f"{part}: feature {key!r} is missing (the dataset has {sorted(got)})")
+        if got[key] != (shape, dtype):
+            raise ValueError(
+                f"{part}: feature {key!r} is {got[key][1]} of shape {got[key][0]}, particleflow's layout is "
+                f"{dtype} of shape {shape}"
+            )
+
+
+class MlpfSource:
+    """Random access to the events of several parts as one index space (``BatchSource``)."""
+
+    def __init__(self, parts_: Sequence[Part], cfg: MlpfConfig, fields: Sequence[str] | None = None):
+        self.parts = list(parts_)
+        self.fields = tuple(dict.fromkeys([*(fields or cfg.fields), "mask"]))
+        self.sort_by_pt = cfg.sort_by_pt
+        self.max_width = max(cfg.bucket_widths)
+        self._sources = [_open(p) for p in self.parts]
+        self.offsets = np.cumsum([0] + [len(s) for s in self._sources])
+        self._lengths: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:  # Grain worker processes reopen the files
+        state = self.__dict__.copy()
+        del state["_sources"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._sources = [_open(p) for p in self.parts]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Elements of every event, by index (read once per part, cached on disk)."""
+        if self._lengths is None:
+            self._lengths = np.concatenate(
+                [part_lengths(p, s) for p, s in zip(self.parts, self._sources, strict=True)]
+            )
+            longest = int(self._lengths.max()) if self._lengths.size else 0
+            if longest > self.max_width:
+                i = int(self._lengths.argmax())
+                part, record = self.locate(i)
+                raise ValueError(
+                    f"{part} record {record} has {longest} elements, more than the largest of "
+                    f"data.bucket_widths ({self.max_width}); add a larger width"
+                )
+        return self._lengths
+
+    def locate(self, index: int) -> tuple[Part, int]:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k], int(index - self.offsets[k])
+
+    def events(self, indices: np.ndarray) -> list[tuple[Part, int, dict]]:
+        """Decoded events (part, record, features), in the order of ``indices``."""
+        indices = np.asarray(indices)
+        k = np.searchsorted(self.offsets, indices, side="right") - 1
+        out: list = [None] * len(indices)
+        for part_index in np.unique(k):
+            pos = np.flatnonzero(k == part_index)
+            records = (indices[pos] - self.offsets[part_index]).tolist()
+            decoded = self._sources[part_index].__getitems__(records)
+            for p, r, ev in zip(pos, records, decoded, strict=True):
+                out[p] = (self.parts[part_index], r, ev)
+        return out
+
+    def read(self, indices: np.ndarray, width: int | None = None) -> Batch:
+        events = self.events(indices)
+        n_max = max((len(ev["X"]) for _, _, ev in events), default=0)
+        width = width if width is not None else max(n_max, 1)
+        if n_max > width:
+            raise ValueError(f"an event of {n_max} elements does not fit the batch width {width}")
+        b = len(events)
+        want = set(self.fields)
+        out: Batch = {}
+        if want & {"X", "mask"}:
+            out["X"] = np.zeros((b, width, fmt.N_X), np.float32)
+        for key in ("ytarget", "ycand"):
+            if key in want:
+                out[key] = np.zeros((b, width, fmt.N_Y), np.float32)
+        for key in ("ytarget_pt_orig", "ytarget_e_orig"):
+            if key in want:
+                out[key] = np.zeros((b, width), np.float32)
+        if "genmet" in want:
+            out["genmet"] = np.zeros(b, np.float32)
+        for key in ("genjets", "targetjets"):
+            if key in want:
+                j = max((len(ev[key]) for _, _, ev in events), default=0)
+                out[key] = np.zeros((b, max(j, 1), 4), np.float32)
+        for i, (part, record, ev) in enumerate(events):
+            ev = prepare(ev, part, record, sort_by_pt=self.sort_by_pt)
+            n = len(ev["X"])
+            for key in ("X", "ytarget", "ycand", "ytarget_pt_orig", "ytarget_e_orig"):
+                if key in out:
+                    out[key][i, :n] = ev[key]
+            if "genmet" in out:
+                out["genmet"][i] = ev["genmet"]
+            for key in ("genjets", "targetjets"):
+                if key in out:
+                    out[key][i, : len(ev[key])] = ev[key]
+        out["mask"] = out["X"][..., 0] != 0
+        if "event_mask" in want:
+            out["event_mask"] = np.ones(b, bool)
+        return {k: v for k, v in out.items() if k in want}
+
+
+def prepare(ev: dict, part: Part, record: int, *, sort_by_pt: bool = False) -> dict:
+    """Check one decoded event and make particleflow's training targets (see the module docstring)."""
+    where = f"{part} record {record}"
+    x = np.asarray(ev["X"], np.float32)
+    for key in ("X", "ytarget", "ycand", "genjets", "targetjets", "genmet"):
+        value = np.asarray(ev[key])
+        if not np.isfinite(value).all():
+            bad = np.argwhere(~np.isfinite(value))
+            at = f" (element {bad[0][0]}, column {bad[0][1]})" if value.ndim == 2 else ""
+            raise ValueError(f"{where}: feature {key!r} has NaN/inf{at}")
+    types = x[:, 0]
+    odd = ~np.isin(types, fmt.ELEMENT_TYPES)
+    if odd.any():
+        i = int(np.flatnonzero(odd)[0])
+        raise ValueError(
+            f"{where}: feature 'X' element {i} has element type {types[i]:g}; CLIC elements are 1 (track) "
+            f"or 2 (cluster)"
+        )
+    y, cand = np.array(ev["ytarget"], np.float32), np.array(ev["ycand"], np.float32)
+    for key, arr in (("ytarget", y), ("ycand", cand)):
+        cls = arr[:, 0]
+        odd = (cls != np.round(cls)) | (cls < 0) | (cls >= len(fmt.CLASSES))
+        if odd.any():
+            i = int(np.flatnonzero(odd)[0])
+            raise ValueError(
+                f"{where}: feature {key!r} element {i} has class index {cls[i]:g}, "
+                f"outside 0..{len(fmt.CLASSES) - 1}"
+            )
+    if sort_by_pt:
+        order = np.argsort(x[:, 1], kind="stable")[::-1]
+        x, y, cand = x[order], y[order], cand[order]
+    pt_orig, e_orig = y[:, 2].copy(), y[:, 6].copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pt = np.log(pt_orig / x[:, 1])
+        log_e = np.log(e_orig / x[:, 5])
+    log_e[y[:, 0] == 0] = 0
+    y[:, 2] = np.where(np.isfinite(log_pt), log_pt, 0)
+    y[:, 6] = np.where(np.isfinite(log_e), log_e, 0)
+    return {
+        "X": x,
+        "ytarget": y,
+        "ycand": cand,
+        "ytarget_pt_orig": pt_orig,
+        "ytarget_e_orig": e_orig,
+        "genmet": np.float32(ev["genmet"]),
+        "genjets": np.asarray(ev["genjets"], np.float32).reshape(-1, 4),
+        "targetjets": np.asarray(ev["targetjets"], np.float32).reshape(-1, 4),
+    }
+
+
+# ---------------------------------------------------------------- element counts
+
+
+def _lengths_cache_path(part: Part) -> Path:
+    files = sorted(part.folder.glob(f"{part.name}-{part.split}.array_record-*"))
+    key = json.dumps(
+        [str(part.folder.resolve()), part.split]
+        + [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return (
+        derived_dir(part.folder / "dataset_info.json", "mlpf_lengths")
+        / f"{part.split}.lengths.smilejax-{digest}.npy"
+    )
+
+
+def part_lengths(part: Part, source) -> np.ndarray:
+    """Elements per event of a part, from one pass over its records, cached as ``.npy``."""
+    path = _lengths_cache_path(part)
+    if path.exists():
+        lengths = np.load(path)
+        if lengths.shape == (len(source),):
+            return lengths
+    lengths = np.empty(len(source), np.int32)
+    chunk = 512
+    for a in tqdm(
+        range(0, len(source), chunk),
+        desc=f"element counts {part}",
+        unit="chunk",
+        disable=len(source) < 20 * chunk,
+    ):
+        records = list(range(a, min(a + chunk, len(source))))
+        lengths[a : a + len(records)] = [len(ev["X"]) for ev in source.__getitems__(records)]
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, lengths)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not cache the element counts of %s in %s: %s", part, path, err)
+    return lengths
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def source(cfg: MlpfConfig, split: str = "train", fields: Sequence[str] | None = None) -> MlpfSource:
+    src = MlpfSource(parts(cfg, split), cfg, fields)
+    if len(src) == 0:
+        raise ValueError(f"{', '.join(map(str, src.parts))}: no events")
+    return src
+
+
+def from_config(
+    src: MlpfSource,
+    cfg: MlpfConfig,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle: bool | None = None,
+):
+    """Bucketed batches: ``batch_size`` events each, or an element budget (see the module docstring)."""
+    shuffle = cfg.shuffle if shuffle is None else shuffle
+    widths = pipeline.bucket_widths(cfg.bucket_widths, max(cfg.bucket_widths))
+    options = dict(
+        batch_size=cfg.batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle=shuffle,
+        read_threads=cfg.read_threads,
+        prefetch=cfg.prefetch,
+        workers=cfg.workers,
+    )
+    if cfg.element_budget == 0:
+        return pipeline.batched(src, buckets=pipeline.Buckets(widths, src.lengths), **options)
+    sizes = pipeline.budget_sizes(widths, cfg.element_budget, cfg.batch_multiple)
+    plan = pipeline.BudgetPlan(src.lengths, widths, sizes, seed, shuffle)
+    unused = plan.unused()
+    if unused:
+        log.warning("events never read (too few to fill one batch of their width): %s", unused)
+    return pipeline.batched(src, plan=plan, **options)
+
+
+SPEC = DatasetSpec(name="mlpf_tfds", config=MlpfConfig, source=source, pipeline=from_config)
