@@ -1,15 +1,15 @@
 """Synthetic MLPF events in particleflow's CLIC dataset format (``mlpf_format``), made with numpy alone.
 
 For tests and the README demo, not physics. An event is 2-4 jets of particles (60 on average, sizes
-spread widely) around random axes plus a few neutrinos (they make ``genmet``). Each visible particle
-makes one element: charged hadrons, electrons and muons a track (elemtype 1: pT, eta, sin/cos phi, p
-smeared by 1-2 %, plausible track columns), photons and neutral hadrons a cluster (elemtype 2: energy
-smeared by 15 %/sqrt(E) or 50 %/sqrt(E), ECAL/HCAL share by type). About 8 % of clusters are noise
-without a target particle. ``ytarget`` holds the particle, so the model has something to learn (type
-from element type and ECAL/HCAL share, momentum from the smeared element); ``ycand`` is the target with
-the detector's mistakes of a rule-based reconstruction (misidentified clusters, lost electrons and
-muons, noise clusters kept). ``genjets`` and ``targetjets`` are the 4-momentum sums of each jet's
-visible generator / target particles, (pT, eta, phi, E).
+spread widely) around random axes; invisible particles balance their transverse momentum (``genmet``).
+Each visible particle makes one element: charged hadrons, electrons and muons a track (elemtype 1: pT,
+eta, sin/cos phi, p smeared by 1-2 %, plausible track columns), photons and neutral hadrons a cluster
+(elemtype 2: energy smeared by 15 %/sqrt(E) or 50 %/sqrt(E), ECAL/HCAL share by type). About 8 % of
+clusters are noise without a target particle. ``ytarget`` holds the particle, so the model has something
+to learn (type from element type and ECAL/HCAL share, momentum from the smeared element); ``ycand`` is
+the target with the detector's mistakes of a rule-based reconstruction (misidentified clusters, lost
+electrons and muons, noise clusters kept). ``genjets`` and ``targetjets`` are the 4-momentum sums of
+each jet's visible generator / target particles, (pT, eta, phi, E).
 
 ``generate(n_events, seed)`` returns events; ``default_dataset()`` writes a small set (configs 1 and
 2 of ``clic_edm_qq_pf``) once into ``$SMILEJAX_CACHE`` and returns its data directory.
@@ -25,7 +25,7 @@ import numpy as np
 from . import mlpf_format as fmt
 from .cache import cache_root
 
-VERSION = 1  # of this generator: part of the cache folder name
+VERSION = 2  # of this generator: part of the cache folder name
 _PROB = np.array([0.55, 0.12, 0.27, 0.03, 0.03])  # 211, 130, 22, 11, 13 among visible particles
 _MASS = np.array([0.1396, 0.4976, 0.0, 0.000511, 0.1057])
 _CHARGED = np.array([True, False, False, True, True])
@@ -51,8 +51,8 @@ def event(rng: np.random.Generator, mean_particles: float = 60.0) -> dict[str, n
     jet = rng.integers(0, n_jets, n)
     kind = rng.choice(5, n, p=_PROB)  # index into CLASSES[1:]
     pt = 0.3 + rng.exponential(4.0, n)
-    eta = axes_eta[jet] + rng.normal(0, 0.25, n)
-    phi = axes_phi[jet] + rng.normal(0, 0.25, n)
+    eta = axes_eta[jet] + rng.normal(0, 0.12, n)  # jets narrower than R = 0.4
+    phi = axes_phi[jet] + rng.normal(0, 0.12, n)
     p4 = _p4(pt, eta, phi, _MASS[kind])
     energy, p = p4[:, 3], np.linalg.norm(p4[:, :3], axis=1)
     charge = np.where(_CHARGED[kind], rng.choice([-1.0, 1.0], n), 0.0)
@@ -118,9 +118,7 @@ def event(rng: np.random.Generator, mean_particles: float = 60.0) -> dict[str, n
 
     x, y = _add_noise(rng, x, y)
     cand = _candidates(rng, x, y)
-    nu = rng.poisson(1.5)
-    nu_pt, nu_phi = rng.exponential(5.0, nu), rng.uniform(-np.pi, np.pi, nu)
-    genmet = np.hypot((nu_pt * np.cos(nu_phi)).sum(), (nu_pt * np.sin(nu_phi)).sum())
+    genmet = np.hypot(*p4[:, :2].sum(0))  # invisible particles balance the visible ones
     target_p4 = _p4(y[:, 2], y[:, 3], np.arctan2(y[:, 4], y[:, 5]), 0.0)
     jets = [_jet(p4[jet == j]) for j in range(n_jets)]
     tjets = [_jet(target_p4[(y[:, 12] == j) & (y[:, 0] > 0)]) for j in range(n_jets)]

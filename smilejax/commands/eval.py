@@ -15,7 +15,12 @@ def register(sub) -> None:
         "plots into --out. The evaluation is chosen by the run's model (smilejax.evaluation.<model>). "
         "GN2: b-tagging discriminant D_b = ln(p_b / (fc p_c + ftau p_tau + (1 - fc - ftau) p_light)), "
         "b-efficiency vs light- and c-rejection against an impact-parameter baseline, rejections at "
-        "the 70/77/85% working points, ROC AUC, track-origin accuracy, vertex pair efficiency/purity.",
+        "the 70/77/85% working points, ROC AUC, track-origin accuracy, vertex pair efficiency/purity. "
+        "MLPF: on the first --jets events, MLPF's particles and the rule-based PF candidates (ycand) "
+        "against the target particles: per-class (charged hadron, neutral hadron, photon, electron, muon, "
+        "any) efficiency and fake rate of elements; jets (fastjet ee_genkt R=0.4 p=-1, pT > 5 GeV) of MLPF, "
+        "PF and target particles matched to generator jets within dR < 0.1: response reco/gen pT median, "
+        "IQR/median and matched fraction; missing-pT response against genmet.",
         epilog="exit codes: 0 done, 1 failed, 2 not a run directory, no evaluator for the model, bad "
         "option or input.",
     )
@@ -24,7 +29,10 @@ def register(sub) -> None:
         "--split", default="eval", choices=["eval", "train"], help="data split (default eval)"
     )
     parser.add_argument(
-        "--jets", type=int, default=None, help="evaluate the first N jets of the split (default: all)"
+        "--jets",
+        type=int,
+        default=None,
+        help="evaluate the first N jets (MLPF: events) of the split (default: all)",
     )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument(

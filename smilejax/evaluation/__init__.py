@@ -22,15 +22,25 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_HELPERS = {"flavour", "ip_baseline", "plots", "predict", "tracks"}  # modules that are not evaluators
+_HELPERS = {
+    "flavour",
+    "ip_baseline",
+    "jets",
+    "particles",
+    "pf_plots",
+    "plots",
+    "predict",
+    "response",
+    "tracks",
+}  # modules that are not evaluators
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """What ``smilejax eval`` was asked for (the command's flags).
 
-    jets: evaluate the first ``jets`` examples of the split in file order; None = all that the split's
-        unshuffled pipeline yields (whole batches).
+    jets: evaluate the first ``jets`` examples (jets; MLPF: events) of the split in file order; None =
+        all that the split's unshuffled pipeline yields (whole batches).
     fc, ftau: background fractions of the b-tagging discriminant (ATLAS GN2v01: 0.2, 0.01).
     ip_fit_jets: training jets that fill the impact-parameter baseline's templates.
     """

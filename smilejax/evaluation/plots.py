@@ -80,7 +80,15 @@ def discriminant_by_flavour(
     return _save(fig, path)
 
 
-def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: Path) -> Path:
+def confusion_matrix(
+    confusion: np.ndarray,
+    names: list[str],
+    title: str,
+    path: Path,
+    *,
+    xlabel: str = "predicted origin",
+    ylabel: str = "true origin (tracks)",
+) -> Path:
     """Row-normalised confusion matrix (true class per row), with the fractions written in the cells."""
     counts = np.asarray(confusion, np.float64)
     rows = counts.sum(axis=1, keepdims=True)
@@ -93,8 +101,8 @@ def confusion_matrix(confusion: np.ndarray, names: list[str], title: str, path: 
             ax.text(j, i, f"{frac[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), [f"{n} ({int(r)})" for n, r in zip(names, rows[:, 0], strict=True)])
-    ax.set_xlabel("predicted origin")
-    ax.set_ylabel("true origin (tracks)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     return _save(fig, path)

@@ -43,6 +43,7 @@ def batches(
     n: int,
     *,
     desc: str = "eval",
+    unit: str = "jet",
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """(input batch, ``forward(model, batch)``) as numpy, for the first ``n`` examples of ``src`` in order.
 
@@ -62,7 +63,7 @@ def batches(
     run = jax.jit(lambda state, batch: forward(nnx.merge(graphdef, state), batch))
     pad = -batch_size % len(devices)
 
-    with tqdm(total=n, desc=desc, unit="jet", disable=not cfg.logging.progress, dynamic_ncols=True) as bar:
+    with tqdm(total=n, desc=desc, unit=unit, disable=not cfg.logging.progress, dynamic_ncols=True) as bar:
         done = 0
         while done < n:
             batch = next(stream)
