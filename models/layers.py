@@ -176,7 +176,9 @@ def _chunked_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, chunk_size: int
 ) -> jax.Array:
     t = q.shape[1]
-    if t <= chunk_size:
+    # A symbolic element count (an export for any event size) cannot be cut into a static number of
+    # blocks; inference holds no backward-pass activations, so the plain computation is what it needs.
+    if not isinstance(t, int) or t <= chunk_size:
         return _math_attention(q, k, v, valid, None)
     n = -(-t // chunk_size)
     q = jnp.pad(q, ((0, 0), (0, n * chunk_size - t), (0, 0), (0, 0)))

@@ -147,3 +147,34 @@ def tiny_gn2_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_gn2") / "run"
     train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
     return run_dir
+
+
+# An MLPF small enough to train in seconds on the synthetic set (data.path null); one bucket width, so
+# one compiled shape for training and one for evaluation.
+TINY_MLPF = [
+    "model.num_convs=1",
+    "model.num_heads=2",
+    "model.head_dim=8",
+    "data.configs=[1]",
+    "data.bucket_widths=[512]",
+    "data.element_budget=0",
+    "data.batch_size=16",
+    "data.read_threads=1",
+    "train.precision=fp32",
+    "run.steps=2",
+    "run.log_every=1",
+    "run.checkpoint_every=0",
+    "run.eval_every=0",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_mlpf_run(tmp_path_factory) -> Path:
+    """One tiny MLPF run (checkpoint at step 2) shared by the evaluation and serving tests."""
+    from smilejax import config, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_mlpf") / "run"
+    train.train(config.load("mlpf", [*TINY_MLPF, f"run.dir={run_dir}"]))
+    return run_dir

@@ -244,34 +244,10 @@ def test_plots_write_pngs(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
-# An MLPF small enough to train in seconds on the synthetic set (data.path null); one bucket width, so
-# one compiled shape for training and one for evaluation.
-TINY_MLPF = [
-    "model.num_convs=1",
-    "model.num_heads=2",
-    "model.head_dim=8",
-    "data.configs=[1]",
-    "data.bucket_widths=[512]",
-    "data.element_budget=0",
-    "data.batch_size=16",
-    "data.read_threads=1",
-    "train.precision=fp32",
-    "run.steps=2",
-    "run.log_every=1",
-    "run.checkpoint_every=0",
-    "run.eval_every=0",
-    "logging.tensorboard=false",
-    "logging.progress=false",
-]
-
 
 @pytest.fixture(scope="module")
-def mlpf_run(tmp_path_factory):
-    from smilejax import config, train
-
-    run_dir = tmp_path_factory.mktemp("tiny_mlpf") / "run"
-    train.train(config.load("mlpf", [*TINY_MLPF, f"run.dir={run_dir}"]))
-    return run_dir
+def mlpf_run(tiny_mlpf_run):
+    return tiny_mlpf_run
 
 
 def test_eval_reads_every_field_and_fixed_batches_of_events():

@@ -9,7 +9,7 @@ import pytest
 
 from smilejax import config, train
 
-TINY_MLPF = [
+BUDGET_MLPF = [
     "model.num_convs=1",
     "model.num_heads=2",
     "model.head_dim=8",
@@ -36,7 +36,7 @@ def _losses(run_dir) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mlpf") / "straight"
-    result = train.train(config.load("mlpf", [*TINY_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
+    result = train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
     return run_dir, result
 
 
@@ -55,9 +55,9 @@ def test_mlpf_trains_on_budget_batches(straight):
 def test_mlpf_resumes_exactly_with_budget_batches(straight, tmp_path):
     run_dir = tmp_path / "resumed"
     train.train(
-        config.load("mlpf", [*TINY_MLPF, "run.steps=4", "run.checkpoint_every=4", f"run.dir={run_dir}"])
+        config.load("mlpf", [*BUDGET_MLPF, "run.steps=4", "run.checkpoint_every=4", f"run.dir={run_dir}"])
     )
-    train.train(config.load("mlpf", [*TINY_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
+    train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
     want, got = _losses(straight[0]), _losses(run_dir)
     for step in range(5, 9):
         assert got[step] == pytest.approx(want[step], rel=1e-5), step

@@ -1,0 +1,69 @@
+"""The exported MLPF served by a real Triton server: outputs equal the in-process model for events of
+several sizes (JAX with a symbolic element axis; ONNX at its fixed element count)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smilejax import trained
+from tests.conftest import free_port
+from tests.test_export import SERVE_HINT, assert_equal_outputs
+from tests.test_serve import INSTALL, client
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_mlpf_run):
+    try:
+        from smilejax.serve import repository
+        from smilejax.serve.server import TritonServer, find_binary
+
+        find_binary()
+    except ImportError as err:
+        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
+    except FileNotFoundError as err:
+        pytest.fail(f"{err} (CI: {INSTALL})")
+    root = tmp_path_factory.mktemp("serve_mlpf")
+    meta = repository.build(
+        tiny_mlpf_run, root / "repo", options=repository.TritonOptions(max_batch_size=8, kind="cpu")
+    )
+    server = TritonServer(
+        root / "repo", http_port=free_port(), grpc_port=free_port(), exit_timeout_s=5, log_file=root / "t.log"
+    )
+    with server:
+        yield server, trained.load(tiny_mlpf_run), meta
+    assert server.process.returncode == 0, (root / "t.log").read_text()[-3000:]
+
+
+def _events(tm, size: int, elements: int) -> dict[str, np.ndarray]:
+    """``size`` evaluation events of the run's own data, cut or padded to ``elements`` slots."""
+    from smilejax.inputs import mlpf_tfds
+
+    src = mlpf_tfds.source(tm.cfg.data, "eval")
+    order = np.argsort(src.lengths, kind="stable")[:size]  # the smallest events fit any width here
+    batch = src.read(np.sort(order), width=max(elements, int(src.lengths[order].max())))
+    return {"X": batch["X"][:, :elements], "mask": batch["mask"][:, :elements]}
+
+
+@pytest.mark.parametrize(
+    "model, cases", [("mlpf_jax", [(1, 64), (3, 128), (5, 512)]), ("mlpf_onnx", [(2, 512)])]
+)
+def test_served_mlpf_equals_the_in_process_model(served, model, cases):
+    server, tm, _ = served
+    with client(server, model, "grpc") as c:
+        meta = c.metadata()
+        assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("X", "FP32"), ("mask", "BOOL")]
+        for size, elements in cases:
+            events = _events(tm, size, elements)
+            assert events["mask"].any(axis=1).all()
+            got = c.infer(events)
+            assert got["pid_logits"].shape == (size, elements, 6)
+            want = jax.device_get(tm.model(jnp.asarray(events["X"]), jnp.asarray(events["mask"])))
+            if model == "mlpf_onnx":  # ONNX Runtime's own kernels: float32 rounding, not a different function
+                assert set(got) == set(want)
+                for name, ref in want.items():
+                    np.testing.assert_allclose(got[name], ref, rtol=1e-4, atol=1e-5, err_msg=name)
+            else:
+                assert_equal_outputs(got, want)
