@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import uuid
 from pathlib import Path
 
 
@@ -18,3 +20,17 @@ def derived_dir(path: str | os.PathLike, kind: str) -> Path:
     writable (they travel with the data), else ``cache_root()/kind`` (read-only shared datasets)."""
     here = Path(path).resolve().parent
     return here if os.access(here, os.W_OK) else cache_root() / kind
+
+
+def save_array(path: Path, array, what: str) -> None:
+    """Cache ``array`` as ``.npy`` at ``path`` via a temporary file and a rename, so a concurrent reader
+    never sees half a file; a cache that cannot be written only warns (``what`` names it)."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as err:
+        logging.getLogger(__name__).warning("could not cache %s in %s: %s", what, path, err)

@@ -88,7 +88,7 @@ import yaml
 from tqdm import tqdm
 
 from . import pipeline
-from .cache import derived_dir
+from .cache import derived_dir, save_array
 from .spec import Batch, DataConfig, DatasetSpec
 
 try:  # registers the LZ4/Zstd/Blosc filters atlas-ftag-tools' H5Writer compresses with (default "lz4")
@@ -910,13 +910,7 @@ def file_track_counts(info: _FileInfo, cfg: FtagConfig) -> np.ndarray:
             except (OSError, RuntimeError) as err:
                 msg = f"{info.path}: reading tracks/valid rows {a}..{b - 1} failed: {err}"
                 raise ValueError(msg) from err
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, counts)
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not cache the track counts of %s in %s: %s", info.path, path, err)
+    save_array(path, counts, f"the track counts of {info.path}")
     return counts
 
 

@@ -58,8 +58,6 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 import dataclasses
 import importlib.util
 import logging
-import multiprocessing as mp
-import queue as queue_mod
 import shutil
 import time
 import traceback
@@ -69,6 +67,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import workers as workers_mod
 from .ftag_synthetic import (
     FLAVOUR_NAMES,
     FROM_B,
@@ -536,58 +535,11 @@ def _work(seed: int, worker: int, n_jets: int, path: str, messages) -> None:
                 _append(jets, j[:take])
                 _append(tracks, t[:take])
                 done += take
-                messages.put(("jets", worker, take))
+                messages.put(("progress", worker, take))
             f.attrs["n_events"] = gen.events
         messages.put(("done", worker, (gen.events, time.process_time())))
     except BaseException:
         messages.put(("error", worker, traceback.format_exc()))
-
-
-def _shares(n_jets: int, workers: int) -> list[int]:
-    return [n_jets // workers + (k < n_jets % workers) for k in range(workers)]
-
-
-def _run_workers(seed: int, shares: list[int], parts: list[Path], progress: bool) -> tuple[int, float]:
-    """Run the workers with a tqdm bar of jets; returns (events generated, CPU seconds of the workers)."""
-    from tqdm import tqdm
-
-    ctx = mp.get_context("spawn")  # never fork a parent that may hold JAX or HDF5 threads
-    messages = ctx.Queue()
-    procs = {
-        k: ctx.Process(target=_work, args=(seed, k, n, str(parts[k]), messages), daemon=True)
-        for k, n in enumerate(shares)
-        if n > 0
-    }
-    for proc in procs.values():
-        proc.start()
-    events, cpu, pending = 0, 0.0, set(procs)
-    bar = tqdm(total=sum(shares), unit="jet", desc="pythia tt̄", disable=not progress, smoothing=0.1)
-    try:
-        while pending:
-            try:
-                kind, worker, value = messages.get(timeout=1.0)
-            except queue_mod.Empty:
-                dead = [k for k in pending if not procs[k].is_alive() and procs[k].exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"ftag-pythia worker {dead[0]} died (exit code {procs[dead[0]].exitcode})"
-                    ) from None
-                continue
-            if kind == "jets":
-                bar.update(value)
-            elif kind == "done":
-                events += value[0]
-                cpu += value[1]
-                pending.discard(worker)
-            else:
-                raise RuntimeError(f"ftag-pythia worker {worker} failed:\n{value}")
-    finally:
-        bar.close()
-        for proc in procs.values():
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(timeout=30)
-    return events, cpu
 
 
 def _merge(parts: list[Path], out: Path, n_jets: int, attrs: dict) -> None:
@@ -635,10 +587,13 @@ def make(
     tmp = path.with_name(f".{path.name}.{tag}.tmp")
     tmp_dir.mkdir()
     try:
-        shares = _shares(n_jets, workers)
+        shares = workers_mod.shares(n_jets, workers)
         parts = [tmp_dir / f"part-{k:03d}.h5" for k in range(workers)]
         t0 = time.perf_counter()
-        events, cpu = _run_workers(seed, shares, parts, progress)
+        args = {k: (seed, k, n, str(parts[k])) for k, n in enumerate(shares) if n > 0}
+        events, cpu = workers_mod.run(
+            _work, args, n_jets, unit="jet", desc="pythia tt̄", progress=progress, name="ftag-pythia"
+        )
         seconds = time.perf_counter() - t0
         attrs = {
             "generator": f"smilejax.inputs.ftag_pythia v{VERSION} (pythia8mc tt̄ 13 TeV, anti-kt 0.4)",

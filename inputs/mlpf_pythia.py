@@ -76,9 +76,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import re
 import shutil
 import sys
@@ -91,7 +89,8 @@ from pathlib import Path
 import numpy as np
 
 from . import mlpf_format as fmt
-from .ftag_pythia import _cross, _kinematics, _Record, _record, _seeds, _shares, _wrap, require_generators
+from . import workers as workers_mod
+from .ftag_pythia import _cross, _kinematics, _Record, _record, _seeds, _wrap, require_generators
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -693,53 +692,10 @@ def _work(seed: int, worker: int, n_events: int, part_dir: str, messages) -> Non
         gen = Generator(*_seeds(seed, worker))
         for b, events in enumerate(_produce(gen, n_events)):
             _save_part(Path(part_dir) / f"part-{worker:03d}-{b:06d}.npz", events)
-            messages.put(("events", worker, len(events)))
+            messages.put(("progress", worker, len(events)))
         messages.put(("done", worker, (gen.events, time.process_time())))
     except BaseException:
         messages.put(("error", worker, traceback.format_exc()))
-
-
-def _run_workers(seed: int, shares: list[int], part_dir: Path, progress: bool) -> tuple[int, float]:
-    """Run the workers with a tqdm bar of events; returns (Pythia events, CPU seconds of the workers)."""
-    from tqdm import tqdm
-
-    ctx = mp.get_context("spawn")  # never fork a parent that may hold JAX or TFDS threads
-    messages = ctx.Queue()
-    procs = {
-        k: ctx.Process(target=_work, args=(seed, k, n, str(part_dir), messages), daemon=True)
-        for k, n in enumerate(shares)
-        if n > 0
-    }
-    for proc in procs.values():
-        proc.start()
-    events, cpu, pending = 0, 0.0, set(procs)
-    bar = tqdm(total=sum(shares), unit="event", desc="pythia ee->qq", disable=not progress, smoothing=0.1)
-    try:
-        while pending:
-            try:
-                kind, worker, value = messages.get(timeout=1.0)
-            except queue_mod.Empty:
-                dead = [k for k in pending if not procs[k].is_alive() and procs[k].exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"mlpf-pythia worker {dead[0]} died (exit code {procs[dead[0]].exitcode})"
-                    ) from None
-                continue
-            if kind == "events":
-                bar.update(value)
-            elif kind == "done":
-                events += value[0]
-                cpu += value[1]
-                pending.discard(worker)
-            else:
-                raise RuntimeError(f"mlpf-pythia worker {worker} failed:\n{value}")
-    finally:
-        bar.close()
-        for proc in procs.values():
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(timeout=30)
-    return events, cpu
 
 
 def _stream(parts: list[Path], start: int, stop: int) -> Iterator[Arrays]:
@@ -804,7 +760,14 @@ def make(
     part_dir.mkdir()
     try:
         t0 = time.perf_counter()
-        pythia_events, cpu = _run_workers(seed, _shares(n_events, workers), part_dir, progress)
+        args = {
+            k: (seed, k, n, str(part_dir))
+            for k, n in enumerate(workers_mod.shares(n_events, workers))
+            if n > 0
+        }
+        pythia_events, cpu = workers_mod.run(
+            _work, args, n_events, unit="event", desc="pythia ee->qq", progress=progress, name="mlpf-pythia"
+        )
         seconds = time.perf_counter() - t0
         parts = sorted(part_dir.glob("part-*.npz"))
         description = (

@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 from . import mlpf_format as fmt
 from . import pipeline
-from .cache import derived_dir
+from .cache import derived_dir, save_array
 from .spec import Batch, DataConfig, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -380,13 +379,7 @@ def part_lengths(part: Part, source) -> np.ndarray:
     ):
         records = list(range(a, min(a + chunk, len(source))))
         lengths[a : a + len(records)] = [len(ev["X"]) for ev in source.__getitems__(records)]
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, lengths)
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("could not cache the element counts of %s in %s: %s", part, path, err)
+    save_array(path, lengths, f"the element counts of {part}")
     return lengths
 
 

@@ -19,6 +19,7 @@ _NOT_PLUGINS = {
     "layers",
     "pipeline",
     "cache",
+    "workers",
     "ftag_synthetic",
     "ftag_pythia",
     "mlpf_format",

@@ -3,6 +3,7 @@ clear errors for bad requests, a concurrent load without failures, TLS + a requi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, p
 INSTALL = "bash launch/install_triton.sh"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_gn2_run):
+@contextlib.contextmanager
+def triton_serving(run_dir, root, options):
+    """A Triton server on free local ports over a repository exported from ``run_dir``; it must stop
+    cleanly. Fails (never skips) when Triton or the serving packages are missing."""
     try:
         from smilejax.serve import repository
         from smilejax.serve.server import TritonServer, find_binary
@@ -30,10 +33,7 @@ def served(tmp_path_factory, tiny_gn2_run):
         pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
     except FileNotFoundError as err:
         pytest.fail(f"{err} (CI: {INSTALL})")
-    root = tmp_path_factory.mktemp("serve")
-    # A long queue delay so that concurrent single-jet requests surely meet in the dynamic batcher.
-    options = repository.TritonOptions(max_batch_size=32, max_queue_delay_us=20_000, kind="cpu")
-    repository.build(tiny_gn2_run, root / "repo", options=options)
+    repository.build(run_dir, root / "repo", options=options)
     server = TritonServer(
         root / "repo",
         http_port=free_port(),
@@ -42,8 +42,19 @@ def served(tmp_path_factory, tiny_gn2_run):
         log_file=root / "triton.log",
     )
     with server:
-        yield server, trained.load(tiny_gn2_run), root
+        yield server
     assert server.process.returncode == 0, (root / "triton.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_gn2_run):
+    from smilejax.serve import repository
+
+    root = tmp_path_factory.mktemp("serve")
+    # A long queue delay so that concurrent single-jet requests surely meet in the dynamic batcher.
+    options = repository.TritonOptions(max_batch_size=32, max_queue_delay_us=20_000, kind="cpu")
+    with triton_serving(tiny_gn2_run, root, options) as server:
+        yield server, trained.load(tiny_gn2_run), root
 
 
 def client(server, model: str, protocol: str, **kwargs):

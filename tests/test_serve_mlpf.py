@@ -9,32 +9,17 @@ import numpy as np
 import pytest
 
 from smilejax import trained
-from tests.conftest import free_port
-from tests.test_export import SERVE_HINT, assert_equal_outputs
-from tests.test_serve import INSTALL, client
+from tests.test_export import assert_equal_outputs
+from tests.test_serve import client, triton_serving
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_mlpf_run):
-    try:
-        from smilejax.serve import repository
-        from smilejax.serve.server import TritonServer, find_binary
+    from smilejax.serve import repository
 
-        find_binary()
-    except ImportError as err:
-        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
-    except FileNotFoundError as err:
-        pytest.fail(f"{err} (CI: {INSTALL})")
-    root = tmp_path_factory.mktemp("serve_mlpf")
-    meta = repository.build(
-        tiny_mlpf_run, root / "repo", options=repository.TritonOptions(max_batch_size=8, kind="cpu")
-    )
-    server = TritonServer(
-        root / "repo", http_port=free_port(), grpc_port=free_port(), exit_timeout_s=5, log_file=root / "t.log"
-    )
-    with server:
-        yield server, trained.load(tiny_mlpf_run), meta
-    assert server.process.returncode == 0, (root / "t.log").read_text()[-3000:]
+    options = repository.TritonOptions(max_batch_size=8, kind="cpu")
+    with triton_serving(tiny_mlpf_run, tmp_path_factory.mktemp("serve_mlpf"), options) as server:
+        yield server, trained.load(tiny_mlpf_run)
 
 
 def _events(tm, size: int, elements: int) -> dict[str, np.ndarray]:
@@ -51,7 +36,7 @@ def _events(tm, size: int, elements: int) -> dict[str, np.ndarray]:
     "model, cases", [("mlpf_jax", [(1, 64), (3, 128), (5, 512)]), ("mlpf_onnx", [(2, 512)])]
 )
 def test_served_mlpf_equals_the_in_process_model(served, model, cases):
-    server, tm, _ = served
+    server, tm = served
     with client(server, model, "grpc") as c:
         meta = c.metadata()
         assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("X", "FP32"), ("mask", "BOOL")]
