@@ -13,7 +13,8 @@
 #
 # torch is pinned to the CPU build (2.13.0+cpu): where no such wheel is on disk or on an index pip
 # knows (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL), the install fails fast instead of downloading a CUDA
-# build of several GB. Override with MLPF_REF_TORCH=... and MLPF_REF_PYTHON=... (a Python 3.11).
+# build of several GB. Override with MLPF_REF_TORCH=... (e.g. a CUDA build, for `smilejax bench train
+# mlpf` on a GPU) and MLPF_REF_PYTHON=... (a Python 3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ WANT="$TORCH $PARTICLEFLOW numpy pydantic pyyaml psutil tensorflow-datasets==4.9
 
 check() {
   PYTHONPATH=tests/mlpf_reference/stubs "$ENV_DIR/bin/python" -c \
-    'import torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils, mlpf.model.PFDataset; assert torch.version.cuda is None, torch.version.cuda' \
+    "import os, torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils, mlpf.model.PFDataset; assert 'MLPF_REF_TORCH' in os.environ or torch.version.cuda is None, torch.version.cuda" \
     2>/dev/null
 }
 

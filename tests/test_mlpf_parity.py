@@ -31,6 +31,7 @@ import pytest
 from flax import nnx
 from smilejax.models import mlpf
 
+from smilejax.bench import _mlpf_peer
 from tests.conftest import ROOT
 from tests.mlpf_reference.events import random_events
 
@@ -74,39 +75,11 @@ RUNS = {  # name: (config, [(seed, batch, elements)], case whose gradients are c
 
 
 def particleflow_config(cfg: mlpf.MLPFConfig) -> dict:
-    """particleflow's ``MLPFConfig`` mapping for our config (its attention model, MATH kernel on CPU)."""
-    attention = {
-        "num_convs": cfg.num_convs,
-        "num_heads": cfg.num_heads,
-        "head_dim": cfg.head_dim,
-        "embedding_dim": cfg.embed,
-        "width": cfg.embed,
-        "activation": cfg.activation,
-        "use_pre_layernorm": cfg.use_pre_layernorm,
-        "attention_type": "math",
-        "dropout_ff": cfg.dropout_ff,
-        **{
-            f"dropout_conv_{s}_{p}": getattr(cfg, f"dropout_conv_{s}_{p}")
-            for s in ("id", "reg")
-            for p in ("mha", "ff")
-        },
-    }
-    model = {
-        "type": "attention",
-        "input_encoding": cfg.input_encoding,
-        "learned_representation_mode": cfg.learned_representation_mode,
-        **{f"{m}_mode": getattr(cfg, f"{m}_mode") for m in mlpf.MOMENTUM},
-        "attention": attention,
-    }
-    return {
-        "dataset": "clic",
-        "data_dir": ".",
-        "conv_type": "attention",
-        "input_dim": cfg.input_dim,
-        "num_classes": cfg.num_classes,
-        "elemtypes_nonzero": list(cfg.elemtypes_nonzero),
-        "model": model,
-    }
+    """particleflow's ``MLPFConfig`` mapping for our config, as the benchmark sends it, with the MATH
+    attention kernel (the one particleflow runs on CPU)."""
+    out = _mlpf_peer.particleflow_config(cfg)
+    out["model"]["attention"]["attention_type"] = "math"
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """What ``bench train`` needs to know of a model beyond its ``ModelSpec`` and its synthetic labels
 (``_synthetic.LABELS``): which config field sets the padded set length, and its PyTorch peer (a script
-run by another interpreter). A model without an entry is timed at its configured shapes, without
-buckets and without a peer.
+run by another interpreter), or the module of a study of its own. A model without an entry is timed at
+its configured shapes, without buckets and without a peer.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ class Adapter:
     length_field: str | None = None  # model config field: the padded set length (None: no bucketing)
     torch_script: Path | None = None  # PyTorch peer, run as a script (``--help`` gives its arguments)
     torch_config: Callable[[Any], dict] | None = None  # model config -> the peer's --model JSON
+    study: str | None = None  # module whose ``run(cfg, args)`` replaces the generic study
 
 
 def _gn2_torch_config(cfg: Any) -> dict:
@@ -31,6 +32,7 @@ ADAPTERS: dict[str, Adapter] = {
         torch_script=Path(__file__).with_name("_torch_gn2.py"),
         torch_config=_gn2_torch_config,
     ),
+    "mlpf": Adapter(study="smilejax.bench._train_mlpf"),  # shapes, valid elements, particleflow itself
 }
 
 

@@ -65,3 +65,48 @@ def batch(spec: ModelSpec, model_cfg: Any, size: int, seed: int) -> Batch:
         else:
             inputs[name] = np.zeros(shape, dtype)
     return {**inputs, **LABELS[spec.name](model_cfg, inputs, rng)}
+
+
+def mlpf_events(seed: int, events: int, elements: int) -> Batch:
+    """``events`` CLIC-like MLPF events padded to ``elements`` (``X`` [B, N, 17], ``mask``, ``ytarget``
+    [B, N, 13], particleflow's layout: see ``models/mlpf.py``).
+
+    Each event has a uniform N/2..N real elements (tracks, then clusters), so a batch is about 75% full
+    (particleflow's CLIC samples pad events of a few hundred elements the same way); about 70% of the
+    elements have a target particle. Padded rows are zero, as particleflow's loader writes them.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (events, elements)
+    n_real = rng.integers(max(1, elements // 2), elements + 1, size=(events, 1))
+    n_tracks = rng.binomial(n_real, 0.4)
+    slot = np.arange(elements)
+    valid = slot < n_real
+    pt, eta = rng.lognormal(0.0, 1.0, shape), rng.normal(0.0, 1.5, shape)
+    phi = rng.uniform(-np.pi, np.pi, shape)
+    X = np.concatenate(
+        [
+            np.where(slot < n_tracks, 1.0, 2.0)[..., None],  # element type: track, cluster
+            np.stack([pt, eta, np.sin(phi), np.cos(phi)], axis=-1),
+            (pt * np.cosh(eta) * rng.uniform(1.0, 1.2, shape))[..., None],  # track p / cluster E
+            rng.normal(size=(*shape, 11)),
+        ],
+        axis=-1,
+    )
+    cls = rng.choice(6, size=shape, p=[0.3, 0.3, 0.1, 0.2, 0.05, 0.05])  # none, 211, 130, 22, 11, 13
+    phi_t = phi + rng.normal(0.0, 0.05, shape)
+    target = np.stack(
+        [
+            cls,
+            rng.integers(-1, 2, size=shape),  # charge
+            rng.normal(0.0, 0.2, shape),  # log(pT_target / pT_element)
+            eta + rng.normal(0.0, 0.05, shape),
+            np.sin(phi_t),
+            np.cos(phi_t),
+            rng.normal(0.0, 0.2, shape),  # log(E_target / E_element)
+        ],
+        axis=-1,
+    )
+    particle = valid & (cls != 0)
+    y = np.zeros((*shape, 13), np.float32)
+    y[..., :7] = np.where(particle[..., None], target, 0.0)
+    return {"X": np.where(valid[..., None], X, 0.0).astype(np.float32), "mask": valid, "ytarget": y}

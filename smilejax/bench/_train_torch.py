@@ -95,11 +95,12 @@ def rows(
     return out, {"torch": result["torch"], "torch_device": result["device"], "torch_python": result["python"]}
 
 
-def _run_echoing(command: list[str]) -> tuple[int, list[str]]:
-    """Runs ``command``, passing its stderr through as it comes (torch.compile takes minutes);
-    returns the exit code and the last 20 lines of stderr."""
+def _run_echoing(command: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Runs ``command`` (in ``env``, default this process's), passing its stderr through as it comes
+    (torch.compile takes minutes); returns the exit code and the last 20 lines of stderr."""
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+    pipes = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with subprocess.Popen(command, **pipes, text=True, env=env) as proc:
         for line in proc.stderr:
             sys.stderr.write(f"[torch] {line}")
             tail.append(line.rstrip())

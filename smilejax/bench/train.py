@@ -8,13 +8,20 @@ repeat (``block_until_ready`` at the end of each repeat; the median repeat count
 peer, when it has one and ``--torch-python`` names an interpreter with torch, first trains the same
 shapes in a subprocess (eager and ``torch.compile``, bf16 autocast) and returns JSON; every row is then also
 given as a ratio to PyTorch eager at the padded length, measured in the same run.
+
+MLPF (``smilejax bench train mlpf``) has its own study (``_train_mlpf.py``): several shapes
+(``--shape ELEMENTSxEVENTS``, default 256x128 and 1024x32), events/s and valid elements/s, and
+particleflow 3.1.0 itself as the reference (``--impls jax,torch-eager,torch-compile``), trained on the
+same batches in its own environment (``SMILEJAX_MLPF_REF`` or ``.mlpf-ref``; ``make reference``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
+from collections.abc import Callable
 
 from smilejax.commands.common import OVERRIDES_HELP
 
@@ -44,8 +51,10 @@ def register(sub) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="packaged config (gn2), YAML config, or model name")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
-    parser.add_argument("--batch", type=int, default=4000, help="global batch (default 4000)")
-    parser.add_argument("--tracks", type=int, help="padded set length (default: the model config's)")
+    parser.add_argument("--batch", type=int, help="global batch (default 4000; mlpf: events, see --shape)")
+    parser.add_argument(
+        "--tracks", type=int, help="padded set length (default: the model config's; mlpf: elements)"
+    )
     parser.add_argument(
         "--bucket",
         type=int,
@@ -58,20 +67,57 @@ def register(sub) -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median counts")
     parser.add_argument(
-        "--torch-python", metavar="PATH", help="interpreter with torch for the PyTorch peer (default: skip)"
+        "--torch-python",
+        metavar="PATH",
+        help="interpreter with torch for the PyTorch peer (default: skip; mlpf: the particleflow env)",
     )
-    parser.add_argument("--torch-modes", default="eager,compile", help="PyTorch modes (eager,compile)")
-    parser.add_argument("--out", default="bench-results/train", help="folder for JSON, table and plot")
+    parser.add_argument("--torch-modes", help="PyTorch modes (default eager,compile; mlpf: see --impls)")
+    parser.add_argument("--out", help="folder for JSON, table and plot (default bench-results/train[-mlpf])")
+    mlpf = parser.add_argument_group("mlpf only")
+    mlpf.add_argument(
+        "--shape",
+        nargs="+",
+        action="extend",
+        metavar="NxB",
+        help="max elements x events per batch (default 256x128 1024x32)",
+    )
+    mlpf.add_argument("--impls", help="of jax,torch-eager,torch-compile (default all three)")
+    mlpf.add_argument("--warmup", type=int, help="untimed steps first, each side (default 5)")
+    mlpf.add_argument("--attention", help="JAX attention: math, chunked or cudnn, comma-separated")
+    mlpf.add_argument(
+        "--torch-attention",
+        choices=("auto", "math", "efficient", "flash"),
+        help="particleflow's attention_type (default auto: flash on CUDA in bf16, efficient in fp32, "
+        "math on CPU)",
+    )
     parser.set_defaults(run=run)
 
 
+MLPF_ONLY = ("shape", "impls", "warmup", "attention", "torch_attention")
+GENERIC_ONLY = ("bucket", "torch_modes")
+
+
 def run(args: argparse.Namespace) -> int:
-    from smilejax.bench import _train_jax, _train_torch, common
+    from smilejax import registry
+    from smilejax.bench import _models, _train_jax, _train_torch, common
     from smilejax.bench._target import load_config
 
-    if args.batch < 1 or args.steps < 1 or args.repeats < 1:
+    if (args.batch is not None and args.batch < 1) or args.steps < 1 or args.repeats < 1:
         raise SystemExit("--batch, --steps and --repeats must be at least 1")
     cfg = load_config(args.model, args.overrides)
+    study = _models.adapter(registry.model(cfg.model.name).name).study
+    others = MLPF_ONLY if study is None else GENERIC_ONLY
+    wrong = [f"--{k.replace('_', '-')}" for k in others if getattr(args, k) not in (None, [])]
+    if wrong:
+        raise SystemExit(f"{', '.join(wrong)}: not an option of bench train {cfg.model.name}")
+    if study is not None:
+        args.out = args.out or f"bench-results/train-{cfg.model.name}"
+        args.impls = args.impls or "jax,torch-eager,torch-compile"
+        args.warmup = 5 if args.warmup is None else args.warmup
+        args.torch_attention = args.torch_attention or "auto"
+        return importlib.import_module(study).run(cfg, args)
+    args.batch, args.out = args.batch or 4000, args.out or "bench-results/train"
+    args.torch_modes = args.torch_modes or "eager,compile"
     _, padded, widths = _train_jax.lengths(cfg, args)
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
     measured = _train_jax.measure(cfg, args)
@@ -84,7 +130,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if peer.failed else 0
 
 
-def _plot(rows: list[dict], path: os.PathLike, title: str) -> None:
+def _gn2_label(r: dict) -> str:
+    return f"{r['impl']} {r['mode']}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
+
+
+def _plot(
+    rows: list[dict],
+    path: os.PathLike,
+    title: str,
+    *,
+    value: str = "samples_per_s",
+    label: Callable[[dict], str] = _gn2_label,
+    ylabel: str = "samples / s (one training step)",
+) -> None:
     try:
         import matplotlib
     except ImportError:  # a bare GPU node: the JSON and the table are written already
@@ -93,13 +151,13 @@ def _plot(rows: list[dict], path: os.PathLike, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r.get("samples_per_s")]
-    labels = [f"{r['impl']} {r['mode']}\n{r['tracks']} {'tracks' if r['tracks'] else ''}" for r in done]
-    colors = {"jax": "tab:blue", "torch": "tab:orange"}
+    done = [r for r in rows if r.get(value)]
+    colors = {"jax": "tab:blue", "torch": "tab:orange"}  # impl "torch-eager" etc.: torch
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(done)), 4))
-    bars = ax.bar(labels, [r["samples_per_s"] for r in done], color=[colors[r["impl"]] for r in done])
-    ax.bar_label(bars, labels=[f"{r['samples_per_s']:.3g}" for r in done], fontsize=8)
-    ax.set_ylabel("samples / s (one training step)")
+    bar_colors = [colors[r["impl"].split("-")[0]] for r in done]
+    bars = ax.bar([label(r) for r in done], [r[value] for r in done], color=bar_colors)
+    ax.bar_label(bars, labels=[f"{r[value]:.3g}" for r in done], fontsize=8)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()

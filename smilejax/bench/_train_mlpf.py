@@ -1,0 +1,342 @@
+"""``smilejax bench train mlpf``: one MLPF training step in JAX against particleflow's own, same batches.
+
+For each shape (``--shape ELEMENTSxEVENTS``; default 256x128 and 1024x32) the study makes ``BATCHES``
+synthetic batches of CLIC-like events (``_synthetic.mlpf_events``: N/2..N real elements per event,
+padded to N) and writes them to an .npz. particleflow 3.1.0 trains on them first, in its own
+environment (``_mlpf_peer``, ``_mlpf_reference.py``: eager and ``torch.compile``; its real
+``mlpf_loss``; AdamW), and hands back its initial weights. Then the program that ``smilejax train`` runs
+(``steps.build``: forward, the ported ``mlpf_loss``, backward, AdamW) loads those weights and trains on
+the same batches, already on the devices, once per ``--attention`` implementation. bf16 is the JAX
+model's compute dtype (float32 parameters) and autocast on particleflow's side; the learning rate is
+``optimizer.lr``, constant, on both sides.
+
+Both sides step through the batches in the same order: ``--warmup`` steps, then ``--repeats`` timed runs
+of ``--steps`` steps (the median counts). Rates are events/s and valid (unpadded) elements/s; the ratios
+are against particleflow eager and against its best mode at the same shape. ``first_loss`` (batch 0,
+untrained weights) and ``last_loss`` (the last timed step) of JAX and particleflow eager are compared in
+the JSON (``loss_vs_ref_eager``): in fp32 they agree to float rounding (the port's parity), which shows
+that both trained the same model on the same batches. ``mem_gb``: JAX's compiled step (arguments,
+outputs, temporaries), PyTorch's peak allocated memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smilejax.bench import _mlpf_peer, _synthetic, common
+from smilejax.config import Config, ConfigError
+from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS
+
+log = logging.getLogger(__name__)
+
+PRESETS = ((256, 128), (1024, 32))  # (max elements, events per batch)
+BATCHES = 4  # distinct batches per shape, cycled through
+IMPLS = ("jax", "torch-eager", "torch-compile")
+COLUMNS = [
+    "impl",
+    "attention",
+    "elements",
+    "events",
+    "valid_per_event",
+    "ms_per_step",
+    "events_per_s",
+    "valid_elements_per_s",
+    "vs_ref_eager",
+    "vs_ref_best",
+    "first_loss",
+    "mem_gb",
+    "mfu",
+    "note",
+]
+
+
+def shapes(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(elements, events) pairs from ``--shape``, or ``--tracks`` / ``--batch``, or the presets."""
+    if args.shape and (args.tracks or args.batch):
+        raise SystemExit("mlpf: give --shape ELEMENTSxEVENTS or --tracks/--batch, not both")
+    if args.tracks or args.batch:
+        return [(args.tracks or PRESETS[0][0], args.batch or PRESETS[0][1])]
+    out = []
+    for text in args.shape or [f"{n}x{b}" for n, b in PRESETS]:
+        n, sep, b = text.lower().partition("x")
+        if not (sep and n.isdigit() and b.isdigit() and int(n) > 0 and int(b) > 0):
+            raise SystemExit(f"--shape {text}: expected ELEMENTSxEVENTS, such as 256x128")
+        out.append((int(n), int(b)))
+    return list(dict.fromkeys(out))
+
+
+def impls(text: str) -> list[str]:
+    chosen = [i.strip() for i in text.split(",") if i.strip()]
+    unknown = [i for i in chosen if i not in IMPLS]
+    if unknown or not chosen:
+        raise SystemExit(f"--impls {text}: choose from {','.join(IMPLS)}")
+    return chosen
+
+
+def make_batches(shape: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+    n, b = shape
+    return [_synthetic.mlpf_events(seed=k, events=b, elements=n) for k in range(BATCHES)]
+
+
+def valid_per_step(batches: list[dict], steps: int) -> float:
+    """Mean valid elements per timed step (step i trains on batch i mod BATCHES)."""
+    counts = [int(batch["mask"].sum()) for batch in batches]
+    return sum(counts[i % len(counts)] for i in range(steps)) / steps
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    chosen = impls(args.impls)
+    todo = shapes(args)
+    attentions = [a.strip() for a in (args.attention or cfg.model.attention).split(",") if a.strip()]
+    unknown = [a for a in attentions if a not in ATTENTION_IMPLEMENTATIONS]
+    if unknown or not attentions:
+        raise SystemExit(f"--attention {args.attention}: choose from {','.join(ATTENTION_IMPLEMENTATIONS)}")
+    if args.warmup < 1:
+        raise SystemExit("--warmup must be at least 1 (the first step gives the loss check)")
+    modes = [i.removeprefix("torch-") for i in chosen if i.startswith("torch-")]
+    batches = {shape: make_batches(shape) for shape in todo}
+    reference = _mlpf_peer.Reference(None, None, "not requested")
+    with tempfile.TemporaryDirectory(prefix="smilejax-mlpf-") as tmp:
+        if modes:  # first: the accelerator is PyTorch's alone
+            python = _mlpf_peer.python(args.torch_python)
+            _mlpf_peer.check_optimizer(cfg)
+            npz = Path(tmp) / "batches.npz"
+            arrays = {}
+            for (n, b), shape_batches in batches.items():
+                for key in ("X", "ytarget"):
+                    arrays[f"{n}x{b}/{key}"] = np.stack([batch[key] for batch in shape_batches])
+            np.savez(npz, **arrays)
+            reference = _mlpf_peer.run(python, cfg, args, modes, npz, Path(tmp))
+        weights = dict(np.load(reference.weights)) if reference.weights else None
+        jax_rows, params, failed = [], None, []
+        for attention in attentions if "jax" in chosen else []:
+            for n, b in todo:
+                try:
+                    row, params = _measure_jax(cfg, args, (n, b), attention, batches[(n, b)], weights)
+                except ConfigError:
+                    raise
+                except Exception as err:  # cuDNN refusing a shape, out of memory, ...: the rest still runs
+                    log.exception("jax %s %dx%d failed", attention, n, b)
+                    failed.append(f"jax {attention} {n}x{b}")
+                    note = f"failed: {type(err).__name__}: {str(err)[:100]}"
+                    row = {"impl": "jax", "attention": attention, "elements": n, "events": b, "note": note}
+                jax_rows.append(row)
+    rows = jax_rows + _reference_rows(reference, modes, todo, params)
+    for row in rows:
+        if row.get("ms_per_step"):
+            step_valid = valid_per_step(batches[(row["elements"], row["events"])], args.steps)
+            row["valid_per_event"] = step_valid / row["events"]
+            row["events_per_s"] = row["events"] / (row["ms_per_step"] / 1e3)
+            row["valid_elements_per_s"] = step_valid / (row["ms_per_step"] / 1e3)
+    add_ratios(rows)
+    extra = {
+        "model": cfg.model.name,
+        "params": params,
+        "precision": args.precision,
+        "shapes": [f"{n}x{b}" for n, b in todo],
+        "batches_per_shape": BATCHES,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "loss_vs_ref_eager": _loss_check(rows),
+    }
+    if reference.result:
+        keys = ("torch", "particleflow", "device", "python", "attention")
+        extra["reference"] = {k: reference.result.get(k) for k in keys}
+    problem = _reference_problem(reference, modes)
+    if problem:
+        log.error("%s", problem)
+        extra["reference_problem"] = problem
+    if failed:
+        extra["failed"] = failed
+    path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
+    from smilejax.bench.train import _plot
+
+    _plot(
+        rows,
+        path.with_suffix(".png"),
+        f"MLPF, {args.precision}",
+        value="events_per_s",
+        label=lambda r: f"{r['impl']} {r['attention']}\n{r['elements']}x{r['events']}",
+        ylabel="events / s (one training step)",
+    )
+    return 1 if problem or failed else 0
+
+
+def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[dict, int]:
+    """The JAX row of one (attention, shape) and the parameter count."""
+    import jax
+
+    from smilejax import mesh as meshlib
+    from smilejax import metrics, registry, runtime, steps
+    from smilejax.bench._train_jax import _compiled_memory_gb
+
+    runtime.initialize()
+    spec = registry.model(cfg.model.name)
+    n, b = shape
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, batch_size=b),
+        train=dataclasses.replace(cfg.train, precision=args.precision),
+        model=dataclasses.replace(cfg.model, attention=attention, max_elements=n),
+        # particleflow's side runs at a constant learning rate: so do we, so that both train alike
+        optimizer=dataclasses.replace(cfg.optimizer, schedule="constant", warmup=0.0),
+    )
+    mesh = meshlib.build_mesh(cfg.mesh)
+    divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
+    if b % divisor:
+        where = meshlib.describe(mesh)
+        raise ConfigError(f"--shape {n}x{b}: {b} events must be divisible by {divisor} ({where})")
+    program = steps.build(spec, cfg, mesh)
+    state = program.init()
+    if weights is not None:
+        state = state.replace(params=_particleflow_params(spec, cfg, weights, program))
+    device_batches = [
+        {
+            k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda idx, v=v: v[idx])
+            for k, v in batch.items()
+        }
+        for batch in host_batches
+    ]
+    compiled = program.train_step.lower(state, device_batches[0]).compile()
+    t0 = time.perf_counter()
+    state, out = compiled(state, device_batches[0])
+    first = float(out["loss"])
+    for i in range(1, args.warmup):
+        state, out = compiled(state, device_batches[i % BATCHES])
+    jax.block_until_ready(state)
+    warmup_s = time.perf_counter() - t0
+    holder = {"state": state, "out": out}
+
+    def run_steps():
+        for i in range(args.steps):  # the state is donated: always step the newest one
+            holder["state"], holder["out"] = compiled(holder["state"], device_batches[i % BATCHES])
+        return holder["state"], holder["out"]
+
+    per_step = common.time_call(run_steps, warmup=0, repeats=args.repeats)["median_s"] / args.steps
+    last = float(holder["out"]["loss"])
+    if not (math.isfinite(first) and math.isfinite(last)):
+        raise FloatingPointError(f"mlpf {n}x{b} ({attention}): the loss is {first} (first), {last} (last)")
+    flops, peak = metrics.step_flops(compiled), metrics.peak_flops(jax.devices()[0])
+    row = {
+        "impl": "jax",
+        "attention": attention,
+        "elements": n,
+        "events": b,
+        "ms_per_step": 1e3 * per_step,
+        "first_loss": first,
+        "last_loss": last,
+        "warmup_s": warmup_s,
+        "mem_gb": _compiled_memory_gb(compiled),
+        "mfu": flops / per_step / peak if flops and peak else None,
+        "devices": jax.device_count(),
+        "params": int(program.param_count),
+        "note": f"{jax.device_count()} × {jax.devices()[0].device_kind}; "
+        + ("particleflow's initial weights" if weights is not None else "own initial weights"),
+    }
+    return row, int(program.param_count)
+
+
+def _particleflow_params(spec, cfg: Config, state_dict: dict, program):
+    """particleflow's initial weights as the train state's parameters, placed as the state is."""
+    import jax
+    from flax import nnx
+
+    from smilejax import steps
+    from smilejax.models import mlpf
+
+    abstract = nnx.eval_shape(lambda: steps.build_model(spec, cfg, 0))
+    params = nnx.to_pure_dict(mlpf.convert_particleflow_state_dict(abstract, state_dict))
+    return jax.device_put(params, program.state_sharding.params)
+
+
+def _reference_rows(reference, modes: list[str], todo: list, params: int | None) -> list[dict]:
+    if reference.result is None:
+        return [
+            {"impl": f"torch-{m}", "elements": n, "events": b, "note": reference.note}
+            for m in modes
+            for n, b in todo
+        ]
+    result = reference.result
+    device = result["device"]
+    out = []
+    for r in result["rows"]:
+        if params is not None and r["params"] != params:
+            log.warning("particleflow: %d parameters, JAX model: %d", r["params"], params)
+        out.append(
+            {
+                "impl": f"torch-{r['mode']}",
+                "attention": result["attention"],
+                **{k: r[k] for k in ("elements", "events", "ms_per_step", "first_loss", "last_loss")},
+                "warmup_s": r["warmup_s"],
+                "first_losses": r["first_losses"],
+                "mem_gb": r["peak_mem_gb"],
+                "params": r["params"],
+                "note": f"particleflow {result['particleflow']}, torch {result['torch']} on {device}; "
+                f"{r['params']:,} params",
+            }
+        )
+    return out
+
+
+def _shape(row: dict) -> tuple[int, int]:
+    return row["elements"], row["events"]
+
+
+def _reference_at(rows: list[dict], shape: tuple[int, int]) -> dict[str, dict]:
+    """particleflow's measured rows at ``shape``, by impl (torch-eager, torch-compile)."""
+    return {
+        r["impl"]: r
+        for r in rows
+        if r["impl"].startswith("torch-") and r.get("events_per_s") and _shape(r) == shape
+    }
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``vs_ref_eager`` / ``vs_ref_best``: events/s over particleflow eager's and its best mode's at the
+    same shape."""
+    for row in rows:
+        ref = _reference_at(rows, _shape(row))
+        speed, eager = row.get("events_per_s"), ref.get("torch-eager")
+        best = max((r["events_per_s"] for r in ref.values()), default=None)
+        row["vs_ref_eager"] = speed / eager["events_per_s"] if speed and eager else None
+        row["vs_ref_best"] = speed / best if speed and best else None
+
+
+def _loss_check(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per JAX row (``jax ATTENTION NxB``): the relative difference of its first and last step's loss
+    from particleflow eager's. Both start from the same weights and step through the same batches."""
+    out = {}
+    for row in rows:
+        eager = _reference_at(rows, _shape(row)).get("torch-eager")
+        if row["impl"] == "jax" and eager and row.get("first_loss") is not None:
+            key = f"jax {row['attention']} {row['elements']}x{row['events']}"
+            out[key] = {k: abs(row[k] - eager[k]) / abs(eager[k]) for k in ("first_loss", "last_loss")}
+    return out
+
+
+def _reference_problem(reference, modes: list[str]) -> str | None:
+    """Why the requested reference gives no comparison: it failed, or it ran on the CPU while JAX had
+    an accelerator (its torch has no CUDA)."""
+    if not modes:
+        return None
+    if reference.result is None:
+        return f"the particleflow reference {reference.note}"
+    import jax
+
+    platform = jax.devices()[0].platform
+    if platform != "cpu" and reference.result.get("device_type") == "cpu":
+        return (
+            f"the particleflow reference ran on the CPU while JAX ran on {platform}: its torch has no "
+            "CUDA; give --torch-python a Python 3.11 with a CUDA build of torch and particleflow 3.1.0 "
+            "(what it needs: launch/install_mlpf_reference.sh)"
+        )
+    return None
