@@ -73,7 +73,9 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
 
     def put(local: dict) -> dict:  # as smilejax.train.to_global
         return {
-            k: jax.make_array_from_process_local_data(sharding, v, (data.batch_size, *v.shape[1:]))
+            k: jax.make_array_from_process_local_data(
+                sharding, v, (v.shape[0] * jax.process_count(), *v.shape[1:])
+            )
             for k, v in local.items()
         }
 
@@ -87,10 +89,11 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
         local = next(it)
         jax.block_until_ready(put(local))
         jets += len(next(iter(local.values())))
-        if "valid" in local:
-            used += int(local["valid"].sum())
-            slots += local["valid"].size
-            width += local["valid"].shape[1]
+        mask = local.get("valid", local.get("mask"))  # GN2's tracks, MLPF's elements
+        if mask is not None:
+            used += int(mask.sum())
+            slots += mask.size
+            width += mask.shape[1]
     elapsed = time.perf_counter() - t0
     cpu = _cpu_seconds(proc) - cpu0
     del it, stream

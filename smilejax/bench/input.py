@@ -1,4 +1,4 @@
-"""``smilejax bench input CONFIG``: jets/s from data files to device-ready global batches.
+"""``smilejax bench input CONFIG``: jets/s (MLPF: events/s) from data files to device-ready global batches.
 
 Runs the run's own input path: the data format's source and Grain pipeline (``make_inputs`` of
 ``smilejax train``, with the config's shuffling, block order and bucketing), then
