@@ -114,16 +114,21 @@ start() {
     fi
     start_munge
     alive "$DIR/slurmctld.pid" || write_conf
+    # A daemon writes its pid file only after it has forked: remove a stale one (an earlier run's,
+    # whose pid is dead) so that the wait below cannot mistake it for the new daemon having exited.
     if ! alive "$DIR/slurmctld.pid"; then
+        rm -f "$DIR/slurmctld.pid"
         slurmctld -c -f "$CONF" || die "slurmctld failed to start"   # -c: fresh state, no stale jobs
     fi
     if ! alive "$DIR/slurmd.pid"; then
+        rm -f "$DIR/slurmd.pid"
         slurmd -f "$CONF" || die "slurmd failed to start"
     fi
-    local state=""
+    local state="" daemon
     for _ in $(seq 120); do
-        alive "$DIR/slurmctld.pid" || die "slurmctld exited"
-        alive "$DIR/slurmd.pid" || die "slurmd exited"
+        for daemon in slurmctld slurmd; do  # no pid file yet: still starting
+            [[ ! -f $DIR/$daemon.pid ]] || alive "$DIR/$daemon.pid" || die "$daemon exited"
+        done
         state=$(node_state)
         if [[ $state =~ ^(idle|mixed|allocated) ]]; then
             echo "local_slurm: node $(hostname -s) $state; export SLURM_CONF=$CONF"
