@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -34,3 +36,17 @@ def save_array(path: Path, array, what: str) -> None:
         os.replace(tmp, path)
     except OSError as err:
         logging.getLogger(__name__).warning("could not cache %s in %s: %s", what, path, err)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) so that one process of a job makes a
+    derived file while the others wait and then read it. Best effort: where the filesystem has no
+    ``flock`` (some Lustre mounts), every process goes ahead, and the atomic writes keep that safe."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        with contextlib.suppress(OSError):
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield

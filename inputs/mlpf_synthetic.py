@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mlpf_format as fmt
-from .cache import cache_root
+from .cache import cache_root, locked
 
 VERSION = 2  # of this generator: part of the cache folder name
 _PROB = np.array([0.55, 0.12, 0.27, 0.03, 0.03])  # 211, 130, 22, 11, 13 among visible particles
@@ -183,9 +183,10 @@ def make(
     overwrite: bool = False,
 ) -> Path:
     """Write ``n_events`` synthetic events as train/test splits of ``name`` config ``config``."""
-    fmt.claim(data_dir, name, config, overwrite=overwrite)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not overwrite:
+        fmt.claim(data_dir, name, config)  # fail before generating
     events = generate(n_events, seed, mean_particles)
     n_test = max(1, round(n_events * test_fraction))
     return fmt.write(
@@ -202,10 +203,11 @@ DEFAULT_EVENTS = {1: (2500, 1), 2: (2500, 2)}  # builder config -> (events, seed
 
 def default_dataset(cache_dir: str | os.PathLike | None = None) -> str:
     """Data directory of the small default set (configs 1 and 2 of ``clic_edm_qq_pf``, 2,000 train and
-    500 test events each), made on first use; TFDS writes each part under a temporary name."""
+    500 test events each), made on first use by one process while the others of a job wait."""
     root = cache_root(cache_dir) / f"mlpf_synthetic_v{VERSION}"
-    for config, (n, seed) in DEFAULT_EVENTS.items():
-        done = root / "clic_edm_qq_pf" / str(config) / fmt.VERSION / "dataset_info.json"
-        if not done.exists():
-            make(root, n, seed=seed, config=config)
+    with locked(root / ".lock"):
+        for config, (n, seed) in DEFAULT_EVENTS.items():
+            done = root / "clic_edm_qq_pf" / str(config) / fmt.VERSION / "dataset_info.json"
+            if not done.exists():
+                make(root, n, seed=seed, config=config, overwrite=True)  # a left-over partial write
     return str(root)

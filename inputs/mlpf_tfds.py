@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from . import mlpf_format as fmt
 from . import pipeline
-from .cache import derived_dir, save_array
+from .cache import derived_dir, locked, save_array
 from .spec import Batch, DataConfig, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,36 @@ class MlpfConfig(DataConfig):
         bad = [c for c in self.configs if not 1 <= int(c) <= fmt.NUM_CONFIGS]
         if bad or not self.configs:
             raise ValueError(f"data.configs must be builder configs 1..{fmt.NUM_CONFIGS}, got {self.configs}")
-        pipeline.Buckets(tuple(self.bucket_widths), np.zeros(0, int))  # validates the widths
+        try:
+            pipeline.Buckets(tuple(self.bucket_widths), np.zeros(0, int))  # validates the widths
+        except ValueError as err:
+            raise ValueError(f"data.bucket_widths: {err}") from None
         if self.element_budget < 0 or self.batch_multiple < 1:
             raise ValueError(
                 f"data.element_budget must be >= 0 and data.batch_multiple >= 1, got "
                 f"{self.element_budget} and {self.batch_multiple}"
             )
+        if self.element_budget:
+            try:
+                pipeline.budget_sizes(self.bucket_widths, self.element_budget, self.batch_multiple)
+            except ValueError as err:
+                raise ValueError(
+                    f"data.element_budget / data.batch_multiple / data.bucket_widths: {err}"
+                ) from None
 
     def global_batch_sizes(self) -> list[int]:
         if self.element_budget == 0:
             return [self.batch_size]
         sizes = pipeline.budget_sizes(self.bucket_widths, self.element_budget, self.batch_multiple)
         return sorted(set(sizes))
+
+    def describe_batch(self, size: int) -> str:
+        if self.element_budget == 0:
+            return "data.batch_size"
+        return (
+            f"the batch of {size} events (data.element_budget={self.element_budget} // a bucket width, "
+            f"rounded to a multiple of data.batch_multiple={self.batch_multiple}: raise data.batch_multiple)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,23 +381,25 @@ def _lengths_cache_path(part: Part) -> Path:
 
 
 def part_lengths(part: Part, source) -> np.ndarray:
-    """Elements per event of a part, from one pass over its records, cached as ``.npy``."""
+    """Elements per event of a part, from one pass over its records, cached as ``.npy``; one process of
+    a job counts while the others wait for the cache."""
     path = _lengths_cache_path(part)
-    if path.exists():
-        lengths = np.load(path)
-        if lengths.shape == (len(source),):
-            return lengths
-    lengths = np.empty(len(source), np.int32)
-    chunk = 512
-    for a in tqdm(
-        range(0, len(source), chunk),
-        desc=f"element counts {part}",
-        unit="chunk",
-        disable=len(source) < 20 * chunk,
-    ):
-        records = list(range(a, min(a + chunk, len(source))))
-        lengths[a : a + len(records)] = [len(ev["X"]) for ev in source.__getitems__(records)]
-    save_array(path, lengths, f"the element counts of {part}")
+    with locked(path.with_name(path.name + ".lock")):
+        if path.exists():
+            lengths = np.load(path)
+            if lengths.shape == (len(source),):
+                return lengths
+        lengths = np.empty(len(source), np.int32)
+        chunk = 512
+        for a in tqdm(
+            range(0, len(source), chunk),
+            desc=f"element counts {part}",
+            unit="chunk",
+            disable=len(source) < 20 * chunk,
+        ):
+            records = list(range(a, min(a + chunk, len(source))))
+            lengths[a : a + len(records)] = [len(ev["X"]) for ev in source.__getitems__(records)]
+        save_array(path, lengths, f"the element counts of {part}")
     return lengths
 
 

@@ -228,9 +228,11 @@ class BudgetPlan:
             rows = order[self.bucket_of[order] == b][: count * size]
             batches.extend(rows.reshape(count, size))
             widths.extend([self.buckets.widths[b]] * int(count))
-        if self.shuffle:
-            perm = np.random.default_rng([self.seed, epoch, 0xB0C4E7]).permutation(len(batches))
-            batches, widths = [batches[i] for i in perm], [widths[i] for i in perm]
+        # Shuffled: a new batch order each epoch. Unshuffled (evaluation): one fixed order that still mixes
+        # the buckets, so the first batches are not all of the smallest events.
+        key = [self.seed, epoch, 0xB0C4E7] if self.shuffle else [self.seed, 0xE7A1]
+        perm = np.random.default_rng(key).permutation(len(batches))
+        batches, widths = [batches[i] for i in perm], [widths[i] for i in perm]
         got = (batches, np.asarray(widths))
         with self._lock:
             self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
@@ -249,16 +251,25 @@ class BudgetPlan:
 
 
 def budget_sizes(widths: Sequence[int], budget: int, multiple: int) -> tuple[int, ...]:
-    """Examples per batch for each width: ``budget // width`` rounded down to a multiple of ``multiple``
-    (at least ``multiple``: a batch of the widest bucket may exceed the budget)."""
+    """Examples per batch for each width: ``budget // width`` rounded down to a multiple of ``multiple``.
+    Every batch must fit the budget, so ``multiple * max(widths)`` may not exceed it."""
     if budget < 1 or multiple < 1:
         raise ValueError(f"the element budget and batch multiple must be positive, got {budget}, {multiple}")
-    return tuple(max(multiple, budget // int(w) // multiple * multiple) for w in widths)
+    widest = max(int(w) for w in widths)
+    if multiple * widest > budget:
+        raise ValueError(
+            f"an element budget of {budget} slots cannot hold {multiple} examples (the batch multiple) of "
+            f"the widest bucket {widest}: raise the budget to at least {multiple * widest}, or lower the "
+            f"multiple or the widest bucket"
+        )
+    return tuple(budget // int(w) // multiple * multiple for w in widths)
 
 
 def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
     if global_batch % process_count:
-        raise ValueError(f"data.batch_size={global_batch} is not divisible by the {process_count} processes")
+        raise ValueError(
+            f"a global batch of {global_batch} examples is not divisible by the {process_count} processes"
+        )
     per = global_batch // process_count
     return slice(process_index * per, (process_index + 1) * per)
 
@@ -300,7 +311,8 @@ def batched(
         if buckets is not None and not shuffle and buckets.window > 1:
             buckets = dataclasses.replace(buckets, window=1)
         plan = BatchPlan(order, batch_size, buckets, seed)
-        local_slice(batch_size, process_index, process_count)  # fail now, not in a read thread
+    for size in getattr(plan, "sizes", (batch_size,)):
+        local_slice(size, process_index, process_count)  # fail now, not in a read thread
 
     def read_batch(step: int, _: int) -> Batch:
         rows, width = plan(step)

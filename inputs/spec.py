@@ -33,6 +33,10 @@ class DataConfig:
         must divide over the processes, the batch-sharded devices and the gradient-accumulation steps."""
         return [self.batch_size]
 
+    def describe_batch(self, size: int) -> str:
+        """How an error names the global batch ``size``: the config keys it comes from."""
+        return "data.batch_size"
+
 
 class BatchSource(Protocol):
     """Random access by batches: ``read`` takes many sorted indices at once, so a format reads slices

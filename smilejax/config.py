@@ -214,10 +214,8 @@ def validate(cfg: Config) -> None:
 
 
 def batch_name(data: DataConfig, size: int) -> str:
-    """How an error names a global batch size: the config key, or what it derives from."""
-    if data.global_batch_sizes() == [data.batch_size]:
-        return "data.batch_size"
-    return f"the batch of {size} examples (one of {data.global_batch_sizes()}, from the data config)"
+    """How an error names a global batch size: the config keys it comes from."""
+    return data.describe_batch(size)
 
 
 # ---------------------------------------------------------------- typed construction

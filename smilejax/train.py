@@ -101,6 +101,7 @@ def run_info(cfg: Config, program: steps.Program, cluster: runtime.ClusterEnv) -
         "parallel": cfg.train.parallel,
         "precision": cfg.train.precision,
         "global_batch": cfg.data.batch_size,
+        "global_batch_sizes": cfg.data.global_batch_sizes(),  # several with element-budget batching
         "versions": versions(),
         "command": sys.argv,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -134,6 +135,11 @@ def to_global(program: steps.Program, local: dict) -> dict:
 def check_batch(cfg: Config, mesh) -> None:
     divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
     for size in cfg.data.global_batch_sizes():
+        if size % jax.process_count():
+            raise ConfigError(
+                f"{config.batch_name(cfg.data, size)}={size} is not divisible by the {jax.process_count()} "
+                f"processes"
+            )
         if size % divisor:
             raise ConfigError(
                 f"{config.batch_name(cfg.data, size)}={size} must be divisible by the batch-sharded devices "

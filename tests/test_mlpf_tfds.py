@@ -8,6 +8,8 @@ padding, determinism and sharding over processes; bad datasets must fail naming 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import subprocess
 
@@ -126,16 +128,32 @@ def test_budget_pipeline_shards_over_processes(data_dir):
     assert len(widths) > 1
 
 
-def test_mlpf_config_budget_batches_must_divide_over_devices(tmp_path):
-    cfg = config.load("mlpf", ["data.element_budget=1000", "data.batch_multiple=3"])
-    assert cfg.data.global_batch_sizes()[0] == 3
+def test_mlpf_config_budget_batches_must_fit_and_divide_over_devices():
     from smilejax import mesh as meshlib
     from smilejax import train
 
-    with pytest.raises(ConfigError, match=r"batch of 3 examples .* divisible by the batch-sharded devices"):
+    with pytest.raises(ConfigError, match=r"data.element_budget .*raise the budget to at least 65536"):
+        config.load("mlpf", ["data.element_budget=16384"])  # 8 events of the widest bucket, 8192
+    cfg = config.load(
+        "mlpf", ["data.element_budget=1000", "data.batch_multiple=3", "data.bucket_widths=[64, 128]"]
+    )
+    assert cfg.data.global_batch_sizes() == [6, 15]
+    with pytest.raises(
+        ConfigError, match=r"batch of 6 events .*raise data.batch_multiple\)=6 must be divisible"
+    ):
         train.check_batch(cfg, meshlib.build_mesh(cfg.mesh))
     with pytest.raises(ConfigError, match="unknown key"):
         config.load("mlpf", ["data.fields=[X, ytargets]"])
+
+
+def test_unshuffled_budget_batches_mix_the_buckets(data_dir):
+    """Evaluation reads budget batches in one fixed order that does not start with all small events."""
+    cfg = _cfg(data_dir, bucket_widths=[16, 32, 64, 128, 256], element_budget=512, batch_multiple=2)
+    src = mlpf_tfds.source(cfg, "train")
+    plan = pipeline.BudgetPlan(src.lengths, cfg.bucket_widths, [32, 16, 8, 4, 2], seed=0, shuffle=False)
+    widths = [plan(s)[1] for s in range(plan.per_epoch)]
+    assert widths == [plan(s + plan.per_epoch)[1] for s in range(plan.per_epoch)]  # the same every epoch
+    assert len(set(widths)) > 1 and widths != sorted(widths)
 
 
 # ---------------------------------------------------------------- bad datasets
@@ -244,3 +262,17 @@ def test_event_longer_than_the_largest_bucket(data_dir):
         ValueError, match=r"record \d+ has \d+ elements, more than the largest of data.bucket_widths \(32\)"
     ):
         _ = src.lengths
+
+
+def _default_dataset_in(cache: str) -> str:
+    os.environ["SMILEJAX_CACHE"] = cache
+    return mlpf_synthetic.default_dataset()
+
+
+def test_two_processes_make_the_default_set_once(tmp_path):
+    """srun -n 2 smilejax train mlpf on a fresh cache: one process writes, the other waits and reads."""
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        dirs = pool.map(_default_dataset_in, [str(tmp_path)] * 2)
+    assert dirs[0] == dirs[1]
+    cfg = mlpf_tfds.MlpfConfig(path=dirs[0], configs=[1, 2])
+    assert len(mlpf_tfds.source(cfg, "train")) == 4000

@@ -97,7 +97,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     gathered = predict.Gathered()
     n_events = 0
     for batch, out in predict.batches(
-        trained, src, _forward, n, desc=f"eval mlpf ({opts.split})", unit="event"
+        trained, src, _forward, n, desc=f"eval mlpf ({opts.split})", unit="event", inputs=("X", "mask")
     ):
         rows = np.flatnonzero(batch.get("event_mask", np.ones(len(batch["X"]), bool)))
         n_events += rows.size

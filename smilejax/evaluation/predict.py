@@ -44,10 +44,13 @@ def batches(
     *,
     desc: str = "eval",
     unit: str = "jet",
+    inputs: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """(input batch, ``forward(model, batch)``) as numpy, for the first ``n`` examples of ``src`` in order.
 
-    ``n`` must not exceed ``available(src, batch_size)``; the last batch is cut to ``n``.
+    ``n`` must not exceed ``available(src, batch_size)``; the last batch is cut to ``n``. ``inputs``: the
+    batch keys ``forward`` reads (default: all), the only ones sent to the devices, so that fields of
+    varying shape that only the evaluation reads (MLPF's jets) cause no recompilation.
     """
     cfg = trained.cfg
     batch_size = cfg.data.batch_size
@@ -67,7 +70,11 @@ def batches(
         done = 0
         while done < n:
             batch = next(stream)
-            padded = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
+            padded = {
+                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)])
+                for k, v in batch.items()
+                if inputs is None or k in inputs
+            }
             out = jax.device_get(run(state, jax.device_put(padded, sharding)))
             keep = min(batch_size, n - done)
             yield _rows(batch, keep), _rows(out, keep)
