@@ -110,6 +110,9 @@ class MlpfConfig(DataConfig):
         sizes = pipeline.budget_sizes(self.bucket_widths, self.element_budget, self.batch_multiple)
         return sorted(set(sizes))
 
+    def with_batch_size(self, batch_size: int) -> MlpfConfig:
+        return dataclasses.replace(self, batch_size=batch_size, element_budget=0)
+
     def describe_batch(self, size: int) -> str:
         if self.element_budget == 0:
             return "data.batch_size"

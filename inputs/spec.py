@@ -33,6 +33,10 @@ class DataConfig:
         must divide over the processes, the batch-sharded devices and the gradient-accumulation steps."""
         return [self.batch_size]
 
+    def with_batch_size(self, batch_size: int) -> DataConfig:
+        """This config yielding fixed batches of ``batch_size`` examples (evaluation, serving benchmarks)."""
+        return dataclasses.replace(self, batch_size=batch_size)
+
     def describe_batch(self, size: int) -> str:
         """How an error names the global batch ``size``: the config keys it comes from."""
         return "data.batch_size"

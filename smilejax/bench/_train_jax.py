@@ -46,7 +46,7 @@ def measure(cfg: Config, args: argparse.Namespace) -> Measured:
     field, padded, widths = lengths(cfg, args)
     cfg = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, batch_size=args.batch),
+        data=cfg.data.with_batch_size(args.batch),
         train=dataclasses.replace(cfg.train, precision=args.precision),
     )
     if field:

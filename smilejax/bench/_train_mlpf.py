@@ -184,7 +184,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     n, b = shape
     cfg = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, batch_size=b),
+        data=cfg.data.with_batch_size(b),
         train=dataclasses.replace(cfg.train, precision=args.precision),
         model=dataclasses.replace(cfg.model, attention=attention, max_elements=n),
         # particleflow's side runs at a constant learning rate: so do we, so that both train alike

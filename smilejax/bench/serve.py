@@ -133,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _batch_and_forward(run_dir: str, batch_size: int):
     """One evaluation batch as the input pipeline makes it, and the model's forward pass."""
-    import dataclasses
-
     from smilejax import registry, trained
     from smilejax.inputs import pipeline
     from smilejax.serve import export
@@ -143,7 +141,7 @@ def _batch_and_forward(run_dir: str, batch_size: int):
     dataset = registry.dataset(tm.cfg.data.format)
     source = dataset.source(tm.cfg.data, "eval")
     make = dataset.pipeline or pipeline.from_config
-    data_cfg = dataclasses.replace(tm.cfg.data, batch_size=batch_size)
+    data_cfg = tm.cfg.data.with_batch_size(batch_size)
     stream = make(source, data_cfg, seed=0, process_index=0, process_count=1, shuffle=False)
     batch = next(iter(stream))
     return batch, export.forward(tm)

@@ -53,17 +53,10 @@ def _eval_inputs(trained: TrainedModel) -> TrainedModel:
     """The run with a data config for evaluation: every field evaluation needs, and, for element-budget
     batching, fixed batches of events (the budget's batch of its widest bucket, so memory stays within
     the budget) in file order instead of batches grouped by bucket."""
-    data = trained.cfg.data
-    changes: dict = {}
+    data = trained.cfg.data.with_batch_size(min(trained.cfg.data.global_batch_sizes()))
     if hasattr(data, "fields"):
-        changes["fields"] = list(dict.fromkeys([*data.fields, *FIELDS]))
-    if getattr(data, "element_budget", 0):
-        changes.update(element_budget=0, batch_size=min(data.global_batch_sizes()))
-    if not changes:
-        return trained
-    return dataclasses.replace(
-        trained, cfg=dataclasses.replace(trained.cfg, data=dataclasses.replace(data, **changes))
-    )
+        data = dataclasses.replace(data, fields=list(dict.fromkeys([*data.fields, *FIELDS])))
+    return dataclasses.replace(trained, cfg=dataclasses.replace(trained.cfg, data=data))
 
 
 def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
