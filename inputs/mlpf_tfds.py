@@ -22,7 +22,8 @@ of ``data.bucket_widths`` that holds it; one compiled shape per width. With ``da
 a batch is ``data.batch_size`` events padded to the width of its longest; with a budget, a batch of
 width W holds ``budget // W`` events (a multiple of ``data.batch_multiple``), all of that bucket
 (``pipeline.BudgetPlan``), so memory per step is about constant and padding is small.
-The element count of every event is read once and cached (next to the data when it is writable).
+The element count of every event is read once and cached (next to the data when it is writable); that
+first pass checks every event, so a bad record fails before training starts.
 
 Errors name the dataset, config, version, split, record and feature: a version or configuration that is
 not on disk (with the ones that are), a feature layout other than particleflow's, an element type
@@ -384,8 +385,9 @@ def _lengths_cache_path(part: Part) -> Path:
 
 
 def part_lengths(part: Part, source) -> np.ndarray:
-    """Elements per event of a part, from one pass over its records, cached as ``.npy``; one process of
-    a job counts while the others wait for the cache."""
+    """Elements per event of a part, from one pass over its records that also checks every event (so a
+    bad record fails before training starts), cached as ``.npy``; one process of a job counts while the
+    others wait for the cache."""
     path = _lengths_cache_path(part)
     with locked(path.with_name(path.name + ".lock")):
         if path.exists():
@@ -401,7 +403,9 @@ def part_lengths(part: Part, source) -> np.ndarray:
             disable=len(source) < 20 * chunk,
         ):
             records = list(range(a, min(a + chunk, len(source))))
-            lengths[a : a + len(records)] = [len(ev["X"]) for ev in source.__getitems__(records)]
+            for record, ev in zip(records, source.__getitems__(records), strict=True):
+                prepare(ev, part, record)  # this pass reads every event: check each before training
+                lengths[record] = len(ev["X"])
         save_array(path, lengths, f"the element counts of {part}")
     return lengths
 

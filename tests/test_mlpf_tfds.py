@@ -244,6 +244,9 @@ def test_bad_event_names_dataset_split_record_feature(tmp_path, damage, message)
     record, text = errors[0]
     assert re.search(rf"clic_edm_qq_pf/1:3\.1\.0 split 'train' {message}", text), text
     assert f"record {record}:" in text
+    # the element-count pass that batching needs finds it before any batch is made
+    with pytest.raises(ValueError, match=f"record {record}:"):
+        _ = src.lengths
 
 
 def test_writer_refuses_bad_events(tmp_path):
