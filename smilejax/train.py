@@ -147,6 +147,37 @@ def check_batch(cfg: Config, mesh) -> None:
             )
 
 
+# Data settings that may change when a run resumes: speed knobs, and the paths, which move when a job
+# stages its inputs to node-local storage or the data is copied (the other settings fix the batches).
+RESUME_FREE = frozenset({"path", "eval_path", "read_threads", "prefetch", "workers", "check_finite"})
+
+
+def check_resume(saved: Path, cfg: Config) -> None:
+    """A resumed run continues its batch sequence only with the data settings and seed it had: a changed
+    one (a new batch size, element budget, file list) raises instead of silently training on another
+    sequence from the restored position."""
+    if not saved.is_file():
+        return
+    try:
+        before = config.load(saved)
+    except (ConfigError, ValueError, KeyError) as err:  # written by an older smilejax
+        log.warning("cannot compare with the earlier config %s (%s); resuming anyway", saved, err)
+        return
+    old, new = config.to_dict(before), config.to_dict(cfg)
+    changed = [
+        f"data.{k}: {old['data'].get(k)!r} -> {v!r}"
+        for k, v in new["data"].items()
+        if k not in RESUME_FREE and old["data"].get(k) != v
+    ]
+    if before.run.seed != cfg.run.seed:
+        changed.append(f"run.seed: {before.run.seed} -> {cfg.run.seed}")
+    if changed:
+        raise ConfigError(
+            f"{saved.parent} was trained with other data settings, so its restored input position would "
+            f"continue another batch sequence ({'; '.join(changed)}); restore them or start a new run.dir"
+        )
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -192,7 +223,9 @@ def train(
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
     state = ckpt.restore(program.abstract_state, batches)
     resumed = state is not None
-    if not resumed:
+    if resumed:
+        check_resume(run_dir / "config.yaml", cfg)
+    else:
         state = program.init()
     start = int(jax.device_get(state.step))
     info = run_info(cfg, program, cluster)

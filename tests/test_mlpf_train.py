@@ -61,3 +61,20 @@ def test_mlpf_resumes_exactly_with_budget_batches(straight, tmp_path):
     want, got = _losses(straight[0]), _losses(run_dir)
     for step in range(5, 9):
         assert got[step] == pytest.approx(want[step], rel=1e-5), step
+
+
+def test_resume_with_other_batches_is_refused(tmp_path):
+    from smilejax.config import ConfigError
+
+    run_dir = tmp_path / "changed"
+    train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=2", f"run.dir={run_dir}"]))
+    with pytest.raises(ConfigError, match=r"data.element_budget: 4096 -> 8192.*start a new run.dir"):
+        train.train(
+            config.load(
+                "mlpf", [*BUDGET_MLPF, "run.steps=4", "data.element_budget=8192", f"run.dir={run_dir}"]
+            )
+        )
+    # speed settings may change
+    train.train(
+        config.load("mlpf", [*BUDGET_MLPF, "run.steps=3", "data.read_threads=2", f"run.dir={run_dir}"])
+    )
