@@ -80,6 +80,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import grain
 import h5py
@@ -189,6 +190,8 @@ class FtagConfig(DataConfig):
     shuffle_block: int = 0
     bucket_tracks: list[int] = dataclasses.field(default_factory=list)
     bucket_window: int = 1
+
+    resume_free: ClassVar[frozenset[str]] = DataConfig.resume_free | {"check_finite", "norm_max_jets"}
 
     def __post_init__(self):
         bad = [w for w in self.bucket_tracks if not 1 <= w <= self.max_tracks]

@@ -39,6 +39,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from tqdm import tqdm
@@ -78,6 +79,8 @@ class MlpfConfig(DataConfig):
     element_budget: int = 0
     batch_multiple: int = 8
     sort_by_pt: bool = False
+
+    resume_free: ClassVar[frozenset[str]] = DataConfig.resume_free | {"fields"}
 
     def __post_init__(self):
         unknown = sorted(set(self.fields) - set(FIELDS))

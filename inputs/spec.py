@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -27,6 +27,12 @@ class DataConfig:
     read_threads: int = 2
     prefetch: int = 4
     workers: int = 0
+
+    # Fields a resumed run may change: where the files are (staging moves them) and speed settings; any
+    # other change would continue another batch sequence from the restored position. Formats add theirs.
+    resume_free: ClassVar[frozenset[str]] = frozenset(
+        {"path", "eval_path", "read_threads", "prefetch", "workers"}
+    )
 
     def global_batch_sizes(self) -> list[int]:
         """Every global batch size the pipeline yields (formats with varying batches override this); each

@@ -147,11 +147,6 @@ def check_batch(cfg: Config, mesh) -> None:
             )
 
 
-# Data settings that may change when a run resumes: speed knobs, and the paths, which move when a job
-# stages its inputs to node-local storage or the data is copied (the other settings fix the batches).
-RESUME_FREE = frozenset({"path", "eval_path", "read_threads", "prefetch", "workers", "check_finite"})
-
-
 def check_resume(saved: Path, cfg: Config) -> None:
     """A resumed run continues its batch sequence only with the data settings and seed it had: a changed
     one (a new batch size, element budget, file list) raises instead of silently training on another
@@ -167,7 +162,7 @@ def check_resume(saved: Path, cfg: Config) -> None:
     changed = [
         f"data.{k}: {old['data'].get(k)!r} -> {v!r}"
         for k, v in new["data"].items()
-        if k not in RESUME_FREE and old["data"].get(k) != v
+        if k not in cfg.data.resume_free and old["data"].get(k) != v
     ]
     if before.run.seed != cfg.run.seed:
         changed.append(f"run.seed: {before.run.seed} -> {cfg.run.seed}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,8 @@ class ToyDataConfig(DataConfig):
     examples: int = 512
     features: int = 8
     read_delay_s: float = 0.0  # slows reads so tests can signal a run mid-way
+
+    resume_free: ClassVar[frozenset[str]] = DataConfig.resume_free | {"read_delay_s"}
 
 
 class ToySource:
