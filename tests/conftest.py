@@ -118,6 +118,16 @@ def slurm_env(slurm_conf: Path, devices: int = 2) -> dict[str, str]:
     return cli_env(devices, SLURM_CONF=str(slurm_conf))
 
 
+# What every tiny test run shares: one read thread, float32, no checkpoints, evaluation or loggers.
+_TINY_RUN = [
+    "data.read_threads=1",
+    "train.precision=fp32",
+    "run.checkpoint_every=0",
+    "run.eval_every=0",
+    "logging.tensorboard=false",
+    "logging.progress=false",
+]
+
 # A GN2 small enough to train in seconds on the default synthetic set (data.path null).
 TINY_GN2 = [
     "model.embed=16",
@@ -128,14 +138,9 @@ TINY_GN2 = [
     "model.init_hidden=[16]",
     "model.head_hidden=[16]",
     "data.batch_size=32",
-    "data.read_threads=1",
-    "train.precision=fp32",
     "run.steps=20",
     "run.log_every=10",
-    "run.checkpoint_every=0",
-    "run.eval_every=0",
-    "logging.tensorboard=false",
-    "logging.progress=false",
+    *_TINY_RUN,
 ]
 
 
@@ -159,14 +164,9 @@ TINY_MLPF = [
     "data.bucket_widths=[512]",
     "data.element_budget=0",
     "data.batch_size=16",
-    "data.read_threads=1",
-    "train.precision=fp32",
     "run.steps=2",
     "run.log_every=1",
-    "run.checkpoint_every=0",
-    "run.eval_every=0",
-    "logging.tensorboard=false",
-    "logging.progress=false",
+    *_TINY_RUN,
 ]
 
 

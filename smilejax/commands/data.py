@@ -29,6 +29,18 @@ def _default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """--workers and --no-progress of the Pythia makers."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        metavar="K",
+        help="generator processes (default: the CPUs this process may use, %(default)s here)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_vars(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jet-vars", default=None, metavar="A,B", help="jet variables (default: pt,eta, as data.jet_vars)"
@@ -66,14 +78,7 @@ def register(sub) -> None:
                 "order, so the file is reproducible for the same --seed and --workers (not across worker "
                 "counts). Needs: " + "pip install pythia8mc==8.317.2 fastjet"
             )
-            m.add_argument(
-                "--workers",
-                type=int,
-                default=_default_workers(),
-                metavar="K",
-                help="generator processes (default: the CPUs this process may use, %(default)s here)",
-            )
-            m.add_argument("--no-progress", action="store_true", help="no progress bar")
+            _add_generator_options(m)
         m.set_defaults(run=run_make)
     for name, about in MLPF_MAKERS.items():
         m = makers.add_parser(
@@ -96,14 +101,7 @@ def register(sub) -> None:
                 " Worker k generates its share from seeds (seed, k), so the dataset is reproducible for the "
                 "same --seed and --workers. Needs: pip install pythia8mc==8.317.2 fastjet"
             )
-            m.add_argument(
-                "--workers",
-                type=int,
-                default=_default_workers(),
-                metavar="K",
-                help="generator processes (default: the CPUs this process may use, %(default)s here)",
-            )
-            m.add_argument("--no-progress", action="store_true", help="no progress bar")
+            _add_generator_options(m)
         m.set_defaults(run=run_make_mlpf)
 
     norm = actions.add_parser(

@@ -110,6 +110,13 @@ def run(run_dir: str | Path, opts: EvalOptions) -> tuple[dict, Path]:
     return metrics, path
 
 
+def cell(x: float | None, width: int) -> str:
+    """A summary-table cell: 3 decimals below 10, 1 above, "-" for a missing or non-finite value."""
+    if x is None or not math.isfinite(x):
+        return f"{'-':>{width}}"
+    return f"{x:>{width}.3f}" if abs(x) < 10 else f"{x:>{width}.1f}"
+
+
 def _jsonable(x: Any) -> Any:
     """Plain JSON types; non-finite floats (an infinite rejection, an undefined ratio) become null."""
     if isinstance(x, dict):

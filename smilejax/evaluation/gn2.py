@@ -25,7 +25,7 @@ import numpy as np
 from smilejax.models.gn2 import JET_CLASSES, ORIGIN_CLASSES
 from smilejax.trained import TrainedModel
 
-from . import EvalOptions, flavour, ip_baseline, plots, predict, tracks
+from . import EvalOptions, cell, flavour, ip_baseline, plots, predict, tracks
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +172,16 @@ def summary(metrics: dict) -> str:
         head,
     ]
     for name, t in metrics["taggers"].items():
-        row = f"{name:<8}{_fmt(t['auc_b_vs_light'], 9)}{_fmt(t['auc_b_vs_c'], 9)}"
-        row += "".join(_fmt(t["light_rejection"][w], 10) for w in wps)
-        row += "".join(_fmt((t["c_rejection"] or {}).get(w), 10) for w in wps)
+        row = f"{name:<8}{cell(t['auc_b_vs_light'], 9)}{cell(t['auc_b_vs_c'], 9)}"
+        row += "".join(cell(t["light_rejection"][w], 10) for w in wps)
+        row += "".join(cell((t["c_rejection"] or {}).get(w), 10) for w in wps)
         lines.append(row)
     if metrics.get("track_origin"):
-        lines.append(f"track origin accuracy {_fmt(metrics['track_origin']['accuracy'], 0).strip()}")
+        lines.append(f"track origin accuracy {cell(metrics['track_origin']['accuracy'], 0).strip()}")
     if metrics.get("vertexing"):
         v = metrics["vertexing"]
         lines.append(
-            f"vertex pairs: efficiency {_fmt(v['pair_efficiency'], 0).strip()}, "
-            f"purity {_fmt(v['pair_purity'], 0).strip()}"
+            f"vertex pairs: efficiency {cell(v['pair_efficiency'], 0).strip()}, "
+            f"purity {cell(v['pair_purity'], 0).strip()}"
         )
     return "\n".join(lines)
-
-
-def _fmt(x, width: int) -> str:
-    if x is None or not np.isfinite(x):
-        return f"{'-':>{width}}"
-    return f"{x:>{width}.3f}" if abs(x) < 10 else f"{x:>{width}.1f}"

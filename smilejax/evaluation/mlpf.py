@@ -35,7 +35,7 @@ import numpy as np
 
 from smilejax.trained import TrainedModel
 
-from . import EvalOptions, jets, particles, pf_plots, plots, predict, response
+from . import EvalOptions, cell, jets, particles, pf_plots, plots, predict, response
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ def summary(metrics: dict) -> str:
         + "".join(f"{'fake ' + s:>12}" for s in short),
     ]
     for name, p in metrics["particles"].items():
-        row = f"{name:<8}" + "".join(_fmt(p["efficiency"][k], 11) for k in keys)
-        lines.append(row + "".join(_fmt(p["fake_rate"][k], 12) for k in keys))
+        row = f"{name:<8}" + "".join(cell(p["efficiency"][k], 11) for k in keys)
+        lines.append(row + "".join(cell(p["fake_rate"][k], 12) for k in keys))
     jet = metrics["jets"]
     if "skipped" in jet:
         lines.append(f"jets skipped: {jet['skipped']}")
@@ -280,21 +280,15 @@ def summary(metrics: dict) -> str:
         for name in COLLECTIONS:
             j = jet[name]
             lines.append(
-                f"{name:<8}{_fmt(j['median'], 9)}{_fmt(j['iqr'], 9)}{_fmt(j['iqr_over_median'], 9)}"
-                f"{_fmt(j['matched_fraction'], 9)}"
+                f"{name:<8}{cell(j['median'], 9)}{cell(j['iqr'], 9)}{cell(j['iqr_over_median'], 9)}"
+                f"{cell(j['matched_fraction'], 9)}"
             )
     met = metrics["met"]
     lines.append(f"missing pT: {met['events_with_genmet']} events with genmet > 0; response reco/gen")
     for name in COLLECTIONS:
         m = met[name]
         lines.append(
-            f"{name:<8}{_fmt(m['median'], 9)}{_fmt(m['iqr'], 9)}{_fmt(m['iqr_over_median'], 9)}"
-            f"   reco-gen median {_fmt(m['difference_median'], 0).strip()} GeV"
+            f"{name:<8}{cell(m['median'], 9)}{cell(m['iqr'], 9)}{cell(m['iqr_over_median'], 9)}"
+            f"   reco-gen median {cell(m['difference_median'], 0).strip()} GeV"
         )
     return "\n".join(lines)
-
-
-def _fmt(x, width: int) -> str:
-    if x is None or not np.isfinite(x):
-        return f"{'-':>{width}}"
-    return f"{x:>{width}.3f}" if abs(x) < 10 else f"{x:>{width}.1f}"
