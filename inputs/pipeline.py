@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import grain
 import numpy as np
@@ -91,63 +91,36 @@ class Buckets:
         return int(self.widths[int(np.searchsorted(self.widths, longest))])
 
 
-class BatchPlan:
-    """Which rows (and which width, when bucketed) global batch ``step`` holds; one epoch after another.
+class _Plan:
+    """What the batch plans share: computed batches cached per key for the read threads (the cache and
+    its lock are dropped when a plan is pickled into Grain workers), and the padding share."""
 
-    A pure function of (seed, step), shared by the read threads and picklable into Grain workers.
-    """
+    buckets: Buckets | None
+    per_epoch: int
 
-    def __init__(self, order: Order, batch_size: int, buckets: Buckets | None = None, seed: int = 0):
-        self.order, self.batch_size, self.buckets, self.seed = order, batch_size, buckets, seed
-        self.per_epoch = order.size // batch_size
-        if self.per_epoch == 0:
-            raise ValueError(f"the dataset has {order.size} examples, fewer than one batch of {batch_size}")
-        self.window = buckets.window if buckets is not None else 1
+    def _start_cache(self) -> None:
         self._lock = threading.Lock()
-        self._windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_lock"], state["_windows"]
+        del state["_lock"], state["_cache"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._windows = {}
+        self._start_cache()
 
-    def __call__(self, step: int) -> tuple[np.ndarray, int | None]:
-        epoch, k = divmod(step, self.per_epoch)
-        b = self.batch_size
-        if self.buckets is None:
-            return self.order.rows(epoch, k * b, (k + 1) * b), None
-        if self.window == 1:
-            rows = self.order.rows(epoch, k * b, (k + 1) * b)
-            return rows, self.buckets.width(rows)
-        w, j = divmod(k, self.window)
-        batches, widths = self._window(epoch, w)
-        return batches[j], int(widths[j])
-
-    def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """The window's batches (sorted by length, then shuffled) and their widths."""
-        key = (epoch, w)
+    def _cached(self, key, make: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+        """``make()`` once per ``key``; older keys that ``keep`` rejects are dropped."""
         with self._lock:
-            got = self._windows.get(key)
-        if got is not None:
-            return got
-        b = self.batch_size
-        first = w * self.window
-        n = min(self.window, self.per_epoch - first)
-        rows = self.order.rows(epoch, first * b, (first + n) * b)
-        # stable sort: among equal lengths the shuffled order stays, so batches remain random samples
-        rows = rows[np.argsort(self.buckets.lengths[rows], kind="stable")].reshape(n, b)
-        perm = np.random.default_rng([self.seed, epoch, w, 0xB0C4E7]).permutation(n)
-        batches = rows[perm]
-        widths = np.array([self.buckets.width(r) for r in batches])
-        with self._lock:
-            self._windows = {k: v for k, v in self._windows.items() if k >= (epoch, w - 2)}
-            self._windows[key] = (batches, widths)
-        return batches, widths
+            got = self._cache.get(key)
+        if got is None:
+            got = make()
+            with self._lock:
+                self._cache = {k: v for k, v in self._cache.items() if keep(k)}
+                self._cache[key] = got
+        return got
 
     def padding_fraction(self, steps: int | None = None) -> float:
         """Padded share of the element slots of ``steps`` global batches (default: one epoch), from
@@ -164,7 +137,50 @@ class BatchPlan:
         return 1.0 - used / slots
 
 
-class BudgetPlan:
+class BatchPlan(_Plan):
+    """Which rows (and which width, when bucketed) global batch ``step`` holds; one epoch after another.
+
+    A pure function of (seed, step), shared by the read threads and picklable into Grain workers.
+    """
+
+    def __init__(self, order: Order, batch_size: int, buckets: Buckets | None = None, seed: int = 0):
+        self.order, self.batch_size, self.buckets, self.seed = order, batch_size, buckets, seed
+        self.per_epoch = order.size // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"the dataset has {order.size} examples, fewer than one batch of {batch_size}")
+        self.window = buckets.window if buckets is not None else 1
+        self._start_cache()  # (epoch, window) -> (batches, widths)
+
+    def __call__(self, step: int) -> tuple[np.ndarray, int | None]:
+        epoch, k = divmod(step, self.per_epoch)
+        b = self.batch_size
+        if self.buckets is None:
+            return self.order.rows(epoch, k * b, (k + 1) * b), None
+        if self.window == 1:
+            rows = self.order.rows(epoch, k * b, (k + 1) * b)
+            return rows, self.buckets.width(rows)
+        w, j = divmod(k, self.window)
+        batches, widths = self._window(epoch, w)
+        return batches[j], int(widths[j])
+
+    def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """The window's batches (sorted by length, then shuffled) and their widths."""
+        return self._cached((epoch, w), lambda: self._make_window(epoch, w), lambda k: k >= (epoch, w - 2))
+
+    def _make_window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        b = self.batch_size
+        first = w * self.window
+        n = min(self.window, self.per_epoch - first)
+        rows = self.order.rows(epoch, first * b, (first + n) * b)
+        # stable sort: among equal lengths the shuffled order stays, so batches remain random samples
+        rows = rows[np.argsort(self.buckets.lengths[rows], kind="stable")].reshape(n, b)
+        perm = np.random.default_rng([self.seed, epoch, w, 0xB0C4E7]).permutation(n)
+        batches = rows[perm]
+        widths = np.array([self.buckets.width(r) for r in batches])
+        return batches, widths
+
+
+class BudgetPlan(_Plan):
     """Batches of about ``budget`` element slots: variable-size examples (events of many elements) go to
     the smallest of ``widths`` that holds them, and a batch of width ``w`` holds ``sizes[w]`` examples.
 
@@ -192,18 +208,7 @@ class BudgetPlan:
                 f"no bucket has enough examples for one batch: examples per bucket {self.counts.tolist()}, "
                 f"batch sizes {list(self.sizes)} (widths {list(self.buckets.widths)})"
             )
-        self._lock = threading.Lock()
-        self._epochs: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["_lock"], state["_epochs"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._epochs = {}
+        self._start_cache()  # epoch -> (batches, widths)
 
     def unused(self) -> dict[int, int]:
         """Examples per width that never fill one batch (they are never read)."""
@@ -216,10 +221,9 @@ class BudgetPlan:
         return batches[k], int(widths[k])
 
     def _epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
-        with self._lock:
-            got = self._epochs.get(epoch)
-        if got is not None:
-            return got
+        return self._cached(epoch, lambda: self._make_epoch(epoch), lambda e: e >= epoch - 1)
+
+    def _make_epoch(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
         n = self.bucket_of.size
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         batches: list[np.ndarray] = []
@@ -232,22 +236,7 @@ class BudgetPlan:
         # the buckets, so the first batches are not all of the smallest events.
         key = [self.seed, epoch, 0xB0C4E7] if self.shuffle else [self.seed, 0xE7A1]
         perm = np.random.default_rng(key).permutation(len(batches))
-        batches, widths = [batches[i] for i in perm], [widths[i] for i in perm]
-        got = (batches, np.asarray(widths))
-        with self._lock:
-            self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
-            self._epochs[epoch] = got
-        return got
-
-    def padding_fraction(self, steps: int | None = None) -> float:
-        """Padded share of the element slots of ``steps`` batches (default: one epoch)."""
-        steps = self.per_epoch if steps is None else steps
-        used = slots = 0
-        for step in range(steps):
-            rows, width = self(step)
-            used += int(self.buckets.lengths[rows].sum())
-            slots += rows.size * width
-        return 1.0 - used / slots
+        return [batches[i] for i in perm], np.asarray([widths[i] for i in perm])
 
 
 def budget_sizes(widths: Sequence[int], budget: int, multiple: int) -> tuple[int, ...]:
