@@ -122,12 +122,12 @@ def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None):
     )
 
 
-def to_global(program: steps.Program, local: dict) -> dict:
+def to_global(sharding: jax.sharding.Sharding, local: dict) -> dict:
     """This process's rows → one global jax.Array per key (each process feeds an equal shard)."""
 
     def put(x: np.ndarray) -> jax.Array:
         shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        return jax.make_array_from_process_local_data(program.batch_sharding, x, shape)
+        return jax.make_array_from_process_local_data(sharding, x, shape)
 
     return {k: put(v) for k, v in local.items()}
 
@@ -179,7 +179,7 @@ def check_resume(saved: Path, cfg: Config) -> None:
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
     sums: dict[str, float] = {}
     for _ in range(cfg.run.eval_steps):
-        out = program.eval_step(state, to_global(program, next(batches)))
+        out = program.eval_step(state, to_global(program.batch_sharding, next(batches)))
         for k, v in jax.device_get(out).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
@@ -254,7 +254,7 @@ def train(
             compiled[shapes] = step_fn, metrics.step_flops(step_fn)
         return compiled[shapes]
 
-    first_global = to_global(program, next(batches))
+    first_global = to_global(program.batch_sharding, next(batches))
     compiled_for(state, first_global)
     peak = metrics.peak_flops(jax.devices()[0])
 
@@ -320,7 +320,7 @@ def train(
     try:
         for step in range(start + 1, cfg.run.steps + 1):
             t_data = time.perf_counter()
-            batch = pending if pending is not None else to_global(program, next(batches))
+            batch = pending if pending is not None else to_global(program.batch_sharding, next(batches))
             pending = None
             window["data_s"] += time.perf_counter() - t_data
             step_fn, flops = compiled_for(state, batch)

@@ -16,6 +16,7 @@ from smilejax import config, registry, runtime
 from smilejax import mesh as meshlib
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
+from smilejax.train import to_global
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,15 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
     )
     sharding = meshlib.batch_sharding(meshlib.build_mesh(cfg.mesh), cfg.mesh.rules)
 
-    def put(local: dict) -> dict:  # as smilejax.train.to_global
-        return {
-            k: jax.make_array_from_process_local_data(
-                sharding, v, (v.shape[0] * jax.process_count(), *v.shape[1:])
-            )
-            for k, v in local.items()
-        }
-
     it = iter(stream)
     for _ in range(data.prefetch + 2):  # start workers and threads, fill the prefetch buffer
-        jax.block_until_ready(put(next(it)))
+        jax.block_until_ready(to_global(sharding, next(it)))
     proc = psutil.Process()
     cpu0, t0 = _cpu_seconds(proc), time.perf_counter()
     jets = used = slots = width = 0
     for _ in range(batches):
         local = next(it)
-        jax.block_until_ready(put(local))
+        jax.block_until_ready(to_global(sharding, local))
         jets += len(next(iter(local.values())))
         mask = local.get("valid", local.get("mask"))  # GN2's tracks, MLPF's elements
         if mask is not None:
