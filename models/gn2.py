@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .layers import MLP, Encoder, GlobalAttentionPooling
+from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_implementation
 from .spec import ModelSpec
 
 JET_CLASSES = ("b", "c", "light", "tau")
@@ -65,6 +65,8 @@ class GN2Config:
 
     class_weights: optional per-class loss weights keyed by task, ``{"jet": [4 floats], "origin":
         [8 floats]}`` (the weights of salt's class dict).
+    attention: encoder attention, ``"math"``, ``"chunked"`` (blocks of ``attention_chunk`` queries) or
+        ``"cudnn"`` (cuDNN's fused attention: NVIDIA GPUs, ``train.precision=bf16``); the same function.
     aux_tasks: ``"auto"`` trains origin / vertex when the batch holds ``track_origin`` /
         ``track_vertex``; ``"on"`` demands both (ValueError naming the missing key); ``"off"`` jet only.
     """
@@ -85,6 +87,8 @@ class GN2Config:
     activation: str = "relu"
     dropout: float = 0.0
     remat: bool = False
+    attention: str = "math"
+    attention_chunk: int = 1024
     aux_tasks: Literal["auto", "on", "off"] = "auto"
     jet_weight: float = 1.0
     origin_weight: float = 0.5
@@ -94,6 +98,12 @@ class GN2Config:
     class_weights: dict[str, list[float]] | None = None
 
     def __post_init__(self):
+        try:
+            check_attention_implementation(self.attention)
+        except ValueError as err:
+            raise ValueError(f"attention: {err}") from None
+        if self.attention_chunk < 1:
+            raise ValueError(f"attention_chunk must be >= 1, got {self.attention_chunk}")
         if self.aux_tasks not in ("auto", "on", "off"):
             raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
         if self.vertex_loss_norm not in ("pairs", "matches"):
@@ -135,6 +145,8 @@ class GN2(nnx.Module):
             cfg.ff,
             out_dim=cfg.out,
             num_registers=cfg.registers,
+            attention=cfg.attention,
+            attention_chunk=cfg.attention_chunk,
             remat=cfg.remat,
             **common,
         )

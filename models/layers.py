@@ -211,6 +211,20 @@ def dot_product_attention(
         return _math_attention(q, k, v, valid, dropout)
     if implementation == "chunked":
         return _chunked_attention(q, k, v, valid, chunk_size)
+    return _cudnn_attention(q, k, v, valid)
+
+
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None) -> jax.Array:
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"attention='cudnn' needs bf16 or fp16 compute (train.precision=bf16), not {q.dtype}; "
+            "use attention='math' or 'chunked' in float32"
+        )
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention='cudnn' needs an NVIDIA GPU, and this run's backend is {jax.default_backend()!r}; "
+            "use attention='math' or 'chunked'"
+        )
     mask = None if valid is None else valid[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
 
@@ -333,11 +347,21 @@ class EncoderLayer(nnx.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         affine_norm: bool = False,
+        attention: str = "math",
+        attention_chunk: int = 1024,
         rngs: nnx.Rngs,
         dtype=F32,
     ):
         self.attn_norm = LayerNorm(embed, affine=affine_norm, dtype=dtype)
-        self.attn = SelfAttention(embed, heads, dropout=dropout, rngs=rngs, dtype=dtype)
+        self.attn = SelfAttention(
+            embed,
+            heads,
+            dropout=dropout,
+            implementation=attention,
+            chunk_size=attention_chunk,
+            rngs=rngs,
+            dtype=dtype,
+        )
         self.ff_norm = LayerNorm(embed, affine=affine_norm, dtype=dtype)
         self.ff = FeedForward(embed, ff, activation=activation, dropout=dropout, rngs=rngs, dtype=dtype)
 
@@ -372,6 +396,8 @@ class Encoder(nnx.Module):
         dropout: float = 0.0,
         final_norm: bool = True,
         affine_norm: bool = False,
+        attention: str = "math",
+        attention_chunk: int = 1024,
         remat: bool = False,
         rngs: nnx.Rngs,
         dtype=F32,
@@ -388,6 +414,8 @@ class Encoder(nnx.Module):
                     activation=activation,
                     dropout=dropout,
                     affine_norm=affine_norm,
+                    attention=attention,
+                    attention_chunk=attention_chunk,
                     rngs=rngs,
                     dtype=dtype,
                 )

@@ -45,7 +45,7 @@ def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
     assert [r["mode"] for r in torch_rows] == ["eager", "compile"]
     assert all(r["note"] == "skipped: no --torch-python" for r in torch_rows)
     table = (out / "train.md").read_text()
-    assert "| impl | mode | tracks |" in table and "skipped: no --torch-python" in table
+    assert "| impl | mode | attention | tracks |" in table and "skipped: no --torch-python" in table
     assert (out / "train.png").read_bytes()[:8] == PNG
 
 
@@ -95,3 +95,19 @@ def test_bench_input_synthetic_set_bucketed(tmp_path):
 def test_bench_input_names_missing_files(tmp_path):
     done = run_cli("bench", "input", "gn2", "--files", str(tmp_path / "none.h5"), devices=1)
     assert done.returncode != 0 and "none.h5: no such file" in done.stderr
+
+
+def test_bench_train_gn2_sweeps_attention_implementations(tmp_path):
+    out = tmp_path / "bench"
+    args = ["--batch", "8", "--tracks", "6", "--steps", "1", "--repeats", "1", "--out", str(out)]
+    sweep = ["model.attention_chunk=4", "--attention", "math,chunked"]
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, *sweep, *args, devices=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for r in json.loads((out / "train.json").read_text())["rows"] if r["impl"] == "jax"]
+    assert [(r["attention"], r["tracks"]) for r in rows] == [("math", 6), ("chunked", 6)]
+    assert all(r["vs_padded"] == 1.0 and r["samples_per_s"] > 0 for r in rows)  # each its own base
+    assert rows[0]["peak_mem_gb"] is None or rows[1]["peak_mem_gb"] is None  # only the first: a running max
+    assert "| jax | jit | chunked | 6 | padded |" in (out / "train.md").read_text()
+
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--attention", "flash", *args, devices=1)
+    assert done.returncode != 0 and "--attention flash: attention: unknown attention" in done.stderr

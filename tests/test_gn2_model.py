@@ -350,3 +350,23 @@ def test_bf16_compute_is_finite_with_float32_params():
     out = forward(model, batch["tracks"], batch["valid"])
     assert out["jet_logits"].dtype == jnp.bfloat16
     assert all(np.isfinite(v.astype(np.float32)).all() for v in out.values())
+
+
+def test_attention_implementations_agree_and_bad_ones_are_named():
+    batch = make_batch(9)
+    batch["valid"][1, -1] = False
+    batch["tracks"][1, -1] = 1e3  # garbage in a padded slot stays out of every implementation
+    math_out = forward(small_model(), batch["tracks"], batch["valid"])
+    # chunked in blocks of 3 queries (11 with the register: four blocks, the last one short)
+    chunked = small_model(attention="chunked", attention_chunk=3)
+    for key, value in forward(chunked, batch["tracks"], batch["valid"]).items():
+        np.testing.assert_allclose(value, math_out[key], **TOL, err_msg=key)
+    with pytest.raises(ValueError, match="attention: unknown attention implementation 'flash'"):
+        small_cfg(attention="flash")
+    with pytest.raises(ValueError, match="attention_chunk must be >= 1"):
+        small_cfg(attention_chunk=0)
+    # cuDNN attention: a clear error instead of cuDNN's own, in float32 and off the GPU
+    with pytest.raises(ValueError, match="needs bf16 or fp16 compute"):
+        forward(small_model(attention="cudnn"), batch["tracks"], batch["valid"])
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU, and this run's backend is 'cpu'"):
+        forward(small_model(jnp.bfloat16, attention="cudnn"), batch["tracks"], batch["valid"])

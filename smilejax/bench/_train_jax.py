@@ -40,7 +40,20 @@ def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | No
     return field, padded, [*sorted(set(args.bucket) - {padded}), padded]
 
 
-def measure(cfg: Config, args: argparse.Namespace) -> Measured:
+def attention_configs(cfg: Config, attention: str | None) -> list[Config]:
+    """``cfg`` once per implementation in ``--attention`` (comma-separated); ``[cfg]`` without it."""
+    if not attention:
+        return [cfg]
+    if not hasattr(cfg.model, "attention"):
+        raise SystemExit(f"--attention: model {cfg.model.name!r} has no attention setting")
+    names = [a.strip() for a in attention.split(",") if a.strip()]
+    try:
+        return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=a)) for a in names]
+    except ValueError as err:
+        raise SystemExit(f"--attention {attention}: {err}") from None
+
+
+def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) -> Measured:
     runtime.initialize()
     spec = registry.model(cfg.model.name)
     field, padded, widths = lengths(cfg, args)
@@ -85,13 +98,14 @@ def measure(cfg: Config, args: argparse.Namespace) -> Measured:
             {
                 "impl": "jax",
                 "mode": cfg.train.parallel,
+                "attention": getattr(cfg.model, "attention", None),
                 "tracks": width,
                 "padding": "padded" if width == padded else "bucket",
                 "ms_per_step": 1e3 * per_step,
                 "samples_per_s": args.batch / per_step,
                 "mfu": flops / per_step / peak if flops and peak else None,
                 "tflops_per_s": flops * jax.device_count() / per_step / 1e12 if flops else None,
-                "peak_mem_gb": _peak_memory_gb(),
+                "peak_mem_gb": _peak_memory_gb() if report_peak else None,
                 "compiled_mem_gb": _compiled_memory_gb(compiled),
                 "devices": jax.device_count(),
                 "note": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
@@ -101,19 +115,21 @@ def measure(cfg: Config, args: argparse.Namespace) -> Measured:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """``vs_padded`` (JAX at the padded length) and ``vs_torch_eager`` (PyTorch eager, padded)."""
+    """``vs_padded`` (JAX at the padded length, same attention) and ``vs_torch_eager`` (PyTorch eager,
+    padded)."""
 
-    def base(impl: str, mode: str | None) -> float | None:
+    def base(impl: str, mode: str | None = None, attention: str | None = None) -> float | None:
         for r in rows:
             padded_run = r.get("padding") == "padded" and r.get("samples_per_s")
-            if r["impl"] == impl and padded_run and (mode is None or r["mode"] == mode):
+            same = (mode is None or r["mode"] == mode) and r.get("attention") == attention
+            if r["impl"] == impl and padded_run and same:
                 return r["samples_per_s"]
         return None
 
-    padded, eager = base("jax", None), base("torch", "eager")
+    eager = base("torch", "eager")
     for r in rows:
-        speed = r.get("samples_per_s")
-        r["vs_padded"] = speed / padded if speed and padded else None
+        speed, padded = r.get("samples_per_s"), base("jax", attention=r.get("attention"))
+        r["vs_padded"] = speed / padded if speed and padded and r["impl"] == "jax" else None
         r["vs_torch_eager"] = speed / eager if speed and eager else None
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 COLUMNS = [
     "impl",
     "mode",
+    "attention",
     "tracks",
     "padding",
     "ms_per_step",
@@ -83,7 +84,11 @@ def register(sub) -> None:
     )
     mlpf.add_argument("--impls", help="of jax,torch-eager,torch-compile (default all three)")
     mlpf.add_argument("--warmup", type=int, help="untimed steps first, each side (default 5)")
-    mlpf.add_argument("--attention", help="JAX attention: math, chunked or cudnn, comma-separated")
+    parser.add_argument(
+        "--attention",
+        help="JAX attention implementations to time, comma-separated: math, chunked, cudnn "
+        "(default: the model config's)",
+    )
     mlpf.add_argument(
         "--torch-attention",
         choices=("auto", "math", "efficient", "flash"),
@@ -93,7 +98,7 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
-MLPF_ONLY = ("shape", "impls", "warmup", "attention", "torch_attention")
+MLPF_ONLY = ("shape", "impls", "warmup", "torch_attention")
 GENERIC_ONLY = ("bucket", "torch_modes")
 
 
@@ -120,18 +125,25 @@ def run(args: argparse.Namespace) -> int:
     args.torch_modes = args.torch_modes or "eager,compile"
     _, padded, widths = _train_jax.lengths(cfg, args)
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
-    measured = _train_jax.measure(cfg, args)
-    torch_rows, torch_info = _train_torch.rows(peer, args, padded, measured.params, measured.flops)
-    rows = measured.rows + torch_rows
+    # One program per attention implementation; only the first reports the device's peak memory (a
+    # running maximum, so later ones would show the largest so far), every one its compiled memory.
+    measured = [
+        _train_jax.measure(c, args, report_peak=i == 0)
+        for i, c in enumerate(_train_jax.attention_configs(cfg, args.attention))
+    ]
+    first = measured[0]
+    torch_rows, torch_info = _train_torch.rows(peer, args, padded, first.params, first.flops)
+    rows = [r for m in measured for r in m.rows] + torch_rows
     _train_jax.add_ratios(rows)
-    extra = {"model": cfg.model.name, "params": measured.params, "batch": args.batch, **torch_info}
+    extra = {"model": cfg.model.name, "params": first.params, "batch": args.batch, **torch_info}
     path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
     _plot(rows, path.with_suffix(".png"), f"{cfg.model.name}, batch {args.batch}, {args.precision}")
     return 1 if peer.failed else 0
 
 
 def _gn2_label(r: dict) -> str:
-    return f"{r['impl']} {r['mode']}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
+    attention = f" {r['attention']}" if r.get("attention") else ""
+    return f"{r['impl']} {r['mode']}{attention}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
 
 
 def _plot(
