@@ -225,8 +225,27 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
             f"attention='cudnn' needs an NVIDIA GPU, and this run's backend is {jax.default_backend()!r}; "
             "use attention='math' or 'chunked'"
         )
-    mask = None if valid is None else valid[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+    if valid is None:
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    t = q.shape[1]
+    q, k, v, valid = pad_to_even_length(q, k, v, valid)
+    out = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :], implementation="cudnn")
+    return out[:, :t]
+
+
+def pad_to_even_length(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """q, k, v and ``valid`` with one masked element appended when the length is odd.
+
+    cuDNN's fused attention trains with a mask (a bias to cuDNN) only on even sequence lengths, and
+    GN2's sets are odd (40 tracks and a register). The extra key is masked and its query row is dropped
+    by the caller, so the function is unchanged.
+    """
+    if not isinstance(q.shape[1], int) or q.shape[1] % 2 == 0:  # symbolic (export): left as it is
+        return q, k, v, valid
+    pad = ((0, 0), (0, 1), (0, 0), (0, 0))
+    return jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(valid, ((0, 0), (0, 1)))
 
 
 class SelfAttention(nnx.Module):

@@ -111,3 +111,10 @@ def test_bench_train_gn2_sweeps_attention_implementations(tmp_path):
 
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--attention", "flash", *args, devices=1)
     assert done.returncode != 0 and "--attention flash: attention: unknown attention" in done.stderr
+
+    # cuDNN on a CPU fails; its row says why, the other implementation is still timed, the exit is 1
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--attention", "math,cudnn", *args, devices=1)
+    assert done.returncode == 1, done.stderr[-3000:]
+    rows = [r for r in json.loads((out / "train.json").read_text())["rows"] if r["impl"] == "jax"]
+    assert rows[0]["attention"] == "math" and rows[0]["samples_per_s"] > 0
+    assert rows[1]["attention"] == "cudnn" and "needs an NVIDIA GPU" in rows[1]["note"]

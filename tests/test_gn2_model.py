@@ -370,3 +370,16 @@ def test_attention_implementations_agree_and_bad_ones_are_named():
         forward(small_model(attention="cudnn"), batch["tracks"], batch["valid"])
     with pytest.raises(ValueError, match="needs an NVIDIA GPU, and this run's backend is 'cpu'"):
         forward(small_model(jnp.bfloat16, attention="cudnn"), batch["tracks"], batch["valid"])
+
+
+def test_odd_sets_are_padded_to_an_even_length_for_cudnn_without_changing_attention():
+    from smilejax.models.layers import _math_attention, pad_to_even_length
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32) for _ in range(3))
+    valid = jnp.asarray([[True, True, False, True, True], [True] * 5])
+    qp, kp, vp, validp = pad_to_even_length(q, k, v, valid)
+    assert qp.shape == (2, 6, 2, 8) and validp.shape == (2, 6) and not bool(validp[:, 5].any())
+    padded = _math_attention(qp, kp, vp, validp, None)[:, :5]
+    np.testing.assert_allclose(padded, _math_attention(q, k, v, valid, None), rtol=1e-6, atol=1e-6)
+    assert pad_to_even_length(qp, kp, vp, validp)[0] is qp  # even: unchanged

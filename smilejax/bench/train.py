@@ -127,18 +127,27 @@ def run(args: argparse.Namespace) -> int:
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
     # One program per attention implementation; only the first reports the device's peak memory (a
     # running maximum, so later ones would show the largest so far), every one its compiled memory.
-    measured = [
-        _train_jax.measure(c, args, report_peak=i == 0)
-        for i, c in enumerate(_train_jax.attention_configs(cfg, args.attention))
-    ]
+    # A failing implementation (cuDNN refusing a shape, say) is a row with its error; the others run.
+    measured, failed = [], []
+    for c in _train_jax.attention_configs(cfg, args.attention):
+        try:
+            measured.append(_train_jax.measure(c, args, report_peak=not measured))
+        except Exception as err:  # noqa: BLE001 - reported in the results and the exit status
+            if not args.attention:
+                raise
+            log.exception("jax %s failed", c.model.attention)
+            note = f"failed: {err}"[:200]
+            failed.append({"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention, "note": note})
+    if not measured:
+        raise SystemExit(f"--attention {args.attention}: every implementation failed (see the log)")
     first = measured[0]
     torch_rows, torch_info = _train_torch.rows(peer, args, padded, first.params, first.flops)
-    rows = [r for m in measured for r in m.rows] + torch_rows
+    rows = [r for m in measured for r in m.rows] + failed + torch_rows
     _train_jax.add_ratios(rows)
     extra = {"model": cfg.model.name, "params": first.params, "batch": args.batch, **torch_info}
     path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
     _plot(rows, path.with_suffix(".png"), f"{cfg.model.name}, batch {args.batch}, {args.precision}")
-    return 1 if peer.failed else 0
+    return 1 if peer.failed or failed else 0
 
 
 def _gn2_label(r: dict) -> str:
