@@ -308,7 +308,9 @@ def batched(
         return _read(source, rows[local_slice(len(rows), process_index, process_count)], width)
 
     ds = grain.MapDataset.range(plan.per_epoch).repeat(None).map_with_index(read_batch)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+    # Grain keeps at most prefetch_buffer_size batches in flight, so more threads than that would idle.
+    buffer = max(prefetch, read_threads)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer))
     if workers > 0:
         _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

@@ -132,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
     for c in _train_jax.attention_configs(cfg, args.attention):
         try:
             measured.append(_train_jax.measure(c, args, report_peak=not measured))
-        except Exception as err:  # noqa: BLE001 - reported in the results and the exit status
+        except Exception as err:  # reported in the results and the exit status
             if not args.attention:
                 raise
             log.exception("jax %s failed", c.model.attention)
-            note = f"failed: {err}"[:200]
-            failed.append({"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention, "note": note})
+            row = {"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention}
+            failed.append({**row, "note": f"failed: {err}"[:200]})
     if not measured:
         raise SystemExit(f"--attention {args.attention}: every implementation failed (see the log)")
     first = measured[0]

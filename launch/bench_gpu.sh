@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/PERFORMANCE.md, on one GPU of a node, in one go.
+#
+#   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input (default: all four, in order)
+#
+#   gn2    `smilejax bench train gn2`: one training step, padded to 40 tracks and bucketed (16, 24), per
+#          attention implementation (math, cudnn), against the PyTorch peer (torch.compile)
+#   mlpf   `smilejax bench train mlpf`: the CLIC model (chunked, cudnn attention) against particleflow
+#          3.1.0 itself (eager, torch.compile) on the same batches
+#   loop   `smilejax train gn2`: the whole training loop on the synthetic set, bucketed, with input
+#   input  `smilejax bench input gn2`: jets/s from HDF5 to device-ready batches with up to 16 cores
+#
+# Each part writes its results under OUT/PART and its log to OUT/PART.log, and goes on to the next
+# part if one fails (the exit status is then 1). Settings, from the environment:
+#   PY           Python with smilejax and JAX (default python3)
+#   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
+#   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
+#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (compile)
+#   MLPF_ATTENTION (chunked,cudnn); MLPF_SHAPES ("256x128 1024x32")
+#   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_ATTENTION (default: the fastest bucketed one of the gn2 part)
+#   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
+#   GN2_OVERRIDES, MLPF_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU smoke run)
+set -uo pipefail
+
+OUT=${1:?usage: bash launch/bench_gpu.sh OUT [gn2|mlpf|loop|input ...]}
+shift
+PARTS=("$@")
+[ ${#PARTS[@]} -gt 0 ] || PARTS=(gn2 mlpf loop input)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+PY=${PY:-python3}
+TORCH_PY=${TORCH_PY-$PY}
+STEPS=${STEPS:-30}
+REPEATS=${REPEATS:-2}
+read -r -a GN2_OVR <<<"${GN2_OVERRIDES:-}"
+read -r -a MLPF_OVR <<<"${MLPF_OVERRIDES:-}"
+read -r -a GN2_BUCKET_ARGS <<<"${GN2_BUCKETS-16 24}"
+read -r -a MLPF_SHAPE_ARGS <<<"${MLPF_SHAPES:-256x128 1024x32}"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+part_gn2() {
+  local torch=()
+  [ -n "$TORCH_PY" ] && torch=(--torch-python "$TORCH_PY" --torch-modes "${GN2_TORCH_MODES:-compile}")
+  "$PY" -m smilejax bench train gn2 "${GN2_OVR[@]}" --batch "${GN2_BATCH:-4000}" --tracks 40 \
+    --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" --precision bf16 \
+    --steps "$STEPS" --repeats "$REPEATS" "${torch[@]}" --out "$OUT/gn2"
+}
+
+part_mlpf() {
+  local ref=()
+  [ -n "${MLPF_REF_PY:-}" ] && ref=(--torch-python "$MLPF_REF_PY")
+  "$PY" -m smilejax bench train mlpf "${MLPF_OVR[@]}" --shape "${MLPF_SHAPE_ARGS[@]}" \
+    --attention "${MLPF_ATTENTION:-chunked,cudnn}" --precision bf16 --steps "$STEPS" \
+    --repeats "$REPEATS" "${ref[@]}" --out "$OUT/mlpf"
+}
+
+fastest_gn2_attention() {
+  # The implementation with the best bucketed step in the gn2 part's results, else math.
+  "$PY" - "$OUT/gn2/train.json" <<'PYEOF' 2>/dev/null || echo math
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["impl"] == "jax" and r.get("samples_per_s")]
+print(max(rows, key=lambda r: (r["padding"] == "bucket", r["samples_per_s"]))["attention"] or "math")
+PYEOF
+}
+
+part_loop() {
+  # The packaged recipe (batch 4000, bf16) on the synthetic set, each batch padded only to the
+  # smallest bucket that holds its jets; jets/s, data wait and MFU per logging window in metrics.jsonl.
+  local attention=${LOOP_ATTENTION:-$(fastest_gn2_attention)}
+  echo "attention: $attention"
+  "$PY" -m smilejax train gn2 "${GN2_OVR[@]}" "run.dir=$OUT/loop" "run.steps=${LOOP_STEPS:-150}" \
+    run.log_every=25 run.eval_every=0 "run.checkpoint_every=${LOOP_STEPS:-150}" \
+    logging.tensorboard=false 'data.bucket_tracks=[8,12,16,24,32]' "data.read_threads=${LOOP_THREADS:-8}" \
+    "model.attention=$attention" "${LOOP_OVERRIDES[@]}"
+}
+
+part_input() {
+  "$PY" -m smilejax bench input gn2 "${GN2_OVR[@]}" 'data.bucket_tracks=[8,12,16,24,32]' \
+    --jets "${INPUT_JETS:-400000}" --threads "${INPUT_THREADS:-4,16}" --workers "${INPUT_WORKERS:-0,8,16}" \
+    --batches "${INPUT_BATCHES:-50}" --out "$OUT/input"
+}
+
+read -r -a LOOP_OVERRIDES <<<"${LOOP_OVERRIDES:-}"
+status=0
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
+for part in "${PARTS[@]}"; do
+  if ! declare -F "part_$part" >/dev/null; then
+    echo "bench_gpu: unknown part '$part' (gn2, mlpf, loop, input)" >&2
+    exit 2
+  fi
+  echo "=== $part $(date -u +%FT%TZ)"
+  start=$SECONDS
+  "part_$part" >"$OUT/$part.log" 2>&1
+  rc=$?
+  grep -v "Warning\|warn(" "$OUT/$part.log" | tail -n 25
+  echo "=== $part: exit $rc after $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || status=1
+done
+exit $status
