@@ -98,3 +98,21 @@ def test_saved_config_reloads_identically(tmp_path):
 
 def test_yaml_off_means_the_word_off():
     assert config.load(toy.config(), ["logging.wandb=off"]).logging.wandb == "off"
+
+
+def test_comma_list_argument_types_name_what_is_wrong():
+    import argparse
+
+    from smilejax.commands.common import choice_list, int_list
+
+    assert int_list(0)("0,2, 4") == [0, 2, 4] and int_list(1)("8") == [8]
+    for bad, minimum, message in (
+        ("1,x", 0, "expected comma-separated integers"),
+        ("0,2", 1, ">= 1"),
+        ("", 0, ">= 0"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            int_list(minimum)(bad)
+    assert choice_list(("http", "grpc"))("grpc, http") == ["grpc", "http"]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown \['ftp'\]; choose from http, grpc"):
+        choice_list(("http", "grpc"))("http,ftp")

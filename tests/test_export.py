@@ -154,6 +154,6 @@ def test_export_cli_writes_the_chosen_format_and_names_bad_options(exported, tmp
     assert json.loads((out / "gn2_jax" / "1" / "io.json").read_text())["warmup"] is False
 
     bad = run_cli("export", run_dir, "--out", str(tmp_path / "x"), "--format", "stablehlo,tflite")
-    assert bad.returncode == 2 and "unknown format(s) ['tflite']" in bad.stderr
+    assert bad.returncode == 2 and "unknown ['tflite']; choose from stablehlo, onnx" in bad.stderr
     bad = run_cli("export", run_dir, "--out", str(tmp_path / "x"), "--max-batch-size", "0")
     assert bad.returncode == 2 and "max_batch_size must be at least 1" in bad.stderr

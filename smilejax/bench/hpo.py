@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from smilejax.commands.common import OVERRIDES_HELP
+from smilejax.commands.common import OVERRIDES_HELP, add_command
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ V_COLUMNS = [
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "hpo",
         help="HPO: best objective against compute per tuner, and vectorised-trial throughput",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "config", nargs="?", default="gn2", metavar="CONFIG", help="config (default gn2, tiny)"

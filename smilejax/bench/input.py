@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from smilejax.commands.common import OVERRIDES_HELP
+from smilejax.commands.common import OVERRIDES_HELP, add_command, int_list
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,12 @@ COLUMNS = [
 GPU_CORES = 16  # CPU cores per GPU on a 4-GPU Perlmutter node
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
-
-
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "input",
         help="input pipeline speed: jets/s from files to device-ready batches, per process and core",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", metavar="CONFIG", help="packaged config (gn2) or YAML config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
@@ -64,8 +54,8 @@ def register(sub) -> None:
     parser.add_argument(
         "--jets", type=int, default=200_000, help="size of the synthetic set made without files"
     )
-    parser.add_argument("--threads", type=_ints, default=[1, 2, 4], help="read threads to try (1,2,4)")
-    parser.add_argument("--workers", type=_ints, default=[0, 2], help="worker processes to try (0,2)")
+    parser.add_argument("--threads", type=int_list(0), default=[1, 2, 4], help="read threads to try (1,2,4)")
+    parser.add_argument("--workers", type=int_list(0), default=[0, 2], help="worker processes to try (0,2)")
     parser.add_argument("--batches", type=int, default=20, help="timed global batches per setting")
     parser.add_argument("--out", default="bench-results/input", help="folder for JSON, table and plot")
     parser.set_defaults(run=run)

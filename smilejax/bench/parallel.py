@@ -29,6 +29,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from smilejax.commands.common import add_command, int_list
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("dp-jit", "dp-shardmap", "fsdp", "tensor")
@@ -66,22 +68,12 @@ MODEL_COLUMNS = [
 # ---------------------------------------------------------------- command line
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,4,8")
-    return values
-
-
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "parallel",
         help="data parallel (jit vs shard_map), FSDP and tensor parallel: speed, memory, communication",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "config", metavar="MODEL", nargs="?", help="packaged config name (e.g. gn2) or YAML file"
@@ -95,7 +87,7 @@ def register(sub) -> None:
         help=f"comma-separated, from {', '.join(STRATEGIES)} (default: %(default)s)",
     )
     parser.add_argument(
-        "--devices", type=_int_list, help="device counts, e.g. 1,2,4,8 (default: powers of two up to all)"
+        "--devices", type=int_list(1), help="device counts, e.g. 1,2,4,8 (default: powers of two up to all)"
     )
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--per-device-batch", type=int, default=16, help="weak scaling (default: %(default)s)")
@@ -116,7 +108,7 @@ def register(sub) -> None:
     )
 
     model = parser.add_argument_group("scaling model (defaults: Perlmutter GPU nodes, see docs/SCALING.md)")
-    model.add_argument("--nodes", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    model.add_argument("--nodes", type=int_list(1), default=[1, 2, 4, 8, 16, 32, 64])
     model.add_argument(
         "--collectives-from",
         metavar="PARALLEL_JSON",

@@ -15,6 +15,8 @@ import argparse
 import logging
 import socket
 
+from smilejax.commands.common import add_command, choice_list, int_list
+
 log = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -33,38 +35,24 @@ COLUMNS = [
 IN_PROCESS = "in-process JAX"
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _protocols(text: str) -> list[str]:
-    values = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [v for v in values if v not in ("http", "grpc")]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"protocols are http and grpc, got {text!r}")
-    return values
-
-
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "serve",
         help="Triton serving: inferences/s and latency percentiles vs client concurrency, and in-process JAX",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory")
     parser.add_argument(
         "--repo", help="an existing repository of this run (default: export into OUT/repository)"
     )
     parser.add_argument("--models", help="comma list of repository models (default: all the server runs)")
-    parser.add_argument("--protocols", type=_protocols, default=["http", "grpc"], help="http,grpc")
-    parser.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8], help="client counts (1,2,4,8)")
+    parser.add_argument(
+        "--protocols", type=choice_list(("http", "grpc")), default=["http", "grpc"], help="http,grpc"
+    )
+    parser.add_argument(
+        "--concurrency", type=int_list(1), default=[1, 2, 4, 8], help="client counts (1,2,4,8)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="jets per request (default 32)")
     parser.add_argument("--requests", type=int, default=200, help="requests per level at most (200)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per level at most (20)")

@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from smilejax.commands.common import OVERRIDES_HELP
+from smilejax.commands.common import OVERRIDES_HELP, add_command
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ COLUMNS = [
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "train",
         help="training-step speed: padded vs bucketed set lengths, vs PyTorch eager and compiled",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="packaged config (gn2), YAML config, or model name")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)

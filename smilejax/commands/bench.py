@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 
 import smilejax.bench as studies
 
+from .common import add_command
+
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "bench",
         help="performance studies: throughput, scaling, input pipeline, serving",
         description="Performance studies. Each reports speeds as ratios against a baseline measured in "
         "the same run and writes JSON, a table and plots into --out, with the machine, date and command.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     studies_sub = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
     names = (m.name for m in pkgutil.iter_modules(studies.__path__))

@@ -22,3 +22,38 @@ checkpoint (requeue and run the same command again to resume)."""
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="YAML file or packaged config name (e.g. gn2)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+
+
+def add_command(sub, name: str, *, help: str, description: str | None, **kw) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` shows ``description`` (usually the module doc) as written."""
+    return sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kw
+    )
+
+
+def int_list(minimum: int = 0):
+    """argparse type: comma-separated integers, each at least ``minimum`` (``1,2,4`` -> [1, 2, 4])."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, e.g. 1,2,4; got {text!r}")
+        return values
+
+    return parse
+
+
+def choice_list(choices: tuple[str, ...]):
+    """argparse type: a comma-separated subset of ``choices`` (``http,grpc`` -> ["http", "grpc"])."""
+
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"unknown {bad or text!r}; choose from {', '.join(choices)}")
+        return values
+
+    return parse

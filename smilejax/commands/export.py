@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_command, choice_list, int_list
+
 FORMATS = ("stablehlo", "onnx")  # smilejax.serve.export.FORMATS, without importing JAX here
 
 EPILOG = """\
@@ -18,37 +20,23 @@ dimension is symbolic, and so is the element count (tracks) where the model allo
 Serve it with: smilejax serve REPO"""
 
 
-def _formats(text: str) -> list[str]:
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise argparse.ArgumentTypeError(
-            f"unknown format(s) {bad or text!r}; choose from {', '.join(FORMATS)}"
-        )
-    return formats
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "export",
         help="export a trained model (StableHLO, ONNX) into a Triton model repository",
         description="Export RUN_DIR's model at its newest checkpoint into a Triton model repository.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "run_dir", metavar="RUN_DIR", help="a smilejax run directory (config.yaml, checkpoints/)"
     )
     parser.add_argument("--out", required=True, metavar="REPO", help="model repository to write (created)")
     parser.add_argument(
-        "--format", type=_formats, default=list(FORMATS), help="comma list of stablehlo, onnx (default: both)"
+        "--format",
+        type=choice_list(FORMATS),
+        default=list(FORMATS),
+        help="comma list of stablehlo, onnx (default: both)",
     )
     parser.add_argument("--name", help="model name in the repository (default: from model.name)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
@@ -64,7 +52,9 @@ def register(sub) -> None:
         default=500,
         help="how long a request waits for others (default 500)",
     )
-    triton.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="comma list, e.g. 16,32")
+    triton.add_argument(
+        "--preferred-batch-sizes", type=int_list(1), default=(), help="comma list, e.g. 16,32"
+    )
     triton.add_argument("--instances", type=int, default=1, help="model copies per device (default 1)")
     triton.add_argument(
         "--kind",
@@ -83,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching,
         max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=args.preferred_batch_sizes,
+        preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         instances=args.instances,
         kind=args.kind,
         warmup=not args.no_warmup,

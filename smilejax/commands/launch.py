@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from smilejax.commands.common import add_config_args
+from smilejax.commands.common import add_command, add_config_args
 
 EPILOG = """\
 The job script, the frozen config and the job log go to RUN_DIR/launch/. The job trains with
@@ -22,14 +22,14 @@ examples:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "launch",
         help="write a batch script for an HPC system into the run directory and submit it",
         description="Write a batch job for SYSTEM (a file of launch/, e.g. perlmutter, polaris, slurm-gpu, "
         "local, or a path to one) that trains CONFIG on N nodes, and submit it with sbatch or qsub. "
         "Everything is checked (system, resources, config, mesh) before anything is written or submitted.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--system", required=True, help="system name (a file of launch/) or path to a system YAML"

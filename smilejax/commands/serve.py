@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+from .common import add_command
+
 EPILOG = """\
 Where the server comes from:
   laptop / CI     bash launch/install_triton.sh   (the server binary and Python backend from the
@@ -28,13 +30,13 @@ mutual TLS. Ctrl-C (or SIGTERM) stops the server cleanly."""
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "serve",
         help="serve a model repository with NVIDIA Triton Inference Server (HTTP and gRPC)",
         description="Start Triton Inference Server on REPO (see smilejax export), wait until its models "
         "are ready, print the endpoints, and serve until Ctrl-C.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("repo", metavar="REPO", help="model repository written by smilejax export")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from smilejax.commands.common import LAUNCH_EPILOG, add_config_args
+from smilejax.commands.common import LAUNCH_EPILOG, add_command, add_config_args
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "train",
         help="train a model (resumes when RUN_DIR already holds a checkpoint)",
         description="Train a model. CONFIG is a YAML file or the name of a packaged config. The run "
@@ -17,7 +18,6 @@ def register(sub) -> None:
         "checkpoints/, and the W&B / TensorBoard files. Running again on the same run.dir resumes "
         "from its newest readable checkpoint.",
         epilog=LAUNCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(parser)
     parser.set_defaults(run=run)

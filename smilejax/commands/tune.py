@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from smilejax.commands.common import add_config_args
+from smilejax.commands.common import add_command, add_config_args
 
 EPILOG = """\
 Every trial is a normal smilejax run in STUDY_DIR/trial-XXXX (config.yaml, metrics.jsonl, checkpoints,
@@ -25,13 +25,13 @@ exit codes: 0 done, 2 bad config, search space or option (reported before any tr
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "tune",
         help="hyperparameter optimisation (Optuna or keras-tuner), one run per trial",
         description="Search hyperparameters: a backend proposes values for the fields in SPACE.yaml, "
         "each trial trains CONFIG with them, and the objective metric it logs goes back to the backend.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(parser)
     parser.add_argument("--space", required=True, metavar="SPACE.yaml", help="search space (see docs/HPO.md)")
