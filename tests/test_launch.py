@@ -467,3 +467,49 @@ def test_polaris_job_runs_under_pals_mpiexec_detects_ranks_and_resubmits(capsys,
         calls(stubs, "qsub")[-1]
         == f"-W depend=afterany:123.polaris-pbs-01 -v SMILEJAX_RESTART_COUNT=1 {script}"
     )
+
+
+def _fake_scontrol(tmp_path: Path, monkeypatch, answers: list[str]) -> None:
+    """An ``scontrol`` on PATH that gives one of ``answers`` per call (the last one again after them)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (tmp_path / "answers").write_text("\n".join(answers) + "\n")
+    script = folder / "scontrol"
+    script.write_text(
+        textwrap.dedent(f"""\
+        #!/bin/bash
+        n=$(cat {tmp_path}/calls 2>/dev/null || echo 0); echo $((n + 1)) > {tmp_path}/calls
+        line=$(sed -n "$((n + 1))p" {tmp_path}/answers); [ -n "$line" ] || line=$(tail -n1 {tmp_path}/answers)
+        [ "$line" = gone ] && {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}
+        echo "JobId=7 JobName=x $line"
+        """)
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(
+    ("answers", "code"),
+    [
+        # a job that requeues itself: flag states and PENDING in between are not its end
+        (["JobState=RUNNING", "JobState=COMPLETING", "JobState=REQUEUED", "JobState=PENDING",
+          "JobState=RUNNING", "JobState=COMPLETED ExitCode=0:0"], 0),
+        (["JobState=FAILED ExitCode=2:0"], 2),
+        (["JobState=CANCELLED ExitCode=0:9"], 128 + 9),
+        (["JobState=TIMEOUT ExitCode=0:0"], 1),
+    ],
+)  # fmt: skip
+def test_waiting_for_a_slurm_job_follows_requeues_to_its_exit_code(tmp_path, monkeypatch, answers, code):
+    from smilejax.launch import submit
+
+    _fake_scontrol(tmp_path, monkeypatch, answers)
+    assert submit.wait_slurm("7", poll_s=0.01) == code
+    assert int((tmp_path / "calls").read_text()) == len(answers)
+
+
+def test_waiting_for_a_slurm_job_that_vanishes_says_so(tmp_path, monkeypatch):
+    from smilejax.launch import submit
+
+    _fake_scontrol(tmp_path, monkeypatch, ["JobState=RUNNING", "gone"])
+    with pytest.raises(LaunchError, match=r"job 7 left Slurm's queue unseen in a final state.*Invalid job"):
+        submit.wait_slurm("7", poll_s=0.01)
