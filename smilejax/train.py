@@ -27,6 +27,7 @@ from smilejax import checkpoint, config, metrics, preemption, registry, runtime,
 from smilejax import mesh as meshlib
 from smilejax.config import Config, ConfigError
 from smilejax.inputs import pipeline as pipelines
+from smilejax.inputs.spec import BatchSource
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,10 @@ def run_info(cfg: Config, program: steps.Program, cluster: runtime.ClusterEnv) -
     }
 
 
-def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None):
+def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None, source: BatchSource | None = None):
+    """The Grain pipeline of ``split`` (over ``source`` when given, else the format's source of it)."""
     spec = registry.dataset(cfg.data.format)
-    source = spec.source(cfg.data, split)
+    source = spec.source(cfg.data, split) if source is None else source
     build = spec.pipeline or pipelines.from_config
     return build(
         source,
@@ -147,10 +149,19 @@ def check_batch(cfg: Config, mesh) -> None:
             )
 
 
-def check_resume(saved: Path, cfg: Config) -> None:
-    """A resumed run continues its batch sequence only with the data settings and seed it had: a changed
-    one (a new batch size, element budget, file list) raises instead of silently training on another
-    sequence from the restored position."""
+def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
+    """A resumed run continues its batch sequence only with the data settings, seed and training-set size
+    it had: a changed one (a new batch size, element budget, file list, files with other contents)
+    raises instead of silently training on another sequence from the restored position."""
+    info = run_dir / "run.json"
+    before_examples = json.loads(info.read_text()).get("train_examples") if info.is_file() else None
+    if before_examples is not None and before_examples != train_examples:
+        raise ConfigError(
+            f"{run_dir} was trained on {before_examples:,} training examples and its data now holds "
+            f"{train_examples:,}, so its restored input position would continue another batch sequence; "
+            "restore the files it trained on or start a new run.dir"
+        )
+    saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
     try:
@@ -210,7 +221,8 @@ def train(
         log.info("topology: %s", topology(cluster, mesh))
 
     # ---- input (fails here, before any compilation, on a missing or malformed file)
-    batches = iter(make_inputs(cfg, "train"))
+    train_source = registry.dataset(cfg.data.format).source(cfg.data, "train")
+    batches = iter(make_inputs(cfg, "train", source=train_source))
     eval_batches = iter(make_inputs(cfg, "eval", shuffle=False)) if cfg.run.eval_every > 0 else None
 
     # ---- model and train state
@@ -219,11 +231,11 @@ def train(
     state = ckpt.restore(program.abstract_state, batches)
     resumed = state is not None
     if resumed:
-        check_resume(run_dir / "config.yaml", cfg)
+        check_resume(run_dir, cfg, len(train_source))
     else:
         state = program.init()
     start = int(jax.device_get(state.step))
-    info = run_info(cfg, program, cluster)
+    info = {**run_info(cfg, program, cluster), "train_examples": len(train_source)}
     if lead:
         config.save(cfg, run_dir / "config.yaml")
         (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -60,3 +60,21 @@ def test_schedules_hit_their_anchor_points():
     assert float(one(1000)) == pytest.approx(1e-5, rel=1e-3)
     const = optim.schedule(OptimizerConfig(lr=0.5, warmup=0.5), 10)
     assert [float(const(s)) for s in (0, 5, 9)] == pytest.approx([0.0, 0.5, 0.5])
+
+
+def test_resume_on_files_with_another_number_of_examples_is_refused(tmp_path):
+    from smilejax.config import ConfigError
+
+    source = toy.ToySource(toy.ToyDataConfig(), "train")
+    data = tmp_path / "data.npz"
+    np.savez(data, x=source.x, y=source.y)
+    settings = {"run": {"steps": 2, "checkpoint_every": 2}, "data": {"path": str(data)}}
+    _run(tmp_path, **settings)
+    n = len(toy.ToySource(toy.ToyDataConfig(path=str(data)), "train"))
+    np.savez(data, x=source.x[:-40], y=source.y[:-40])  # the same path, other contents
+    settings["run"]["steps"] = 4
+    with pytest.raises(ConfigError, match=rf"trained on {n:,} training examples and its data now holds"):
+        _run(tmp_path, **settings)
+    np.savez(data, x=source.x, y=source.y)  # the files it trained on: it resumes
+    result, run_dir = _run(tmp_path, **settings)
+    assert result.step == 4 and [r["step"] for r in metrics.read(run_dir / "metrics.jsonl")][-1] == 4
