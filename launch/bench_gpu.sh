@@ -4,7 +4,7 @@
 #   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input (default: all four, in order)
 #
 #   gn2    `smilejax bench train gn2`: one training step, padded to 40 tracks and bucketed (16, 24), per
-#          attention implementation (math, cudnn), against the PyTorch peer (torch.compile)
+#          attention implementation (math, cudnn), against the PyTorch peer (eager, torch.compile)
 #   mlpf   `smilejax bench train mlpf`: the CLIC model (chunked, cudnn attention) against particleflow
 #          3.1.0 itself (eager, torch.compile) on the same batches
 #   loop   `smilejax train gn2`: the whole training loop on the synthetic set, bucketed, with input
@@ -15,7 +15,7 @@
 #   PY           Python with smilejax and JAX (default python3)
 #   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
 #   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
-#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (compile)
+#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
 #   MLPF_ATTENTION (chunked,cudnn); MLPF_SHAPES ("256x128 1024x32")
 #   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_ATTENTION (default: the fastest bucketed one of the gn2 part)
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
@@ -41,7 +41,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
 part_gn2() {
   local torch=()
-  [ -n "$TORCH_PY" ] && torch=(--torch-python "$TORCH_PY" --torch-modes "${GN2_TORCH_MODES:-compile}")
+  [ -n "$TORCH_PY" ] && torch=(--torch-python "$TORCH_PY" --torch-modes "${GN2_TORCH_MODES:-eager,compile}")
   "$PY" -m smilejax bench train gn2 "${GN2_OVR[@]}" --batch "${GN2_BATCH:-4000}" --tracks 40 \
     --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" --precision bf16 \
     --steps "$STEPS" --repeats "$REPEATS" "${torch[@]}" --out "$OUT/gn2"
