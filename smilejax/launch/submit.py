@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,10 +47,10 @@ def submit(job: Job, path: Path, *, wait: bool, on_id: Callable[[str], None]) ->
             f"{tool} is not on PATH: submit from a login node of {job.system.name}, "
             "or print the script with --dry-run"
         )
-    # Slurm: no `sbatch --wait`, which judges a job by its base state alone and so can return while a
-    # job that requeues itself passes through "cancelled, requeue pending"; we poll instead.
-    cmd = [tool, "-W", "block=true"] if pbs and wait else [tool] if pbs else [tool, "--parsable"]
-    cmd.append(str(path))
+    if pbs:
+        cmd = [tool, *(["-W", "block=true"] if wait else []), str(path)]
+    else:
+        cmd = [tool, "--parsable", *(["--wait"] if wait else []), str(path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=job.workdir)
     first = proc.stdout.readline().strip()  # the id comes at once, also when waiting for the end
     job_id = first.split(";")[0]
@@ -63,39 +62,7 @@ def submit(job: Job, path: Path, *, wait: bool, on_id: Callable[[str], None]) ->
         raise LaunchError(f"{tool} refused the job (exit code {proc.returncode}): {(err or rest).strip()}")
     if err.strip():
         print(err.strip(), file=sys.stderr)
-    if not wait:
-        return 0
-    return proc.returncode if pbs else wait_slurm(job_id)
-
-
-# Slurm's final job states. scontrol names a state by its flags first (COMPLETING, REQUEUED, ...), so a
-# job on its way to a requeue never shows one of these.
-SLURM_FINAL = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
-    "OUT_OF_MEMORY",
-}  # fmt: skip
-
-
-def wait_slurm(job_id: str, *, poll_s: float = 1.0) -> int:
-    """Waits until Slurm job ``job_id`` has ended, requeues included, and returns its exit code (128 +
-    the signal for a job killed by one; 1 for a job that ended otherwise than COMPLETED without a code)."""
-    while True:
-        done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-        fields = dict(f.split("=", 1) for f in done.stdout.split() if "=" in f)
-        state = fields.get("JobState", "")
-        if done.returncode or not state:
-            raise LaunchError(
-                f"job {job_id} left Slurm's queue unseen in a final state (scontrol: "
-                f"{(done.stderr or done.stdout).strip()[:200]}); see its log for how it ended"
-            )
-        if state in SLURM_FINAL:
-            code, _, signal = fields.get("ExitCode", "0:0").partition(":")
-            if int(code or 0):
-                return int(code)
-            if int(signal or 0):
-                return 128 + int(signal)
-            return 0 if state == "COMPLETED" else 1
-        time.sleep(poll_s)
+    return proc.returncode if wait else 0
 
 
 def _record(job: Job, path: Path, job_id: str) -> None:
