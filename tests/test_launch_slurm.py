@@ -38,6 +38,12 @@ def job_state(job_id: str, slurm_conf: Path) -> str:
     return out.stdout.strip()
 
 
+def node_state(slurm_conf: Path) -> str:
+    time.sleep(0.5)
+    sinfo = ["sinfo", "-h", "-o", "%T"]
+    return subprocess.run(sinfo, env=slurm_env(slurm_conf), capture_output=True, text=True).stdout.strip()
+
+
 def test_two_process_job_stages_its_inputs_trains_and_finishes(slurm_conf, tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(256, 8)).astype(np.float32)
@@ -112,8 +118,13 @@ def test_job_warned_before_its_limit_requeues_itself_and_ends_as_an_uninterrupte
         return job_state(job_id, slurm_conf) == "PENDING BeginTime"
 
     wait_for(requeued, 150, "the job to checkpoint and requeue itself", proc=launcher)
-    # Slurm holds a requeued job for two minutes; the test lets it go at once, with room to finish,
-    # and lets the remaining steps read at full speed (the losses do not depend on it).
+    # Slurm holds a requeued job for two minutes, so that its node has revoked the first run's job
+    # credential (whole seconds) before a new one is made: a restart within that second is killed as
+    # "Job credential revoked". The test waits for the node to be idle and two seconds more, then lets
+    # the job go, with room to finish, and the remaining steps read at full speed (the losses do not
+    # depend on it).
+    wait_for(lambda: node_state(slurm_conf) == "idle", 60, "the node to end the first run", proc=launcher)
+    time.sleep(2)
     frozen = run_dir / "launch" / "config.yaml"
     tree = yaml.safe_load(frozen.read_text())
     tree["data"]["read_delay_s"] = 0.0
