@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -519,3 +520,28 @@ def test_lz4_file_as_atlas_ftag_tools_writes_it(data_dir, tmp_path):
     rows = np.sort(np.random.default_rng(0).choice(N1, 300, replace=False))
     for k, v in src.read(rows).items():
         np.testing.assert_array_equal(v, ref.read(rows)[k])
+
+
+def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, tmp_path, monkeypatch):
+    # Other writers' layouts: float16 and big-endian fields, as well as atlas-ftag-tools' mock file.
+    jets, tracks = _file(data_dir / "s1.h5")
+    kinds = {"d0": ">f4", "z0SinTheta": "f2", "numberOfPixelHits": ">i2"}
+    odd = tmp_path / "odd.h5"
+    with h5py.File(odd, "w", locking=False) as f:
+        f.create_dataset("jets", data=jets)
+        f.create_dataset(
+            "tracks", data=tracks.astype([(n, kinds.get(n, tracks.dtype[n])) for n in tracks.dtype.names])
+        )
+    lzf = fs.make(tmp_path / "lzf.h5", 500, seed=3, compression="lzf", chunk_jets=100)
+    for path, mapped in ((data_dir / "s1.h5", True), (odd, True), (mock_path, True), (lzf, False)):
+        with fh.open_h5(str(path)) as f:
+            assert (fh._mapped(f["tracks"]) is not None) == mapped, path
+        cfg = _cfg(path, eval_fraction=0.0, norm_dict=str(tmp_path / f"{Path(path).stem}-norm.yaml"))
+        fh.write_norm_dict(fh.compute_norm_dict(str(path)), cfg.norm_dict)
+        rows = np.sort(np.random.default_rng(1).choice(len(fh.SPEC.source(cfg, "train")), 300, replace=False))
+        got = fh.SPEC.source(cfg, "train").read(rows, width=40)
+        with monkeypatch.context() as m:
+            m.setattr(fh, "_mapped", lambda ds: None)  # HDF5's own reading
+            want = fh.SPEC.source(cfg, "train").read(rows, width=40)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path}: {k}")
