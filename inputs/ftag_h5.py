@@ -382,7 +382,7 @@ def _mapped(ds: h5py.Dataset) -> np.ndarray | None:
         view = None
         try:
             view = np.memmap(ds.file.filename, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
-            ends = [0, ds.shape[0] - 1]
+            ends = sorted({0, ds.shape[0] - 1})  # h5py reads increasing indices only
             if view[ends].tobytes() != ds[ends].tobytes():  # a layout numpy reads otherwise than HDF5
                 view = None
         except (ValueError, OSError, TypeError):  # truncated file, external storage: HDF5 reports it
