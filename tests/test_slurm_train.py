@@ -51,8 +51,11 @@ def test_sbatch_job_signalled_before_limit_checkpoints_and_resumes(slurm_conf, t
     run_dir = tmp_path / "run"
     job = tmp_path / "job.sh"
     # --wait rather than --kill-on-bad-exit: rank 0's exit 75 must not get rank 1 killed mid-exit.
+    # Each rank starts through rank.sh, as in smilejax launch's scripts: Slurm may send the warning up
+    # to a minute early, here before Python has started, and USR1's default action would kill the rank.
+    rank = ROOT / "launch" / "templates" / "rank.sh"
     job.write_text(
-        f'#!/bin/bash\nsrun --wait=60 {sys.executable} -m smilejax train "$@"\n'
+        f'#!/bin/bash\nsrun --wait=60 bash {rank} {sys.executable} -m smilejax train "$@"\n'
         'rc=$?\necho "SRUN_EXIT=$rc"\nexit $rc\n'
     )
     env = slurm_env(slurm_conf)
