@@ -151,7 +151,7 @@ def check_batch(cfg: Config, mesh) -> None:
 
 def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
     """A resumed run continues its batch sequence only with the data settings, seed and training-set size
-    it had: a changed one (a new batch size, element budget, file list, files with other contents)
+    it had: a changed one (a new batch size, element budget, file list, a training set of another size)
     raises instead of silently training on another sequence from the restored position."""
     info = run_dir / "run.json"
     before_examples = json.loads(info.read_text()).get("train_examples") if info.is_file() else None
