@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import jax
@@ -12,6 +13,8 @@ from smilejax import checkpoint, config, registry, steps
 from smilejax import mesh as meshlib
 from smilejax.config import Config, MeshConfig
 from smilejax.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -39,6 +42,7 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     cfg = dataclasses.replace(
         cfg,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1, rules=cfg.mesh.rules),
+        model=_float32_attention(cfg.model),
         train=dataclasses.replace(cfg.train, precision="fp32", grad_accum=1),
     )
     spec = registry.model(cfg.model.name)
@@ -57,3 +61,14 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     return TrainedModel(
         run_dir=run_dir, cfg=cfg, spec=spec, model=model, step=int(jax.device_get(state.step))
     )
+
+
+def _float32_attention(model_cfg):
+    """cuDNN's fused attention computes in bf16 on NVIDIA GPUs only; the same function in float32 on any
+    device is the model's default implementation (same parameters), which an export also needs to run
+    anywhere."""
+    if getattr(model_cfg, "attention", None) != "cudnn":
+        return model_cfg
+    default = next(f.default for f in dataclasses.fields(model_cfg) if f.name == "attention")
+    log.info("attention: cudnn (training) -> %s (float32 evaluation and export)", default)
+    return dataclasses.replace(model_cfg, attention=default)

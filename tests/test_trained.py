@@ -33,3 +33,22 @@ def test_load_returns_trained_model_in_eval_mode(tmp_path):
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a smilejax run directory"):
         trained.load(tmp_path)
+
+
+@pytest.mark.parametrize(("run", "default"), [("tiny_gn2_run", "math"), ("tiny_mlpf_run", "chunked")])
+def test_a_cudnn_trained_model_loads_with_its_float32_attention(request, run, default):
+    run_dir = request.getfixturevalue(run)
+    # Trained with cuDNN attention on a GPU, evaluated or exported on a CPU: the same parameters with
+    # the model's default attention, which computes in float32 anywhere.
+    loaded = trained.load(run_dir, overrides=["model.attention=cudnn"])
+    assert loaded.cfg.model.attention == default
+    reference = trained.load(run_dir)
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(loaded.model, nnx.Param)),
+            jax.tree.leaves(nnx.state(reference.model, nnx.Param)),
+            strict=True,
+        )
+    ]
+    assert same and all(same)
