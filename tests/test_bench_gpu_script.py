@@ -1,0 +1,60 @@
+"""``launch/bench_gpu.sh`` runs every part end to end (tiny settings, CPU), so the GPU session's one
+prepared script does not rot between the rare sessions that have a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from smilejax import metrics
+from tests.conftest import ROOT, cli_env
+
+SMALL_GN2 = "model.embed=16 model.init_hidden=[16] model.layers=1 model.heads=2 model.ff=32 model.out=8"
+
+
+def test_bench_gpu_script_runs_every_part(tmp_path):
+    env = cli_env(
+        1,
+        PY=sys.executable,
+        TORCH_PY="",  # GN2's PyTorch peer needs torch, which only the particleflow env has
+        GN2_OVERRIDES=f"{SMALL_GN2} model.head_hidden=[8] model.attention_chunk=8",
+        GN2_ATTENTION="math,chunked",
+        GN2_BUCKETS="6",
+        GN2_BATCH="16",
+        MLPF_OVERRIDES="model.num_convs=1",
+        MLPF_SHAPES="32x4",
+        MLPF_ATTENTION="chunked",
+        STEPS="2",
+        REPEATS="1",
+        LOOP_STEPS="4",
+        LOOP_OVERRIDES="data.batch_size=64 logging.progress=false",
+        INPUT_JETS="20000",
+        INPUT_THREADS="1",
+        INPUT_WORKERS="0",
+        INPUT_BATCHES="3",
+    )
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        ["bash", "launch/bench_gpu.sh", str(out)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    for part in ("gn2", "mlpf", "loop", "input"):
+        assert f"=== {part}: exit 0" in done.stdout and (out / f"{part}.log").exists()
+
+    gn2 = [r for r in json.loads((out / "gn2" / "train.json").read_text())["rows"] if r["impl"] == "jax"]
+    assert {(r["attention"], r["tracks"]) for r in gn2} == {
+        (a, t) for a in ("math", "chunked") for t in (6, 40)
+    }
+    mlpf = json.loads((out / "mlpf" / "train.json").read_text())["rows"]
+    assert {r["impl"] for r in mlpf if r.get("events_per_s")} == {"jax", "torch-eager", "torch-compile"}
+    # the loop trains with the fastest bucketed attention of the gn2 part, bucketed
+    fastest = max((r for r in gn2 if r["padding"] == "bucket"), key=lambda r: r["samples_per_s"])["attention"]
+    assert f"attention: {fastest}" in (out / "loop.log").read_text()
+    assert [r["step"] for r in metrics.read(out / "loop" / "metrics.jsonl") if "loss" in r][-1] == 4
+    assert json.loads((out / "input" / "input.json").read_text())["rows"][0]["jets_per_s"] > 0
