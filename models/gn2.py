@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_implementation
+from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .spec import ModelSpec
 
 JET_CLASSES = ("b", "c", "light", "tau")
@@ -98,12 +98,7 @@ class GN2Config:
     class_weights: dict[str, list[float]] | None = None
 
     def __post_init__(self):
-        try:
-            check_attention_implementation(self.attention)
-        except ValueError as err:
-            raise ValueError(f"attention: {err}") from None
-        if self.attention_chunk < 1:
-            raise ValueError(f"attention_chunk must be >= 1, got {self.attention_chunk}")
+        check_attention_config(self.attention, self.attention_chunk)
         if self.aux_tasks not in ("auto", "on", "off"):
             raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
         if self.vertex_loss_norm not in ("pairs", "matches"):

@@ -158,6 +158,16 @@ def check_attention_implementation(implementation: str) -> None:
         )
 
 
+def check_attention_config(attention: str, attention_chunk: int) -> None:
+    """The ``attention`` / ``attention_chunk`` fields of a model config, with errors naming them."""
+    try:
+        check_attention_implementation(attention)
+    except ValueError as err:
+        raise ValueError(f"attention: {err}") from None
+    if attention_chunk < 1:
+        raise ValueError(f"attention_chunk must be >= 1, got {attention_chunk}")
+
+
 def _math_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array | None, dropout: nnx.Dropout | None
 ) -> jax.Array:

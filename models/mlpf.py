@@ -81,7 +81,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .layers import F32, Axis, Dense, LayerNorm, SelfAttention, _dropout, check_attention_implementation
+from .layers import F32, Axis, Dense, LayerNorm, SelfAttention, _dropout, check_attention_config
 from .spec import ModelSpec
 
 CLASS_LABELS = (0, 211, 130, 22, 11, 13)  # particleflow's CLIC classes (PDG ids, 0 = no particle)
@@ -160,11 +160,8 @@ class MLPFConfig:
                 close = difflib.get_close_matches(str(value), allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"{field}={value!r}; choose from {list(allowed)}{hint}")
-        try:
-            check_attention_implementation(self.attention)
-        except ValueError as err:
-            raise ValueError(f"attention: {err}") from None
-        for field in ("input_dim", "num_heads", "head_dim", "max_elements", "attention_chunk"):
+        check_attention_config(self.attention, self.attention_chunk)
+        for field in ("input_dim", "num_heads", "head_dim", "max_elements"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
         if self.num_convs < 0:
