@@ -206,16 +206,26 @@ def validate(cfg: Config) -> None:
     for size in cfg.data.global_batch_sizes():
         if size % cfg.train.grad_accum:
             raise ConfigError(
-                f"{batch_name(cfg.data, size)}={size} is not divisible by "
+                f"{cfg.data.describe_batch(size)}={size} is not divisible by "
                 f"train.grad_accum={cfg.train.grad_accum}"
             )
     if cfg.optimizer.lr <= 0:
         raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
 
 
-def batch_name(data: DataConfig, size: int) -> str:
-    """How an error names a global batch size: the config keys it comes from."""
-    return data.describe_batch(size)
+def check_batch_sizes(data: DataConfig, *, processes: int, divisor: int, devices: str) -> None:
+    """Every global batch size divides over the ``processes`` and over ``divisor`` (the batch-sharded
+    devices × train.grad_accum, described by ``devices``); errors name the config keys of the size."""
+    for size in data.global_batch_sizes():
+        if size % processes:
+            raise ConfigError(
+                f"{data.describe_batch(size)}={size} is not divisible by the {processes} processes"
+            )
+        if size % divisor:
+            raise ConfigError(
+                f"{data.describe_batch(size)}={size} must be divisible by the batch-sharded devices × "
+                f"train.grad_accum = {divisor} {devices}"
+            )
 
 
 # ---------------------------------------------------------------- typed construction

@@ -135,18 +135,12 @@ def to_global(sharding: jax.sharding.Sharding, local: dict) -> dict:
 
 
 def check_batch(cfg: Config, mesh) -> None:
-    divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
-    for size in cfg.data.global_batch_sizes():
-        if size % jax.process_count():
-            raise ConfigError(
-                f"{config.batch_name(cfg.data, size)}={size} is not divisible by the {jax.process_count()} "
-                f"processes"
-            )
-        if size % divisor:
-            raise ConfigError(
-                f"{config.batch_name(cfg.data, size)}={size} must be divisible by the batch-sharded devices "
-                f"× train.grad_accum = {divisor} (mesh {meshlib.describe(mesh)})"
-            )
+    config.check_batch_sizes(
+        cfg.data,
+        processes=jax.process_count(),
+        divisor=meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum,
+        devices=f"(mesh {meshlib.describe(mesh)})",
+    )
 
 
 def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:

@@ -147,26 +147,16 @@ def resources(
 def check_fit(cfg, job_gpus: int, processes: int) -> None:
     """The config's mesh and batch fit the job's devices (known only on GPU systems) and processes."""
     from smilejax import mesh as meshlib
-    from smilejax.config import ConfigError, batch_name
+    from smilejax.config import check_batch_sizes
 
-    sizes = cfg.data.global_batch_sizes()
-    for size in sizes:
-        if size % processes:
-            name = batch_name(cfg.data, size)
-            raise ConfigError(f"{name}={size} is not divisible by the {processes} processes")
-    if not job_gpus:
-        return
-    shape = meshlib.mesh_shape(cfg.mesh, job_gpus)
-    divisor = 1
-    for axis in cfg.mesh.rules.get("batch", []):
-        divisor *= shape.get(axis, 1)
-    divisor *= cfg.train.grad_accum
-    for size in sizes:
-        if size % divisor:
-            raise ConfigError(
-                f"{batch_name(cfg.data, size)}={size} must be divisible by the batch-sharded devices × "
-                f"train.grad_accum = {divisor} on {job_gpus} GPUs (mesh {shape})"
-            )
+    divisor, devices = 1, ""  # the devices are known only on GPU systems
+    if job_gpus:
+        shape = meshlib.mesh_shape(cfg.mesh, job_gpus)
+        for axis in cfg.mesh.rules.get("batch", []):
+            divisor *= shape.get(axis, 1)
+        divisor *= cfg.train.grad_accum
+        devices = f"on {job_gpus} GPUs (mesh {shape})"
+    check_batch_sizes(cfg.data, processes=processes, divisor=divisor, devices=devices)
 
 
 def default_run_dir(cfg, workdir: Path) -> Path:
