@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 
 import jax
@@ -12,6 +13,8 @@ from smilejax import mesh as meshlib
 from smilejax import metrics, registry, runtime, steps
 from smilejax.bench import _models, _synthetic, common
 from smilejax.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -51,6 +54,28 @@ def attention_configs(cfg: Config, attention: str | None) -> list[Config]:
         return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=a)) for a in names]
     except ValueError as err:
         raise SystemExit(f"--attention {attention}: {err}") from None
+
+
+def measure_attentions(cfg: Config, args: argparse.Namespace) -> tuple[list[Measured], list[dict]]:
+    """``measure`` once per ``--attention`` implementation: (measured, rows of the failed ones).
+
+    Only the first program reports the device's peak memory (a running maximum, so later ones would
+    show the largest so far); each reports its compiled memory. A failing implementation (cuDNN
+    refusing a shape, say) becomes a row with its error and the others still run; without
+    ``--attention`` a failure is raised."""
+    measured, failed = [], []
+    for c in attention_configs(cfg, args.attention):
+        try:
+            measured.append(measure(c, args, report_peak=not measured))
+        except Exception as err:  # reported in the results and the exit status
+            if not args.attention:
+                raise
+            log.exception("jax %s failed", c.model.attention)
+            row = {"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention}
+            failed.append({**row, "note": f"failed: {err}"[:200]})
+    if not measured:
+        raise SystemExit(f"--attention {args.attention}: every implementation failed (see the log)")
+    return measured, failed
 
 
 def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) -> Measured:

@@ -125,21 +125,7 @@ def run(args: argparse.Namespace) -> int:
     args.torch_modes = args.torch_modes or "eager,compile"
     _, padded, widths = _train_jax.lengths(cfg, args)
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
-    # One program per attention implementation; only the first reports the device's peak memory (a
-    # running maximum, so later ones would show the largest so far), every one its compiled memory.
-    # A failing implementation (cuDNN refusing a shape, say) is a row with its error; the others run.
-    measured, failed = [], []
-    for c in _train_jax.attention_configs(cfg, args.attention):
-        try:
-            measured.append(_train_jax.measure(c, args, report_peak=not measured))
-        except Exception as err:  # reported in the results and the exit status
-            if not args.attention:
-                raise
-            log.exception("jax %s failed", c.model.attention)
-            row = {"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention}
-            failed.append({**row, "note": f"failed: {err}"[:200]})
-    if not measured:
-        raise SystemExit(f"--attention {args.attention}: every implementation failed (see the log)")
+    measured, failed = _train_jax.measure_attentions(cfg, args)
     first = measured[0]
     torch_rows, torch_info = _train_torch.rows(peer, args, padded, first.params, first.flops)
     rows = [r for m in measured for r in m.rows] + failed + torch_rows
