@@ -37,16 +37,23 @@ def peak_flops(device: jax.Device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def step_flops(compiled) -> float | None:
-    """FLOPs of one compiled step, from XLA's cost analysis (per device for SPMD programs)."""
+def step_flops(lowered, *, devices: int = 1) -> float | None:
+    """FLOPs per device of one step: XLA's cost analysis of the *lowered* (not yet optimised) program,
+    divided by the ``devices`` that share its work.
+
+    Not the compiled program's count: XLA's GPU backend turns matrix products into cuBLAS calls that
+    its cost analysis then misses (jax-ml/jax#22249; an H100 GN2 step counted 0.6 of its 2.8 TFLOP).
+    A jit-sharded step lowers as the global program (``devices`` = mesh size); a step that is one
+    ``shard_map`` lowers as one device's body (``devices`` = 1). ``steps.Program.step_flops`` knows which.
+    """
     try:
-        cost = compiled.cost_analysis()
+        cost = lowered.cost_analysis()
     except Exception:  # some backends do not implement it
         return None
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    return float(flops) / devices if flops and flops > 0 else None
 
 
 class MetricsLog:

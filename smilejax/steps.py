@@ -23,7 +23,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smilejax import mesh as meshlib
-from smilejax import optim
+from smilejax import metrics, optim
 from smilejax.config import Config, ConfigError
 from smilejax.models.spec import ModelSpec
 
@@ -52,10 +52,15 @@ class Program:
     init: Callable[[], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, dict], Metrics]
+    manual: bool = False  # the train step is one shard_map (its lowered form is one device's program)
 
     @property
     def param_count(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
+
+    def step_flops(self, lowered: jax.stages.Lowered) -> float | None:
+        """FLOPs per device of the lowered ``train_step`` (for MFU)."""
+        return metrics.step_flops(lowered, devices=1 if self.manual else self.mesh.size)
 
 
 def compute_dtype(cfg: Config) -> jnp.dtype:
@@ -211,4 +216,5 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         init=jax.jit(init, out_shardings=state_sharding),
         train_step=train_step,
         eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
+        manual=step_fn is shard_map_step,
     )

@@ -256,8 +256,8 @@ def train(
     def compiled_for(state: steps.TrainState, batch: dict) -> tuple[Callable, float | None]:
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
-            step_fn = program.train_step.lower(state, batch).compile()
-            compiled[shapes] = step_fn, metrics.step_flops(step_fn)
+            lowered = program.train_step.lower(state, batch)
+            compiled[shapes] = lowered.compile(), program.step_flops(lowered)
         return compiled[shapes]
 
     first_global = to_global(program.batch_sharding, next(batches))

@@ -106,3 +106,21 @@ def test_indivisible_dimension_stays_replicated():
     assert meshlib.logical_spec(("mlp", "embed"), (32, 16), mesh, rules) == jax.sharding.PartitionSpec(
         None, ("fsdp",)
     )
+
+
+def _flops_per_device(devices: int, **sections) -> float:
+    cfg = config.load(toy.config(data={"batch_size": 4096}, **sections))
+    mesh = meshlib.build_mesh(cfg.mesh, jax.devices()[:devices])
+    program = steps.build(registry.model(cfg.model.name), cfg, mesh)
+    batch = jax.device_put(toy.ToySource(cfg.data, "train").read(np.arange(4096) % 512), program.batch_sharding)
+    return program.step_flops(program.train_step.lower(program.init(), batch))
+
+
+def test_step_flops_are_per_device_for_jit_and_shard_map_steps():
+    one = _flops_per_device(1)
+    # the toy's matrix products on 4096 rows: forward, weight gradients, and input gradients but the first
+    dense = 2 * 4096 * (8 * 32 + 32 * 32 + 32)
+    assert 3 * dense - 2 * 4096 * 8 * 32 < one < 1.5 * 3 * dense
+    for sections in ({"train": {"parallel": "jit"}}, {"train": {"parallel": "shard_map"}}):
+        assert _flops_per_device(8, mesh={"data": 8}, **sections) == pytest.approx(one / 8, rel=0.05)
+    assert _flops_per_device(8, mesh={"data": 2, "fsdp": 4}) == pytest.approx(one / 8, rel=0.05)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from smilejax import mesh as meshlib
-from smilejax import metrics, steps
+from smilejax import steps
 from smilejax.bench import _hlo_stats, common
 from smilejax.config import Config, ConfigError
 from smilejax.models.spec import ModelSpec
@@ -79,7 +79,8 @@ def measure(
     placed = [_place(program.batch_sharding, b) for b in batches]
 
     t0 = time.perf_counter()
-    compiled = program.train_step.lower(state, placed[0]).compile()
+    lowered = program.train_step.lower(state, placed[0])
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     ops = _hlo_stats.collectives(compiled.as_text(), dict(mesh.shape))
 
@@ -101,7 +102,7 @@ def measure(
         "step_s": timing["median_s"],
         "step_min_s": timing["min_s"],
         "compile_s": compile_s,
-        "flops": metrics.step_flops(compiled),
+        "flops": program.step_flops(lowered),
         **_hlo_stats.memory(compiled),
         **_hlo_stats.summarize(ops),
         "ops": aggregate(ops),

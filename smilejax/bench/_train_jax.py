@@ -105,8 +105,9 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
             k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda idx, v=v: v[idx])
             for k, v in host.items()
         }
-        compiled = program.train_step.lower(state, batch).compile()
-        flops = flops_by_width[width] = metrics.step_flops(compiled)
+        lowered = program.train_step.lower(state, batch)
+        compiled = lowered.compile()
+        flops = flops_by_width[width] = program.step_flops(lowered)
         holder = {"state": state, "out": None}
 
         def run_steps(compiled=compiled, batch=batch, holder=holder):

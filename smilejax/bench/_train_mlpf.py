@@ -206,7 +206,8 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
         }
         for batch in host_batches
     ]
-    compiled = program.train_step.lower(state, device_batches[0]).compile()
+    lowered = program.train_step.lower(state, device_batches[0])
+    compiled = lowered.compile()
     t0 = time.perf_counter()
     state, out = compiled(state, device_batches[0])
     first = float(out["loss"])
@@ -225,7 +226,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     last = float(holder["out"]["loss"])
     if not (math.isfinite(first) and math.isfinite(last)):
         raise FloatingPointError(f"mlpf {n}x{b} ({attention}): the loss is {first} (first), {last} (last)")
-    flops, peak = metrics.step_flops(compiled), metrics.peak_flops(jax.devices()[0])
+    flops, peak = program.step_flops(lowered), metrics.peak_flops(jax.devices()[0])
     row = {
         "impl": "jax",
         "attention": attention,
