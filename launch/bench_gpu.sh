@@ -16,6 +16,8 @@
 #   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
 #   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
 #   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
+#   PROFILE_STEPS (3): gn2 and mlpf trace this many more steps per JAX row and write where the device
+#                time goes (OUT/PART/profile-*.md/.png; 0: no trace)
 #   MLPF_ATTENTION (chunked,cudnn); MLPF_SHAPES ("256x128 1024x32")
 #   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_ATTENTION (default: the fastest bucketed one of the gn2 part)
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
@@ -44,7 +46,7 @@ part_gn2() {
   [ -n "$TORCH_PY" ] && torch=(--torch-python "$TORCH_PY" --torch-modes "${GN2_TORCH_MODES:-eager,compile}")
   "$PY" -m smilejax bench train gn2 "${GN2_OVR[@]}" --batch "${GN2_BATCH:-4000}" --tracks 40 \
     --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" --precision bf16 \
-    --steps "$STEPS" --repeats "$REPEATS" "${torch[@]}" --out "$OUT/gn2"
+    --steps "$STEPS" --repeats "$REPEATS" --profile "${PROFILE_STEPS:-3}" "${torch[@]}" --out "$OUT/gn2"
 }
 
 part_mlpf() {
@@ -52,7 +54,7 @@ part_mlpf() {
   [ -n "${MLPF_REF_PY:-}" ] && ref=(--torch-python "$MLPF_REF_PY")
   "$PY" -m smilejax bench train mlpf "${MLPF_OVR[@]}" --shape "${MLPF_SHAPE_ARGS[@]}" \
     --attention "${MLPF_ATTENTION:-chunked,cudnn}" --precision bf16 --steps "$STEPS" \
-    --repeats "$REPEATS" "${ref[@]}" --out "$OUT/mlpf"
+    --repeats "$REPEATS" --profile "${PROFILE_STEPS:-3}" "${ref[@]}" --out "$OUT/mlpf"
 }
 
 fastest_gn2_attention() {

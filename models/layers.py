@@ -315,6 +315,7 @@ class SelfAttention(nnx.Module):
         )
         self.dropout = _dropout(dropout, rngs)
 
+    @jax.named_scope("attention")
     def __call__(self, x: jax.Array, valid: jax.Array, queries: jax.Array | None = None) -> jax.Array:
         dt = self.dtype
         x = x.astype(dt)
@@ -357,6 +358,7 @@ class FeedForward(nnx.Module):
         self.act = activation_fn(activation)
         self.dropout = _dropout(dropout, rngs)
 
+    @jax.named_scope("feed_forward")
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.act(self.up(x))
         if self.dropout is not None:

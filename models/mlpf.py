@@ -366,19 +366,24 @@ class MLPF(nnx.Module):
         type_onehot = X[..., 0:1] == jnp.asarray(self.elemtypes, F32)  # [B, N, types]
         x = X.astype(self.dtype)
 
-        emb_id = self._stack(
-            self.conv_id, self._encode(self.nn0_id, x, type_onehot), valid, self.final_norm_id
-        )
-        emb_reg = self._stack(
-            self.conv_reg, self._encode(self.nn0_reg, x, type_onehot), valid, self.final_norm_reg
-        )
+        # named scopes: `smilejax bench train --profile` reports device time per scope
+        with jax.named_scope("id_encoder"):
+            emb_id = self._stack(
+                self.conv_id, self._encode(self.nn0_id, x, type_onehot), valid, self.final_norm_id
+            )
+        with jax.named_scope("reg_encoder"):
+            emb_reg = self._stack(
+                self.conv_reg, self._encode(self.nn0_reg, x, type_onehot), valid, self.final_norm_reg
+            )
 
-        binary = self.nn_binary_particle(emb_id).astype(F32)
-        pid = self.nn_pid(emb_id).astype(F32)
-        reg = {
-            name: getattr(self, f"nn_{name}")(type_onehot, emb_reg, X[..., i + 1 : i + 2]).astype(F32)
-            for i, name in enumerate(MOMENTUM)
-        }
+        with jax.named_scope("class_heads"):
+            binary = self.nn_binary_particle(emb_id).astype(F32)
+            pid = self.nn_pid(emb_id).astype(F32)
+        with jax.named_scope("momentum_heads"):
+            reg = {
+                name: getattr(self, f"nn_{name}")(type_onehot, emb_reg, X[..., i + 1 : i + 2]).astype(F32)
+                for i, name in enumerate(MOMENTUM)
+            }
         # particleflow: energy = log(|p| implied by the predicted pT and eta / element energy), not
         # differentiated, plus a non-negative learned correction.
         pt = jnp.exp(jax.lax.stop_gradient(reg["pt"])) * X[..., 1:2]
@@ -408,6 +413,7 @@ def loss(model: MLPF, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     return loss_from_outputs(model(batch["X"], batch.get("mask")), batch, model.loss_weights)
 
 
+@jax.named_scope("loss")
 def loss_from_outputs(
     out: dict[str, jax.Array], batch, weights: tuple[float, float, float] = (10.0, 2.0, 1e-2)
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -157,6 +157,7 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         loss, metrics, grads = jax.tree.map(lambda s: s / k, sums)
         return loss, metrics, rest, grads
 
+    @jax.named_scope("optimizer")
     def apply(state: TrainState, loss, metrics, rest, grads) -> tuple[TrainState, Metrics]:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -51,6 +51,11 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
     assert {(r["attention"], r["tracks"]) for r in gn2} == {
         (a, t) for a in ("math", "chunked") for t in (6, 40)
     }
+    # every JAX row's device time is traced and broken down (default PROFILE_STEPS)
+    profiles = {p.name for part in ("gn2", "mlpf") for p in (out / part).glob("profile-*.md")}
+    assert profiles == {f"profile-gn2-{a}-{t}.md" for a in ("math", "chunked") for t in (6, 40)} | {
+        "profile-mlpf-chunked-32x4.md"
+    }
     mlpf = json.loads((out / "mlpf" / "train.json").read_text())["rows"]
     assert {r["impl"] for r in mlpf if r.get("events_per_s")} == {"jax", "torch-eager", "torch-compile"}
     # the loop trains with the fastest bucketed attention of the gn2 part, bucketed

@@ -28,6 +28,7 @@ def test_jax_and_particleflow_train_the_same_model_on_the_same_batches(tmp_path)
         pytest.fail(f"the particleflow reference environment {REF_ENV} is missing: `make reference`")
     out = tmp_path / "bench"
     args = ["--shape", "32x4", *FAST, "--precision", "fp32", "--impls", "jax,torch-eager", "--out", str(out)]
+    args += ["--profile", "2"]  # traced after the timed steps: the loss check below still compares equals
     done = run_cli("bench", "train", "mlpf", *TINY, *args, devices=2, SMILEJAX_MLPF_REF=str(REF_ENV))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "train.json").read_text())
@@ -55,6 +56,17 @@ def test_jax_and_particleflow_train_the_same_model_on_the_same_batches(tmp_path)
     check = record["loss_vs_ref_eager"]["jax chunked 32x4"]
     assert check["first_loss"] < 1e-4 and check["last_loss"] < 1e-4, check
     assert rows["jax"]["first_loss"] != pytest.approx(rows["jax"]["last_loss"], rel=1e-3)  # it trained
+
+    profile = json.loads((out / "profile-mlpf-chunked-32x4.json").read_text())
+    scopes = {r["scope"] for r in profile["by_scope"]}
+    assert {
+        "id_encoder/attention",
+        "reg_encoder",
+        "class_heads",
+        "momentum_heads",
+        "loss",
+        "optimizer",
+    } <= scopes
 
     table = (out / "train.md").read_text()
     assert "| impl | attention | elements | events | valid_per_event | ms_per_step |" in table

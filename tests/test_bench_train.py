@@ -24,7 +24,20 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
     out = tmp_path / "bench"
-    args = ["--batch", "16", "--tracks", "10", "--bucket", "6", "--steps", "2", "--repeats", "1"]
+    args = [
+        "--batch",
+        "16",
+        "--tracks",
+        "10",
+        "--bucket",
+        "6",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--profile",
+        "2",
+    ]
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, *args, "--out", str(out), devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "train.json").read_text())
@@ -47,6 +60,20 @@ def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
     table = (out / "train.md").read_text()
     assert "| impl | mode | attention | tracks |" in table and "skipped: no --torch-python" in table
     assert (out / "train.png").read_bytes()[:8] == PNG
+    # --profile: where each row's device time goes, by the model's named scopes, and the trace itself
+    for tracks in (6, 10):
+        summary = json.loads((out / f"profile-gn2-math-{tracks}.json").read_text())
+        scopes = {(r["scope"], r["phase"]) for r in summary["by_scope"]}
+        expected = {"init_net", "encoder", "encoder/attention", "encoder/feed_forward", "vertex_head", "loss"}
+        assert {(s, p) for s in expected for p in ("forward", "backward")} <= scopes
+        assert ("optimizer", "update") in scopes
+        assert sum(r["share"] for r in summary["by_category"]) == pytest.approx(1.0)
+        assert summary["by_category"][0]["ms_per_step"] > 0 and "matmul" in {
+            r["category"] for r in summary["by_category"]
+        }
+        assert "## By model scope" in (out / f"profile-gn2-math-{tracks}.md").read_text()
+        assert (out / f"profile-gn2-math-{tracks}.png").read_bytes()[:8] == PNG
+        assert list((out / f"profile-gn2-math-{tracks}").rglob("*.xplane.pb"))
 
 
 def test_bench_train_rejects_bad_lengths_and_interpreters(tmp_path):
@@ -128,7 +155,14 @@ def test_only_the_first_attention_program_reports_the_device_peak(monkeypatch):
     monkeypatch.setattr(_train_jax, "_peak_memory_gb", lambda: 1.5)  # CPUs report none
     cfg = load_config("gn2", [*SMALL_GN2, "model.attention_chunk=4"])
     args = argparse.Namespace(
-        batch=8, tracks=6, bucket=[], steps=1, repeats=1, precision="fp32", attention="math,chunked"
+        batch=8,
+        tracks=6,
+        bucket=[],
+        steps=1,
+        repeats=1,
+        precision="fp32",
+        attention="math,chunked",
+        profile=0,
     )
     measured, failed = _train_jax.measure_attentions(cfg, args)
     assert not failed

@@ -112,7 +112,8 @@ def _flops_per_device(devices: int, **sections) -> float:
     cfg = config.load(toy.config(data={"batch_size": 4096}, **sections))
     mesh = meshlib.build_mesh(cfg.mesh, jax.devices()[:devices])
     program = steps.build(registry.model(cfg.model.name), cfg, mesh)
-    batch = jax.device_put(toy.ToySource(cfg.data, "train").read(np.arange(4096) % 512), program.batch_sharding)
+    rows = toy.ToySource(cfg.data, "train").read(np.arange(4096) % 512)
+    batch = jax.device_put(rows, program.batch_sharding)
     return program.step_flops(program.train_step.lower(program.init(), batch))
 
 

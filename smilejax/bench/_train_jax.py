@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import logging
 import math
+from pathlib import Path
 
 import jax
 
 from smilejax import mesh as meshlib
 from smilejax import metrics, registry, runtime, steps
-from smilejax.bench import _models, _synthetic, common
+from smilejax.bench import _models, _profile, _synthetic, common
 from smilejax.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,19 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
         flops = flops_by_width[width] = program.step_flops(lowered)
         holder = {"state": state, "out": None}
 
-        def run_steps(compiled=compiled, batch=batch, holder=holder):
-            for _ in range(args.steps):  # the state is donated: always step the newest one
+        def run_steps(compiled=compiled, batch=batch, holder=holder, steps=args.steps):
+            for _ in range(steps):  # the state is donated: always step the newest one
                 holder["state"], holder["out"] = compiled(holder["state"], batch)
             return holder["state"], holder["out"]
 
         timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
+        if args.profile:
+            label = f"{cfg.model.name}-{getattr(cfg.model, 'attention', 'jax')}" + (
+                f"-{width}" if width else ""
+            )
+            _profile.profile_steps(
+                lambda: run_steps(steps=args.profile), compiled, args.profile, Path(args.out), label
+            )
         state, out = holder["state"], jax.device_get(holder["out"])
         if not math.isfinite(float(out["loss"])):
             raise FloatingPointError(f"{cfg.model.name}: loss is {float(out['loss'])} at length {width}")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smilejax.bench import _mlpf_peer, _synthetic, common
+from smilejax.bench import _mlpf_peer, _profile, _synthetic, common
 from smilejax.config import Config, ConfigError
 from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS
 
@@ -217,8 +217,8 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     warmup_s = time.perf_counter() - t0
     holder = {"state": state, "out": out}
 
-    def run_steps():
-        for i in range(args.steps):  # the state is donated: always step the newest one
+    def run_steps(steps=args.steps):
+        for i in range(steps):  # the state is donated: always step the newest one
             holder["state"], holder["out"] = compiled(holder["state"], device_batches[i % BATCHES])
         return holder["state"], holder["out"]
 
@@ -226,6 +226,9 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     last = float(holder["out"]["loss"])
     if not (math.isfinite(first) and math.isfinite(last)):
         raise FloatingPointError(f"mlpf {n}x{b} ({attention}): the loss is {first} (first), {last} (last)")
+    if args.profile:  # after the last loss is read: the loss check compares equal step counts
+        label = f"mlpf-{attention}-{n}x{b}"
+        _profile.profile_steps(lambda: run_steps(args.profile), compiled, args.profile, Path(args.out), label)
     flops, peak = program.step_flops(lowered), metrics.peak_flops(jax.devices()[0])
     row = {
         "impl": "jax",

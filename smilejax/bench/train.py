@@ -74,6 +74,15 @@ def register(sub) -> None:
     )
     parser.add_argument("--torch-modes", help="PyTorch modes (default eager,compile; mlpf: see --impls)")
     parser.add_argument("--out", help="folder for JSON, table and plot (default bench-results/train[-mlpf])")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, trace N more steps of every JAX row and write where the device time goes "
+        "(profile-*.md/.png: by kind of op, by model scope and pass, costliest ops; the trace opens in "
+        "XProf); default 0: no trace",
+    )
     mlpf = parser.add_argument_group("mlpf only")
     mlpf.add_argument(
         "--shape",
@@ -109,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.batch is not None and args.batch < 1) or args.steps < 1 or args.repeats < 1:
         raise SystemExit("--batch, --steps and --repeats must be at least 1")
+    if args.profile < 0:
+        raise SystemExit("--profile must be 0 (no trace) or a number of steps")
     cfg = load_config(args.model, args.overrides)
     study = _models.adapter(registry.model(cfg.model.name).name).study
     others = MLPF_ONLY if study is None else GENERIC_ONLY

@@ -1,0 +1,282 @@
+"""Where a training step's device time goes: a profiler trace of a few steps, summed per XLA op.
+
+``profile_steps`` traces ``run`` (a few compiled steps) with ``jax.profiler``, keeps the trace (open it
+in XProf / TensorBoard's profile plugin), and sums the time of every op of the step's program, read
+from the trace's device timelines (GPU kernels; on a CPU, the host threads that run XLA's ops). Each op
+is named from the compiled HLO: its kind (``category``), whether it belongs to the forward pass, the
+backward pass or the optimizer update (``pass``), and the model's ``jax.named_scope`` it came from
+(``scope``: ``encoder/attention``, ``vertex_head``, ...). The tables say which part of the model to
+make faster; they are fractions of device time, so compare them between runs, not with wall time.
+
+Kernels that the trace does not tie to an op (library kernels launched outside XLA's annotations, or
+kernels replayed inside a CUDA graph, say) are listed by kernel name, so no time is hidden; if they
+dominate, ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no CUDA graphs) ties every kernel to its op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+log = logging.getLogger(__name__)
+
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+)\s*=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>[\w\-]+)\("
+)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FUSION_KIND = re.compile(r"kind=(k\w+)")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_CONTROL_FLOW = ("while", "conditional", "call")  # their bodies' ops are timed themselves
+# derived timelines that repeat the kernels' time
+_DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework", "Source code", "XLA TraceMe", "TensorFlow")
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    category: str  # matmul, attention (cuDNN), elementwise, reduction, copy/transpose, collective, ...
+    phase: str  # forward, backward, update
+    scope: str  # the model's named scopes ("" outside any), e.g. "encoder/attention"
+    primitive: str  # the JAX primitive the op came from (a fusion: its root's)
+
+
+def _split_name_stack(op_name: str) -> list[str]:
+    """``jit(f)/transpose(jvp(enc))/layer/dot_general`` -> its components, parentheses respected."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(op_name):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "/" and depth == 0:
+            parts.append(op_name[start:i])
+            start = i + 1
+    parts.append(op_name[start:])
+    return [p for p in parts if p]
+
+
+def parse_op_name(op_name: str) -> tuple[str, str, str]:
+    """(phase, scope, primitive) of an HLO op's JAX name stack.
+
+    Transformations wrap the scope they were applied in (``transpose(jvp(vertex_head))``): ``transpose``
+    marks the backward pass, ``jvp`` the forward pass; an op under neither is the optimizer update (or
+    code outside the differentiated loss); an op without a name stack was made by XLA itself (phase
+    ""). ``jit(...)`` components are inner jitted functions and ``a,b->c`` einsum specifications are
+    folded into the primitive; neither is a scope (the first ``jit`` is the program itself).
+    """
+    parts = _split_name_stack(op_name.split(";")[0])  # ops XLA merged list every name, ";"-separated
+    if not parts:
+        return "", "", ""
+    primitive, phase, scope = parts[-1], "update", []
+    for part in parts[1:-1]:
+        while "(" in part and part.endswith(")"):
+            head, inner = part.split("(", 1)
+            if head == "transpose":
+                phase = "backward"
+            elif head == "jvp" and phase == "update":
+                phase = "forward"
+            if head == "jit":
+                inner = ""
+            part = inner[:-1]
+        if "->" in part:
+            primitive = f"{primitive} {part}"
+        elif part:
+            scope.append(part)
+    return phase, "/".join(scope), primitive
+
+
+def _category(op: str, line: str) -> str:
+    if op == "custom-call":
+        target = (_TARGET.search(line) or [None, ""])[1]
+        lowered = target.lower()
+        if "fmha" in lowered or "attention" in lowered or "flash" in lowered:
+            return "attention (fused)"
+        if "gemm" in lowered or "matmul" in lowered or "cublas" in lowered:
+            return "matmul"
+        return f"custom-call {target}"
+    if op in ("dot", "convolution"):
+        return "matmul"
+    if op.removesuffix("-start").removesuffix("-done") in _COLLECTIVES:
+        return "collective"
+    if op in ("copy", "transpose", "copy-start", "copy-done", "dynamic-update-slice", "bitcast"):
+        return "copy/transpose"
+    if op == "fusion":
+        if "gemm" in line or "__ynn_fusion" in line or "dot(" in line or "cublas" in line:
+            return "matmul"
+        kind = (_FUSION_KIND.search(line) or [None, ""])[1]
+        return {"kLoop": "elementwise", "kInput": "reduction", "kOutput": "matmul"}.get(kind, "fusion")
+    if op in ("reduce", "reduce-window", "scatter", "select-and-scatter"):
+        return "reduction"
+    return op
+
+
+def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
+    """(module name, {instruction name: Op}) of a compiled program's HLO text."""
+    module = hlo_text.split(",", 1)[0].removeprefix("HloModule").strip()
+    ops: dict[str, Op] = {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m or m["op"] in ("parameter", "constant", "get-tuple-element", "tuple"):
+            continue
+        op_name = (_OP_NAME.search(line) or [None, ""])[1]
+        phase, scope, primitive = parse_op_name(op_name)
+        category = "control flow" if m["op"] in _CONTROL_FLOW else _category(m["op"], line)
+        ops[m["name"]] = Op(category, phase, scope, primitive or m["op"])
+    return module, ops
+
+
+def _device_lines(profile) -> Iterable:
+    """The timelines that hold ops: GPU/TPU streams, or (no device plane: a CPU run) XLA's host threads."""
+    planes = list(profile.planes)
+    devices = [p for p in planes if p.name.startswith("/device:")]
+    lines = [
+        line
+        for p in devices
+        for line in p.lines
+        if not line.name.startswith(_DERIVED_LINES) and line.name != "CUPTI overhead"
+    ]
+    if any(True for line in lines for _ in line.events):
+        return lines
+    return [line for p in planes if p.name.startswith("/host:") for line in p.lines if "XLA" in line.name]
+
+
+def op_times(trace_dir: Path, module: str) -> tuple[dict[str, float], dict[str, float]]:
+    """({op name: ns} for ``module``'s ops, {kernel name: ns} for device kernels tied to no op) summed
+    over the newest trace under ``trace_dir``."""
+    from jax.profiler import ProfileData
+
+    files = sorted(Path(trace_dir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
+    profile = ProfileData.from_file(str(files[-1]))
+    by_module: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    unattributed: dict[str, float] = defaultdict(float)
+    for line in _device_lines(profile):
+        for event in line.events:
+            with warnings.catch_warnings():  # jaxlib's stats type warns on first use (harmless)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stats = dict(event.stats)
+            op = stats.get("hlo_op")
+            if op is None:
+                if line.name.startswith("Stream"):
+                    unattributed[event.name] += event.duration_ns
+                continue
+            by_module[str(stats.get("hlo_module", "")).split("(")[0]][str(op)] += event.duration_ns
+    if module not in by_module and by_module:  # named differently in the trace: the busiest program
+        busiest = max(by_module, key=lambda m: sum(by_module[m].values()))
+        log.warning("no op of %s in the trace; using %s, its busiest program", module, busiest)
+        module = busiest
+    return dict(by_module.get(module, {})), dict(unattributed)
+
+
+def summarise(
+    times: dict[str, float], unattributed: dict[str, float], ops: dict[str, Op], steps: int, top: int = 15
+) -> dict[str, list[dict]]:
+    """Tables of ms per step and share of the traced device time: by category, by scope and phase, and
+    the ``top`` costliest ops."""
+    timed = {
+        name: ns for name, ns in times.items() if ops.get(name, Op("", "", "", "")).category != "control flow"
+    }
+    total = sum(timed.values()) + sum(unattributed.values())
+    if total <= 0:
+        raise RuntimeError("the trace holds no timed op of the step's program")
+
+    def table(groups: dict[tuple, float], keys: tuple[str, ...]) -> list[dict]:
+        rows = [
+            {**dict(zip(keys, key, strict=True)), "ms_per_step": ns / steps / 1e6, "share": ns / total}
+            for key, ns in groups.items()
+        ]
+        return sorted(rows, key=lambda r: -r["ms_per_step"])
+
+    unknown = Op("unknown", "", "", "")
+    by_category: dict[tuple, float] = defaultdict(float)
+    by_scope: dict[tuple, float] = defaultdict(float)
+    for name, ns in timed.items():
+        op = ops.get(name, unknown)
+        by_category[(op.category,)] += ns
+        by_scope[(op.scope or ("(made by XLA)" if not op.phase else "(no scope)"), op.phase)] += ns
+    for ns in unattributed.values():
+        by_category[("kernels outside XLA ops",)] += ns
+        by_scope[("(kernels outside XLA ops)", "")] += ns
+    top_ops = {
+        (
+            name,
+            ops.get(name, unknown).category,
+            ops.get(name, unknown).phase,
+            ops.get(name, unknown).scope,
+            ops.get(name, unknown).primitive,
+        ): ns
+        for name, ns in timed.items()
+    }
+    top_ops.update({(name, "kernel outside XLA ops", "", "", ""): ns for name, ns in unattributed.items()})
+    return {
+        "by_category": table(by_category, ("category",)),
+        "by_scope": table(by_scope, ("scope", "phase")),
+        "top_ops": table(top_ops, ("op", "category", "phase", "scope", "primitive"))[:top],
+    }
+
+
+def profile_steps(run: Callable[[], Any], compiled, steps: int, out: Path, label: str) -> dict[str, Any]:
+    """Traces ``run()`` (``steps`` steps of ``compiled``) into ``out/profile-<label>/`` and writes
+    ``profile-<label>.json`` / ``.md`` / ``.png`` next to it; returns the summary."""
+    from smilejax.bench import common
+
+    trace_dir = Path(out) / f"profile-{label}"
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    jax.block_until_ready(run())  # warm: nothing but the steps in the trace
+    with jax.profiler.trace(str(trace_dir)):
+        jax.block_until_ready(run())
+    module, ops = hlo_ops(compiled.as_text())
+    times, unattributed = op_times(trace_dir, module)
+    summary = summarise(times, unattributed, ops, steps)
+    summary["traced_ms_per_step"] = sum(r["ms_per_step"] for r in summary["by_category"])
+    (Path(out) / f"profile-{label}.json").write_text(json.dumps({"label": label, **summary}, indent=2) + "\n")
+    text = [f"# Device time of one step: {label}\n", f"Trace: `{trace_dir}` ({steps} steps).\n"]
+    for key, title in (
+        ("by_category", "By kind of op"),
+        ("by_scope", "By model scope"),
+        ("top_ops", "Costliest ops"),
+    ):
+        text += [f"\n## {title}\n\n", common.markdown_table(summary[key])]
+    (Path(out) / f"profile-{label}.md").write_text("".join(text))
+    _plot(summary, Path(out) / f"profile-{label}.png", label)
+    log.info(
+        "profile %s: %s",
+        label,
+        ", ".join(f"{r['category']} {r['share']:.0%}" for r in summary["by_category"][:4]),
+    )
+    return summary
+
+
+def _plot(summary: dict, path: Path, label: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU node: the tables are written already
+        log.warning("matplotlib is not installed: no plot %s", path)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, name in ((axes[0], "by_category", "category"), (axes[1], "by_scope", None)):
+        rows = summary[key][:12][::-1]
+        labels = [
+            r[name] if name else f"{r['scope']} ({r['phase']})" if r["phase"] else r["scope"] for r in rows
+        ]
+        ax.barh(labels, [100 * r["share"] for r in rows], color="tab:blue")
+        ax.set_xlabel("% of traced device time")
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0].set_title("by kind of op")
+    axes[1].set_title("by model scope and pass")
+    fig.suptitle(f"{label}: {summary.get('traced_ms_per_step', 0):.3g} ms of device time per step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

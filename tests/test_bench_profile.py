@@ -1,0 +1,70 @@
+"""``bench/_profile``: a step's device time by kind of op, model scope and pass, from a real trace."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from smilejax.bench import _profile
+
+BACKWARD = "jit(f)/transpose(jvp(encoder))/attention/dot_general"
+EINSUM = "jit(f)/jvp(encoder)/attention/bqnh,bknh->bnqk/dot_general"
+
+
+@pytest.mark.parametrize(
+    ("op_name", "expected"),
+    [
+        (BACKWARD, ("backward", "encoder/attention", "dot_general")),
+        (EINSUM, ("forward", "encoder/attention", "dot_general bqnh,bknh->bnqk")),
+        ("jit(f)/jvp(vertex_head)/jit(relu)/max", ("forward", "vertex_head", "max")),
+        ("jit(f)/optimizer/mul", ("update", "optimizer", "mul")),
+        (f"{BACKWARD};{EINSUM}", ("backward", "encoder/attention", "dot_general")),  # merged ops
+        ("", ("", "", "")),
+    ],
+)
+def test_name_stacks_give_pass_scope_and_primitive(op_name, expected):
+    assert _profile.parse_op_name(op_name) == expected
+
+
+def _loss(w, x):
+    with jax.named_scope("big"):  # two 512 x 512 x 512 products per pass
+        h = jnp.tanh(x @ w) @ w
+    with jax.named_scope("small"):  # elementwise on a 512 x 512 array
+        return jnp.sum(jnp.sin(h) * 2.0)
+
+
+def test_profile_finds_the_scope_that_costs_most(tmp_path):
+    step = jax.jit(lambda w, x: w - 1e-3 * jax.grad(_loss)(w, x))
+    w = jax.random.normal(jax.random.key(0), (512, 512)) / 30
+    x = jax.random.normal(jax.random.key(1), (512, 512))
+    compiled = step.lower(w, x).compile()
+    holder = {"w": w}
+
+    def run():
+        for _ in range(3):
+            holder["w"] = compiled(holder["w"], x)
+        return holder["w"]
+
+    summary = _profile.profile_steps(run, compiled, 3, tmp_path, "toy")
+    by_scope = {(r["scope"], r["phase"]): r for r in summary["by_scope"]}
+    # the forward of "small" fuses into the backward pass: only its backward ops stay its own
+    assert {("big", "forward"), ("big", "backward"), ("small", "backward")} <= set(by_scope)
+    assert by_scope[("big", "backward")]["share"] > by_scope[("small", "backward")]["share"] > 0
+    assert summary["by_category"][0]["category"] == "matmul"  # the products dominate
+    assert sum(r["share"] for r in summary["by_scope"]) == pytest.approx(1.0)
+    assert summary["traced_ms_per_step"] == pytest.approx(sum(r["ms_per_step"] for r in summary["by_scope"]))
+    top = summary["top_ops"][0]
+    assert top["category"] == "matmul" and top["scope"] == "big"
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / f"profile-toy{suffix}").stat().st_size > 0
+
+
+def test_summarise_refuses_an_empty_trace():
+    with pytest.raises(RuntimeError, match="no timed op"):
+        _profile.summarise({}, {}, {}, steps=1)
+
+
+def test_missing_trace_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        _profile.op_times(tmp_path, "jit_step")
