@@ -21,6 +21,7 @@ EINSUM = "jit(f)/jvp(encoder)/attention/bqnh,bknh->bnqk/dot_general"
         ("jit(f)/optimizer/mul", ("update", "optimizer", "mul")),
         (f"{BACKWARD};{EINSUM}", ("backward", "encoder/attention", "dot_general")),  # merged ops
         ("", ("", "", "")),
+        ("state.params['encoder']['out_kernel']", ("", "", "")),  # an argument's layout copy: XLA's
     ],
 )
 def test_name_stacks_give_pass_scope_and_primitive(op_name, expected):
@@ -58,6 +59,14 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
     assert top["category"] == "matmul" and top["scope"] == "big"
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"profile-toy{suffix}").stat().st_size > 0
+
+
+def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monkeypatch):
+    compiled = jax.jit(jnp.sin).lower(jnp.ones(8)).compile()
+    monkeypatch.setattr(_profile, "op_times", lambda *a: ({}, {}))  # a backend whose trace names no op
+    assert _profile.profile_steps(lambda: compiled(jnp.ones(8)), compiled, 1, tmp_path, "bare") is None
+    assert "No breakdown: the trace holds no timed op" in (tmp_path / "profile-bare.md").read_text()
+    assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept
 
 
 def test_summarise_refuses_an_empty_trace():
