@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from smilejax import checkpoint, config, metrics, preemption, registry, runtime, steps
+from smilejax import checkpoint, config, metrics, preemption, profiling, registry, runtime, steps
 from smilejax import mesh as meshlib
 from smilejax.config import Config, ConfigError
 from smilejax.inputs import pipeline as pipelines
@@ -181,6 +181,24 @@ def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
+def _summarise_profile(trace_dir: Path, traced: set, run: config.RunConfig) -> None:
+    """``profile.md``/``.json``/``.png`` beside the trace: where the traced steps' device time went.
+
+    Only when they all ran one compiled program: bucketed batches run one program per width, and those
+    share op names, so their trace is left to XProf (or ``smilejax bench train --profile``)."""
+    title = f"training steps {run.profile_at + 1}-{run.profile_at + run.profile_steps}"
+    if len(traced) == 1:
+        profiling.write_summary(trace_dir, next(iter(traced)), run.profile_steps, title)
+        return
+    note = (
+        f"# Device time of one step: {title}\n\nNo breakdown: {len(traced)} batch shapes (buckets) ran "
+        "in the traced steps, one compiled program each, and their programs share op names. Open the "
+        f"trace in XProf, or break one shape down with `smilejax bench train MODEL --profile N`.\n"
+    )
+    (trace_dir.parent / f"{trace_dir.name}.md").write_text(note)
+    log.info("profile: trace in %s (%d batch shapes: no breakdown)", trace_dir, len(traced))
+
+
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
     sums: dict[str, float] = {}
     for _ in range(cfg.run.eval_steps):
@@ -297,11 +315,20 @@ def train(
     def checkpoint_hook(step: int) -> None:
         ckpt.save(state, batches)
 
+    traced: set = set()  # the compiled programs stepped inside the profiler window (None: no window)
+    tracing = {"on": False}
+
     def profile_hook(step: int) -> None:
         if step == cfg.run.profile_at:
+            jax.block_until_ready(state)  # the window holds its own steps only
             jax.profiler.start_trace(str(run_dir / "profile"))
-        elif step == cfg.run.profile_at + cfg.run.profile_steps:
+            tracing["on"] = True
+        elif step == cfg.run.profile_at + cfg.run.profile_steps and tracing["on"]:
+            jax.block_until_ready(state)
             jax.profiler.stop_trace()
+            tracing["on"] = False
+            if lead:
+                _summarise_profile(run_dir / "profile", traced, cfg.run)
 
     hooks = [
         Hook(cfg.run.log_every, log_hook),
@@ -330,6 +357,8 @@ def train(
             pending = None
             window["data_s"] += time.perf_counter() - t_data
             step_fn, flops = compiled_for(state, batch)
+            if tracing["on"]:
+                traced.add(step_fn)
             state, out = step_fn(state, batch)
             unknown = flops is None or window["flops"] is None
             window["flops"] = None if unknown else window["flops"] + flops
@@ -348,6 +377,8 @@ def train(
             log_hook(int(jax.device_get(state.step)))
         ckpt.save(state, batches, wait=True)
     finally:
+        if tracing["on"]:  # stopped (preempted, failed) inside the profiler window
+            jax.profiler.stop_trace()
         bar.close()
         watch.restore()
         ckpt.wait()

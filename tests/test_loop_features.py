@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -23,9 +25,23 @@ def test_mfu_is_logged_when_the_device_peak_is_known(tmp_path, monkeypatch):
     assert all(0 < r["mfu"] < 1 for r in records)
 
 
-def test_profiler_trace_is_written(tmp_path):
+def test_profiler_trace_is_written_and_broken_down(tmp_path):
     _, run_dir = _run(tmp_path, run={"profile_at": 1, "profile_steps": 2})
     assert list((run_dir / "profile").rglob("*.xplane.pb"))
+    summary = json.loads((run_dir / "profile.json").read_text())
+    assert summary["label"] == "training steps 2-3"
+    phases = {r["phase"] for r in summary["by_scope"]}
+    assert {"forward", "backward", "update"} <= phases  # the toy names no scopes; the optimizer does
+    assert "optimizer" in {r["scope"] for r in summary["by_scope"]}
+    assert sum(r["share"] for r in summary["by_category"]) == pytest.approx(1.0)
+    assert "## By model scope" in (run_dir / "profile.md").read_text()
+
+
+def test_profile_of_several_batch_shapes_is_left_to_xprof(tmp_path):
+    run = config.RunConfig(profile_at=10, profile_steps=5)
+    train._summarise_profile(tmp_path / "profile", {"program a", "program b"}, run)
+    note = (tmp_path / "profile.md").read_text()
+    assert "training steps 11-15" in note and "No breakdown: 2 batch shapes" in note
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 import jax
 
 from smilejax import mesh as meshlib
-from smilejax import metrics, registry, runtime, steps
-from smilejax.bench import _models, _profile, _synthetic, common
+from smilejax import metrics, profiling, registry, runtime, steps
+from smilejax.bench import _models, _synthetic, common
 from smilejax.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
             label = f"{cfg.model.name}-{getattr(cfg.model, 'attention', 'jax')}" + (
                 f"-{width}" if width else ""
             )
-            _profile.profile_steps(
+            profiling.profile_steps(
                 lambda: run_steps(steps=args.profile), compiled, args.profile, Path(args.out), label
             )
         state, out = holder["state"], jax.device_get(holder["out"])

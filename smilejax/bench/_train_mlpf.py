@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smilejax.bench import _mlpf_peer, _profile, _synthetic, common
+from smilejax import profiling
+from smilejax.bench import _mlpf_peer, _synthetic, common
 from smilejax.config import Config, ConfigError
 from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS
 
@@ -228,7 +229,9 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
         raise FloatingPointError(f"mlpf {n}x{b} ({attention}): the loss is {first} (first), {last} (last)")
     if args.profile:  # after the last loss is read: the loss check compares equal step counts
         label = f"mlpf-{attention}-{n}x{b}"
-        _profile.profile_steps(lambda: run_steps(args.profile), compiled, args.profile, Path(args.out), label)
+        profiling.profile_steps(
+            lambda: run_steps(args.profile), compiled, args.profile, Path(args.out), label
+        )
     flops, peak = program.step_flops(lowered), metrics.peak_flops(jax.devices()[0])
     row = {
         "impl": "jax",

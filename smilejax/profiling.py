@@ -1,12 +1,14 @@
 """Where a training step's device time goes: a profiler trace of a few steps, summed per XLA op.
 
-``profile_steps`` traces ``run`` (a few compiled steps) with ``jax.profiler``, keeps the trace (open it
-in XProf / TensorBoard's profile plugin), and sums the time of every op of the step's program, read
-from the trace's device timelines (GPU kernels; on a CPU, the host threads that run XLA's ops). Each op
-is named from the compiled HLO: its kind (``category``), whether it belongs to the forward pass, the
-backward pass or the optimizer update (``pass``), and the model's ``jax.named_scope`` it came from
-(``scope``: ``encoder/attention``, ``vertex_head``, ...). The tables say which part of the model to
-make faster; they are fractions of device time, so compare them between runs, not with wall time.
+``profile_steps`` traces ``run`` (a few compiled steps) with ``jax.profiler`` (``smilejax bench train
+--profile``; the training loop's ``run.profile_at`` traces its own steps and calls ``write_summary``),
+keeps the trace (open it in XProf / TensorBoard's profile plugin), and sums the time of every op of
+the step's program, read from the trace's device timelines (GPU kernels; on a CPU, the host threads
+that run XLA's ops). Each op is named from the compiled HLO: its kind (``category``), whether it
+belongs to the forward pass, the backward pass or the optimizer update (``phase``), and the model's
+``jax.named_scope`` it came from (``scope``: ``encoder/attention``, ``vertex_head``, ...). The tables
+say which part of the model to make faster; they are fractions of device time, so compare them
+between runs, not with wall time.
 
 Kernels that the trace does not tie to an op (library kernels launched outside XLA's annotations, or
 kernels replayed inside a CUDA graph, say) are listed by kernel name, so no time is hidden; if they
@@ -227,45 +229,55 @@ def summarise(
 def profile_steps(
     run: Callable[[], Any], compiled, steps: int, out: Path, label: str
 ) -> dict[str, Any] | None:
-    """Traces ``run()`` (``steps`` steps of ``compiled``) into ``out/profile-<label>/`` and writes
-    ``profile-<label>.json`` / ``.md`` / ``.png`` next to it; returns the summary.
-
-    A trace that cannot be broken down (a backend whose trace names no ops, say) costs the benchmark
-    nothing: ``profile-<label>.md`` says why, and None is returned; the trace is kept."""
-    from smilejax.bench import common
-
-    out = Path(out)
-    trace_dir = out / f"profile-{label}"
+    """Traces ``run()`` (``steps`` steps of ``compiled``) into ``out/profile-<label>/`` and writes the
+    breakdown next to it (``write_summary``)."""
+    trace_dir = Path(out) / f"profile-{label}"
     shutil.rmtree(trace_dir, ignore_errors=True)
     jax.block_until_ready(run())  # warm: nothing but the steps in the trace
     with jax.profiler.trace(str(trace_dir)):
         jax.block_until_ready(run())
+    return write_summary(trace_dir, compiled, steps, label)
+
+
+def write_summary(trace_dir: Path, compiled, steps: int, title: str) -> dict[str, Any] | None:
+    """Breaks the newest trace under ``trace_dir`` (``steps`` steps of ``compiled``) down and writes
+    ``<trace_dir>.json`` / ``.md`` / ``.png``; returns the summary.
+
+    A trace that cannot be broken down (a backend whose trace names no ops, say) costs the caller
+    nothing: the ``.md`` says why, and None is returned; the trace is kept."""
+    from smilejax.bench import common
+
+    trace_dir = Path(trace_dir)
+    stem = trace_dir.parent / trace_dir.name
     try:
         module, ops = hlo_ops(compiled.as_text())
         summary = summarise(*op_times(trace_dir, module), ops, steps)
-    except Exception as err:  # the timed rows matter more than their breakdown
-        log.warning("profile %s: no breakdown of the trace in %s: %s", label, trace_dir, err)
-        (out / f"profile-{label}.md").write_text(
-            f"# Device time of one step: {label}\n\nNo breakdown: {err}\n"
-        )
+    except Exception as err:  # the timed steps matter more than their breakdown
+        log.warning("profile %s: no breakdown of the trace in %s: %s", title, trace_dir, err)
+        _write_text(stem, ".md", f"# Device time of one step: {title}\n\nNo breakdown: {err}\n")
         return None
     summary["traced_ms_per_step"] = sum(r["ms_per_step"] for r in summary["by_category"])
-    (out / f"profile-{label}.json").write_text(json.dumps({"label": label, **summary}, indent=2) + "\n")
-    text = [f"# Device time of one step: {label}\n", f"Trace: `{trace_dir}` ({steps} steps).\n"]
-    for key, title in (
+    _write_text(stem, ".json", json.dumps({"label": title, **summary}, indent=2) + "\n")
+    text = [f"# Device time of one step: {title}\n", f"Trace: `{trace_dir}` ({steps} steps).\n"]
+    for key, heading in (
         ("by_category", "By kind of op"),
         ("by_scope", "By model scope"),
         ("top_ops", "Costliest ops"),
     ):
-        text += [f"\n## {title}\n\n", common.markdown_table(summary[key])]
-    (out / f"profile-{label}.md").write_text("".join(text))
-    _plot(summary, out / f"profile-{label}.png", label)
+        text += [f"\n## {heading}\n\n", common.markdown_table(summary[key])]
+    _write_text(stem, ".md", "".join(text))
+    _plot(summary, stem.parent / f"{stem.name}.png", title)
     log.info(
-        "profile %s: %s",
-        label,
+        "profile %s: %s (%s.md)",
+        title,
         ", ".join(f"{r['category']} {r['share']:.0%}" for r in summary["by_category"][:4]),
+        stem,
     )
     return summary
+
+
+def _write_text(stem: Path, suffix: str, text: str) -> None:
+    (stem.parent / f"{stem.name}{suffix}").write_text(text)
 
 
 def _plot(summary: dict, path: Path, label: str) -> None:

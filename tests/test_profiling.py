@@ -1,4 +1,4 @@
-"""``bench/_profile``: a step's device time by kind of op, model scope and pass, from a real trace."""
+"""``smilejax.profiling``: a step's device time by kind of op, model scope and pass, from a real trace."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from smilejax.bench import _profile
+from smilejax import profiling
 
 BACKWARD = "jit(f)/transpose(jvp(encoder))/attention/dot_general"
 EINSUM = "jit(f)/jvp(encoder)/attention/bqnh,bknh->bnqk/dot_general"
@@ -25,7 +25,7 @@ EINSUM = "jit(f)/jvp(encoder)/attention/bqnh,bknh->bnqk/dot_general"
     ],
 )
 def test_name_stacks_give_pass_scope_and_primitive(op_name, expected):
-    assert _profile.parse_op_name(op_name) == expected
+    assert profiling.parse_op_name(op_name) == expected
 
 
 def _loss(w, x):
@@ -47,7 +47,7 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
             holder["w"] = compiled(holder["w"], x)
         return holder["w"]
 
-    summary = _profile.profile_steps(run, compiled, 3, tmp_path, "toy")
+    summary = profiling.profile_steps(run, compiled, 3, tmp_path, "toy")
     by_scope = {(r["scope"], r["phase"]): r for r in summary["by_scope"]}
     # the forward of "small" fuses into the backward pass: only its backward ops stay its own
     assert {("big", "forward"), ("big", "backward"), ("small", "backward")} <= set(by_scope)
@@ -63,17 +63,17 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
 
 def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monkeypatch):
     compiled = jax.jit(jnp.sin).lower(jnp.ones(8)).compile()
-    monkeypatch.setattr(_profile, "op_times", lambda *a: ({}, {}))  # a backend whose trace names no op
-    assert _profile.profile_steps(lambda: compiled(jnp.ones(8)), compiled, 1, tmp_path, "bare") is None
+    monkeypatch.setattr(profiling, "op_times", lambda *a: ({}, {}))  # a backend whose trace names no op
+    assert profiling.profile_steps(lambda: compiled(jnp.ones(8)), compiled, 1, tmp_path, "bare") is None
     assert "No breakdown: the trace holds no timed op" in (tmp_path / "profile-bare.md").read_text()
     assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept
 
 
 def test_summarise_refuses_an_empty_trace():
     with pytest.raises(RuntimeError, match="no timed op"):
-        _profile.summarise({}, {}, {}, steps=1)
+        profiling.summarise({}, {}, {}, steps=1)
 
 
 def test_missing_trace_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        _profile.op_times(tmp_path, "jit_step")
+        profiling.op_times(tmp_path, "jit_step")
