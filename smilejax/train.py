@@ -315,7 +315,7 @@ def train(
     def checkpoint_hook(step: int) -> None:
         ckpt.save(state, batches)
 
-    traced: set = set()  # the compiled programs stepped inside the profiler window (None: no window)
+    traced: set = set()  # the compiled programs stepped inside the profiler window
     tracing = {"on": False}
 
     def profile_hook(step: int) -> None:
