@@ -238,9 +238,19 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
     if valid is None:
         return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     t = q.shape[1]
+    q, k, v, mask = cudnn_masked_inputs(q, k, v, valid)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")[:, :t]
+
+
+def cudnn_masked_inputs(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """q, k, v and the key mask in the shapes cuDNN's fused attention accepts: an even length
+    (``pad_to_even_length``), and the mask as [B, 1, T, S] (cuDNN turns it into a bias, which must span
+    both sequence axes; a [B, 1, 1, S] mask is refused with "Bias must have same seq length as QKV")."""
     q, k, v, valid = pad_to_even_length(q, k, v, valid)
-    out = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :], implementation="cudnn")
-    return out[:, :t]
+    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    return q, k, v, jnp.broadcast_to(valid[:, None, None, :], (b, 1, t, s))
 
 
 def pad_to_even_length(

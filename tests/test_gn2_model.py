@@ -383,3 +383,31 @@ def test_odd_sets_are_padded_to_an_even_length_for_cudnn_without_changing_attent
     padded = _math_attention(qp, kp, vp, validp, None)[:, :5]
     np.testing.assert_allclose(padded, _math_attention(q, k, v, valid, None), rtol=1e-6, atol=1e-6)
     assert pad_to_even_length(qp, kp, vp, validp)[0] is qp  # even: unchanged
+
+
+def test_cudnn_inputs_pass_jax_s_own_cudnn_shape_checks_at_gn2_shapes():
+    """The cuDNN path cannot run off a GPU, so its inputs are checked here with the checks JAX runs
+    before calling cuDNN: a shape cuDNN refuses would otherwise show only in a GPU session."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+    from smilejax.models.layers import _math_attention, cudnn_masked_inputs
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(3, 41, 8, 32)), jnp.bfloat16) for _ in range(3))  # 40 + register
+    valid = jnp.asarray(rng.random((3, 41)) < 0.4).at[:, -1].set(True)
+    qp, kp, vp, mask = cudnn_masked_inputs(q, k, v, valid)
+    assert qp.shape == (3, 42, 8, 32) and mask.shape == (3, 1, 42, 42) and mask.dtype == jnp.bool_
+
+    def checks(mask):
+        bias = cudnn.combine_bias_and_mask(None, mask, qp.dtype)
+        layout = cudnn.AttentionLayout.BTNH.value
+        cudnn.check_layout(qp, kp, vp, bias, None, None, None, None, None, None, cudnn.AttentionLayout.BTNH)
+        cudnn.check_is_flash_attention(qp, kp, vp, layout, 90000, has_bias=True, is_training=True)
+
+    checks(mask)
+    with pytest.raises(ValueError, match="Bias must have same seq length"):
+        checks(mask[:, :, :1, :])  # the [B, 1, 1, S] mask this path passed before: refused
+    # the same function as masked attention on the unpadded set
+    f32 = [x.astype(jnp.float32) for x in (q, k, v, qp, kp, vp)]
+    padded = _math_attention(*f32[3:], mask[:, 0, 0], None)
+    exact = _math_attention(*f32[:3], valid, None)
+    np.testing.assert_allclose(padded[:, :41], exact, rtol=1e-5, atol=1e-5)
