@@ -150,16 +150,58 @@ def _device_lines(profile) -> Iterable:
     return [line for p in planes if p.name.startswith("/host:") for line in p.lines if "XLA" in line.name]
 
 
-def op_times(trace_dir: Path, module: str) -> tuple[dict[str, float], dict[str, float]]:
-    """({op name: ns} for ``module``'s ops, {kernel name: ns} for device kernels tied to no op) summed
-    over the newest trace under ``trace_dir``."""
+def program_id(compiled) -> int | None:
+    """XLA's id of a compiled program: the ``program_id`` its ops carry in a trace (None: unknown)."""
+    try:
+        proto = compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto()
+        return _varint_field(proto, 5)  # HloModuleProto.id
+    except Exception:  # another runtime: programs are then told apart by module name only
+        return None
+
+
+def _varint_field(message: bytes, number: int) -> int | None:
+    """The top-level varint field ``number`` of a serialized protocol buffer message."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = message[i]
+            value |= (byte & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if byte < 0x80:
+                return value, i
+
+    i = 0
+    while i < len(message):
+        key, i = varint(i)
+        kind = key & 7
+        if kind == 0:
+            value, i = varint(i)
+            if key >> 3 == number:
+                return value
+        elif kind == 2:
+            size, i = varint(i)
+            i += size
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+        else:
+            return None
+    return None
+
+
+Times = dict[tuple[str, int | None], dict[str, float]]
+
+
+def op_times(trace_dir: Path) -> tuple[Times, dict[str, float]]:
+    """({(module, program id): {op name: ns}}, {kernel name: ns} for device kernels tied to no op),
+    summed over the newest trace under ``trace_dir``."""
     from jax.profiler import ProfileData
 
     files = sorted(Path(trace_dir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
     profile = ProfileData.from_file(str(files[-1]))
-    by_module: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_program: Times = defaultdict(lambda: defaultdict(float))
     unattributed: dict[str, float] = defaultdict(float)
     for line in _device_lines(profile):
         for event in line.events:
@@ -171,12 +213,28 @@ def op_times(trace_dir: Path, module: str) -> tuple[dict[str, float], dict[str, 
                 if line.name.startswith("Stream"):
                     unattributed[event.name] += event.duration_ns
                 continue
-            by_module[str(stats.get("hlo_module", "")).split("(")[0]][str(op)] += event.duration_ns
-    if module not in by_module and by_module:  # named differently in the trace: the busiest program
-        busiest = max(by_module, key=lambda m: sum(by_module[m].values()))
-        log.warning("no op of %s in the trace; using %s, its busiest program", module, busiest)
-        module = busiest
-    return dict(by_module.get(module, {})), dict(unattributed)
+            module = str(stats.get("hlo_module", "")).split("(")[0]
+            pid = stats.get("program_id")
+            by_program[(module, None if pid is None else int(pid))][str(op)] += event.duration_ns
+    return {k: dict(v) for k, v in by_program.items()}, dict(unattributed)
+
+
+def _program_times(times: Times, module: str, pid: int | None, alone: bool) -> dict[str, float]:
+    """The op times of one traced program: by its id, else (the only program asked for) by its module
+    name, else the busiest program in the trace."""
+    if (module, pid) in times:
+        return times[(module, pid)]
+    if not alone:
+        raise RuntimeError(f"the trace does not tell program {pid} of {module} apart from the others")
+    named = [t for (m, _), t in times.items() if m == module]
+    if not named and times:  # named differently in the trace
+        named = [max(times.values(), key=lambda t: sum(t.values()))]
+        log.warning("no op of %s in the trace; using its busiest program", module)
+    merged: dict[str, float] = defaultdict(float)
+    for t in named:
+        for op, ns in t.items():
+            merged[op] += ns
+    return dict(merged)
 
 
 def summarise(
@@ -236,12 +294,14 @@ def profile_steps(
     jax.block_until_ready(run())  # warm: nothing but the steps in the trace
     with jax.profiler.trace(str(trace_dir)):
         jax.block_until_ready(run())
-    return write_summary(trace_dir, compiled, steps, label)
+    return write_summary(trace_dir, {"": compiled}, steps, label)
 
 
-def write_summary(trace_dir: Path, compiled, steps: int, title: str) -> dict[str, Any] | None:
-    """Breaks the newest trace under ``trace_dir`` (``steps`` steps of ``compiled``) down and writes
-    ``<trace_dir>.json`` / ``.md`` / ``.png``; returns the summary.
+def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: str) -> dict[str, Any] | None:
+    """Breaks the newest trace under ``trace_dir`` (``steps`` steps of the compiled ``programs``, keyed
+    by a label such as the batch shape: ``{"": compiled}`` for one) down and writes
+    ``<trace_dir>.json`` / ``.md`` / ``.png``; returns the summary. With several programs (bucketed
+    batches, one program per width) each op is named with its program's label.
 
     A trace that cannot be broken down (a backend whose trace names no ops, say) costs the caller
     nothing: the ``.md`` says why, and None is returned; the trace is kept."""
@@ -250,8 +310,16 @@ def write_summary(trace_dir: Path, compiled, steps: int, title: str) -> dict[str
     trace_dir = Path(trace_dir)
     stem = trace_dir.parent / trace_dir.name
     try:
-        module, ops = hlo_ops(compiled.as_text())
-        summary = summarise(*op_times(trace_dir, module), ops, steps)
+        traced, unattributed = op_times(trace_dir)
+        times: dict[str, float] = {}
+        ops: dict[str, Op] = {}
+        for label, compiled in programs.items():
+            module, program_ops = hlo_ops(compiled.as_text())
+            own = _program_times(traced, module, program_id(compiled), alone=len(programs) == 1)
+            name = (lambda op, label=label: f"{op} [{label}]") if label else (lambda op: op)
+            times.update({name(op): ns for op, ns in own.items()})
+            ops.update({name(op): info for op, info in program_ops.items()})
+        summary = summarise(times, unattributed, ops, steps)
     except Exception as err:  # the timed steps matter more than their breakdown
         log.warning("profile %s: no breakdown of the trace in %s: %s", title, trace_dir, err)
         _write_text(stem, ".md", f"# Device time of one step: {title}\n\nNo breakdown: {err}\n")

@@ -181,22 +181,12 @@ def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _summarise_profile(trace_dir: Path, traced: set, run: config.RunConfig) -> None:
-    """``profile.md``/``.json``/``.png`` beside the trace: where the traced steps' device time went.
-
-    Only when they all ran one compiled program: bucketed batches run one program per width, and those
-    share op names, so their trace is left to XProf (or ``smilejax bench train --profile``)."""
+def _summarise_profile(trace_dir: Path, traced: dict[str, Callable], run: config.RunConfig) -> None:
+    """``profile.md``/``.json``/``.png`` beside the trace: where the traced steps' device time went
+    (``traced``: the compiled programs that ran, by batch shape; bucketed batches run one per width)."""
     title = f"training steps {run.profile_at + 1}-{run.profile_at + run.profile_steps}"
-    if len(traced) == 1:
-        profiling.write_summary(trace_dir, next(iter(traced)), run.profile_steps, title)
-        return
-    note = (
-        f"# Device time of one step: {title}\n\nNo breakdown: {len(traced)} batch shapes (buckets) ran "
-        "in the traced steps, one compiled program each, and their programs share op names. Open the "
-        f"trace in XProf, or break one shape down with `smilejax bench train MODEL --profile N`.\n"
-    )
-    (trace_dir.parent / f"{trace_dir.name}.md").write_text(note)
-    log.info("profile: trace in %s (%d batch shapes: no breakdown)", trace_dir, len(traced))
+    programs = {"": next(iter(traced.values()))} if len(traced) == 1 else traced
+    profiling.write_summary(trace_dir, programs, run.profile_steps, title)
 
 
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
@@ -315,7 +305,7 @@ def train(
     def checkpoint_hook(step: int) -> None:
         ckpt.save(state, batches)
 
-    traced: set = set()  # the compiled programs stepped inside the profiler window
+    traced: dict[str, Callable] = {}  # the compiled programs stepped inside the profiler window, by shape
     tracing = {"on": False}
 
     def profile_hook(step: int) -> None:
@@ -358,7 +348,7 @@ def train(
             window["data_s"] += time.perf_counter() - t_data
             step_fn, flops = compiled_for(state, batch)
             if tracing["on"]:
-                traced.add(step_fn)
+                traced["x".join(map(str, max((v.shape for v in batch.values()), key=len)))] = step_fn
             state, out = step_fn(state, batch)
             unknown = flops is None or window["flops"] is None
             window["flops"] = None if unknown else window["flops"] + flops

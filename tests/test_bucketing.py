@@ -204,7 +204,8 @@ def test_train_runs_over_several_batch_shapes(data, tmp_path):
     path, norm = data
     run_dir = tmp_path / "run"
     cfg = {
-        "run": {"steps": 6, "log_every": 1, "checkpoint_every": 0, "dir": str(run_dir)},
+        "run": {"steps": 6, "log_every": 1, "checkpoint_every": 0, "dir": str(run_dir)}
+        | {"profile_at": 1, "profile_steps": 5},
         "data": {
             "format": "ftag_h5",
             "path": str(path),
@@ -232,3 +233,10 @@ def test_train_runs_over_several_batch_shapes(data, tmp_path):
     src = fh.SPEC.source(_cfg(data, batch_size=64, bucket_tracks=[8, 12], bucket_window=4), "train")
     plan = pipeline.BatchPlan(pipeline._EpochOrder(len(src), 0, True), 64, fh.buckets(src, src.cfg), 0)
     assert len({plan(k)[1] for k in range(6)}) > 1
+    # steps 2-6 were profiled: each op of the breakdown names the program (batch shape) it ran in
+    traced_widths = {plan(k)[1] for k in range(1, 6)}
+    assert len(traced_widths) > 1
+    summary = json.loads((run_dir / "profile.json").read_text())
+    labels = {r["op"].rsplit(" [", 1)[1].rstrip("]") for r in summary["top_ops"]}
+    assert labels <= {f"64x{w}x21" for w in traced_widths} and labels
+    assert {"encoder", "vertex_head"} <= {r["scope"] for r in summary["by_scope"]}

@@ -37,13 +37,6 @@ def test_profiler_trace_is_written_and_broken_down(tmp_path):
     assert "## By model scope" in (run_dir / "profile.md").read_text()
 
 
-def test_profile_of_several_batch_shapes_is_left_to_xprof(tmp_path):
-    run = config.RunConfig(profile_at=10, profile_steps=5)
-    train._summarise_profile(tmp_path / "profile", {"program a", "program b"}, run)
-    note = (tmp_path / "profile.md").read_text()
-    assert "training steps 11-15" in note and "No breakdown: 2 batch shapes" in note
-
-
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     # Rows of the 4th batch (no shuffling) carry a NaN target: step 4's loss is NaN.
     source = toy.ToySource(toy.ToyDataConfig(), "train")

@@ -69,6 +69,24 @@ def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monke
     assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept
 
 
+def test_programs_of_several_shapes_are_told_apart(tmp_path):
+    """Bucketed batches run one compiled program per width; their ops share names, so each op is
+    attributed to its program by the id the trace carries."""
+    step = jax.jit(lambda w, x: w - 1e-3 * jax.grad(_loss)(w, x))
+    small, large = ((jnp.ones((n, n)) / n, jnp.ones((n, n))) for n in (64, 384))
+    programs = {"64": step.lower(*small).compile(), "384": step.lower(*large).compile()}
+    ids = {profiling.program_id(c) for c in programs.values()}
+    assert len(ids) == 2 and all(isinstance(i, int) for i in ids)
+    trace_dir = tmp_path / "profile"
+    jax.block_until_ready((programs["64"](*small), programs["384"](*large)))  # warm
+    with jax.profiler.trace(str(trace_dir)):
+        jax.block_until_ready((programs["64"](*small), programs["384"](*large)))
+    summary = profiling.write_summary(trace_dir, programs, 1, "two shapes")
+    labels = [r["op"].rsplit(" [", 1)[1] for r in summary["top_ops"]]
+    assert labels[0] == "384]" and "64]" in labels  # every op names its program; the large one costs most
+    assert (tmp_path / "profile.md").read_text().startswith("# Device time of one step: two shapes")
+
+
 def test_summarise_refuses_an_empty_trace():
     with pytest.raises(RuntimeError, match="no timed op"):
         profiling.summarise({}, {}, {}, steps=1)
@@ -76,4 +94,4 @@ def test_summarise_refuses_an_empty_trace():
 
 def test_missing_trace_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        profiling.op_times(tmp_path, "jit_step")
+        profiling.op_times(tmp_path)
