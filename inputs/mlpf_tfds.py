@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import mlpf_format as fmt
-from . import pipeline
+from . import pipeline, tf_example
 from .cache import derived_dir, locked, save_array
 from .spec import Batch, DataConfig, DatasetSpec
 
@@ -223,6 +223,23 @@ def _check_features(part: Part, features) -> None:
             )
 
 
+_SHAPES = {"X": (None, fmt.N_X), "ytarget": (None, fmt.N_Y), "ycand": (None, fmt.N_Y), "genmet": ()}
+_SHAPES |= {"genjets": (None, 4), "targetjets": (None, 4)}
+
+
+def decode(part: Part, source, records: list[int]) -> list[dict[str, np.ndarray]]:
+    """The events at ``records`` of ``part`` (TFDS data source ``source``), decoded from their raw
+    bytes by ``tf_example.decode_floats`` (several times faster than TFDS's per-value decoding; the
+    feature layout is checked when the part is opened); a record it cannot read is named."""
+    out = []
+    for record, raw in zip(records, source.data_source.__getitems__(records), strict=True):
+        try:
+            out.append(tf_example.decode_floats(raw, _SHAPES))
+        except ValueError as err:
+            raise ValueError(f"{part} record {record}: {err}") from None
+    return out
+
+
 class MlpfSource:
     """Random access to the events of several parts as one index space (``BatchSource``)."""
 
@@ -276,7 +293,7 @@ class MlpfSource:
         for part_index in np.unique(k):
             pos = np.flatnonzero(k == part_index)
             records = (indices[pos] - self.offsets[part_index]).tolist()
-            decoded = self._sources[part_index].__getitems__(records)
+            decoded = decode(self.parts[part_index], self._sources[part_index], records)
             for p, r, ev in zip(pos, records, decoded, strict=True):
                 out[p] = (self.parts[part_index], r, ev)
         return out
@@ -406,7 +423,7 @@ def part_lengths(part: Part, source) -> np.ndarray:
             disable=len(source) < 20 * chunk,
         ):
             records = list(range(a, min(a + chunk, len(source))))
-            for record, ev in zip(records, source.__getitems__(records), strict=True):
+            for record, ev in zip(records, decode(part, source, records), strict=True):
                 prepare(ev, part, record)  # this pass reads every event: check each before training
                 lengths[record] = len(ev["X"])
         save_array(path, lengths, f"the element counts of {part}")
