@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.extend
 
 from smilejax.config import Config, LoggingConfig, to_dict
 
@@ -37,23 +38,43 @@ def peak_flops(device: jax.Device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def step_flops(lowered, *, devices: int = 1) -> float | None:
+def step_flops(lowered, *, devices: int = 1, repeats: int = 1) -> float | None:
     """FLOPs per device of one step: XLA's cost analysis of the *lowered* (not yet optimised) program,
-    divided by the ``devices`` that share its work.
+    times ``repeats``, divided by the ``devices`` that share its work.
 
     Not the compiled program's count: XLA's GPU backend turns matrix products into cuBLAS calls that
     its cost analysis then misses (jax-ml/jax#22249; an H100 GN2 step counted 0.6 of its 2.8 TFLOP).
-    A jit-sharded step lowers as the global program (``devices`` = mesh size); a step that is one
-    ``shard_map`` lowers as one device's body (``devices`` = 1). ``steps.Program.step_flops`` knows which.
+    GPU plugins do not analyse lowered programs at all (jax-ml/jax#22713), so there the same HLO is
+    analysed by the CPU backend. A jit-sharded step lowers as the global program (``devices`` = mesh
+    size); a step that is one ``shard_map`` lowers as one device's body (``devices`` = 1). A loop body
+    counts once whatever its trip count, so gradient accumulation passes ``repeats``.
+    ``steps.Program.step_flops`` sets all three. Fused kernels behind custom calls (cuDNN attention)
+    count nothing: compare MFU between implementations with that in mind.
     """
+    flops = _lowered_flops(lowered)
+    return flops * repeats / devices if flops else None
+
+
+def _lowered_flops(lowered) -> float | None:
+    def flops_of(cost) -> float | None:
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else None
+        value = (cost or {}).get("flops")
+        return float(value) if value and value > 0 else None
+
     try:
-        cost = lowered.cost_analysis()
-    except Exception:  # some backends do not implement it
+        own = flops_of(lowered.cost_analysis())  # None where the backend does not implement it
+    except Exception:
+        own = None
+    if own is not None:
+        return own
+    try:  # the backend's plugin does not analyse HLO: the CPU backend counts the same program
+        from jax._src.lib import _jax
+
+        cpu = jax.extend.backend.get_backend("cpu")
+        return flops_of(_jax.hlo_module_cost_analysis(cpu, lowered.compiler_ir("hlo").as_hlo_module()))
+    except Exception:  # no CPU backend (JAX_PLATFORMS without cpu) or another jaxlib: no MFU
         return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    flops = (cost or {}).get("flops")
-    return float(flops) / devices if flops and flops > 0 else None
 
 
 class MetricsLog:

@@ -53,6 +53,7 @@ class Program:
     train_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, dict], Metrics]
     manual: bool = False  # the train step is one shard_map (its lowered form is one device's program)
+    grad_accum: int = 1  # microbatches per step, a loop whose body XLA's cost analysis counts once
 
     @property
     def param_count(self) -> int:
@@ -60,7 +61,8 @@ class Program:
 
     def step_flops(self, lowered: jax.stages.Lowered) -> float | None:
         """FLOPs per device of the lowered ``train_step`` (for MFU)."""
-        return metrics.step_flops(lowered, devices=1 if self.manual else self.mesh.size)
+        devices = 1 if self.manual else self.mesh.size
+        return metrics.step_flops(lowered, devices=devices, repeats=self.grad_accum)
 
 
 def compute_dtype(cfg: Config) -> jnp.dtype:
@@ -218,4 +220,5 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         train_step=train_step,
         eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
         manual=step_fn is shard_map_step,
+        grad_accum=cfg.train.grad_accum,
     )

@@ -125,3 +125,16 @@ def test_step_flops_are_per_device_for_jit_and_shard_map_steps():
     for sections in ({"train": {"parallel": "jit"}}, {"train": {"parallel": "shard_map"}}):
         assert _flops_per_device(8, mesh={"data": 8}, **sections) == pytest.approx(one / 8, rel=0.05)
     assert _flops_per_device(8, mesh={"data": 2, "fsdp": 4}) == pytest.approx(one / 8, rel=0.05)
+    # gradient accumulation: the same work in a loop, whose body XLA's cost analysis counts once
+    assert _flops_per_device(1, train={"grad_accum": 4}) == pytest.approx(one, rel=0.05)
+
+
+def test_step_flops_where_the_backend_cannot_analyse_lowered_programs(monkeypatch):
+    """GPU plugins (PJRT C API) do not implement the lowered cost analysis; the CPU backend counts."""
+    from jax._src import xla_bridge
+
+    one = _flops_per_device(1)
+    monkeypatch.setattr(xla_bridge, "using_pjrt_c_api", lambda backend=None: True)
+    lowered = jax.jit(lambda a: a @ a).lower(np.ones((64, 64), np.float32))
+    assert lowered.cost_analysis() is None  # what a GPU gives
+    assert _flops_per_device(1) == one
