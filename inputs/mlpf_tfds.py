@@ -34,6 +34,7 @@ other than 1 (track) or 2 (cluster), a class index outside 0..5, NaN or inf in a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -224,8 +225,10 @@ def _check_features(part: Part, features) -> None:
             )
 
 
-_SHAPES = {"X": (None, fmt.N_X), "ytarget": (None, fmt.N_Y), "ycand": (None, fmt.N_Y), "genmet": ()}
-_SHAPES |= {"genjets": (None, 4), "targetjets": (None, 4)}
+@functools.cache
+def _shapes() -> dict[str, tuple[int | None, ...]]:
+    """particleflow's feature shapes (``None``: any length), from the one declaration of the format."""
+    return {key: tuple(feature.shape) for key, feature in fmt.features_dict().items()}
 
 
 def decode(part: Part, source, records: list[int]) -> list[dict[str, np.ndarray]]:
@@ -235,7 +238,7 @@ def decode(part: Part, source, records: list[int]) -> list[dict[str, np.ndarray]
     out = []
     for record, raw in zip(records, source.data_source.__getitems__(records), strict=True):
         try:
-            out.append(tf_example.decode_floats(raw, _SHAPES))
+            out.append(tf_example.decode_floats(raw, _shapes()))
         except ValueError as err:
             raise ValueError(f"{part} record {record}: {err}") from None
     return out

@@ -7,64 +7,29 @@ headers (Example → Features → one map entry per feature → FloatList) and h
 ``np.frombuffer``: no per-value Python. Only float features are read; anything else raises
 ``ValueError`` naming the feature, and so does a value count that does not fit the feature's shape.
 
-Wire format (protobuf): each field is a varint key ``number << 3 | wire type`` followed by a varint
-(type 0), 8 bytes (1), a varint length and that many bytes (2), or 4 bytes (5).
+The wire format is read by ``smilejax.protowire``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
+
+from smilejax.protowire import fields
 
 Shape = tuple[int | None, ...]
 
 
-def _varint(buf: bytes | bytearray, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if byte < 0x80:
-            return value, i
-
-
-def _fields(
-    buf: bytes | bytearray, start: int = 0, end: int | None = None
-) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, start, end) of each field; for a varint, start is its value."""
-    i, end = start, len(buf) if end is None else end
-    try:
-        while i < end:
-            key, i = _varint(buf, i)
-            number, kind = key >> 3, key & 7
-            if kind == 0:
-                value, i = _varint(buf, i)
-                yield number, kind, value, i
-                continue
-            if kind == 2:
-                size, i = _varint(buf, i)
-            elif kind in (1, 5):
-                size = 8 if kind == 1 else 4
-            else:
-                raise ValueError(f"malformed record: wire type {kind} at byte {i}")
-            if i + size > end:
-                break
-            yield number, kind, i, i + size
-            i += size
-    except IndexError:  # a varint ran off the end
-        i = end + 1
-    if i != end:
-        raise ValueError(f"malformed record: a field runs past its message (byte {i} of {end})")
-
-
-def _float_list(buf: bytearray, start: int, end: int) -> np.ndarray:
-    """FloatList.value (field 1): packed runs, or (older writers) one 4-byte field per value."""
+def _float_list(buf: bytearray, start: int, end: int, key: str) -> np.ndarray:
+    """FloatList.value (field 1): packed runs, or (older writers) one 4-byte field per value. The
+    views may sit at any byte offset: NumPy reads unaligned float32s correctly."""
     runs = []
-    for number, kind, a, b in _fields(buf, start, end):
+    for number, kind, a, b in fields(buf, start, end):
         if number == 1 and kind in (2, 5):
+            if (b - a) % 4:
+                raise ValueError(f"feature {key!r}: a packed float list of {b - a} bytes")
             runs.append(np.frombuffer(buf, "<f4", (b - a) // 4, a))
     if len(runs) == 1:
         return runs[0]
@@ -73,13 +38,22 @@ def _float_list(buf: bytearray, start: int, end: int) -> np.ndarray:
 
 def _feature_values(buf: bytearray, start: int, end: int, key: str) -> np.ndarray:
     """Feature (oneof bytes_list = 1, float_list = 2, int64_list = 3): the float values."""
-    for number, _, a, b in _fields(buf, start, end):
+    for number, _, a, b in _messages(buf, start, end, key):
         if number == 2:
-            return _float_list(buf, a, b)
+            return _float_list(buf, a, b, key)
         if number in (1, 3):
-            kind = "bytes" if number == 1 else "int64"
-            raise ValueError(f"feature {key!r} holds {kind} values, not float32")
+            holds = "bytes" if number == 1 else "int64"
+            raise ValueError(f"feature {key!r} holds {holds} values, not float32")
     return np.zeros(0, np.float32)  # an empty Feature: no values
+
+
+def _messages(buf: bytearray, start: int, end: int, what: str):
+    """The fields of a message whose fields are all length-delimited (Example, Features, map entries,
+    Feature): a varint or fixed-size field there means the record is not a ``tf.train.Example``."""
+    for number, kind, a, b in fields(buf, start, end):
+        if kind != 2:
+            raise ValueError(f"malformed record: {what}: field {number} has wire type {kind}")
+        yield number, kind, a, b
 
 
 def decode_floats(record: bytes, shapes: Mapping[str, Shape]) -> dict[str, np.ndarray]:
@@ -87,14 +61,14 @@ def decode_floats(record: bytes, shapes: Mapping[str, Shape]) -> dict[str, np.nd
     a dimension of any length; ``()`` for a scalar), as writable arrays of those shapes."""
     record = bytearray(record)  # one copy per record: the arrays below are views into it, writable
     found: dict[str, np.ndarray] = {}
-    for number, kind, a, b in _fields(record):
-        if number != 1 or kind != 2:  # Example.features
+    for number, _, a, b in _messages(record, 0, len(record), "Example"):
+        if number != 1:  # Example.features
             continue
-        for entry_number, _, ea, eb in _fields(record, a, b):  # Features.feature: map entries
+        for entry_number, _, ea, eb in _messages(record, a, b, "Features"):  # map entries
             if entry_number != 1:
                 continue
             key, value = None, (0, 0)
-            for n, _, fa, fb in _fields(record, ea, eb):
+            for n, _, fa, fb in _messages(record, ea, eb, "a feature map entry"):
                 if n == 1:
                     key = record[fa:fb].decode()
                 elif n == 2:

@@ -37,7 +37,7 @@ class RunConfig:
     eval_steps: int = 10
     checkpoint_every: int = 100  # 0: only at the end and on preemption
     keep_checkpoints: int = 3
-    profile_at: int = -1  # first step of a profiler trace; -1: off
+    profile_at: int = -1  # the profiler traces steps profile_at+1 .. profile_at+profile_steps; -1: off
     profile_steps: int = 5
     preemption_check_every: int = 10  # steps between cross-process agreements on a stop signal
 
@@ -195,10 +195,13 @@ def validate(cfg: Config) -> None:
         "data.batch_size": cfg.data.batch_size,
         "train.grad_accum": cfg.train.grad_accum,
         "run.preemption_check_every": cfg.run.preemption_check_every,
+        "run.profile_steps": cfg.run.profile_steps,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.run.profile_at < -1:
+        raise ConfigError(f"run.profile_at must be -1 (no trace) or a step >= 0, got {cfg.run.profile_at}")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:

@@ -24,22 +24,23 @@ import re
 import shutil
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from smilejax import protowire
+from smilejax.hlo_text import COLLECTIVES, instructions
+
 log = logging.getLogger(__name__)
 
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+)\s*=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<op>[\w\-]+)\("
-)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FUSION_KIND = re.compile(r"kind=(k\w+)")
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
-_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _CONTROL_FLOW = ("while", "conditional", "call")  # their bodies' ops are timed themselves
+# name-stack parts of loops and control flow (gradient accumulation's scan, say): not model scopes
+_STRUCTURE = {"while", "body", "cond", "eval_jaxpr", "scan", "checkpoint", "remat", "branch"}
 # derived timelines that repeat the kernels' time
 _DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework", "Source code", "XLA TraceMe", "TensorFlow")
 
@@ -90,14 +91,16 @@ def parse_op_name(op_name: str) -> tuple[str, str, str]:
             part = inner[:-1]
         if "->" in part:
             primitive = f"{primitive} {part}"
-        elif part:
+        elif part and part not in _STRUCTURE:
             scope.append(part)
+    if primitive.startswith("jit(") and primitive.endswith(")"):  # an inner jitted function's call
+        primitive = primitive[4:-1]
     return phase, "/".join(scope), primitive
 
 
-def _category(op: str, line: str) -> str:
+def _category(op: str, call: str) -> str:
     if op == "custom-call":
-        target = (_TARGET.search(line) or [None, ""])[1]
+        target = (_TARGET.search(call) or [None, ""])[1]
         lowered = target.lower()
         if "fmha" in lowered or "attention" in lowered or "flash" in lowered:
             return "attention (fused)"
@@ -106,14 +109,14 @@ def _category(op: str, line: str) -> str:
         return f"custom-call {target}"
     if op in ("dot", "convolution"):
         return "matmul"
-    if op.removesuffix("-start").removesuffix("-done") in _COLLECTIVES:
+    if op.removesuffix("-start").removesuffix("-done") in COLLECTIVES:
         return "collective"
     if op in ("copy", "transpose", "copy-start", "copy-done", "dynamic-update-slice", "bitcast"):
         return "copy/transpose"
     if op == "fusion":
-        if "gemm" in line or "__ynn_fusion" in line or "dot(" in line or "cublas" in line:
+        if "gemm" in call or "__ynn_fusion" in call or "cublas" in call:
             return "matmul"
-        kind = (_FUSION_KIND.search(line) or [None, ""])[1]
+        kind = (_FUSION_KIND.search(call) or [None, ""])[1]
         return {"kLoop": "elementwise", "kInput": "reduction", "kOutput": "matmul"}.get(kind, "fusion")
     if op in ("reduce", "reduce-window", "scatter", "select-and-scatter"):
         return "reduction"
@@ -124,77 +127,48 @@ def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
     """(module name, {instruction name: Op}) of a compiled program's HLO text."""
     module = hlo_text.split(",", 1)[0].removeprefix("HloModule").strip()
     ops: dict[str, Op] = {}
-    for line in hlo_text.splitlines():
-        m = _INSTRUCTION.match(line)
-        if not m or m["op"] in ("parameter", "constant", "get-tuple-element", "tuple"):
+    for name, _, opcode, call in instructions(hlo_text):
+        if opcode in ("parameter", "constant", "get-tuple-element", "tuple"):
             continue
-        op_name = (_OP_NAME.search(line) or [None, ""])[1]
+        op_name = (_OP_NAME.search(call) or [None, ""])[1]
         phase, scope, primitive = parse_op_name(op_name)
-        category = "control flow" if m["op"] in _CONTROL_FLOW else _category(m["op"], line)
-        ops[m["name"]] = Op(category, phase, scope, primitive or m["op"])
+        category = "control flow" if opcode in _CONTROL_FLOW else _category(opcode, call)
+        ops[name] = Op(category, phase, scope, primitive or opcode)
     return module, ops
 
 
-def _device_lines(profile) -> Iterable:
-    """The timelines that hold ops: GPU/TPU streams, or (no device plane: a CPU run) XLA's host threads."""
+def _device_lines(profile) -> list[tuple[str | None, Any]]:
+    """(device, timeline) of the timelines that hold ops: GPU/TPU streams (the device is the plane),
+    or (no device plane: a CPU run) XLA's host threads (None: each op names its device)."""
     planes = list(profile.planes)
-    devices = [p for p in planes if p.name.startswith("/device:")]
     lines = [
-        line
-        for p in devices
+        (p.name, line)
+        for p in planes
+        if p.name.startswith("/device:")
         for line in p.lines
         if not line.name.startswith(_DERIVED_LINES) and line.name != "CUPTI overhead"
     ]
-    if any(True for line in lines for _ in line.events):
+    if any(True for _, line in lines for _ in line.events):
         return lines
-    return [line for p in planes if p.name.startswith("/host:") for line in p.lines if "XLA" in line.name]
+    host = [p for p in planes if p.name.startswith("/host:")]
+    return [(None, line) for p in host for line in p.lines if "XLA" in line.name]
 
 
 def program_id(compiled) -> int | None:
     """XLA's id of a compiled program: the ``program_id`` its ops carry in a trace (None: unknown)."""
     try:
         proto = compiled.runtime_executable().hlo_modules()[0].as_serialized_hlo_module_proto()
-        return _varint_field(proto, 5)  # HloModuleProto.id
+        return protowire.varint_field(proto, 5)  # HloModuleProto.id
     except Exception:  # another runtime: programs are then told apart by module name only
         return None
-
-
-def _varint_field(message: bytes, number: int) -> int | None:
-    """The top-level varint field ``number`` of a serialized protocol buffer message."""
-
-    def varint(i: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            byte = message[i]
-            value |= (byte & 0x7F) << shift
-            i, shift = i + 1, shift + 7
-            if byte < 0x80:
-                return value, i
-
-    i = 0
-    while i < len(message):
-        key, i = varint(i)
-        kind = key & 7
-        if kind == 0:
-            value, i = varint(i)
-            if key >> 3 == number:
-                return value
-        elif kind == 2:
-            size, i = varint(i)
-            i += size
-        elif kind in (1, 5):
-            i += 8 if kind == 1 else 4
-        else:
-            return None
-    return None
 
 
 Times = dict[tuple[str, int | None], dict[str, float]]
 
 
-def op_times(trace_dir: Path) -> tuple[Times, dict[str, float]]:
-    """({(module, program id): {op name: ns}}, {kernel name: ns} for device kernels tied to no op),
-    summed over the newest trace under ``trace_dir``."""
+def op_times(trace_dir: Path) -> tuple[Times, dict[str, float], int]:
+    """({(module, program id): {op name: ns}}, {kernel name: ns} for device kernels tied to no op,
+    the number of devices that ran ops), summed over the newest trace under ``trace_dir``."""
     from jax.profiler import ProfileData
 
     files = sorted(Path(trace_dir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
@@ -203,7 +177,8 @@ def op_times(trace_dir: Path) -> tuple[Times, dict[str, float]]:
     profile = ProfileData.from_file(str(files[-1]))
     by_program: Times = defaultdict(lambda: defaultdict(float))
     unattributed: dict[str, float] = defaultdict(float)
-    for line in _device_lines(profile):
+    devices: set = set()
+    for device, line in _device_lines(profile):
         for event in line.events:
             with warnings.catch_warnings():  # jaxlib's stats type warns on first use (harmless)
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -216,7 +191,8 @@ def op_times(trace_dir: Path) -> tuple[Times, dict[str, float]]:
             module = str(stats.get("hlo_module", "")).split("(")[0]
             pid = stats.get("program_id")
             by_program[(module, None if pid is None else int(pid))][str(op)] += event.duration_ns
-    return {k: dict(v) for k, v in by_program.items()}, dict(unattributed)
+            devices.add(device if device is not None else stats.get("device_ordinal"))
+    return {k: dict(v) for k, v in by_program.items()}, dict(unattributed), max(len(devices), 1)
 
 
 def _program_times(times: Times, module: str, pid: int | None, alone: bool) -> dict[str, float]:
@@ -310,7 +286,7 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
     trace_dir = Path(trace_dir)
     stem = trace_dir.parent / trace_dir.name
     try:
-        traced, unattributed = op_times(trace_dir)
+        traced, unattributed, devices = op_times(trace_dir)
         times: dict[str, float] = {}
         ops: dict[str, Op] = {}
         for label, compiled in programs.items():
@@ -319,14 +295,18 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
             name = (lambda op, label=label: f"{op} [{label}]") if label else (lambda op: op)
             times.update({name(op): ns for op, ns in own.items()})
             ops.update({name(op): info for op, info in program_ops.items()})
-        summary = summarise(times, unattributed, ops, steps)
+        summary = summarise(times, unattributed, ops, steps * devices)  # per step and device
     except Exception as err:  # the timed steps matter more than their breakdown
         log.warning("profile %s: no breakdown of the trace in %s: %s", title, trace_dir, err)
         _write_text(stem, ".md", f"# Device time of one step: {title}\n\nNo breakdown: {err}\n")
         return None
     summary["traced_ms_per_step"] = sum(r["ms_per_step"] for r in summary["by_category"])
+    summary["devices"] = devices
     _write_text(stem, ".json", json.dumps({"label": title, **summary}, indent=2) + "\n")
-    text = [f"# Device time of one step: {title}\n", f"Trace: `{trace_dir}` ({steps} steps).\n"]
+    text = [
+        f"# Device time of one step: {title}\n",
+        f"Trace: `{trace_dir}` ({steps} steps; times per device, the mean of {devices}).\n",
+    ]
     for key, heading in (
         ("by_category", "By kind of op"),
         ("by_scope", "By model scope"),

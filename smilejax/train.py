@@ -181,12 +181,12 @@ def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _summarise_profile(trace_dir: Path, traced: dict[str, Callable], run: config.RunConfig) -> None:
-    """``profile.md``/``.json``/``.png`` beside the trace: where the traced steps' device time went
-    (``traced``: the compiled programs that ran, by batch shape; bucketed batches run one per width)."""
-    title = f"training steps {run.profile_at + 1}-{run.profile_at + run.profile_steps}"
+def _summarise_profile(trace_dir: Path, traced: dict[str, Callable], first: int, last: int) -> None:
+    """``profile.md``/``.json``/``.png`` beside the trace: where the device time of steps ``first`` to
+    ``last`` went (``traced``: the compiled programs that ran, by batch shape; bucketed batches run
+    one per width)."""
     programs = {"": next(iter(traced.values()))} if len(traced) == 1 else traced
-    profiling.write_summary(trace_dir, programs, run.profile_steps, title)
+    profiling.write_summary(trace_dir, programs, last - first + 1, f"training steps {first}-{last}")
 
 
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
@@ -306,19 +306,27 @@ def train(
         ckpt.save(state, batches)
 
     traced: dict[str, Callable] = {}  # the compiled programs stepped inside the profiler window, by shape
-    tracing = {"on": False}
+    tracing = {"on": False, "first": None, "last": None}  # the profiler window and its steps so far
+
+    def begin_profile() -> None:
+        jax.block_until_ready(state)  # the window holds its own steps only
+        jax.profiler.start_trace(str(run_dir / "profile"))
+        tracing.update(on=True, first=None, last=None)
+
+    def end_profile() -> None:
+        try:
+            jax.block_until_ready(state)
+        finally:
+            jax.profiler.stop_trace()
+            tracing["on"] = False
+        if lead and tracing["first"] is not None:
+            _summarise_profile(run_dir / "profile", traced, tracing["first"], tracing["last"])
 
     def profile_hook(step: int) -> None:
         if step == cfg.run.profile_at:
-            jax.block_until_ready(state)  # the window holds its own steps only
-            jax.profiler.start_trace(str(run_dir / "profile"))
-            tracing["on"] = True
+            begin_profile()
         elif step == cfg.run.profile_at + cfg.run.profile_steps and tracing["on"]:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            tracing["on"] = False
-            if lead:
-                _summarise_profile(run_dir / "profile", traced, cfg.run)
+            end_profile()
 
     hooks = [
         Hook(cfg.run.log_every, log_hook),
@@ -340,6 +348,8 @@ def train(
     )
     preempted = False
     pending = first_global
+    if cfg.run.profile_at == start:  # profile_at=0: from the first step
+        begin_profile()
     try:
         for step in range(start + 1, cfg.run.steps + 1):
             t_data = time.perf_counter()
@@ -349,6 +359,8 @@ def train(
             step_fn, flops = compiled_for(state, batch)
             if tracing["on"]:
                 traced["x".join(map(str, max((v.shape for v in batch.values()), key=len)))] = step_fn
+                tracing["first"] = tracing["first"] or step
+                tracing["last"] = step
             state, out = step_fn(state, batch)
             unknown = flops is None or window["flops"] is None
             window["flops"] = None if unknown else window["flops"] + flops
@@ -367,8 +379,10 @@ def train(
             log_hook(int(jax.device_get(state.step)))
         ckpt.save(state, batches, wait=True)
     finally:
-        if tracing["on"]:  # stopped (preempted, failed) inside the profiler window
-            jax.profiler.stop_trace()
+        if tracing["on"]:  # the run ended (finished, preempted, failed) inside the profiler window
+            log.warning("the profiler window ended early, after step %s", tracing["last"])
+            with contextlib.suppress(Exception):  # a failed run's own error matters more
+                end_profile()
         bar.close()
         watch.restore()
         ckpt.wait()

@@ -63,6 +63,7 @@ def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
     # --profile: where each row's device time goes, by the model's named scopes, and the trace itself
     for tracks in (6, 10):
         summary = json.loads((out / f"profile-gn2-math-{tracks}.json").read_text())
+        assert summary["devices"] == 2  # times are per device: both ran the step
         scopes = {(r["scope"], r["phase"]) for r in summary["by_scope"]}
         expected = {"init_net", "encoder", "encoder/attention", "encoder/feed_forward", "vertex_head", "loss"}
         assert {(s, p) for s in expected for p in ("forward", "backward")} <= scopes

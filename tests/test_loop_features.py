@@ -26,15 +26,33 @@ def test_mfu_is_logged_when_the_device_peak_is_known(tmp_path, monkeypatch):
 
 
 def test_profiler_trace_is_written_and_broken_down(tmp_path):
-    _, run_dir = _run(tmp_path, run={"profile_at": 1, "profile_steps": 2})
+    _, run_dir = _run(tmp_path, run={"profile_at": 0, "profile_steps": 2})
     assert list((run_dir / "profile").rglob("*.xplane.pb"))
     summary = json.loads((run_dir / "profile.json").read_text())
-    assert summary["label"] == "training steps 2-3"
+    assert summary["label"] == "training steps 1-2"
     phases = {r["phase"] for r in summary["by_scope"]}
     assert {"forward", "backward", "update"} <= phases  # the toy names no scopes; the optimizer does
     assert "optimizer" in {r["scope"] for r in summary["by_scope"]}
     assert sum(r["share"] for r in summary["by_category"]) == pytest.approx(1.0)
     assert "## By model scope" in (run_dir / "profile.md").read_text()
+
+
+def test_a_profiler_window_past_the_last_step_is_closed_and_summarised(tmp_path, caplog):
+    _, run_dir = _run(tmp_path, run={"profile_at": 2, "profile_steps": 10})  # the run has 4 steps
+    assert "the profiler window ended early, after step 4" in caplog.text
+    assert json.loads((run_dir / "profile.json").read_text())["label"] == "training steps 3-4"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.profile_at=-2", "run.profile_at must be -1"),
+        ("run.profile_steps=0", "run.profile_steps must be"),
+    ],
+)
+def test_profiler_settings_are_checked(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(toy.config(), [override])
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

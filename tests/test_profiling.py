@@ -20,6 +20,8 @@ EINSUM = "jit(f)/jvp(encoder)/attention/bqnh,bknh->bnqk/dot_general"
         ("jit(f)/jvp(vertex_head)/jit(relu)/max", ("forward", "vertex_head", "max")),
         ("jit(f)/optimizer/mul", ("update", "optimizer", "mul")),
         (f"{BACKWARD};{EINSUM}", ("backward", "encoder/attention", "dot_general")),  # merged ops
+        ("jit(f)/while/body/eval_jaxpr/transpose(jvp(encoder))/mul", ("backward", "encoder", "mul")),  # scan
+        ("jit(f)/while/body/jit(dynamic_index_in_dim)", ("update", "", "dynamic_index_in_dim")),
         ("", ("", "", "")),
         ("state.params['encoder']['out_kernel']", ("", "", "")),  # an argument's layout copy: XLA's
     ],
@@ -63,7 +65,7 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
 
 def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monkeypatch):
     compiled = jax.jit(jnp.sin).lower(jnp.ones(8)).compile()
-    monkeypatch.setattr(profiling, "op_times", lambda *a: ({}, {}))  # a backend whose trace names no op
+    monkeypatch.setattr(profiling, "op_times", lambda *a: ({}, {}, 1))  # a backend whose trace names no op
     assert profiling.profile_steps(lambda: compiled(jnp.ones(8)), compiled, 1, tmp_path, "bare") is None
     assert "No breakdown: the trace holds no timed op" in (tmp_path / "profile-bare.md").read_text()
     assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept

@@ -50,16 +50,27 @@ def test_shapes_scalars_and_empty_lists():
     assert empty["X"].shape == (0, 3)
 
 
-def test_unpacked_floats_are_read_too():
-    # FloatList with one 4-byte field (number 1, wire type 5) per value, as some writers emit
-    values = [1.5, -2.0, 3.25]
-    float_list = b"".join(b"\x0d" + struct.pack("<f", v) for v in values)
+def _record(float_list: bytes) -> bytes:
+    """An Example holding one feature "met" whose FloatList body is ``float_list``, built by hand."""
     feature = b"\x12" + bytes([len(float_list)]) + float_list  # Feature.float_list = 2
     entry = b"\x0a\x03met" + b"\x12" + bytes([len(feature)]) + feature  # map entry: key 1, value 2
     features = b"\x0a" + bytes([len(entry)]) + entry
-    record = b"\x0a" + bytes([len(features)]) + features
+    return b"\x0a" + bytes([len(features)]) + features
+
+
+def test_unpacked_floats_are_read_too():
+    # FloatList with one 4-byte field (number 1, wire type 5) per value, as some writers emit
+    values = [1.5, -2.0, 3.25]
+    record = _record(b"".join(b"\x0d" + struct.pack("<f", v) for v in values))
     out = tf_example.decode_floats(record, {"met": (None,)})
     np.testing.assert_array_equal(out["met"], np.float32(values))
+
+
+def test_records_that_are_no_example_are_refused():
+    with pytest.raises(ValueError, match="a packed float list of 5 bytes"):
+        tf_example.decode_floats(_record(b"\x0a\x05" + bytes(5)), {"met": (None,)})
+    with pytest.raises(ValueError, match="Example: field 1 has wire type 0"):
+        tf_example.decode_floats(b"\x08\x01", {"met": (None,)})
 
 
 @pytest.mark.parametrize(

@@ -32,16 +32,9 @@ from typing import Any
 
 import numpy as np
 
-KINDS = (
-    "all-reduce",
-    "all-gather",
-    "reduce-scatter",
-    "all-to-all",
-    "collective-permute",
-    "collective-broadcast",
-)
+from smilejax.hlo_text import COLLECTIVES, instructions
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+KINDS = COLLECTIVES
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
 _NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
 
@@ -82,19 +75,6 @@ def shape_bytes(shape: str) -> int:
             continue
         total += _element_bytes(dtype) * math.prod(int(d) for d in dims.split(",") if d)
     return int(total)
-
-
-def _split_shape(rhs: str) -> tuple[str, str]:
-    """``"(f32[2], f32[]) all-reduce(...)"`` -> (shape, rest); tuples are matched by parentheses."""
-    if not rhs.startswith("("):
-        shape, _, rest = rhs.partition(" ")
-        return shape, rest
-    depth = 0
-    for i, ch in enumerate(rhs):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            return rhs[: i + 1], rhs[i + 1 :].lstrip()
-    return rhs, ""
 
 
 def _operands(call: str) -> tuple[list[str], str]:
@@ -168,14 +148,8 @@ def collectives(hlo_text: str, mesh_shape: Mapping[str, int] | None = None) -> l
     num_partitions = int(found.group(1)) if found else 1
     shapes: dict[str, str] = {}
     pending: list[tuple[str, list[str], str]] = []
-    for line in hlo_text.splitlines():
-        match = _INSTRUCTION.match(line)
-        if not match:
-            continue
-        name, rhs = match.groups()
-        shape, call = _split_shape(rhs)
+    for name, shape, opcode, call in instructions(hlo_text):
         shapes[name] = shape
-        opcode = call.split("(", 1)[0].strip()
         kind = opcode.removesuffix("-start")
         if kind in KINDS and not opcode.endswith("-done"):
             operands, attrs = _operands(call)

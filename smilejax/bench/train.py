@@ -79,7 +79,8 @@ def register(sub) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="after timing, trace N more steps of every JAX row and write where the device time goes "
+        help="after timing, run N more steps of every JAX row, trace N after them, and write where the "
+        "device time goes "
         "(profile-*.md/.png: by kind of op, by model scope and pass, costliest ops; the trace opens in "
         "XProf); default 0: no trace",
     )
