@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from smilejax import protowire
+from smilejax import plotting, protowire
 from smilejax.hlo_text import COLLECTIVES, instructions
 
 log = logging.getLogger(__name__)
@@ -329,13 +329,9 @@ def _write_text(stem: Path, suffix: str, text: str) -> None:
 
 
 def _plot(summary: dict, path: Path, label: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # a bare GPU node: the tables are written already
-        log.warning("matplotlib is not installed: no plot %s", path)
+    plt = plotting.pyplot(path)
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, name in ((axes[0], "by_category", "category"), (axes[1], "by_scope", None)):

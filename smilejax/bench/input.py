@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from smilejax import plotting
 from smilejax.commands.common import OVERRIDES_HELP, add_command, int_list
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot(rows: list[dict], path, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # a bare GPU node: the JSON and the table are written already
-        log.warning("matplotlib is not installed: no plot %s", path)
+    plt = plotting.pyplot(path)
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(rows)), 4))
     labels = [f"{r['threads']} thr\n{r['workers']} wrk" for r in rows]

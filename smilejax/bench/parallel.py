@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from smilejax import plotting
 from smilejax.commands.common import add_command, int_list
 
 log = logging.getLogger(__name__)
@@ -506,15 +507,8 @@ def _write_model(
 
 
 def _plot(draw, path: Path, *data) -> None:
-    # A bare GPU box may lack matplotlib: the JSON and table are already written, so only warn.
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-    except ImportError:
-        log.warning("no %s: matplotlib is not installed (pip install matplotlib)", path.name)
-        return
-    draw(path, *data)
+    if plotting.pyplot(path) is not None:  # a bare GPU box may lack matplotlib
+        draw(path, *data)
 
 
 def _plot_measured(path: Path, rows: list[dict[str, Any]], scaling: str) -> None:

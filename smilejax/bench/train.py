@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from smilejax import plotting
 from smilejax.commands.common import OVERRIDES_HELP, add_command
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,9 @@ def _plot(
     label: Callable[[dict], str] = _gn2_label,
     ylabel: str = "samples / s (one training step)",
 ) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # a bare GPU node: the JSON and the table are written already
-        log.warning("matplotlib is not installed: no plot %s", path)
+    plt = plotting.pyplot(path)
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     done = [r for r in rows if r.get(value)]
     colors = {"jax": "tab:blue", "torch": "tab:orange"}  # impl "torch-eager" etc.: torch
