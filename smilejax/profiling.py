@@ -218,9 +218,8 @@ def summarise(
 ) -> dict[str, list[dict]]:
     """Tables of ms per step and share of the traced device time: by category, by scope and phase, and
     the ``top`` costliest ops."""
-    timed = {
-        name: ns for name, ns in times.items() if ops.get(name, Op("", "", "", "")).category != "control flow"
-    }
+    unknown = Op("unknown", "", "", "")
+    timed = {name: ns for name, ns in times.items() if ops.get(name, unknown).category != "control flow"}
     total = sum(timed.values()) + sum(unattributed.values())
     if total <= 0:
         raise RuntimeError("the trace holds no timed op of the step's program")
@@ -232,7 +231,6 @@ def summarise(
         ]
         return sorted(rows, key=lambda r: -r["ms_per_step"])
 
-    unknown = Op("unknown", "", "", "")
     by_category: dict[tuple, float] = defaultdict(float)
     by_scope: dict[tuple, float] = defaultdict(float)
     for name, ns in timed.items():
@@ -242,16 +240,7 @@ def summarise(
     for ns in unattributed.values():
         by_category[("kernels outside XLA ops",)] += ns
         by_scope[("(kernels outside XLA ops)", "")] += ns
-    top_ops = {
-        (
-            name,
-            ops.get(name, unknown).category,
-            ops.get(name, unknown).phase,
-            ops.get(name, unknown).scope,
-            ops.get(name, unknown).primitive,
-        ): ns
-        for name, ns in timed.items()
-    }
+    top_ops = {(name, *dataclasses.astuple(ops.get(name, unknown))): ns for name, ns in timed.items()}
     top_ops.update({(name, "kernel outside XLA ops", "", "", ""): ns for name, ns in unattributed.items()})
     return {
         "by_category": table(by_category, ("category",)),
@@ -270,21 +259,21 @@ def profile_steps(
     jax.block_until_ready(run())  # warm: nothing but the steps in the trace
     with jax.profiler.trace(str(trace_dir)):
         jax.block_until_ready(run())
-    return write_summary(trace_dir, {"": compiled}, steps, label)
+    return write_summary(trace_dir, {label: compiled}, steps, label)
 
 
 def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: str) -> dict[str, Any] | None:
     """Breaks the newest trace under ``trace_dir`` (``steps`` steps of the compiled ``programs``, keyed
-    by a label such as the batch shape: ``{"": compiled}`` for one) down and writes
-    ``<trace_dir>.json`` / ``.md`` / ``.png``; returns the summary. With several programs (bucketed
-    batches, one program per width) each op is named with its program's label.
+    by a label such as the batch shape) down and writes ``<trace_dir>.json`` / ``.md`` / ``.png``;
+    returns the summary. With several programs (bucketed batches, one program per width) each op is
+    named with its program's label.
 
     A trace that cannot be broken down (a backend whose trace names no ops, say) costs the caller
     nothing: the ``.md`` says why, and None is returned; the trace is kept."""
     from smilejax.bench import common
 
     trace_dir = Path(trace_dir)
-    stem = trace_dir.parent / trace_dir.name
+    written = {suffix: Path(f"{trace_dir}{suffix}") for suffix in (".json", ".md", ".png")}
     try:
         traced, unattributed, devices = op_times(trace_dir)
         times: dict[str, float] = {}
@@ -292,17 +281,17 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
         for label, compiled in programs.items():
             module, program_ops = hlo_ops(compiled.as_text())
             own = _program_times(traced, module, program_id(compiled), alone=len(programs) == 1)
-            name = (lambda op, label=label: f"{op} [{label}]") if label else (lambda op: op)
+            name = (lambda op, label=label: f"{op} [{label}]") if len(programs) > 1 else (lambda op: op)
             times.update({name(op): ns for op, ns in own.items()})
             ops.update({name(op): info for op, info in program_ops.items()})
         summary = summarise(times, unattributed, ops, steps * devices)  # per step and device
     except Exception as err:  # the timed steps matter more than their breakdown
         log.warning("profile %s: no breakdown of the trace in %s: %s", title, trace_dir, err)
-        _write_text(stem, ".md", f"# Device time of one step: {title}\n\nNo breakdown: {err}\n")
+        written[".md"].write_text(f"# Device time of one step: {title}\n\nNo breakdown: {err}\n")
         return None
     summary["traced_ms_per_step"] = sum(r["ms_per_step"] for r in summary["by_category"])
     summary["devices"] = devices
-    _write_text(stem, ".json", json.dumps({"label": title, **summary}, indent=2) + "\n")
+    written[".json"].write_text(json.dumps({"label": title, **summary}, indent=2) + "\n")
     text = [
         f"# Device time of one step: {title}\n",
         f"Trace: `{trace_dir}` ({steps} steps; times per device, the mean of {devices}).\n",
@@ -313,19 +302,15 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
         ("top_ops", "Costliest ops"),
     ):
         text += [f"\n## {heading}\n\n", common.markdown_table(summary[key])]
-    _write_text(stem, ".md", "".join(text))
-    _plot(summary, stem.parent / f"{stem.name}.png", title)
+    written[".md"].write_text("".join(text))
+    _plot(summary, written[".png"], title)
     log.info(
-        "profile %s: %s (%s.md)",
+        "profile %s: %s (%s)",
         title,
         ", ".join(f"{r['category']} {r['share']:.0%}" for r in summary["by_category"][:4]),
-        stem,
+        written[".md"],
     )
     return summary
-
-
-def _write_text(stem: Path, suffix: str, text: str) -> None:
-    (stem.parent / f"{stem.name}{suffix}").write_text(text)
 
 
 def _plot(summary: dict, path: Path, label: str) -> None:

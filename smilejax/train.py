@@ -181,12 +181,9 @@ def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _summarise_profile(trace_dir: Path, traced: dict[str, Callable], first: int, last: int) -> None:
-    """``profile.md``/``.json``/``.png`` beside the trace: where the device time of steps ``first`` to
-    ``last`` went (``traced``: the compiled programs that ran, by batch shape; bucketed batches run
-    one per width)."""
-    programs = {"": next(iter(traced.values()))} if len(traced) == 1 else traced
-    profiling.write_summary(trace_dir, programs, last - first + 1, f"training steps {first}-{last}")
+def _shape_label(shapes: tuple) -> str:
+    """A compiled program's batch shapes as a profile names them: the largest-rank array, "4000x24x21"."""
+    return "x".join(map(str, max((shape for _, shape in shapes), key=len)))
 
 
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
@@ -261,12 +258,13 @@ def train(
     # ---- compile ahead of time, once per batch shape (bucketed inputs have a few), with its FLOPs for MFU
     compiled: dict[tuple, tuple[Callable, float | None]] = {}
 
-    def compiled_for(state: steps.TrainState, batch: dict) -> tuple[Callable, float | None]:
+    def compiled_for(state: steps.TrainState, batch: dict) -> tuple[tuple, Callable, float | None]:
+        """(the batch's shapes, the step compiled for them, its FLOPs)."""
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
             lowered = program.train_step.lower(state, batch)
             compiled[shapes] = lowered.compile(), program.step_flops(lowered)
-        return compiled[shapes]
+        return shapes, *compiled[shapes]
 
     first_global = to_global(program.batch_sharding, next(batches))
     compiled_for(state, first_global)
@@ -305,13 +303,13 @@ def train(
     def checkpoint_hook(step: int) -> None:
         ckpt.save(state, batches)
 
-    traced: dict[str, Callable] = {}  # the compiled programs stepped inside the profiler window, by shape
-    tracing = {"on": False, "first": None, "last": None}  # the profiler window and its steps so far
+    # the profiler window: its first and last step so far, and the batch shapes (programs) it ran
+    tracing = {"on": False, "first": 0, "last": 0, "shapes": set()}
 
-    def begin_profile() -> None:
+    def begin_profile(first: int) -> None:
         jax.block_until_ready(state)  # the window holds its own steps only
         jax.profiler.start_trace(str(run_dir / "profile"))
-        tracing.update(on=True, first=None, last=None)
+        tracing.update(on=True, first=first, last=first - 1, shapes=set())
 
     def end_profile() -> None:
         try:
@@ -319,12 +317,15 @@ def train(
         finally:
             jax.profiler.stop_trace()
             tracing["on"] = False
-        if lead and tracing["first"] is not None:
-            _summarise_profile(run_dir / "profile", traced, tracing["first"], tracing["last"])
+        if lead and tracing["shapes"]:  # bucketed batches: one compiled program per width
+            first, last = tracing["first"], tracing["last"]
+            programs = {_shape_label(shapes): compiled[shapes][0] for shapes in tracing["shapes"]}
+            title = f"training steps {first}-{last}"
+            profiling.write_summary(run_dir / "profile", programs, last - first + 1, title)
 
     def profile_hook(step: int) -> None:
         if step == cfg.run.profile_at:
-            begin_profile()
+            begin_profile(step + 1)
         elif step == cfg.run.profile_at + cfg.run.profile_steps and tracing["on"]:
             end_profile()
 
@@ -349,17 +350,16 @@ def train(
     preempted = False
     pending = first_global
     if cfg.run.profile_at == start:  # profile_at=0: from the first step
-        begin_profile()
+        begin_profile(start + 1)
     try:
         for step in range(start + 1, cfg.run.steps + 1):
             t_data = time.perf_counter()
             batch = pending if pending is not None else to_global(program.batch_sharding, next(batches))
             pending = None
             window["data_s"] += time.perf_counter() - t_data
-            step_fn, flops = compiled_for(state, batch)
+            shapes, step_fn, flops = compiled_for(state, batch)
             if tracing["on"]:
-                traced["x".join(map(str, max((v.shape for v in batch.values()), key=len)))] = step_fn
-                tracing["first"] = tracing["first"] or step
+                tracing["shapes"].add(shapes)
                 tracing["last"] = step
             state, out = step_fn(state, batch)
             unknown = flops is None or window["flops"] is None
