@@ -20,7 +20,7 @@ COLLECTIVES = (
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 
 
-def split_shape(rhs: str) -> tuple[str, str]:
+def _split_shape(rhs: str) -> tuple[str, str]:
     """``"(f32[2], f32[]) all-reduce(...)"`` -> (shape, rest); tuples are matched by parentheses."""
     if not rhs.startswith("("):
         shape, _, rest = rhs.partition(" ")
@@ -40,5 +40,5 @@ def instructions(hlo_text: str) -> Iterator[tuple[str, str, str, str]]:
         if not match:
             continue
         name, rhs = match.groups()
-        shape, call = split_shape(rhs)
+        shape, call = _split_shape(rhs)
         yield name, shape, call.split("(", 1)[0].strip(), call

@@ -34,7 +34,6 @@ import numpy as np
 
 from smilejax.hlo_text import COLLECTIVES, instructions
 
-KINDS = COLLECTIVES
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
 _NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
 
@@ -151,7 +150,7 @@ def collectives(hlo_text: str, mesh_shape: Mapping[str, int] | None = None) -> l
     for name, shape, opcode, call in instructions(hlo_text):
         shapes[name] = shape
         kind = opcode.removesuffix("-start")
-        if kind in KINDS and not opcode.endswith("-done"):
+        if kind in COLLECTIVES and not opcode.endswith("-done"):
             operands, attrs = _operands(call)
             pending.append((kind, operands, attrs))
     out = []
@@ -179,7 +178,7 @@ def summarize(ops: Iterable[Collective]) -> dict[str, Any]:
     """Per-kind op counts and payload bytes, plus totals (``comm_bytes``, ``wire_bytes``, ``collectives``)."""
     ops = list(ops)
     out: dict[str, Any] = {"collectives": len(ops)}
-    for kind in KINDS:
+    for kind in COLLECTIVES:
         of_kind = [op for op in ops if op.kind == kind]
         if of_kind:
             out[f"{kind}/count"] = len(of_kind)
