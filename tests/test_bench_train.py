@@ -25,19 +25,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_bench_train_small_gn2_padded_and_bucketed(tmp_path):
     out = tmp_path / "bench"
     args = [
-        "--batch",
-        "16",
-        "--tracks",
-        "10",
-        "--bucket",
-        "6",
-        "--steps",
-        "2",
-        "--repeats",
-        "1",
-        "--profile",
-        "2",
-    ]
+        "--batch", "16", "--tracks", "10", "--bucket", "6", "--steps", "2", "--repeats", "1", "--profile", "2"
+    ]  # fmt: skip
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, *args, "--out", str(out), devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "train.json").read_text())
