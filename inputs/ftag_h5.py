@@ -70,6 +70,7 @@ import os
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # before h5py opens anything (Lustre)
 
+import contextlib
 import dataclasses
 import difflib
 import glob
@@ -364,6 +365,7 @@ def inspect_file(path: str, cfg: FtagConfig) -> _FileInfo:
 
 
 _MAPPED: dict[tuple, np.ndarray | None] = {}  # (pid, file and its identity, dataset) -> view or None
+_MAPPED_MAX = 256  # maps kept per process (each holds a file descriptor); the oldest goes first
 
 
 def _mapped(ds: h5py.Dataset) -> np.ndarray | None:
@@ -378,17 +380,23 @@ def _mapped(ds: h5py.Dataset) -> np.ndarray | None:
         return None
     st = os.stat(ds.file.filename)  # a file rewritten under the same name gets a new map
     key = (os.getpid(), ds.file.filename, st.st_ino, st.st_mtime_ns, st.st_size, ds.name, offset)
-    if key not in _MAPPED:
-        view = None
-        try:
-            view = np.memmap(ds.file.filename, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
-            ends = sorted({0, ds.shape[0] - 1})  # h5py reads increasing indices only
-            if view[ends].tobytes() != ds[ends].tobytes():  # a layout numpy reads otherwise than HDF5
-                view = None
-        except (ValueError, OSError, TypeError):  # truncated file, external storage: HDF5 reports it
+    try:
+        return _MAPPED[key]
+    except KeyError:
+        pass
+    view = None
+    try:
+        view = np.memmap(ds.file.filename, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
+        ends = sorted({0, ds.shape[0] - 1})  # h5py reads increasing indices only
+        if view[ends].tobytes() != ds[ends].tobytes():  # a layout numpy reads otherwise than HDF5
             view = None
-        _MAPPED[key] = view
-    return _MAPPED[key]
+    except (ValueError, OSError, TypeError):  # truncated file, external storage: HDF5 reports it
+        view = None
+    while len(_MAPPED) >= _MAPPED_MAX:  # many files, or files rewritten in place: the oldest maps go
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # another read thread's pop
+            _MAPPED.pop(next(iter(_MAPPED)))
+    _MAPPED[key] = view
+    return view
 
 
 def _read_rows(ds: h5py.Dataset, names: Sequence[str], rows: np.ndarray, path: str) -> np.ndarray:

@@ -545,3 +545,10 @@ def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, t
             want = fh.SPEC.source(cfg, "train").read(rows, width=40)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path}: {k}")
+    # the maps a process keeps are bounded (each holds a file descriptor): the oldest goes
+    monkeypatch.setattr(fh, "_MAPPED", {})
+    monkeypatch.setattr(fh, "_MAPPED_MAX", 1)
+    for path in (data_dir / "s1.h5", odd):
+        with fh.open_h5(str(path)) as f:
+            assert fh._mapped(f["tracks"])[:5].tobytes() == f["tracks"][:5].tobytes()  # padding is NaN
+        assert [key[1] for key in fh._MAPPED] == [str(path)]
