@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from . import pair_mlp
 from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .spec import ModelSpec
 
@@ -67,6 +68,10 @@ class GN2Config:
         [8 floats]}`` (the weights of salt's class dict).
     attention: encoder attention, ``"math"``, ``"chunked"`` (blocks of ``attention_chunk`` queries) or
         ``"cudnn"`` (cuDNN's fused attention: NVIDIA GPUs, ``train.precision=bf16``); the same function.
+    vertex_kernel: the track-pair head, ``"xla"`` (jnp; stores its [B, T, T, width] activations) or
+        ``"pallas"`` (``models.pair_mlp``: one fused Triton kernel per pass that keeps them in
+        registers; needs ReLU or SiLU, power-of-two ``head_hidden`` widths >= 16 and no dropout; off a
+        GPU it runs in Pallas's interpreter, slowly). The same function.
     aux_tasks: ``"auto"`` trains origin / vertex when the batch holds ``track_origin`` /
         ``track_vertex``; ``"on"`` demands both (ValueError naming the missing key); ``"off"`` jet only.
     """
@@ -89,6 +94,7 @@ class GN2Config:
     remat: bool = False
     attention: str = "math"
     attention_chunk: int = 1024
+    vertex_kernel: Literal["xla", "pallas"] = "xla"
     aux_tasks: Literal["auto", "on", "off"] = "auto"
     jet_weight: float = 1.0
     origin_weight: float = 0.5
@@ -99,6 +105,17 @@ class GN2Config:
 
     def __post_init__(self):
         check_attention_config(self.attention, self.attention_chunk)
+        if self.vertex_kernel not in ("xla", "pallas"):
+            raise ValueError(f"vertex_kernel must be 'xla' or 'pallas', got {self.vertex_kernel!r}")
+        if self.vertex_kernel == "pallas":
+            if self.dropout:
+                raise ValueError("vertex_kernel='pallas' has no dropout (set dropout=0)")
+            if not self.head_hidden:
+                raise ValueError("vertex_kernel='pallas' needs at least one head_hidden layer")
+            try:
+                pair_mlp.check_supported(self.activation, self.head_hidden)
+            except ValueError as err:
+                raise ValueError(f"vertex_kernel='pallas': {err}") from None
         if self.aux_tasks not in ("auto", "on", "off"):
             raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
         if self.vertex_loss_norm not in ("pairs", "matches"):
@@ -124,6 +141,7 @@ class GN2(nnx.Module):
         self.aux_tasks = cfg.aux_tasks
         self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
         self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
+        self.vertex_kernel = cfg.vertex_kernel
         self.vertex_loss_norm = cfg.vertex_loss_norm
         cw = cfg.class_weights or {}
         self.jet_class_weights = tuple(float(w) for w in cw["jet"]) if "jet" in cw else None
@@ -177,8 +195,11 @@ class GN2(nnx.Module):
         if "vertex" in tasks:
             with jax.named_scope("vertex_head"):
                 ctx, xi, xj = self.vertex_head.project_first(jet, trk, trk)
-                h = ctx[:, None, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
-                logits = self.vertex_head.finish(h)[..., 0]
+                if self.vertex_kernel == "pallas":
+                    logits = self.vertex_head.finish_pairs(ctx[:, None, :] + xi, xj)
+                else:
+                    h = ctx[:, None, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
+                    logits = self.vertex_head.finish(h)[..., 0]
                 pair_valid = valid[:, :, None] & valid[:, None, :]
                 out["vertex_logits"] = jnp.where(pair_valid, logits, 0)
         return out

@@ -58,6 +58,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import pair_mlp
+
 Axis = str | None
 
 MASK_VALUE = -1e30  # applied to float32 scores only
@@ -538,6 +540,7 @@ class MLP(nnx.Module):
                 for i in range(len(widths) - 1)
             ]
         )
+        self.activation = activation
         self.act = activation_fn(activation)
         self.final_act = activation_fn(final_activation) if final_activation else None
         self.dropout = _dropout(dropout, rngs)
@@ -566,6 +569,25 @@ class MLP(nnx.Module):
         for layer in self.layers[1:]:
             h = layer(self._drop(self.act(h)))
         return self.final_act(h) if self.final_act is not None else h
+
+    def finish_pairs(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
+        """``finish(rows[:, :, None] + cols[:, None, :])[..., 0]`` for a one-output MLP: a score for every
+        ordered pair (i, j) of a set from the first layer's per-element parts, in one fused GPU kernel
+        per pass (``models.pair_mlp``) that never stores the [B, T, T, width] activations."""
+        if self.widths[-1] != 1 or self.final_act is not None or self.dropout is not None:
+            raise ValueError("finish_pairs needs one output, no final activation and no dropout")
+        first, *hidden, last = self.layers
+        if first.bias is not None:
+            rows = rows + first.bias[...].astype(self.dtype)
+        return pair_mlp.pair_logits(
+            rows,
+            cols,
+            [layer.kernel[...] for layer in hidden],
+            [layer.bias[...] for layer in hidden],
+            last.kernel[...],
+            last.bias[...],
+            activation=self.activation,
+        )
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         if context is None:

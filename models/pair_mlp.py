@@ -1,0 +1,258 @@
+"""An MLP over every ordered pair (i, j) of a set, fused into one GPU kernel per pass (Pallas, Triton).
+
+GN2's vertex head scores each track pair of a jet: ``logit[b, i, j] = MLP(act(u[b, i] + v[b, j]))``,
+where ``u`` and ``v`` are the first layer applied to each track (``MLP.project_first``). Written in
+jnp, XLA stores every layer's [B, T, T, width] activations and reads them back in the backward pass: by
+a deviceless compile for an H100 (docs/PERFORMANCE.md), 29 GB of memory traffic per GN2 step at 40
+tracks and 4000 jets, a third of the step's. Here each jet's pairs stay in registers. The forward
+kernel reads ``u``, ``v`` and the weights and writes the logits; the backward kernel recomputes the
+activations row by row and writes ``du``, ``dv`` and each jet's share of the weight gradients, which
+XLA then sums (a fixed order: no atomics, so a step is reproducible).
+
+``pair_logits`` is the function; ``pair_logits_reference`` the same in jnp, for tests. Off a GPU the
+kernels run in Pallas's interpreter (same numbers, slow: for tests only).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+F32 = jnp.float32
+ACTIVATIONS = ("relu", "silu")
+MIN_BLOCK = 16  # Triton's smallest matrix-product dimension
+
+
+def _act(name: str, z: jax.Array) -> jax.Array:
+    return jnp.maximum(z, 0.0) if name == "relu" else z * jax.nn.sigmoid(z)
+
+
+def _act_grad(name: str, z: jax.Array, g: jax.Array) -> jax.Array:
+    """``g * act'(z)``."""
+    if name == "relu":
+        return jnp.where(z > 0, g, 0.0)
+    s = jax.nn.sigmoid(z)
+    return g * s * (1.0 + z * (1.0 - s))
+
+
+def _dot(a: jax.Array, b: jax.Array, dtype, *, transpose_a: bool = False, transpose_b: bool = False):
+    """``a @ b`` with inputs in ``dtype`` (the compute dtype) and a float32 result."""
+    dims = (((0,) if transpose_a else (1,), (1,) if transpose_b else (0,)), ((), ()))
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, preferred_element_type=F32)
+
+
+def _layers(name: str, u: jax.Array, v: jax.Array, ws, bs, dtype) -> tuple[list, list]:
+    """Pre-activations and activations of every layer for the pairs (one row i, all j)."""
+    pre = [u + v]
+    hs = [_act(name, pre[0])]
+    for w, b in zip(ws, bs, strict=True):
+        pre.append(_dot(hs[-1], w, dtype) + b[None, :])
+        hs.append(_act(name, pre[-1]))
+    return pre, hs
+
+
+def _forward_kernel(rows: int, name: str, n: int, u_ref, v_ref, *refs) -> None:
+    w_refs, b_refs, wl_ref, o_ref = refs[:n], refs[n : 2 * n], refs[2 * n], refs[2 * n + 1]
+    dtype = u_ref.dtype
+    v = v_ref[...].astype(F32)
+    ws = [r[...] for r in w_refs]
+    bs = [r[...].astype(F32) for r in b_refs]
+    wl = wl_ref[...].astype(F32)
+
+    def row(i, carry):
+        _, hs = _layers(name, u_ref[pl.ds(i, 1), :].astype(F32), v, ws, bs, dtype)
+        o_ref[pl.ds(i, 1), :] = jnp.sum(hs[-1] * wl[None, :], axis=1)[None, :].astype(o_ref.dtype)
+        return carry
+
+    jax.lax.fori_loop(0, rows, row, 0)
+
+
+def _backward_kernel(rows: int, name: str, n: int, u_ref, v_ref, gt_ref, *refs) -> None:
+    w_refs, b_refs, wl_ref = refs[:n], refs[n : 2 * n], refs[2 * n]
+    du_ref, dv_ref = refs[2 * n + 1], refs[2 * n + 2]
+    dw_refs, db_refs, dwl_ref = refs[2 * n + 3 : 3 * n + 3], refs[3 * n + 3 : 4 * n + 3], refs[4 * n + 3]
+    dtype = u_ref.dtype
+    v = v_ref[...].astype(F32)
+    ws = [r[...] for r in w_refs]
+    bs = [r[...].astype(F32) for r in b_refs]
+    wl = wl_ref[...].astype(F32)
+
+    def row(i, carry):
+        dv, dws, dbs, dwl = carry
+        pre, hs = _layers(name, u_ref[pl.ds(i, 1), :].astype(F32), v, ws, bs, dtype)
+        g = gt_ref[:, pl.ds(i, 1)].astype(F32)  # [J, 1]: d loss / d logit[i, j]
+        dwl = dwl + jnp.sum(hs[-1] * g, axis=0)
+        dh = g * wl[None, :]
+        dws, dbs = list(dws), list(dbs)
+        for k in reversed(range(n)):
+            dz = _act_grad(name, pre[k + 1], dh)
+            dws[k] = dws[k] + _dot(hs[k], dz, dtype, transpose_a=True)
+            dbs[k] = dbs[k] + jnp.sum(dz, axis=0)
+            dh = _dot(dz, ws[k], dtype, transpose_b=True)
+        dpre = _act_grad(name, pre[0], dh)
+        du_ref[pl.ds(i, 1), :] = jnp.sum(dpre, axis=0)[None, :].astype(du_ref.dtype)
+        return dv + dpre, tuple(dws), tuple(dbs), dwl
+
+    zeros = (
+        jnp.zeros(v.shape, F32),
+        tuple(jnp.zeros(w.shape, F32) for w in ws),
+        tuple(jnp.zeros(b.shape, F32) for b in bs),
+        jnp.zeros(wl.shape, F32),
+    )
+    dv, dws, dbs, dwl = jax.lax.fori_loop(0, rows, row, zeros)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    for ref, value in zip((*dw_refs, *db_refs, dwl_ref), (*dws, *dbs, dwl), strict=True):
+        ref[...] = value
+
+
+def _block(n: int) -> int:
+    """The padded set length: a power of two (Triton's tiles), at least ``MIN_BLOCK``."""
+    return max(MIN_BLOCK, 1 << (n - 1).bit_length())
+
+
+def _whole(x: jax.Array) -> pl.BlockSpec:
+    zeros = (0,) * x.ndim
+    return pl.BlockSpec(x.shape, lambda b: zeros)
+
+
+def _per_set(*shape: int) -> pl.BlockSpec:
+    """Set b's block of an array whose leading axis is the set."""
+    zeros = (0,) * len(shape)
+    return pl.BlockSpec((None, *shape), lambda b: (b, *zeros))
+
+
+def _params(num_warps: int) -> plt.CompilerParams:
+    return plt.CompilerParams(num_warps=num_warps, num_stages=1)
+
+
+def _forward(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:
+    batch, rows, width = u.shape
+    block = _block(rows)
+    v = jnp.pad(v, ((0, 0), (0, block - rows), (0, 0)))  # padded columns: sliced off below
+    out = pl.pallas_call(
+        functools.partial(_forward_kernel, rows, name, len(ws)),
+        out_shape=jax.ShapeDtypeStruct((batch, rows, block), u.dtype),
+        grid=(batch,),
+        in_specs=[_per_set(rows, width), _per_set(block, width), *map(_whole, (*ws, *bs, wl))],
+        out_specs=_per_set(rows, block),
+        compiler_params=_params(4),
+        interpret=interpret,
+        name="pair_mlp_forward",
+    )(u, v, *ws, *bs, wl)
+    return out[:, :, :rows]
+
+
+def _backward(name: str, interpret: bool, u, v, ws, bs, wl, g):
+    batch, rows, width = u.shape
+    block = _block(rows)
+    pad = ((0, 0), (0, block - rows), (0, 0))
+    v = jnp.pad(v, pad)
+    # Zero gradients in the padded columns: those pairs add nothing to any gradient.
+    gt = jnp.pad(jnp.swapaxes(g, 1, 2).astype(F32), pad)  # [B, J, I]: row i's gradients are a column
+    n = len(ws)
+    shards = [jax.ShapeDtypeStruct((batch, *p.shape), F32) for p in (*ws, *bs, wl)]
+    du, dv, *parts = pl.pallas_call(
+        functools.partial(_backward_kernel, rows, name, n),
+        out_shape=[
+            jax.ShapeDtypeStruct(u.shape, F32),
+            jax.ShapeDtypeStruct((batch, block, width), F32),
+            *shards,
+        ],
+        grid=(batch,),
+        in_specs=[
+            _per_set(rows, width),
+            _per_set(block, width),
+            _per_set(block, rows),
+            *map(_whole, (*ws, *bs, wl)),
+        ],
+        out_specs=[
+            _per_set(rows, width),
+            _per_set(block, width),
+            *(_per_set(*p.shape) for p in (*ws, *bs, wl)),
+        ],
+        compiler_params=_params(8),
+        interpret=interpret,
+        name="pair_mlp_backward",
+    )(u, v, gt, *ws, *bs, wl)
+    sums = [p.sum(axis=0) for p in parts]  # each set's share of the weight gradients
+    dws, dbs, dwl = sums[:n], sums[n : 2 * n], sums[2 * n]
+    cast = lambda grads, like: [d.astype(x.dtype) for d, x in zip(grads, like, strict=True)]  # noqa: E731
+    return (
+        du.astype(u.dtype),
+        dv[:, :rows].astype(v.dtype),
+        cast(dws, ws),
+        cast(dbs, bs),
+        dwl.astype(wl.dtype),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:
+    return _forward(name, interpret, u, v, ws, bs, wl)
+
+
+def _fused_fwd(name, interpret, u, v, ws, bs, wl):
+    return _forward(name, interpret, u, v, ws, bs, wl), (u, v, ws, bs, wl)
+
+
+def _fused_bwd(name, interpret, residuals, g):
+    return _backward(name, interpret, *residuals, g)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def check_supported(activation: str, widths: Sequence[int]) -> None:
+    """ValueError unless the kernels can run this MLP (``widths``: first hidden width ... last hidden)."""
+    if activation.lower() not in ACTIVATIONS:
+        raise ValueError(f"the fused pair MLP supports activations {ACTIVATIONS}, not {activation!r}")
+    bad = [w for w in widths if w < MIN_BLOCK or w & (w - 1)]
+    if bad:
+        raise ValueError(
+            f"the fused pair MLP needs hidden widths that are powers of two >= {MIN_BLOCK} "
+            f"(Triton's tiles), got {list(widths)}"
+        )
+
+
+def pair_logits(
+    u: jax.Array,
+    v: jax.Array,
+    kernels: Sequence[jax.Array],
+    biases: Sequence[jax.Array],
+    last_kernel: jax.Array,
+    last_bias: jax.Array,
+    *,
+    activation: str = "relu",
+    interpret: bool | None = None,
+) -> jax.Array:
+    """``logit[b, i, j] = act(...act(act(u[b, i] + v[b, j]) @ W1 + b1)...) @ last_kernel + last_bias``.
+
+    u, v: [B, T, H0] (the first layer, its bias included in one of them); ``kernels[k]`` [H_k, H_k+1]
+    and ``biases[k]`` [H_k+1] the hidden layers; ``last_kernel`` [H_last] or [H_last, 1]. Returns
+    [B, T, T] in u's dtype, the compute dtype of the matrix products (accumulated in float32).
+    ``interpret``: run Pallas's interpreter (default: off a GPU).
+    """
+    name = activation.lower()
+    check_supported(name, [u.shape[-1], *(w.shape[-1] for w in kernels)])
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    dtype = u.dtype
+    ws = [w.astype(dtype) for w in kernels]
+    bs = [b.astype(dtype) for b in biases]
+    wl = last_kernel.reshape(-1).astype(dtype)
+    logits = _fused(name, interpret, u, v.astype(dtype), ws, bs, wl)
+    return logits + last_bias.reshape(()).astype(dtype)
+
+
+def pair_logits_reference(u, v, kernels, biases, last_kernel, last_bias, *, activation: str = "relu"):
+    """``pair_logits`` in jnp, materialising every [B, T, T, width] activation (for tests)."""
+    name = activation.lower()
+    h = _act(name, (u[:, :, None, :] + v[:, None, :, :]).astype(F32))
+    for w, b in zip(kernels, biases, strict=True):
+        h = _act(name, h @ w.astype(F32) + b.astype(F32))
+    return (h @ last_kernel.reshape(-1).astype(F32) + last_bias.reshape(()).astype(F32)).astype(u.dtype)

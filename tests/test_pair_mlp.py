@@ -1,0 +1,155 @@
+"""The fused pair MLP (``models.pair_mlp``): values and every gradient against jnp, in Pallas's
+interpreter; its Triton lowering for an H100 (no GPU needed); GN2's ``vertex_kernel="pallas"``."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from smilejax.models import gn2, pair_mlp
+
+from tests.test_gn2_model import SMALL, make_batch
+
+
+def _weights(seed: int, widths: list[int], dtype=jnp.float32):
+    """(kernels, biases, last kernel [H, 1], last bias [1]) of an MLP with hidden ``widths``."""
+    keys = iter(jax.random.split(jax.random.key(seed), 2 * len(widths) + 2))
+    kernels = [jax.random.normal(next(keys), (a, b)) / np.sqrt(a) for a, b in itertools.pairwise(widths)]
+    biases = [0.1 * jax.random.normal(next(keys), (b,)) for b in widths[1:]]
+    last = jax.random.normal(next(keys), (widths[-1], 1)) / np.sqrt(widths[-1])
+    cast = lambda xs: [x.astype(dtype) for x in xs]  # noqa: E731
+    return cast(kernels), cast(biases), last.astype(dtype), jnp.array([0.3], dtype)
+
+
+def _inputs(seed: int, b: int, t: int, width: int, dtype=jnp.float32):
+    ku, kv, kg = jax.random.split(jax.random.key(seed), 3)
+    u = jax.random.normal(ku, (b, t, width)).astype(dtype)
+    v = jax.random.normal(kv, (b, t, width)).astype(dtype)
+    return u, v, jax.random.normal(kg, (b, t, t))
+
+
+@pytest.mark.parametrize(
+    "activation,widths,t",
+    [("relu", [32, 16, 16], 7), ("silu", [16, 32], 16), ("relu", [16], 17)],
+)
+def test_values_and_gradients_equal_jnp(activation, widths, t):
+    """Odd lengths (7 -> a 16-wide block, 17 -> 32), 0 to 2 hidden layers, both activations."""
+    u, v, g = _inputs(0, 3, t, widths[0])
+    args = (u, v, *_weights(1, widths))
+
+    def weighted(fn):
+        return lambda *a: jnp.sum(fn(*a, activation=activation) * g)
+
+    fused = pair_mlp.pair_logits(*args, activation=activation)
+    reference = pair_mlp.pair_logits_reference(*args, activation=activation)
+    assert fused.shape == (3, t, t)
+    np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-5)
+    argnums = tuple(range(len(args)))
+    grads = jax.grad(weighted(pair_mlp.pair_logits), argnums)(*args)
+    expected = jax.grad(weighted(pair_mlp.pair_logits_reference), argnums)(*args)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+def test_bf16_follows_float32():
+    u, v, _ = _inputs(2, 2, 9, 32)
+    weights = _weights(3, [32, 16])
+    exact = pair_mlp.pair_logits_reference(u, v, *weights)
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), (u, v, *weights))
+    out = pair_mlp.pair_logits(*bf16)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), exact, rtol=0.05, atol=0.05)
+
+
+def test_triton_lowering_for_h100_at_gn2_shapes():
+    """Pallas lowers both kernels to Triton for an H100 (an abstract device: no GPU needed). This is the
+    step that refuses unsupported operations and non-power-of-two tiles; compiling the Triton module
+    happens on the GPU."""
+    bf = jnp.bfloat16
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, bf)  # noqa: E731
+    args = (spec(4000, 40, 128), spec(4000, 40, 128), [spec(128, 64), spec(64, 32)], [spec(64), spec(32)])
+
+    def loss(u, v, kernels, biases, last, last_bias):
+        out = pair_mlp.pair_logits(u, v, kernels, biases, last, last_bias, interpret=False)
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    h100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
+    mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=h100)
+    with jax.sharding.use_abstract_mesh(mesh):
+        lowered = jax.jit(jax.grad(loss, argnums=range(6))).trace(*args, spec(32, 1), spec(1))
+        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
+    assert 'name = "pair_mlp_forward"' in text and 'name = "pair_mlp_backward"' in text
+    assert "grid_x = 4000" in text  # one program per jet
+
+
+def test_unsupported_shapes_and_activations_are_refused():
+    with pytest.raises(ValueError, match="powers of two"):
+        pair_mlp.check_supported("relu", [128, 48])
+    with pytest.raises(ValueError, match="powers of two"):
+        pair_mlp.check_supported("relu", [8])
+    with pytest.raises(ValueError, match="activations"):
+        pair_mlp.check_supported("gelu", [32])
+
+
+def _gn2_pair(**kw) -> tuple[gn2.GN2, gn2.GN2]:
+    """Small GN2s with the jnp and the fused vertex head, sharing parameters."""
+    cfg = {**SMALL, "head_hidden": [16, 16], **kw}
+    with nnx.use_eager_sharding(False):
+        xla = gn2.SPEC.build(gn2.GN2Config(**cfg), rngs=nnx.Rngs(0), dtype=jnp.float32)
+        fused_cfg = gn2.GN2Config(**cfg, vertex_kernel="pallas")
+        fused = gn2.SPEC.build(fused_cfg, rngs=nnx.Rngs(0), dtype=jnp.float32)
+    nnx.update(fused, nnx.state(xla))
+    return xla, fused
+
+
+def test_gn2_fused_vertex_head_same_outputs_loss_and_gradients():
+    xla, fused = _gn2_pair()
+    batch = {k: jnp.asarray(v) for k, v in make_batch(4).items()}
+    assert not bool(batch["valid"].all())  # padded tracks: masked pairs must give no gradient
+
+    def logits(model):
+        graphdef, state = nnx.split(model)
+        return jax.jit(lambda s: nnx.merge(graphdef, s)(batch["tracks"], batch["valid"]))(state)
+
+    np.testing.assert_allclose(
+        logits(fused)["vertex_logits"], logits(xla)["vertex_logits"], rtol=1e-5, atol=1e-5
+    )
+
+    def loss_and_grads(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def f(p):
+            return gn2.SPEC.loss(nnx.merge(graphdef, p, rest), batch)
+
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (loss_ref, m_ref), g_ref = loss_and_grads(xla)
+    (loss_fused, m_fused), g_fused = loss_and_grads(fused)
+    assert float(m_ref["loss_vertex"]) > 0
+    np.testing.assert_allclose(float(loss_fused), float(loss_ref), rtol=1e-6)
+    np.testing.assert_allclose(float(m_fused["loss_vertex"]), float(m_ref["loss_vertex"]), rtol=1e-6)
+    flat_ref, flat_fused = nnx.to_flat_state(g_ref), nnx.to_flat_state(g_fused)
+    vertex = [path for path, _ in flat_ref if "vertex_head" in path]
+    assert len(vertex) == 6  # 3 layers' kernels and biases: each must match, not only the sum
+    for (path, want), (_, got) in zip(flat_ref, flat_fused, strict=True):
+        want, got = np.asarray(want.get_value()), np.asarray(got.get_value())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_gn2_fused_vertex_head_config_errors():
+    base = {**SMALL, "head_hidden": [16, 16], "vertex_kernel": "pallas"}
+    with pytest.raises(ValueError, match="vertex_kernel"):
+        gn2.GN2Config(**{**base, "vertex_kernel": "triton"})
+    with pytest.raises(ValueError, match="dropout"):
+        gn2.GN2Config(**{**base, "dropout": 0.1})
+    with pytest.raises(ValueError, match="powers of two"):
+        gn2.GN2Config(**{**base, "head_hidden": [16, 8]})
+    with pytest.raises(ValueError, match="activations"):
+        gn2.GN2Config(**{**base, "activation": "gelu"})
