@@ -4,7 +4,8 @@
 #   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input (default: all four, in order)
 #
 #   gn2    `smilejax bench train gn2`: one training step, padded to 40 tracks and bucketed (16, 24), per
-#          attention implementation (math, cudnn), against the PyTorch peer (eager, torch.compile)
+#          attention implementation (math, cudnn) and vertex head (xla, pallas: the fused pair kernel),
+#          against the PyTorch peer (eager, torch.compile)
 #   mlpf   `smilejax bench train mlpf`: the CLIC model (chunked, cudnn attention) against particleflow
 #          3.1.0 itself (eager, torch.compile) on the same batches
 #   loop   `smilejax train gn2`: the whole training loop on the synthetic set, bucketed, with input
@@ -16,10 +17,12 @@
 #   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
 #   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
 #   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
+#   GN2_VARY (model.vertex_kernel=xla,pallas): the gn2 part's --vary ("" for none)
 #   PROFILE_STEPS (3): gn2 and mlpf trace this many more steps per JAX row and write where the device
 #                time goes (OUT/PART/profile-*.md/.png; 0: no trace)
 #   MLPF_ATTENTION (chunked,cudnn); MLPF_SHAPES ("256x128 1024x32")
-#   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_ATTENTION (default: the fastest bucketed one of the gn2 part)
+#   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_SETTINGS (default: the attention and varied fields of the
+#                fastest bucketed row of the gn2 part, as KEY=VALUE overrides)
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
 #   GN2_OVERRIDES, MLPF_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU smoke run)
 set -uo pipefail
@@ -37,6 +40,7 @@ STEPS=${STEPS:-30}
 REPEATS=${REPEATS:-2}
 read -r -a GN2_OVR <<<"${GN2_OVERRIDES:-}"
 read -r -a MLPF_OVR <<<"${MLPF_OVERRIDES:-}"
+GN2_VARY=${GN2_VARY-model.vertex_kernel=xla,pallas}
 read -r -a GN2_BUCKET_ARGS <<<"${GN2_BUCKETS-16 24}"
 read -r -a MLPF_SHAPE_ARGS <<<"${MLPF_SHAPES:-256x128 1024x32}"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -44,8 +48,10 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 part_gn2() {
   local torch=()
   [ -n "$TORCH_PY" ] && torch=(--torch-python "$TORCH_PY" --torch-modes "${GN2_TORCH_MODES:-eager,compile}")
+  local vary=()
+  [ -n "$GN2_VARY" ] && vary=(--vary "$GN2_VARY")
   "$PY" -m smilejax bench train gn2 "${GN2_OVR[@]}" --batch "${GN2_BATCH:-4000}" --tracks 40 \
-    --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" --precision bf16 \
+    --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" "${vary[@]}" --precision bf16 \
     --steps "$STEPS" --repeats "$REPEATS" --profile "${PROFILE_STEPS:-3}" "${torch[@]}" --out "$OUT/gn2"
 }
 
@@ -57,24 +63,27 @@ part_mlpf() {
     --repeats "$REPEATS" --profile "${PROFILE_STEPS:-3}" "${ref[@]}" --out "$OUT/mlpf"
 }
 
-fastest_gn2_attention() {
-  # The implementation with the best bucketed step in the gn2 part's results, else math.
-  "$PY" - "$OUT/gn2/train.json" <<'PYEOF' 2>/dev/null || echo math
+fastest_gn2_settings() {
+  # The fastest bucketed row of the gn2 part as overrides: its attention and varied fields.
+  "$PY" - "$OUT/gn2/train.json" "$GN2_VARY" <<'PYEOF' 2>/dev/null || echo model.attention=math
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["impl"] == "jax" and r.get("samples_per_s")]
-print(max(rows, key=lambda r: (r["padding"] == "bucket", r["samples_per_s"]))["attention"] or "math")
+best = max(rows, key=lambda r: (r["padding"] == "bucket", r["samples_per_s"]))
+keys = ["model.attention"] + [sys.argv[2].partition("=")[0]] * bool(sys.argv[2])
+print(" ".join(f"{k}={best[k.rsplit('.', 1)[-1]]}" for k in keys))
 PYEOF
 }
 
 part_loop() {
   # The packaged recipe (batch 4000, bf16) on the synthetic set, each batch padded only to the
   # smallest bucket that holds its jets; jets/s, data wait and MFU per logging window in metrics.jsonl.
-  local attention=${LOOP_ATTENTION:-$(fastest_gn2_attention)}
-  echo "attention: $attention"
+  local settings
+  read -r -a settings <<<"${LOOP_SETTINGS:-$(fastest_gn2_settings)}"
+  echo "settings: ${settings[*]}"
   "$PY" -m smilejax train gn2 "${GN2_OVR[@]}" "run.dir=$OUT/loop" "run.steps=${LOOP_STEPS:-150}" \
     run.log_every=25 run.eval_every=0 "run.checkpoint_every=${LOOP_STEPS:-150}" \
     logging.tensorboard=false 'data.bucket_tracks=[8,12,16,24,32]' "data.read_threads=${LOOP_THREADS:-8}" \
-    "model.attention=$attention" "${LOOP_OVERRIDES[@]}"
+    "${settings[@]}" "${LOOP_OVERRIDES[@]}"
 }
 
 part_input() {

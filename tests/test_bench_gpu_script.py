@@ -18,7 +18,8 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
         1,
         PY=sys.executable,
         TORCH_PY="",  # GN2's PyTorch peer needs torch, which only the particleflow env has
-        GN2_OVERRIDES=f"{SMALL_GN2} model.head_hidden=[8] model.attention_chunk=8",
+        # head_hidden: the fused vertex kernel's tiles are powers of two >= 16
+        GN2_OVERRIDES=f"{SMALL_GN2} model.head_hidden=[16] model.attention_chunk=8",
         GN2_ATTENTION="math,chunked",
         GN2_BUCKETS="6",
         GN2_BATCH="16",
@@ -48,18 +49,17 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
         assert f"=== {part}: exit 0" in done.stdout and (out / f"{part}.log").exists()
 
     gn2 = [r for r in json.loads((out / "gn2" / "train.json").read_text())["rows"] if r["impl"] == "jax"]
-    assert {(r["attention"], r["tracks"]) for r in gn2} == {
-        (a, t) for a in ("math", "chunked") for t in (6, 40)
-    }
+    combos = {(a, v, t) for a in ("math", "chunked") for v in ("xla", "pallas") for t in (6, 40)}
+    assert {(r["attention"], r["vertex_kernel"], r["tracks"]) for r in gn2} == combos
     # every JAX row's device time is traced and broken down (default PROFILE_STEPS)
     profiles = {p.name for part in ("gn2", "mlpf") for p in (out / part).glob("profile-*.md")}
-    assert profiles == {f"profile-gn2-{a}-{t}.md" for a in ("math", "chunked") for t in (6, 40)} | {
-        "profile-mlpf-chunked-32x4.md"
-    }
+    gn2_profiles = {f"profile-gn2-{a}-{v}-{t}.md" for a, v, t in combos}
+    assert profiles == gn2_profiles | {"profile-mlpf-chunked-32x4.md"}
     mlpf = json.loads((out / "mlpf" / "train.json").read_text())["rows"]
     assert {r["impl"] for r in mlpf if r.get("events_per_s")} == {"jax", "torch-eager", "torch-compile"}
-    # the loop trains with the fastest bucketed attention of the gn2 part, bucketed
-    fastest = max((r for r in gn2 if r["padding"] == "bucket"), key=lambda r: r["samples_per_s"])["attention"]
-    assert f"attention: {fastest}" in (out / "loop.log").read_text()
+    # the loop trains with the settings of the fastest bucketed row of the gn2 part, bucketed
+    fastest = max((r for r in gn2 if r["padding"] == "bucket"), key=lambda r: r["samples_per_s"])
+    settings = f"model.attention={fastest['attention']} model.vertex_kernel={fastest['vertex_kernel']}"
+    assert f"settings: {settings}" in (out / "loop.log").read_text()
     assert [r["step"] for r in metrics.read(out / "loop" / "metrics.jsonl") if "loss" in r][-1] == 4
     assert json.loads((out / "input" / "input.json").read_text())["rows"][0]["jets_per_s"] > 0

@@ -126,7 +126,7 @@ def test_bench_train_gn2_sweeps_attention_implementations(tmp_path):
     assert "| jax | jit | chunked | 6 | padded |" in (out / "train.md").read_text()
 
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--attention", "flash", *args, devices=1)
-    assert done.returncode != 0 and "--attention flash: attention: unknown attention" in done.stderr
+    assert done.returncode != 0 and "model.attention=flash: model: attention: unknown" in done.stderr
 
     # cuDNN on a CPU fails; its row says why, the other implementation is still timed, the exit is 1
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--attention", "math,cudnn", *args, devices=1)
@@ -134,6 +134,44 @@ def test_bench_train_gn2_sweeps_attention_implementations(tmp_path):
     rows = [r for r in json.loads((out / "train.json").read_text())["rows"] if r["impl"] == "jax"]
     assert rows[0]["attention"] == "math" and rows[0]["samples_per_s"] > 0
     assert rows[1]["attention"] == "cudnn" and "needs an NVIDIA GPU" in rows[1]["note"]
+
+
+def test_bench_train_gn2_varies_config_fields(tmp_path):
+    """``--vary``: every combination with ``--attention``, a column per field, ratios within each."""
+    out = tmp_path / "bench"
+    args = [
+        "--batch",
+        "8",
+        "--tracks",
+        "6",
+        "--bucket",
+        "4",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
+    small = [*SMALL_GN2, "model.head_hidden=[16]"]  # the fused kernel's tiles: powers of two >= 16
+    vary = ["--attention", "math", "--vary", "model.vertex_kernel=xla,pallas"]
+    done = run_cli("bench", "train", "gn2", *small, *vary, *args, devices=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for r in json.loads((out / "train.json").read_text())["rows"] if r["impl"] == "jax"]
+    assert [(r["attention"], r["vertex_kernel"], r["tracks"]) for r in rows] == [
+        ("math", "xla", 4), ("math", "xla", 6), ("math", "pallas", 4), ("math", "pallas", 6)
+    ]  # fmt: skip
+    assert [r["vs_padded"] for r in rows if r["tracks"] == 6] == [1.0, 1.0]  # each against its own padded row
+    assert "| impl | mode | attention | vertex_kernel | tracks |" in (out / "train.md").read_text()
+    assert "| jax | jit | math | pallas | 6 | padded |" in (out / "train.md").read_text()
+
+    done = run_cli(
+        "bench", "train", "gn2", *SMALL_GN2, "--vary", "model.vertex_kernel=pallas", *args, devices=1
+    )
+    assert done.returncode != 0 and "model.vertex_kernel=pallas" in done.stderr
+    assert "powers of two" in done.stderr  # head_hidden=[8]: named before anything is compiled
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--vary", "model.remat", *args, devices=1)
+    assert done.returncode != 0 and "expected KEY=VALUE1,VALUE2" in done.stderr
 
 
 def test_only_the_first_attention_program_reports_the_device_peak(monkeypatch):
@@ -152,9 +190,10 @@ def test_only_the_first_attention_program_reports_the_device_peak(monkeypatch):
         repeats=1,
         precision="fp32",
         attention="math,chunked",
+        vary=None,
         profile=0,
     )
-    measured, failed = _train_jax.measure_attentions(cfg, args)
+    measured, failed = _train_jax.measure_variants(cfg, args)
     assert not failed
     # the device's peak is a running maximum: a later program would show the largest so far
     assert [(r["attention"], r["peak_mem_gb"]) for m in measured for r in m.rows] == [

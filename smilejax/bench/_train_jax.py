@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import itertools
 import logging
 import math
 from pathlib import Path
 
 import jax
 
+from smilejax import config, metrics, profiling, registry, runtime, steps
 from smilejax import mesh as meshlib
-from smilejax import metrics, profiling, registry, runtime, steps
 from smilejax.bench import _models, _synthetic, common
 from smilejax.config import Config, ConfigError
 
@@ -44,42 +46,83 @@ def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | No
     return field, padded, [*sorted(set(args.bucket) - {padded}), padded]
 
 
-def attention_configs(cfg: Config, attention: str | None) -> list[Config]:
-    """``cfg`` once per implementation in ``--attention`` (comma-separated); ``[cfg]`` without it."""
-    if not attention:
-        return [cfg]
-    if not hasattr(cfg.model, "attention"):
-        raise SystemExit(f"--attention: model {cfg.model.name!r} has no attention setting")
-    names = [a.strip() for a in attention.split(",") if a.strip()]
-    try:
-        return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=a)) for a in names]
-    except ValueError as err:
-        raise SystemExit(f"--attention {attention}: {err}") from None
+def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[str, object]]]:
+    """Every combination of ``--attention`` and ``--vary KEY=V1,V2`` values: ``[(config, labels)]``.
+
+    ``labels`` names the varied fields and their values, by the last part of the key (``attention``,
+    ``vertex_kernel``, ...), as columns of the results; ``[(cfg, {})]`` without either option.
+    """
+    choices: list[tuple[str, list[str]]] = []
+    if args.attention:
+        if not hasattr(cfg.model, "attention"):
+            raise SystemExit(f"--attention: model {cfg.model.name!r} has no attention setting")
+        choices.append(("model.attention", _values(args.attention)))
+    for item in args.vary or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not _values(values):
+            raise SystemExit(
+                f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.vertex_kernel=xla,pallas)"
+            )
+        choices.append((key, _values(values)))
+    columns = [key.rsplit(".", 1)[-1] for key, _ in choices]
+    if len(set(columns)) < len(columns):
+        raise SystemExit(f"--attention/--vary: a field is varied twice ({', '.join(columns)})")
+    tree = config.to_dict(cfg)
+    out = []
+    for combo in itertools.product(*(values for _, values in choices)):
+        overrides = [f"{key}={value}" for (key, _), value in zip(choices, combo, strict=True)]
+        try:
+            varied = config.load(copy.deepcopy(tree), overrides)
+        except ConfigError as err:
+            raise SystemExit(f"--attention/--vary {' '.join(overrides)}: {err}") from None
+        labels = {col: _field(varied, key) for col, (key, _) in zip(columns, choices, strict=True)}
+        out.append((varied, labels))
+    return out
 
 
-def measure_attentions(cfg: Config, args: argparse.Namespace) -> tuple[list[Measured], list[dict]]:
-    """``measure`` once per ``--attention`` implementation: (measured, rows of the failed ones).
+def _values(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _field(cfg: Config, key: str) -> object:
+    node: object = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def measure_variants(cfg: Config, args: argparse.Namespace) -> tuple[list[Measured], list[dict]]:
+    """``measure`` once per variant (``variants``): (measured, rows of the failed ones).
 
     Only the first program reports the device's peak memory (a running maximum, so later ones would
-    show the largest so far); each reports its compiled memory. A failing implementation (cuDNN
-    refusing a shape, say) becomes a row with its error and the others still run; without
-    ``--attention`` a failure is raised."""
+    show the largest so far); each reports its compiled memory. A failing variant (cuDNN refusing a
+    shape, say) becomes a row with its error and the others still run; with a single variant a failure
+    is raised."""
     measured, failed = [], []
-    for c in attention_configs(cfg, args.attention):
+    combos = variants(cfg, args)
+    for c, labels in combos:
         try:
-            measured.append(measure(c, args, report_peak=not measured))
+            measured.append(measure(c, args, labels, report_peak=not measured))
         except Exception as err:  # reported in the results and the exit status
-            if not args.attention:
+            if len(combos) == 1:
                 raise
-            log.exception("jax %s failed", c.model.attention)
-            row = {"impl": "jax", "mode": c.train.parallel, "attention": c.model.attention}
-            failed.append({**row, "note": f"failed: {err}"[:200]})
+            log.exception("jax %s failed", labels)
+            row = {"impl": "jax", "mode": c.train.parallel, "attention": getattr(c.model, "attention", None)}
+            failed.append({**row, **labels, "note": f"failed: {err}"[:200]})
     if not measured:
-        raise SystemExit(f"--attention {args.attention}: every implementation failed (see the log)")
+        raise SystemExit("--attention/--vary: every variant failed (see the log)")
     return measured, failed
 
 
-def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) -> Measured:
+def measure(
+    cfg: Config,
+    args: argparse.Namespace,
+    labels: dict[str, object] | None = None,
+    *,
+    report_peak: bool = True,
+) -> Measured:
+    """The train step of ``cfg`` at every length; ``labels`` (the varied fields) go into each row."""
+    labels = labels or {}
     runtime.initialize()
     spec = registry.model(cfg.model.name)
     field, padded, widths = lengths(cfg, args)
@@ -118,9 +161,9 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
 
         timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
         if args.profile:
-            label = f"{cfg.model.name}-{getattr(cfg.model, 'attention', 'jax')}" + (
-                f"-{width}" if width else ""
-            )
+            settings = {"attention": getattr(cfg.model, "attention", None), **labels}
+            parts = [cfg.model.name, *(str(v) for v in settings.values() if v is not None)]
+            label = "-".join(parts + ([str(width)] if width else []))
             profiling.profile_steps(
                 lambda: run_steps(steps=args.profile), compiled, args.profile, Path(args.out), label
             )
@@ -133,6 +176,7 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
                 "impl": "jax",
                 "mode": cfg.train.parallel,
                 "attention": getattr(cfg.model, "attention", None),
+                **labels,
                 "tracks": width,
                 "padding": "padded" if width == padded else "bucket",
                 "ms_per_step": 1e3 * per_step,
@@ -148,21 +192,22 @@ def measure(cfg: Config, args: argparse.Namespace, *, report_peak: bool = True) 
     return Measured(rows, int(program.param_count), padded, widths, flops_by_width)
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """``vs_padded`` (JAX at the padded length, same attention) and ``vs_torch_eager`` (PyTorch eager,
-    padded)."""
+def add_ratios(rows: list[dict], varied: list[str] = ()) -> None:
+    """``vs_padded`` (JAX at the padded length, same attention and ``varied`` fields) and
+    ``vs_torch_eager`` (PyTorch eager, padded)."""
+    keys = ["attention", *varied]
 
-    def base(impl: str, mode: str | None = None, attention: str | None = None) -> float | None:
+    def base(impl: str, mode: str | None = None, like: dict | None = None) -> float | None:
         for r in rows:
             padded_run = r.get("padding") == "padded" and r.get("samples_per_s")
-            same = (mode is None or r["mode"] == mode) and r.get("attention") == attention
+            same = (mode is None or r["mode"] == mode) and all(r.get(k) == (like or {}).get(k) for k in keys)
             if r["impl"] == impl and padded_run and same:
                 return r["samples_per_s"]
         return None
 
     eager = base("torch", "eager")
     for r in rows:
-        speed, padded = r.get("samples_per_s"), base("jax", attention=r.get("attention"))
+        speed, padded = r.get("samples_per_s"), base("jax", like=r)
         r["vs_padded"] = speed / padded if speed and padded and r["impl"] == "jax" else None
         r["vs_torch_eager"] = speed / eager if speed and eager else None
 

@@ -18,6 +18,7 @@ same batches in its own environment (``SMILEJAX_MLPF_REF`` or ``.mlpf-ref``; ``m
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -100,6 +101,13 @@ def register(sub) -> None:
         help="JAX attention implementations to time, comma-separated: math, chunked, cudnn "
         "(default: the model config's)",
     )
+    parser.add_argument(
+        "--vary",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="time every value of a config field too, one row each (repeatable: every combination), "
+        "e.g. --vary model.vertex_kernel=xla,pallas",
+    )
     mlpf.add_argument(
         "--torch-attention",
         choices=("auto", "math", "efficient", "flash"),
@@ -110,7 +118,7 @@ def register(sub) -> None:
 
 
 MLPF_ONLY = ("shape", "impls", "warmup", "torch_attention")
-GENERIC_ONLY = ("bucket", "torch_modes")
+GENERIC_ONLY = ("bucket", "torch_modes", "vary")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,20 +146,23 @@ def run(args: argparse.Namespace) -> int:
     args.torch_modes = args.torch_modes or "eager,compile"
     _, padded, widths = _train_jax.lengths(cfg, args)
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
-    measured, failed = _train_jax.measure_attentions(cfg, args)
+    measured, failed = _train_jax.measure_variants(cfg, args)
     first = measured[0]
     torch_rows, torch_info = _train_torch.rows(peer, args, padded, first.params, first.flops)
     rows = [r for m in measured for r in m.rows] + failed + torch_rows
-    _train_jax.add_ratios(rows)
+    varied = [key.partition("=")[0].rsplit(".", 1)[-1] for key in args.vary or []]
+    _train_jax.add_ratios(rows, varied)
+    columns = COLUMNS[:3] + varied + COLUMNS[3:]
     extra = {"model": cfg.model.name, "params": first.params, "batch": args.batch, **torch_info}
-    path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
-    _plot(rows, path.with_suffix(".png"), f"{cfg.model.name}, batch {args.batch}, {args.precision}")
+    path = common.write_results(args.out, "train", rows, columns=columns, extra=extra)
+    title = f"{cfg.model.name}, batch {args.batch}, {args.precision}"
+    _plot(rows, path.with_suffix(".png"), title, label=functools.partial(_gn2_label, varied=varied))
     return 1 if peer.failed or failed else 0
 
 
-def _gn2_label(r: dict) -> str:
-    attention = f" {r['attention']}" if r.get("attention") else ""
-    return f"{r['impl']} {r['mode']}{attention}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
+def _gn2_label(r: dict, varied: list[str] = ()) -> str:
+    settings = "".join(f" {r[k]}" for k in ("attention", *varied) if r.get(k) is not None)
+    return f"{r['impl']} {r['mode']}{settings}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
 
 
 def _plot(
