@@ -7,7 +7,7 @@ PYTHON ?= $(shell python3.12 -c 'print("python3.12")' 2>/dev/null || echo python
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint system reference triton clean
+.PHONY: install demo test lint system reference triton gpu-compiler clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ reference:
 triton: $(STAMP)
 	bash launch/install_triton.sh $(PY)
 
-test: $(STAMP) system reference triton
+# JAX's CUDA plugin, ptxas and cuDNN, off the venv's path: `smilejax bench roofline` compiles for a GPU
+gpu-compiler: $(STAMP)
+	bash launch/install_gpu_compiler.sh $(PY)
+
+test: $(STAMP) system reference triton gpu-compiler
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import pair_mlp
+from . import pair_mlp, platform
 
 Axis = str | None
 
@@ -232,7 +232,7 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
             f"attention='cudnn' needs bf16 or fp16 compute (train.precision=bf16), not {q.dtype}; "
             "use attention='math' or 'chunked' in float32"
         )
-    if jax.default_backend() != "gpu":
+    if not platform.nvidia_gpu():
         raise ValueError(
             f"attention='cudnn' needs an NVIDIA GPU, and this run's backend is {jax.default_backend()!r}; "
             "use attention='math' or 'chunked'"

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from . import platform
+
 F32 = jnp.float32
 ACTIVATIONS = ("relu", "silu")
 MIN_BLOCK = 16  # Triton's smallest matrix-product dimension
@@ -240,7 +242,7 @@ def pair_logits(
     name = activation.lower()
     check_supported(name, [u.shape[-1], *(w.shape[-1] for w in kernels)])
     if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+        interpret = not platform.nvidia_gpu()
     dtype = u.dtype
     ws = [w.astype(dtype) for w in kernels]
     bs = [b.astype(dtype) for b in biases]

@@ -1,10 +1,12 @@
 """XLA's HLO text (``compiled.as_text()``), one instruction per line: what the device really runs.
 
-Shared by the communication study (``bench/_hlo_stats``) and the device-time breakdown (``profiling``).
+Shared by the communication study (``bench/_hlo_stats``), the device-time breakdown (``profiling``) and
+the roofline study (``bench/_roofline``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -18,6 +20,10 @@ COLLECTIVES = (
 )
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")  # a header: "%name (params) -> shape {"
+_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
+
+Instruction = tuple[str, str, str, str]  # name, result shape, opcode, the call with its attributes
 
 
 def _split_shape(rhs: str) -> tuple[str, str]:
@@ -33,12 +39,89 @@ def _split_shape(rhs: str) -> tuple[str, str]:
     return rhs, ""
 
 
-def instructions(hlo_text: str) -> Iterator[tuple[str, str, str, str]]:
+def _parse(line: str) -> Instruction | None:
+    match = _INSTRUCTION.match(line)
+    if not match:
+        return None
+    name, rhs = match.groups()
+    shape, call = _split_shape(rhs)
+    return name, shape, call.split("(", 1)[0].strip(), call
+
+
+def instructions(hlo_text: str) -> Iterator[Instruction]:
     """(name, result shape, opcode, the call with its attributes) of every instruction."""
     for line in hlo_text.splitlines():
-        match = _INSTRUCTION.match(line)
-        if not match:
+        parsed = _parse(line)
+        if parsed:
+            yield parsed
+
+
+def computations(hlo_text: str) -> tuple[str, dict[str, list[Instruction]]]:
+    """(the entry computation's name, {computation: its instructions in order})."""
+    entry, found, current = "", {}, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line) if not line.startswith(" ") else None
+        if header:
+            current = found.setdefault(header.group(2), [])
+            entry = header.group(2) if header.group(1) else entry
+        elif line.startswith("}"):
+            current = None
+        elif current is not None and (parsed := _parse(line)):
+            current.append(parsed)
+    return entry, found
+
+
+def _element_bytes(dtype: str) -> float:
+    if dtype == "pred":
+        return 1.0
+    bits = re.match(r"[a-z]+(\d+)", dtype)
+    return int(bits.group(1)) / 8 if bits else 0.0
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of every array in an HLO shape string (a tuple sums its elements; ``token[]`` is 0)."""
+    total = 0.0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype == "token":
             continue
-        name, rhs = match.groups()
-        shape, call = _split_shape(rhs)
-        yield name, shape, call.split("(", 1)[0].strip(), call
+        total += _element_bytes(dtype) * math.prod(int(d) for d in dims.split(",") if d)
+    return int(total)
+
+
+def dims(shape: str) -> list[int]:
+    """The dimensions of the first array in an HLO shape string."""
+    found = _ARRAY.search(shape)
+    return [int(d) for d in found.group(2).split(",") if d] if found else []
+
+
+def operands(call: str) -> tuple[list[str], str]:
+    """``"op(%a, %b), attrs"`` -> (operand texts, attrs)."""
+    start = call.index("(")
+    depth = 0
+    for i in range(start, len(call)):
+        depth += {"(": 1, ")": -1, "{": 1, "}": -1}.get(call[i], 0)
+        if depth == 0:
+            inner, attrs = call[start + 1 : i], call[i + 1 :]
+            break
+    else:
+        inner, attrs = call[start + 1 :], ""
+    parts, depth, current = [], 0, ""
+    for ch in inner:
+        depth += {"(": 1, ")": -1, "{": 1, "}": -1, "[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current.strip())
+    return parts, attrs
+
+
+def operand_name(text: str) -> str | None:
+    """The instruction an operand text refers to (``"%a"``, ``"a"``, or older XLA's ``"f32[4] %a"``)."""
+    refs = re.findall(r"%([\w.\-]+)", text)
+    if refs:
+        return refs[-1]
+    bare = text.strip().split()
+    return bare[-1] if bare and re.fullmatch(r"[\w.\-]+", bare[-1]) else None

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from smilejax import cli, config
+from smilejax import cli, config, hlo_text
 from smilejax.bench import _hlo_stats, _scaling_model
 from smilejax.bench._hlo_stats import Collective
 from smilejax.bench._scaling_model import Network
@@ -245,7 +245,7 @@ def test_hlo_group_sizes_in_every_spelling():
     assert _hlo_stats.group_size("replica_groups={}, to_apply=%add", 8) == 8
     assert _hlo_stats.first_group("replica_groups=[2,4]<=[4,2]T(1,0), x", 8) == [0, 2, 4, 6]
     assert _hlo_stats.first_group("replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_1'}", 8) == [0, 1]
-    assert _hlo_stats.shape_bytes("(f32[2,3]{1,0}, bf16[4], pred[8], token[])") == 24 + 8 + 8
+    assert hlo_text.shape_bytes("(f32[2,3]{1,0}, bf16[4], pred[8], token[])") == 24 + 8 + 8
 
 
 def test_scaling_model_closed_form():

@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from smilejax.hlo_text import COLLECTIVES, instructions
+from smilejax.hlo_text import COLLECTIVES, instructions, operands, shape_bytes
 
-_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
 _NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
 
 
@@ -57,47 +56,6 @@ class Collective:
         if self.kind in ("all-gather", "reduce-scatter", "all-to-all"):
             return (p - 1) / p * self.full_bytes
         return float(self.operand_bytes)
-
-
-def _element_bytes(dtype: str) -> float:
-    if dtype == "pred":
-        return 1.0
-    bits = re.match(r"[a-z]+(\d+)", dtype)
-    return int(bits.group(1)) / 8 if bits else 0.0
-
-
-def shape_bytes(shape: str) -> int:
-    """Bytes of every array in an HLO shape string (a tuple sums its elements; ``token[]`` is 0)."""
-    total = 0.0
-    for dtype, dims in _ARRAY.findall(shape):
-        if dtype == "token":
-            continue
-        total += _element_bytes(dtype) * math.prod(int(d) for d in dims.split(",") if d)
-    return int(total)
-
-
-def _operands(call: str) -> tuple[list[str], str]:
-    """``"op(%a, %b), attrs"`` -> (operand texts, attrs)."""
-    start = call.index("(")
-    depth = 0
-    for i in range(start, len(call)):
-        depth += {"(": 1, ")": -1, "{": 1, "}": -1}.get(call[i], 0)
-        if depth == 0:
-            inner, attrs = call[start + 1 : i], call[i + 1 :]
-            break
-    else:
-        inner, attrs = call[start + 1 :], ""
-    parts, depth, current = [], 0, ""
-    for ch in inner:
-        depth += {"(": 1, ")": -1, "{": 1, "}": -1, "[": 1, "]": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        parts.append(current.strip())
-    return parts, attrs
 
 
 def first_group(attrs: str, num_partitions: int) -> list[int]:
@@ -151,12 +109,12 @@ def collectives(hlo_text: str, mesh_shape: Mapping[str, int] | None = None) -> l
         shapes[name] = shape
         kind = opcode.removesuffix("-start")
         if kind in COLLECTIVES and not opcode.endswith("-done"):
-            operands, attrs = _operands(call)
-            pending.append((kind, operands, attrs))
+            texts, attrs = operands(call)
+            pending.append((kind, texts, attrs))
     out = []
-    for kind, operands, attrs in pending:
+    for kind, texts, attrs in pending:
         operand_bytes = 0
-        for text in operands:
+        for text in texts:
             ref = re.findall(r"%([\w.\-]+)", text)
             # Newer XLA prints bare names; older prints "f32[4] %name": an inline shape wins.
             inline = shape_bytes(text)

@@ -1,0 +1,268 @@
+"""``smilejax bench roofline MODEL``: an NVIDIA GPU's training step, compiled and bounded without the GPU.
+
+XLA compiles the model's real training step (``steps.build``, as ``bench train`` times it) for the
+``--target`` GPU on this machine, whatever it has (a laptop, a login node, CI): JAX's CUDA plugin
+can compile for a described device without one. The optimized program is then read kernel by
+kernel (``_roofline``): the bytes each must move and the FLOPs of its matrix products give a lower
+bound on its time, max(bytes / bandwidth, FLOPs / peak), summed over the step. The result is a
+prediction, not a measurement: it says how many kernels a step launches, how many GB it moves, which
+model scope moves them (forward, backward, optimizer), and how a change (``--attention``, ``--vary``,
+``--bucket``) moves the bound. Measured steps take longer (1.4-1.7x the bound for GN2 on an H100,
+docs/PERFORMANCE.md); compare bounds with each other, and measure with ``bench train`` on the GPU.
+
+Needs JAX's CUDA plugin for this JAX version, ptxas and cuDNN (``make gpu-compiler``: 1.7 GB in the
+venv's ``gpu-compiler`` folder, or a folder named by ``SMILEJAX_GPU_COMPILER``). They are kept off
+the venv's path so that nothing else starts looking for a GPU: the study runs in a subprocess that
+adds them. Writes ``roofline.json``/``.md``/``.png`` and, per row, ``roofline-<row>.md`` (by kind of
+op, by model scope and pass, the costliest kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from smilejax.commands.common import OVERRIDES_HELP, add_command
+
+log = logging.getLogger(__name__)
+
+COMPILER_ENV = "SMILEJAX_GPU_COMPILER"
+_CHILD_ARGS = "SMILEJAX_ROOFLINE_ARGS"
+COLUMNS = [
+    "target",
+    "attention",
+    "tracks",
+    "padding",
+    "elements",
+    "events",
+    "kernels",
+    "gb_per_step",
+    "bound_ms",
+    "memory_bound",
+    "samples_per_s_bound",
+    "vs_first",
+    "model_tflop",
+    "note",
+]
+
+
+def register(sub) -> None:
+    from smilejax.bench._roofline import TARGETS
+
+    parser = add_command(
+        sub,
+        "roofline",
+        help="a GPU training step compiled on this machine: kernels, GB moved and a time bound, per scope",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="packaged config (gn2, mlpf), YAML config, or model name"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    parser.add_argument("--target", choices=sorted(TARGETS), default="h100", help="the GPU (default h100)")
+    parser.add_argument("--batch", type=int, help="global batch (default 4000; mlpf: events, see --shape)")
+    parser.add_argument(
+        "--tracks", type=int, help="padded set length (default: the config's; mlpf: elements)"
+    )
+    parser.add_argument(
+        "--bucket", type=int, nargs="+", action="extend", default=[], help="bucket lengths too"
+    )
+    parser.add_argument("--shape", nargs="+", action="extend", metavar="NxB", help="mlpf: elements x events")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument(
+        "--attention", help="attention implementations, comma-separated (math, chunked, cudnn)"
+    )
+    parser.add_argument(
+        "--vary",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="bound every value of a config field too (repeatable): --vary model.vertex_kernel=xla,pallas",
+    )
+    parser.add_argument("--top", type=int, default=15, help="costliest kernels listed per row (default 15)")
+    parser.add_argument("--out", default="bench-results/roofline", help="results folder")
+    parser.set_defaults(run=run)
+
+
+def compiler_dir() -> Path:
+    """Where JAX's CUDA plugin for this JAX lives (``make gpu-compiler``); SystemExit if nowhere."""
+    folder = Path(os.environ.get(COMPILER_ENV) or Path(sys.prefix) / "gpu-compiler")
+    if not list(folder.glob("jax_plugins/xla_cuda*")):
+        raise SystemExit(
+            f"bench roofline: no JAX CUDA plugin in {folder}. It compiles for a GPU without one: run "
+            f"`make gpu-compiler` (or `bash launch/install_gpu_compiler.sh`), or set {COMPILER_ENV} "
+            "to a folder holding jax-cuda12-plugin, jax-cuda12-pjrt, nvidia-cuda-nvcc-cu12 and "
+            "nvidia-cudnn-cu12"
+        )
+    return folder
+
+
+def run(args: argparse.Namespace) -> int:
+    """Starts the study in a subprocess that can see the CUDA plugin (see the module doc)."""
+    folder = compiler_dir()
+    options = {k: v for k, v in vars(args).items() if k != "run"}
+    env = {
+        **os.environ,
+        _CHILD_ARGS: json.dumps({"options": options, "argv": sys.argv[1:]}),
+        "PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        # The CPU stays the default backend: the plugin only compiles, for a described GPU.
+        "JAX_PLATFORMS": "cpu",
+        "JAX_SKIP_CUDA_CONSTRAINTS_CHECK": "1",
+    }
+    return subprocess.run([sys.executable, "-m", __name__], env=env, check=False).returncode
+
+
+def _cases(cfg, spec, args: argparse.Namespace) -> list[tuple[dict[str, Any], Any, dict]]:
+    """(row columns, config, synthetic host batch) per set length (GN2 buckets, MLPF shapes)."""
+    from smilejax.bench import _models, _synthetic, _train_jax, _train_mlpf
+
+    out = []
+    if _models.adapter(spec.name).study == "smilejax.bench._train_mlpf":
+        for n, b in _train_mlpf.shapes(args):
+            c = dataclasses.replace(cfg, data=cfg.data.with_batch_size(b))
+            out.append(
+                ({"elements": n, "events": b}, c, _synthetic.mlpf_events(seed=0, events=b, elements=n))
+            )
+        return out
+    field, padded, widths = _train_jax.lengths(cfg, args)
+    batch = args.batch or 4000
+    for width in widths:
+        model = dataclasses.replace(cfg.model, **{field: width}) if field else cfg.model
+        c = dataclasses.replace(cfg, data=cfg.data.with_batch_size(batch), model=model)
+        columns = {"tracks": width, "padding": "padded" if width == padded else "bucket"} if field else {}
+        out.append((columns, c, _synthetic.batch(spec, model, batch, seed=0)))
+    return out
+
+
+def _bound_case(cfg, spec, host: dict, topology, target, args) -> tuple[dict[str, Any], dict]:
+    """(totals, breakdown) of one step compiled for the target."""
+    import jax
+
+    from smilejax import mesh as meshlib
+    from smilejax import profiling, steps
+    from smilejax.bench import _roofline
+
+    mesh = meshlib.build_mesh(cfg.mesh, devices=topology.devices)
+    program = steps.build(spec, cfg, mesh)
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=program.batch_sharding) for k, v in host.items()
+    }
+    # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        lowered = program.train_step.lower(program.abstract_state, batch)
+        text = lowered.compile().as_text()
+    found = _roofline.kernels(text)
+    totals = _roofline.bound(found, target, args.precision)
+    flops = program.step_flops(lowered)
+    totals["model_tflop"] = flops / 1e12 if flops else None
+    times = _roofline.kernel_times(found, target, args.precision)
+    breakdown = profiling.summarise(times, {}, profiling.hlo_ops(text)[1], steps=1, top=args.top)
+    return totals, breakdown
+
+
+def _write_breakdown(out: Path, label: str, title: str, breakdown: dict) -> None:
+    from smilejax.bench import common
+
+    (out / f"roofline-{label}.json").write_text(json.dumps({"label": title, **breakdown}, indent=2) + "\n")
+    text = [f"# Roofline bound of one step: {title}\n\nms per step at the bound, and each one's share.\n"]
+    for key, heading in (
+        ("by_category", "By kind of op"),
+        ("by_scope", "By model scope"),
+        ("top_ops", "Costliest"),
+    ):
+        text += [f"\n## {heading}\n\n", common.markdown_table(breakdown[key])]
+    (out / f"roofline-{label}.md").write_text("".join(text))
+
+
+def study(args: argparse.Namespace) -> int:
+    from jax.experimental import topologies
+
+    from smilejax import registry
+    from smilejax.bench import _roofline, _train_jax, common
+    from smilejax.bench._target import load_config
+    from smilejax.bench.train import _plot
+
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit("--batch must be at least 1")
+    cfg = load_config(args.model, args.overrides)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
+    spec = registry.model(cfg.model.name)
+    target = _roofline.TARGETS[args.target]
+    topology = topologies.get_topology_desc(
+        platform="cuda", topology_name=args.target, target_config=target.target_config(), topology="1x1x1"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], 0
+    for variant, labels in _train_jax.variants(cfg, args):
+        settings = {"attention": getattr(variant.model, "attention", None), **labels}
+        for columns, case_cfg, host in _cases(variant, spec, args):
+            row = {"impl": "jax", "mode": "bound", "target": args.target, **settings, **columns}
+            parts = [cfg.model.name, *(str(v) for v in settings.values() if v is not None)]
+            parts += [str(v) for k, v in columns.items() if k != "padding"]
+            label = "-".join(parts)
+            log.info("roofline %s: compiling for %s", label, target.description)
+            try:
+                totals, breakdown = _bound_case(case_cfg, spec, host, topology, target, args)
+            except Exception as err:  # cuDNN refusing a shape, say: the other rows still count
+                log.exception("roofline %s failed", label)
+                rows.append({**row, "note": f"failed: {type(err).__name__}: {str(err)[:160]}"})
+                failed += 1
+                continue
+            samples = columns.get("events", args.batch or 4000)
+            rows.append({**row, **totals, "samples_per_s_bound": samples / (totals["bound_ms"] / 1e3)})
+            _write_breakdown(out, label, f"{label} on {target.description}", breakdown)
+    _add_ratios(rows, ["tracks", "elements", "events"])
+    varied = [key.partition("=")[0].rsplit(".", 1)[-1] for key in args.vary or []]
+    present = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    columns = present[:2] + varied + present[2:]
+    extra = {"model": cfg.model.name, "target": dataclasses.asdict(target), "precision": args.precision}
+    path = common.write_results(out, "roofline", rows, columns=columns, extra=extra)
+    _plot(
+        rows,
+        path.with_suffix(".png"),
+        f"{cfg.model.name} on {target.description} (bound, not measured), {args.precision}",
+        value="samples_per_s_bound",
+        label=lambda r: (
+            " ".join(str(r[k]) for k in ("attention", *varied) if r.get(k) is not None)
+            + "\n"
+            + " ".join(str(r[k]) for k in ("tracks", "elements", "events") if r.get(k) is not None)
+        ),
+        ylabel="samples / s at the roofline bound",
+    )
+    return 1 if failed else 0
+
+
+def _add_ratios(rows: list[dict], shape_keys: list[str]) -> None:
+    """``vs_first``: the first row of the same shape's bound over this row's (> 1: a lower bound)."""
+    first: dict[tuple, float] = {}
+    for r in rows:
+        if r.get("bound_ms"):
+            key = tuple(r.get(k) for k in shape_keys)
+            base = first.setdefault(key, r["bound_ms"])
+            r["vs_first"] = base / r["bound_ms"]
+
+
+def _main() -> int:
+    from smilejax import cli
+    from smilejax.config import ConfigError
+
+    request = json.loads(os.environ.pop(_CHILD_ARGS))
+    sys.argv = ["smilejax", *request["argv"]]  # the results record the command as typed
+    args = argparse.Namespace(**request["options"])
+    cli._setup_logging(args.verbose)
+    try:
+        return study(args)
+    except ConfigError as err:
+        print(f"smilejax: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

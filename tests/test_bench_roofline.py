@@ -1,0 +1,155 @@
+"""``smilejax bench roofline``: kernels read from optimized HLO, and GN2 / MLPF steps compiled for an H100
+on this machine, which has no GPU (JAX's CUDA plugin from ``make gpu-compiler``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smilejax.bench import _roofline
+from tests.conftest import run_cli
+
+# The shape of XLA's GPU output: a fused matmul, a loop with a known trip count, a library GEMM,
+# an asynchronous collective pair, a conditional and instructions that launch nothing.
+HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
+
+%fused_dot (p0: bf16[64,32], p1: bf16[32,16]) -> bf16[64,16] {
+  %p0 = bf16[64,32]{1,0} parameter(0)
+  %p1 = bf16[32,16]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[64,16]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_add (q0: f32[128]) -> f32[128] {
+  %q0 = f32[128]{0} parameter(0)
+  ROOT %add.1 = f32[128]{0} add(%q0, %q0)
+}
+
+%body (b0: (s32[], f32[128])) -> (s32[], f32[128]) {
+  %b0 = (s32[], f32[128]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%b0), index=0
+  %x = f32[128]{0} get-tuple-element(%b0), index=1
+  %f = f32[128]{0} fusion(%x), kind=kLoop, calls=%fused_add
+  ROOT %t = (s32[], f32[128]{0}) tuple(%i, %f)
+}
+
+%cond (c0: (s32[], f32[128])) -> pred[] {
+  %c0 = (s32[], f32[128]{0}) parameter(0)
+  ROOT %lt = pred[] constant(true)
+}
+
+%small (s0: f32[128]) -> f32[128] {
+  %s0 = f32[128]{0} parameter(0)
+  ROOT %s1 = f32[128]{0} negate(%s0)
+}
+
+%big (g0: f32[128]) -> f32[128] {
+  %g0 = f32[128]{0} parameter(0)
+  %g1 = f32[1024]{0} broadcast(%g0), dimensions={}
+  ROOT %g2 = f32[128]{0} slice(%g1), slice={[0:128]}
+}
+
+ENTRY %main (a: bf16[64,32], w: bf16[32,16], v: f32[128], k: pred[]) -> f32[] {
+  %a = bf16[64,32]{1,0} parameter(0)
+  %w = bf16[32,16]{1,0} parameter(1)
+  %v = f32[128]{0} parameter(2)
+  %k = pred[] parameter(3)
+  %mm = bf16[64,16]{1,0} fusion(%a, %w), kind=kCustom, calls=%fused_dot
+  %gemm = (bf16[64,16], s8[1024]) custom-call(%a, %w), custom_call_target="__cublas$gemm", backend_config=GEMM
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[128]{0}) tuple(%zero, %v)
+  %loop = (s32[], f32[128]{0}) while(%init), condition=%cond, body=%body, backend_config=TRIPS
+  %ar = f32[128]{0} all-reduce-start(%v), replica_groups={}, to_apply=%fused_add
+  %ard = f32[128]{0} all-reduce-done(%ar)
+  %br = f32[128]{0} conditional(%k, %v, %v), true_computation=%small, false_computation=%big
+  ROOT %r = f32[] constant(0)
+}
+"""
+GEMM = '{"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],'
+GEMM += '"rhs_contracting_dimensions":["0"]}}}'
+HLO = HLO.replace("GEMM", GEMM).replace("TRIPS", '{"known_trip_count":{"n":"4"}}')
+
+
+def test_kernels_bytes_flops_and_launches_from_hlo():
+    found = {k.name: k for k in _roofline.kernels(HLO)}
+    assert set(found) == {"mm", "gemm", "f", "ar", "g1", "g2"}  # the costlier branch only
+    mm = found["mm"]
+    assert mm.flops == 2 * 64 * 16 * 32 and mm.launches == 1
+    assert mm.bytes == 2 * (64 * 32 + 32 * 16 + 64 * 16)  # operands read, result written
+    assert found["gemm"].flops == mm.flops  # a library call's (out, workspace) result: dims of out
+    assert found["gemm"].bytes == mm.bytes + 1024  # its workspace is written too
+    assert found["f"].launches == 4 and found["f"].bytes == 2 * 128 * 4  # a loop body, 4 trips
+    assert found["ar"].bytes == 2 * 128 * 4 and found["ar"].flops == 0  # -done is not counted again
+
+    h100 = _roofline.TARGETS["h100"]
+    totals = _roofline.bound(list(found.values()), h100, "bf16")
+    assert totals["kernels"] == 9  # 5 launches + 4 loop trips
+    moved = sum(k.bytes * k.launches for k in found.values())
+    assert totals["gb_per_step"] == pytest.approx(moved / 1e9)
+    assert totals["bound_ms"] == pytest.approx(1e3 * moved / h100.memory_bandwidth)  # all memory-bound
+    assert totals["memory_bound"] == 1.0
+    times = _roofline.kernel_times(list(found.values()), h100, "bf16")
+    assert times["f"] == pytest.approx(4e9 * found["f"].bytes / h100.memory_bandwidth)
+    with pytest.raises(ValueError, match="ENTRY"):
+        _roofline.kernels("HloModule empty\n")
+
+
+SMALL_GN2 = [
+    "model.embed=32",
+    "model.init_hidden=[32]",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=64",
+    "model.out=16",
+    "model.head_hidden=[16]",  # the fused vertex kernel's tiles: powers of two >= 16
+]
+
+
+def test_gn2_bounds_for_an_h100_without_a_gpu(tmp_path):
+    out = tmp_path / "roofline"
+    args = ["--batch", "64", "--tracks", "16", "--bucket", "8", "--out", str(out)]
+    variants = ["--attention", "cudnn", "--vary", "model.vertex_kernel=xla,pallas"]
+    done = run_cli("bench", "roofline", "gn2", *SMALL_GN2, *variants, *args, devices=1, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "roofline.json").read_text())
+    assert record["target"]["description"] == "NVIDIA H100 80GB HBM3"
+    assert record["command"].startswith("smilejax bench roofline gn2")
+    rows = {(r["attention"], r["vertex_kernel"], r["tracks"]): r for r in record["rows"]}
+    assert len(rows) == 4 and all(r["bound_ms"] > 0 and r["kernels"] > 10 for r in rows.values())
+    for tracks in (8, 16):
+        xla, fused = rows[("cudnn", "xla", tracks)], rows[("cudnn", "pallas", tracks)]
+        # the fused pair kernel never stores the [B, T, T, width] activations
+        assert fused["gb_per_step"] < xla["gb_per_step"]
+        assert fused["vs_first"] == pytest.approx(xla["bound_ms"] / fused["bound_ms"])
+    for kernel in ("xla", "pallas"):  # a bucket moves less than the padded length
+        assert rows[("cudnn", kernel, 8)]["bound_ms"] < rows[("cudnn", kernel, 16)]["bound_ms"]
+    first = rows[("cudnn", "xla", 16)]
+    assert first["vs_first"] == 1.0 and first["model_tflop"] > 0
+    assert first["samples_per_s_bound"] == pytest.approx(64 / (first["bound_ms"] / 1e3))
+    assert "| target | attention | vertex_kernel | tracks |" in (out / "roofline.md").read_text()
+    assert (out / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+
+    # GPU-only kernels compiled for the H100: cuDNN's fused attention, the Pallas/Triton pair kernel
+    cudnn = json.loads((out / "roofline-gn2-cudnn-pallas-16.json").read_text())
+    categories = {r["category"] for r in cudnn["by_category"]}
+    assert "attention (fused)" in categories and any("triton" in c for c in categories)
+    scopes = {(r["scope"], r["phase"]) for r in cudnn["by_scope"]}
+    assert {("encoder/attention", "forward"), ("vertex_head", "backward"), ("optimizer", "update")} <= scopes
+    assert "## By model scope" in (out / "roofline-gn2-cudnn-pallas-16.md").read_text()
+
+
+def test_mlpf_bound_and_a_missing_compiler(tmp_path):
+    out = tmp_path / "roofline"
+    args = ["--shape", "64x4", "--attention", "chunked", "--out", str(out)]
+    done = run_cli("bench", "roofline", "mlpf", "model.num_convs=1", *args, devices=1, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [row] = json.loads((out / "roofline.json").read_text())["rows"]
+    assert (row["elements"], row["events"], row["attention"]) == (64, 4, "chunked")
+    assert row["gb_per_step"] > 0 and row["samples_per_s_bound"] == pytest.approx(4 / (row["bound_ms"] / 1e3))
+
+    done = run_cli(
+        "bench", "roofline", "gn2", "--out", str(out), devices=1, SMILEJAX_GPU_COMPILER=str(tmp_path / "none")
+    )
+    assert (
+        done.returncode != 0 and "no JAX CUDA plugin in" in done.stderr and "make gpu-compiler" in done.stderr
+    )
