@@ -31,7 +31,7 @@ from typing import Any
 import jax
 
 from smilejax import plotting, protowire
-from smilejax.hlo_text import COLLECTIVES, instructions
+from smilejax.hlo_text import COLLECTIVES, instructions, operands
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ def _category(op: str, call: str) -> str:
     if op in ("copy", "transpose", "copy-start", "copy-done", "dynamic-update-slice", "bitcast"):
         return "copy/transpose"
     if op == "fusion":
-        if "gemm" in call or "__ynn_fusion" in call or "cublas" in call:
+        attrs = operands(call)[1]  # not the operands: a fusion fed by a gemm fusion is no matmul
+        if "gemm" in attrs or "__ynn_fusion" in attrs or "cublas" in attrs:
             return "matmul"
         kind = (_FUSION_KIND.search(call) or [None, ""])[1]
         return {"kLoop": "elementwise", "kInput": "reduction", "kOutput": "matmul"}.get(kind, "fusion")

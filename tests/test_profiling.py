@@ -30,6 +30,31 @@ def test_name_stacks_give_pass_scope_and_primitive(op_name, expected):
     assert profiling.parse_op_name(op_name) == expected
 
 
+def test_kinds_of_gpu_ops_from_compiled_hlo():
+    """Categories from an op's own attributes: a reduction fed by a GEMM fusion is no matmul."""
+    hlo = "\n".join(
+        [
+            "ENTRY %main (a: bf16[8,8]) -> bf16[8] {",
+            "  %gemm_fusion_dot.1 = bf16[8,8]{1,0} fusion(%a, %a), kind=kCustom, calls=%gemm_fusion_dot.1_c, "
+            'backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}',
+            "  %input_reduce_fusion = bf16[8] fusion(%gemm_fusion_dot.1), kind=kInput, calls=%fused_reduce",
+            "  %loop_fusion = bf16[8,8]{1,0} fusion(%gemm_fusion_dot.1), kind=kLoop, calls=%fused_add",
+            '  %cublas = (bf16[8,8]{1,0}, s8[64]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm"',
+            '  %fmha = (bf16[8,8]{1,0}) custom-call(%a, %a, %a), custom_call_target="__cudnn$fmhaSoftmax"',
+            "}",
+        ]
+    )
+    _, ops = profiling.hlo_ops(hlo)
+    kinds = {name: op.category for name, op in ops.items()}
+    assert kinds == {
+        "gemm_fusion_dot.1": "matmul",
+        "input_reduce_fusion": "reduction",
+        "loop_fusion": "elementwise",
+        "cublas": "matmul",
+        "fmha": "attention (fused)",
+    }
+
+
 def _loss(w, x):
     with jax.named_scope("big"):  # two 512 x 512 x 512 products per pass
         h = jnp.tanh(x @ w) @ w
