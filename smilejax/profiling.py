@@ -32,6 +32,7 @@ import jax
 
 from smilejax import plotting, protowire
 from smilejax.hlo_text import COLLECTIVES, instructions, operands
+from smilejax.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,18 @@ def summarise(
     }
 
 
+def summary_markdown(title: str, intro: str, summary: dict[str, list[dict]]) -> str:
+    """``summarise``'s tables as a markdown page: by kind of op, by model scope and pass, costliest ops."""
+    text = [f"# {title}\n\n{intro}\n"]
+    for key, heading in (
+        ("by_category", "By kind of op"),
+        ("by_scope", "By model scope"),
+        ("top_ops", "Costliest ops"),
+    ):
+        text += [f"\n## {heading}\n\n", markdown_table(summary[key])]
+    return "".join(text)
+
+
 def profile_steps(
     run: Callable[[], Any], compiled, steps: int, out: Path, label: str
 ) -> dict[str, Any] | None:
@@ -271,8 +284,6 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
 
     A trace that cannot be broken down (a backend whose trace names no ops, say) costs the caller
     nothing: the ``.md`` says why, and None is returned; the trace is kept."""
-    from smilejax.bench import common
-
     trace_dir = Path(trace_dir)
     written = {suffix: Path(f"{trace_dir}{suffix}") for suffix in (".json", ".md", ".png")}
     try:
@@ -293,17 +304,8 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
     summary["traced_ms_per_step"] = sum(r["ms_per_step"] for r in summary["by_category"])
     summary["devices"] = devices
     written[".json"].write_text(json.dumps({"label": title, **summary}, indent=2) + "\n")
-    text = [
-        f"# Device time of one step: {title}\n",
-        f"Trace: `{trace_dir}` ({steps} steps; times per device, the mean of {devices}).\n",
-    ]
-    for key, heading in (
-        ("by_category", "By kind of op"),
-        ("by_scope", "By model scope"),
-        ("top_ops", "Costliest ops"),
-    ):
-        text += [f"\n## {heading}\n\n", common.markdown_table(summary[key])]
-    written[".md"].write_text("".join(text))
+    intro = f"Trace: `{trace_dir}` ({steps} steps; times per device, the mean of {devices})."
+    written[".md"].write_text(summary_markdown(f"Device time of one step: {title}", intro, summary))
     _plot(summary, written[".png"], title)
     log.info(
         "profile %s: %s (%s)",

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from smilejax.tables import markdown_table
+
 
 def machine() -> dict[str, Any]:
     """Where a number was measured: host, CPUs, accelerators, software."""
@@ -59,19 +61,6 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> d
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "mean_s": statistics.fmean(times)}
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_results(

@@ -167,17 +167,12 @@ def _bound_case(cfg, spec, host: dict, topology, target, args) -> tuple[dict[str
 
 
 def _write_breakdown(out: Path, label: str, title: str, breakdown: dict) -> None:
-    from smilejax.bench import common
+    from smilejax import profiling
 
     (out / f"roofline-{label}.json").write_text(json.dumps({"label": title, **breakdown}, indent=2) + "\n")
-    text = [f"# Roofline bound of one step: {title}\n\nms per step at the bound, and each one's share.\n"]
-    for key, heading in (
-        ("by_category", "By kind of op"),
-        ("by_scope", "By model scope"),
-        ("top_ops", "Costliest"),
-    ):
-        text += [f"\n## {heading}\n\n", common.markdown_table(breakdown[key])]
-    (out / f"roofline-{label}.md").write_text("".join(text))
+    intro = "Each kernel's roofline bound in ms per step, and its share of the step's bound."
+    text = profiling.summary_markdown(f"Roofline bound of one step: {title}", intro, breakdown)
+    (out / f"roofline-{label}.md").write_text(text)
 
 
 def study(args: argparse.Namespace) -> int:
