@@ -2,15 +2,18 @@
 
 GN2's vertex head scores each track pair of a jet: ``logit[b, i, j] = MLP(act(u[b, i] + v[b, j]))``,
 where ``u`` and ``v`` are the first layer applied to each track (``MLP.project_first``). Written in
-jnp, XLA stores every layer's [B, T, T, width] activations and reads them back in the backward pass: by
-a deviceless compile for an H100 (docs/PERFORMANCE.md), 29 GB of memory traffic per GN2 step at 40
-tracks and 4000 jets, a third of the step's. Here each jet's pairs stay in registers. The forward
-kernel reads ``u``, ``v`` and the weights and writes the logits; the backward kernel recomputes the
-activations row by row and writes ``du``, ``dv`` and each jet's share of the weight gradients, which
-XLA then sums (a fixed order: no atomics, so a step is reproducible).
+jnp, XLA stores every layer's [B, T, T, width] activations and reads them back in the backward pass:
+26 GB of memory traffic per GN2 step on an H100 at 40 tracks and 4000 jets, more than a quarter of the
+step's (``smilejax bench roofline``, docs/PERFORMANCE.md). Here each jet's pairs stay in registers.
+The forward kernel reads ``u``, ``v`` and the weights and writes the logits; the backward kernel
+recomputes the activations row by row and writes ``du``, ``dv`` and each jet's share of the weight
+gradients, which XLA then sums (a fixed order: no atomics, so a step is reproducible).
 
 ``pair_logits`` is the function; ``pair_logits_reference`` the same in jnp, for tests. Off a GPU the
-kernels run in Pallas's interpreter (same numbers, slow: for tests only).
+kernels run in Pallas's interpreter (same numbers, slow: for tests only). A jit-sharded step on several
+devices cannot split a custom kernel (``steps.Program.compile`` refuses it); ``train.parallel=shard_map``
+runs it on each device's shard. JAX 0.12 deprecates Pallas's Triton backend (Mosaic GPU replaces it):
+the kernels work with JAX 0.11 and 0.12.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ MIN_BLOCK = 16  # Triton's smallest matrix-product dimension
 
 
 def _act(name: str, z: jax.Array) -> jax.Array:
-    return jnp.maximum(z, 0.0) if name == "relu" else z * jax.nn.sigmoid(z)
+    return jax.nn.relu(z) if name == "relu" else jax.nn.silu(z)  # the model's own (relu'(0) = 0)
 
 
 def _act_grad(name: str, z: jax.Array, g: jax.Array) -> jax.Array:

@@ -133,7 +133,10 @@ def read_yaml(source: str | Path) -> dict:
         close = difflib.get_close_matches(str(source), packaged(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"packaged configs: {', '.join(packaged())}"
         raise ConfigError(f"config {source!r} is neither a file nor a packaged config; {hint}")
-    content = yaml.safe_load(path.read_text()) or {}
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return content
@@ -152,7 +155,10 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err.problem})") from None
     return tree
 
 

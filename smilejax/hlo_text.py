@@ -23,6 +23,10 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")  # a header: "%name (params) -> shape {"
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
 
+_CALLEE = re.compile(r"\b(?:calls|to_apply)=%?([\w.\-]+)")
+_BACKEND_KIND = re.compile(r'"kind":"([^"]+)"')
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+
 Instruction = tuple[str, str, str, str]  # name, result shape, opcode, the call with its attributes
 
 
@@ -125,3 +129,20 @@ def operand_name(text: str) -> str | None:
         return refs[-1]
     bare = text.strip().split()
     return bare[-1] if bare and re.fullmatch(r"[\w.\-]+", bare[-1]) else None
+
+
+def callee(call: str) -> str | None:
+    """The computation a fusion (``calls=``) or a ``call`` (``to_apply=``) runs."""
+    found = _CALLEE.search(operands(call)[1])
+    return found.group(1) if found else None
+
+
+def backend_kind(call: str) -> str:
+    """A fusion's kind in its backend config (``__triton_gemm``, ``__cublas_gemm``, ...), else ""."""
+    found = _BACKEND_KIND.search(operands(call)[1])
+    return found.group(1) if found else ""
+
+
+def custom_call_target(call: str) -> str:
+    found = _TARGET.search(call)
+    return found.group(1) if found else ""

@@ -30,15 +30,14 @@ from typing import Any
 
 import jax
 
-from smilejax import plotting, protowire
-from smilejax.hlo_text import COLLECTIVES, instructions, operands
+from smilejax import hlo_text, plotting, protowire
+from smilejax.hlo_text import COLLECTIVES, instructions
 from smilejax.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FUSION_KIND = re.compile(r"kind=(k\w+)")
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _CONTROL_FLOW = ("while", "conditional", "call")  # their bodies' ops are timed themselves
 # name-stack parts of loops and control flow (gradient accumulation's scan, say): not model scopes
 _STRUCTURE = {"while", "body", "cond", "eval_jaxpr", "scan", "checkpoint", "remat", "branch"}
@@ -99,9 +98,16 @@ def parse_op_name(op_name: str) -> tuple[str, str, str]:
     return phase, "/".join(scope), primitive
 
 
+def _is_matmul_fusion(call: str) -> bool:
+    """A GEMM fusion, by its own attributes: its computation's name or its backend config's kind (not
+    its operands or control predecessors, which may name a GEMM fusion that feeds it)."""
+    kind = hlo_text.backend_kind(call)
+    return "gemm" in (hlo_text.callee(call) or "") or "gemm" in kind or kind in ("__cublas", "__ynn_fusion")
+
+
 def _category(op: str, call: str) -> str:
     if op == "custom-call":
-        target = (_TARGET.search(call) or [None, ""])[1]
+        target = hlo_text.custom_call_target(call)
         lowered = target.lower()
         if "fmha" in lowered or "attention" in lowered or "flash" in lowered:
             return "attention (fused)"
@@ -115,8 +121,7 @@ def _category(op: str, call: str) -> str:
     if op in ("copy", "transpose", "copy-start", "copy-done", "dynamic-update-slice", "bitcast"):
         return "copy/transpose"
     if op == "fusion":
-        attrs = operands(call)[1]  # not the operands: a fusion fed by a gemm fusion is no matmul
-        if "gemm" in attrs or "__ynn_fusion" in attrs or "cublas" in attrs:
+        if _is_matmul_fusion(call):
             return "matmul"
         kind = (_FUSION_KIND.search(call) or [None, ""])[1]
         return {"kLoop": "elementwise", "kInput": "reduction", "kOutput": "matmul"}.get(kind, "fusion")
@@ -125,11 +130,11 @@ def _category(op: str, call: str) -> str:
     return op
 
 
-def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
+def hlo_ops(text: str) -> tuple[str, dict[str, Op]]:
     """(module name, {instruction name: Op}) of a compiled program's HLO text."""
-    module = hlo_text.split(",", 1)[0].removeprefix("HloModule").strip()
+    module = text.split(",", 1)[0].removeprefix("HloModule").strip()
     ops: dict[str, Op] = {}
-    for name, _, opcode, call in instructions(hlo_text):
+    for name, _, opcode, call in instructions(text):
         if opcode in ("parameter", "constant", "get-tuple-element", "tuple"):
             continue
         op_name = (_OP_NAME.search(call) or [None, ""])[1]

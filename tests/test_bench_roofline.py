@@ -43,6 +43,11 @@ HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
   ROOT %s1 = f32[128]{0} negate(%s0)
 }
 
+%outlined (o0: f32[128]) -> f32[128] {
+  %o0 = f32[128]{0} parameter(0)
+  ROOT %of = f32[128]{0} fusion(%o0), kind=kLoop, calls=%fused_add
+}
+
 %big (g0: f32[128]) -> f32[128] {
   %g0 = f32[128]{0} parameter(0)
   %g1 = f32[1024]{0} broadcast(%g0), dimensions={}
@@ -62,6 +67,10 @@ ENTRY %main (a: bf16[64,32], w: bf16[32,16], v: f32[128], k: pred[]) -> f32[] {
   %ar = f32[128]{0} all-reduce-start(%v), replica_groups={}, to_apply=%fused_add
   %ard = f32[128]{0} all-reduce-done(%ar)
   %br = f32[128]{0} conditional(%k, %v, %v), true_computation=%small, false_computation=%big
+  %idx = s32[] constant(1)
+  %sw = f32[128]{0} conditional(%idx, %v, %v), branch_computations={%small, %big}
+  %cl = f32[128]{0} call(%v), to_apply=%outlined, control-predecessors={%mm}
+  %w2 = (s32[], f32[128]{0}) while(%init), condition=%cond, body=%body
   ROOT %r = f32[] constant(0)
 }
 """
@@ -70,26 +79,33 @@ GEMM += '"rhs_contracting_dimensions":["0"]}}}'
 HLO = HLO.replace("GEMM", GEMM).replace("TRIPS", '{"known_trip_count":{"n":"4"}}')
 
 
-def test_kernels_bytes_flops_and_launches_from_hlo():
-    found = {k.name: k for k in _roofline.kernels(HLO)}
-    assert set(found) == {"mm", "gemm", "f", "ar", "g1", "g2"}  # the costlier branch only
-    mm = found["mm"]
+def test_kernels_bytes_flops_and_launches_from_hlo(caplog):
+    found = _roofline.kernels(HLO)
+    # the costlier branch of each conditional; a call's body (to_apply=); both loops' bodies
+    assert sorted(k.name for k in found) == sorted(
+        ["mm", "gemm", "f", "f", "ar", "g1", "g2", "g1", "g2", "of"]
+    )
+    by_name = {k.name: k for k in found if k.name != "f"}
+    mm = by_name["mm"]
     assert mm.flops == 2 * 64 * 16 * 32 and mm.launches == 1
     assert mm.bytes == 2 * (64 * 32 + 32 * 16 + 64 * 16)  # operands read, result written
-    assert found["gemm"].flops == mm.flops  # a library call's (out, workspace) result: dims of out
-    assert found["gemm"].bytes == mm.bytes + 1024  # its workspace is written too
-    assert found["f"].launches == 4 and found["f"].bytes == 2 * 128 * 4  # a loop body, 4 trips
-    assert found["ar"].bytes == 2 * 128 * 4 and found["ar"].flops == 0  # -done is not counted again
+    assert by_name["gemm"].flops == mm.flops  # a library call's (out, workspace) result: dims of out
+    assert by_name["gemm"].bytes == mm.bytes + 1024  # its workspace is written too
+    loops = sorted((k.launches, k.bytes) for k in found if k.name == "f")
+    assert loops == [(1, 2 * 128 * 4), (4, 2 * 128 * 4)]  # 4 known trips; an unknown count: once, warned
+    assert "loop w2 has no known trip count" in caplog.text
+    assert by_name["ar"].bytes == 2 * 128 * 4 and by_name["ar"].flops == 0  # -done is not counted again
+    assert by_name["of"].bytes == 2 * 128 * 4  # control-predecessors are no operands
 
     h100 = _roofline.TARGETS["h100"]
-    totals = _roofline.bound(list(found.values()), h100, "bf16")
-    assert totals["kernels"] == 9  # 5 launches + 4 loop trips
-    moved = sum(k.bytes * k.launches for k in found.values())
+    totals = _roofline.bound(found, h100, "bf16")
+    assert totals["kernels"] == 13  # 9 launches + 4 loop trips
+    moved = sum(k.bytes * k.launches for k in found)
     assert totals["gb_per_step"] == pytest.approx(moved / 1e9)
     assert totals["bound_ms"] == pytest.approx(1e3 * moved / h100.memory_bandwidth)  # all memory-bound
     assert totals["memory_bound"] == 1.0
-    times = _roofline.kernel_times(list(found.values()), h100, "bf16")
-    assert times["f"] == pytest.approx(4e9 * found["f"].bytes / h100.memory_bandwidth)
+    times = _roofline.kernel_times(found, h100, "bf16")
+    assert times["f"] == pytest.approx(5e9 * 2 * 128 * 4 / h100.memory_bandwidth)  # summed per kernel name
     with pytest.raises(ValueError, match="ENTRY"):
         _roofline.kernels("HloModule empty\n")
 

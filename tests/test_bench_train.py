@@ -172,6 +172,9 @@ def test_bench_train_gn2_varies_config_fields(tmp_path):
     assert "powers of two" in done.stderr  # head_hidden=[8]: named before anything is compiled
     done = run_cli("bench", "train", "gn2", *SMALL_GN2, "--vary", "model.remat", *args, devices=1)
     assert done.returncode != 0 and "expected KEY=VALUE1,VALUE2" in done.stderr
+    precision = ["--vary", "train.precision=fp32,bf16"]
+    done = run_cli("bench", "train", "gn2", *SMALL_GN2, *precision, *args, devices=1)
+    assert done.returncode != 0 and "train.precision: the study sets it from --precision" in done.stderr
 
 
 def test_only_the_first_attention_program_reports_the_device_peak(monkeypatch):
@@ -200,3 +203,24 @@ def test_only_the_first_attention_program_reports_the_device_peak(monkeypatch):
         ("math", 1.5),
         ("chunked", None),
     ]
+
+
+def test_vary_values_keep_commas_inside_brackets():
+    import argparse
+
+    from smilejax.bench import _train_jax
+    from smilejax.bench._target import load_config
+
+    cfg = load_config("gn2", SMALL_GN2)
+    vary = ["model.head_hidden=[16,16],[32]", "model.remat=false,true"]
+    args = argparse.Namespace(attention=None, vary=vary)
+    combos = _train_jax.variants(cfg, args)
+    assert [labels for _, labels in combos] == [
+        {"head_hidden": [16, 16], "remat": False},
+        {"head_hidden": [16, 16], "remat": True},
+        {"head_hidden": [32], "remat": False},
+        {"head_hidden": [32], "remat": True},
+    ]
+    assert combos[2][0].model.head_hidden == [32]
+    assert _train_jax.varied_columns(args) == ["head_hidden", "remat"]
+    assert _train_jax.row_label(combos[1][0], combos[1][1], 24) == "gn2-math-[16, 16]-True-24"

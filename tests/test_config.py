@@ -80,11 +80,17 @@ def test_bad_override_syntax_and_missing_sections():
         config.load({"model": {}, "data": {"format": "tests.toy:DATA"}})
     with pytest.raises(ConfigError, match="unknown model 'gn3'"):
         config.load(toy.config(model={"name": "gn3"}))
+    with pytest.raises(ConfigError, match=r"override 'optimizer.lr=\[1': the value is not valid YAML"):
+        config.load(toy.config(), ["optimizer.lr=[1"])
 
 
 def test_unknown_config_name_lists_packaged(tmp_path):
     with pytest.raises(ConfigError, match="neither a file nor a packaged config"):
         config.read_yaml(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: {name: gn2\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        config.read_yaml(broken)
 
 
 def test_saved_config_reloads_identically(tmp_path):

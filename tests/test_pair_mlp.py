@@ -15,6 +15,8 @@ from smilejax.models import gn2, pair_mlp
 
 from tests.test_gn2_model import SMALL, make_batch
 
+H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")  # for lowering
+
 
 def _weights(seed: int, widths: list[int], dtype=jnp.float32):
     """(kernels, biases, last kernel [H, 1], last bias [1]) of an MLP with hidden ``widths``."""
@@ -58,19 +60,31 @@ def test_values_and_gradients_equal_jnp(activation, widths, t):
 
 
 def test_bf16_follows_float32():
-    u, v, _ = _inputs(2, 2, 9, 32)
-    weights = _weights(3, [32, 16])
-    exact = pair_mlp.pair_logits_reference(u, v, *weights)
-    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), (u, v, *weights))
+    u, v, g = _inputs(2, 2, 9, 32)
+    args = (u, v, *_weights(3, [32, 16]))
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), args)
     out = pair_mlp.pair_logits(*bf16)
     assert out.dtype == jnp.bfloat16
+    exact = pair_mlp.pair_logits_reference(*args)
     np.testing.assert_allclose(np.asarray(out, np.float32), exact, rtol=0.05, atol=0.05)
+
+    def weighted(fn):
+        return lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * g)
+
+    argnums = tuple(range(len(args)))
+    grads = jax.grad(weighted(pair_mlp.pair_logits), argnums)(*bf16)
+    expected = jax.grad(weighted(pair_mlp.pair_logits_reference), argnums)(*args)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        assert got.dtype == jnp.bfloat16  # gradients in the parameters' and inputs' dtype
+        # as a whole: a pre-activation that bf16 rounds across 0 flips one ReLU, and one element
+        error = np.linalg.norm(np.asarray(got, np.float32) - np.asarray(want))
+        assert error < 0.05 * np.linalg.norm(np.asarray(want))  # bf16: about 1-4 % here
 
 
 def test_triton_lowering_for_h100_at_gn2_shapes():
     """Pallas lowers both kernels to Triton for an H100 (an abstract device: no GPU needed). This is the
-    step that refuses unsupported operations and non-power-of-two tiles; compiling the Triton module
-    happens on the GPU."""
+    step that refuses unsupported operations and non-power-of-two tiles; XLA's compilation of the Triton
+    module is tested by tests/test_bench_roofline.py (JAX's CUDA plugin, still without a GPU)."""
     bf = jnp.bfloat16
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, bf)  # noqa: E731
     args = (spec(4000, 40, 128), spec(4000, 40, 128), [spec(128, 64), spec(64, 32)], [spec(64), spec(32)])
@@ -79,14 +93,44 @@ def test_triton_lowering_for_h100_at_gn2_shapes():
         out = pair_mlp.pair_logits(u, v, kernels, biases, last, last_bias, interpret=False)
         return jnp.sum(out.astype(jnp.float32) ** 2)
 
-    h100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
-    mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=h100)
+    mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
     with jax.sharding.use_abstract_mesh(mesh):
         lowered = jax.jit(jax.grad(loss, argnums=range(6))).trace(*args, spec(32, 1), spec(1))
         text = lowered.lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
     assert 'name = "pair_mlp_forward"' in text and 'name = "pair_mlp_backward"' in text
     assert "grid_x = 4000" in text  # one program per jet
+
+
+def test_jit_sharding_over_devices_refuses_the_kernel():
+    """XLA's partitioner cannot split a custom kernel: under train.parallel=jit on 8 devices it would run
+    the whole global batch on each. The step is refused before compiling, naming the fix."""
+    import dataclasses
+
+    from smilejax import mesh as meshlib
+    from smilejax import registry, steps
+    from smilejax.bench import _synthetic
+    from smilejax.bench._target import load_config
+    from smilejax.config import ConfigError
+
+    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=32"]
+    small += ["model.out=16", "model.head_hidden=[16]", "model.max_tracks=8", "train.precision=bf16"]
+    cfg = load_config("gn2", [*small, "model.vertex_kernel=pallas", "train.parallel=jit"])
+    cfg = dataclasses.replace(cfg, data=cfg.data.with_batch_size(8))
+    mesh = meshlib.build_mesh(cfg.mesh)
+    assert mesh.size == 8
+    spec = registry.model("gn2")
+    program = steps.build(spec, cfg, mesh)
+    host = _synthetic.batch(spec, cfg.model, 8, seed=0)
+    sharding = program.batch_sharding
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
+    abstract = AbstractMesh(mesh.axis_sizes, mesh.axis_names, mesh.axis_types, abstract_device=H100)
+    with jax.sharding.use_abstract_mesh(abstract):
+        traced = program.train_step.trace(program.abstract_state, batch)
+        lowered = traced.lower(lowering_platforms=("cuda",))
+    assert steps.TRITON_CALL in lowered.as_text()
+    with pytest.raises(ConfigError, match=r"use train\.parallel=shard_map"):
+        program.compile(lowered)
 
 
 def test_unsupported_shapes_and_activations_are_refused():

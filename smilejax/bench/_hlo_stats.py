@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from smilejax.hlo_text import COLLECTIVES, instructions, operands, shape_bytes
+from smilejax.hlo_text import COLLECTIVES, instructions, operand_name, operands, shape_bytes
 
 _NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
 
@@ -115,10 +115,9 @@ def collectives(hlo_text: str, mesh_shape: Mapping[str, int] | None = None) -> l
     for kind, texts, attrs in pending:
         operand_bytes = 0
         for text in texts:
-            ref = re.findall(r"%([\w.\-]+)", text)
-            # Newer XLA prints bare names; older prints "f32[4] %name": an inline shape wins.
+            # Older XLA prints "f32[4] %name": an inline shape wins.
             inline = shape_bytes(text)
-            operand_bytes += inline if inline else shape_bytes(shapes.get(ref[-1], "")) if ref else 0
+            operand_bytes += inline or shape_bytes(shapes.get(operand_name(text) or "", ""))
         members = first_group(attrs, num_partitions)
         size = 2 if kind == "collective-permute" else max(len(members), 1)
         fits = (

@@ -1,12 +1,13 @@
 """A compiled step's device time, bounded from its optimized HLO: each kernel takes at least its bytes
 over the memory bandwidth and its FLOPs over the peak (the roofline model).
 
-``kernels`` walks the entry computation of ``compiled.as_text()`` (loop bodies times their known trip
-counts) and records every kernel XLA launches: a fusion, a library or custom call, a copy, a
-collective. Its bytes are its operands' and results' (what it must read and write at least once; an
-in-place update is counted whole, so those are over-estimates), its FLOPs those of the matrix products
-inside it. Custom kernels (cuDNN attention, Pallas/Triton) count their bytes only: their FLOPs are
-not in the HLO.
+``kernels`` walks the entry computation of ``compiled.as_text()`` and records every kernel XLA
+launches: a fusion, a library or custom call, a copy, a collective. Loop bodies count times their known
+trip counts (a loop without one counts once, with a warning; loop conditions are not counted). A
+kernel's bytes are its operands' and results' (what it must read and write at least once; an in-place
+update is counted whole, so those are over-estimates), its FLOPs those of the matrix products inside
+it. Custom kernels (cuDNN attention, Pallas/Triton) count their bytes only: their FLOPs are not in the
+HLO.
 
 The bound says where a step's memory traffic goes and how a change moves it, on a machine that has
 no GPU (``smilejax bench roofline`` compiles for one). Real steps take longer: launch gaps, small
@@ -17,10 +18,13 @@ kernels far from peak, caches. On an H100 the measured GN2 step took 1.4-1.7x it
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 
 from smilejax import hlo_text
+
+log = logging.getLogger(__name__)
 
 # Instructions that launch nothing: views, bookkeeping, and the second half of asynchronous pairs.
 _FREE = {
@@ -37,7 +41,6 @@ _FREE = {
     "domain",
 }
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _BODY = re.compile(r"body=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"(?:branch_computations=\{([^}]*)\}|(?:true|false)_computation=%?([\w.\-]+))")
 # HLO's "lhs_contracting_dims={1}" and a library call's JSON "lhs_contracting_dimensions":["1"]
@@ -58,7 +61,10 @@ class Target:
     shared_memory_per_sm: int
     shared_memory_per_block_optin: int
     peak_bf16: float  # dense FLOP/s
-    peak_fp32: float
+    peak_tf32: float  # float32 matrix products: JAX's default precision runs them as TF32 on NVIDIA GPUs
+
+    def peak(self, precision: str) -> float:
+        return self.peak_bf16 if precision == "bf16" else self.peak_tf32
 
     def target_config(self) -> str:
         """XLA's ``GpuTargetConfig`` text proto (what ``--xla_gpu_target_config_filename`` reads)."""
@@ -90,22 +96,22 @@ device_description_str: "{self.description}"
 """
 
 
-# Vendor data sheets (SXM parts); the peaks are dense tensor-core bf16 and plain fp32.
+# Vendor data sheets (SXM parts); the peaks are dense tensor-core bf16 and TF32.
 _HOPPER = dict(compute_capability=(9, 0), sms=132, clock_ghz=1.98, l2_bytes=50 * 2**20)
 _HOPPER_SMEM = dict(shared_memory_per_sm=233472, shared_memory_per_block_optin=232448)
 TARGETS = {
     "h100": Target(
         "NVIDIA H100 80GB HBM3", **_HOPPER, **_HOPPER_SMEM, memory_bandwidth=3.35e12,
-        memory_bytes=80 * 2**30, peak_bf16=989e12, peak_fp32=67e12,
+        memory_bytes=80 * 2**30, peak_bf16=989e12, peak_tf32=494e12,
     ),
     "h200": Target(
         "NVIDIA H200", **_HOPPER, **_HOPPER_SMEM, memory_bandwidth=4.8e12,
-        memory_bytes=141 * 10**9, peak_bf16=989e12, peak_fp32=67e12,
+        memory_bytes=141 * 10**9, peak_bf16=989e12, peak_tf32=494e12,
     ),
     "a100": Target(
         "NVIDIA A100-SXM4-80GB", compute_capability=(8, 0), sms=108, clock_ghz=1.41, l2_bytes=40 * 2**20,
         shared_memory_per_sm=167936, shared_memory_per_block_optin=166912, memory_bandwidth=2.04e12,
-        memory_bytes=80 * 2**30, peak_bf16=312e12, peak_fp32=19.5e12,
+        memory_bytes=80 * 2**30, peak_bf16=312e12, peak_tf32=156e12,
     ),
 }  # fmt: skip
 
@@ -140,8 +146,8 @@ def _flops(name: str, comps: dict[str, list[hlo_text.Instruction]]) -> float:
     for _, shape, opcode, call in body:
         if opcode == "dot":
             total += _dot_flops(call, shape, shapes)
-        elif opcode == "fusion" and (callee := _CALLS.search(call)):
-            total += _flops(callee.group(1), comps)
+        elif opcode == "fusion" and (callee := hlo_text.callee(call)):
+            total += _flops(callee, comps)
     return total
 
 
@@ -149,9 +155,10 @@ def _launch(name: str, shape: str, opcode: str, call: str, shapes: dict[str, str
     texts, _ = hlo_text.operands(call)
     inputs = {hlo_text.operand_name(t) for t in texts} - {None}
     moved = hlo_text.shape_bytes(shape) + sum(hlo_text.shape_bytes(shapes.get(n, "")) for n in inputs)
-    if opcode == "fusion" and (callee := _CALLS.search(call)):
-        flops = _flops(callee.group(1), comps)
-    elif opcode == "dot" or (opcode == "custom-call" and "gemm" in call.lower()):
+    target = hlo_text.custom_call_target(call).lower()
+    if opcode == "fusion" and (callee := hlo_text.callee(call)):
+        flops = _flops(callee, comps)
+    elif opcode == "dot" or (opcode == "custom-call" and ("gemm" in target or "matmul" in target)):
         flops = _dot_flops(call, shape, shapes)  # a library call's result is (out, workspace): dims of out
     else:
         flops = 0.0
@@ -173,9 +180,11 @@ def kernels(text: str) -> list[Kernel]:
                 continue
             if opcode == "while":
                 trips = _TRIP_COUNT.search(call)
+                if not trips:
+                    log.warning("roofline: loop %s has no known trip count; its body is counted once", name)
                 walk(_BODY.search(call).group(1), launches * (int(trips.group(1)) if trips else 1))
-            elif opcode == "call" and (callee := _CALLS.search(call)):
-                walk(callee.group(1), launches)
+            elif opcode == "call" and (callee := hlo_text.callee(call)):
+                walk(callee, launches)
             elif opcode == "conditional":
                 # One branch runs: the costliest bounds it.
                 found = _BRANCHES.findall(call)
@@ -200,7 +209,7 @@ def kernels(text: str) -> list[Kernel]:
 
 def bound(found: list[Kernel], target: Target, precision: str) -> dict[str, float]:
     """Totals of a step: kernels, bytes, FLOPs, the roofline time and its memory-bound share."""
-    peak = target.peak_bf16 if precision == "bf16" else target.peak_fp32
+    peak = target.peak(precision)
     times = [k.seconds(target, peak) for k in found]
     memory = sum(
         t for k, t in zip(found, times, strict=True) if k.bytes / target.memory_bandwidth >= k.flops / peak
@@ -217,7 +226,7 @@ def bound(found: list[Kernel], target: Target, precision: str) -> dict[str, floa
 
 def kernel_times(found: list[Kernel], target: Target, precision: str) -> dict[str, float]:
     """{kernel: its bound in ns per step}, as ``profiling.summarise`` takes traced times."""
-    peak = target.peak_bf16 if precision == "bf16" else target.peak_fp32
+    peak = target.peak(precision)
     times: dict[str, float] = {}
     for k in found:
         times[k.name] = times.get(k.name, 0.0) + 1e9 * k.seconds(target, peak)

@@ -46,6 +46,32 @@ def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | No
     return field, padded, [*sorted(set(args.bucket) - {padded}), padded]
 
 
+# Fields the study sets itself from its options: varying them would time one program twice.
+_SET_BY_OPTIONS = {"train.precision": "--precision", "data.batch_size": "--batch"}
+
+
+def varied_columns(args: argparse.Namespace) -> list[str]:
+    """The result columns of ``--vary`` keys: the last part of each key (``vertex_kernel``)."""
+    return [_split_vary(item)[0].rsplit(".", 1)[-1] for item in args.vary or []]
+
+
+def _split_vary(item: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2`` -> (KEY, [V1, V2]); commas inside brackets belong to a value (``[16,16],[32]``)."""
+    key, sep, text = item.partition("=")
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    values = [v for v in [*values, current.strip()] if v]
+    if not sep or not key or not values:
+        raise SystemExit(f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.vertex_kernel=xla,pallas)")
+    return key, values
+
+
 def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[str, object]]]:
     """Every combination of ``--attention`` and ``--vary KEY=V1,V2`` values: ``[(config, labels)]``.
 
@@ -56,14 +82,14 @@ def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[s
     if args.attention:
         if not hasattr(cfg.model, "attention"):
             raise SystemExit(f"--attention: model {cfg.model.name!r} has no attention setting")
-        choices.append(("model.attention", _values(args.attention)))
+        choices.append(("model.attention", [v.strip() for v in args.attention.split(",") if v.strip()]))
+    field = _models.adapter(registry.model(cfg.model.name).name).length_field
+    own = {**_SET_BY_OPTIONS, **({f"model.{field}": "--tracks/--bucket"} if field else {})}
     for item in args.vary or []:
-        key, sep, values = item.partition("=")
-        if not sep or not key or not _values(values):
-            raise SystemExit(
-                f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.vertex_kernel=xla,pallas)"
-            )
-        choices.append((key, _values(values)))
+        key, values = _split_vary(item)
+        if key in own:
+            raise SystemExit(f"--vary {key}: the study sets it from {own[key]}; use that option")
+        choices.append((key, values))
     columns = [key.rsplit(".", 1)[-1] for key, _ in choices]
     if len(set(columns)) < len(columns):
         raise SystemExit(f"--attention/--vary: a field is varied twice ({', '.join(columns)})")
@@ -80,8 +106,11 @@ def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[s
     return out
 
 
-def _values(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+def row_label(cfg: Config, labels: dict[str, object], *lengths: object) -> str:
+    """A row's file-name label: model, attention, varied values and lengths (``gn2-math-pallas-24``)."""
+    settings = {"attention": getattr(cfg.model, "attention", None), **labels}
+    parts = [cfg.model.name, *(v for v in settings.values() if v is not None), *lengths]
+    return "-".join(str(p) for p in parts if p is not None)
 
 
 def _field(cfg: Config, key: str) -> object:
@@ -150,7 +179,7 @@ def measure(
             for k, v in host.items()
         }
         lowered = program.train_step.lower(state, batch)
-        compiled = lowered.compile()
+        compiled = program.compile(lowered)
         flops = flops_by_width[width] = program.step_flops(lowered)
         holder = {"state": state, "out": None}
 
@@ -161,9 +190,7 @@ def measure(
 
         timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
         if args.profile:
-            settings = {"attention": getattr(cfg.model, "attention", None), **labels}
-            parts = [cfg.model.name, *(str(v) for v in settings.values() if v is not None)]
-            label = "-".join(parts + ([str(width)] if width else []))
+            label = row_label(cfg, labels, width)
             profiling.profile_steps(
                 lambda: run_steps(steps=args.profile), compiled, args.profile, Path(args.out), label
             )

@@ -1,20 +1,23 @@
 """``smilejax bench roofline MODEL``: an NVIDIA GPU's training step, compiled and bounded without the GPU.
 
-XLA compiles the model's real training step (``steps.build``, as ``bench train`` times it) for the
-``--target`` GPU on this machine, whatever it has (a laptop, a login node, CI): JAX's CUDA plugin
-can compile for a described device without one. The optimized program is then read kernel by
-kernel (``_roofline``): the bytes each must move and the FLOPs of its matrix products give a lower
-bound on its time, max(bytes / bandwidth, FLOPs / peak), summed over the step. The result is a
-prediction, not a measurement: it says how many kernels a step launches, how many GB it moves, which
-model scope moves them (forward, backward, optimizer), and how a change (``--attention``, ``--vary``,
-``--bucket``) moves the bound. Measured steps take longer (1.4-1.7x the bound for GN2 on an H100,
-docs/PERFORMANCE.md); compare bounds with each other, and measure with ``bench train`` on the GPU.
+XLA compiles the model's real training step (the one `bench train` times) for the --target GPU on
+this machine, whatever it has (a laptop, a login node, CI): JAX's CUDA plugin compiles for a described
+device without one. The optimized program is then read kernel by kernel: the bytes each must move and
+the FLOPs of its matrix products bound its time from below, max(bytes / bandwidth, FLOPs / peak),
+summed over the step. It predicts, it does not measure: it says how many kernels a step launches, how
+many GB it moves, which model scope and pass moves them (forward, backward, optimizer), and how a change
+(--attention, --vary, --bucket) moves the bound. Measured steps take longer (1.4-1.7x the bound for GN2
+on an H100, docs/PERFORMANCE.md): compare bounds with each other, and measure with `bench train` on the
+GPU. Custom kernels (cuDNN attention, Pallas) count their memory traffic only.
 
-Needs JAX's CUDA plugin for this JAX version, ptxas and cuDNN (``make gpu-compiler``: 1.7 GB in the
-venv's ``gpu-compiler`` folder, or a folder named by ``SMILEJAX_GPU_COMPILER``). They are kept off
-the venv's path so that nothing else starts looking for a GPU: the study runs in a subprocess that
-adds them. Writes ``roofline.json``/``.md``/``.png`` and, per row, ``roofline-<row>.md`` (by kind of
-op, by model scope and pass, the costliest kernels).
+Needs JAX's CUDA plugin for this JAX version, ptxas and cuDNN (`make gpu-compiler`: 1.7 GB in the
+venv's gpu-compiler folder, or a folder named by SMILEJAX_GPU_COMPILER). They are kept off the venv's
+path so that nothing else starts looking for a GPU: the study runs in a subprocess that adds them.
+Writes roofline.json/.md/.png and, per row, roofline-<row>.md (by kind of op, by model scope and pass,
+the costliest kernels).
+
+  smilejax bench roofline gn2 --bucket 16 24 --attention math,cudnn --vary model.vertex_kernel=xla,pallas
+  smilejax bench roofline mlpf --shape 256x128 1024x32 --attention chunked,cudnn
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def register(sub) -> None:
         "--vary",
         action="append",
         metavar="KEY=V1,V2",
-        help="bound every value of a config field too (repeatable): --vary model.vertex_kernel=xla,pallas",
+        help="bound every value of a config field (repeatable; every combination, with --attention too): "
+        "--vary model.vertex_kernel=xla,pallas",
     )
     parser.add_argument("--top", type=int, default=15, help="costliest kernels listed per row (default 15)")
     parser.add_argument("--out", default="bench-results/roofline", help="results folder")
@@ -156,7 +160,7 @@ def _bound_case(cfg, spec, host: dict, topology, target, args) -> tuple[dict[str
     # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         lowered = program.train_step.lower(program.abstract_state, batch)
-        text = lowered.compile().as_text()
+        text = program.compile(lowered).as_text()
     found = _roofline.kernels(text)
     totals = _roofline.bound(found, target, args.precision)
     flops = program.step_flops(lowered)
@@ -199,9 +203,7 @@ def study(args: argparse.Namespace) -> int:
         settings = {"attention": getattr(variant.model, "attention", None), **labels}
         for columns, case_cfg, host in _cases(variant, spec, args):
             row = {"impl": "jax", "mode": "bound", "target": args.target, **settings, **columns}
-            parts = [cfg.model.name, *(str(v) for v in settings.values() if v is not None)]
-            parts += [str(v) for k, v in columns.items() if k != "padding"]
-            label = "-".join(parts)
+            label = _train_jax.row_label(variant, labels, *(v for k, v in columns.items() if k != "padding"))
             log.info("roofline %s: compiling for %s", label, target.description)
             try:
                 totals, breakdown = _bound_case(case_cfg, spec, host, topology, target, args)
@@ -214,7 +216,7 @@ def study(args: argparse.Namespace) -> int:
             rows.append({**row, **totals, "samples_per_s_bound": samples / (totals["bound_ms"] / 1e3)})
             _write_breakdown(out, label, f"{label} on {target.description}", breakdown)
     _add_ratios(rows, ["tracks", "elements", "events"])
-    varied = [key.partition("=")[0].rsplit(".", 1)[-1] for key in args.vary or []]
+    varied = _train_jax.varied_columns(args)
     present = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     columns = present[:2] + varied + present[2:]
     extra = {"model": cfg.model.name, "target": dataclasses.asdict(target), "precision": args.precision}

@@ -105,8 +105,8 @@ def register(sub) -> None:
         "--vary",
         action="append",
         metavar="KEY=V1,V2",
-        help="time every value of a config field too, one row each (repeatable: every combination), "
-        "e.g. --vary model.vertex_kernel=xla,pallas",
+        help="time every value of a config field, one row each (repeatable; every combination, with "
+        "--attention too; not mlpf), e.g. --vary model.vertex_kernel=xla,pallas",
     )
     mlpf.add_argument(
         "--torch-attention",
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     first = measured[0]
     torch_rows, torch_info = _train_torch.rows(peer, args, padded, first.params, first.flops)
     rows = [r for m in measured for r in m.rows] + failed + torch_rows
-    varied = [key.partition("=")[0].rsplit(".", 1)[-1] for key in args.vary or []]
+    varied = _train_jax.varied_columns(args)
     _train_jax.add_ratios(rows, varied)
     columns = COLUMNS[:3] + varied + COLUMNS[3:]
     extra = {"model": cfg.model.name, "params": first.params, "batch": args.batch, **torch_info}
