@@ -61,13 +61,16 @@ def _layers(name: str, u: jax.Array, v: jax.Array, ws, bs, dtype) -> tuple[list,
     return pre, hs
 
 
+def _load(v_ref, refs, n: int) -> tuple[jax.Array, list, list, jax.Array]:
+    """A set's columns ``v`` and the weights (``refs``: n kernels, n biases, the last kernel, ...)."""
+    ws = [r[...] for r in refs[:n]]  # the compute dtype: the matrix products' inputs
+    bs = [r[...].astype(F32) for r in refs[n : 2 * n]]
+    return v_ref[...].astype(F32), ws, bs, refs[2 * n][...].astype(F32)
+
+
 def _forward_kernel(rows: int, name: str, n: int, u_ref, v_ref, *refs) -> None:
-    w_refs, b_refs, wl_ref, o_ref = refs[:n], refs[n : 2 * n], refs[2 * n], refs[2 * n + 1]
-    dtype = u_ref.dtype
-    v = v_ref[...].astype(F32)
-    ws = [r[...] for r in w_refs]
-    bs = [r[...].astype(F32) for r in b_refs]
-    wl = wl_ref[...].astype(F32)
+    v, ws, bs, wl = _load(v_ref, refs, n)
+    o_ref, dtype = refs[2 * n + 1], u_ref.dtype
 
     def row(i, carry):
         _, hs = _layers(name, u_ref[pl.ds(i, 1), :].astype(F32), v, ws, bs, dtype)
@@ -78,14 +81,10 @@ def _forward_kernel(rows: int, name: str, n: int, u_ref, v_ref, *refs) -> None:
 
 
 def _backward_kernel(rows: int, name: str, n: int, u_ref, v_ref, gt_ref, *refs) -> None:
-    w_refs, b_refs, wl_ref = refs[:n], refs[n : 2 * n], refs[2 * n]
+    v, ws, bs, wl = _load(v_ref, refs, n)
     du_ref, dv_ref = refs[2 * n + 1], refs[2 * n + 2]
     dw_refs, db_refs, dwl_ref = refs[2 * n + 3 : 3 * n + 3], refs[3 * n + 3 : 4 * n + 3], refs[4 * n + 3]
     dtype = u_ref.dtype
-    v = v_ref[...].astype(F32)
-    ws = [r[...] for r in w_refs]
-    bs = [r[...].astype(F32) for r in b_refs]
-    wl = wl_ref[...].astype(F32)
 
     def row(i, carry):
         dv, dws, dbs, dwl = carry
