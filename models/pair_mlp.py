@@ -10,21 +10,25 @@ recomputes the activations row by row and writes ``du``, ``dv`` and each jet's s
 gradients, which XLA then sums (a fixed order: no atomics, so a step is reproducible).
 
 ``pair_logits`` is the function; ``pair_logits_reference`` the same in jnp, for tests. Off a GPU the
-kernels run in Pallas's interpreter (same numbers, slow: for tests only). A jit-sharded step on several
-devices cannot split a custom kernel (``steps.Program.compile`` refuses it); ``train.parallel=shard_map``
-runs it on each device's shard. JAX 0.12 deprecates Pallas's Triton backend (Mosaic GPU replaces it):
-the kernels work with JAX 0.11 and 0.12.
+kernels run in Pallas's interpreter (same numbers, slow: for tests only). XLA cannot split a custom
+kernel over devices by itself; both kernels are partitioned along the set axis
+(``custom_partitioning``), so a jit step sharded over devices (data parallel, FSDP) runs each device's
+own sets, and only the weight gradients are summed across devices. JAX 0.12 deprecates Pallas's Triton
+backend (Mosaic GPU replaces it): the kernels work with JAX 0.11 and 0.12.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from . import platform
 
@@ -134,61 +138,132 @@ def _params(num_warps: int) -> plt.CompilerParams:
     return plt.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
-def _forward(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:
+def _forward_sets(name: str, interpret: bool, n: int, u, v, *weights) -> jax.Array:
+    """The logits [B, T, T] of every set; ``weights``: n kernels, n biases, the last kernel."""
     batch, rows, width = u.shape
     block = _block(rows)
     v = jnp.pad(v, ((0, 0), (0, block - rows), (0, 0)))  # padded columns: sliced off below
     out = pl.pallas_call(
-        functools.partial(_forward_kernel, rows, name, len(ws)),
+        functools.partial(_forward_kernel, rows, name, n),
         out_shape=jax.ShapeDtypeStruct((batch, rows, block), u.dtype),
         grid=(batch,),
-        in_specs=[_per_set(rows, width), _per_set(block, width), *map(_whole, (*ws, *bs, wl))],
+        in_specs=[_per_set(rows, width), _per_set(block, width), *map(_whole, weights)],
         out_specs=_per_set(rows, block),
         compiler_params=_params(4),
         interpret=interpret,
         name="pair_mlp_forward",
-    )(u, v, *ws, *bs, wl)
+    )(u, v, *weights)
     return out[:, :, :rows]
 
 
-def _backward(name: str, interpret: bool, u, v, ws, bs, wl, g):
+def _backward_sets(name: str, interpret: bool, n: int, u, v, g, *weights) -> tuple[jax.Array, ...]:
+    """(du, dv, each set's share of every weight gradient), all float32 and led by the set axis."""
     batch, rows, width = u.shape
     block = _block(rows)
     pad = ((0, 0), (0, block - rows), (0, 0))
     v = jnp.pad(v, pad)
     # Zero gradients in the padded columns: those pairs add nothing to any gradient.
     gt = jnp.pad(jnp.swapaxes(g, 1, 2).astype(F32), pad)  # [B, J, I]: row i's gradients are a column
-    n = len(ws)
-    shards = [jax.ShapeDtypeStruct((batch, *p.shape), F32) for p in (*ws, *bs, wl)]
     du, dv, *parts = pl.pallas_call(
         functools.partial(_backward_kernel, rows, name, n),
         out_shape=[
             jax.ShapeDtypeStruct(u.shape, F32),
             jax.ShapeDtypeStruct((batch, block, width), F32),
-            *shards,
+            *(jax.ShapeDtypeStruct((batch, *w.shape), F32) for w in weights),
         ],
         grid=(batch,),
         in_specs=[
             _per_set(rows, width),
             _per_set(block, width),
             _per_set(block, rows),
-            *map(_whole, (*ws, *bs, wl)),
+            *map(_whole, weights),
         ],
         out_specs=[
             _per_set(rows, width),
             _per_set(block, width),
-            *(_per_set(*p.shape) for p in (*ws, *bs, wl)),
+            *(_per_set(*w.shape) for w in weights),
         ],
         compiler_params=_params(8),
         interpret=interpret,
         name="pair_mlp_backward",
-    )(u, v, gt, *ws, *bs, wl)
+    )(u, v, gt, *weights)
+    return (du, dv[:, :rows], *parts)
+
+
+def _factors(prefix: str, count: int) -> list[str]:
+    """Distinct factor names for a sharding rule (letters only): ``pa pb ... pz paa ...``."""
+    names = []
+    for i in range(count):
+        name, i = "", i + 1
+        while i:
+            i, r = divmod(i - 1, 26)
+            name = chr(97 + r) + name
+        names.append(prefix + name)
+    return names
+
+
+def _split_by_set(fn, sets: int, ranks: Callable[[int], tuple[list[int], list[int]]]):
+    """``fn(name, interpret, n, *arrays)``, its first ``sets`` arrays and every result led by the set axis,
+    made partitionable: in a jit step sharded over devices along that axis, each device runs the kernel
+    on its own sets (XLA cannot split a custom kernel itself: it would gather the whole batch onto every
+    device). The weights are replicated; no other axis may be sharded. ``ranks(n)``: the ranks of the
+    arrays and of the results."""
+    split = custom_partitioning(fn, static_argnums=(0, 1, 2))
+
+    def shardings(mesh, arg_shapes, result_shape):
+        spec = arg_shapes[0].sharding.spec
+        axis = spec[0] if len(spec) else None
+
+        def led(x):
+            return NamedSharding(mesh, P(axis, *([None] * (len(x.shape) - 1))))
+
+        args = tuple(led(x) if i < sets else NamedSharding(mesh, P()) for i, x in enumerate(arg_shapes))
+        return args, jax.tree.map(led, result_shape)
+
+    def partition(name, interpret, n, mesh, arg_shapes, result_shape):
+        args, results = shardings(mesh, arg_shapes, result_shape)
+        return mesh, functools.partial(fn, name, interpret, n), results, args
+
+    def infer(name, interpret, n, mesh, arg_shapes, result_shape):
+        return shardings(mesh, arg_shapes, result_shape)[1]
+
+    def rule(name, interpret, n, mesh, operand_types, result_types):
+        # Shardy's rule: the set axis "s" may be sharded; every other dimension is its own factor that
+        # must stay whole.
+        arg_ranks, out_ranks = ranks(n)
+        others = iter(_factors("f", sum(arg_ranks) + sum(out_ranks)))
+        args = [
+            [("s" if i < sets and d == 0 else next(others)) for d in range(r)]
+            for i, r in enumerate(arg_ranks)
+        ]
+        outs = [[("s" if d == 0 else next(others)) for d in range(r)] for r in out_ranks]
+        whole = tuple(f for dims in args + outs for f in dims if f != "s")
+        text = ", ".join(" ".join(d) for d in args) + " -> " + ", ".join(" ".join(d) for d in outs)
+        return text, {"need_replication_factors": whole}
+
+    split.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+    return split
+
+
+_forward_split = _split_by_set(_forward_sets, 2, lambda n: ([3, 3, *[2] * n, *[1] * n, 1], [3]))
+_backward_split = _split_by_set(
+    _backward_sets, 3, lambda n: ([3, 3, 3, *[2] * n, *[1] * n, 1], [3, 3, *[3] * n, *[2] * n, 2])
+)
+
+
+def _forward(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:
+    return _forward_split(name, interpret, len(ws), u, v, *ws, *bs, wl)
+
+
+def _backward(name: str, interpret: bool, u, v, ws, bs, wl, g):
+    n = len(ws)
+    du, dv, *parts = _backward_split(name, interpret, n, u, v, g, *ws, *bs, wl)
     sums = [p.sum(axis=0) for p in parts]  # each set's share of the weight gradients
     dws, dbs, dwl = sums[:n], sums[n : 2 * n], sums[2 * n]
     cast = lambda grads, like: [d.astype(x.dtype) for d, x in zip(grads, like, strict=True)]  # noqa: E731
     return (
         du.astype(u.dtype),
-        dv[:, :rows].astype(v.dtype),
+        dv.astype(v.dtype),
         cast(dws, ws),
         cast(dbs, bs),
         dwl.astype(wl.dtype),

@@ -28,7 +28,6 @@ from smilejax.config import Config, ConfigError
 from smilejax.models.spec import ModelSpec
 
 PyTree = Any
-TRITON_CALL = "__gpu$xla.gpu.triton"  # the custom call of a Pallas kernel lowered for an NVIDIA GPU
 Metrics = dict[str, jax.Array]
 
 
@@ -59,19 +58,6 @@ class Program:
     @property
     def param_count(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
-
-    def compile(self, lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-        """The compiled ``train_step``. A jit-sharded step on several devices may not hold a Pallas
-        (Triton) kernel: XLA's partitioner cannot split a custom kernel, so it would gather the whole
-        global batch onto every device and run it there, N times the work, silently."""
-        if not self.manual and self.mesh.size > 1 and TRITON_CALL in lowered.as_text():
-            raise ConfigError(
-                "this model runs a Pallas kernel (model.vertex_kernel=pallas, say), which "
-                "train.parallel=jit would run on the whole global batch on each of the "
-                f"{self.mesh.size} devices: use train.parallel=shard_map (each device runs it on its own "
-                "batch shard) or the model's XLA path"
-            )
-        return lowered.compile()
 
     def step_flops(self, lowered: jax.stages.Lowered) -> float | None:
         """FLOPs per device of the lowered ``train_step`` (for MFU)."""

@@ -263,7 +263,7 @@ def train(
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
             lowered = program.train_step.lower(state, batch)
-            compiled[shapes] = program.compile(lowered), program.step_flops(lowered)
+            compiled[shapes] = lowered.compile(), program.step_flops(lowered)
         return shapes, *compiled[shapes]
 
     first_global = to_global(program.batch_sharding, next(batches))

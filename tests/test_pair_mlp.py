@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from smilejax.models import gn2, pair_mlp
 
 from tests.test_gn2_model import SMALL, make_batch
@@ -87,50 +88,46 @@ def test_triton_lowering_for_h100_at_gn2_shapes():
     module is tested by tests/test_bench_roofline.py (JAX's CUDA plugin, still without a GPU)."""
     bf = jnp.bfloat16
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, bf)  # noqa: E731
-    args = (spec(4000, 40, 128), spec(4000, 40, 128), [spec(128, 64), spec(64, 32)], [spec(64), spec(32)])
+    sets = (spec(4000, 40, 128), spec(4000, 40, 128))
+    weights = (spec(128, 64), spec(64, 32), spec(64), spec(32), spec(32))
 
-    def loss(u, v, kernels, biases, last, last_bias):
-        out = pair_mlp.pair_logits(u, v, kernels, biases, last, last_bias, interpret=False)
-        return jnp.sum(out.astype(jnp.float32) ** 2)
+    def both(u, v, g, *weights):  # the kernels themselves (pair_logits adds their partitioning)
+        logits = pair_mlp._forward_sets("relu", False, 2, u, v, *weights)
+        return logits, pair_mlp._backward_sets("relu", False, 2, u, v, g, *weights)
 
     mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
     with jax.sharding.use_abstract_mesh(mesh):
-        lowered = jax.jit(jax.grad(loss, argnums=range(6))).trace(*args, spec(32, 1), spec(1))
-        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+        traced = jax.jit(both).trace(*sets, jax.ShapeDtypeStruct((4000, 40, 40), jnp.float32), *weights)
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
     assert 'name = "pair_mlp_forward"' in text and 'name = "pair_mlp_backward"' in text
     assert "grid_x = 4000" in text  # one program per jet
 
 
-def test_jit_sharding_over_devices_refuses_the_kernel():
-    """XLA's partitioner cannot split a custom kernel: under train.parallel=jit on 8 devices it would run
-    the whole global batch on each. The step is refused before compiling, naming the fix."""
-    import dataclasses
-
-    from smilejax import mesh as meshlib
-    from smilejax import registry, steps
-    from smilejax.bench import _synthetic
-    from smilejax.bench._target import load_config
-    from smilejax.config import ConfigError
-
-    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=32"]
-    small += ["model.out=16", "model.head_hidden=[16]", "model.max_tracks=8", "train.precision=bf16"]
-    cfg = load_config("gn2", [*small, "model.vertex_kernel=pallas", "train.parallel=jit"])
-    cfg = dataclasses.replace(cfg, data=cfg.data.with_batch_size(8))
-    mesh = meshlib.build_mesh(cfg.mesh)
+def test_jit_sharded_over_devices_each_device_runs_its_own_sets():
+    """XLA cannot split a custom kernel: left alone it would gather the whole batch onto each of the 8
+    devices. Partitioned by the set axis, each device runs its own sets; values and gradients are those
+    of one device, the batch gradients stay sharded, and nothing is gathered."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
     assert mesh.size == 8
-    spec = registry.model("gn2")
-    program = steps.build(spec, cfg, mesh)
-    host = _synthetic.batch(spec, cfg.model, 8, seed=0)
-    sharding = program.batch_sharding
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
-    abstract = AbstractMesh(mesh.axis_sizes, mesh.axis_names, mesh.axis_types, abstract_device=H100)
-    with jax.sharding.use_abstract_mesh(abstract):
-        traced = program.train_step.trace(program.abstract_state, batch)
-        lowered = traced.lower(lowering_platforms=("cuda",))
-    assert steps.TRITON_CALL in lowered.as_text()
-    with pytest.raises(ConfigError, match=r"use train\.parallel=shard_map"):
-        program.compile(lowered)
+    u, v, g = _inputs(5, 16, 7, 32)
+    weights = _weights(6, [32, 16])
+
+    def loss(u, v, *weights):
+        return jnp.sum(pair_mlp.pair_logits(u, v, *weights) * g)
+
+    grad = jax.value_and_grad(loss, argnums=tuple(range(6)))
+    value, grads = grad(u, v, *weights)
+    shard = NamedSharding(mesh, P("data"))
+    sharded = jax.jit(grad)
+    args = (jax.device_put(u, shard), jax.device_put(v, shard), *weights)
+    compiled = sharded.lower(*args).compile().as_text()
+    assert "all-gather" not in compiled and "all-reduce" in compiled  # only weight gradients are summed
+    value8, grads8 = sharded(*args)
+    np.testing.assert_allclose(float(value8), float(value), rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads8), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert grads8[0].sharding.spec == P("data") and grads8[1].sharding.spec == P("data")
 
 
 def test_unsupported_shapes_and_activations_are_refused():
@@ -197,3 +194,36 @@ def test_gn2_fused_vertex_head_config_errors():
         gn2.GN2Config(**{**base, "head_hidden": [16, 8]})
     with pytest.raises(ValueError, match="activations"):
         gn2.GN2Config(**{**base, "activation": "gelu"})
+
+
+def test_gn2_training_step_with_fsdp_over_8_devices_equals_one_device():
+    """GN2's real train step (steps.build) with the fused head, FSDP over 8 devices, against the jnp head
+    on one device: the same loss after two steps."""
+    import dataclasses
+
+    from smilejax import mesh as meshlib
+    from smilejax import registry, steps
+    from smilejax.bench import _synthetic
+    from smilejax.bench._target import load_config
+
+    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=32"]
+    small += ["model.out=16", "model.head_hidden=[16]", "model.max_tracks=8", "mesh.data=1"]
+    losses = []
+    for extra, devices in (
+        (["model.vertex_kernel=xla"], jax.devices()[:1]),
+        (["model.vertex_kernel=pallas", "mesh.fsdp=8"], None),
+    ):
+        cfg = load_config("gn2", [*small, *extra])
+        cfg = dataclasses.replace(cfg, data=cfg.data.with_batch_size(16))
+        mesh = meshlib.build_mesh(cfg.mesh, devices=devices)
+        spec = registry.model("gn2")
+        program = steps.build(spec, cfg, mesh)
+        host = _synthetic.batch(spec, cfg.model, 16, seed=0)
+        batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
+        state = program.init()
+        for _ in range(2):
+            state, out = program.train_step(state, batch)
+        losses.append((mesh.size, float(out["loss"]), float(out["loss_vertex"])))
+    (one, loss1, vertex1), (eight, loss8, vertex8) = losses
+    assert (one, eight) == (1, 8) and vertex1 > 0
+    np.testing.assert_allclose([loss8, vertex8], [loss1, vertex1], rtol=1e-4)  # float32, two AdamW steps

@@ -80,7 +80,7 @@ def measure(
 
     t0 = time.perf_counter()
     lowered = program.train_step.lower(state, placed[0])
-    compiled = program.compile(lowered)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     ops = _hlo_stats.collectives(compiled.as_text(), dict(mesh.shape))
 

@@ -179,7 +179,7 @@ def measure(
             for k, v in host.items()
         }
         lowered = program.train_step.lower(state, batch)
-        compiled = program.compile(lowered)
+        compiled = lowered.compile()
         flops = flops_by_width[width] = program.step_flops(lowered)
         holder = {"state": state, "out": None}
 

@@ -208,7 +208,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
         for batch in host_batches
     ]
     lowered = program.train_step.lower(state, device_batches[0])
-    compiled = program.compile(lowered)
+    compiled = lowered.compile()
     t0 = time.perf_counter()
     state, out = compiled(state, device_batches[0])
     first = float(out["loss"])

@@ -160,7 +160,7 @@ def _bound_case(cfg, spec, host: dict, topology, target, args) -> tuple[dict[str
     # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         lowered = program.train_step.lower(program.abstract_state, batch)
-        text = program.compile(lowered).as_text()
+        text = lowered.compile().as_text()
     found = _roofline.kernels(text)
     totals = _roofline.bound(found, target, args.precision)
     flops = program.step_flops(lowered)
