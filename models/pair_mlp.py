@@ -20,13 +20,15 @@ backend (Mosaic GPU replaces it): the kernels work with JAX 0.11 and 0.12.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plt
+from jax.interpreters.mlir import ir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -190,24 +192,11 @@ def _backward_sets(name: str, interpret: bool, n: int, u, v, g, *weights) -> tup
     return (du, dv[:, :rows], *parts)
 
 
-def _factors(prefix: str, count: int) -> list[str]:
-    """Distinct factor names for a sharding rule (letters only): ``pa pb ... pz paa ...``."""
-    names = []
-    for i in range(count):
-        name, i = "", i + 1
-        while i:
-            i, r = divmod(i - 1, 26)
-            name = chr(97 + r) + name
-        names.append(prefix + name)
-    return names
-
-
-def _split_by_set(fn, sets: int, ranks: Callable[[int], tuple[list[int], list[int]]]):
+def _split_by_set(fn, sets: int):
     """``fn(name, interpret, n, *arrays)``, its first ``sets`` arrays and every result led by the set axis,
     made partitionable: in a jit step sharded over devices along that axis, each device runs the kernel
     on its own sets (XLA cannot split a custom kernel itself: it would gather the whole batch onto every
-    device). The weights are replicated; no other axis may be sharded. ``ranks(n)``: the ranks of the
-    arrays and of the results."""
+    device). The weights are replicated; no other axis may be sharded."""
     split = custom_partitioning(fn, static_argnums=(0, 1, 2))
 
     def shardings(mesh, arg_shapes, result_shape):
@@ -228,27 +217,26 @@ def _split_by_set(fn, sets: int, ranks: Callable[[int], tuple[list[int], list[in
         return shardings(mesh, arg_shapes, result_shape)[1]
 
     def rule(name, interpret, n, mesh, operand_types, result_types):
-        # Shardy's rule: the set axis "s" may be sharded; every other dimension is its own factor that
-        # must stay whole.
-        arg_ranks, out_ranks = ranks(n)
-        others = iter(_factors("f", sum(arg_ranks) + sum(out_ranks)))
-        args = [
-            [("s" if i < sets and d == 0 else next(others)) for d in range(r)]
-            for i, r in enumerate(arg_ranks)
-        ]
-        outs = [[("s" if d == 0 else next(others)) for d in range(r)] for r in out_ranks]
-        whole = tuple(f for dims in args + outs for f in dims if f != "s")
-        text = ", ".join(" ".join(d) for d in args) + " -> " + ", ".join(" ".join(d) for d in outs)
-        return text, {"need_replication_factors": whole}
+        # Shardy's rule: the set axis "s" may be sharded; every other dimension is a factor of its own
+        # that must stay whole.
+        whole = (f"f{i}" for i in itertools.count())
+
+        def dims(types, led: int) -> list[list[str]]:
+            ranks = [len(ir.RankedTensorType(t).shape) for t in types]
+            return [
+                ["s" if i < led and d == 0 else next(whole) for d in range(r)] for i, r in enumerate(ranks)
+            ]
+
+        args, outs = dims(operand_types, sets), dims(result_types, len(result_types))
+        text = ", ".join(map(" ".join, args)) + " -> " + ", ".join(map(" ".join, outs))
+        return text, {"need_replication_factors": tuple(f for d in args + outs for f in d if f != "s")}
 
     split.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
     return split
 
 
-_forward_split = _split_by_set(_forward_sets, 2, lambda n: ([3, 3, *[2] * n, *[1] * n, 1], [3]))
-_backward_split = _split_by_set(
-    _backward_sets, 3, lambda n: ([3, 3, 3, *[2] * n, *[1] * n, 1], [3, 3, *[3] * n, *[2] * n, 2])
-)
+_forward_split = _split_by_set(_forward_sets, sets=2)
+_backward_split = _split_by_set(_backward_sets, sets=3)
 
 
 def _forward(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:

@@ -41,7 +41,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return dispatch(_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs a parsed command (``args.run``) with the CLI's logging and its errors as exit statuses."""
     _setup_logging(args.verbose)
     from smilejax.config import ConfigError
 

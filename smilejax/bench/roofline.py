@@ -122,43 +122,41 @@ def run(args: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-m", __name__], env=env, check=False).returncode
 
 
-def _cases(cfg, spec, args: argparse.Namespace) -> list[tuple[dict[str, Any], Any, dict]]:
-    """(row columns, config, synthetic host batch) per set length (GN2 buckets, MLPF shapes)."""
+def _cases(cfg, spec, args: argparse.Namespace) -> tuple[Any, list[tuple[dict[str, Any], dict]]]:
+    """``cfg`` at the padded length (the program's), and (row columns, synthetic host batch) per set
+    length (GN2's padded length and buckets, MLPF's shapes)."""
     from smilejax.bench import _models, _synthetic, _train_jax, _train_mlpf
 
-    out = []
     if _models.adapter(spec.name).study == "smilejax.bench._train_mlpf":
-        for n, b in _train_mlpf.shapes(args):
-            c = dataclasses.replace(cfg, data=cfg.data.with_batch_size(b))
-            out.append(
-                ({"elements": n, "events": b}, c, _synthetic.mlpf_events(seed=0, events=b, elements=n))
-            )
-        return out
+        shapes = _train_mlpf.shapes(args)
+        cases = [
+            ({"elements": n, "events": b}, _synthetic.mlpf_events(seed=0, events=b, elements=n))
+            for n, b in shapes
+        ]
+        return cfg, cases
     field, padded, widths = _train_jax.lengths(cfg, args)
     batch = args.batch or 4000
+    if not field:
+        return cfg, [({}, _synthetic.batch(spec, cfg.model, batch, seed=0))]
+    cases = []
     for width in widths:
-        model = dataclasses.replace(cfg.model, **{field: width}) if field else cfg.model
-        c = dataclasses.replace(cfg, data=cfg.data.with_batch_size(batch), model=model)
-        columns = {"tracks": width, "padding": "padded" if width == padded else "bucket"} if field else {}
-        out.append((columns, c, _synthetic.batch(spec, model, batch, seed=0)))
-    return out
+        model = dataclasses.replace(cfg.model, **{field: width})
+        columns = {"tracks": width, "padding": "padded" if width == padded else "bucket"}
+        cases.append((columns, _synthetic.batch(spec, model, batch, seed=0)))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: padded})), cases
 
 
-def _bound_case(cfg, spec, host: dict, topology, target, args) -> tuple[dict[str, Any], dict]:
-    """(totals, breakdown) of one step compiled for the target."""
+def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict]:
+    """(totals, breakdown) of ``program``'s step on ``host``'s shapes, compiled for the target."""
     import jax
 
-    from smilejax import mesh as meshlib
-    from smilejax import profiling, steps
+    from smilejax import profiling
     from smilejax.bench import _roofline
 
-    mesh = meshlib.build_mesh(cfg.mesh, devices=topology.devices)
-    program = steps.build(spec, cfg, mesh)
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=program.batch_sharding) for k, v in host.items()
-    }
+    sharding = program.batch_sharding
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
     # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    with jax.sharding.use_abstract_mesh(program.mesh.abstract_mesh):
         lowered = program.train_step.lower(program.abstract_state, batch)
         text = lowered.compile().as_text()
     found = _roofline.kernels(text)
@@ -182,7 +180,8 @@ def _write_breakdown(out: Path, label: str, title: str, breakdown: dict) -> None
 def study(args: argparse.Namespace) -> int:
     from jax.experimental import topologies
 
-    from smilejax import registry
+    from smilejax import mesh as meshlib
+    from smilejax import registry, steps
     from smilejax.bench import _roofline, _train_jax, common
     from smilejax.bench._target import load_config
     from smilejax.bench.train import _plot
@@ -201,18 +200,21 @@ def study(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for variant, labels in _train_jax.variants(cfg, args):
         settings = {"attention": getattr(variant.model, "attention", None), **labels}
-        for columns, case_cfg, host in _cases(variant, spec, args):
+        padded, cases = _cases(variant, spec, args)
+        # One program per variant, as bench train builds it: each set length only retraces its step.
+        program = steps.build(spec, padded, meshlib.build_mesh(variant.mesh, devices=topology.devices))
+        for columns, host in cases:
             row = {"impl": "jax", "mode": "bound", "target": args.target, **settings, **columns}
             label = _train_jax.row_label(variant, labels, *(v for k, v in columns.items() if k != "padding"))
             log.info("roofline %s: compiling for %s", label, target.description)
             try:
-                totals, breakdown = _bound_case(case_cfg, spec, host, topology, target, args)
+                totals, breakdown = _bound_case(program, host, target, args)
             except Exception as err:  # cuDNN refusing a shape, say: the other rows still count
                 log.exception("roofline %s failed", label)
                 rows.append({**row, "note": f"failed: {type(err).__name__}: {str(err)[:160]}"})
                 failed += 1
                 continue
-            samples = columns.get("events", args.batch or 4000)
+            samples = len(next(iter(host.values())))  # the batch's leading axis
             rows.append({**row, **totals, "samples_per_s_bound": samples / (totals["bound_ms"] / 1e3)})
             _write_breakdown(out, label, f"{label} on {target.description}", breakdown)
     _add_ratios(rows, ["tracks", "elements", "events"])
@@ -248,17 +250,10 @@ def _add_ratios(rows: list[dict], shape_keys: list[str]) -> None:
 
 def _main() -> int:
     from smilejax import cli
-    from smilejax.config import ConfigError
 
     request = json.loads(os.environ.pop(_CHILD_ARGS))
     sys.argv = ["smilejax", *request["argv"]]  # the results record the command as typed
-    args = argparse.Namespace(**request["options"])
-    cli._setup_logging(args.verbose)
-    try:
-        return study(args)
-    except ConfigError as err:
-        print(f"smilejax: config error: {err}", file=sys.stderr)
-        return 2
+    return cli.dispatch(argparse.Namespace(**request["options"], run=study))
 
 
 if __name__ == "__main__":
