@@ -298,9 +298,9 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
         for label, compiled in programs.items():
             module, program_ops = hlo_ops(compiled.as_text())
             own = _program_times(traced, module, program_id(compiled), alone=len(programs) == 1)
-            name = (lambda op, label=label: f"{op} [{label}]") if len(programs) > 1 else (lambda op: op)
-            times.update({name(op): ns for op, ns in own.items()})
-            ops.update({name(op): info for op, info in program_ops.items()})
+            suffix = f" [{label}]" if len(programs) > 1 else ""
+            times.update({f"{op}{suffix}": ns for op, ns in own.items()})
+            ops.update({f"{op}{suffix}": info for op, info in program_ops.items()})
         summary = summarise(times, unattributed, ops, steps * devices)  # per step and device
     except Exception as err:  # the timed steps matter more than their breakdown
         log.warning("profile %s: no breakdown of the trace in %s: %s", title, trace_dir, err)

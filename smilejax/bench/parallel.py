@@ -507,13 +507,12 @@ def _write_model(
 
 
 def _plot(draw, path: Path, *data) -> None:
-    if plotting.pyplot(path) is not None:  # a bare GPU box may lack matplotlib
-        draw(path, *data)
+    plt = plotting.pyplot(path)  # a bare GPU box may lack matplotlib
+    if plt is not None:
+        draw(plt, path, *data)
 
 
-def _plot_measured(path: Path, rows: list[dict[str, Any]], scaling: str) -> None:
-    import matplotlib.pyplot as plt
-
+def _plot_measured(plt, path: Path, rows: list[dict[str, Any]], scaling: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = sorted((r for r in rows if r["strategy"] == strategy), key=lambda r: r["devices"])
@@ -534,9 +533,7 @@ def _plot_measured(path: Path, rows: list[dict[str, Any]], scaling: str) -> None
     plt.close(fig)
 
 
-def _plot_model(path: Path, rows: list[dict[str, Any]], assumptions: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
-
+def _plot_model(plt, path: Path, rows: list[dict[str, Any]], assumptions: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == strategy]

@@ -15,6 +15,7 @@ import argparse
 import logging
 import socket
 
+from smilejax import plotting
 from smilejax.commands.common import add_command, choice_list, int_list
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,9 @@ def _free_port() -> int:
 
 
 def _plot(rows: list[dict], path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plotting.pyplot(path)
+    if plt is None:
+        return
 
     fig, (ax_rate, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
     series: dict[str, list[dict]] = {}
