@@ -10,9 +10,11 @@ belongs to the forward pass, the backward pass or the optimizer update (``phase`
 say which part of the model to make faster; they are fractions of device time, so compare them
 between runs, not with wall time.
 
-Kernels that the trace does not tie to an op (library kernels launched outside XLA's annotations, or
-kernels replayed inside a CUDA graph, say) are listed by kernel name, so no time is hidden; if they
-dominate, ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no CUDA graphs) ties every kernel to its op.
+Kernels that the trace does not tie to an op (library kernels launched outside XLA's annotations, say)
+are listed by kernel name, so no time is hidden. On a GPU, XLA replays runs of kernels as CUDA graphs
+("command buffers"), which a trace times as one op each: on an H100 a whole GN2 step was one op,
+``command_buffer_1``. ``profile_steps`` therefore traces the program compiled without them
+(``compile_traceable``), as does the training loop when ``run.profile_at`` asks for a trace.
 """
 
 from __future__ import annotations
@@ -268,17 +270,31 @@ def summary_markdown(title: str, intro: str, summary: dict[str, list[dict]]) -> 
     return "".join(text)
 
 
+# Compiler options of a program compiled to be traced: no command buffers (CUDA graphs), so that the
+# trace ties every kernel to its op. Other backends ignore GPU options.
+TRACEABLE = {"xla_gpu_enable_command_buffer": ""}
+
+
+def compile_traceable(lowered, compiled=None):
+    """``lowered`` compiled with ``TRACEABLE``; ``compiled`` itself where it holds no command buffer."""
+    if compiled is not None and "command_buffer" not in compiled.as_text():
+        return compiled
+    return lowered.compile(compiler_options=TRACEABLE)
+
+
 def profile_steps(
-    run: Callable[[], Any], compiled, steps: int, out: Path, label: str
+    run: Callable[[Any], Any], lowered, compiled, steps: int, out: Path, label: str
 ) -> dict[str, Any] | None:
-    """Traces ``run()`` (``steps`` steps of ``compiled``) into ``out/profile-<label>/`` and writes the
+    """Traces ``run(program)`` (``steps`` steps of ``program``: ``compiled``, or ``lowered`` compiled
+    without command buffers where ``compiled`` has them) into ``out/profile-<label>/`` and writes the
     breakdown next to it (``write_summary``)."""
+    program = compile_traceable(lowered, compiled)
     trace_dir = Path(out) / f"profile-{label}"
     shutil.rmtree(trace_dir, ignore_errors=True)
-    jax.block_until_ready(run())  # warm: nothing but the steps in the trace
+    jax.block_until_ready(run(program))  # warm: nothing but the steps in the trace
     with jax.profiler.trace(str(trace_dir)):
-        jax.block_until_ready(run())
-    return write_summary(trace_dir, {label: compiled}, steps, label)
+        jax.block_until_ready(run(program))
+    return write_summary(trace_dir, {label: program}, steps, label)
 
 
 def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: str) -> dict[str, Any] | None:
@@ -310,6 +326,11 @@ def write_summary(trace_dir: Path, programs: dict[str, Any], steps: int, title: 
     summary["devices"] = devices
     written[".json"].write_text(json.dumps({"label": title, **summary}, indent=2) + "\n")
     intro = f"Trace: `{trace_dir}` ({steps} steps; times per device, the mean of {devices})."
+    graphs = sorted({op.split(" [")[0] for op in times if op.startswith("command_buffer")})
+    if graphs:  # a program compiled with command buffers: their kernels are timed as one op each
+        note = f"CUDA graphs timed as one op each ({', '.join(graphs)}): compile with profiling.TRACEABLE"
+        log.warning("profile %s: %s", title, note)
+        intro += f"\n\n{note} to see their kernels."
     written[".md"].write_text(summary_markdown(f"Device time of one step: {title}", intro, summary))
     _plot(summary, written[".png"], title)
     log.info(

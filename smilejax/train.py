@@ -263,7 +263,9 @@ def train(
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
             lowered = program.train_step.lower(state, batch)
-            compiled[shapes] = lowered.compile(), program.step_flops(lowered)
+            # A run that traces its steps compiles them to be traced (profiling.TRACEABLE: no CUDA graphs).
+            options = profiling.TRACEABLE if cfg.run.profile_at >= 0 else None
+            compiled[shapes] = lowered.compile(compiler_options=options), program.step_flops(lowered)
         return shapes, *compiled[shapes]
 
     first_global = to_global(program.batch_sharding, next(batches))

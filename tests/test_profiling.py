@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from smilejax import profiling
@@ -66,15 +67,16 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
     step = jax.jit(lambda w, x: w - 1e-3 * jax.grad(_loss)(w, x))
     w = jax.random.normal(jax.random.key(0), (512, 512)) / 30
     x = jax.random.normal(jax.random.key(1), (512, 512))
-    compiled = step.lower(w, x).compile()
+    lowered = step.lower(w, x)
+    compiled = lowered.compile()
     holder = {"w": w}
 
-    def run():
+    def run(program):
         for _ in range(3):
-            holder["w"] = compiled(holder["w"], x)
+            holder["w"] = program(holder["w"], x)
         return holder["w"]
 
-    summary = profiling.profile_steps(run, compiled, 3, tmp_path, "toy")
+    summary = profiling.profile_steps(run, lowered, compiled, 3, tmp_path, "toy")
     by_scope = {(r["scope"], r["phase"]): r for r in summary["by_scope"]}
     # the forward of "small" fuses into the backward pass: only its backward ops stay its own
     assert {("big", "forward"), ("big", "backward"), ("small", "backward")} <= set(by_scope)
@@ -89,11 +91,32 @@ def test_profile_finds_the_scope_that_costs_most(tmp_path):
 
 
 def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monkeypatch):
-    compiled = jax.jit(jnp.sin).lower(jnp.ones(8)).compile()
+    lowered = jax.jit(jnp.sin).lower(jnp.ones(8))
+    compiled = lowered.compile()
     monkeypatch.setattr(profiling, "op_times", lambda *a: ({}, {}, 1))  # a backend whose trace names no op
-    assert profiling.profile_steps(lambda: compiled(jnp.ones(8)), compiled, 1, tmp_path, "bare") is None
+    run = lambda program: program(jnp.ones(8))  # noqa: E731
+    assert profiling.profile_steps(run, lowered, compiled, 1, tmp_path, "bare") is None
     assert "No breakdown: the trace holds no timed op" in (tmp_path / "profile-bare.md").read_text()
     assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept
+
+
+def test_programs_with_cuda_graphs_are_traced_compiled_without_them():
+    """A GPU program whose kernels XLA put into command buffers (CUDA graphs) is traced from a compile
+    without them (the compile options are parsed for real: a wrong value is refused); one without any,
+    as every CPU program, is traced as it is."""
+    lowered = jax.jit(jnp.sin).lower(jnp.ones(8))
+    compiled = lowered.compile()
+    assert profiling.compile_traceable(lowered, compiled) is compiled
+
+    class WithGraphs:  # what an H100 compiled: the whole GN2 step as one command buffer
+        def as_text(self) -> str:
+            return "%command_buffer_1 = f32[8] call(%p), to_apply=%command_buffer"
+
+    assert profiling.TRACEABLE == {"xla_gpu_enable_command_buffer": ""}  # the empty list: none
+    retraced = profiling.compile_traceable(lowered, WithGraphs())
+    assert retraced is not compiled and np.allclose(retraced(jnp.ones(8)), np.sin(1.0))
+    with pytest.raises(Exception, match="not a valid enum value"):
+        lowered.compile(compiler_options={"xla_gpu_enable_command_buffer": "GRAPHS"})
 
 
 def test_programs_of_several_shapes_are_told_apart(tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import time
 from pathlib import Path
 
 import jax
@@ -178,8 +179,10 @@ def measure(
             k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda idx, v=v: v[idx])
             for k, v in host.items()
         }
+        started = time.perf_counter()
         lowered = program.train_step.lower(state, batch)
         compiled = lowered.compile()
+        compile_s = time.perf_counter() - started
         flops = flops_by_width[width] = program.step_flops(lowered)
         holder = {"state": state, "out": None}
 
@@ -192,12 +195,25 @@ def measure(
         if args.profile:
             label = row_label(cfg, labels, width)
             profiling.profile_steps(
-                lambda: run_steps(steps=args.profile), compiled, args.profile, Path(args.out), label
+                lambda program: run_steps(compiled=program, steps=args.profile),
+                lowered,
+                compiled,
+                args.profile,
+                Path(args.out),
+                label,
             )
         state, out = holder["state"], jax.device_get(holder["out"])
         if not math.isfinite(float(out["loss"])):
             raise FloatingPointError(f"{cfg.model.name}: loss is {float(out['loss'])} at length {width}")
         per_step = timing["median_s"] / args.steps
+        # As it goes: a long study shows its progress, and a run cut short keeps what it measured.
+        log.info(
+            "jax %s: %.2f ms/step, %.0f samples/s (compiled in %.0f s)",
+            row_label(cfg, labels, width),
+            1e3 * per_step,
+            args.batch / per_step,
+            compile_s,
+        )
         rows.append(
             {
                 "impl": "jax",

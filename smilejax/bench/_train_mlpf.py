@@ -218,9 +218,9 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     warmup_s = time.perf_counter() - t0
     holder = {"state": state, "out": out}
 
-    def run_steps(steps=args.steps):
+    def run_steps(steps=args.steps, program=compiled):
         for i in range(steps):  # the state is donated: always step the newest one
-            holder["state"], holder["out"] = compiled(holder["state"], device_batches[i % BATCHES])
+            holder["state"], holder["out"] = program(holder["state"], device_batches[i % BATCHES])
         return holder["state"], holder["out"]
 
     per_step = common.time_call(run_steps, warmup=0, repeats=args.repeats)["median_s"] / args.steps
@@ -230,9 +230,24 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     if args.profile:  # after the last loss is read: the loss check compares equal step counts
         label = f"mlpf-{attention}-{n}x{b}"
         profiling.profile_steps(
-            lambda: run_steps(args.profile), compiled, args.profile, Path(args.out), label
+            lambda program: run_steps(args.profile, program),
+            lowered,
+            compiled,
+            args.profile,
+            Path(args.out),
+            label,
         )
     flops, peak = program.step_flops(lowered), metrics.peak_flops(jax.devices()[0])
+    log.info(
+        "jax %s %dx%d: %.2f ms/step, %.0f events/s (%d warm-up steps in %.1f s)",
+        attention,
+        n,
+        b,
+        1e3 * per_step,
+        b / per_step,
+        args.warmup,
+        warmup_s,
+    )
     row = {
         "impl": "jax",
         "attention": attention,
