@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import psutil
 
-from smilejax import config, registry, runtime
+from smilejax import config, host, registry, runtime
 from smilejax import mesh as meshlib
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
@@ -93,7 +93,7 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
     gc.collect()
     if hasattr(source, "close"):
         source.close()
-    cores = threads * max(workers, 1)
+    cores = min(threads * max(workers, 1), host.usable_cpus())  # 16 workers x 16 threads: 16 cores
     return {
         "threads": threads,
         "workers": workers,

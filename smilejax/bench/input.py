@@ -5,7 +5,8 @@ Runs the run's own input path: the data format's source and Grain pipeline (``ma
 ``jax.make_array_from_process_local_data`` onto the mesh's batch sharding, for each combination of
 ``--threads`` (Grain read threads) and ``--workers`` (Grain worker processes). Every setting warms up
 (its prefetch buffer fills), then ``--batches`` global batches are timed. Speeds are per process;
-"per core" divides by the cores the setting may use (threads × max(workers, 1)), ``cpu_util`` is the
+"per core" divides by the cores the setting may use (threads × max(workers, 1), at most the process's
+CPUs), ``cpu_util`` is the
 CPU time the process and its workers actually spent per second, and ``jets_per_cpu_s`` the jets per
 CPU second they spent (robust to other load on the machine). ``est_16_cores`` extrapolates that
 linearly to the 16 cores one GPU gets on a 4-GPU node (Perlmutter: 64 cores / 4 GPUs): an upper bound,

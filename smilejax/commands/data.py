@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from smilejax import host
+
 MAKERS = {
     "ftag-synthetic": "synthetic ATLAS flavour-tagging jets (numpy only, ~5e4 jets/s)",
     "ftag-pythia": "ATLAS flavour-tagging jets from Pythia 8 tt̄ events at 13 TeV (~400 jets/s per core)",
@@ -25,16 +27,12 @@ PLOT_VARS = (  # (tracks field, x range, axis: lin/log/int) drawn per flavour by
 )
 
 
-def _default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _add_generator_options(parser: argparse.ArgumentParser) -> None:
     """--workers and --no-progress of the Pythia makers."""
     parser.add_argument(
         "--workers",
         type=int,
-        default=_default_workers(),
+        default=host.usable_cpus(),
         metavar="K",
         help="generator processes (default: the CPUs this process may use, %(default)s here)",
     )
