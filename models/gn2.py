@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from . import pair_mlp
+from . import pair_mlp, platform
 from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .spec import ModelSpec
 
@@ -68,10 +68,12 @@ class GN2Config:
         [8 floats]}`` (the weights of salt's class dict).
     attention: encoder attention, ``"math"``, ``"chunked"`` (blocks of ``attention_chunk`` queries) or
         ``"cudnn"`` (cuDNN's fused attention: NVIDIA GPUs, ``train.precision=bf16``); the same function.
-    vertex_kernel: the track-pair head, ``"xla"`` (jnp; stores its [B, T, T, width] activations) or
+    vertex_kernel: the track-pair head, ``"xla"`` (jnp; stores its [B, T, T, width] activations),
         ``"pallas"`` (``models.pair_mlp``: one fused Triton kernel per pass that keeps them in
         registers; needs ReLU or SiLU, power-of-two ``head_hidden`` widths >= 16 and no dropout; off a
-        GPU it runs in Pallas's interpreter, slowly). The same function.
+        GPU it runs in Pallas's interpreter, slowly) or ``"auto"`` (default: ``pallas`` when tracing
+        for an NVIDIA GPU and the head's settings allow it, else ``xla``; 1.06-1.21x faster steps on an
+        H100). The same function.
     aux_tasks: ``"auto"`` trains origin / vertex when the batch holds ``track_origin`` /
         ``track_vertex``; ``"on"`` demands both (ValueError naming the missing key); ``"off"`` jet only.
     """
@@ -94,7 +96,7 @@ class GN2Config:
     remat: bool = False
     attention: str = "math"
     attention_chunk: int = 1024
-    vertex_kernel: Literal["xla", "pallas"] = "xla"
+    vertex_kernel: Literal["auto", "xla", "pallas"] = "auto"
     aux_tasks: Literal["auto", "on", "off"] = "auto"
     jet_weight: float = 1.0
     origin_weight: float = 0.5
@@ -105,17 +107,11 @@ class GN2Config:
 
     def __post_init__(self):
         check_attention_config(self.attention, self.attention_chunk)
-        if self.vertex_kernel not in ("xla", "pallas"):
-            raise ValueError(f"vertex_kernel must be 'xla' or 'pallas', got {self.vertex_kernel!r}")
-        if self.vertex_kernel == "pallas":
-            if self.dropout:
-                raise ValueError("vertex_kernel='pallas' has no dropout (set dropout=0)")
-            if not self.head_hidden:
-                raise ValueError("vertex_kernel='pallas' needs at least one head_hidden layer")
-            try:
-                pair_mlp.check_supported(self.activation, self.head_hidden)
-            except ValueError as err:
-                raise ValueError(f"vertex_kernel='pallas': {err}") from None
+        if self.vertex_kernel not in ("auto", "xla", "pallas"):
+            raise ValueError(f"vertex_kernel must be 'auto', 'xla' or 'pallas', got {self.vertex_kernel!r}")
+        problem = self.pallas_problem()
+        if self.vertex_kernel == "pallas" and problem:
+            raise ValueError(f"vertex_kernel='pallas' {problem}")
         if self.aux_tasks not in ("auto", "on", "off"):
             raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
         if self.vertex_loss_norm not in ("pairs", "matches"):
@@ -129,6 +125,18 @@ class GN2Config:
                     f"class_weights[{task!r}] has {len(weights)} entries, expected {sizes[task]}"
                 )
 
+    def pallas_problem(self) -> str | None:
+        """Why the fused pair kernel cannot run this head (``None``: it can)."""
+        if self.dropout:
+            return "has no dropout (set dropout=0)"
+        if not self.head_hidden:
+            return "needs at least one head_hidden layer"
+        try:
+            pair_mlp.check_supported(self.activation, self.head_hidden)
+        except ValueError as err:
+            return f"cannot run this head: {err}"
+        return None
+
 
 class GN2(nnx.Module):
     """``model(tracks, valid) -> {"jet_logits": [B, 4], "origin_logits": [B, T, 8], "vertex_logits":
@@ -141,7 +149,9 @@ class GN2(nnx.Module):
         self.aux_tasks = cfg.aux_tasks
         self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
         self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
+        # "auto" is settled when tracing (platform.nvidia_gpu): the same module traces for CPU or GPU.
         self.vertex_kernel = cfg.vertex_kernel
+        self.pallas_possible = cfg.pallas_problem() is None
         self.vertex_loss_norm = cfg.vertex_loss_norm
         cw = cfg.class_weights or {}
         self.jet_class_weights = tuple(float(w) for w in cw["jet"]) if "jet" in cw else None
@@ -195,7 +205,7 @@ class GN2(nnx.Module):
         if "vertex" in tasks:
             with jax.named_scope("vertex_head"):
                 ctx, xi, xj = self.vertex_head.project_first(jet, trk, trk)
-                if self.vertex_kernel == "pallas":
+                if self.fused_pairs():
                     logits = self.vertex_head.finish_pairs(ctx[:, None, :] + xi, xj)
                 else:
                     h = ctx[:, None, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
@@ -203,6 +213,17 @@ class GN2(nnx.Module):
                 pair_valid = valid[:, :, None] & valid[:, None, :]
                 out["vertex_logits"] = jnp.where(pair_valid, logits, 0)
         return out
+
+    def fused_pairs(self) -> bool:
+        """Whether the vertex head runs the fused pair kernel in the program being traced."""
+        if self.vertex_kernel == "auto":
+            return self.pallas_possible and platform.fused_kernels()
+        if self.vertex_kernel == "pallas" and platform.portable_only():
+            raise ValueError(
+                "vertex_kernel='pallas': this program vmaps the model (vectorised trials), and the fused "
+                "pair kernel has no batching rule; use vertex_kernel=auto or xla"
+            )
+        return self.vertex_kernel == "pallas"
 
 
 def build(cfg: GN2Config, *, rngs: nnx.Rngs, dtype=jnp.float32) -> GN2:

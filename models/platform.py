@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import jax
+
+_PORTABLE = contextvars.ContextVar("smilejax_portable_kernels", default=False)
 
 
 def nvidia_gpu() -> bool:
@@ -10,3 +16,24 @@ def nvidia_gpu() -> bool:
     one (``smilejax bench roofline`` compiles for a GPU on a machine without one)."""
     device = jax.sharding.get_abstract_mesh().abstract_device
     return jax.default_backend() == "gpu" or (device is not None and device.platform in ("gpu", "cuda"))
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+    """Models traced inside choose portable code for their ``auto`` settings, also on a GPU: for programs
+    that ``vmap`` a model (vectorised trials), since the fused kernels have no batching rule."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def portable_only() -> bool:
+    """Inside ``portable()``: GPU-only kernels must not be traced."""
+    return _PORTABLE.get()
+
+
+def fused_kernels() -> bool:
+    """Whether an ``auto`` setting should pick a GPU-only fused kernel for the program being traced."""
+    return nvidia_gpu() and not portable_only()

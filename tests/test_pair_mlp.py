@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from smilejax.models import gn2, pair_mlp
+from smilejax.models import gn2, pair_mlp, platform
 
 from tests.test_gn2_model import SMALL, make_batch
 
@@ -143,7 +143,7 @@ def _gn2_pair(**kw) -> tuple[gn2.GN2, gn2.GN2]:
     """Small GN2s with the jnp and the fused vertex head, sharing parameters."""
     cfg = {**SMALL, "head_hidden": [16, 16], **kw}
     with nnx.use_eager_sharding(False):
-        xla = gn2.SPEC.build(gn2.GN2Config(**cfg), rngs=nnx.Rngs(0), dtype=jnp.float32)
+        xla = gn2.SPEC.build(gn2.GN2Config(**cfg, vertex_kernel="xla"), rngs=nnx.Rngs(0), dtype=jnp.float32)
         fused_cfg = gn2.GN2Config(**cfg, vertex_kernel="pallas")
         fused = gn2.SPEC.build(fused_cfg, rngs=nnx.Rngs(0), dtype=jnp.float32)
     nnx.update(fused, nnx.state(xla))
@@ -182,6 +182,42 @@ def test_gn2_fused_vertex_head_same_outputs_loss_and_gradients():
     for (path, want), (_, got) in zip(flat_ref, flat_fused, strict=True):
         want, got = np.asarray(want.get_value()), np.asarray(got.get_value())
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def _gn2_fused_pairs(cfg: gn2.GN2Config, mesh: AbstractMesh | None) -> int:
+    """Pallas kernels in GN2's loss gradient, traced for ``mesh``'s device (None: this CPU)."""
+    with nnx.use_eager_sharding(False):
+        model = gn2.SPEC.build(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = {k: jnp.asarray(v) for k, v in make_batch(4).items()}
+    grad = jax.grad(lambda p: gn2.SPEC.loss(nnx.merge(graphdef, p, rest), batch)[0])
+    if mesh is None:
+        return str(jax.make_jaxpr(grad)(params)).count("pallas_call")
+    with jax.sharding.use_abstract_mesh(mesh):
+        return str(jax.make_jaxpr(grad)(params)).count("pallas_call")
+
+
+def test_gn2_auto_vertex_kernel_fuses_when_tracing_for_an_nvidia_gpu():
+    """The default ``vertex_kernel="auto"``: the fused kernels (forward and backward) in a program for an
+    H100, the jnp head on this CPU, and the jnp head for an H100 when the head's settings rule the
+    kernel out (GELU here) instead of an error."""
+    h100 = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
+    auto = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16]})
+    assert auto.vertex_kernel == "auto"
+    assert _gn2_fused_pairs(auto, h100) == 2
+    assert _gn2_fused_pairs(auto, None) == 0
+    gelu = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16], "activation": "gelu"})
+    assert "activations" in gelu.pallas_problem()
+    assert _gn2_fused_pairs(gelu, h100) == 0
+    assert gn2.GN2Config(**{**SMALL, "dropout": 0.1}).pallas_problem() == "has no dropout (set dropout=0)"
+    # a program that vmaps the model (vectorised trials) asks for portable code: the kernels have no
+    # batching rule, so auto picks the jnp head, and an explicit pallas is refused by name
+    with platform.portable():
+        assert _gn2_fused_pairs(auto, h100) == 0
+        pallas = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16], "vertex_kernel": "pallas"})
+        with pytest.raises(ValueError, match="no batching rule; use vertex_kernel=auto or xla"):
+            _gn2_fused_pairs(pallas, h100)
+    assert _gn2_fused_pairs(auto, h100) == 2  # only inside
 
 
 def test_gn2_fused_vertex_head_config_errors():
