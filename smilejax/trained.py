@@ -42,7 +42,7 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     cfg = dataclasses.replace(
         cfg,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1, rules=cfg.mesh.rules),
-        model=_float32_attention(cfg.model),
+        model=_portable_kernels(cfg.model),
         train=dataclasses.replace(cfg.train, precision="fp32", grad_accum=1),
     )
     spec = registry.model(cfg.model.name)
@@ -63,12 +63,15 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     )
 
 
-def _float32_attention(model_cfg):
-    """cuDNN's fused attention computes in bf16 on NVIDIA GPUs only; the same function in float32 on any
-    device is the model's default implementation (same parameters), which an export also needs to run
-    anywhere."""
-    if getattr(model_cfg, "attention", None) != "cudnn":
-        return model_cfg
-    default = next(f.default for f in dataclasses.fields(model_cfg) if f.name == "attention")
-    log.info("attention: cudnn (training) -> %s (float32 evaluation and export)", default)
-    return dataclasses.replace(model_cfg, attention=default)
+def _portable_kernels(model_cfg):
+    """The run's model settings with its GPU-only kernel choices made portable, same parameters:
+    cuDNN's fused attention (bf16, NVIDIA GPUs only) becomes the model's default implementation, and an
+    explicit fused kernel (``vertex_kernel: pallas``) becomes the default choice (``auto``: fused on a
+    GPU, jnp elsewhere). Evaluation runs in float32 on any device; an export traces portable code."""
+    changes = {}
+    for name, gpu_only in (("attention", "cudnn"), ("vertex_kernel", "pallas")):
+        if getattr(model_cfg, name, None) == gpu_only:
+            default = next(f.default for f in dataclasses.fields(model_cfg) if f.name == name)
+            log.info("%s: %s (training) -> %s (evaluation and export)", name, gpu_only, default)
+            changes[name] = default
+    return dataclasses.replace(model_cfg, **changes) if changes else model_cfg

@@ -52,3 +52,24 @@ def test_a_cudnn_trained_model_loads_with_its_float32_attention(request, run, de
         )
     ]
     assert same and all(same)
+
+
+def test_a_fused_kernel_run_loads_with_auto_and_exports_portable_code(tiny_gn2_run):
+    """Trained with ``vertex_kernel=pallas``: loaded with ``auto`` (fused on a GPU, jnp elsewhere), and its
+    export traces the jnp head even for an H100 (an abstract device), so the artifact runs anywhere,
+    while the model itself would pick the fused kernel there."""
+    from jax.sharding import AbstractDevice, AbstractMesh, AxisType
+
+    from smilejax.serve import export
+
+    loaded = trained.load(tiny_gn2_run, overrides=["model.vertex_kernel=pallas"])
+    assert loaded.cfg.model.vertex_kernel == "auto"
+    fwd = export.forward(loaded, symbolic_elements=False)
+    inputs = export.example_inputs(fwd, batch=2)
+    device = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")
+    h100 = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(h100):
+        assert "pallas_call" not in str(jax.make_jaxpr(fwd.fn)(*inputs))
+        graphdef, state = nnx.split(loaded.model)
+        model = nnx.merge(graphdef, jax.device_get(state))  # host copies, as the export's
+        assert "pallas_call" in str(jax.make_jaxpr(lambda *xs: model(*xs))(*inputs))

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from smilejax.models import platform
 from smilejax.trained import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
     names = tuple(specs)
 
     def fn(*args: jax.Array) -> dict[str, jax.Array]:
-        out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
+        with platform.portable():  # an artifact runs on any device: no GPU-only kernels, even on a GPU
+            out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
         return out if isinstance(out, dict) else {"output": out}
 
     element_size = _element_axis(specs) if symbolic_elements else None
