@@ -257,16 +257,23 @@ def train(
 
     # ---- compile ahead of time, once per batch shape (bucketed inputs have a few), with its FLOPs for MFU
     compiled: dict[tuple, tuple[Callable, float | None]] = {}
+    lowered_steps: dict[tuple, jax.stages.Lowered] = {}
+    traceable: dict[tuple, Callable] = {}  # the profiler window's programs (profiling.compile_traceable)
 
     def compiled_for(state: steps.TrainState, batch: dict) -> tuple[tuple, Callable, float | None]:
         """(the batch's shapes, the step compiled for them, its FLOPs)."""
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
-            lowered = program.train_step.lower(state, batch)
-            # A run that traces its steps compiles them to be traced (profiling.TRACEABLE: no CUDA graphs).
-            options = profiling.TRACEABLE if cfg.run.profile_at >= 0 else None
-            compiled[shapes] = lowered.compile(compiler_options=options), program.step_flops(lowered)
+            lowered = lowered_steps[shapes] = program.train_step.lower(state, batch)
+            compiled[shapes] = lowered.compile(), program.step_flops(lowered)
         return shapes, *compiled[shapes]
+
+    def traceable_for(shapes: tuple) -> Callable:
+        """The step for ``shapes`` as the profiler window runs it: on a GPU, compiled without CUDA graphs,
+        so that the trace times each kernel (only inside the window: the run's speed is the default's)."""
+        if shapes not in traceable:
+            traceable[shapes] = profiling.compile_traceable(lowered_steps[shapes], compiled[shapes][0])
+        return traceable[shapes]
 
     first_global = to_global(program.batch_sharding, next(batches))
     compiled_for(state, first_global)
@@ -321,7 +328,7 @@ def train(
             tracing["on"] = False
         if lead and tracing["shapes"]:  # bucketed batches: one compiled program per width
             first, last = tracing["first"], tracing["last"]
-            programs = {_shape_label(shapes): compiled[shapes][0] for shapes in tracing["shapes"]}
+            programs = {_shape_label(shapes): traceable[shapes] for shapes in tracing["shapes"]}
             title = f"training steps {first}-{last}"
             profiling.write_summary(run_dir / "profile", programs, last - first + 1, title)
 
@@ -363,6 +370,7 @@ def train(
             if tracing["on"]:
                 tracing["shapes"].add(shapes)
                 tracing["last"] = step
+                step_fn = traceable_for(shapes)
             state, out = step_fn(state, batch)
             unknown = flops is None or window["flops"] is None
             window["flops"] = None if unknown else window["flops"] + flops

@@ -112,11 +112,22 @@ def test_programs_with_cuda_graphs_are_traced_compiled_without_them():
         def as_text(self) -> str:
             return "%command_buffer_1 = f32[8] call(%p), to_apply=%command_buffer"
 
-    assert profiling.TRACEABLE == {"xla_gpu_enable_command_buffer": ""}  # the empty list: none
     retraced = profiling.compile_traceable(lowered, WithGraphs())
     assert retraced is not compiled and np.allclose(retraced(jnp.ones(8)), np.sin(1.0))
-    with pytest.raises(Exception, match="not a valid enum value"):
-        lowered.compile(compiler_options={"xla_gpu_enable_command_buffer": "GRAPHS"})
+    with pytest.raises(Exception, match="not a valid enum value"):  # the option names a real setting
+        lowered.compile(compiler_options={key: "GRAPHS" for key in profiling.TRACEABLE})
+
+
+def test_a_trace_of_cuda_graphs_says_how_to_see_their_kernels(tmp_path, monkeypatch, caplog):
+    """A program traced with command buffers (the training loop's before 2026-11-27 on an H100): each graph
+    is one op, and the breakdown says so and how to see its kernels."""
+    compiled = jax.jit(jnp.sin).lower(jnp.ones(8)).compile()
+    graphs = {("jit_sin", None): {"command_buffer_1": 3e6, "sine.1": 1e6}}
+    monkeypatch.setattr(profiling, "op_times", lambda *a: (graphs, {}, 1))
+    summary = profiling.write_summary(tmp_path / "profile", {"one": compiled}, 1, "graphs")
+    assert summary["top_ops"][0]["op"] == "command_buffer_1" and summary["top_ops"][0]["share"] == 0.75
+    note = "CUDA graphs timed as one op each (command_buffer_1): compile with profiling.TRACEABLE"
+    assert note in (tmp_path / "profile.md").read_text() and note in caplog.text
 
 
 def test_programs_of_several_shapes_are_told_apart(tmp_path):
