@@ -40,6 +40,7 @@ Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, Non
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Literal
 
 import jax
@@ -50,6 +51,8 @@ from flax import nnx
 from . import pair_mlp, platform
 from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 JET_CLASSES = ("b", "c", "light", "tau")
 ORIGIN_CLASSES = ("pileup", "fake", "primary", "fromB", "fromBC", "fromC", "fromTau", "otherSecondary")
@@ -72,7 +75,7 @@ class GN2Config:
         ``"pallas"`` (``models.pair_mlp``: one fused Triton kernel per pass that keeps them in
         registers; needs ReLU or SiLU, power-of-two ``head_hidden`` widths >= 16 and no dropout; off a
         GPU it runs in Pallas's interpreter, slowly) or ``"auto"`` (default: ``pallas`` when tracing
-        for an NVIDIA GPU and the head's settings allow it, else ``xla``; 1.06-1.21x faster steps on an
+        for an NVIDIA GPU and the head's settings allow it, else ``xla``; 1.04-1.22x faster steps on an
         H100). The same function.
     aux_tasks: ``"auto"`` trains origin / vertex when the batch holds ``track_origin`` /
         ``track_vertex``; ``"on"`` demands both (ValueError naming the missing key); ``"off"`` jet only.
@@ -149,9 +152,12 @@ class GN2(nnx.Module):
         self.aux_tasks = cfg.aux_tasks
         self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
         self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
-        # "auto" is settled when tracing (platform.nvidia_gpu): the same module traces for CPU or GPU.
+        # "auto" is settled when tracing (platform.fused_kernels): the same module traces for CPU or GPU.
         self.vertex_kernel = cfg.vertex_kernel
-        self.pallas_possible = cfg.pallas_problem() is None
+        problem = cfg.pallas_problem()
+        self.pallas_possible = problem is None
+        if cfg.vertex_kernel == "auto" and problem:
+            log.info("vertex_kernel=auto: the jnp pair head everywhere (the fused kernel %s)", problem)
         self.vertex_loss_norm = cfg.vertex_loss_norm
         cw = cfg.class_weights or {}
         self.jet_class_weights = tuple(float(w) for w in cw["jet"]) if "jet" in cw else None
@@ -220,8 +226,8 @@ class GN2(nnx.Module):
             return self.pallas_possible and platform.fused_kernels()
         if self.vertex_kernel == "pallas" and platform.portable_only():
             raise ValueError(
-                "vertex_kernel='pallas': this program vmaps the model (vectorised trials), and the fused "
-                "pair kernel has no batching rule; use vertex_kernel=auto or xla"
+                "vertex_kernel='pallas': this program asks for portable code (vectorised trials vmap the "
+                "model, and the fused pair kernel has no batching rule); use vertex_kernel=auto or xla"
             )
         return self.vertex_kernel == "pallas"
 

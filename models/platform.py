@@ -7,21 +7,28 @@ import contextvars
 from collections.abc import Iterator
 
 import jax
+import jax.extend
 
 _PORTABLE = contextvars.ContextVar("smilejax_portable_kernels", default=False)
 
 
 def nvidia_gpu() -> bool:
-    """True when tracing for an NVIDIA GPU: the default backend is one, or the abstract mesh in use names
-    one (``smilejax bench roofline`` compiles for a GPU on a machine without one)."""
+    """True when tracing for an NVIDIA GPU: the default backend is CUDA's (ROCm's is also named "gpu"),
+    or the abstract mesh in use names one (``smilejax bench roofline`` compiles for a GPU on a machine
+    without one)."""
     device = jax.sharding.get_abstract_mesh().abstract_device
-    return jax.default_backend() == "gpu" or (device is not None and device.platform in ("gpu", "cuda"))
+    if device is not None:
+        return device.platform in ("gpu", "cuda")
+    if jax.default_backend() != "gpu":
+        return False
+    return "rocm" not in jax.extend.backend.get_backend().platform_version.lower()
 
 
 @contextlib.contextmanager
 def portable() -> Iterator[None]:
     """Models traced inside choose portable code for their ``auto`` settings, also on a GPU: for programs
-    that ``vmap`` a model (vectorised trials), since the fused kernels have no batching rule."""
+    that ``vmap`` a model (vectorised trials: the fused kernels have no batching rule) and for exported
+    artifacts, which run on any device."""
     token = _PORTABLE.set(True)
     try:
         yield

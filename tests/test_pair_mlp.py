@@ -215,7 +215,7 @@ def test_gn2_auto_vertex_kernel_fuses_when_tracing_for_an_nvidia_gpu():
     with platform.portable():
         assert _gn2_fused_pairs(auto, h100) == 0
         pallas = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16], "vertex_kernel": "pallas"})
-        with pytest.raises(ValueError, match="no batching rule; use vertex_kernel=auto or xla"):
+        with pytest.raises(ValueError, match=r"portable code.*use vertex_kernel=auto or xla"):
             _gn2_fused_pairs(pallas, h100)
     assert _gn2_fused_pairs(auto, h100) == 2  # only inside
 
@@ -263,3 +263,19 @@ def test_gn2_training_step_with_fsdp_over_8_devices_equals_one_device():
     (one, loss1, vertex1), (eight, loss8, vertex8) = losses
     assert (one, eight) == (1, 8) and vertex1 > 0
     np.testing.assert_allclose([loss8, vertex8], [loss1, vertex1], rtol=1e-4)  # float32, two AdamW steps
+
+
+def test_only_cuda_counts_as_an_nvidia_gpu(monkeypatch):
+    """ROCm's backend is also named "gpu": its platform version tells it apart from CUDA's, and the fused
+    Triton kernels are picked for CUDA alone."""
+
+    class Backend:
+        platform_version = ""
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.extend.backend, "get_backend", lambda *a: Backend())
+    for version, nvidia in (("PJRT C API\ncuda 12080", True), ("PJRT C API\nrocm 60342", False)):
+        Backend.platform_version = version
+        assert platform.nvidia_gpu() is nvidia and platform.fused_kernels() is nvidia
+        with platform.portable():
+            assert platform.nvidia_gpu() is nvidia and not platform.fused_kernels()
