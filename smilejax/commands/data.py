@@ -270,11 +270,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
     """Per-flavour, unit-area histograms of the main track variables and of the tracks per jet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from smilejax import plotting
+
+    plt = plotting.pyplot(out)
+    if plt is None:
+        raise SystemExit(f"data check --plot {out}: matplotlib is not installed (pip install matplotlib)")
 
     from smilejax.inputs import ftag_h5
 
