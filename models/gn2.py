@@ -222,6 +222,8 @@ class GN2(nnx.Module):
 
     def fused_pairs(self) -> bool:
         """Whether the vertex head runs the fused pair kernel in the program being traced."""
+        if platform.reference_only():
+            return False
         if self.vertex_kernel == "auto":
             return self.pallas_possible and platform.fused_kernels()
         if self.vertex_kernel == "pallas" and platform.portable_only():

@@ -217,6 +217,8 @@ def dot_product_attention(
     rows; attention-weight dropout needs ``"math"``.
     """
     check_attention_implementation(implementation)
+    if platform.reference_only():  # the same rows, every FLOP visible (platform.reference)
+        implementation = "math"
     if dropout is not None and implementation != "math":
         raise ValueError(f"attention dropout needs implementation='math', not {implementation!r}")
     if implementation == "math":

@@ -48,8 +48,9 @@ def step_flops(lowered, *, devices: int = 1, repeats: int = 1) -> float | None:
     analysed by the CPU backend. A jit-sharded step lowers as the global program (``devices`` = mesh
     size); a step that is one ``shard_map`` lowers as one device's body (``devices`` = 1). A loop body
     counts once whatever its trip count, so gradient accumulation passes ``repeats``.
-    ``steps.Program.step_flops`` sets all three. Fused kernels behind custom calls (cuDNN attention)
-    count nothing: compare MFU between implementations with that in mind.
+    Fused kernels behind custom calls (cuDNN attention, Pallas) count nothing, and other loops (chunked
+    attention's query blocks) count once: ``steps.Program.step_flops`` therefore passes the step as the
+    model's plain jnp implementations compute it (``models.platform.reference``), with all three set.
     """
     flops = _lowered_flops(lowered)
     return flops * repeats / devices if flops else None

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from smilejax import mesh as meshlib
 from smilejax import metrics, optim
 from smilejax.config import Config, ConfigError
+from smilejax.models import platform
 from smilejax.models.spec import ModelSpec
 
 PyTree = Any
@@ -52,6 +53,7 @@ class Program:
     init: Callable[[], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, dict], Metrics]
+    reference_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]  # for step_flops
     manual: bool = False  # the train step is one shard_map (its lowered form is one device's program)
     grad_accum: int = 1  # microbatches per step, a loop whose body XLA's cost analysis counts once
 
@@ -59,8 +61,15 @@ class Program:
     def param_count(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
 
-    def step_flops(self, lowered: jax.stages.Lowered) -> float | None:
-        """FLOPs per device of the lowered ``train_step`` (for MFU)."""
+    def step_flops(self, batch: dict) -> float | None:
+        """The model's FLOPs per device of one training step on ``batch``'s shapes (arrays or
+        ShapeDtypeStructs), for MFU: counted on the step as the model's plain jnp implementations
+        compute it (``platform.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA
+        cannot see, and chunked attention's loop count in full, and every implementation gets the same
+        count."""
+        sharding = self.batch_sharding
+        shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
+        lowered = self.reference_step.lower(self.abstract_state, shapes)
         devices = 1 if self.manual else self.mesh.size
         return metrics.step_flops(lowered, devices=devices, repeats=self.grad_accum)
 
@@ -208,6 +217,12 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         out_shardings=(state_sharding, None),
         donate_argnums=(0,) if cfg.train.donate else (),
     )
+
+    def reference_fn(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        # Its own function, so jit's trace cache never hands one program's trace to the other.
+        with platform.reference():
+            return step_fn(state, batch)
+
     return Program(
         graphdef=graphdef,
         tx=tx,
@@ -218,6 +233,9 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         abstract_state=abstract_state,
         init=jax.jit(init, out_shardings=state_sharding),
         train_step=train_step,
+        reference_step=jax.jit(
+            reference_fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None)
+        ),
         eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
         manual=step_fn is shard_map_step,
         grad_accum=cfg.train.grad_accum,

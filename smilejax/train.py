@@ -265,7 +265,7 @@ def train(
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
             lowered = lowered_steps[shapes] = program.train_step.lower(state, batch)
-            compiled[shapes] = lowered.compile(), program.step_flops(lowered)
+            compiled[shapes] = lowered.compile(), program.step_flops(batch)
         return shapes, *compiled[shapes]
 
     def traceable_for(shapes: tuple) -> Callable:

@@ -114,7 +114,7 @@ def _flops_per_device(devices: int, **sections) -> float:
     program = steps.build(registry.model(cfg.model.name), cfg, mesh)
     rows = toy.ToySource(cfg.data, "train").read(np.arange(4096) % 512)
     batch = jax.device_put(rows, program.batch_sharding)
-    return program.step_flops(program.train_step.lower(program.init(), batch))
+    return program.step_flops(batch)
 
 
 def test_step_flops_are_per_device_for_jit_and_shard_map_steps():
@@ -138,3 +138,36 @@ def test_step_flops_where_the_backend_cannot_analyse_lowered_programs(monkeypatc
     lowered = jax.jit(lambda a: a @ a).lower(np.ones((64, 64), np.float32))
     assert lowered.cost_analysis() is None  # what a GPU gives
     assert _flops_per_device(1) == one
+
+
+def test_step_flops_are_the_models_whichever_kernels_run():
+    """MFU's FLOPs come from the step as the model's plain jnp implementations compute it: cuDNN and
+    chunked attention and the fused pair kernel count as math attention and the jnp head do. Counted on
+    the step itself, the pair kernel (here in Pallas's interpreter: a loop) and the chunked attention's
+    loop of query blocks count their loop body once."""
+    from smilejax import metrics
+    from smilejax.bench import _synthetic
+    from smilejax.bench._target import load_config
+
+    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=32"]
+    small += ["model.out=16", "model.head_hidden=[16]", "model.max_tracks=12", "train.precision=bf16"]
+    variants = {
+        "reference": ["model.attention=math", "model.vertex_kernel=xla"],
+        "cudnn": ["model.attention=cudnn", "model.vertex_kernel=xla"],  # cannot even run on a CPU
+        "chunked": ["model.attention=chunked", "model.attention_chunk=4", "model.vertex_kernel=xla"],
+        "pallas": ["model.attention=math", "model.vertex_kernel=pallas"],
+    }
+    counted, on_the_step = {}, {}
+    for name, overrides in variants.items():
+        cfg = load_config("gn2", [*small, *overrides, "mesh.data=1"])
+        program = steps.build(registry.model("gn2"), cfg, meshlib.build_mesh(cfg.mesh, jax.devices()[:1]))
+        batch = _synthetic.batch(registry.model("gn2"), cfg.model, 16, seed=0)
+        counted[name] = program.step_flops(batch)
+        if name != "cudnn":
+            lowered = program.train_step.lower(program.abstract_state, batch)
+            on_the_step[name] = metrics.step_flops(lowered)
+    assert counted["reference"] == pytest.approx(on_the_step["reference"], rel=1e-9)
+    for name in ("cudnn", "chunked", "pallas"):
+        assert counted[name] == pytest.approx(counted["reference"], rel=1e-9), name
+    for name in ("chunked", "pallas"):  # what MFU counted before: less than the model computes
+        assert on_the_step[name] < 0.99 * counted["reference"], name

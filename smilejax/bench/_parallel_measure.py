@@ -102,7 +102,7 @@ def measure(
         "step_s": timing["median_s"],
         "step_min_s": timing["min_s"],
         "compile_s": compile_s,
-        "flops": program.step_flops(lowered),
+        "flops": program.step_flops(batches[0]),
         **_hlo_stats.memory(compiled),
         **_hlo_stats.summarize(ops),
         "ops": aggregate(ops),

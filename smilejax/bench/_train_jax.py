@@ -183,7 +183,7 @@ def measure(
         lowered = program.train_step.lower(state, batch)
         compiled = lowered.compile()
         compile_s = time.perf_counter() - started
-        flops = flops_by_width[width] = program.step_flops(lowered)
+        flops = flops_by_width[width] = program.step_flops(batch)
         holder = {"state": state, "out": None}
 
         def run_steps(compiled=compiled, batch=batch, holder=holder, steps=args.steps):

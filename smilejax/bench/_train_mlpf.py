@@ -237,7 +237,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
             Path(args.out),
             label,
         )
-    flops, peak = program.step_flops(lowered), metrics.peak_flops(jax.devices()[0])
+    flops, peak = program.step_flops(device_batches[0]), metrics.peak_flops(jax.devices()[0])
     log.info(
         "jax %s %dx%d: %.2f ms/step, %.0f events/s (%d warm-up steps in %.1f s)",
         attention,

@@ -157,11 +157,10 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
     # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
     with jax.sharding.use_abstract_mesh(program.mesh.abstract_mesh):
-        lowered = program.train_step.lower(program.abstract_state, batch)
-        text = lowered.compile().as_text()
+        text = program.train_step.lower(program.abstract_state, batch).compile().as_text()
+        flops = program.step_flops(batch)
     found = _roofline.kernels(text)
     totals = _roofline.bound(found, target, args.precision)
-    flops = program.step_flops(lowered)
     totals["model_tflop"] = flops / 1e12 if flops else None
     times = _roofline.kernel_times(found, target, args.precision)
     breakdown = profiling.summarise(times, {}, profiling.hlo_ops(text)[1], steps=1, top=args.top)
