@@ -69,8 +69,10 @@ class GN2Config:
 
     class_weights: optional per-class loss weights keyed by task, ``{"jet": [4 floats], "origin":
         [8 floats]}`` (the weights of salt's class dict).
-    attention: encoder attention, ``"math"``, ``"chunked"`` (blocks of ``attention_chunk`` queries) or
-        ``"cudnn"`` (cuDNN's fused attention: NVIDIA GPUs, ``train.precision=bf16``); the same function.
+    attention: encoder attention, ``"math"`` (default; the fastest for GN2's short sets on an H100),
+        ``"chunked"`` (blocks of ``attention_chunk`` queries), ``"cudnn"`` (cuDNN's fused attention:
+        NVIDIA GPUs, ``train.precision=bf16``; faster only at 40 tracks) or ``"auto"`` (``cudnn`` where
+        it can run, else ``chunked``); the same function.
     vertex_kernel: the track-pair head, ``"xla"`` (jnp; stores its [B, T, T, width] activations),
         ``"pallas"`` (``models.pair_mlp``: one fused Triton kernel per pass that keeps them in
         registers; needs ReLU or SiLU, power-of-two ``head_hidden`` widths >= 16 and no dropout; off a

@@ -16,7 +16,9 @@ Attention implementations (``dot_product_attention``, ``SelfAttention(implementa
 materialises the [B, heads, T, T] scores; ``"chunked"`` computes the same rows in blocks of
 ``chunk_size`` queries, each block rematerialised in the backward pass, so memory grows as T * chunk
 rather than T^2 (events of thousands of elements train); ``"cudnn"`` is cuDNN's fused flash attention
-through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bfloat16/float16 compute, no attention dropout).
+through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bfloat16/float16 compute, no attention dropout);
+``"auto"`` picks ``"cudnn"`` where it can run (tracing for an NVIDIA GPU, ``models.platform``, with
+bfloat16/float16 compute and no attention dropout), else ``"chunked"`` (``"math"`` with dropout).
 
 Numerics: parameters are float32; ``dtype`` is the compute dtype handed to every layer. Attention
 scores, their mask and softmax, LayerNorm statistics and pooling weights are computed in float32
@@ -150,7 +152,7 @@ def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
     return nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
 
 
-ATTENTION_IMPLEMENTATIONS = ("math", "chunked", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("math", "chunked", "cudnn", "auto")
 
 
 def check_attention_implementation(implementation: str) -> None:
@@ -201,6 +203,20 @@ def _chunked_attention(
     return out[:, :t]
 
 
+def resolve_attention(implementation: str, dtype: jnp.dtype, *, dropout: bool = False) -> str:
+    """The implementation that runs for ``implementation`` in the program being traced: ``"auto"``
+    settled (``models.platform``), and ``"math"`` for every one inside ``platform.reference()`` (the
+    same rows, with every FLOP visible)."""
+    check_attention_implementation(implementation)
+    if platform.reference_only():
+        return "math"
+    if implementation != "auto":
+        return implementation
+    if platform.fused_kernels() and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropout:
+        return "cudnn"
+    return "math" if dropout else "chunked"
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -216,9 +232,7 @@ def dot_product_attention(
     ``valid`` [B, K] masks keys (None: every key counts). ``"math"`` and ``"chunked"`` compute the same
     rows; attention-weight dropout needs ``"math"``.
     """
-    check_attention_implementation(implementation)
-    if platform.reference_only():  # the same rows, every FLOP visible (platform.reference)
-        implementation = "math"
+    implementation = resolve_attention(implementation, q.dtype, dropout=dropout is not None)
     if dropout is not None and implementation != "math":
         raise ValueError(f"attention dropout needs implementation='math', not {implementation!r}")
     if implementation == "math":

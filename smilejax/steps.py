@@ -62,11 +62,11 @@ class Program:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
 
     def step_flops(self, batch: dict) -> float | None:
-        """The model's FLOPs per device of one training step on ``batch``'s shapes (arrays or
-        ShapeDtypeStructs), for MFU: counted on the step as the model's plain jnp implementations
-        compute it (``platform.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA
-        cannot see, and chunked attention's loop count in full, and every implementation gets the same
-        count."""
+        """FLOPs per device of one training step on ``batch``'s shapes (arrays or ShapeDtypeStructs), for
+        MFU: counted on the step as the model's plain jnp implementations compute it
+        (``platform.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA cannot see, and
+        chunked attention's loop count in full, and every implementation gets the same count. A
+        rematerialised model (``model.remat``) counts its recomputed forward too."""
         sharding = self.batch_sharding
         shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
         lowered = self.reference_step.lower(self.abstract_state, shapes)

@@ -411,3 +411,36 @@ def test_cudnn_inputs_pass_jax_s_own_cudnn_shape_checks_at_gn2_shapes():
     padded = _math_attention(*f32[3:], mask[:, 0, 0], None)
     exact = _math_attention(*f32[:3], valid, None)
     np.testing.assert_allclose(padded[:, :41], exact, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_attention_picks_cudnn_where_it_can_run(monkeypatch):
+    """``attention="auto"``: cuDNN when tracing for an NVIDIA GPU with bf16/fp16 compute and no attention
+    dropout, else chunked (math with dropout); portable programs take chunked, the FLOP-counting
+    reference math."""
+    from smilejax.models import layers, platform
+
+    chosen = []
+    for name in ("_chunked_attention", "_math_attention"):  # recorded, then run
+        real = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, _n=name, _f=real: chosen.append(_n) or _f(*a))
+    # recorded only: cuDNN cannot run on this CPU
+    monkeypatch.setattr(layers, "_cudnn_attention", lambda *a: chosen.append("_cudnn_attention") or a[0])
+    q = jnp.ones((2, 6, 2, 8), jnp.bfloat16)
+    valid = jnp.ones((2, 6), bool)
+
+    def pick(dtype=jnp.bfloat16, dropout=None) -> str:
+        chosen.clear()
+        x = q.astype(dtype)
+        layers.dot_product_attention(x, x, x, valid, implementation="auto", dropout=dropout)
+        return chosen[0]
+
+    assert pick() == "_chunked_attention"  # this CPU
+    monkeypatch.setattr(platform, "nvidia_gpu", lambda: True)
+    assert pick() == "_cudnn_attention"
+    assert pick(jnp.float16) == "_cudnn_attention"
+    assert pick(jnp.float32) == "_chunked_attention"
+    assert pick(dropout=nnx.Dropout(0.1, rngs=nnx.Rngs(0))) == "_math_attention"
+    with platform.portable():
+        assert pick() == "_chunked_attention"
+    with platform.reference():
+        assert pick() == "_math_attention"

@@ -88,7 +88,7 @@ def test_spec_contract_and_config_errors():
         (dict(elemtypes_nonzero=[0, 1]), "elemtypes_nonzero"),
         (dict(num_convs=0, learned_representation_mode="concat"), "concat"),
         (dict(dropout_ff=1.5), "dropout_ff"),
-        (dict(dropout_conv_reg_mha=0.1), "dropout_conv_reg_mha.*attention='math'"),
+        (dict(dropout_conv_reg_mha=0.1, attention="chunked"), "dropout_conv_reg_mha.*attention='math'"),
     ]:
         with pytest.raises(ValueError, match=field):
             mlpf.MLPFConfig(**bad)

@@ -217,6 +217,8 @@ def test_gn2_auto_vertex_kernel_fuses_when_tracing_for_an_nvidia_gpu():
         pallas = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16], "vertex_kernel": "pallas"})
         with pytest.raises(ValueError, match=r"portable code.*use vertex_kernel=auto or xla"):
             _gn2_fused_pairs(pallas, h100)
+    with platform.reference():  # the FLOP-counting program: the jnp head, explicit pallas included
+        assert _gn2_fused_pairs(auto, h100) == 0 and _gn2_fused_pairs(pallas, h100) == 0
     assert _gn2_fused_pairs(auto, h100) == 2  # only inside
 
 

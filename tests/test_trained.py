@@ -35,7 +35,7 @@ def test_load_errors_name_the_problem(tmp_path):
         trained.load(tmp_path)
 
 
-@pytest.mark.parametrize(("run", "default"), [("tiny_gn2_run", "math"), ("tiny_mlpf_run", "chunked")])
+@pytest.mark.parametrize(("run", "default"), [("tiny_gn2_run", "math"), ("tiny_mlpf_run", "auto")])
 def test_a_cudnn_trained_model_loads_with_its_float32_attention(request, run, default):
     run_dir = request.getfixturevalue(run)
     # Trained with cuDNN attention on a GPU, evaluated or exported on a CPU: the same parameters with

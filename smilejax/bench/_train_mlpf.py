@@ -29,12 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 from smilejax import profiling
 from smilejax.bench import _mlpf_peer, _synthetic, common
 from smilejax.config import Config, ConfigError
-from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS
+from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS, resolve_attention
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     unknown = [a for a in attentions if a not in ATTENTION_IMPLEMENTATIONS]
     if unknown or not attentions:
         raise SystemExit(f"--attention {args.attention}: choose from {','.join(ATTENTION_IMPLEMENTATIONS)}")
+    # rows name the implementation that runs ("auto": cudnn on an NVIDIA GPU in bf16, else chunked)
+    dtype = jnp.bfloat16 if args.precision == "bf16" else jnp.float32
+    attentions = list(dict.fromkeys(resolve_attention(a, dtype) for a in attentions))
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1 (the first step gives the loss check)")
     modes = [i.removeprefix("torch-") for i in chosen if i.startswith("torch-")]
