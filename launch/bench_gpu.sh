@@ -21,7 +21,9 @@
 #   PROFILE_STEPS (3): gn2 and mlpf trace this many more steps per JAX row and write where the device
 #                time goes (OUT/PART/profile-*.md/.png; 0: no trace)
 #   MLPF_ATTENTION (chunked,cudnn); MLPF_SHAPES ("256x128 1024x32")
-#   LOOP_STEPS (150), LOOP_THREADS (8), LOOP_SETTINGS (default: the attention and varied fields of the
+#   BUCKET_WINDOW (16): the loop's and the input's data.bucket_window (jets of 16 batches sorted by track
+#                count before batching; 1: each batch as shuffled, padded to its longest jet)
+#   LOOP_STEPS (150), LOOP_THREADS (16), LOOP_SETTINGS (default: the attention and varied fields of the
 #                fastest bucketed row of the gn2 part, as KEY=VALUE overrides)
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
 #   GN2_OVERRIDES, MLPF_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU smoke run)
@@ -76,18 +78,20 @@ PYEOF
 
 part_loop() {
   # The packaged recipe (batch 4000, bf16) on the synthetic set, each batch padded only to the
-  # smallest bucket that holds its jets; jets/s, data wait and MFU per logging window in metrics.jsonl.
+  # smallest bucket that holds its jets, the jets of BUCKET_WINDOW batches sorted by track count first;
+  # jets/s, data wait and MFU per logging window in metrics.jsonl.
   local settings
   read -r -a settings <<<"${LOOP_SETTINGS:-$(fastest_gn2_settings)}"
   echo "settings: ${settings[*]}"
   "$PY" -m smilejax train gn2 "${GN2_OVR[@]}" "run.dir=$OUT/loop" "run.steps=${LOOP_STEPS:-150}" \
     run.log_every=25 run.eval_every=0 "run.checkpoint_every=${LOOP_STEPS:-150}" \
-    logging.tensorboard=false 'data.bucket_tracks=[8,12,16,24,32]' "data.read_threads=${LOOP_THREADS:-8}" \
-    "${settings[@]}" "${LOOP_OVERRIDES[@]}"
+    logging.tensorboard=false 'data.bucket_tracks=[8,12,16,24,32]' "data.read_threads=${LOOP_THREADS:-16}" \
+    "data.bucket_window=${BUCKET_WINDOW:-16}" "${settings[@]}" "${LOOP_OVERRIDES[@]}"
 }
 
 part_input() {
   "$PY" -m smilejax bench input gn2 "${GN2_OVR[@]}" 'data.bucket_tracks=[8,12,16,24,32]' \
+    "data.bucket_window=${BUCKET_WINDOW:-16}" \
     --jets "${INPUT_JETS:-400000}" --threads "${INPUT_THREADS:-4,16}" --workers "${INPUT_WORKERS:-0,8,16}" \
     --batches "${INPUT_BATCHES:-50}" --out "$OUT/input"
 }

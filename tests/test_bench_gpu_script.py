@@ -29,6 +29,7 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
         STEPS="2",
         REPEATS="1",
         LOOP_STEPS="4",
+        LOOP_THREADS="2",
         LOOP_OVERRIDES="data.batch_size=64 logging.progress=false",
         INPUT_JETS="20000",
         INPUT_THREADS="1",
@@ -62,4 +63,7 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
     settings = f"model.attention={fastest['attention']} model.vertex_kernel={fastest['vertex_kernel']}"
     assert f"settings: {settings}" in (out / "loop.log").read_text()
     assert [r["step"] for r in metrics.read(out / "loop" / "metrics.jsonl") if "loss" in r][-1] == 4
+    # jets of BUCKET_WINDOW (16) batches sorted by length, in the loop and in the input part
+    assert "bucket_window: 16" in (out / "loop" / "config.yaml").read_text()
+    assert "data.bucket_window=16" in json.loads((out / "input" / "input.json").read_text())["command"]
     assert json.loads((out / "input" / "input.json").read_text())["rows"][0]["jets_per_s"] > 0
