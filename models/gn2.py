@@ -154,11 +154,11 @@ class GN2(nnx.Module):
         self.aux_tasks = cfg.aux_tasks
         self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
         self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
-        # "auto" is settled when tracing (platform.fused_kernels): the same module traces for CPU or GPU.
-        self.vertex_kernel = cfg.vertex_kernel
+        # "auto" is settled when tracing (platform.fused_kernels): the same module traces for CPU or GPU;
+        # a head the kernel cannot run is the jnp head everywhere.
         problem = cfg.pallas_problem()
-        self.pallas_possible = problem is None
-        if cfg.vertex_kernel == "auto" and problem:
+        self.vertex_kernel = "xla" if cfg.vertex_kernel == "auto" and problem else cfg.vertex_kernel
+        if self.vertex_kernel != cfg.vertex_kernel:
             log.info("vertex_kernel=auto: the jnp pair head everywhere (the fused kernel %s)", problem)
         self.vertex_loss_norm = cfg.vertex_loss_norm
         cw = cfg.class_weights or {}
@@ -227,7 +227,7 @@ class GN2(nnx.Module):
         if platform.reference_only():
             return False
         if self.vertex_kernel == "auto":
-            return self.pallas_possible and platform.fused_kernels()
+            return platform.fused_kernels()
         if self.vertex_kernel == "pallas" and platform.portable_only():
             raise ValueError(
                 "vertex_kernel='pallas': this program asks for portable code (vectorised trials vmap the "

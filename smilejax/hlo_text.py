@@ -109,17 +109,21 @@ def operands(call: str) -> tuple[list[str], str]:
             break
     else:
         inner, attrs = call[start + 1 :], ""
+    return split_top_level(inner), attrs
+
+
+def split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets, stripped, empty parts dropped
+    (``"a, f(b, c), [1,2]"`` -> ``["a", "f(b, c)", "[1,2]"]``)."""
     parts, depth, current = [], 0, ""
-    for ch in inner:
+    for ch in text:
         depth += {"(": 1, ")": -1, "{": 1, "}": -1, "[": 1, "]": -1}.get(ch, 0)
         if ch == "," and depth == 0:
-            parts.append(current.strip())
+            parts.append(current)
             current = ""
         else:
             current += ch
-    if current.strip():
-        parts.append(current.strip())
-    return parts, attrs
+    return [p.strip() for p in [*parts, current] if p.strip()]
 
 
 def operand_name(text: str) -> str | None:
@@ -146,3 +150,9 @@ def backend_kind(call: str) -> str:
 def custom_call_target(call: str) -> str:
     found = _TARGET.search(call)
     return found.group(1) if found else ""
+
+
+def is_matmul_call(call: str) -> bool:
+    """A custom call into a matrix-product library (cuBLAS, cuBLASLt, a GEMM), by its target."""
+    target = custom_call_target(call).lower()
+    return any(word in target for word in ("gemm", "matmul", "cublas"))

@@ -113,7 +113,7 @@ def _category(op: str, call: str) -> str:
         lowered = target.lower()
         if "fmha" in lowered or "attention" in lowered or "flash" in lowered:
             return "attention (fused)"
-        if "gemm" in lowered or "matmul" in lowered or "cublas" in lowered:
+        if hlo_text.is_matmul_call(call):
             return "matmul"
         return f"custom-call {target}"
     if op in ("dot", "convolution"):
@@ -275,9 +275,9 @@ def summary_markdown(title: str, intro: str, summary: dict[str, list[dict]]) -> 
 TRACEABLE = {"xla_gpu_enable_command_buffer": ""}
 
 
-def compile_traceable(lowered, compiled=None):
-    """``lowered`` compiled with ``TRACEABLE``; ``compiled`` itself where it holds no command buffer."""
-    if compiled is not None and "command_buffer" not in compiled.as_text():
+def compile_traceable(lowered, compiled):
+    """``lowered`` compiled with ``TRACEABLE`` on a GPU; elsewhere (no command buffers) ``compiled``."""
+    if jax.default_backend() != "gpu":
         return compiled
     return lowered.compile(compiler_options=TRACEABLE)
 

@@ -257,15 +257,19 @@ def train(
 
     # ---- compile ahead of time, once per batch shape (bucketed inputs have a few), with its FLOPs for MFU
     compiled: dict[tuple, tuple[Callable, float | None]] = {}
+    # A run that asks for a trace keeps each step's lowered program, for its traceable compile.
     lowered_steps: dict[tuple, jax.stages.Lowered] = {}
     traceable: dict[tuple, Callable] = {}  # the profiler window's programs (profiling.compile_traceable)
+    peak = metrics.peak_flops(jax.devices()[0])  # None: no MFU, so no FLOPs to count
 
     def compiled_for(state: steps.TrainState, batch: dict) -> tuple[tuple, Callable, float | None]:
         """(the batch's shapes, the step compiled for them, its FLOPs)."""
         shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if shapes not in compiled:
-            lowered = lowered_steps[shapes] = program.train_step.lower(state, batch)
-            compiled[shapes] = lowered.compile(), program.step_flops(batch)
+            lowered = program.train_step.lower(state, batch)
+            if cfg.run.profile_at >= 0:
+                lowered_steps[shapes] = lowered
+            compiled[shapes] = lowered.compile(), program.step_flops(batch) if peak else None
         return shapes, *compiled[shapes]
 
     def traceable_for(shapes: tuple) -> Callable:
@@ -277,7 +281,6 @@ def train(
 
     first_global = to_global(program.batch_sharding, next(batches))
     compiled_for(state, first_global)
-    peak = metrics.peak_flops(jax.devices()[0])
 
     # ---- hooks
     window = {"steps": 0, "samples": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
@@ -316,6 +319,8 @@ def train(
     tracing = {"on": False, "first": 0, "last": 0, "shapes": set()}
 
     def begin_profile(first: int) -> None:
+        for shapes in compiled:  # the shapes seen so far compile outside the trace
+            traceable_for(shapes)
         jax.block_until_ready(state)  # the window holds its own steps only
         jax.profiler.start_trace(str(run_dir / "profile"))
         tracing.update(on=True, first=first, last=first - 1, shapes=set())

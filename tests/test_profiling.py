@@ -100,19 +100,16 @@ def test_a_trace_without_a_breakdown_costs_the_benchmark_nothing(tmp_path, monke
     assert list((tmp_path / "profile-bare").rglob("*.xplane.pb"))  # the trace is kept
 
 
-def test_programs_with_cuda_graphs_are_traced_compiled_without_them():
-    """A GPU program whose kernels XLA put into command buffers (CUDA graphs) is traced from a compile
-    without them (the compile options are parsed for real: a wrong value is refused); one without any,
-    as every CPU program, is traced as it is."""
+def test_programs_with_cuda_graphs_are_traced_compiled_without_them(monkeypatch):
+    """A GPU program, whose kernels XLA puts into command buffers (CUDA graphs), is traced from a compile
+    without them (the compile options are parsed for real: a wrong value is refused); a CPU program,
+    which has none, is traced as it is."""
     lowered = jax.jit(jnp.sin).lower(jnp.ones(8))
     compiled = lowered.compile()
     assert profiling.compile_traceable(lowered, compiled) is compiled
 
-    class WithGraphs:  # what an H100 compiled: the whole GN2 step as one command buffer
-        def as_text(self) -> str:
-            return "%command_buffer_1 = f32[8] call(%p), to_apply=%command_buffer"
-
-    retraced = profiling.compile_traceable(lowered, WithGraphs())
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # an H100 ran GN2's step as one graph
+    retraced = profiling.compile_traceable(lowered, compiled)
     assert retraced is not compiled and np.allclose(retraced(jnp.ones(8)), np.sin(1.0))
     with pytest.raises(Exception, match="not a valid enum value"):  # the option names a real setting
         lowered.compile(compiler_options={key: "GRAPHS" for key in profiling.TRACEABLE})

@@ -155,10 +155,9 @@ def _launch(name: str, shape: str, opcode: str, call: str, shapes: dict[str, str
     texts, _ = hlo_text.operands(call)
     inputs = {hlo_text.operand_name(t) for t in texts} - {None}
     moved = hlo_text.shape_bytes(shape) + sum(hlo_text.shape_bytes(shapes.get(n, "")) for n in inputs)
-    target = hlo_text.custom_call_target(call).lower()
     if opcode == "fusion" and (callee := hlo_text.callee(call)):
         flops = _flops(callee, comps)
-    elif opcode == "dot" or (opcode == "custom-call" and ("gemm" in target or "matmul" in target)):
+    elif opcode == "dot" or (opcode == "custom-call" and hlo_text.is_matmul_call(call)):
         flops = _dot_flops(call, shape, shapes)  # a library call's result is (out, workspace): dims of out
     else:
         flops = 0.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from smilejax import config, metrics, profiling, registry, runtime, steps
+from smilejax import config, hlo_text, metrics, profiling, registry, runtime, steps
 from smilejax import mesh as meshlib
 from smilejax.bench import _models, _synthetic, common
 from smilejax.config import Config, ConfigError
@@ -47,6 +47,23 @@ def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | No
     return field, padded, [*sorted(set(args.bucket) - {padded}), padded]
 
 
+def length_batches(
+    cfg: Config, spec, args: argparse.Namespace, batch: int
+) -> tuple[Config, list[tuple[int | None, dict]]]:
+    """``cfg`` at the padded length (the program's: every timed length only retraces its step) and a
+    synthetic host batch of ``batch`` samples per length to time, ascending (``lengths``); a model
+    without a known set length gets ``[(None, batch)]``."""
+    field, padded, widths = lengths(cfg, args)
+    if not field:
+        return cfg, [(None, _synthetic.batch(spec, cfg.model, batch, seed=0))]
+
+    def at(width: int):
+        return dataclasses.replace(cfg.model, **{field: width})
+
+    cases = [(w, _synthetic.batch(spec, at(w), batch, seed=0)) for w in widths]
+    return dataclasses.replace(cfg, model=at(padded)), cases
+
+
 # Fields the study sets itself from its options: varying them would time one program twice.
 _SET_BY_OPTIONS = {"train.precision": "--precision", "data.batch_size": "--batch"}
 
@@ -59,15 +76,7 @@ def varied_columns(args: argparse.Namespace) -> list[str]:
 def _split_vary(item: str) -> tuple[str, list[str]]:
     """``KEY=V1,V2`` -> (KEY, [V1, V2]); commas inside brackets belong to a value (``[16,16],[32]``)."""
     key, sep, text = item.partition("=")
-    values, depth, current = [], 0, ""
-    for ch in text:
-        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            values.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    values = [v for v in [*values, current.strip()] if v]
+    values = hlo_text.split_top_level(text)
     if not sep or not key or not values:
         raise SystemExit(f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.vertex_kernel=xla,pallas)")
     return key, values
@@ -155,14 +164,13 @@ def measure(
     labels = labels or {}
     runtime.initialize()
     spec = registry.model(cfg.model.name)
-    field, padded, widths = lengths(cfg, args)
+    cfg, cases = length_batches(cfg, spec, args, args.batch)
+    padded = cases[-1][0]
     cfg = dataclasses.replace(
         cfg,
         data=cfg.data.with_batch_size(args.batch),
         train=dataclasses.replace(cfg.train, precision=args.precision),
     )
-    if field:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: padded}))
     mesh = meshlib.build_mesh(cfg.mesh)
     divisor = meshlib.batch_divisor(mesh, cfg.mesh.rules) * cfg.train.grad_accum
     if args.batch % divisor:
@@ -172,9 +180,7 @@ def measure(
     peak = metrics.peak_flops(jax.devices()[0])
     rows, flops_by_width = [], {}
     # Ascending lengths: the device's peak-memory counter only grows, so each row's peak is its own.
-    for width in widths:
-        model_cfg = dataclasses.replace(cfg.model, **{field: width}) if field else cfg.model
-        host = _synthetic.batch(spec, model_cfg, args.batch, seed=0)
+    for width, host in cases:
         batch = {
             k: jax.make_array_from_callback(v.shape, program.batch_sharding, lambda idx, v=v: v[idx])
             for k, v in host.items()
@@ -192,8 +198,8 @@ def measure(
             return holder["state"], holder["out"]
 
         timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
+        label = row_label(cfg, labels, width)
         if args.profile:
-            label = row_label(cfg, labels, width)
             profiling.profile_steps(
                 lambda program: run_steps(compiled=program, steps=args.profile),
                 lowered,
@@ -209,7 +215,7 @@ def measure(
         # As it goes: a long study shows its progress, and a run cut short keeps what it measured.
         log.info(
             "jax %s: %.2f ms/step, %.0f samples/s (compiled in %.0f s)",
-            row_label(cfg, labels, width),
+            label,
             1e3 * per_step,
             args.batch / per_step,
             compile_s,
@@ -232,7 +238,7 @@ def measure(
                 "note": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
             }
         )
-    return Measured(rows, int(program.param_count), padded, widths, flops_by_width)
+    return Measured(rows, int(program.param_count), padded, [w for w, _ in cases], flops_by_width)
 
 
 def add_ratios(rows: list[dict], varied: list[str] = ()) -> None:

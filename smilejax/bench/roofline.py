@@ -134,16 +134,12 @@ def _cases(cfg, spec, args: argparse.Namespace) -> tuple[Any, list[tuple[dict[st
             for n, b in shapes
         ]
         return cfg, cases
-    field, padded, widths = _train_jax.lengths(cfg, args)
-    batch = args.batch or 4000
-    if not field:
-        return cfg, [({}, _synthetic.batch(spec, cfg.model, batch, seed=0))]
-    cases = []
-    for width in widths:
-        model = dataclasses.replace(cfg.model, **{field: width})
-        columns = {"tracks": width, "padding": "padded" if width == padded else "bucket"}
-        cases.append((columns, _synthetic.batch(spec, model, batch, seed=0)))
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{field: padded})), cases
+    padded_cfg, by_length = _train_jax.length_batches(cfg, spec, args, args.batch or 4000)
+    if by_length[0][0] is None:  # no known set length
+        return cfg, [({}, host) for _, host in by_length]
+    padded = by_length[-1][0]
+    cases = [({"tracks": w, "padding": "padded" if w == padded else "bucket"}, h) for w, h in by_length]
+    return padded_cfg, cases
 
 
 def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict]:
