@@ -3,7 +3,10 @@
 Every model config shares the sections ``run``, ``data``, ``model``, ``optimizer``, ``mesh``,
 ``logging`` and ``train``. The ``model`` and ``data`` sections take the dataclass that the chosen
 model (``model.name``) and data format (``data.format``) declare, so a misspelled key or a wrong
-type anywhere fails before any work, naming the key and the closest valid ones.
+type anywhere fails before any work, naming the key and the closest valid ones; every such problem of a
+config is reported at once. A YAML file may start from another (``base: gn2``, a packaged config, or
+``base: ../common.yaml``, a path relative to the file) and give only what changes: sections merge key
+by key.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key."""
+    """A config that cannot be used; the message names the key. Several problems (``problems``) are
+    reported together, one per line, so that a user fixes them in one go."""
+
+    def __init__(self, *problems: str):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
 
 
 @dataclasses.dataclass
@@ -124,41 +135,89 @@ def packaged() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+BASE_KEY = "base"  # a config file's parent: a packaged config name or a YAML path relative to the file
+
+
 def read_yaml(source: str | Path) -> dict:
-    """A config file's content; ``source`` is a path or the name of a packaged config."""
+    """A config file's content merged over its ``base`` chain; ``source`` is a path or the name of a
+    packaged config."""
+    return _read_chain(_locate(source), ())
+
+
+def _locate(source: str | Path, referrer: Path | None = None) -> Path:
+    """The file of ``source``: a path (relative to ``referrer``'s folder, for a base) or a packaged name."""
     path = Path(source)
-    if not path.exists() and (CONFIG_DIR / f"{source}.yaml").exists():
-        path = CONFIG_DIR / f"{source}.yaml"
-    if not path.exists():
-        close = difflib.get_close_matches(str(source), packaged(), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"packaged configs: {', '.join(packaged())}"
-        raise ConfigError(f"config {source!r} is neither a file nor a packaged config; {hint}")
+    if referrer is not None and not path.is_absolute():
+        path = referrer.parent / path
+    if path.is_file():
+        return path
+    if (CONFIG_DIR / f"{source}.yaml").is_file():
+        return CONFIG_DIR / f"{source}.yaml"
+    close = difflib.get_close_matches(str(source), packaged(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"packaged configs: {', '.join(packaged())}"
+    if referrer is None:
+        raise ConfigError(f"config {str(source)!r} is neither a file nor a packaged config; {hint}")
+    raise ConfigError(
+        f"{referrer}: base {str(source)!r} is neither a file (relative to {referrer.parent}) nor a "
+        f"packaged config; {hint}"
+    )
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
+    resolved = path.resolve()
+    if resolved in chain:
+        names = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"config bases form a cycle: {names}")
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return content
+    if BASE_KEY not in content:
+        return content
+    base = content.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(
+            f"{path}: base must be a packaged config name (e.g. gn2) or a YAML path, got {base!r}"
+        )
+    return merge(_read_chain(_locate(base, referrer=path), (*chain, resolved)), content)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``changes`` over ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     """Sets ``a.b.c=value`` (value parsed as YAML) in a nested dict; validation comes later."""
+    problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            problems.append(f"override {item!r} is not of the form key=value")
+            continue
         node = tree
         *parents, leaf = key.split(".")
         for i, part in enumerate(parents):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+                problems.append(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+                break
             node = child
-        try:
-            node[leaf] = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err.problem})") from None
+        else:
+            try:
+                node[leaf] = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError as err:
+                problems.append(f"override {item!r}: the value is not valid YAML ({err.problem})")
+    if problems:
+        raise ConfigError(*problems)
     return tree
 
 
@@ -169,32 +228,57 @@ def load(source: str | Path | dict, overrides: list[str] | None = None) -> Confi
 
 
 def from_dict(tree: dict) -> Config:
-    sections = {f.name for f in dataclasses.fields(Config)}
-    _check_keys(tree, sections, "")
-    for required in ("model", "data"):
-        if not isinstance(tree.get(required), dict):
-            raise ConfigError(f"the config needs a {required!r} section")
-    model_name = tree["model"].get("name")
-    if not model_name:
-        raise ConfigError("model.name is missing (a packaged model such as 'gn2', or 'module:SPEC')")
-    data_format = tree["data"].get("format")
-    if not data_format:
-        raise ConfigError("data.format is missing (a packaged format such as 'ftag_h5', or 'module:SPEC')")
-    try:
-        model_cls = registry.model(model_name).config
-        data_cls = registry.dataset(data_format).config
-    except KeyError as err:
-        raise ConfigError(str(err.args[0])) from err
-    built = {name: _build(cls, tree.get(name, {}), name) for name, cls in _FIXED_SECTIONS.items()}
-    built["model"] = _build(model_cls, tree["model"], "model")
-    built["data"] = _build(data_cls, tree["data"], "data")
+    problems: list[str] = []
+    problems += _unknown_keys(tree, {f.name for f in dataclasses.fields(Config)}, "")
+    classes = {**_FIXED_SECTIONS, **_chosen_sections(tree, problems)}
+    built = {name: _build(cls, tree.get(name, {}), name, problems) for name, cls in classes.items()}
+    if problems:
+        raise ConfigError(*problems)
     cfg = Config(**built)
     validate(cfg)
     return cfg
 
 
+def _chosen_sections(tree: dict, problems: list[str]) -> dict[str, type]:
+    """The ``model`` and ``data`` sections' classes, as ``model.name`` and ``data.format`` choose them."""
+    chosen = {}
+    for section, key, example, lookup in (
+        ("model", "name", "a packaged model such as 'gn2', or 'module:SPEC'", registry.model),
+        ("data", "format", "a packaged format such as 'ftag_h5', or 'module:SPEC'", registry.dataset),
+    ):
+        values = tree.get(section)
+        if not isinstance(values, dict):
+            problems.append(f"the config needs a {section!r} section")
+        elif not values.get(key):
+            problems.append(f"{section}.{key} is missing ({example})")
+        else:
+            try:
+                chosen[section] = lookup(values[key]).config
+            except KeyError as err:
+                problems.append(str(err.args[0]))
+    return chosen
+
+
+def field_keys(tree: dict | None = None) -> list[str]:
+    """Every dotted config field (``run.steps``, ...): the fixed sections', and those of the model and
+    data format that ``tree`` names, where they load."""
+    classes = {**_FIXED_SECTIONS, **_chosen_sections(tree or {}, [])}
+    return [key for name, cls in classes.items() for key in _keys_of(cls, name)]
+
+
+def _keys_of(cls: type, where: str) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.init:
+            nested = dataclasses.is_dataclass(hints[f.name])
+            keys += _keys_of(hints[f.name], f"{where}.{f.name}") if nested else [f"{where}.{f.name}"]
+    return keys
+
+
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express; every failing one is reported."""
+    problems = []
     positive = {
         "run.steps": cfg.run.steps,
         "run.log_every": cfg.run.log_every,
@@ -203,23 +287,24 @@ def validate(cfg: Config) -> None:
         "run.preemption_check_every": cfg.run.preemption_check_every,
         "run.profile_steps": cfg.run.profile_steps,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
+    problems += [f"{key} must be at least 1, got {value}" for key, value in positive.items() if value < 1]
     if cfg.run.profile_at < -1:
-        raise ConfigError(f"run.profile_at must be -1 (no trace) or a step >= 0, got {cfg.run.profile_at}")
+        problems.append(f"run.profile_at must be -1 (no trace) or a step >= 0, got {cfg.run.profile_at}")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
-            raise ConfigError(f"mesh.{axis} must be -1 (fill) or a positive size, got {size}")
-    for size in cfg.data.global_batch_sizes():
-        if size % cfg.train.grad_accum:
-            raise ConfigError(
-                f"{cfg.data.describe_batch(size)}={size} is not divisible by "
-                f"train.grad_accum={cfg.train.grad_accum}"
-            )
+            problems.append(f"mesh.{axis} must be -1 (fill) or a positive size, got {size}")
+    if cfg.train.grad_accum >= 1:
+        problems += [
+            f"{cfg.data.describe_batch(size)}={size} is not divisible by "
+            f"train.grad_accum={cfg.train.grad_accum}"
+            for size in cfg.data.global_batch_sizes()
+            if size % cfg.train.grad_accum
+        ]
     if cfg.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+        problems.append(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
+    if problems:
+        raise ConfigError(*problems)
 
 
 def check_batch_sizes(data: DataConfig, *, processes: int, divisor: int, devices: str) -> None:
@@ -240,28 +325,50 @@ def check_batch_sizes(data: DataConfig, *, processes: int, divisor: int, devices
 # ---------------------------------------------------------------- typed construction
 
 
-def _check_keys(tree: dict, valid: set[str], where: str) -> None:
+def _unknown_keys(tree: dict, valid: set[str], where: str) -> list[str]:
+    """A problem for each key of ``tree`` not in ``valid``, with the closest valid names."""
+    problems = []
     for key in tree:
         if key not in valid:
             close = difflib.get_close_matches(str(key), sorted(valid), n=3, cutoff=0.5)
             hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else "valid keys:"
             listing = "" if close else " " + ", ".join(sorted(valid))
-            raise ConfigError(f"unknown config key {where}{key!r}: {hint}{listing}")
+            problems.append(f"unknown config key {where}{key!r}: {hint}{listing}")
+    return problems
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
+def _build(cls: type, values: Any, where: str, problems: list[str] | None = None) -> Any:
+    """``cls`` from ``values``. Every problem found is added to ``problems`` (the result is then None);
+    without a ``problems`` list, they are raised together."""
+    if problems is None:
+        problems = []
+        built = _build(cls, values, where, problems)
+        if problems:
+            raise ConfigError(*problems)
+        return built
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a section (mapping), got {type(values).__name__}")
+        problems.append(f"{where} must be a section (mapping), got {type(values).__name__}")
+        return None
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    _check_keys(values, fields, f"{where}.")
-    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()}
+    found = _unknown_keys(values, fields, f"{where}.")
+    kwargs = {}
+    for name, value in values.items():
+        if name in fields:
+            try:
+                kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+            except ConfigError as err:
+                found += err.problems
+    problems += found
+    if found:
+        return None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # a section's own checks (__post_init__)
-        raise ConfigError(f"{where}: {err}") from err
+        problems.append(f"{where}: {err}")
+        return None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

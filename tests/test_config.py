@@ -122,3 +122,82 @@ def test_comma_list_argument_types_name_what_is_wrong():
     assert choice_list(("http", "grpc"))("grpc, http") == ["grpc", "http"]
     with pytest.raises(argparse.ArgumentTypeError, match=r"unknown \['ftp'\]; choose from http, grpc"):
         choice_list(("http", "grpc"))("http,ftp")
+
+
+def test_user_yaml_starts_from_a_packaged_config(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("base: gn2\nmodel: {embed: 48}\nrun: {steps: 7}\n")
+    cfg, packaged = config.load(user), config.load("gn2")
+    assert cfg.model.embed == 48 and cfg.run.steps == 7
+    # everything else is gn2's, nested sections merged key by key
+    assert config.to_dict(cfg) == config.to_dict(config.load("gn2", ["model.embed=48", "run.steps=7"]))
+    assert cfg.model.heads == packaged.model.heads and cfg.data == packaged.data
+
+
+def test_base_path_is_relative_to_the_file_and_chains(tmp_path, monkeypatch):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "exp").mkdir()
+    rules = {"batch": ["data", "fsdp"], "embed": ["fsdp"]}
+    (tmp_path / "common" / "toy.yaml").write_text(
+        yaml.safe_dump(toy.config(run={"eval_every": 4}, mesh={"rules": rules}))
+    )
+    (tmp_path / "exp" / "middle.yaml").write_text(
+        "base: ../common/toy.yaml\noptimizer: {lr: 0.5}\nmesh: {rules: {batch: [data]}}\n"
+    )
+    (tmp_path / "exp" / "leaf.yaml").write_text("base: middle.yaml\nrun: {steps: 3}\n")
+    monkeypatch.chdir(tmp_path / "common")  # the bases resolve from the files, not from here
+    cfg = config.load(tmp_path / "exp" / "leaf.yaml")
+    assert cfg.run.steps == 3 and cfg.run.eval_every == 4 and cfg.run.log_every == 1
+    assert cfg.optimizer.lr == 0.5 and cfg.optimizer.name == "adamw"
+    assert cfg.mesh.rules == {"batch": ["data"], "embed": ["fsdp"]}  # a list replaces; a mapping merges
+    assert "base" not in yaml.safe_load(yaml.safe_dump(config.to_dict(cfg)))
+
+
+def test_base_cycle_and_missing_base_are_refused_by_name(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\nrun: {steps: 2}\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        config.read_yaml(a)
+    b.write_text("base: gn22\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: base 'gn22' is neither a file .* did you mean gn2"):
+        config.read_yaml(a)
+    b.write_text("base: [gn2]\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: base must be a packaged config name"):
+        config.read_yaml(a)
+
+
+def test_every_config_problem_is_reported_at_once():
+    tree = toy.config(run={"stepz": 5, "log_every": "often"}, optimizer={"lrr": 1e-3, "name": "adamm"})
+    tree["model"]["hiden"] = 3
+    tree["loging"] = {}
+    with pytest.raises(ConfigError) as err:
+        config.load(tree, ["train.precision=fp64"])
+    problems = err.value.problems
+    assert len(problems) == 7, problems
+    assert str(err.value).startswith("7 problems:\n  ")
+    for expected in (
+        "unknown config key 'loging': did you mean 'logging'",
+        "unknown config key run.'stepz': did you mean 'steps'",
+        "run.log_every must be int, got str 'often'",
+        "unknown config key optimizer.'lrr': did you mean 'lr'",
+        "optimizer.name must be one of 'adamw', 'lion', 'lamb', got 'adamm' (did you mean 'adamw'?)",
+        "unknown config key model.'hiden': did you mean 'hidden'",
+        "train.precision must be one of 'fp32', 'bf16', got 'fp64'",
+    ):
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_value_checks_and_bad_overrides_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        config.load(toy.config(), ["run.steps=0", "mesh.data=0", "optimizer.lr=-1"])
+    assert [p.split(" ")[0] for p in err.value.problems] == ["run.steps", "mesh.data", "optimizer.lr"]
+    with pytest.raises(ConfigError) as err:
+        config.load(toy.config(), ["run.steps", "optimizer.lr=[1", "run.seed=1"])
+    assert len(err.value.problems) == 2 and "key=value" in err.value.problems[0]
+
+
+def test_field_keys_name_every_section_field():
+    keys = config.field_keys(toy.config())
+    assert {"run.steps", "optimizer.lr", "mesh.rules", "model.hidden", "data.batch_size"} <= set(keys)
+    assert "model.hidden" not in config.field_keys()  # no model named: the fixed sections only
