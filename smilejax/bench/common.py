@@ -70,12 +70,17 @@ def write_results(
     *,
     columns: Sequence[str] | None = None,
     extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Writes ``OUT/<study>.json`` and ``OUT/<study>.md``, prints the table, returns the JSON path."""
+    """Writes ``OUT/<study>.json`` and ``OUT/<study>.md``, prints the table, returns the JSON path.
+
+    ``notes`` (assumptions, what a column extrapolates) go under the table and into the JSON, so that a
+    number copied from either file keeps what it rests on.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = provenance()
-    record = {"study": study, **info, **(extra or {}), "rows": list(rows)}
+    record = {"study": study, **info, **(extra or {}), "notes": list(notes), "rows": list(rows)}
     path = out / f"{study}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     table = markdown_table(rows, columns)
@@ -84,6 +89,7 @@ def write_results(
         f"{study}: {m['device_count']} × {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPUs, "
         f"{info['date']}\n\n`{info['command']}`\n\n"
     )
-    (out / f"{study}.md").write_text(header + table)
-    print(header + table)
+    text = header + table + "".join(f"\n{note}\n" for note in notes)
+    (out / f"{study}.md").write_text(text)
+    print(text)
     return path
