@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 # Commands in the order --help lists them; modules not named here follow alphabetically.
-ORDER = ["train", "eval", "tune", "export", "serve", "launch", "bench", "data", "config"]
+ORDER = ["train", "eval", "tune", "export", "serve", "launch", "bench", "data", "config", "doctor"]
 
 
 def names() -> list[str]:

@@ -1,0 +1,71 @@
+"""``smilejax doctor``: what a run would find on this machine, and what is missing.
+
+Prints the versions of JAX, jaxlib, Flax, Optax, Orbax and Grain; JAX's backend and this process's
+devices with their memory; the accelerator stack (CUDA, cuDNN, NCCL or ROCm versions; whether a JAX
+CUDA/ROCm plugin is installed and matches jaxlib); the launcher and process layout the runtime detects
+(Slurm, Open MPI, PBS, explicit variables; jax.distributed is not started); and each optional feature
+(Pythia makers, ONNX export, Triton server and client, W&B, TensorBoard, Optuna, keras-tuner, the
+particleflow reference, the GPU compiler of bench roofline, Slurm) with the command that installs it
+where it is missing.
+
+With --expect gpu it exits 1, naming the problem in one line, when JAX sees only a CPU (no plugin, a
+plugin that does not match jaxlib, hidden GPUs, JAX_PLATFORMS=cpu, CUDA libraries the plugin refuses).
+Jobs written by `smilejax launch` run this on their first node before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from smilejax.commands.common import add_command
+
+EPILOG = """\
+examples:
+  smilejax doctor                                  # the report
+  smilejax doctor --json > doctor.json             # the same as one JSON object
+  srun -N1 -n1 smilejax doctor --expect gpu --expect-devices 4   # a GPU node, as a job sees it
+
+exit codes: 0 the report (and the expectation met), 1 the expectation not met."""
+
+
+def register(sub) -> None:
+    parser = add_command(
+        sub,
+        "doctor",
+        help="what a run would find here: JAX, devices, CUDA/ROCm, launcher, optional features",
+        description=__doc__,
+        epilog=EPILOG,
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument(
+        "--expect",
+        choices=("gpu", "cpu"),
+        help="fail (exit 1) unless JAX's devices are GPUs (gpu) or CPUs only (cpu); default: expect nothing",
+    )
+    parser.add_argument(
+        "--expect-devices",
+        type=int,
+        metavar="N",
+        help="fail (exit 1) unless this process sees at least N devices (GPUs with --expect gpu)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smilejax import doctor
+
+    if args.expect_devices is not None and args.expect_devices < 1:
+        raise ValueError(f"--expect-devices must be at least 1, got {args.expect_devices}")
+    rep = doctor.report()
+    why = doctor.problem(rep, args.expect, args.expect_devices)
+    if args.json:
+        rep["expected"] = {"expect": args.expect, "devices": args.expect_devices, "problem": why}
+        print(json.dumps(rep, indent=1))
+    else:
+        print(doctor.text(rep), end="", flush=True)
+    if why:
+        print(f"smilejax doctor: {why}", file=sys.stderr)
+        return 1
+    return 0

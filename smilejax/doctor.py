@@ -1,0 +1,370 @@
+"""What a run would find here: the report of ``smilejax doctor`` and the preflight check of batch jobs.
+
+``report()`` collects, without starting ``jax.distributed``: the versions of the platform's packages,
+JAX's backend and this process's devices (kind, memory), the accelerator stack (CUDA, cuDNN and NCCL or
+ROCm versions; the JAX GPU plugins and whether they match jaxlib), the launcher and process layout that
+``smilejax.runtime`` detects, and the optional features (``smilejax.features``). Every probe is guarded:
+what is missing or broken is reported, never raised.
+
+``problem()`` checks a demand (GPUs, a device count) against a report and returns the one line that
+names what is wrong. Job scripts of ``smilejax launch`` run ``smilejax doctor --expect gpu`` on their
+first node before training, so that a job whose JAX sees only a CPU fails at once instead of training
+on the CPU for the whole allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+# JAX's GPU plugins (each with a PJRT part of the same version), by the runtime they bring.
+PLUGINS = {
+    "cuda": ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt"),
+    "rocm": ("jax-rocm7-plugin", "jax-rocm7-pjrt"),
+}
+INSTALL_GPU = "pip install -e '.[cuda12]' (NVIDIA) or pip install -e '.[rocm]' (AMD)"
+VISIBILITY_VARS = (
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "SLURM_STEP_GPUS",
+    "SLURM_GPUS_ON_NODE",
+)
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+def version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _guarded(probe, *args) -> Any:
+    """``probe(*args)``, or ``{"error": ...}`` when it fails: one broken probe never ends the report."""
+    try:
+        return probe(*args)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+# ---------------------------------------------------------------- JAX and its devices
+
+
+def _jax() -> dict[str, Any]:
+    import jax
+    import jax.extend.backend
+
+    out: dict[str, Any] = {"version": jax.__version__, "jax_platforms": os.environ.get("JAX_PLATFORMS")}
+    try:
+        devices = jax.local_devices()
+    except Exception as err:  # e.g. JAX_PLATFORMS=cuda on a node whose GPUs cannot be used
+        return {**out, "backend": None, "error": str(err), "backend_errors": _backend_errors()}
+    backend = jax.extend.backend.get_backend()
+    out.update(
+        backend=jax.default_backend(),
+        platform_version=backend.platform_version,
+        devices=[_device(d) for d in devices],
+        local_device_count=len(devices),
+        device_count=jax.device_count(),
+        process_count=jax.process_count(),
+        backend_errors=_backend_errors(),
+    )
+    return out
+
+
+def _device(d) -> dict[str, Any]:
+    stats = None
+    with contextlib.suppress(Exception):  # not every backend keeps statistics (the CPU has none)
+        stats = d.memory_stats()
+    return {
+        "id": d.id,
+        "platform": d.platform,
+        "kind": d.device_kind,
+        "memory_bytes": (stats or {}).get("bytes_limit"),
+        "compute_capability": getattr(d, "compute_capability", None),
+    }
+
+
+def _backend_errors() -> dict[str, str]:
+    """GPU backends that failed quietly (JAX then falls back to the CPU and only logs why)."""
+    from jax._src import xla_bridge
+
+    errors = getattr(xla_bridge, "_backend_errors", {})
+    return {k: v for k, v in errors.items() if k in GPU_PLATFORMS}  # not TPU's and the like: noise here
+
+
+# ---------------------------------------------------------------- accelerator stack
+
+
+def _accelerator(environ: Mapping[str, str]) -> dict[str, Any]:
+    jaxlib = version("jaxlib")
+    plugins = [
+        {"package": p, "runtime": rt, "version": v, "matches_jaxlib": v == jaxlib}
+        for rt, names in PLUGINS.items()
+        for p in names
+        if (v := version(p))
+    ]
+    out: dict[str, Any] = {
+        "plugins": plugins,
+        "visible": {v: environ[v] for v in VISIBILITY_VARS if v in environ},
+        "hardware": _guarded(_hardware),
+    }
+    if any(p["runtime"] == "cuda" for p in plugins):
+        out["cuda"] = _guarded(_cuda)
+    if any(p["runtime"] == "rocm" for p in plugins):
+        out["rocm"] = _guarded(_rocm, environ)
+    return out
+
+
+def _hardware() -> dict[str, Any]:
+    """GPUs the node's drivers expose, whether or not JAX can use them (JAX's own checks)."""
+    from jax._src import hardware_utils
+
+    return {
+        "nvidia": hardware_utils.has_visible_nvidia_gpu(),
+        "amd_gpus": hardware_utils.num_available_amd_gpus(),
+    }
+
+
+def _cuda() -> dict[str, Any]:
+    from jax._src.lib import cuda_versions  # the CUDA plugin's version helpers; None without one
+
+    out: dict[str, Any] = {}
+    if cuda_versions is not None:
+        for name, get, fmt in (
+            ("cuda_runtime", "cuda_runtime_get_version", _cuda_runtime),
+            ("cuda_built_with", "cuda_runtime_build_version", _cuda_runtime),
+            ("cudnn", "cudnn_get_version", _dotted),
+            ("cublas", "cublas_get_version", _dotted),
+        ):
+            with contextlib.suppress(Exception):  # a library the plugin cannot load reads as absent
+                out[name] = fmt(getattr(cuda_versions, get)())
+    if nccl := _nccl_version("libnccl.so.2"):
+        out["nccl"] = nccl
+    out["nvidia_packages"] = {
+        d.metadata["Name"]: d.version
+        for d in importlib.metadata.distributions()
+        if (d.metadata["Name"] or "").lower().startswith("nvidia-")
+    }
+    return out
+
+
+def _rocm(environ: Mapping[str, str]) -> dict[str, Any]:
+    root = Path(environ.get("ROCM_PATH") or "/opt/rocm")
+    info = root / ".info" / "version"
+    return {
+        "rocm_path": str(root),
+        "rocm": info.read_text().strip() if info.is_file() else None,
+        "rccl": _nccl_version("librccl.so.1"),
+    }
+
+
+def _cuda_runtime(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"  # 12080 -> 12.8
+
+
+def _dotted(v: int) -> str:
+    return f"{v // 10000}.{v % 10000 // 100}.{v % 100}"  # cuDNN 90800 -> 9.8.0, cuBLAS 120804 -> 12.8.4
+
+
+def _nccl_version(library: str) -> str | None:
+    """NCCL's (or RCCL's) own version; once JAX has loaded the library, the soname finds that copy."""
+    try:
+        lib = ctypes.CDLL(library)
+        v = ctypes.c_int()
+        if lib.ncclGetVersion(ctypes.byref(v)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return _dotted(v.value)  # 22703 -> 2.27.3
+
+
+# ---------------------------------------------------------------- launcher
+
+
+def _launcher(environ: Mapping[str, str]) -> dict[str, Any]:
+    from smilejax import runtime
+
+    try:
+        env = runtime.detect(environ)
+    except ValueError as err:  # a launcher variable that makes no sense: what the run would fail on
+        return {"error": str(err)}
+    return {
+        **dataclasses.asdict(env),
+        "summary": runtime.describe(env),
+        "visible_gpus": runtime.visible_gpu_count(environ),
+    }
+
+
+# ---------------------------------------------------------------- the report
+
+
+def report(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Everything above as one JSON-able mapping (see the module doc)."""
+    from smilejax import features
+
+    environ = os.environ if environ is None else environ
+    return {
+        "host": socket.gethostname(),
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "packages": {p: version(p) for p in PACKAGES},
+        "jax": _guarded(_jax),
+        "accelerator": _accelerator(environ),
+        "launcher": _guarded(_launcher, environ),
+        "features": features.check_all(),
+    }
+
+
+def is_gpu(rep: Mapping[str, Any]) -> bool:
+    return rep["jax"].get("backend") in GPU_PLATFORMS
+
+
+def problem(rep: Mapping[str, Any], expect: str | None = None, devices: int | None = None) -> str | None:
+    """What keeps ``rep`` from meeting the demand (``expect`` "gpu" or "cpu"; at least ``devices``
+    local devices), in one line; None when it is met."""
+    jax_ = rep["jax"]
+    seen = f"JAX {jax_.get('version') or '(not importable)'}"
+    if jax_.get("backend") is None:
+        return f"{seen} cannot start: {jax_.get('error')}"
+    count = jax_["local_device_count"]
+    kinds = ", ".join(sorted({d["kind"] for d in jax_["devices"]}))
+    if expect == "gpu" and not is_gpu(rep):
+        wanted = f"{devices} GPUs" if devices else "GPUs"
+        return (
+            f"expected {wanted} but {seen} sees only {count} {jax_['backend']} device(s): {why_no_gpu(rep)}"
+        )
+    if expect == "cpu" and is_gpu(rep):
+        return f"expected CPU devices only but {seen} uses {count} GPU(s) ({kinds}); set JAX_PLATFORMS=cpu"
+    if devices is not None and count < devices:
+        what = "GPUs" if expect == "gpu" else "devices"
+        visible = rep["accelerator"]["visible"]
+        hint = f" ({', '.join(f'{k}={v}' for k, v in visible.items())})" if visible else ""
+        return f"expected at least {devices} {what} on this node but {seen} sees {count} ({kinds}){hint}"
+    return None
+
+
+def why_no_gpu(rep: Mapping[str, Any]) -> str:
+    """Why a GPU node's JAX fell back to the CPU, likeliest first, with what to do about it."""
+    jax_, acc = rep["jax"], rep["accelerator"]
+    jaxlib = rep["packages"].get("jaxlib")
+    reasons = []
+    stale = [f"{p['package']} {p['version']}" for p in acc["plugins"] if not p["matches_jaxlib"]]
+    if not acc["plugins"]:
+        reasons.append(f"jaxlib {jaxlib} has no CUDA or ROCm plugin; install the matching one: {INSTALL_GPU}")
+    elif stale:
+        reasons.append(f"{', '.join(stale)} does not match jaxlib {jaxlib}; reinstall with {INSTALL_GPU}")
+    platforms = jax_.get("jax_platforms")
+    if platforms and not any(p.strip() in GPU_PLATFORMS for p in platforms.split(",")):
+        reasons.append(f"JAX_PLATFORMS={platforms} leaves the GPUs out; unset it")
+    reasons += [f"the {k} backend failed: {v}" for k, v in jax_.get("backend_errors", {}).items()]
+    if isinstance(rep["launcher"], dict) and rep["launcher"].get("visible_gpus") == 0:
+        shown = ", ".join(f"{k}={v!r}" for k, v in acc["visible"].items())
+        reasons.append(f"{shown} leaves this process no GPU; ask the scheduler for GPUs (--gpus-per-node)")
+    hardware = acc["hardware"]
+    if isinstance(hardware, dict) and not hardware.get("nvidia") and not hardware.get("amd_gpus"):
+        reasons.append(
+            "the node shows no GPU (no /dev/nvidia*, no AMD KFD node): is it a GPU node of the job?"
+        )
+    if not reasons and (cuda_error := _cuda_check_error()):
+        reasons.append(f"the CUDA plugin refused this node's CUDA libraries: {cuda_error}")
+    return (
+        "; ".join(reasons) or "a GPU plugin is installed and a GPU is present, but JAX started no GPU backend"
+    )
+
+
+def _cuda_check_error() -> str | None:
+    """The CUDA plugin's own version check, whose failure it only logs before leaving the GPU out."""
+    try:
+        from jax_plugins import xla_cuda12
+
+        xla_cuda12._check_cuda_versions(raise_on_first_error=True)
+    except Exception as err:
+        return " ".join(str(err).split())[:400] or None
+    return None
+
+
+# ---------------------------------------------------------------- text
+
+
+def text(rep: Mapping[str, Any]) -> str:
+    """The report as sections of aligned lines, for people (``--json`` prints ``rep`` itself)."""
+    py = rep["python"]
+    lines = [f"smilejax doctor on {rep['host']}: Python {py['version']} ({py['executable']})", ""]
+    packages = ", ".join(f"{p} {v or 'MISSING'}" for p, v in rep["packages"].items())
+    lines += ["packages", _line("", packages), "", "JAX", *_jax_lines(rep["jax"]), ""]
+    lines += ["accelerator", *_accelerator_lines(rep["accelerator"]), ""]
+    launcher = rep["launcher"]
+    lines += ["launcher", _line("", launcher.get("summary") or f"cannot tell: {launcher.get('error')}"), ""]
+    lines += ["features"]
+    for f in rep["features"]:
+        state = "ok" if f["usable"] else "missing"
+        lines.append(f"  {state:<8} {f['name']:<15} {f['purpose']}: {f.get('found') or f.get('why')}")
+        if f["install"]:
+            lines.append(f"  {'':<8} {'':<15} install: {f['install']}")
+    return "\n".join(lines) + "\n"
+
+
+def _line(key: str, value: Any) -> str:
+    return f"  {key:<15} {value}".rstrip() if key else f"  {value}"
+
+
+def _jax_lines(j: Mapping[str, Any]) -> list[str]:
+    if j.get("backend") is None:
+        return [_line("error", j.get("error"))]
+    lines = [
+        _line("backend", f"{j['backend']} ({j['platform_version']})"),
+        _line("JAX_PLATFORMS", j["jax_platforms"] or "(not set: JAX chooses)"),
+        _line(
+            "devices",
+            f"{j['local_device_count']} here, {j['device_count']} in all, {j['process_count']} process(es)",
+        ),
+    ]
+    groups: dict[tuple, list[int]] = {}
+    for d in j["devices"]:
+        key = (d["platform"], d["kind"], d["memory_bytes"], d["compute_capability"])
+        groups.setdefault(key, []).append(d["id"])
+    for (plat, kind, memory, cc), ids in groups.items():
+        mem = f"{memory / 2**30:.1f} GiB for JAX" if memory else "memory not reported"
+        cap = f", compute capability {cc}" if cc else ""
+        lines.append(_line("", f"ids {_ids(ids)}: {plat} {kind}, {mem}{cap}"))
+    for platform_, err in j.get("backend_errors", {}).items():
+        lines.append(_line(f"{platform_} failed", err))
+    return lines
+
+
+def _ids(ids: list[int]) -> str:
+    return f"{ids[0]}-{ids[-1]}" if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)) else str(ids)
+
+
+def _accelerator_lines(acc: Mapping[str, Any]) -> list[str]:
+    plugins = ", ".join(
+        f"{p['package']} {p['version']}" + ("" if p["matches_jaxlib"] else " (does NOT match jaxlib)")
+        for p in acc["plugins"]
+    )
+    lines = [_line("GPU plugins", plugins or f"none (CPU only; for GPUs: {INSTALL_GPU})")]
+    if cuda := acc.get("cuda"):
+        names = {"cuda_runtime": "CUDA", "cuda_built_with": "built with CUDA", "cudnn": "cuDNN"}
+        names |= {"cublas": "cuBLAS", "nccl": "NCCL", "error": "error"}
+        lines.append(_line("CUDA stack", ", ".join(f"{names[k]} {cuda[k]}" for k in names if k in cuda)))
+    if rocm := acc.get("rocm"):
+        lines.append(_line("ROCm stack", ", ".join(f"{k} {v}" for k, v in rocm.items() if v)))
+    hw = acc["hardware"]
+    if "error" in hw:
+        lines.append(_line("GPUs on node", f"cannot tell: {hw['error']}"))
+    else:
+        nvidia = "NVIDIA devices present" if hw["nvidia"] else "no NVIDIA device"
+        lines.append(_line("GPUs on node", f"{nvidia}, {hw['amd_gpus']} AMD GPU(s)"))
+    if acc["visible"]:
+        lines.append(_line("visibility", ", ".join(f"{k}={v}" for k, v in acc["visible"].items())))
+    return lines
