@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from smilejax.commands import register_all
@@ -40,8 +41,64 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# A config override on the command line: a dotted key, '=', and a value (any text, parsed as YAML).
+_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(_parser().parse_args(argv))
+    return dispatch(parse(argv))
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as a namespace. A command with config overrides takes KEY=VALUE before and after
+    its options (argparse alone leaves those after an option unrecognized)."""
+    parser = _parser()
+    args, leftover = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *(t for t in leftover if _OVERRIDE.match(t))]
+        leftover = [t for t in leftover if not _OVERRIDE.match(t)]
+    if leftover:
+        _command_parser(parser, args).error(_unrecognized(leftover, args))
+    return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub-)sub-command's own parser, so that an error shows its usage line."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or getattr(args, sub.dest, None) not in sub.choices:
+            return parser
+        parser = sub.choices[getattr(args, sub.dest)]
+
+
+def _unrecognized(leftover: list[str], args: argparse.Namespace) -> str:
+    """argparse's message, plus the dotted override meant when an --option names a config field."""
+    message = f"unrecognized arguments: {' '.join(leftover)}"
+    option = next((t for t in leftover if t.startswith("--")), None)
+    if option is None or not hasattr(args, "overrides"):
+        return message
+    name, has_value, value = option[2:].partition("=")
+    if not has_value:
+        after = leftover[leftover.index(option) + 1 :]
+        value = after[0] if after and not after[0].startswith("-") else "VALUE"
+    keys = _config_keys_named(name.replace("-", "_"), getattr(args, "config", None))
+    if not keys:
+        return message
+    meant = " or ".join(f"{key}={value}" for key in keys)
+    return f"{message}\nconfig fields are set as KEY=VALUE, not as options: did you mean {meant}?"
+
+
+def _config_keys_named(name: str, source: str | None) -> list[str]:
+    """The dotted config fields called ``name`` (a leaf such as steps, or a dotted key), for the config
+    ``source`` where it loads (its model's and data format's fields too)."""
+    from smilejax import config
+
+    try:
+        tree = config.read_yaml(source) if source else {}
+    except config.ConfigError:
+        tree = {}
+    keys = config.field_keys(tree)
+    return [k for k in keys if k == name or k.rsplit(".", 1)[-1] == name]
 
 
 def dispatch(args: argparse.Namespace) -> int:

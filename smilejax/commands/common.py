@@ -6,7 +6,7 @@ import argparse
 
 OVERRIDES_HELP = (
     "dotted overrides of any config field, e.g. optimizer.lr=3e-4 mesh.fsdp=4 run.steps=200 "
-    "run.dir=runs/test (values are parsed as YAML)"
+    "run.dir=runs/test (values are parsed as YAML); before or after the options"
 )
 
 LAUNCH_EPILOG = """\
@@ -16,11 +16,17 @@ or an explicit JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, and
 jax.distributed itself. Only process 0 prints and logs.
 
 exit codes: 0 done, 1 failed, 2 bad config or input, 75 stopped by SIGTERM/SIGUSR1 after a
-checkpoint (requeue and run the same command again to resume)."""
+checkpoint (requeue and run the same command again to resume), 130 stopped by Ctrl-C after a
+checkpoint (a second Ctrl-C aborts at once, without it)."""
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="YAML file or packaged config name (e.g. gn2)")
+    parser.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="YAML file or packaged config name (e.g. gn2); a file may start from another with "
+        "'base: gn2' (or base: a path relative to it) and give only what changes",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
 
 

@@ -1,0 +1,89 @@
+"""The command line's parsing: KEY=VALUE overrides before and after options, and an --option that names
+a config field answered with the dotted override."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from smilejax import cli, metrics
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    ("argv", "overrides", "option"),
+    [
+        (
+            ["tune", "gn2", "a.b=1", "--space", "s.yaml", "run.steps=5", "--trials", "2", "model.x=[1, 2]"],
+            ["a.b=1", "run.steps=5", "model.x=[1, 2]"],
+            ("trials", 2),
+        ),
+        (["train", "gn2", "run.steps=5"], ["run.steps=5"], ("config", "gn2")),
+        (
+            ["config", "gn2", "optimizer.lr=3e-4", "run.dir="],
+            ["optimizer.lr=3e-4", "run.dir="],
+            ("config", "gn2"),
+        ),
+        (
+            ["launch", "--system", "local", "gn2", "--nodes", "2", "run.steps=3", "--dry-run"],
+            ["run.steps=3"],
+            ("nodes", 2),
+        ),
+        (
+            ["bench", "input", "gn2", "--batches", "2", "data.batch_size=8"],
+            ["data.batch_size=8"],
+            ("batches", 2),
+        ),
+    ],
+)
+def test_overrides_are_taken_before_and_after_options(argv, overrides, option):
+    args = cli.parse(argv)
+    assert args.overrides == overrides  # in command-line order: a later value of a key wins
+    assert getattr(args, option[0]) == option[1]
+
+
+def _error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_an_option_that_names_a_config_field_suggests_the_override(capsys, toy_yaml):
+    err = _error(capsys, ["train", "gn2", "--steps", "10"])
+    assert "usage: smilejax train" in err and "unrecognized arguments: --steps 10" in err
+    assert "did you mean run.steps=10?" in err
+    # the config's own model fields, the --key=value form, dashes for underscores
+    toy = str(toy_yaml())
+    assert "did you mean model.hidden=64?" in _error(capsys, ["train", toy, "--hidden=64"])
+    assert "did you mean run.eval_every=5?" in _error(
+        capsys, ["tune", toy, "--space", "s", "--eval-every", "5"]
+    )
+    assert "did you mean optimizer.name=lion or logging.name=lion" in _error(
+        capsys, ["train", toy, "--name", "lion"]
+    )
+
+
+def test_other_unknown_arguments_get_argparse_error(capsys, toy_yaml):
+    err = _error(capsys, ["train", str(toy_yaml()), "--bogus", "3"])
+    assert "unrecognized arguments: --bogus 3" in err and "did you mean" not in err
+    # a command without config overrides takes no KEY=VALUE
+    err = _error(capsys, ["export", "runs/x", "--out", "repo", "run.steps=3"])
+    assert "usage: smilejax export" in err and "unrecognized arguments: run.steps=3" in err
+
+
+def test_tune_trains_with_overrides_given_after_its_options(tmp_path, toy_yaml):
+    cfg = toy_yaml(run={"eval_every": 4})
+    space = tmp_path / "space.yaml"
+    lr = {"type": "float", "low": 1e-3, "high": 1e-2}
+    space.write_text(
+        yaml.safe_dump({"objective": {"metric": "eval/loss"}, "parameters": {"optimizer.lr": lr}})
+    )
+    study = tmp_path / "study"
+    argv = ["tune", str(cfg), "--space", str(space), "--trials", "1", "--dir", str(study)]
+    proc = run_cli(*argv, "run.steps=3", "run.eval_every=3", "run.eval_steps=1", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = yaml.safe_load((study / "trial-0000" / "config.yaml").read_text())
+    assert saved["run"]["steps"] == 3 and saved["run"]["eval_every"] == 3
+    records = metrics.read(study / "trial-0000" / "metrics.jsonl")
+    assert [r["step"] for r in records if "eval/loss" in r] == [3]
