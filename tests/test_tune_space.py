@@ -129,3 +129,39 @@ def test_best_trial_follows_the_objective_mode(tmp_path):
     for mode, best in (("min", 0), ("max", 2)):
         space = spaces.parse({**GOOD, "objective": {"metric": "eval/acc", "mode": mode}})
         assert study.summarize(trials, space, options).best["number"] == best  # pruned never wins
+
+
+def test_objective_metric_is_checked_against_what_a_run_logs():
+    from smilejax.tune import metric_names
+
+    loop = {"lr", "grad_norm", "samples_per_s", "step_time_s", "data_wait_frac"}  # no mfu: a CPU has no peak
+    cfg = config.load(base())
+    assert set(metric_names.reported(cfg)) == {"loss", "mae", "eval/loss", "eval/mae", *loop}
+    assert set(metric_names.reported(config.load(toy.config()))) == {"loss", "mae", *loop}  # no evaluation
+    metric_names.check("eval/mae", cfg)
+    misspelled = r"space\.yaml: objective metric 'eval/los' .* did you mean 'eval/loss'"
+    with pytest.raises(SpaceError, match=misspelled):
+        metric_names.check("eval/los", cfg, "space.yaml")
+    with pytest.raises(SpaceError, match="it logs data_wait_frac, eval/loss, eval/mae, grad_norm, loss"):
+        metric_names.check("auc", cfg)
+
+
+def test_reported_metrics_are_those_a_run_logs(tmp_path):
+    from smilejax import metrics, train
+    from smilejax.tune import metric_names
+
+    cfg = config.load(base(steps=4, eval_every=2, eval_steps=1), [f"run.dir={tmp_path / 'run'}"])
+    train.train(cfg)
+    logged = {k for r in metrics.read(tmp_path / "run" / "metrics.jsonl") for k in r if k != "step"}
+    assert logged == set(metric_names.reported(cfg))
+
+
+def test_cli_refuses_a_misspelled_objective_before_any_trial(tmp_path, toy_yaml):
+    cfg = toy_yaml(run={"eval_every": 4})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(with_param("optimizer.lr", {"type": "float", "low": 1e-3, "high": 1e-2})))
+    study = tmp_path / "study"
+    proc = run_cli("tune", str(cfg), "--space", str(space), "--metric", "eval/los", "--dir", str(study))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "objective metric 'eval/los' is not logged" in proc.stderr and "'eval/loss'" in proc.stderr
+    assert not list(study.glob("trial-*"))

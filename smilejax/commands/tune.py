@@ -21,7 +21,8 @@ algorithms: optuna: tpe (default), random, cmaes; keras-tuner: bayesian (default
 pruners (optuna): none (default), median, asha, hyperband, fed with the objective each time it is
 logged (eval/... metrics every run.eval_every steps).
 
-exit codes: 0 done, 2 bad config, search space or option (reported before any trial runs)."""
+exit codes: 0 done, 2 bad config, search space, objective metric (one a run does not log) or option,
+reported before any trial runs."""
 
 
 def register(sub) -> None:

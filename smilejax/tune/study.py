@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from tqdm import tqdm
 
+from smilejax.tune import metric_names
 from smilejax.tune import objective as objectives
 from smilejax.tune import worker as workers
 from smilejax.tune.space import Space
@@ -225,6 +226,7 @@ def tune(base: dict, space: Space, options: Options, worker: workers.Worker | No
     check_options(options, space)
     space.check(base)  # every value the space can produce makes a valid config, before any trial
     base_cfg = config.from_dict(copy.deepcopy(base))
+    metric_names.check(space.objective.metric, base_cfg, space.source)  # a misspelled objective, too
     study_dir = Path(options.dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if worker.lead and Path(space.source).is_file():
