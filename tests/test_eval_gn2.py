@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from ftag import Flavours
-from ftag.utils import calculate_rejection, get_discriminant
+from ftag.utils import calculate_rejection, calculate_rejection_error, get_discriminant
 
 from smilejax import cli, config, evaluation
-from smilejax.evaluation import flavour, ip_baseline, tracks
+from smilejax.evaluation import flavour, ip_baseline, plots, tracks
 from tests import toy
 from tests.conftest import run_cli
 
@@ -41,6 +41,72 @@ def test_rejection_at_working_points_is_one_over_the_mistag_rate():
     np.testing.assert_allclose(flavour.mistag(sig, bkg, [0.70, 0.77, 0.85]), [0.5, 0.5, 0.6])
     np.testing.assert_allclose(flavour.rejection(sig, bkg, [0.70, 0.77, 0.85]), [2.0, 2.0, 1 / 0.6])
     assert flavour.rejection(sig, np.array([-1.0, 0.0]), [0.7])[0] == np.inf  # nothing passes
+
+
+def test_rejections_carry_binomial_errors_and_the_jets_behind_them():
+    sig = np.arange(100.0)
+    bkg = np.array([5, 10, 20, 31, 40, 45, 50, 95, 2, 1], float)
+    r70, r85 = flavour.rejections(sig, bkg, [0.70, 0.85])
+    # 70%: 5 of 10 pass, eps = 0.5, R = 2, sigma = R^2 sqrt(eps (1 - eps) / 10) = 4 sqrt(0.025)
+    assert r70 == pytest.approx(
+        {"rejection": 2.0, "stat_err": 0.6324555, "n_pass": 5, "n_bkg": 10, "low_stats": True}
+    )
+    # 85%: 6 of 10 pass, R = 5/3, sigma = (25/9) sqrt(0.6 * 0.4 / 10) = 0.4303315
+    assert r85["rejection"] == pytest.approx(5 / 3) and r85["stat_err"] == pytest.approx(0.4303315)
+    np.testing.assert_allclose(
+        [r70["stat_err"], r85["stat_err"]], calculate_rejection_error(np.array([2.0, 5 / 3]), 10)
+    )
+    # 40 background jets of which 20 pass: enough jets; none passing: infinite rejection, flagged
+    (enough,) = flavour.rejections(sig, np.r_[np.full(20, 50.0), np.full(20, 0.0)], [0.70])
+    assert enough["rejection"] == 2.0 and enough["n_pass"] == 20 and enough["low_stats"] is False
+    assert enough["stat_err"] == pytest.approx(4 * np.sqrt(0.25 / 40))
+    (none,) = flavour.rejections(sig, np.array([-1.0, 0.0]), [0.70])
+    assert none == {"rejection": np.inf, "stat_err": np.inf, "n_pass": 0, "n_bkg": 2, "low_stats": True}
+    with pytest.raises(ValueError, match="passing jets"):
+        flavour.rejection_error([11], 10)
+
+
+def test_roc_plot_bands_ratio_to_the_reference_and_labelled_working_points(tmp_path):
+    rng = np.random.default_rng(2)
+    b, light = rng.normal(2.0, 1.0, 4000), rng.normal(0.0, 1.0, 4000)
+    scores = {"GN2": (b, light), "IP": (0.5 * b, light)}
+    fig = plots.rejection_curves(scores, "light", "test sample", tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    top, bottom = fig.axes
+    assert top.get_ylabel() == "Light-jet rejection" and top.get_yscale() == "log"
+    assert bottom.get_xlabel() == "$b$-jet efficiency" and bottom.get_ylabel() == "Ratio to IP"
+    texts = [t.get_text() for t in top.texts]
+    assert {"70% WP", "77% WP", "85% WP", "test sample"} <= set(texts)
+    eff = plots.EFFICIENCIES
+    rej = {k: [r["rejection"] for r in flavour.rejections(*v, eff)] for k, v in scores.items()}
+    curves = {line.get_label(): line.get_ydata() for line in top.lines if line.get_label() in scores}
+    np.testing.assert_allclose(curves["GN2"], rej["GN2"])
+    ratio_gn2, ratio_ip = (line.get_ydata() for line in bottom.lines if len(line.get_ydata()) == eff.size)
+    np.testing.assert_allclose(ratio_gn2, np.divide(rej["GN2"], rej["IP"]))
+    np.testing.assert_allclose(ratio_ip, 1.0)
+    # one band per tagger in each panel: at 70% GN2's spans rejection +- its binomial error
+    assert len(top.collections) == len(bottom.collections) == 2
+    (r70,) = flavour.rejections(b, light, [eff[40]])
+    band = top.collections[0].get_paths()[0].vertices[:, 1]
+    for edge in (r70["rejection"] - r70["stat_err"], r70["rejection"] + r70["stat_err"]):
+        assert np.isclose(band, edge, rtol=1e-9).any(), edge
+    with pytest.raises(ValueError, match="reference tagger 'DL1'"):
+        plots.rejection_curves(scores, "c", "", tmp_path / "x.png", reference="DL1")
+
+
+def test_discriminant_plot_marks_the_working_point_cuts(tmp_path):
+    db = np.r_[np.linspace(0, 4, 300), np.linspace(-3, 1, 500)]
+    labels = np.r_[np.zeros(300, int), np.full(500, 2)]
+    cuts = dict(zip(["70", "77", "85"], flavour.cuts(db[:300], flavour.WORKING_POINTS).tolist(), strict=True))
+    fig = plots.discriminant_by_flavour(
+        db, labels, ("b", "c", "light", "tau"), "info", cuts, tmp_path / "d.png"
+    )
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "$D_b$" and ax.get_ylabel() == "Normalised number of jets"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["$b$-jets (300)", "Light-jets (500)"]
+    wp_lines = sorted(line.get_xdata()[0] for line in ax.lines)
+    np.testing.assert_allclose(wp_lines, sorted(cuts.values()))
+    assert cuts["70"] == pytest.approx(4 * 0.3, abs=0.02)  # 70% of a uniform 0..4 lies above 1.2
 
 
 def test_rejection_agrees_with_atlas_ftag_tools_on_a_large_sample():
@@ -150,9 +216,16 @@ def test_eval_writes_metrics_and_plots_for_gn2_and_the_ip_baseline(gn2_run):
     for tagger in ("GN2", "IP"):
         t = metrics["taggers"][tagger]
         assert 0 <= t["auc_b_vs_light"] <= 1 and 0 <= t["auc_b_vs_c"] <= 1
-        for kind in ("light_rejection", "c_rejection"):
+        for kind, background in (("light_rejection", "light"), ("c_rejection", "c")):
             assert set(t[kind]) == {"70", "77", "85"}
-            assert all(np.isfinite(v) and v >= 1 for v in t[kind].values()), t[kind]
+            for wp, r in t[kind].items():
+                assert r["n_bkg"] == metrics["flavour_counts"][background] and 0 < r["n_pass"] <= r["n_bkg"]
+                eps = r["n_pass"] / r["n_bkg"]
+                assert r["rejection"] == pytest.approx(1 / eps) and r["rejection"] >= 1
+                assert r["stat_err"] == pytest.approx(np.sqrt(eps * (1 - eps) / r["n_bkg"]) / eps**2)
+                assert r["low_stats"] == (r["n_pass"] < 10)
+                warned = f"{tagger}'s {background} rejection at the {wp}% WP rests on {r['n_pass']} of"
+                assert (warned in proc.stderr) == r["low_stats"], proc.stderr[-2000:]
     assert metrics["taggers"]["IP"]["auc_b_vs_light"] > 0.6  # displaced b tracks are visible
     assert metrics["ip_baseline"]["fit_split"] == "train" and metrics["ip_baseline"]["fit_jets"] == 5000
     origin = metrics["track_origin"]
@@ -170,6 +243,8 @@ def test_eval_writes_metrics_and_plots_for_gn2_and_the_ip_baseline(gn2_run):
         flav, db, ip = scores["flavour"], scores["db"], scores["ip"]
         assert flav.shape == db.shape == ip.shape == (512,)
         np.testing.assert_allclose(db, flavour.discriminant(scores["probs"], 0.2, 0.01), atol=1e-4)
+    for wp, cut in metrics["working_point_cuts"].items():  # GN2's D_b cuts keep their share of b jets
+        assert (db[flav == 0] > cut).mean() == pytest.approx(int(wp) / 100, abs=0.02)
     assert flavour.auc(ip[flav == 0], ip[flav == 2]) == pytest.approx(
         metrics["taggers"]["IP"]["auc_b_vs_light"]
     )

@@ -2,16 +2,18 @@
 
 On the first ``opts.jets`` jets of the split (file order, the run's own pipeline and normalisation):
 
-* GN2's b-tagging discriminant D_b (``flavour.discriminant``, fractions ``opts.fc``, ``opts.ftau``);
-  AUCs (b vs light, b vs c) and light- and c-rejection at the 70/77/85% b-efficiency working points;
+* GN2's b-tagging discriminant D_b (``flavour.discriminant``, fractions ``opts.fc``, ``opts.ftau``) and
+  its cut at each of the 70/77/85% b-efficiency working points; AUCs (b vs light, b vs c) and light-
+  and c-rejection at those working points, each with its binomial uncertainty and the background jets
+  behind it (``flavour.rejections``; one resting on fewer than 10 passing jets is flagged and warned of);
 * the same figures for the IP baseline (``ip_baseline``: templates from ``opts.ip_fit_jets`` training
   jets, then scored on exactly the evaluated jets);
 * track-origin accuracy overall and per class, and vertex pair efficiency and purity (``tracks``), when
   the batches carry the truth labels and the model trained those heads (``aux_tasks`` not "off").
 
-Files in ``opts.out``: ``roc_light.png``, ``roc_c.png`` (both taggers, ratio to GN2),
-``discriminant.png`` (D_b per flavour), ``track_origin_confusion.png`` (with origin labels) and
-``scores.npz`` (per-jet flavour, GN2 probabilities, D_b and IP score, for custom plots).
+Files in ``opts.out``: ``roc_light.png``, ``roc_c.png`` (both taggers, ratio to the IP baseline),
+``discriminant.png`` (D_b per flavour, working-point cuts), ``track_origin_confusion.png`` (with origin
+labels) and ``scores.npz`` (per-jet flavour, GN2 probabilities, D_b and IP score, for custom plots).
 """
 
 from __future__ import annotations
@@ -111,34 +113,36 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     if not is_b.any() or not is_light.any():
         raise ValueError(f"the {n} evaluated jets hold no b or no light jets; evaluate more (--jets)")
 
+    wps = [f"{round(100 * wp)}" for wp in flavour.WORKING_POINTS]
+    cuts = dict(zip(wps, flavour.cuts(db[is_b], flavour.WORKING_POINTS).tolist(), strict=True))
     metrics: dict = {
         "n_jets": int(n),
         "fractions": {"fc": opts.fc, "ftau": opts.ftau, "flight": 1.0 - opts.fc - opts.ftau},
         "flavour_counts": {k: int((labels == i).sum()) for i, k in enumerate(JET_CLASSES)},
         "working_points": list(flavour.WORKING_POINTS),
+        "working_point_cuts": cuts,  # GN2's D_b cut per working point
         "taggers": {},
     }
     for name, score in taggers.items():
         metrics["taggers"][name] = flavour.summary(
             score[is_b], score[is_light], score[is_c] if is_c.any() else None
         )
+        _warn_low_stats(name, metrics["taggers"][name])
     metrics["ip_baseline"] = (
         {**templates.describe(), "fit_split": "train"} if templates else {"skipped": ip_skipped}
     )
     metrics["track_origin"] = origin.result(ORIGIN_CLASSES) if "origin" in tasks else None
     metrics["vertexing"] = vertex.result() if "vertex" in tasks else None
 
-    title = f"GN2 step {trained.step}, {n} {opts.split} jets, $f_c$={opts.fc}, $f_\\tau$={opts.ftau}"
+    info = f"GN2 step {trained.step}, {n} {opts.split} jets\n$f_c$ = {opts.fc}, $f_\\tau$ = {opts.ftau}"
     written = []
     for background, mask in (("light", is_light), ("c", is_c)):
         if mask.any():
             curves = {k: (v[is_b], v[mask]) for k, v in taggers.items()}
-            written.append(
-                plots.rejection_curves(curves, background, title, opts.out / f"roc_{background}.png")
-            )
-    written.append(
-        plots.discriminant_by_flavour(db, labels, JET_CLASSES, title, opts.out / "discriminant.png")
-    )
+            written.append(opts.out / f"roc_{background}.png")
+            plots.rejection_curves(curves, background, info, written[-1])
+    written.append(opts.out / "discriminant.png")
+    plots.discriminant_by_flavour(db, labels, JET_CLASSES, info, cuts, written[-1])
     if metrics["track_origin"]:
         conf = np.asarray(metrics["track_origin"]["confusion"])
         written.append(
@@ -161,6 +165,18 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     return metrics
 
 
+def _warn_low_stats(tagger: str, figures: dict) -> None:
+    """One warning line per rejection that rests on fewer than ``flavour.MIN_PASSING`` passing jets."""
+    for background in ("light", "c"):
+        for wp, r in (figures[f"{background}_rejection"] or {}).items():
+            if r["low_stats"]:
+                log.warning(
+                    "low statistics: %s's %s rejection at the %s%% WP rests on %d of %d %s jets passing the "
+                    "cut (fewer than %d); evaluate more jets (--jets)",
+                    tagger, background, wp, r["n_pass"], r["n_bkg"], background, flavour.MIN_PASSING,
+                )  # fmt: skip
+
+
 def summary(metrics: dict) -> str:
     """A short table of the headline numbers."""
     wps = [f"{round(100 * wp)}" for wp in metrics["working_points"]]
@@ -173,8 +189,8 @@ def summary(metrics: dict) -> str:
     ]
     for name, t in metrics["taggers"].items():
         row = f"{name:<8}{cell(t['auc_b_vs_light'], 9)}{cell(t['auc_b_vs_c'], 9)}"
-        row += "".join(cell(t["light_rejection"][w], 10) for w in wps)
-        row += "".join(cell((t["c_rejection"] or {}).get(w), 10) for w in wps)
+        row += "".join(cell(t["light_rejection"][w]["rejection"], 10) for w in wps)
+        row += "".join(cell(((t["c_rejection"] or {}).get(w) or {}).get("rejection"), 10) for w in wps)
         lines.append(row)
     if metrics.get("track_origin"):
         lines.append(f"track origin accuracy {cell(metrics['track_origin']['accuracy'], 0).strip()}")
