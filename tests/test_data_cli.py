@@ -94,6 +94,30 @@ def test_make_pythia_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
+def test_check_plot_axes_carry_units_and_labels(tmp_path):
+    from smilejax.commands import data
+
+    path = fs.make(tmp_path / "syn.h5", 300, seed=2)
+    fig = data._plot([str(path)], fh.FtagConfig(), str(tmp_path / "check.png"))
+    assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_field = {ax.get_title(): ax for ax in fig.axes}
+    assert by_field["d0"].get_xlabel() == "$d_0$ [mm]"
+    assert by_field["z0SinTheta"].get_xlabel().endswith("[mm]")
+    pt = by_field["pt"]
+    assert pt.get_xlabel() == "track $p_T$ [GeV]" and pt.get_xscale() == "log"
+    with h5py.File(path, "r", locking=False) as f:
+        tracks, flavour = f["tracks"][:], f["jets"].fields("flavour_label")[:]
+    # the file holds MeV; the b jets' step histogram (the first) is their tracks' pT in GeV
+    b_tracks = tracks["valid"] & (flavour == 0)[:, None]
+    gev = np.clip(tracks["pt"][b_tracks] / 1e3, 0.5, 100)
+    density, _ = np.histogram(gev, np.geomspace(0.5, 100, 41), density=True)
+    step = pt.patches[0].get_path().vertices
+    np.testing.assert_allclose(step[1:-1:2, 1], density, rtol=1e-6)
+    for ax in fig.axes:  # every panel, the flavour counts included, says what its axes show
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["Normalised number of tracks"] * 2
+
+
 def test_help_explains_each_action():
     proc = run_cli("data", "--help")
     assert proc.returncode == 0 and all(a in proc.stdout for a in ("make", "norm", "check"))

@@ -17,13 +17,15 @@ MLPF_MAKERS = {
     "mlpf-pythia": "MLPF events in particleflow's CLIC TFDS format from Pythia 8 e+e- -> qq̄ at 380 GeV "
     "and a parametrised CLIC-like detector (~1000 events/s per core)",
 }
-PLOT_VARS = (  # (tracks field, x range, axis: lin/log/int) drawn per flavour by `data check --plot`
-    ("IP3D_signed_d0_significance", (-10, 40), "lin"),
-    ("IP3D_signed_z0_significance", (-10, 40), "lin"),
-    ("d0", (-1, 1), "lin"),
-    ("z0SinTheta", (-1, 1), "lin"),
-    ("pt", (500, 1e5), "log"),
-    ("numberOfPixelHits", (0, 10), "int"),
+# Drawn per flavour by `data check --plot`: (tracks field, axis label with unit, factor from the file's
+# units (ATLAS's MeV and mm) to the label's, x range in the label's unit, axis: lin/log/int).
+PLOT_VARS = (
+    ("IP3D_signed_d0_significance", "signed $d_0/\\sigma(d_0)$", 1.0, (-10, 40), "lin"),
+    ("IP3D_signed_z0_significance", "signed $z_0/\\sigma(z_0)$", 1.0, (-10, 40), "lin"),
+    ("d0", "$d_0$ [mm]", 1.0, (-1, 1), "lin"),
+    ("z0SinTheta", "$z_0 \\sin\\theta$ [mm]", 1.0, (-1, 1), "lin"),
+    ("pt", "track $p_T$ [GeV]", 1e-3, (0.5, 100), "log"),
+    ("numberOfPixelHits", "pixel hits", 1.0, (0, 10), "int"),
 )
 
 
@@ -261,15 +263,17 @@ def run_check(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(report, sort_keys=False, width=200), end="")
     bad = [p for p, r in report.items() if "error" in r]
     if args.plot and good:
-        print(f"plot: {_plot(good, cfg, args.plot)}")
+        _plot(good, cfg, args.plot)
+        print(f"plot: {args.plot}")
     if bad:
         print(f"smilejax: {len(bad)} of {len(report)} files have problems: {', '.join(bad)}", file=sys.stderr)
         return 2
     return 0
 
 
-def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
-    """Per-flavour, unit-area histograms of the main track variables and of the tracks per jet."""
+def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000):
+    """Per-flavour, unit-area histograms of the main track variables and of the tracks per jet, in
+    physical units, saved to ``out``; returns the (closed) figure."""
     import numpy as np
 
     from smilejax import plotting
@@ -280,7 +284,7 @@ def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
 
     from smilejax.inputs import ftag_h5
 
-    values: dict[str, list] = {name: [] for name, _, _ in PLOT_VARS}
+    values: dict[str, list] = {name: [] for name, *_ in PLOT_VARS}
     n_tracks, flavours = [], []
     for path in paths:
         info = ftag_h5.inspect_file(path, cfg)
@@ -299,8 +303,8 @@ def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
     flav = np.concatenate(flavours)
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     colours = ("tab:red", "tab:orange", "tab:blue", "tab:green")
-    panels = [*PLOT_VARS, ("tracks per jet", (0, 40), "int")]
-    for ax, (name, (lo, hi), axis) in zip(axes.flat, panels, strict=False):
+    panels = [*PLOT_VARS, ("tracks per jet", "tracks per jet", 1.0, (0, 40), "int")]
+    for ax, (name, xlabel, factor, (lo, hi), axis) in zip(axes.flat, panels, strict=False):
         if axis == "int":
             bins = np.arange(lo, hi + 2) - 0.5
         else:
@@ -309,23 +313,26 @@ def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000) -> str:
             if name == "tracks per jet":
                 x = np.concatenate(n_tracks)[flav == k]
             else:
-                x = np.concatenate([per_file[k] for per_file in values[name]])
+                x = np.concatenate([per_file[k] for per_file in values[name]]) * factor
             x = x[np.isfinite(x)]
             if x.size:
                 ax.hist(
                     np.clip(x, lo, hi), bins, histtype="step", density=True, color=colours[k], label=label
                 )
-        ax.set_xlabel(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"Normalised number of {'jets' if name == 'tracks per jet' else 'tracks'}")
+        ax.set_title(name, fontsize="small")  # the file's field
         ax.set_yscale("log")
         if axis == "log":
             ax.set_xscale("log")
     counts = np.bincount(flav, minlength=4)
     axes.flat[-1].bar(ftag_h5.FLAVOURS, counts, color=colours)
-    axes.flat[-1].set_xlabel("jets per flavour")
+    axes.flat[-1].set_xlabel("flavour")
+    axes.flat[-1].set_ylabel("jets")
     axes.flat[0].legend()
     fig.suptitle(f"{len(paths)} file(s), {flav.size} jets (first {max_jets} per file); unit-area histograms")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    return out
+    return fig
