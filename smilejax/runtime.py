@@ -10,7 +10,9 @@
 - PBS Pro with PALS or MPICH ``mpiexec`` (``PMI_RANK``/``PMI_SIZE``, coordinator from ``$PBS_NODEFILE``).
 
 Both one process per GPU and one process per node work: each process gets its contiguous block of
-the node's visible GPUs (``local_device_ids``). ``JAX_COORDINATOR_PORT`` overrides the coordinator port;
+the node's visible GPUs (``local_device_ids``), unless Slurm has already bound each task its own
+(``srun --gpus-per-task``). NVIDIA (``CUDA_VISIBLE_DEVICES``) and AMD GPUs (``ROCR_VISIBLE_DEVICES``,
+``HIP_VISIBLE_DEVICES``) alike. ``JAX_COORDINATOR_PORT`` overrides the coordinator port;
 by default it is derived from the job and step ids, so concurrent job steps do not collide.
 
 Never call ``initialize()`` inside Grain (or any ``multiprocessing``) worker: only launcher-started
@@ -26,7 +28,7 @@ import multiprocessing
 import os
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import jax
 
@@ -168,17 +170,51 @@ def local_device_ids(visible: int | None, local_rank: int, local_size: int) -> l
 
 
 def visible_gpu_count(environ: Mapping[str, str]) -> int | None:
-    """Number of GPUs this process can see, or None when the environment does not say."""
-    cvd = environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None:
-        # "" or "-1"/"NoDevFiles" hide every GPU.
-        ids = [d for d in cvd.split(",") if d.strip() and d.strip() not in ("-1", "NoDevFiles")]
-        return len(ids)
+    """Number of GPUs this process can see, or None when the environment does not say.
+
+    ROCm hides GPUs with ``ROCR_VISIBLE_DEVICES`` first; ``HIP_VISIBLE_DEVICES`` (else
+    ``CUDA_VISIBLE_DEVICES``, which HIP also reads) then picks among the rest: the innermost list counts.
+    """
+    var = _visible_var(environ)
+    if var:
+        return len(_device_list(environ[var]))
     if environ.get("SLURM_STEP_GPUS", "").strip():
         return len(environ["SLURM_STEP_GPUS"].split(","))
     if environ.get("SLURM_GPUS_ON_NODE", "").strip():
         return _int(environ, "SLURM_GPUS_ON_NODE")
     return None
+
+
+def narrow_visible_devices(environ: MutableMapping[str, str], ids: list[int]) -> None:
+    """Leave only the visible GPUs at ``ids`` (indices, as ``local_device_ids``) to a JAX not started yet."""
+    var = _visible_var(environ)
+    if var is None:
+        environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))  # CUDA's and HIP's variable
+    else:
+        visible = _device_list(environ[var])
+        environ[var] = ",".join(visible[i] for i in ids)
+
+
+def _visible_var(environ: Mapping[str, str]) -> str | None:
+    """The innermost variable that lists this process's GPUs (see visible_gpu_count), or None."""
+    if environ.get("HIP_VISIBLE_DEVICES", "").strip():  # HIP ignores an empty value
+        return "HIP_VISIBLE_DEVICES"
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return "CUDA_VISIBLE_DEVICES"
+    if environ.get("ROCR_VISIBLE_DEVICES", "").strip():
+        return "ROCR_VISIBLE_DEVICES"
+    return None
+
+
+def _device_list(value: str) -> list[str]:
+    """The GPUs a *_VISIBLE_DEVICES value names: "" or "-1"/"NoDevFiles" hide every GPU."""
+    return [d.strip() for d in value.split(",") if d.strip() not in ("", "-1", "NoDevFiles")]
+
+
+def _slurm_gpus_per_task(environ: Mapping[str, str]) -> int | None:
+    """``--gpus-per-task`` of the job or step (``SLURM_GPUS_PER_TASK``, ``[type:]count``), else None."""
+    m = re.fullmatch(r"\s*(?:[^:,]+:)?(\d+)\s*", environ.get("SLURM_GPUS_PER_TASK", ""))
+    return int(m[1]) if m else None
 
 
 # ---- launchers
@@ -233,6 +269,9 @@ def _slurm(environ: Mapping[str, str]) -> ClusterEnv:
     # Job and step id in the port: two srun steps of one job (or two jobs on a node) pick different ports.
     step_id = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID"))
     port = _port(environ, environ.get("SLURM_JOB_ID"), step_id)
+    visible = visible_gpu_count(environ)
+    # With --gpus-per-task Slurm has bound each task its own GPUs (the visible ones): nothing to deal out.
+    bound = visible is not None and visible == _slurm_gpus_per_task(environ)
     return ClusterEnv(
         launcher="slurm",
         num_processes=n,
@@ -241,7 +280,7 @@ def _slurm(environ: Mapping[str, str]) -> ClusterEnv:
         local_rank=local_rank,
         local_size=local_size,
         num_nodes=num_nodes,
-        local_device_ids=local_device_ids(visible_gpu_count(environ), local_rank, local_size),
+        local_device_ids=None if bound else local_device_ids(visible, local_rank, local_size),
     )
 
 

@@ -117,6 +117,43 @@ def calls(folder: Path, name: str) -> list[str]:
                 "qsub -W depend=afterany:",
             ],
         ),
+        (  # one process per GCD, bound by Slurm to the GCD of its L3 region (OLCF's srun options)
+            "frontier",
+            ["--nodes", "2", "--account", "ABC123"],
+            [
+                "#SBATCH --nodes=2",
+                "#SBATCH --ntasks-per-node=8",
+                "#SBATCH --gpus-per-task=1",
+                "#SBATCH --cpus-per-task=7",
+                "#SBATCH --account=ABC123",
+                "#SBATCH --constraint=nvme",
+                "#SBATCH --network=disable_rdzv_get",
+                "#SBATCH --time=02:00:00",
+                "#SBATCH --signal=USR1@180",
+                "--ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 --gpu-bind=closest",
+                "module load PrgEnv-gnu/8.7.0\nmodule load cpe/26.03\nmodule load rocm/7.2.0\n"
+                "module load rccl-net-plugin\nmodule load craype-accel-amd-gfx90a\n",
+                'export LD_LIBRARY_PATH="$CRAY_LD_LIBRARY_PATH:$LD_LIBRARY_PATH"',
+                'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"',
+                'export NCCL_NET_GDR_LEVEL="PHB"',
+                'export FI_CXI_RDZV_PROTO="alt_read"',
+                'export FI_MR_CACHE_MONITOR="kdreg2"',
+                'export MIOPEN_USER_DB_PATH="/tmp/miopen-$USER-$SLURM_JOB_ID"',
+                'export MIOPEN_CUSTOM_CACHE_DIR="/tmp/miopen-$USER-$SLURM_JOB_ID"',
+                'export HDF5_USE_FILE_LOCKING="FALSE"',
+                'scontrol requeue "$SLURM_JOB_ID"',
+            ],
+        ),
+        (  # one process per node owns the node's eight GCDs and all 56 cores
+            "frontier",
+            ["--nodes", "4", "--tasks-per-node", "1", "--account", "ABC123"],
+            [
+                "#SBATCH --ntasks-per-node=1",
+                "#SBATCH --gpus-per-task=8",
+                "#SBATCH --cpus-per-task=56",
+                "--ntasks-per-node=1 --cpus-per-task=56 --gpus-per-task=8 --gpu-bind=closest",
+            ],
+        ),
         (
             "slurm-gpu",
             ["--nodes", "4", "--queue", "gpu", "--qos", "high", "--time", "1-00:00:00"],
@@ -171,6 +208,8 @@ def test_time_limits_parse_like_slurm():
         (["--system", "perlmutter", "--gpus-per-node", "8"], [], "perlmutter has 4 GPU"),
         (["--system", "perlmutter", "--tasks-per-node", "3"], [], "does not divide the 4 GPUs"),
         (["--system", "polaris"], [], "polaris needs an account"),
+        (["--system", "frontier"], [], "frontier needs an account"),
+        (["--system", "frontier", "--tasks-per-node", "3"], [], "does not divide the 8 GPUs"),
         (["--system", "local", "--time", "1", "--signal-margin", "90"], [], "shorter than the time limit"),
         (["--system", "local"], ["optimizer.lrr=0.1"], "unknown config key optimizer.'lrr'"),
         (["--system", "local"], ["model.name=nosuchmodel"], "unknown model 'nosuchmodel'"),
@@ -224,7 +263,33 @@ def test_system_file_keys_are_checked(tmp_path):
         4,
         [3, 2, 1, 0],
     )
-    assert {"local", "perlmutter", "polaris", "slurm-gpu"} <= set(systems.names())
+    assert {"frontier", "local", "perlmutter", "polaris", "slurm-gpu"} <= set(systems.names())
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("gpu_vendor: intel\n", "gpu_vendor must be one of 'nvidia', 'amd'"),
+        ("gpu_binding: per_task\nscheduler: pbs\n", "per_task is Slurm's --gpus-per-task"),
+        ("gpu_binding: per_task\ngpu_order: [1, 0]\n", "gpu_order has no effect with gpu_binding per_task"),
+    ],
+)
+def test_gpu_keys_are_checked(tmp_path, keys, message):
+    bad = tmp_path / "mycluster.yaml"
+    bad.write_text("gpus_per_node: 2\n" + keys)
+    with pytest.raises(LaunchError, match=message):
+        systems.load(str(bad))
+
+
+def test_gpu_order_on_amd_gpus_sets_hip_visible_devices(capsys, stubs, toy_cfg, tmp_path):
+    # Slurm may set ROCR_VISIBLE_DEVICES for each step; HIP_VISIBLE_DEVICES orders the GPUs it leaves.
+    amd = yaml.safe_load((LAUNCH / "slurm-gpu.yaml").read_text())
+    amd.update(gpu_vendor="amd", gpu_order=[4, 5, 2, 3, 6, 7, 0, 1])
+    (tmp_path / "amd.yaml").write_text(yaml.safe_dump(amd))
+    code, out, err = launch(capsys, "--system", str(tmp_path / "amd.yaml"), "--dry-run", str(toy_cfg))
+    assert code == 0, err
+    assert "export HIP_VISIBLE_DEVICES=4,5,2,3,6,7,0,1" in out and "CUDA_VISIBLE_DEVICES" not in out
+    assert "#SBATCH --gpus-per-node=8" in out and "--gpus-per-task" not in out  # shared binding
 
 
 # ---------------------------------------------------------------- submission and the script's requeue logic
@@ -365,6 +430,47 @@ def test_stage_copies_files_and_folders_once(tmp_path):
     again = stage.stage(dest, [src / "a.npz", src / "tree"])  # a requeued job on the same node
     assert again["copied"] == 0
     assert stage.main([str(dest), str(src / "missing.h5")]) == 1
+
+
+def test_frontier_job_stages_to_the_nvme_and_keeps_caches_per_user_and_job(capsys, stubs, tmp_path):
+    # The script as Frontier's batch shell runs it: modules, then staging, training and clean-up steps;
+    # the stage folder and MIOpen's cache name the user and job in the job, not at submission.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.npz").write_bytes(b"x" * 100)
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump(toy.config(data={"batch_size": 64, "path": str(data / "train.npz")})))
+    stub(stubs, "sbatch", "echo 77")
+    stub(stubs, "module", "exit 0")
+    stub(stubs, "srun", f'echo "$MIOPEN_USER_DB_PATH $MIOPEN_CUSTOM_CACHE_DIR" >> {stubs}/srun.env')
+    run_dir = tmp_path / "run"
+    options = ["--nodes", "2", "--account", "ABC123", "--stage"]
+    code, out, err = launch(capsys, "--system", "frontier", *options, str(cfg), f"run.dir={run_dir}")
+    assert code == 0 and out.strip() == "77", err
+    env = dict(os.environ, USER="alice", SLURM_JOB_ID="77", SLURM_JOB_NUM_NODES="2")
+    script = run_dir / "launch" / "job.sh"
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    assert calls(stubs, "module") == [
+        "load PrgEnv-gnu/8.7.0",
+        "load cpe/26.03",
+        "load rocm/7.2.0",
+        "load rccl-net-plugin",
+        "load craype-accel-amd-gfx90a",
+    ]
+    nvme = "/mnt/bb/alice/smilejax-77"
+    steps = calls(stubs, "srun")
+    (staging,) = [c for c in steps if "-m smilejax.launch.stage" in c]
+    (train,) = [c for c in steps if "-m smilejax train" in c]
+    (unstage,) = [c for c in steps if "rm -rf" in c]
+    assert staging.startswith("--nodes=2 --ntasks=2 --ntasks-per-node=1 ")
+    assert staging.endswith(f"-m smilejax.launch.stage {nvme} {data / 'train.npz'}")
+    assert "--ntasks=16 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 --gpu-bind=closest" in train
+    assert train.endswith(f"train {run_dir}/launch/config.yaml data.path={nvme}/train.npz")
+    assert unstage.endswith(f"rm -rf {nvme}")
+    cache = "/tmp/miopen-alice-77"
+    assert (stubs / "srun.env").read_text().splitlines() == [f"{cache} {cache}"] * len(steps)
 
 
 # ---------------------------------------------------------------- Polaris under a simulated PALS mpiexec

@@ -210,6 +210,62 @@ def test_visible_gpu_count():
     assert runtime.visible_gpu_count({"SLURM_GPUS_ON_NODE": "4"}) == 4
 
 
+def test_visible_gpu_count_on_amd_gpus_reads_the_innermost_rocm_list():
+    # ROCR_VISIBLE_DEVICES hides GPUs first; HIP_VISIBLE_DEVICES (else CUDA_VISIBLE_DEVICES) picks among them.
+    assert runtime.visible_gpu_count({"ROCR_VISIBLE_DEVICES": "4", "SLURM_GPUS_ON_NODE": "8"}) == 1
+    rocr = {"ROCR_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    assert runtime.visible_gpu_count(rocr) == 8
+    assert runtime.visible_gpu_count({**rocr, "HIP_VISIBLE_DEVICES": "4,5"}) == 2
+    assert runtime.visible_gpu_count({**rocr, "CUDA_VISIBLE_DEVICES": "1,2,3"}) == 3
+    assert runtime.visible_gpu_count({**rocr, "HIP_VISIBLE_DEVICES": "2", "CUDA_VISIBLE_DEVICES": "1,2"}) == 1
+    assert runtime.visible_gpu_count({**rocr, "HIP_VISIBLE_DEVICES": ""}) == 8  # HIP ignores an empty value
+
+
+def test_amd_node_shared_gcds_are_dealt_out_in_hip_order():
+    # Every process sees the node's 8 GCDs in an affinity order (gpu_order on an AMD system): 4 processes
+    # take two each, as indices into that order.
+    environ = {"ROCR_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "HIP_VISIBLE_DEVICES": "4,5,2,3,6,7,0,1"}
+    assert [detect(slurm_step(r, r, **environ)).local_device_ids for r in range(4)] == [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+        [6, 7],
+    ]
+
+
+@pytest.mark.parametrize("gpus_per_task", ["2", "gpu:2"])
+def test_slurm_gpus_bound_per_task_are_not_split_again(gpus_per_task):
+    # srun --gpus-per-task=2 --gpu-bind=closest: each of 4 tasks sees only its own two GCDs.
+    own = ["4,5", "2,3", "6,7", "0,1"]
+    for r in range(4):
+        env = detect(slurm_step(r, r, ROCR_VISIBLE_DEVICES=own[r], SLURM_GPUS_PER_TASK=gpus_per_task))
+        assert env.local_device_ids is None, r
+    # Without the per-task binding the same two visible GPUs would be split between the local processes.
+    with pytest.raises(ValueError, match="2 visible GPUs cannot be split evenly among 4"):
+        detect(slurm_step(0, 0, ROCR_VISIBLE_DEVICES="4,5"))
+    # A step that sees more GPUs than its tasks were given still deals them out.
+    env = detect(slurm_step(1, 1, CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_GPUS_PER_TASK="1"))
+    assert env.local_device_ids == [1]
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable", "narrowed"),
+    [
+        ({"CUDA_VISIBLE_DEVICES": "3,2,1,0"}, "CUDA_VISIBLE_DEVICES", "1,0"),
+        ({"ROCR_VISIBLE_DEVICES": "0,1,2,3"}, "ROCR_VISIBLE_DEVICES", "2,3"),
+        ({"ROCR_VISIBLE_DEVICES": "0,1,2,3", "HIP_VISIBLE_DEVICES": "3,2,1,0"}, "HIP_VISIBLE_DEVICES", "1,0"),
+        ({}, "CUDA_VISIBLE_DEVICES", "2,3"),  # nothing listed: indices, which CUDA and HIP both read
+    ],
+)
+def test_narrow_visible_devices_keeps_the_block_of_the_innermost_list(environ, variable, narrowed):
+    before = dict(environ)
+    runtime.narrow_visible_devices(environ, [2, 3])
+    assert environ[variable] == narrowed
+    assert {k: v for k, v in environ.items() if k != variable} == {
+        k: v for k, v in before.items() if k != variable
+    }
+
+
 # ---- Open MPI and PBS
 
 

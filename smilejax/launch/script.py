@@ -14,6 +14,9 @@ from smilejax.launch.job import Job, format_time
 from smilejax.launch.systems import LaunchError
 
 RANK_WRAPPER = "rank.sh"  # copied next to the script; every rank runs under it (see its header)
+# The variable that gpu_order sets. On ROCm, HIP_VISIBLE_DEVICES orders the GPUs that ROCR_VISIBLE_DEVICES
+# leaves visible; Slurm may set ROCR_VISIBLE_DEVICES for each step, over a value exported by the script.
+VISIBLE_DEVICES = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "HIP_VISIBLE_DEVICES"}
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -94,7 +97,8 @@ def _slurm_directives(job: Job) -> list[str]:
         f"--ntasks-per-node={job.tasks_per_node}",
     ]
     if job.gpus_per_node:
-        lines.append(f"--gpus-per-node={job.gpus_per_node}")
+        per_task = _gpus_per_task(job)
+        lines.append(f"--gpus-per-task={per_task}" if per_task else f"--gpus-per-node={job.gpus_per_node}")
     if job.cpus_per_task:
         lines.append(f"--cpus-per-task={job.cpus_per_task}")
     lines.append(f"--time={format_time(job.time_s)}")
@@ -133,7 +137,17 @@ def _launcher_args(job: Job) -> list[str]:
         # srun no longer passes the batch's --cpus-per-task on (Slurm 22.05+); mpiexec spaces ranks by depth.
         pbs = job.system.scheduler == "pbs"
         args.append(f"--depth={job.cpus_per_task}" if pbs else f"--cpus-per-task={job.cpus_per_task}")
+    per_task = _gpus_per_task(job)
+    if per_task:
+        args.append(f"--gpus-per-task={per_task}")  # stated for the step too, as -c is
     return [*args, *job.system.launcher_args]
+
+
+def _gpus_per_task(job: Job) -> int | None:
+    """GPUs Slurm binds to each process (gpu_binding per_task), else None (every process sees the node's)."""
+    if job.system.gpu_binding != "per_task" or not job.gpus_per_node:
+        return None
+    return job.gpus_per_node // job.tasks_per_node
 
 
 def _exports(job: Job) -> list[str]:
@@ -142,7 +156,7 @@ def _exports(job: Job) -> list[str]:
     if order and job.tasks_per_node > 1 and job.gpus_per_node == job.system.gpus_per_node:
         # Every rank sees all GPUs (NCCL peer access) in affinity order; the runtime gives local rank i
         # the i-th block of them.
-        lines.append(f"export CUDA_VISIBLE_DEVICES={','.join(map(str, order))}")
+        lines.append(f"export {VISIBLE_DEVICES[job.system.gpu_vendor]}={','.join(map(str, order))}")
     return lines
 
 
@@ -164,8 +178,9 @@ def _stage_lines(job: Job, python: str, job_id: str, pbs: bool) -> str:
     if not job.stage:
         return "# (none: --stage not given)"
     sources = " ".join(shlex.quote(s) for s in job.stage.sources)
+    # Double quotes: a stage_dir may name variables of the job (Frontier's /mnt/bb/$USER).
     return (
-        f"STAGE={shlex.quote(job.stage.root)}/smilejax-{job_id}\n"
+        f'STAGE="{_dq(job.stage.root)}/smilejax-{job_id}"\n'
         f'{_per_node(pbs)} {python} -m smilejax.launch.stage "$STAGE" {sources} ||\n'
         '    { echo "smilejax-launch: staging to $STAGE failed" >&2; exit 1; }'
     )

@@ -3,8 +3,9 @@
 A system file states what a job script needs to know about a machine and nothing else: its
 scheduler, GPUs and CPUs per node, default account/queue/QOS/constraint and time limit, the shell lines
 that set up the software (modules, containers), environment variables (NCCL, libfabric, HDF5), extra
-scheduler and launcher options, the order in which ranks should see the GPUs, and where node-local
-storage is. ``--system`` takes a name (``perlmutter``) or a path to such a file.
+scheduler and launcher options, the GPUs' vendor and how processes get them (shared in an affinity order,
+or bound per task by Slurm), and where node-local storage is. ``--system`` takes a name (``perlmutter``)
+or a path to such a file.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class System:
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # exported; values may use $VARS
     python: str | None = None  # the interpreter in the job; None: the one running `smilejax launch`
     container: str | None = None  # a prefix that runs python inside a container (shifter, podman-hpc)
-    gpu_order: list[int] | None = None  # CUDA_VISIBLE_DEVICES order: local rank i takes block i (affinity)
-    stage_dir: str | None = None  # node-local storage for --stage (/dev/shm, a local SSD)
+    gpu_vendor: Literal["nvidia", "amd"] = "nvidia"  # amd: gpu_order sets ROCm's HIP_VISIBLE_DEVICES
+    # shared: every process sees the node's GPUs and the runtime deals them out (local rank i, block i);
+    # per_task: Slurm gives each process its own (--gpus-per-task; pick them with launcher_args' --gpu-bind).
+    gpu_binding: Literal["shared", "per_task"] = "shared"
+    gpu_order: list[int] | None = None  # shared binding: the visible GPUs' order, local rank i takes block i
+    stage_dir: str | None = None  # node-local storage for --stage (/dev/shm, a local SSD); may use $VARS
     stage_capacity_gb: float | None = None  # what --stage may put there per node
 
 
@@ -123,6 +128,10 @@ def _check(s: System, path: Path) -> None:
     for key in s.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise bad(f"env: {key!r} is not a shell variable name")
+    if s.gpu_binding == "per_task" and s.scheduler != "slurm":
+        raise bad("gpu_binding per_task is Slurm's --gpus-per-task; use shared (and gpu_order) with PBS")
+    if s.gpu_binding == "per_task" and s.gpu_order is not None:
+        raise bad("gpu_order has no effect with gpu_binding per_task: Slurm's --gpu-bind picks the GPUs")
     if s.gpu_order is not None and sorted(s.gpu_order) != list(range(s.gpus_per_node)):
         raise bad(f"gpu_order {s.gpu_order} must list each of the {s.gpus_per_node} GPU ids once")
     try:

@@ -3,8 +3,8 @@
 Under ``srun -n K smilejax tune ...`` every task is an independent worker that trains its trials as a
 single process: the launcher's environment gives the rank (for keras-tuner's chief on task 0 and for
 seeds), then ``SMILEJAX_NO_DISTRIBUTED=1`` keeps ``train()`` from joining the tasks into one JAX
-system. A task that sees several GPUs of which it should own only a block gets ``CUDA_VISIBLE_DEVICES``
-narrowed to that block, before JAX starts.
+system. A task that sees several GPUs of which it should own only a block gets its visible-devices
+variable (``CUDA_VISIBLE_DEVICES``, or ROCm's) narrowed to that block, before JAX starts.
 
 Each worker touches ``STUDY_DIR/workers/<id>`` every few seconds; a trial left RUNNING by a worker
 whose file went stale (or whose process is gone, on this host) is handed to another worker.
@@ -47,11 +47,8 @@ def start(environ: dict | None = None) -> Worker:
     """This process as a worker; call before anything touches JAX devices."""
     environ = os.environ if environ is None else environ
     cluster = runtime.detect(environ)
-    if cluster.local_device_ids is not None and environ.get("CUDA_VISIBLE_DEVICES"):
-        visible = [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-        environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] for i in cluster.local_device_ids)
-    elif cluster.local_device_ids is not None:
-        environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, cluster.local_device_ids))
+    if cluster.local_device_ids is not None:
+        runtime.narrow_visible_devices(environ, cluster.local_device_ids)
     environ["SMILEJAX_NO_DISTRIBUTED"] = "1"  # every trial is a single-process run
     host, port = None, None
     if cluster.coordinator:
