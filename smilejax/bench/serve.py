@@ -16,7 +16,7 @@ import logging
 import socket
 
 from smilejax import plotting
-from smilejax.commands.common import add_command, choice_list, int_list
+from smilejax.commands.common import add_command, choice_list, existing, int_list
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.requests < 1 or args.duration <= 0:
         raise SystemExit("--batch-size and --requests must be at least 1, --duration positive")
+    existing(args.run_dir, "run directory")
+    if args.repo:
+        existing(args.repo, "model repository (--repo)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     batch, forward = _batch_and_forward(args.run_dir, args.batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 OVERRIDES_HELP = (
     "dotted overrides of any config field, e.g. optimizer.lr=3e-4 mesh.fsdp=4 run.steps=200 "
@@ -28,6 +29,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "'base: gn2' (or base: a path relative to it) and give only what changes",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+
+
+def existing(path: str | Path, what: str) -> Path:
+    """``path``, or FileNotFoundError (one line, exit 2) when nothing is there: checked before the slow
+    imports and before anything is written."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    return path
 
 
 def add_command(sub, name: str, *, help: str, description: str | None, **kw) -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from smilejax.commands.common import existing
+
 
 def register(sub) -> None:
     parser = sub.add_parser(
@@ -52,6 +54,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    existing(args.run_dir, "run directory")
     from smilejax import evaluation
 
     opts = evaluation.EvalOptions(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_command, choice_list, int_list
+from .common import add_command, choice_list, existing, int_list
 
 FORMATS = ("stablehlo", "onnx")  # smilejax.serve.export.FORMATS, without importing JAX here
 
@@ -67,6 +67,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    existing(args.run_dir, "run directory")
     from smilejax.serve import repository
 
     options = repository.TritonOptions(

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from .common import add_command
+from .common import add_command, existing
 
 EPILOG = """\
 Where the server comes from:
@@ -26,7 +26,10 @@ gRPC (--grpc-tls-cert/--grpc-tls-key, --grpc-tls-root for mutual TLS) and requir
 (--key-file, or SMILEJAX_SERVE_KEY): clients send it in the header 'smilejax-key' over HTTP and
 'triton-grpc-protocol-smilejax-key' over gRPC (smilejax.serve.client.Client(..., key=...) does).
 Triton receives the key on its command line: keep the host's process list private, or rely on
-mutual TLS. Ctrl-C (or SIGTERM) stops the server cleanly."""
+mutual TLS. Ctrl-C (or SIGTERM) stops the server cleanly.
+
+exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 Triton or a model failed, 2 bad option, no such REPO, or a
+port in use (named, with the option that moves it)."""
 
 
 def register(sub) -> None:
@@ -58,9 +61,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    existing(args.repo, "model repository")
     from pathlib import Path
 
-    from smilejax.serve.server import KEY_HEADER, Security, TritonServer
+    from smilejax.serve.server import KEY_HEADER, PortBusy, Security, TritonServer
 
     key = os.environ.get("SMILEJAX_SERVE_KEY")
     if args.key_file:
@@ -87,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    server.start()
+    try:
+        server.start()
+    except PortBusy as err:
+        print(f"smilejax: error: {err}; choose another with --{err.endpoint}-port", file=sys.stderr)
+        return 2
     try:
         server.wait_ready(args.ready_timeout)
         tls = " (TLS)" if security.tls_cert else ""

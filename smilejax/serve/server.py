@@ -18,11 +18,13 @@ The key appears in the server's command line, so protect the host's process list
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +45,36 @@ INSTALL_HINT = (
     "nvidia-pytriton wheel into this venv), set SMILEJAX_TRITONSERVER to a tritonserver binary, or run "
     "inside NVIDIA's tritonserver container"
 )
+
+
+class PortBusy(ValueError):
+    """A port the server should listen on is taken (``endpoint``: http, grpc or metrics)."""
+
+    def __init__(self, endpoint: str, host: str, port: int, reason: str):
+        super().__init__(f"cannot serve {endpoint.upper()} on {host}:{port}: {reason}")
+        self.endpoint, self.host, self.port = endpoint, host, port
+
+
+def check_port(endpoint: str, host: str, port: int) -> None:
+    """Raises PortBusy unless ``host:port`` can be listened on now (as Triton does, with SO_REUSEADDR,
+    so a port whose last connections linger in TIME_WAIT counts as free)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise PortBusy(endpoint, host, port, f"unknown address ({err.strerror})") from None
+    failures = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                probe.listen()
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise PortBusy(endpoint, host, port, "the port is in use") from None
+                failures.append(err.strerror)
+    if len(failures) == len(addresses):  # e.g. an address of another machine (one family may lack it)
+        raise PortBusy(endpoint, host, port, failures[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,9 +240,20 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    def ports(self) -> dict[str, int]:
+        """The ports the server listens on, by endpoint."""
+        ports = {"http": self.http_port, "grpc": self.grpc_port}
+        if self.metrics_port is not None:
+            ports["metrics"] = self.metrics_port
+        return ports
+
     def start(self) -> TritonServer:
+        """Starts the server; raises PortBusy first when one of its ports is taken, so that the error
+        names the port rather than leaving it to Triton's log."""
         if self.process is not None:
             raise RuntimeError("the server is already started")
+        for endpoint, port in self.ports().items():
+            check_port(endpoint, self.host, port)
         out = None
         if self.log_file:
             self._log = out = open(self.log_file, "ab")  # noqa: SIM115 (closed in stop)
