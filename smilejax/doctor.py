@@ -69,7 +69,8 @@ def _jax() -> dict[str, Any]:
     try:
         devices = jax.local_devices()
     except Exception as err:  # e.g. JAX_PLATFORMS=cuda on a node whose GPUs cannot be used
-        return {**out, "backend": None, "error": str(err), "backend_errors": _backend_errors()}
+        why = str(err) or f"{type(err).__name__} while starting the backends JAX_PLATFORMS names"
+        return {**out, "backend": None, "error": why, "backend_errors": _backend_errors()}
     backend = jax.extend.backend.get_backend()
     out.update(
         backend=jax.default_backend(),
@@ -236,7 +237,9 @@ def problem(rep: Mapping[str, Any], expect: str | None = None, devices: int | No
     jax_ = rep["jax"]
     seen = f"JAX {jax_.get('version') or '(not importable)'}"
     if jax_.get("backend") is None:
-        return f"{seen} cannot start: {jax_.get('error')}"
+        return f"{seen} cannot start: {jax_.get('error')}" + (
+            f"; {why_no_gpu(rep)}" if expect == "gpu" else ""
+        )
     count = jax_["local_device_count"]
     kinds = ", ".join(sorted({d["kind"] for d in jax_["devices"]}))
     if expect == "gpu" and not is_gpu(rep):
