@@ -496,6 +496,10 @@ exit $rc
 # pre-walltime warning and exits 75 as a checkpointed run does.
 PROBE = """
 import json, os, signal, sys, time
+if "doctor" in sys.argv:  # the preflight: one process, before training, told what to expect
+    with open(os.environ["PROBE_OUT"] + ".preflight", "a") as f:
+        f.write(json.dumps({"argv": sys.argv[1:], "ranks": os.environ["PMI_SIZE"]}) + "\\n")
+    sys.exit(0)
 got = []
 signal.signal(signal.SIGUSR1, lambda *_: got.append(time.time()))
 from smilejax import runtime
@@ -555,6 +559,9 @@ def test_polaris_job_runs_under_pals_mpiexec_detects_ranks_and_resubmits(capsys,
     assert proc.returncode == 0, log
     assert time.time() - started < 60, "the warning came at the walltime, not before it"
 
+    preflight = (tmp_path / "ranks.jsonl.preflight").read_text().splitlines()
+    expect = ["-m", "smilejax", "doctor", "--expect", "gpu", "--expect-devices", "4"]  # the node's 4 GPUs
+    assert [json.loads(line) for line in preflight] == [{"argv": expect, "ranks": "1"}]
     lines = (tmp_path / "ranks.jsonl").read_text().splitlines()
     ranks = sorted((json.loads(line) for line in lines), key=lambda r: r["env"]["process_id"])
     assert [r["env"]["process_id"] for r in ranks] == [0, 1, 2, 3]

@@ -23,6 +23,10 @@ cd {{workdir}} || exit 1
 NODES=$(sort -u "$PBS_NODEFILE" | wc -l)
 echo "smilejax-launch: job $PBS_JOBID attempt $((RESTART + 1)) on $NODES node(s): $(sort -u "$PBS_NODEFILE" | paste -sd,)"
 
+# ---- preflight: one rank on the first node checks that JAX sees the GPUs a rank should (else a job
+# would train on the CPU for the whole allocation); its report goes into this log
+{{preflight}}
+
 # ---- staging: one rank per node copies the inputs to node-local storage
 {{stage}}
 

@@ -17,6 +17,10 @@ RESTART=${SLURM_RESTART_COUNT:-0}
 NODES=${SLURM_JOB_NUM_NODES:-{{nodes}}}
 echo "smilejax-launch: job $SLURM_JOB_ID attempt $((RESTART + 1)) on $NODES node(s) ${SLURM_JOB_NODELIST:-}"
 
+# ---- preflight: one task on the first node checks that JAX sees the GPUs a rank should (else a job
+# would train on the CPU for the whole allocation); its report goes into this log
+{{preflight}}
+
 # ---- staging: one task per node copies the inputs to node-local storage
 {{stage}}
 

@@ -79,6 +79,7 @@ def render(job: Job, script_path: str) -> str:
         "rank_wrapper": f'"$RUN_DIR/launch/{RANK_WRAPPER}"',
         "python": python,
         "overrides": "".join(f' "{key}={_staged(names)}"' for key, names in overrides),
+        "preflight": _preflight_lines(job, python, pbs),
         "stage": _stage_lines(job, python, job_id, pbs),
         "unstage": _unstage_lines(job, pbs),
     }
@@ -171,6 +172,24 @@ def _per_node(pbs: bool) -> str:
         'mpiexec -n "$NODES" --ppn 1'
         if pbs
         else 'srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1'
+    )
+
+
+def _preflight_lines(job: Job, python: str, pbs: bool) -> str:
+    """`smilejax doctor` as one training process on the first node: it must see the GPUs that process
+    would (its launcher options, the same GPU binding), else the job ends before training, not requeued."""
+    if not job.gpus_per_node:
+        return "# (none: a CPU job)"
+    gpus = _gpus_per_task(job) or job.gpus_per_node
+    one = "mpiexec -n 1 --ppn 1" if pbs else "srun --nodes=1 --ntasks=1 --ntasks-per-node=1"
+    args = "".join(f"{a} " for a in _launcher_args(job))
+    why = (
+        f"JAX on the first node does not see the {gpus} GPU(s) a process of this {_dq(job.system.name)} "
+        "job gets (the report above says why); not training"
+    )
+    return (
+        f"{one} {args}{python} -m smilejax doctor --expect gpu --expect-devices {gpus} ||\n"
+        f'    {{ echo "smilejax-launch: preflight failed: {why}" >&2; exit 1; }}'
     )
 
 

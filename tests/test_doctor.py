@@ -1,0 +1,229 @@
+"""`smilejax doctor`: the report on this CPU machine, the expectations that fail a GPU job running on a
+CPU-only JAX, and the preflight line of the job scripts, run as the job would run it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import jax
+import jaxlib
+import pytest
+
+from smilejax import cli, doctor, features
+from tests.conftest import ROOT, cli_env, run_cli
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """This process's report (8 CPU devices, no launcher); tests change copies of it."""
+    return doctor.report({"PATH": "/usr/bin"})
+
+
+def test_json_report_describes_this_cpu_machine(tmp_path):
+    compiler = tmp_path / "gpu-compiler"
+    (compiler / "jax_plugins" / "xla_cuda12").mkdir(parents=True)
+    triton = tmp_path / "tritonserver"
+    triton.write_text("#!/bin/sh\n")
+    triton.chmod(0o755)
+    proc = run_cli(
+        "doctor",
+        "--json",
+        SMILEJAX_GPU_COMPILER=str(compiler),
+        SMILEJAX_TRITONSERVER=str(triton),
+        SMILEJAX_MLPF_REF=str(tmp_path / "no-such-env"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    j = rep["jax"]
+    assert (j["version"], rep["packages"]["jaxlib"]) == (jax.__version__, jaxlib.__version__)
+    assert (j["backend"], j["local_device_count"], j["device_count"], j["process_count"]) == ("cpu", 8, 8, 1)
+    assert [d["id"] for d in j["devices"]] == list(range(8))
+    assert {d["platform"] for d in j["devices"]} == {"cpu"}
+    assert rep["launcher"]["launcher"] == "single" and rep["launcher"]["num_processes"] == 1
+    assert rep["expected"] == {"expect": None, "devices": None, "problem": None}
+    assert all(rep["packages"][p] for p in ("jax", "flax", "optax", "orbax-checkpoint", "grain"))
+
+    found = {f["name"]: f for f in rep["features"]}
+    assert list(found) == [f.name for f in features.FEATURES]
+    for f in found.values():
+        assert f["usable"] == (f["install"] is None), f  # a missing feature says how to install it
+    assert found["gpu-compiler"]["found"] == str(compiler)
+    assert found["triton-server"]["found"] == str(triton)
+    reference = found["mlpf-reference"]
+    assert not reference["usable"] and "no-such-env" in reference["why"]
+    assert "make reference" in reference["install"]
+
+
+def test_missing_features_name_their_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMILEJAX_GPU_COMPILER", str(tmp_path))  # no plugin in it
+    row = features.check(next(f for f in features.FEATURES if f.name == "gpu-compiler"))
+    assert row == {
+        "name": "gpu-compiler",
+        "purpose": "bench roofline",
+        "usable": False,
+        "why": "no JAX CUDA plugin in this venv's gpu-compiler/ (or $SMILEJAX_GPU_COMPILER)",
+        "install": "make gpu-compiler",
+    }
+    absent = features.Feature("x", "y", lambda: features._modules({"no_such_mod_4711": "n"}, "pip install n"))
+    assert features.check(absent)["why"] == "no_such_mod_4711 not installed"
+    assert features.check(absent)["install"] == "pip install n"
+
+    def broken() -> str:
+        raise RuntimeError("libfoo.so: cannot open")
+
+    row = features.check(features.Feature("z", "w", broken))
+    assert not row["usable"] and row["why"] == "probe failed: RuntimeError: libfoo.so: cannot open"
+
+
+def test_text_report_has_every_section(report):
+    text = doctor.text(report)
+    for heading in ("packages", "JAX", "accelerator", "launcher", "features"):
+        assert f"\n{heading}\n" in text
+    assert f"jax {jax.__version__}" in text
+    assert "ids 0-7: cpu cpu, memory not reported" in text
+    assert "single process, all visible devices" in text
+
+
+def test_expectations_met_on_this_machine(report):
+    assert doctor.problem(report) is None
+    assert doctor.problem(report, "cpu", 8) is None
+    assert doctor.problem(report, None, 9) == (
+        f"expected at least 9 devices on this node but JAX {jax.__version__} sees 8 (cpu)"
+    )
+
+
+def _cpu_only(report: dict, **accelerator) -> dict:
+    rep = copy.deepcopy(report)
+    rep["accelerator"].update(plugins=[], visible={}, hardware={"nvidia": True, "amd_gpus": 0})
+    rep["accelerator"].update(accelerator)
+    rep["jax"].update(jax_platforms=None, backend_errors={})
+    return rep
+
+
+def test_expect_gpu_names_why_jax_sees_only_a_cpu(report):
+    head = f"expected 4 GPUs but JAX {jax.__version__} sees only 8 cpu device(s): "
+    rep = _cpu_only(report)
+    assert doctor.problem(rep, "gpu", 4) == head + (
+        f"jaxlib {jaxlib.__version__} has no CUDA or ROCm plugin; install the matching one: "
+        "pip install -e '.[cuda12]' (NVIDIA) or pip install -e '.[rocm]' (AMD)"
+    )
+    stale = {"package": "jax-cuda12-plugin", "runtime": "cuda", "version": "0.0.1", "matches_jaxlib": False}
+    rep = _cpu_only(report, plugins=[stale])
+    assert doctor.problem(rep, "gpu").startswith(
+        f"expected GPUs but JAX {jax.__version__} sees only 8 cpu device(s): "
+        f"jax-cuda12-plugin 0.0.1 does not match jaxlib {jaxlib.__version__}; "
+        "reinstall with pip install -e '.[cuda12]'"
+    )
+    rep = _cpu_only(report, plugins=[{**stale, "matches_jaxlib": True}], visible={"CUDA_VISIBLE_DEVICES": ""})
+    rep["jax"]["jax_platforms"] = "cpu"
+    rep["jax"]["backend_errors"] = {"cuda": "no supported devices found for platform CUDA"}
+    rep["launcher"] = {**rep["launcher"], "visible_gpus": 0}
+    assert doctor.problem(rep, "gpu", 4) == head + (
+        "JAX_PLATFORMS=cpu leaves the GPUs out; unset it; "
+        "the cuda backend failed: no supported devices found for platform CUDA; "
+        "CUDA_VISIBLE_DEVICES='' leaves this process no GPU; ask the scheduler for GPUs (--gpus-per-node)"
+    )
+    rep = _cpu_only(report, hardware={"nvidia": False, "amd_gpus": 0})
+    assert "the node shows no GPU (no /dev/nvidia*, no AMD KFD node)" in doctor.problem(rep, "gpu")
+
+
+def test_expect_gpu_counts_the_gpus(report):
+    rep = copy.deepcopy(report)
+    gpu = {"platform": "gpu", "kind": "NVIDIA H100", "memory_bytes": 80 * 2**30, "compute_capability": "9.0"}
+    rep["jax"].update(backend="gpu", local_device_count=2, devices=[{**gpu, "id": 0}, {**gpu, "id": 1}])
+    rep["accelerator"]["visible"] = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert doctor.problem(rep, "gpu", 2) is None
+    assert doctor.problem(rep, "gpu", 4) == (
+        f"expected at least 4 GPUs on this node but JAX {jax.__version__} sees 2 (NVIDIA H100) "
+        "(CUDA_VISIBLE_DEVICES=0,1)"
+    )
+    assert doctor.problem(rep, "cpu") == (
+        f"expected CPU devices only but JAX {jax.__version__} uses 2 GPU(s) (NVIDIA H100); "
+        "set JAX_PLATFORMS=cpu"
+    )
+    assert "ids [0, 1]: gpu NVIDIA H100, 80.0 GiB for JAX, compute capability 9.0" in doctor.text(rep)
+
+
+def test_a_jax_that_cannot_start_is_the_problem(report):
+    rep = copy.deepcopy(report)
+    rep["jax"] = {"version": "0.12.0", "backend": None, "error": "Unable to initialize backend 'cuda'"}
+    assert doctor.problem(rep) == "JAX 0.12.0 cannot start: Unable to initialize backend 'cuda'"
+    rep["accelerator"]["plugins"] = []
+    assert doctor.problem(rep, "gpu").startswith(
+        f"JAX 0.12.0 cannot start: Unable to initialize backend 'cuda'; jaxlib {jaxlib.__version__} has no "
+    )
+    assert "error           Unable to initialize backend 'cuda'" in doctor.text(rep)
+
+
+def test_cli_expect_gpu_exits_1_with_one_line_after_the_report():
+    proc = run_cli("doctor", "--expect", "gpu", "--expect-devices", "4")
+    assert proc.returncode == 1
+    assert "\nfeatures\n" in proc.stdout  # the report is printed all the same
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"smilejax doctor: expected 4 GPUs but JAX {jax.__version__} sees only 8 cpu device(s): "
+    )
+    assert "JAX_PLATFORMS=cpu leaves the GPUs out" in line
+
+
+def test_cli_refuses_a_device_count_below_one(capsys):
+    assert cli.main(["doctor", "--expect-devices", "0"]) == 2
+    assert "--expect-devices must be at least 1, got 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the preflight of launched jobs
+
+
+def _dry_run(capsys, system: str, *options: str) -> str:
+    code = cli.main(["launch", "--system", system, "--account", "a1", *options, "--dry-run", "gn2"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def test_gpu_job_scripts_check_the_gpus_before_training(capsys):
+    script = _dry_run(capsys, "perlmutter", "--nodes", "2")
+    lines = script.splitlines()
+    check = next(i for i, line in enumerate(lines) if "-m smilejax doctor" in line)
+    train = next(i for i, line in enumerate(lines) if "-m smilejax train" in line)
+    assert check < train
+    assert lines[check].startswith("srun --nodes=1 --ntasks=1 --ntasks-per-node=1 ")
+    assert lines[check].endswith(" -m smilejax doctor --expect gpu --expect-devices 4 ||")
+    assert "exit 1; }" in lines[check + 1]
+    two = _dry_run(capsys, "perlmutter", "--gpus-per-node", "2")
+    assert "-m smilejax doctor --expect gpu --expect-devices 2 ||" in two
+
+
+@pytest.mark.parametrize("system", ["local", "slurm-gpu"])
+def test_cpu_job_scripts_demand_no_gpus(capsys, system):
+    options = ["--gpus-per-node", "0", "--tasks-per-node", "2"] if system == "slurm-gpu" else []
+    script = _dry_run(capsys, system, *options)
+    assert "smilejax doctor" not in script and "--expect gpu" not in script
+    assert "# (none: a CPU job)" in script
+
+
+@pytest.mark.parametrize(("system", "launcher"), [("perlmutter", "srun"), ("polaris", "mpiexec")])
+def test_preflight_line_fails_the_job_on_a_cpu_only_jax(capsys, tmp_path, system, launcher):
+    """The rendered lines, run by bash with the launcher standing in as 'drop options, run the rest'."""
+    lines = _dry_run(capsys, system).splitlines()
+    i = next(i for i, line in enumerate(lines) if "-m smilejax doctor" in line)
+    snippet = "\n".join([*lines[i : i + 2], "echo trained"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / launcher
+    # Options and their values (mpiexec's "-n 1", "--cpu-bind depth") go; the command starts at a path.
+    stand_in.write_text('#!/bin/bash\nwhile [[ $# -gt 0 && $1 != /* ]]; do shift; done\nexec "$@"\n')
+    stand_in.chmod(0o755)
+    env = cli_env(PATH=f"{bin_dir}:/usr/bin:/bin")
+    proc = subprocess.run(
+        ["bash", "-c", snippet], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "trained" not in proc.stdout and "\nfeatures\n" in proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert err[-2].startswith(f"smilejax doctor: expected 4 GPUs but JAX {jax.__version__} sees only 8 cpu")
+    assert err[-1].startswith(
+        "smilejax-launch: preflight failed: JAX on the first node does not see the 4 GPU(s)"
+    )
