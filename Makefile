@@ -3,16 +3,24 @@
 VENV ?= .venv
 # JAX 0.11+ needs Python 3.12; under pyenv, select a 3.12 interpreter when one is installed.
 export PYENV_VERSION ?= $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1)
-PYTHON ?= $(shell python3.12 -c 'print("python3.12")' 2>/dev/null || echo python3)
+# (make 4.3's $(shell) does not see exported variables: pass PYENV_VERSION on explicitly.)
+PYTHON ?= $(shell PYENV_VERSION=$(PYENV_VERSION) python3.12 -c 'print("python3.12")' 2>/dev/null || echo python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every install takes its versions from the lock (launch/locks/, made by `make lock`): versions that were
+# tested together, whatever has been released since.
+LOCK := launch/locks/venv.txt
+PIP_LOCKED := $(PY) -m pip install -q -c $(LOCK)
 
-.PHONY: install demo test lint system reference triton gpu-compiler clean
+.PHONY: install demo test test-fast lint lock system reference triton gpu-compiler clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || { echo "make: the lock \
+	($(LOCK)) is for Python 3.12 (JAX 0.12 needs it) and $(PYTHON) is $$($(PYTHON) --version); install \
+	Python 3.12, or run pip install -e . for an unlocked install" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP_LOCKED) pip
+	$(PIP_LOCKED) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +31,11 @@ DEMO_ARGS ?= run.steps=200 run.log_every=10 run.eval_every=100 run.checkpoint_ev
 	data.batch_size=100 train.precision=fp32 run.dir=runs/gn2-demo
 demo: $(STAMP)
 	$(VENV)/bin/smilejax train gn2 $(DEMO_ARGS)
+
+# Re-resolves launch/locks/ to the newest versions that fit (jaxlib and JAX's CUDA/ROCm plugins at the
+# newest version they share). Then run `make test` on a fresh clone and commit the lock only if it passes.
+lock:
+	$(PYTHON) launch/lock.py
 
 # Debian packages the tests need (a real local Slurm cluster); installed only where missing.
 system:
@@ -40,8 +53,14 @@ triton: $(STAMP)
 gpu-compiler: $(STAMP)
 	bash launch/install_gpu_compiler.sh $(PY)
 
+# The whole suite on 8 simulated CPU devices (what CI runs).
 test: $(STAMP) system reference triton gpu-compiler
 	$(PY) -m pytest -q tests
+
+# The inner loop: the unit tests (marked `unit`) on one CPU device, in a few minutes, nothing to install
+# beyond the venv.
+test-fast: $(STAMP)
+	SMILEJAX_TEST_DEVICES=1 $(PY) -m pytest -q -m unit tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

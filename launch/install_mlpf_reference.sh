@@ -11,18 +11,28 @@
 # comet_ml, imported at load and never called by the model, is a stub in tests/mlpf_reference/stubs
 # that the reference script puts on sys.path.
 #
-# torch is pinned to the CPU build (2.13.0+cpu): where no such wheel is on disk or on an index pip
-# knows (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL), the install fails fast instead of downloading a CUDA
-# build of several GB. Override with MLPF_REF_TORCH=... (e.g. a CUDA build, for `smilejax bench train
-# mlpf` on a GPU) and MLPF_REF_PYTHON=... (a Python 3.11).
+# What goes in is launch/locks/mlpf-reference.in, at the versions of launch/locks/mlpf-reference.txt (made
+# together by `make lock`). torch is the CPU build (2.13.0+cpu): where no such wheel is on disk or on an
+# index pip knows (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL), the install fails fast instead of downloading a
+# CUDA build of several GB. Override with MLPF_REF_TORCH=... (e.g. a CUDA build, for `smilejax bench train
+# mlpf` on a GPU; the lock's torch pin is then left out) and MLPF_REF_PYTHON=... (a Python 3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENV_DIR=${1:-.mlpf-ref}
-TORCH=${MLPF_REF_TORCH:-torch==2.13.0+cpu}
-PARTICLEFLOW=particleflow==3.1.0
+WANTS=launch/locks/mlpf-reference.in
+LOCK=launch/locks/mlpf-reference.txt
 STAMP="$ENV_DIR/.installed"
-WANT="$TORCH $PARTICLEFLOW numpy pydantic pyyaml psutil tensorflow-datasets==4.9.10 importlib_resources"
+# Lines of the .in file without comments; those marked "# no-deps" go in without their dependencies.
+resolved=$(grep -v '# no-deps' "$WANTS" | sed 's/#.*//' | xargs)
+no_deps=$(grep '# no-deps' "$WANTS" | sed 's/#.*//' | xargs)
+constraints=$LOCK
+if [[ -n ${MLPF_REF_TORCH:-} ]]; then
+  resolved=$(printf '%s\n' $resolved | grep -v '^torch' | xargs)" $MLPF_REF_TORCH"
+  constraints=$(mktemp)
+  grep -v '^torch==' "$LOCK" >"$constraints"
+fi
+WANT="$(cat "$LOCK" "$WANTS" | md5sum | cut -c1-12) ${MLPF_REF_TORCH:-}"
 
 check() {
   PYTHONPATH=tests/mlpf_reference/stubs "$ENV_DIR/bin/python" -c \
@@ -51,12 +61,12 @@ fi
 
 [ -x "$ENV_DIR/bin/python" ] || "$PY311" -m venv "$ENV_DIR"
 echo '*' >"$ENV_DIR/.gitignore"  # never committed, wherever it lives
-pip=("$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check)
-"${pip[@]}" "$TORCH" numpy pydantic pyyaml psutil
-# particleflow's dataset reader (PFDataset: TFDS data sources, no TensorFlow), to check that smilejax
-# writes and reads its dataset format exactly (tests/test_mlpf_tfds.py)
-"${pip[@]}" tensorflow-datasets==4.9.10 importlib_resources
-"${pip[@]}" --no-deps "$PARTICLEFLOW"
+pip=("$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
+"${pip[@]}" pip
+# shellcheck disable=SC2086
+"${pip[@]}" $resolved
+# shellcheck disable=SC2086
+"${pip[@]}" --no-deps $no_deps
 
 if ! check; then
   echo "install_mlpf_reference: $ENV_DIR cannot import particleflow's model with a CPU torch:" >&2
@@ -65,4 +75,4 @@ if ! check; then
   exit 1
 fi
 echo "$WANT" >"$STAMP"
-echo "install_mlpf_reference: $ENV_DIR ready ($("$ENV_DIR/bin/python" -c 'import torch; print("torch", torch.__version__)'), $PARTICLEFLOW)"
+echo "install_mlpf_reference: $ENV_DIR ready ($("$ENV_DIR/bin/python" -c 'import torch; print("torch", torch.__version__)'), $no_deps)"

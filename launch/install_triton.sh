@@ -12,9 +12,16 @@
 # On HPC systems use NVIDIA's container instead (it has the ONNX Runtime backend too), see
 # `smilejax serve --help`.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 PYTHON=${1:-.venv/bin/python}
-VERSION=${PYTRITON_VERSION:-0.7.0}
+# The wheel's version is the lock's (launch/locks/venv.txt); PYTRITON_VERSION overrides it.
+LOCKED=$(sed -n 's/^nvidia-pytriton==\([^ ]*\).*/\1/p' "${SMILEJAX_LOCK:-launch/locks/venv.txt}")
+VERSION=${PYTRITON_VERSION:-$LOCKED}
+if [[ -z $VERSION ]]; then
+  echo "install_triton: the lock pins no nvidia-pytriton (run make lock)" >&2
+  exit 1
+fi
 PREFIX=${TRITON_PREFIX:-$("$PYTHON" -c 'import sys; print(sys.prefix)')}
 DEST="$PREFIX/triton"
 STAMP="$DEST/.installed-$VERSION"

@@ -1,4 +1,5 @@
-"""Every test sees 8 simulated CPU devices; subprocess helpers run the real ``smilejax`` CLI."""
+"""Every test sees 8 simulated CPU devices (``SMILEJAX_TEST_DEVICES`` sets another count: ``make test-fast``
+runs the ``unit`` tests on one); subprocess helpers run the real ``smilejax`` CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+DEVICES = int(os.environ.get("SMILEJAX_TEST_DEVICES", "8"))
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_SILENT", "true")
 
