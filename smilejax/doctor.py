@@ -360,6 +360,10 @@ def _accelerator_lines(acc: Mapping[str, Any]) -> list[str]:
         names = {"cuda_runtime": "CUDA", "cuda_built_with": "built with CUDA", "cudnn": "cuDNN"}
         names |= {"cublas": "cuBLAS", "nccl": "NCCL", "error": "error"}
         lines.append(_line("CUDA stack", ", ".join(f"{names[k]} {cuda[k]}" for k in names if k in cuda)))
+        wheels = cuda.get("nvidia_packages", {})
+        lines.append(
+            _line("NVIDIA wheels", ", ".join(f"{k} {v}" for k, v in sorted(wheels.items())) or "none")
+        )
     if rocm := acc.get("rocm"):
         lines.append(_line("ROCm stack", ", ".join(f"{k} {v}" for k, v in rocm.items() if v)))
     hw = acc["hardware"]

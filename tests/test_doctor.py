@@ -143,7 +143,14 @@ def test_expect_gpu_counts_the_gpus(report):
         f"expected CPU devices only but JAX {jax.__version__} uses 2 GPU(s) (NVIDIA H100); "
         "set JAX_PLATFORMS=cpu"
     )
-    assert "ids [0, 1]: gpu NVIDIA H100, 80.0 GiB for JAX, compute capability 9.0" in doctor.text(rep)
+    plugin = {"package": "jax-cuda12-plugin", "runtime": "cuda", "version": "0.12.0", "matches_jaxlib": False}
+    rep["accelerator"].update(
+        plugins=[plugin], cuda={"cuda_runtime": "12.8", "cudnn": "9.8.0", "nccl": "2.27.3"}
+    )
+    text = doctor.text(rep)
+    assert "ids [0, 1]: gpu NVIDIA H100, 80.0 GiB for JAX, compute capability 9.0" in text
+    assert "GPU plugins     jax-cuda12-plugin 0.12.0 (does NOT match jaxlib)" in text
+    assert "CUDA stack      CUDA 12.8, cuDNN 9.8.0, NCCL 2.27.3" in text
 
 
 def test_a_jax_that_cannot_start_is_the_problem(report):
