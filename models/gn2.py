@@ -11,7 +11,9 @@ Architecture (defaults = salt's ``configs/GN2/GN2.yaml``; 2,339,150 parameters, 
       -> track origin      MLP (128+128)-128-64-32-8 on [jet, track]           (8 origin classes)
       -> track vertexing   MLP (128+2*128)-128-64-32-1 on [jet, track_i, track_j] for every ordered pair
 
-As in salt, LayerNorms have no affine parameters, the task heads receive the pooled jet embedding
+As in salt, LayerNorms have no affine parameters, every Linear layer starts as PyTorch's ``nn.Linear``
+(kernel and bias U(+-1/sqrt(fan_in)); ``layers.bias_initializer("torch")``), the fused q/k/v projection
+Xavier-uniform with a zero bias, the task heads receive the pooled jet embedding
 concatenated *in front of* their per-track input, and the register token takes part in pooling but
 not in the per-track tasks. Head first layers are applied piecewise (``MLP.project_first``), which is
 the same function as salt's concatenation but never builds the [B, T, T, 384] pair tensor.
@@ -23,16 +25,19 @@ Losses (``loss``), averaged in float32:
 
 * jet: cross-entropy over jets, with optional class weights (PyTorch's weighted mean); jets with a
   negative label are ignored;
-* origin: cross-entropy over valid tracks with a label >= 0 (salt ignores -1 and -2), optional class
-  weights; weight 0.5;
+* origin: cross-entropy over valid tracks with a label >= 0 (salt ignores -1 and masks -2), optional
+  class weights; weight 0.5. Class weights come from ``class_weights``, which the ``ftag_h5`` format
+  fills from its ``data.class_dict`` (salt's ``use_class_dict``);
 * vertex: binary cross-entropy over all ordered pairs (i, j), i != j, of valid tracks; the target is 1
   when both tracks carry the same vertex index and that index is >= 0 (salt's definition). When
   ``track_origin`` is present the pair weight is salt's: with ``w = [origin in {fromB, fromBC, fromC}]
   - [origin == fake]`` per track, a pair weighs ``1 + (w_i & w_j)`` (a bitwise and, as in salt: two
-  heavy-flavour tracks, or one heavy-flavour and one fake, weigh 2; two fakes 0; all other pairs 1).
-  The weighted sum is divided by the number of valid pairs
-  (``vertex_loss_norm="pairs"``, default) or, as salt does, by the number of matching pairs
-  (``"matches"``: salt's scale, larger by pairs/matches, and 0 rather than NaN without matches); weight 1.5.
+  heavy-flavour tracks, or one heavy-flavour and one fake, weigh 2; two fakes 0; all other pairs 1; a
+  track of origin -2 keeps its pairs, with w = 0, as in salt, whose origin mask does not reach the
+  vertexing task). The weighted sum is divided, as salt's ``VertexingTask`` does, by the number of
+  matching pairs (``vertex_loss_norm="matches"``, default; 0 rather than salt's NaN for a batch without
+  one) or by the number of valid pairs (``"pairs"``: a smaller loss, by matches/pairs, whose scale does
+  not depend on how many tracks share vertices); weight 1.5.
 
 Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, None for class logits).
 """
@@ -68,7 +73,10 @@ class GN2Config:
     """GN2 hyperparameters (plain types, so a YAML mapping fills it).
 
     class_weights: optional per-class loss weights keyed by task, ``{"jet": [4 floats], "origin":
-        [8 floats]}`` (the weights of salt's class dict).
+        [8 floats]}`` (the weights of salt's class dict). ``data.class_dict`` (``ftag_h5``) fills it from
+        a class dict file; giving both is an error.
+    vertex_loss_norm: what the vertex loss's weighted sum is divided by: ``"matches"`` (default, salt's:
+        the matching pairs) or ``"pairs"`` (all valid pairs).
     attention: encoder attention, ``"math"`` (default; the fastest for GN2's short sets on an H100),
         ``"chunked"`` (blocks of ``attention_chunk`` queries), ``"cudnn"`` (cuDNN's fused attention:
         NVIDIA GPUs, ``train.precision=bf16``; faster only at 40 tracks) or ``"auto"`` (``cudnn`` where
@@ -107,7 +115,7 @@ class GN2Config:
     origin_weight: float = 0.5
     vertex_weight: float = 1.5
     vertex_origin_weighting: bool = True
-    vertex_loss_norm: Literal["pairs", "matches"] = "pairs"
+    vertex_loss_norm: Literal["matches", "pairs"] = "matches"
     class_weights: dict[str, list[float]] | None = None
 
     def __post_init__(self):
@@ -120,7 +128,7 @@ class GN2Config:
         if self.aux_tasks not in ("auto", "on", "off"):
             raise ValueError(f"aux_tasks must be 'auto', 'on' or 'off', got {self.aux_tasks!r}")
         if self.vertex_loss_norm not in ("pairs", "matches"):
-            raise ValueError(f"vertex_loss_norm must be 'pairs' or 'matches', got {self.vertex_loss_norm!r}")
+            raise ValueError(f"vertex_loss_norm must be 'matches' or 'pairs', got {self.vertex_loss_norm!r}")
         sizes = {"jet": self.jet_classes, "origin": self.origin_classes}
         for task, weights in (self.class_weights or {}).items():
             if task not in sizes:
@@ -165,7 +173,10 @@ class GN2(nnx.Module):
         self.jet_class_weights = tuple(float(w) for w in cw["jet"]) if "jet" in cw else None
         self.origin_class_weights = tuple(float(w) for w in cw["origin"]) if "origin" in cw else None
 
-        common = dict(activation=cfg.activation, dropout=cfg.dropout, rngs=rngs, dtype=dtype)
+        # bias_init="torch": salt's layers start as PyTorch's, with random biases
+        common = dict(
+            activation=cfg.activation, dropout=cfg.dropout, bias_init="torch", rngs=rngs, dtype=dtype
+        )
         self.init_net = MLP(
             [cfg.track_features, *cfg.init_hidden, cfg.embed], in_axis="in", out_axis="embed", **common
         )
@@ -181,7 +192,7 @@ class GN2(nnx.Module):
             remat=cfg.remat,
             **common,
         )
-        self.pool = GlobalAttentionPooling(cfg.out, rngs=rngs, dtype=dtype)
+        self.pool = GlobalAttentionPooling(cfg.out, bias_init="torch", rngs=rngs, dtype=dtype)
         hidden = list(cfg.head_hidden)
         self.jet_head = MLP([cfg.out, *hidden, cfg.jet_classes], **common)
         self.origin_head = MLP([2 * cfg.out, *hidden, cfg.origin_classes], **common)
@@ -332,4 +343,18 @@ def input_spec(cfg: GN2Config, batch_size: int) -> dict[str, jax.ShapeDtypeStruc
     }
 
 
-SPEC = ModelSpec(name="gn2", config=GN2Config, build=build, loss=loss, input_spec=input_spec)
+def _import_salt(checkpoint, config_path, run_dir):
+    """salt's GN2 checkpoint and training YAML as a GN2 run (``models.gn2_salt`` imports this module)."""
+    from . import gn2_salt
+
+    return gn2_salt.import_salt(checkpoint, config_path, run_dir)
+
+
+SPEC = ModelSpec(
+    name="gn2",
+    config=GN2Config,
+    build=build,
+    loss=loss,
+    input_spec=input_spec,
+    importers={"salt": _import_salt},
+)

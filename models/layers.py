@@ -48,7 +48,9 @@ never be sharded (class logits, a pooling gate, the fused q/k/v index, the regis
 i.e. replicated. Biases carry the name of their kernel's output axis.
 
 Initialisation follows salt/PyTorch: ``Linear`` kernels U(+-1/sqrt(fan_in)), the fused q/k/v kernel
-Xavier-uniform; biases start at zero.
+Xavier-uniform. Biases start at zero (``bias_init="zeros"``, the default, which MLPF keeps) or, with
+``bias_init="torch"``, as PyTorch's ``nn.Linear`` starts them, U(+-1/sqrt(fan_in)) (salt's layers; GN2
+uses it); the fused q/k/v bias starts at zero either way, as in salt's attention.
 """
 
 from __future__ import annotations
@@ -80,6 +82,20 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+BIAS_INITS = ("zeros", "torch")
+
+
+def bias_initializer(kind: str, fan_in: int) -> Callable:
+    """The bias initializer ``kind`` of a layer with ``fan_in`` inputs: ``"zeros"``, or ``"torch"``
+    (PyTorch's ``nn.Linear`` default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
+    if kind == "zeros":
+        return nnx.initializers.zeros_init()
+    if kind == "torch":
+        bound = 1.0 / math.sqrt(fan_in)
+        return lambda key, shape, dtype=F32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    raise ValueError(f"unknown bias_init {kind!r}; choose from {BIAS_INITS}")
+
+
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     """The activation called ``name`` (case-insensitive: ``ReLU``, ``SiLU``, ``GELU``, ...)."""
     try:
@@ -102,6 +118,7 @@ class Dense(nnx.Linear):
         dtype=F32,
         use_bias: bool = True,
         kernel_init=torch_linear_init,
+        bias_init: str = "zeros",
     ):
         super().__init__(
             in_features,
@@ -110,7 +127,7 @@ class Dense(nnx.Linear):
             dtype=dtype,
             param_dtype=F32,
             kernel_init=nnx.with_partitioning(kernel_init, (in_axis, out_axis)),
-            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (out_axis,)),
+            bias_init=nnx.with_partitioning(bias_initializer(bias_init, in_features), (out_axis,)),
             rngs=rngs,
         )
 
@@ -305,6 +322,7 @@ class SelfAttention(nnx.Module):
         implementation: str = "math",
         chunk_size: int = 1024,
         mask_keys: bool = True,
+        bias_init: str = "zeros",
         rngs: nnx.Rngs,
         dtype=F32,
     ):
@@ -338,8 +356,10 @@ class SelfAttention(nnx.Module):
                 rngs.params(), (heads, self.head_dim, embed), F32
             )
         )
+        out_bias_init = nnx.with_partitioning(bias_initializer(bias_init, embed), ("embed",))
+        # a key only for a random bias, so that the zero-bias default draws the keys it always drew
         self.out_bias = nnx.Param(
-            nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",))(None, (embed,), F32)
+            out_bias_init(rngs.params() if bias_init != "zeros" else None, (embed,), F32)
         )
         self.dropout = _dropout(dropout, rngs)
 
@@ -378,11 +398,13 @@ class FeedForward(nnx.Module):
         *,
         activation: str = "relu",
         dropout: float = 0.0,
+        bias_init: str = "zeros",
         rngs: nnx.Rngs,
         dtype=F32,
     ):
-        self.up = Dense(embed, hidden, in_axis="embed", out_axis="mlp", rngs=rngs, dtype=dtype)
-        self.down = Dense(hidden, embed, in_axis="mlp", out_axis="embed", rngs=rngs, dtype=dtype)
+        dense = dict(bias_init=bias_init, rngs=rngs, dtype=dtype)
+        self.up = Dense(embed, hidden, in_axis="embed", out_axis="mlp", **dense)
+        self.down = Dense(hidden, embed, in_axis="mlp", out_axis="embed", **dense)
         self.act = activation_fn(activation)
         self.dropout = _dropout(dropout, rngs)
 
@@ -408,6 +430,7 @@ class EncoderLayer(nnx.Module):
         affine_norm: bool = False,
         attention: str = "math",
         attention_chunk: int = 1024,
+        bias_init: str = "zeros",
         rngs: nnx.Rngs,
         dtype=F32,
     ):
@@ -418,11 +441,14 @@ class EncoderLayer(nnx.Module):
             dropout=dropout,
             implementation=attention,
             chunk_size=attention_chunk,
+            bias_init=bias_init,
             rngs=rngs,
             dtype=dtype,
         )
         self.ff_norm = LayerNorm(embed, affine=affine_norm, dtype=dtype)
-        self.ff = FeedForward(embed, ff, activation=activation, dropout=dropout, rngs=rngs, dtype=dtype)
+        self.ff = FeedForward(
+            embed, ff, activation=activation, dropout=dropout, bias_init=bias_init, rngs=rngs, dtype=dtype
+        )
 
     def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
         x = x + self.attn(self.attn_norm(x), valid)
@@ -458,6 +484,7 @@ class Encoder(nnx.Module):
         attention: str = "math",
         attention_chunk: int = 1024,
         remat: bool = False,
+        bias_init: str = "zeros",
         rngs: nnx.Rngs,
         dtype=F32,
     ):
@@ -475,6 +502,7 @@ class Encoder(nnx.Module):
                     affine_norm=affine_norm,
                     attention=attention,
                     attention_chunk=attention_chunk,
+                    bias_init=bias_init,
                     rngs=rngs,
                     dtype=dtype,
                 )
@@ -484,11 +512,8 @@ class Encoder(nnx.Module):
         if num_registers:
             init = nnx.with_partitioning(nnx.initializers.normal(1e-4), (None, "embed"))
             self.registers = nnx.Param(init(rngs.params(), (num_registers, embed), F32))
-        self.out_proj = (
-            Dense(embed, out_dim, in_axis="embed", out_axis="mlp", rngs=rngs, dtype=dtype)
-            if out_dim
-            else None
-        )
+        dense = dict(bias_init=bias_init, rngs=rngs, dtype=dtype)
+        self.out_proj = Dense(embed, out_dim, in_axis="embed", out_axis="mlp", **dense) if out_dim else None
         width = out_dim or embed
         self.norm = LayerNorm(width, affine=affine_norm, dtype=dtype) if final_norm else None
 
@@ -541,6 +566,7 @@ class MLP(nnx.Module):
         dropout: float = 0.0,
         in_axis: Axis = "embed",
         out_axis: Axis = None,
+        bias_init: str = "zeros",
         rngs: nnx.Rngs,
         dtype=F32,
     ):
@@ -552,7 +578,15 @@ class MLP(nnx.Module):
         self.dtype = dtype
         self.layers = nnx.List(
             [
-                Dense(widths[i], widths[i + 1], in_axis=axes[i], out_axis=axes[i + 1], rngs=rngs, dtype=dtype)
+                Dense(
+                    widths[i],
+                    widths[i + 1],
+                    in_axis=axes[i],
+                    out_axis=axes[i + 1],
+                    bias_init=bias_init,
+                    rngs=rngs,
+                    dtype=dtype,
+                )
                 for i in range(len(widths) - 1)
             ]
         )
@@ -620,8 +654,8 @@ class GlobalAttentionPooling(nnx.Module):
     Weights are computed in float32; padded elements get weight 0, so a fully padded set pools to 0.
     """
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=F32):
-        self.gate = Dense(dim, 1, in_axis="embed", out_axis=None, rngs=rngs, dtype=dtype)
+    def __init__(self, dim: int, *, bias_init: str = "zeros", rngs: nnx.Rngs, dtype=F32):
+        self.gate = Dense(dim, 1, in_axis="embed", out_axis=None, bias_init=bias_init, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
         valid = valid.astype(bool)

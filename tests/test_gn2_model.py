@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import yaml
 from flax import nnx
+from smilejax.inputs import ftag_h5 as fh
 from smilejax.models import gn2
 from smilejax.models.spec import ModelSpec
 
@@ -253,15 +255,22 @@ def _np_log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def test_loss_values_match_reference_definitions():
-    """Recompute each task loss in plain numpy from the model outputs, pair by pair as salt does."""
+def test_loss_values_match_reference_definitions(tmp_path):
+    """Recompute each task loss in plain numpy from the model outputs, pair by pair as salt does, with
+    the class weights of a salt class dict (``data.class_dict``)."""
     batch = make_batch(5)
     batch["track_origin"][0, :4] = [3, 4, 1, 1]  # heavy-flavour and fake tracks for the pair weights
     batch["track_vertex"][0, :4] = [0, 0, -1, -1]
+    batch["track_origin"][0, 4] = -2  # salt masks it in the origin loss; its pairs stay, weight 1
+    batch["track_vertex"][0, 4] = 0
     batch["flavour"][2] = -1  # an ignored jet
     jet_w = [1.0, 2.0, 0.5, 3.0]
     origin_w = [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]
-    model_weights = {"jet": jet_w, "origin": origin_w}
+    class_dict = tmp_path / "class_dict.yaml"
+    class_dict.write_text(
+        yaml.safe_dump({"jets": {"flavour_label": jet_w}, "tracks": {"ftagTruthOriginLabel": origin_w}})
+    )
+    model_weights = fh.model_config(fh.FtagConfig(class_dict=str(class_dict)), small_cfg()).class_weights
     model = small_model(class_weights=model_weights)
     out = forward(model, batch["tracks"], batch["valid"])
     _, m = loss(model, batch)
@@ -278,14 +287,15 @@ def test_loss_values_match_reference_definitions():
     num = den = 0.0
     for j, t in zip(*np.nonzero(batch["valid"]), strict=True):
         y = batch["track_origin"][j, t]
-        num -= origin_w[y] * lp[j, t, y]
-        den += origin_w[y]
+        if y >= 0:
+            num -= origin_w[y] * lp[j, t, y]
+            den += origin_w[y]
     np.testing.assert_allclose(float(m["loss_origin"]), num / den, rtol=1e-5)
 
     vtx, org, valid = batch["track_vertex"], batch["track_origin"], batch["valid"]
     logits = out["vertex_logits"].astype(np.float64)
     wt = np.isin(org, [3, 4, 5]).astype(int) - (org == 1).astype(int)
-    num, n_pairs = 0.0, 0
+    num, n_pairs, n_match = 0.0, 0, 0
     for j in range(B):
         for a in range(T):
             for c in range(T):
@@ -296,18 +306,14 @@ def test_loss_values_match_reference_definitions():
                 bce = max(x, 0) - x * target + np.log1p(np.exp(-abs(x)))
                 num += (1 + (wt[j, a] & wt[j, c])) * bce
                 n_pairs += 1
-    np.testing.assert_allclose(float(m["loss_vertex"]), num / n_pairs, rtol=1e-5)
-    # salt's normalisation: by the number of matching pairs instead
-    _, m_salt = loss(small_model(class_weights=model_weights, vertex_loss_norm="matches"), batch)
-    n_match = sum(
-        vtx[j, a] == vtx[j, c] and vtx[j, a] >= 0 and valid[j, a] and valid[j, c]
-        for j in range(B)
-        for a in range(T)
-        for c in range(T)
-        if a != c
-    )
+                n_match += target
     assert 0 < n_match < n_pairs
-    np.testing.assert_allclose(float(m_salt["loss_vertex"]), num / n_match, rtol=1e-5)
+    # salt's normalisation (the default): by the number of matching pairs
+    np.testing.assert_allclose(float(m["loss_vertex"]), num / n_match, rtol=1e-5)
+    # the other: by the number of valid pairs
+    _, m_pairs = loss(small_model(class_weights=model_weights, vertex_loss_norm="pairs"), batch)
+    np.testing.assert_allclose(float(m_pairs["loss_vertex"]), num / n_pairs, rtol=1e-5)
+    np.testing.assert_allclose(float(m_pairs["loss_jet"]), float(m["loss_jet"]), rtol=1e-6)
 
     # the class weights matter
     _, m_plain = loss(small_model(), batch)
@@ -444,3 +450,41 @@ def test_auto_attention_picks_cudnn_where_it_can_run(monkeypatch):
         assert pick() == "_chunked_attention"
     with platform.reference():
         assert pick() == "_math_attention"
+
+
+def test_init_matches_pytorch_linear_defaults():
+    """salt's layers start as PyTorch's: every Linear kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    the fused q/k/v projection Xavier-uniform with a zero bias; the shared layers' default stays a zero
+    bias (MLPF's init is unchanged)."""
+    from smilejax.models import layers
+
+    with nnx.use_eager_sharding(False):
+        model = gn2.SPEC.build(gn2.GN2Config(), rngs=nnx.Rngs(0), dtype=jnp.float32)
+        default = layers.MLP([8, 16, 4], rngs=nnx.Rngs(0))
+        attention = layers.SelfAttention(16, 2, rngs=nnx.Rngs(0))
+    linears = attentions = 0
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, layers.Dense):
+            kernel, bias = np.asarray(node.kernel[...]), np.asarray(node.bias[...])
+            bound = 1 / np.sqrt(kernel.shape[0])
+            assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound, path
+            if bias.size >= 64:  # enough draws to see the uniform's spread and mean |b| = bound / 2
+                assert np.abs(bias).max() > 0.9 * bound, path
+                np.testing.assert_allclose(np.abs(bias).mean(), bound / 2, rtol=0.25, err_msg=str(path))
+            linears += 1
+        elif isinstance(node, layers.SelfAttention):
+            embed = node.out_kernel.shape[-1]
+            out_bias = np.abs(np.asarray(node.out_bias[...]))
+            assert 0.9 / np.sqrt(embed) < out_bias.max() <= 1 / np.sqrt(embed)
+            assert not np.asarray(node.qkv_bias[...]).any()
+            qkv_bound = np.sqrt(6 / (embed + 3 * embed))  # Xavier over salt's [3 * embed, embed] in_proj
+            assert np.abs(np.asarray(node.qkv_kernel[...])).max() <= qkv_bound
+            attentions += 1
+    # init net 2, 4 x feed-forward 2, output projection, pooling gate, heads 4 + 4 + 4
+    assert linears == 2 + 8 + 1 + 1 + 12 and attentions == 4
+
+    # the layers' default: zero biases
+    assert all(not np.asarray(d.bias[...]).any() for d in default.layers)
+    assert not np.asarray(attention.out_bias[...]).any()
+    with pytest.raises(ValueError, match="unknown bias_init 'ones'"):
+        layers.bias_initializer("ones", 4)
