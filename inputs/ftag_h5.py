@@ -17,7 +17,9 @@ key                shape, dtype                           content
                                                           0 on padded slots
 ``valid``          [b, max_tracks] bool                   the file's mask, holes kept
 ``flavour``        [b] int32                              0 = b, 1 = c, 2 = light, 3 = tau
-``track_origin``   [b, max_tracks] int32 (if present)     origin class 0..7, -1 on padded slots
+``track_origin``   [b, max_tracks] int32 (if present)     origin class 0..7, -1 on padded slots; a
+                                                          valid track's -1 or -2 (labels salt ignores:
+                                                          the loss skips every negative) is kept
 ``track_vertex``   [b, max_tracks] int32 (if present)     truth vertex index, -1 on padded slots
 =================  =====================================  ==========================================
 
@@ -60,6 +62,11 @@ but it changes the batches (multiplicity-homogeneous, so flavour-correlated); th
 keeps exactly the batches of an unbucketed run and only trims their padding. On compressed chunked
 files a window > 1 also scatters each batch over the window's chunks (more decompression).
 
+Class weights (``cfg.class_dict``, salt's ``use_class_dict``): ``SPEC.model_config`` puts the class dict's
+``jets/flavour_label`` and ``tracks/ftagTruthOriginLabel`` weights into the model's ``class_weights`` (the
+jet-flavour and track-origin losses); a model config that gives ``class_weights`` too is an error, as in
+salt. The weights follow the order of the file's classes, which must then be b, c, light, tau.
+
 Checks: ``check(paths)`` scans whole files up front; ``python -m smilejax.inputs.ftag_h5 FILES`` prints
 its report.
 """
@@ -73,6 +80,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # before h5py opens any
 import contextlib
 import dataclasses
 import difflib
+import functools
 import glob
 import hashlib
 import json
@@ -81,7 +89,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grain
 import h5py
@@ -141,6 +149,7 @@ TRUTH_LABEL_IDS = {5: 0, 54: 0, 55: 0, 4: 1, 44: 1, 0: 2, 15: 3}
 TRUTH_LABEL_FIELDS = ("HadronConeExclTruthLabelID", "HadronConeExclExtendedTruthLabelID")
 TRACK_ORIGINS = ("Pileup", "Fake", "Primary", "FromB", "FromBC", "FromC", "FromTau", "OtherSecondary")
 ORIGIN_FIELDS = ("ftagTruthOriginLabel", "truthOriginLabel")
+IGNORED_ORIGINS = (-1, -2)  # salt ignores -1 (ignore_index) and masks -2 (tracks without a usable label)
 VERTEX_FIELDS = ("ftagTruthVertexIndex", "truthVertexIndex")
 
 _H5_CACHE_BYTES = 16 << 20  # chunk cache per dataset: helps random reads of compressed, chunked files
@@ -158,7 +167,9 @@ class FtagConfig(DataConfig):
     norm_dict: YAML/JSON ``{jets|tracks: {var: {mean, std}}}``; None: compute from the training files
         (``norm_max_jets`` jets) and cache it.
     class_dict: salt/umami-preprocessing class dict ``{jets: {flavour_label: [w_b, w_c, w_u, w_tau]},
-        tracks: {ftagTruthOriginLabel: [8 weights]}}`` for ``class_weights``; None: none given.
+        tracks: {ftagTruthOriginLabel: [8 weights]}}``: the class weights of the jet-flavour and (when
+        given) track-origin losses (``model_config``); None: unweighted losses unless the model config
+        gives ``class_weights``.
     flavour_label: ``"auto"`` or the jets field holding the label (see the module doc).
     aux_labels: ``"auto"`` (track labels when every file has them), ``"on"`` (required), ``"off"``.
     eval_fraction: tail of each training file held out for ``split="eval"`` when ``eval_path`` is None.
@@ -645,13 +656,13 @@ class FtagH5Source:
         out["flavour"][:] = flav
         if self.aux:
             origin = sel[info.origin_field].astype(np.int32)
-            bad = (origin < 0) | (origin >= len(TRACK_ORIGINS))
+            bad = ((origin < 0) | (origin >= len(TRACK_ORIGINS))) & ~np.isin(origin, IGNORED_ORIGINS)
             if bad.any():
                 k = int(np.argmax(bad))
                 raise ValueError(
                     f"{info.path}: tracks/{info.origin_field} = {origin[k]} at row {rows[jet_of[k]]} "
                     f"slot {slot_of[k]} (rows {rows[0]}..{rows[-1]} read) is not a class "
-                    f"0..{len(TRACK_ORIGINS) - 1}"
+                    f"0..{len(TRACK_ORIGINS) - 1} nor an ignored label {IGNORED_ORIGINS}"
                 )
             out["track_origin"][dest] = origin
             out["track_vertex"][dest] = sel[info.vertex_field]
@@ -843,7 +854,7 @@ def compute_class_dict(
             flav += np.bincount(batch["flavour"], minlength=len(FLAVOURS))
             if aux:
                 o = batch["track_origin"][batch["valid"]]
-                orig += np.bincount(o, minlength=len(TRACK_ORIGINS))
+                orig += np.bincount(o[o >= 0], minlength=len(TRACK_ORIGINS))
     finally:
         src.close()
     out: dict = {"jets": {"flavour_label": _weights(flav)}}
@@ -861,6 +872,17 @@ def _weights(counts: np.ndarray) -> list[float]:
     return np.round(w, 2).tolist()
 
 
+def load_class_dict(path: str | os.PathLike) -> Mapping:
+    """A YAML or JSON class dict ``{group: {label: [weights]}}``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such class dict")
+    content = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    if not isinstance(content, Mapping):
+        raise ValueError(f"{p}: not a class dict {{group: {{label: [weights]}}}}")
+    return content
+
+
 def class_weights(
     class_dict: str | os.PathLike | Mapping,
     group: str = "jets",
@@ -872,10 +894,7 @@ def class_weights(
     ``class_weights(path, "tracks", "ftagTruthOriginLabel", 8)`` for the track origin."""
     where = str(class_dict) if not isinstance(class_dict, Mapping) else "<dict>"
     if not isinstance(class_dict, Mapping):
-        p = Path(class_dict).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such class dict")
-        class_dict = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+        class_dict = load_class_dict(class_dict)
     if group not in class_dict or label not in (class_dict[group] or {}):
         have = {g: list(v or {}) for g, v in class_dict.items()}
         raise ValueError(f"class dict {where} has no {group}/{label} (it has {have})")
@@ -885,6 +904,49 @@ def class_weights(
             f"class dict {where}: {group}/{label} = {w.tolist()} is not {n_classes or 'n'} finite weights"
         )
     return w
+
+
+def model_config(cfg: FtagConfig, model_cfg: Any) -> Any:
+    """``model_cfg`` with the class weights of ``cfg.class_dict`` (``DatasetSpec.model_config``), as salt's
+    ``use_class_dict`` reads them: ``jets/flavour_label`` for the jet-flavour loss and, when the class
+    dict has it, ``tracks/ftagTruthOriginLabel`` for the track-origin loss. Unchanged without a class dict;
+    an error when the model config gives ``class_weights`` too (salt refuses both as well)."""
+    if not cfg.class_dict:
+        return model_cfg
+    if "class_weights" not in {f.name for f in dataclasses.fields(model_cfg)}:
+        raise ValueError(f"data.class_dict is set, but model {model_cfg.name!r} takes no class weights")
+    if model_cfg.class_weights:
+        raise ValueError(
+            f"data.class_dict ({cfg.class_dict}) and model.class_weights both give class weights; keep one"
+        )
+    path = Path(cfg.class_dict).expanduser()
+    weights = _class_dict_weights(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    return dataclasses.replace(model_cfg, class_weights={task: list(w) for task, w in weights.items()})
+
+
+@functools.lru_cache(maxsize=8)
+def _class_dict_weights(path: str, mtime_ns: int) -> dict[str, tuple[float, ...]]:
+    """The loss weights of a class dict file, read (and logged) once per version of the file."""
+    weights = {"jet": tuple(class_weights(path, "jets", "flavour_label", len(FLAVOURS)).tolist())}
+    tracks = load_class_dict(path).get("tracks") or {}
+    origin = next((label for label in ORIGIN_FIELDS if label in tracks), None)
+    if origin:
+        weights["origin"] = tuple(class_weights(path, "tracks", origin, len(TRACK_ORIGINS)).tolist())
+    log.info("class weights from %s: %s", path, weights)
+    return weights
+
+
+def _check_class_order(files: Sequence[_FileInfo]) -> None:
+    """A class dict's jet weights follow the file's classes, so those must be the model's b, c, light, tau."""
+    for info in files:
+        lut = info.flavour_lut
+        if info.flavour_field == "flavour_label" and not np.array_equal(lut, np.arange(lut.size)):
+            order = [FLAVOURS[k] for k in lut]
+            raise ValueError(
+                f"{info.path}: jets/flavour_label lists its classes as {order}; data.class_dict's weights "
+                f"follow that order, and GN2's classes are {list(FLAVOURS)}: write the files with the "
+                "classes in that order, or give model.class_weights in it instead of data.class_dict"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1009,6 +1071,8 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
         segments = [(k, 0, i.n_jets) for k, i in enumerate(files)]
     if not segments:
         raise ValueError(f"the {split} split of {cfg.path or 'the default set'} is empty")
+    if cfg.class_dict:
+        _check_class_order(files)
 
     if cfg.norm_dict:
         norm_source = str(cfg.norm_dict)
@@ -1188,7 +1252,9 @@ def from_config(
     )
 
 
-SPEC = DatasetSpec(name="ftag_h5", config=FtagConfig, source=source, pipeline=from_config)
+SPEC = DatasetSpec(
+    name="ftag_h5", config=FtagConfig, source=source, pipeline=from_config, model_config=model_config
+)
 
 
 if __name__ == "__main__":  # python -m smilejax.inputs.ftag_h5 FILE_OR_GLOB ...: scan files upfront

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -65,9 +65,13 @@ class DatasetSpec:
     source(cfg, split) -> BatchSource for split ``"train"`` or ``"eval"``; raises a clear error on
         missing or malformed files before training starts.
     pipeline: optional replacement for ``pipeline.from_config`` (for bucketing and the like), same signature.
+    model_config(cfg, model_cfg) -> model_cfg: optional; the model config completed with the settings the
+        data config decides (``ftag_h5``: class weights from ``data.class_dict``), applied wherever a model
+        is built; raises naming the fields when the two sections conflict.
     """
 
     name: str
     config: type
     source: Callable[[DataConfig, str], BatchSource]
     pipeline: Callable | None = None
+    model_config: Callable[[DataConfig, Any], Any] | None = None

@@ -23,7 +23,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smilejax import mesh as meshlib
-from smilejax import metrics, optim
+from smilejax import metrics, optim, registry
 from smilejax.config import Config, ConfigError
 from smilejax.models import platform
 from smilejax.models.spec import ModelSpec
@@ -78,10 +78,16 @@ def compute_dtype(cfg: Config) -> jnp.dtype:
     return jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
 
 
+def model_config(cfg: Config) -> Any:
+    """``cfg.model`` with what the data format decides for the model (``DatasetSpec.model_config``)."""
+    data = registry.dataset(cfg.data.format)
+    return data.model_config(cfg.data, cfg.model) if data.model_config else cfg.model
+
+
 def build_model(spec: ModelSpec, cfg: Config, seed: int | jax.Array) -> nnx.Module:
     """The model of ``cfg`` in its compute dtype; ``seed`` is an int or a PRNG key."""
     with nnx.use_eager_sharding(False):
-        return spec.build(cfg.model, rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg))
+        return spec.build(model_config(cfg), rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg))
 
 
 def _param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: dict[str, list[str]]) -> PyTree:

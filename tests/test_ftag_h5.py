@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
 from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import ftag_synthetic as fs
 from smilejax.inputs import pipeline
@@ -280,6 +281,92 @@ def test_class_weights_salt_format(data_dir, tmp_path):
     orig = np.array(computed["tracks"]["ftagTruthOriginLabel"])
     assert orig.argmin() == counts.argmax() == 2, "primary tracks are the most common"
     np.testing.assert_allclose(orig, np.round(counts.max() / counts, 2), rtol=1e-2)
+
+
+SALT_CLASS_DICT = {
+    "jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
+    "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]},
+}
+
+
+def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path):
+    """``data.class_dict`` is read as salt's ``use_class_dict``: the jet-flavour and track-origin loss
+    weights of the model that the framework builds; a model config with ``class_weights`` too is refused."""
+    from smilejax import config, registry, steps
+
+    path = tmp_path / "class_dict.yaml"
+    path.write_text(yaml.safe_dump(SALT_CLASS_DICT))
+    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=16"]
+    small += ["model.out=8", "model.head_hidden=[8]"]
+    cfg = config.load("gn2", [f"data.class_dict={path}", *small])
+    assert cfg.model.class_weights is None  # the run's config keeps naming the file
+    with nnx.use_eager_sharding(False):
+        model = steps.build_model(registry.model("gn2"), cfg, 0)
+    np.testing.assert_allclose(model.jet_class_weights, SALT_CLASS_DICT["jets"]["flavour_label"], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.origin_class_weights, SALT_CLASS_DICT["tracks"]["ftagTruthOriginLabel"], rtol=1e-6
+    )
+    # without a class dict, the model's own class_weights (or none)
+    assert steps.model_config(config.load("gn2")).class_weights is None
+    with pytest.raises(ValueError, match=r"data.class_dict \(.*\) and model.class_weights both give"):
+        steps.model_config(
+            config.load("gn2", [f"data.class_dict={path}", "model.class_weights={jet: [1,1,1,1]}"])
+        )
+    # a class dict of the jets only weighs the jet loss only
+    jets_only = tmp_path / "jets_only.json"
+    jets_only.write_text(json.dumps({"jets": SALT_CLASS_DICT["jets"]}))
+    assert set(fh.model_config(_cfg(None, class_dict=str(jets_only)), cfg.model).class_weights) == {"jet"}
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml: no such class dict"):
+        fh.model_config(_cfg(None, class_dict=str(tmp_path / "nope.yaml")), cfg.model)
+    with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
+        path.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0]}}))
+        fh.model_config(_cfg(None, class_dict=str(path)), cfg.model)
+
+    # the weights follow the file's class order, which must be the model's b, c, light, tau
+    swapped = tmp_path / "swapped.h5"
+    shutil.copy(data_dir / "s1.h5", swapped)
+    with h5py.File(swapped, "r+", locking=False) as f:
+        assert list(f["jets"].attrs["flavour_label"]) == ["bjets", "cjets", "ujets", "taujets"]
+        f["jets"].attrs["flavour_label"] = ["cjets", "bjets", "ujets", "taujets"]
+    path.write_text(yaml.safe_dump(SALT_CLASS_DICT))
+    assert len(fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=str(path)), "train")) > 0
+    with pytest.raises(ValueError, match=r"lists its classes as \['c', 'b', 'light', 'tau'\]"):
+        fh.SPEC.source(_cfg(swapped, class_dict=str(path)), "train")
+
+
+def test_origin_labels_salt_ignores_are_read(data_dir, tmp_path):
+    """A track origin of -2 (salt masks it) or -1 (salt's ignore index) on a valid track is kept in the
+    batch, where GN2's loss leaves it out (tests/test_gn2_model.py); other values are still refused."""
+    _, tracks = _file(data_dir / "s1.h5")
+    slots = [int(np.argmax(tracks["valid"][row])) for row in (3, 5)]
+
+    def mark(t):
+        t["ftagTruthOriginLabel"][3, slots[0]] = -2
+        t["ftagTruthOriginLabel"][5, slots[1]] = -1
+        return t
+
+    path = _rewrite(data_dir / "s1.h5", tmp_path / "ignored.h5", edit_tracks=mark)
+    assert fh.check(path)[path]["aux"]
+    batch = fh.SPEC.source(_cfg(path), "train").read(np.arange(8))
+    assert batch["valid"][3, slots[0]] and batch["track_origin"][3, slots[0]] == -2
+    assert batch["valid"][5, slots[1]] and batch["track_origin"][5, slots[1]] == -1
+    valid = tracks["valid"][:8]
+    np.testing.assert_array_equal(
+        batch["track_origin"][valid], mark(tracks)["ftagTruthOriginLabel"][:8][valid]
+    )
+    # class weights count the labelled tracks only
+    counts = fh.compute_class_dict(path)["tracks"]["ftagTruthOriginLabel"]
+    assert len(counts) == 8 and min(counts) == 1.0
+
+    def minus_three(t):
+        t["ftagTruthOriginLabel"][3, slots[0]] = -3
+        return t
+
+    bad = _rewrite(data_dir / "s1.h5", tmp_path / "minus3.h5", edit_tracks=minus_three)
+    with pytest.raises(
+        ValueError, match=r"ftagTruthOriginLabel = -3 at row 3 .* nor an ignored label \(-1, -2\)"
+    ):
+        fh.check(bad)
 
 
 # --------------------------------------------------------------------------------------- bad inputs
