@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -275,7 +276,7 @@ def why_no_gpu(rep: Mapping[str, Any]) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in acc["visible"].items())
         reasons.append(f"{shown} leaves this process no GPU; ask the scheduler for GPUs (--gpus-per-node)")
     hardware = acc["hardware"]
-    if isinstance(hardware, dict) and not hardware.get("nvidia") and not hardware.get("amd_gpus"):
+    if "error" not in hardware and not hardware["nvidia"] and not hardware["amd_gpus"]:
         reasons.append(
             "the node shows no GPU (no /dev/nvidia*, no AMD KFD node): is it a GPU node of the job?"
         )
@@ -288,12 +289,15 @@ def why_no_gpu(rep: Mapping[str, Any]) -> str:
 
 def _cuda_check_error() -> str | None:
     """The CUDA plugin's own version check, whose failure it only logs before leaving the GPU out."""
-    try:
-        from jax_plugins import xla_cuda12
-
-        xla_cuda12._check_cuda_versions(raise_on_first_error=True)
-    except Exception as err:
-        return " ".join(str(err).split())[:400] or None
+    for name in ("xla_cuda13", "xla_cuda12"):
+        try:
+            plugin = importlib.import_module(f"jax_plugins.{name}")
+        except ImportError:
+            continue
+        try:
+            plugin._check_cuda_versions(raise_on_first_error=True)
+        except Exception as err:  # the check's own message: which library, which version, which minimum
+            return " ".join(str(err).split())[:400] or None
     return None
 
 
