@@ -1,9 +1,11 @@
 """Training curves of one or several runs, from their ``metrics.jsonl``: loss (training and evaluation),
 the other evaluation metrics, throughput and MFU, against the step or the training time.
 
-One panel per quantity, one colour per run (named in the legend by its directory). The training time
-is the sum of the logged step times (``step_time_s`` times the steps each record covers): it leaves
-out compilation, evaluations and checkpoint pauses, so runs on different machines compare by speed.
+One panel per quantity, one colour per run (named in the legend by its directory). A metric's panel
+draws its training value (solid) where the training records hold it and its evaluation (dashed). The
+time axis is the training loop's wall time, summed from the records (``step_time_s`` times the steps
+each covers): a record's window holds the evaluations, checkpoint saves and compilations since the one
+before, but not the start-up before the first step (restore, first compilation).
 """
 
 from __future__ import annotations
@@ -68,12 +70,12 @@ def draw(run_dirs: list[str | Path], x: str = "step") -> Figure:
         raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     runs = {_name(Path(d), run_dirs): read_run(d) for d in run_dirs}
     to_x, x_label = _x_axis(runs, x)
-    eval_keys = sorted(
-        {k for rs in runs.values() for r in rs for k in r if k.startswith("eval/")} - {"eval/loss"}
-    )
+    evaluated = {
+        k.removeprefix("eval/") for rs in runs.values() for r in rs for k in r if k.startswith("eval/")
+    }
     panels = [
         "loss",
-        *eval_keys,
+        *sorted(evaluated - {"loss"}),
         *(k for k in TRAIN_PANELS if any(k in r for rs in runs.values() for r in rs)),
     ]
 
@@ -85,12 +87,10 @@ def draw(run_dirs: list[str | Path], x: str = "step") -> Figure:
         ax.remove()
     for ax, panel in zip(axes.flat, panels, strict=False):
         for colour, (name, records) in zip(_colours(len(runs)), runs.items(), strict=True):
-            if panel == "loss":
-                _line(ax, records, "loss", to_x[name], colour, "-", name)
-                _line(ax, records, "eval/loss", to_x[name], colour, "--", None)
-            else:
-                scale = TRAIN_PANELS.get(panel, ("", 1.0))[1]
-                _line(ax, records, panel, to_x[name], colour, "-", name, scale)
+            scale = TRAIN_PANELS.get(panel, ("", 1.0))[1]
+            _line(ax, records, panel, to_x[name], colour, "-", name, scale)
+            if panel not in TRAIN_PANELS:
+                _line(ax, records, f"eval/{panel}", to_x[name], colour, "--", None)
         ax.set_xlabel(x_label)
         ax.set_ylabel(TRAIN_PANELS.get(panel, (panel,))[0])
         ax.grid(alpha=0.3)
@@ -138,7 +138,7 @@ def _x_axis(runs: dict[str, list[dict]], x: str) -> tuple[dict, str]:
     def clock(steps: np.ndarray, times: np.ndarray):
         return lambda rs: np.interp([r["step"] for r in rs], steps, times) / seconds
 
-    return {name: clock(*clocks[name]) for name in runs}, f"training time [{unit}] (sum of step times)"
+    return {name: clock(*clocks[name]) for name in runs}, f"training loop wall time [{unit}]"
 
 
 def _line(ax, records, key: str, to_x, colour, style: str, label: str | None, scale: float = 1.0) -> None:

@@ -59,15 +59,14 @@ def test_plot_command_writes_the_png(two_runs, tmp_path):
 def test_one_panel_per_quantity_and_one_line_per_run(two_runs):
     fig = training_curves.draw(list(two_runs), x="step")
     loss, jet_loss, throughput, mfu = fig.axes
-    assert [ax.get_ylabel() for ax in fig.axes[1:]] == ["eval/jet_loss", "throughput [samples/s]", "MFU [%]"]
+    assert [ax.get_ylabel() for ax in fig.axes[1:]] == ["jet_loss", "throughput [samples/s]", "MFU [%]"]
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["fast", "slow"]
     styles = [(line.get_color(), line.get_linestyle()) for line in loss.lines]
     assert styles == [("C0", "-"), ("C0", "--"), ("C1", "-"), ("C1", "--")]  # training and eval per run
     np.testing.assert_array_equal(loss.lines[0].get_xdata(), [10, 20, 30])
     np.testing.assert_array_equal(loss.lines[1].get_ydata(), [1.7, 1.4])
-    assert (
-        len(jet_loss.lines) == 1 and len(throughput.lines) == 2 and len(mfu.lines) == 1
-    )  # "slow" has no MFU
+    assert [line.get_linestyle() for line in jet_loss.lines] == ["--"]  # evaluated, not logged in training
+    assert len(throughput.lines) == 2 and len(mfu.lines) == 1  # "slow" has no MFU
     np.testing.assert_allclose(mfu.lines[0].get_ydata(), [6, 7, 8])
     np.testing.assert_allclose(throughput.lines[1].get_ydata(), [50, 50])
     assert loss.get_xlabel() == "step"
@@ -76,14 +75,14 @@ def test_one_panel_per_quantity_and_one_line_per_run(two_runs):
 def test_time_axis_sums_the_step_times(two_runs, tmp_path):
     fig = training_curves.draw(list(two_runs), x="time")
     loss = fig.axes[0]
-    assert loss.get_xlabel() == "training time [s] (sum of step times)"
+    assert loss.get_xlabel() == "training loop wall time [s]"
     np.testing.assert_allclose(loss.lines[0].get_xdata(), [5, 10, 15])  # 10 steps of 0.5 s each record
     np.testing.assert_allclose(loss.lines[1].get_xdata(), [10, 15])  # evaluations at steps 20, 30
     np.testing.assert_allclose(loss.lines[2].get_xdata(), [20, 40])
     # minutes once the longest run spans two of them: 100 steps of 3 s
     long = _run(tmp_path, "long", [_train(50, 1.0, 3.0), _train(100, 0.9, 3.0)])
     loss = training_curves.draw([long], x="time").axes[0]
-    assert loss.get_xlabel() == "training time [min] (sum of step times)"
+    assert loss.get_xlabel() == "training loop wall time [min]"
     np.testing.assert_allclose(loss.lines[0].get_xdata(), [2.5, 5.0])
 
 

@@ -12,8 +12,8 @@ def register(sub) -> None:
         help="draw the training curves of runs: loss, eval metrics, throughput, MFU",
         description="Draw, from each run's metrics.jsonl, the training and evaluation loss, the other "
         "evaluation metrics, the throughput (samples/s) and the MFU (where the run logged it) against the "
-        "step or the training time (the sum of the logged step times), one line per run named by its "
-        "directory.",
+        "step or the training loop's wall time (summed from the logged step times), one line per run "
+        "named by its directory.",
         epilog="exit codes: 0 done, 2 a run directory or its metrics.jsonl is missing, empty or unreadable",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=Path, help="run directories")
