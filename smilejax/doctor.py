@@ -232,9 +232,11 @@ def is_gpu(rep: Mapping[str, Any]) -> bool:
     return rep["jax"].get("backend") in GPU_PLATFORMS
 
 
-def problem(rep: Mapping[str, Any], expect: str | None = None, devices: int | None = None) -> str | None:
+def problem(
+    rep: Mapping[str, Any], expect: str | None = None, devices: int | None = None, source: str | None = None
+) -> str | None:
     """What keeps ``rep`` from meeting the demand (``expect`` "gpu" or "cpu"; at least ``devices``
-    local devices), in one line; None when it is met."""
+    local devices; ``source`` says who demands it), in one line; None when it is met."""
     jax_ = rep["jax"]
     seen = f"JAX {jax_.get('version') or '(not importable)'}"
     if jax_.get("backend") is None:
@@ -244,7 +246,7 @@ def problem(rep: Mapping[str, Any], expect: str | None = None, devices: int | No
     count = jax_["local_device_count"]
     kinds = ", ".join(sorted({d["kind"] for d in jax_["devices"]}))
     if expect == "gpu" and not is_gpu(rep):
-        wanted = f"{devices} GPUs" if devices else "GPUs"
+        wanted = (f"{devices} GPUs" if devices else "GPUs") + (f" ({source})" if source else "")
         return (
             f"expected {wanted} but {seen} sees only {count} {jax_['backend']} device(s): {why_no_gpu(rep)}"
         )
@@ -254,7 +256,8 @@ def problem(rep: Mapping[str, Any], expect: str | None = None, devices: int | No
         what = "GPUs" if expect == "gpu" else "devices"
         visible = rep["accelerator"]["visible"]
         hint = f" ({', '.join(f'{k}={v}' for k, v in visible.items())})" if visible else ""
-        return f"expected at least {devices} {what} on this node but {seen} sees {count} ({kinds}){hint}"
+        wanted = f"at least {devices} {what} on this node" + (f" ({source})" if source else "")
+        return f"expected {wanted} but {seen} sees {count} ({kinds}){hint}"
     return None
 
 

@@ -175,6 +175,23 @@ def test_cli_expect_gpu_exits_1_with_one_line_after_the_report():
     assert "JAX_PLATFORMS=cpu leaves the GPUs out" in line
 
 
+def test_cli_expects_what_a_system_file_promises(capsys):
+    assert cli.main(["doctor", "--system", "perlmutter"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "smilejax doctor: expected 4 GPUs (the system file perlmutter says 4 per node) "
+        f"but JAX {jax.__version__} sees only 8 cpu device(s): "
+    )
+    assert cli.main(["doctor", "--system", "local", "--json"]) == 0  # a CPU system demands no GPU
+    assert json.loads(capsys.readouterr().out)["expected"] == {
+        "expect": None,
+        "devices": None,
+        "problem": None,
+    }
+    assert cli.main(["doctor", "--system", "perlmuter"]) == 2
+    assert "unknown system 'perlmuter': did you mean perlmutter?" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_device_count_below_one(capsys):
     assert cli.main(["doctor", "--expect-devices", "0"]) == 2
     assert "--expect-devices must be at least 1, got 0" in capsys.readouterr().err

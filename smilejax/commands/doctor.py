@@ -26,6 +26,7 @@ examples:
   smilejax doctor                                  # the report
   smilejax doctor --json > doctor.json             # the same as one JSON object
   srun -N1 -n1 smilejax doctor --expect gpu --expect-devices 4   # a GPU node, as a job sees it
+  srun -N1 -n1 --gpus-per-node=4 smilejax doctor --system perlmutter   # what its system file promises
 
 exit codes: 0 the report (and the expectation met), 1 the expectation not met."""
 
@@ -50,6 +51,11 @@ def register(sub) -> None:
         metavar="N",
         help="fail (exit 1) unless this process sees at least N devices (GPUs with --expect gpu)",
     )
+    parser.add_argument(
+        "--system",
+        help="expect what a system file of smilejax launch promises (GPUs, at least its gpus_per_node of "
+        "them): a name (perlmutter) or a path; run it on one whole node of that system",
+    )
     parser.set_defaults(run=run)
 
 
@@ -58,10 +64,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.expect_devices is not None and args.expect_devices < 1:
         raise ValueError(f"--expect-devices must be at least 1, got {args.expect_devices}")
+    expect, devices, source = args.expect, args.expect_devices, None
+    if args.system:
+        from smilejax.launch import systems
+
+        system = systems.load(args.system)  # a LaunchError (ValueError) names a bad file
+        if system.gpus_per_node:
+            expect = expect or "gpu"
+            devices = devices or system.gpus_per_node
+            source = f"the system file {system.name} says {system.gpus_per_node} per node"
     rep = doctor.report()
-    why = doctor.problem(rep, args.expect, args.expect_devices)
+    why = doctor.problem(rep, expect, devices, source)
     if args.json:
-        rep["expected"] = {"expect": args.expect, "devices": args.expect_devices, "problem": why}
+        rep["expected"] = {"expect": expect, "devices": devices, "problem": why}
         print(json.dumps(rep, indent=1))
     else:
         print(doctor.text(rep), end="", flush=True)
