@@ -1,0 +1,142 @@
+"""Every config field has a reader: a field that nothing reads is a setting a user changes to no effect.
+
+The package's sources (``smilejax/``, ``models/``, ``inputs/``) are parsed; a field counts as read where its
+name is loaded as an attribute (``cfg.data.class_dict``, ``self.cfg.max_tracks``) or written as a string
+(``getattr(cfg, "attention")``, ``tree["steps"]``) outside the class that defines it and its dataclass
+bases (their own validation is no use of the value). Fields read through a name built at run time are
+listed in ``DYNAMIC_READERS`` with the source text that reads them, and both are checked to still exist.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import inspect
+import typing
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import smilejax
+from smilejax import config, inputs, models, registry
+
+# (config class, field) -> the source text that reads the field through a name built at run time
+DYNAMIC_READERS = {
+    # models/mlpf.py: each regression target's mode, by the target's name
+    **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("pt", "eta", "energy")},
+    **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("sin_phi", "cos_phi")},
+}
+
+
+def _sources() -> list[Path]:
+    roots = {Path(p.__file__).parent for p in (smilejax, models, inputs)}
+    return sorted(f for root in roots for f in root.rglob("*.py"))
+
+
+def _model_configs() -> list[type]:
+    # registry.models() also lists helper modules (pair_mlp, platform): the families are those with a SPEC
+    modules = (importlib.import_module(f"smilejax.models.{name}") for name in registry.models())
+    return [m.SPEC.config for m in modules if hasattr(m, "SPEC")]
+
+
+def _data_configs() -> list[type]:
+    modules = (importlib.import_module(f"smilejax.inputs.{name}") for name in registry.datasets())
+    return [m.SPEC.config for m in modules if hasattr(m, "SPEC")]
+
+
+def _nested(cls: type) -> list[type]:
+    """``cls`` and the dataclasses its fields hold (a section inside a section)."""
+    out = [cls]
+    for hint in typing.get_type_hints(cls).values():
+        for arg in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type) and arg not in out:
+                out += _nested(arg)
+    return out
+
+
+def config_classes() -> list[type]:
+    """Every config dataclass: the fixed sections of ``Config``, each data format's and each model's."""
+    sections = [h for h in typing.get_type_hints(config.Config).values() if dataclasses.is_dataclass(h)]
+    found: list[type] = []
+    for cls in [*sections, *_data_configs(), *_model_configs()]:
+        found += [c for c in _nested(cls) if c not in found]
+    return found
+
+
+def _own_lines(cls: type) -> set[tuple[str, int]]:
+    """(file, line) of the class body of ``cls`` and of its dataclass bases."""
+    lines = set()
+    for c in cls.__mro__:
+        if dataclasses.is_dataclass(c):
+            source, start = inspect.getsourcelines(c)
+            lines |= {(inspect.getsourcefile(c), n) for n in range(start, start + len(source))}
+    return lines
+
+
+@cache
+def _uses() -> dict[str, set[tuple[str, int]]]:
+    """name -> (file, line) of every attribute load and string constant of that name in the package."""
+    uses: dict[str, set[tuple[str, int]]] = {}
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                name = node.attr
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+                name = node.value
+            else:
+                continue
+            uses.setdefault(name, set()).add((str(path), node.lineno))
+    return uses
+
+
+def unread_fields(cls: type) -> list[str]:
+    own = _own_lines(cls)
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if (cls.__name__, f.name) not in DYNAMIC_READERS and not (_uses().get(f.name, set()) - own)
+    ]
+
+
+def test_config_classes_cover_every_section_format_and_model():
+    names = {c.__name__ for c in config_classes()}
+    assert {"RunConfig", "OptimizerConfig", "MeshConfig", "TrainConfig", "LoggingConfig"} <= names
+    assert {"FtagConfig", "MLPFConfig", "GN2Config"} <= names
+    assert len(_sources()) > 50 and any(p.name == "gn2.py" for p in _sources())
+
+
+@pytest.mark.parametrize("cls", config_classes(), ids=lambda c: c.__name__)
+def test_every_config_field_has_a_reader(cls):
+    unread = unread_fields(cls)
+    assert not unread, (
+        f"{cls.__name__} fields that nothing outside the class reads: {unread}; read them where they take "
+        "effect, or remove them (an old config naming one then fails with the unknown-key error)"
+    )
+
+
+def test_dynamic_readers_still_exist():
+    classes = {c.__name__: c for c in config_classes()}
+    text = "\n".join(p.read_text() for p in _sources())
+    for (cls_name, field), reader in DYNAMIC_READERS.items():
+        assert cls_name in classes, f"DYNAMIC_READERS names {cls_name}, no longer a config class"
+        assert field in {f.name for f in dataclasses.fields(classes[cls_name])}, f"{cls_name}.{field} is gone"
+        assert reader in text, f"the reader of {cls_name}.{field}, {reader!r}, is no longer in the package"
+
+
+def test_the_check_sees_an_unread_field(monkeypatch):
+    """Controls: a field nothing reads is reported; a read inside the field's own class is seen and not
+    counted; a dynamically read field is reported once its allowlist entry goes."""
+
+    @dataclasses.dataclass
+    class Probe:
+        ignored_by_everyone_xyz: int = 0
+
+    assert unread_fields(Probe) == ["ignored_by_everyone_xyz"]
+    ftag = next(c for c in config_classes() if c.__name__ == "FtagConfig")
+    assert _uses()["bucket_window"] & _own_lines(ftag), "FtagConfig.__post_init__ reads bucket_window"
+    assert _uses()["bucket_window"] - _own_lines(ftag), "and the pipeline reads it"
+    mlpf = next(c for c in config_classes() if c.__name__ == "MLPFConfig")
+    monkeypatch.delitem(DYNAMIC_READERS, ("MLPFConfig", "pt_mode"))
+    assert unread_fields(mlpf) == ["pt_mode"]
