@@ -87,3 +87,17 @@ def test_tune_trains_with_overrides_given_after_its_options(tmp_path, toy_yaml):
     assert saved["run"]["steps"] == 3 and saved["run"]["eval_every"] == 3
     records = metrics.read(study / "trial-0000" / "metrics.jsonl")
     assert [r["step"] for r in records if "eval/loss" in r] == [3]
+
+
+def test_config_errors_of_a_based_file_come_in_one_message(capsys, tmp_path, toy_yaml):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"base: {toy_yaml().name}\nrun: {{stepz: 3}}\nmodel: {{hiden: 8}}\n")
+    assert cli.main(["config", str(mine), "optimizer.lr=fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smilejax: config error: 3 problems:\n")
+    for expected in (
+        "run.'stepz': did you mean 'steps'",
+        "model.'hiden': did you mean 'hidden'",
+        "optimizer.lr must be float, got str 'fast'",
+    ):
+        assert expected in err
