@@ -76,7 +76,8 @@ def test_roc_plot_bands_ratio_to_the_reference_and_labelled_working_points(tmp_p
     assert top.get_ylabel() == "Light-jet rejection" and top.get_yscale() == "log"
     assert bottom.get_xlabel() == "$b$-jet efficiency" and bottom.get_ylabel() == "Ratio to IP"
     texts = [t.get_text() for t in top.texts]
-    assert {"70% WP", "77% WP", "85% WP", "test sample"} <= set(texts)
+    assert {"70% WP", "77% WP", "85% WP"} <= set(texts)
+    assert top.get_legend().get_title().get_text().startswith("test sample\nbands: binomial")
     eff = plots.EFFICIENCIES
     rej = {k: [r["rejection"] for r in flavour.rejections(*v, eff)] for k, v in scores.items()}
     curves = {line.get_label(): line.get_ydata() for line in top.lines if line.get_label() in scores}
@@ -250,6 +251,15 @@ def test_eval_writes_metrics_and_plots_for_gn2_and_the_ip_baseline(gn2_run):
     )
     assert flavour.auc(db[flav == 0], db[flav == 1]) == pytest.approx(metrics["taggers"]["GN2"]["auc_b_vs_c"])
     assert "IP" in proc.stdout and "metrics.json" in proc.stdout
+    low = [
+        r["low_stats"]
+        for t in metrics["taggers"].values()
+        for k in ("light", "c")
+        for r in t[f"{k}_rejection"].values()
+    ]
+    assert ("pass the cut (low_stats)" in proc.stdout) == any(
+        low
+    )  # the table's footnote to its starred cells
 
 
 def test_eval_errors_exit_2_naming_the_problem(gn2_run, tmp_path, capsys):

@@ -180,18 +180,29 @@ def _warn_low_stats(tagger: str, figures: dict) -> None:
 def summary(metrics: dict) -> str:
     """A short table of the headline numbers."""
     wps = [f"{round(100 * wp)}" for wp in metrics["working_points"]]
-    head = f"{'tagger':<8}{'AUC b/l':>9}{'AUC b/c':>9}" + "".join(f"{'l-rej' + w:>10}" for w in wps)
-    head += "".join(f"{'c-rej' + w:>10}" for w in wps)
+    head = f"{'tagger':<8}{'AUC b/l':>9}{'AUC b/c':>9}" + "".join(f"{'l-rej' + w:>9} " for w in wps)
+    head += "".join(f"{'c-rej' + w:>9} " for w in wps)
     lines = [
         f"{metrics['model']} step {metrics['step']}: {metrics['n_jets']} {metrics['split']} jets "
         f"{metrics['flavour_counts']}, fc={metrics['fractions']['fc']}, ftau={metrics['fractions']['ftau']}",
         head,
     ]
+    starred = False
+
+    def rejection_cell(r: dict | None) -> str:
+        nonlocal starred
+        if r is None:
+            return cell(None, 9) + " "
+        starred |= r["low_stats"]
+        return cell(r["rejection"], 9) + ("*" if r["low_stats"] else " ")
+
     for name, t in metrics["taggers"].items():
         row = f"{name:<8}{cell(t['auc_b_vs_light'], 9)}{cell(t['auc_b_vs_c'], 9)}"
-        row += "".join(cell(t["light_rejection"][w]["rejection"], 10) for w in wps)
-        row += "".join(cell(((t["c_rejection"] or {}).get(w) or {}).get("rejection"), 10) for w in wps)
+        row += "".join(rejection_cell(t["light_rejection"][w]) for w in wps)
+        row += "".join(rejection_cell((t["c_rejection"] or {}).get(w)) for w in wps)
         lines.append(row)
+    if starred:
+        lines.append(f"* fewer than {flavour.MIN_PASSING} background jets pass the cut (low_stats)")
     if metrics.get("track_origin"):
         lines.append(f"track origin accuracy {cell(metrics['track_origin']['accuracy'], 0).strip()}")
     if metrics.get("vertexing"):

@@ -39,7 +39,7 @@ def rejection_curves(
     """b-jet efficiency vs ``background``-jet rejection (log scale) of each tagger with its binomial
     band, and in a lower panel each tagger's ratio to ``reference`` (default: the last tagger, the
     baseline). ``scores`` maps a tagger label to (b scores, background scores); ``info`` is the text
-    describing the sample, drawn in the upper right. Saved to ``path``; returns the (closed) figure."""
+    describing the sample, the legend's title. Saved to ``path``; returns the (closed) figure."""
     reference = reference or list(scores)[-1]
     if reference not in scores:
         raise ValueError(f"the reference tagger {reference!r} is not among {list(scores)}")
@@ -74,8 +74,9 @@ def rejection_curves(
         )  # fmt: skip
     top.set_yscale("log")
     top.set_ylabel(f"{FLAVOUR_LABELS.get(background, background + '-jets')[:-1]} rejection")
-    top.text(0.97, 0.75, info, ha="right", va="top", transform=top.transAxes, fontsize="small")
-    top.legend(loc="lower left", title="band: binomial stat. unc.", title_fontsize="x-small")
+    top.legend(
+        loc="best", title=f"{info}\nbands: binomial stat. unc.", title_fontsize="small", alignment="left"
+    )
     top.grid(alpha=0.3, which="both")
     bottom.axhline(1.0, color="black", lw=0.8)
     bottom.set_xlim(EFFICIENCIES[0], 1.0)
@@ -121,8 +122,7 @@ def discriminant_by_flavour(
     ax.set_ylim(ymin, ymax * (ymax / ymin) ** 0.3)  # headroom above the curves for the labels
     ax.set_xlabel("$D_b$")
     ax.set_ylabel("Normalised number of jets")
-    ax.text(0.03, 0.97, info, ha="left", va="top", transform=ax.transAxes, fontsize="small")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="best", fontsize="small", title=info, title_fontsize="small", alignment="left")
     _save(fig, path)
     return fig
 
