@@ -50,25 +50,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line as a namespace. A command with config overrides takes KEY=VALUE before and after
-    its options (argparse alone leaves those after an option unrecognized)."""
+    """The command line as a namespace. A command with config overrides takes KEY=VALUE anywhere around
+    its options: argparse alone leaves those after an option unrecognized, and gives those after an
+    option of several values (--files a b, --bucket 16 24) to that option."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_parser(parser, argv)
+    argv, overrides = _split_overrides(command, argv)
     args, leftover = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):
-        args.overrides = [*args.overrides, *(t for t in leftover if _OVERRIDE.match(t))]
-        leftover = [t for t in leftover if not _OVERRIDE.match(t)]
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     if leftover:
-        _command_parser(parser, args).error(_unrecognized(leftover, args))
+        command.error(_unrecognized(leftover, args))
     return args
 
 
-def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The (sub-)sub-command's own parser, so that an error shows its usage line."""
-    while True:
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub-)sub-command that ``argv`` names (``bench serve``), or ``parser``."""
+    for word in (t for t in argv if not t.startswith("-")):
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-        if sub is None or getattr(args, sub.dest, None) not in sub.choices:
-            return parser
-        parser = sub.choices[getattr(args, sub.dest)]
+        if sub is None or word not in sub.choices:
+            break
+        parser = sub.choices[word]
+    return parser
+
+
+def _split_overrides(command: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the KEY=VALUE overrides) for a command that takes overrides; a KEY=VALUE
+    that is the value of an option (--vary model.heads=2,4) stays with its option."""
+    if not any(a.dest == "overrides" for a in command._actions):
+        return argv, []
+    options = {name: a for a in command._actions for name in a.option_strings}
+    rest, overrides, value_next = [], [], False
+    for token in argv:
+        (rest if value_next or not _OVERRIDE.match(token) else overrides).append(token)
+        # argparse takes unique prefixes of long options too (--spa for --space)
+        named = [
+            a
+            for name, a in options.items()
+            if name == token or (token.startswith("--") and name.startswith(token))
+        ]
+        value_next = len({id(a) for a in named}) == 1 and named[0].nargs in (None, "?", 1)
+    return rest, overrides
 
 
 def _unrecognized(leftover: list[str], args: argparse.Namespace) -> str:

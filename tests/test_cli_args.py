@@ -30,10 +30,17 @@ from tests.conftest import run_cli
             ("nodes", 2),
         ),
         (
-            ["bench", "input", "gn2", "--batches", "2", "data.batch_size=8"],
+            ["bench", "input", "gn2", "--files", "a.h5", "b.h5", "data.batch_size=8", "--batches", "2"],
             ["data.batch_size=8"],
-            ("batches", 2),
+            ("files", ["a.h5", "b.h5"]),  # not given to an option of several values
         ),
+        (
+            ["bench", "train", "gn2", "--bucket", "16", "24", "model.embed=64", "--vary", "model.heads=2,4"],
+            ["model.embed=64"],
+            ("vary", ["model.heads=2,4"]),  # an option's own KEY=VALUE value stays its own
+        ),
+        (["bench", "hpo", "run.steps=5", "--seeds", "1"], ["run.steps=5"], ("config", "gn2")),
+        (["tune", "gn2", "--spa", "s.yaml", "run.steps=5"], ["run.steps=5"], ("space", "s.yaml")),
     ],
 )
 def test_overrides_are_taken_before_and_after_options(argv, overrides, option):

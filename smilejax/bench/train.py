@@ -64,7 +64,7 @@ def register(sub) -> None:
         nargs="+",
         action="extend",
         default=[],
-        help="bucket lengths to time too (KEY=VALUE overrides go before the options)",
+        help="bucket lengths to time too",
     )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat (default 50)")
