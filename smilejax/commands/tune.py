@@ -44,7 +44,11 @@ def register(sub) -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials in the whole study (all workers)")
     parser.add_argument("--dir", type=Path, help="study directory (default runs/tune-<space file name>)")
     parser.add_argument("--name", help="study name, also the W&B group (default: the directory's name)")
-    parser.add_argument("--metric", help="objective metric (overrides the space file's objective.metric)")
+    parser.add_argument(
+        "--metric",
+        help="objective metric (overrides the space file's objective.metric); one a run logs, checked "
+        "before the first trial",
+    )
     parser.add_argument("--mode", choices=["min", "max"], help="minimise or maximise the metric")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (each worker adds its rank)")
     parser.add_argument(
