@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -11,6 +12,26 @@ from flax import nnx
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """A model trained elsewhere, as an importer hands it to ``smilejax import``.
+
+    config: config sections (``model``, ``data``, ``optimizer``, ...) laid over the model's packaged
+        config; files they name (a norm dict) are already written into the run directory.
+    params(model) -> the foreign weights as ``model``'s ``nnx.Param`` state (``model`` is built from
+        ``config``, possibly abstract); raises naming any weight that does not fit.
+    source: provenance for ``run.json`` (the files read, the foreign framework's version, ...).
+    """
+
+    config: dict
+    params: Callable[[nnx.Module], nnx.State]
+    source: dict
+
+
+# importer(checkpoint, foreign config or None, run directory) -> Imported
+Importer = Callable[[Path, Path | None, Path], Imported]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +47,7 @@ class ModelSpec:
     loss(model, batch) -> (scalar float32 loss, {name: scalar metric}); ``batch`` is the dict of
         arrays the dataset yields.
     input_spec(cfg, batch_size) -> {name: jax.ShapeDtypeStruct} of the forward inputs (export).
+    importers: {source: Importer} for ``smilejax import SOURCE CHECKPOINT`` (e.g. GN2's ``"salt"``).
     """
 
     name: str
@@ -33,3 +55,4 @@ class ModelSpec:
     build: Callable[..., nnx.Module]
     loss: LossFn
     input_spec: Callable[[Any, int], dict[str, jax.ShapeDtypeStruct]]
+    importers: Mapping[str, Importer] = dataclasses.field(default_factory=dict)
