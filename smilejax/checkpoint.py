@@ -61,17 +61,18 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, state: TrainState, iterator: grain.DatasetIterator, *, wait: bool = False) -> None:
+    def save(
+        self, state: TrainState, iterator: grain.DatasetIterator | None, *, wait: bool = False
+    ) -> None:
+        """Saves ``state`` and the data position of ``iterator``; ``None`` saves the state alone (an
+        imported model without its data at hand: evaluation and export restore it, training cannot)."""
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_keys_to_data(state)),
-                data=grain.checkpoint.CheckpointSave(iterator),
-            ),
-        )
+        items = {"state": ocp.args.StandardSave(_keys_to_data(state))}
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items))
         if wait:
             self.manager.wait_until_finished()
 
