@@ -44,6 +44,7 @@ system:
 # particleflow 3.1.0 (PyTorch) in its own Python 3.11 env, for tests/test_mlpf_parity.py
 reference:
 	bash launch/install_mlpf_reference.sh
+	bash launch/install_salt_reference.sh
 
 # NVIDIA Triton from the nvidia-pytriton wheel, unpacked into the venv without its numpy<2 pin
 triton: $(STAMP)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Creates the PyTorch reference environment of the salt import test (tests/test_import_salt.py): salt's
+# GN2 (the `salt-ml` 0.13.0 wheel) with the CPU build of torch, in its own Python 3.11 venv (default:
+# .salt-ref at the repository root). Idempotent: a complete environment is left as it is.
+#
+#   bash launch/install_salt_reference.sh [ENV_DIR]
+#
+# Every package is pinned in launch/locks/salt-reference.txt (a `pip freeze` of a working env). salt-ml
+# goes in with --no-deps: its requirements (lightning, comet_ml, onnx, puma-hep, umami-preprocessing,
+# torch==2.12, ...) are for training and plotting; building SaltModel and running it needs only what the
+# lock holds (torch, numpy, pyyaml, h5py, scipy, atlas-ftag-tools, py-lap-solver).
+#
+# torch is the CPU build (2.13.0+cpu in the lock): where no such wheel is on disk or on an index pip knows
+# (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL), the install fails fast instead of downloading a CUDA build of
+# several GB. SALT_REF_PYTHON=... names a Python 3.11.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENV_DIR=${1:-.salt-ref}
+LOCK=launch/locks/salt-reference.txt
+STAMP="$ENV_DIR/.installed"
+WANT="$(sha256sum "$LOCK" | cut -d' ' -f1)"
+
+check() {
+  "$ENV_DIR/bin/python" -c \
+    "import torch, salt.models, salt.models.transformer; assert torch.version.cuda is None, torch.version.cuda" \
+    2>/dev/null
+}
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && check; then
+  echo "install_salt_reference: $ENV_DIR is ready"
+  exit 0
+fi
+
+# A Python 3.11: SALT_REF_PYTHON, else pyenv's newest 3.11 (the Makefile selects 3.12 for pyenv's
+# shims), else python3.11 on PATH.
+PY311=${SALT_REF_PYTHON:-}
+if [ -z "$PY311" ] && command -v pyenv >/dev/null 2>&1; then
+  v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.11\.[0-9]+$' | tail -n1 || true)
+  [ -n "$v" ] && PY311="$(pyenv root)/versions/$v/bin/python3.11"
+fi
+PY311=${PY311:-python3.11}
+if ! "$PY311" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
+  echo "install_salt_reference: the salt reference runs on Python 3.11; '$PY311' is not one" \
+    "(set SALT_REF_PYTHON to a Python 3.11 interpreter)" >&2
+  exit 1
+fi
+
+[ -x "$ENV_DIR/bin/python" ] || "$PY311" -m venv "$ENV_DIR"
+echo '*' >"$ENV_DIR/.gitignore"  # never committed, wherever it lives
+# --no-deps everywhere: the lock is the whole environment, and nothing may pull a CUDA torch
+"$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$LOCK"
+
+if ! check; then
+  echo "install_salt_reference: $ENV_DIR cannot import salt's model with a CPU torch:" >&2
+  "$ENV_DIR/bin/python" -c 'import torch, salt.models; print("torch", torch.__version__, "cuda", torch.version.cuda)' >&2 || true
+  exit 1
+fi
+echo "$WANT" >"$STAMP"
+echo "install_salt_reference: $ENV_DIR ready ($("$ENV_DIR/bin/python" -c 'import torch; print("torch", torch.__version__)'), salt-ml 0.13.0)"

@@ -1,0 +1,391 @@
+"""``smilejax import salt`` against salt itself (the ``salt-ml`` 0.13.0 wheel, PyTorch on CPU), run in its own
+Python 3.11 environment.
+
+One subprocess (``tests/salt_reference/run_reference.py`` under ``.salt-ref/bin/python``) builds salt's
+GN2 from a small salt config, saves its weights as a Lightning-layout ``.ckpt`` and a plain state-dict
+``.pt``, and runs it on the jets of an ATLAS-format HDF5 file written here: jets with holes (invalid
+tracks between valid ones), without tracks, with every slot filled. The salt class order is not
+smilejax's (``ujets, cjets, bjets, taujets``), and the jet variables come first in salt's init net but
+last in smilejax's, so both reorderings are exercised.
+
+Then ``smilejax import salt`` makes a run directory, and the model restored from it (``trained.load``, the
+path eval and export take) reads the same file through the run's own input pipeline and normalisation:
+jet class probabilities, track-origin probabilities and vertex logits match salt's within 1e-5 (float32).
+A perturbed weight and an unordered jet head must fail that check. The run is also exported, evaluated
+and trained on for two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+from smilejax.models import gn2, gn2_salt, torch_files
+
+from smilejax import cli, config, registry, trained
+from tests.conftest import ROOT
+
+REF_ENV = Path(os.environ.get("SMILEJAX_SALT_REF", ROOT / ".salt-ref"))
+REF_SCRIPT = ROOT / "tests" / "salt_reference" / "run_reference.py"
+INSTALL = "bash launch/install_salt_reference.sh"
+ATOL = 1e-5
+JET_VARS = ["pt_btagJes", "eta_btagJes"]
+TRACK_VARS = ["d0", "z0SinTheta", "dphi", "deta", "qOverP", "numberOfPixelHits"]
+SALT_CLASSES = ["ujets", "cjets", "bjets", "taujets"]  # salt's output order; smilejax's is b, c, light, tau
+UMAMI_CLASSES = ["bjets", "cjets", "ujets", "taujets"]  # the file's flavour_label classes
+N_JETS, SLOTS = 24, 10
+OVERRIDES = [f"data.max_tracks={SLOTS}", f"model.max_tracks={SLOTS}"]
+
+
+def salt_config(norm_dict: Path, jets_file: Path) -> dict:
+    """A small salt GN2 config as salt writes it next to its checkpoints (class names and weights filled)."""
+    head = {"hidden_layers": [16, 8], "activation": "ReLU"}
+
+    def task(kind: str, **args) -> dict:
+        return {"class_path": f"salt.models.{kind}", "init_args": args}
+
+    def loss(kind: str, **args) -> dict:
+        return {"class_path": f"torch.nn.{kind}", "init_args": args}
+
+    tasks = [
+        task(
+            "ClassificationTask",
+            name="jets_classification",
+            input_name="jets",
+            label="flavour_label",
+            class_names=SALT_CLASSES,
+            loss=loss("CrossEntropyLoss", weight=[1.0, 2.0, 3.0, 4.0]),
+            dense_config={**head, "input_size": 16, "output_size": 4},
+        ),
+        task(
+            "ClassificationTask",
+            name="track_origin",
+            input_name="tracks",
+            label="ftagTruthOriginLabel",
+            weight=0.5,
+            loss=loss("CrossEntropyLoss", weight=[4.0, 100.0, 1.0, 8.0, 6.0, 10.0, 1.5, 20.0]),
+            dense_config={**head, "input_size": 16, "output_size": 8, "context_size": 16},
+        ),
+        task(
+            "VertexingTask",
+            name="track_vertexing",
+            input_name="tracks",
+            label="ftagTruthVertexIndex",
+            weight=1.5,
+            loss=loss("BCEWithLogitsLoss", reduction="none"),
+            dense_config={**head, "input_size": 32, "output_size": 1, "context_size": 16},
+        ),
+    ]
+    encoder = {
+        "embed_dim": 32,
+        "num_layers": 2,
+        "out_dim": 16,
+        "attn_type": "torch-math",
+        "num_registers": 1,
+        "attn_kwargs": {"num_heads": 4},
+        "dense_kwargs": {"activation": "ReLU", "hidden_dim": 48},
+    }
+    model = {
+        "init_nets": [
+            {
+                "input_name": "tracks",
+                "dense_config": {"output_size": 32, "hidden_layers": [24], "activation": "ReLU"},
+            }
+        ],
+        "encoder": {"class_path": "salt.models.TransformerV2", "init_args": encoder},
+        "pool_net": {"class_path": "salt.models.GlobalAttentionPooling", "init_args": {"input_size": 16}},
+        "tasks": {"class_path": "torch.nn.ModuleList", "init_args": {"modules": tasks}},
+    }
+    return {
+        "name": "GN2_tiny",
+        "model": {
+            "lrs_config": {
+                "initial": 1e-7,
+                "max": 5e-4,
+                "end": 1e-5,
+                "pct_start": 0.01,
+                "weight_decay": 1e-5,
+            },
+            "model": {"class_path": "salt.models.SaltModel", "init_args": model},
+        },
+        "data": {
+            "global_object": "jets",
+            "input_map": {"jets": "jets", "tracks": "tracks"},
+            "variables": {"jets": JET_VARS, "tracks": TRACK_VARS},
+            "norm_dict": str(norm_dict),
+            "train_file": str(jets_file),
+            "val_file": str(jets_file),
+            "batch_size": 8,
+        },
+        "trainer": {"devices": 1},
+    }
+
+
+def write_jets(path: Path, seed: int = 0) -> np.ndarray:
+    """ATLAS-format jets: holes, empty jets, full jets; padded slots hold finite garbage. -> valid [N, T]."""
+    rng = np.random.default_rng(seed)
+    valid = rng.random((N_JETS, SLOTS)) < 0.6  # holes everywhere
+    valid[0] = valid[5] = False  # jets without tracks
+    valid[1] = True  # every slot filled
+    valid[2] = [True, False, False, True, False, True, True, False, False, True]
+    jet_dtype = [(v, "f4") for v in JET_VARS] + [("flavour_label", "i4")]
+    jets = np.zeros(N_JETS, jet_dtype)
+    jets["pt_btagJes"] = rng.uniform(20e3, 250e3, N_JETS)
+    jets["eta_btagJes"] = rng.uniform(-2.5, 2.5, N_JETS)
+    jets["flavour_label"] = rng.integers(0, 4, N_JETS)
+    track_dtype = [("valid", "?")] + [(v, "f4") for v in TRACK_VARS]
+    track_dtype += [("ftagTruthOriginLabel", "i4"), ("ftagTruthVertexIndex", "i4")]
+    tracks = np.zeros((N_JETS, SLOTS), track_dtype)
+    tracks["valid"] = valid
+    for k, v in enumerate(TRACK_VARS):
+        tracks[v] = rng.normal(0.3 * k, 1.0 + k, (N_JETS, SLOTS))
+    tracks["numberOfPixelHits"] = rng.integers(0, 6, (N_JETS, SLOTS))
+    tracks["ftagTruthOriginLabel"] = np.where(valid, rng.integers(0, 8, (N_JETS, SLOTS)), -1)
+    tracks["ftagTruthVertexIndex"] = np.where(valid, rng.integers(0, 3, (N_JETS, SLOTS)), -1)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("jets", data=jets)
+        f.create_dataset("tracks", data=tracks)
+        f["jets"].attrs["flavour_label"] = UMAMI_CLASSES
+    return valid
+
+
+def write_norm_dict(path: Path, jets_file: Path) -> None:
+    with h5py.File(jets_file, "r") as f:
+        jets, tracks = f["jets"][:], f["tracks"][:]
+    valid = tracks["valid"]
+    norm = {
+        "jets": {v: {"mean": float(jets[v].mean()), "std": float(jets[v].std())} for v in JET_VARS},
+        "tracks": {
+            v: {"mean": float(tracks[v][valid].mean()), "std": float(tracks[v][valid].std())}
+            for v in TRACK_VARS
+        },
+    }
+    path.write_text(yaml.safe_dump(norm))
+
+
+@pytest.fixture(scope="module")
+def salt(tmp_path_factory) -> dict:
+    """salt's files and outputs: {"dir", "config", "ckpt", "pt", "jets", "valid", "out": {name: array}}."""
+    python = REF_ENV / "bin" / "python"
+    if not python.exists():
+        pytest.fail(
+            f"the salt reference environment {REF_ENV} is missing: create it with `{INSTALL}` "
+            "(Python 3.11, CPU torch 2.13.0, salt-ml 0.13.0 without its training dependencies)"
+        )
+    tmp = tmp_path_factory.mktemp("salt")
+    jets = tmp / "jets.h5"
+    valid = write_jets(jets)
+    write_norm_dict(tmp / "norm_dict.yaml", jets)
+    cfg_path = tmp / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(salt_config(tmp / "norm_dict.yaml", jets), sort_keys=False))
+    proc = subprocess.run(
+        [str(python), str(REF_SCRIPT), str(cfg_path), str(jets), str(tmp), "7"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "2"},
+    )
+    if proc.returncode:
+        pytest.fail(
+            f"the salt reference failed (rc={proc.returncode}); is {REF_ENV} complete? `{INSTALL}`\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    out = dict(np.load(tmp / "out.npz"))
+    return {"dir": tmp, "config": cfg_path, "ckpt": tmp / "model.ckpt", "pt": tmp / "state_dict.pt"} | {
+        "jets": jets,
+        "valid": valid,
+        "out": out,
+    }
+
+
+@pytest.fixture(scope="module")
+def imported(salt, tmp_path_factory) -> Path:
+    """The run directory of ``smilejax import salt`` on salt's Lightning checkpoint."""
+    run_dir = tmp_path_factory.mktemp("import") / "run"
+    # the config is found next to the checkpoint, as in salt's log directories
+    rc = cli.main(["import", "salt", str(salt["ckpt"]), "--out", str(run_dir), *OVERRIDES])
+    assert rc == 0
+    return run_dir
+
+
+# --- the comparison --------------------------------------------------------------------------------
+
+
+def pipeline_batch(tm: trained.TrainedModel) -> dict[str, np.ndarray]:
+    """Every jet of the run's evaluation file, in file order, as the run's input pipeline reads it."""
+    source = registry.dataset(tm.cfg.data.format).source(tm.cfg.data, "eval")
+    assert len(source) == N_JETS
+    return source.read(np.arange(N_JETS))
+
+
+def smilejax_outputs(model: gn2.GN2, batch: dict) -> dict[str, np.ndarray]:
+    out = jax.device_get(model(jnp.asarray(batch["tracks"]), jnp.asarray(batch["valid"])))
+    return {
+        "jet_probs": np.asarray(jax.nn.softmax(out["jet_logits"], axis=-1)),
+        "origin_probs": np.asarray(jax.nn.softmax(out["origin_logits"], axis=-1)),
+        "vertex_logits": np.asarray(out["vertex_logits"]),
+    }
+
+
+def salt_in_our_order(out: dict) -> dict[str, np.ndarray]:
+    order = [SALT_CLASSES.index(name) for name in UMAMI_CLASSES]  # b, c, light, tau
+    return {**out, "jet_probs": out["jet_probs"][:, order]}
+
+
+def worst_errors(ours: dict, ref: dict, valid: np.ndarray) -> dict[str, float]:
+    """Largest |ours - salt| of each output where salt defines it: every jet, valid tracks, valid pairs."""
+    pairs = valid[:, :, None] & valid[:, None, :] & ~np.eye(valid.shape[1], dtype=bool)
+    masks = {"jet_probs": np.ones(len(valid), bool), "origin_probs": valid, "vertex_logits": pairs}
+    return {k: float(np.max(np.abs(ours[k][m] - ref[k][m]), initial=0.0)) for k, m in masks.items()}
+
+
+def test_imported_run_computes_salts_outputs(salt, imported):
+    tm = trained.load(imported)
+    batch = pipeline_batch(tm)
+    np.testing.assert_array_equal(batch["valid"], salt["valid"])  # holes kept, empty jets empty
+    errors = worst_errors(smilejax_outputs(tm.model, batch), salt_in_our_order(salt["out"]), salt["valid"])
+    print("worst |smilejax - salt|:", errors)
+    assert max(errors.values()) < ATOL, errors
+    assert salt["valid"][2].tolist() == [True, False, False, True, False, True, True, False, False, True]
+
+
+def test_checker_fails_on_a_perturbed_weight_and_on_salts_class_order(salt, imported):
+    tm = trained.load(imported)
+    batch = pipeline_batch(tm)
+    ref = salt_in_our_order(salt["out"])
+    cfg = yaml.safe_load(salt["config"].read_text())
+    layout = gn2_salt.translate(cfg).layout
+    state_dict, _, _ = gn2_salt.read_checkpoint(salt["pt"])
+
+    def outputs(sd: dict, lay: gn2_salt.SaltLayout) -> dict[str, np.ndarray]:
+        graphdef, _, rest = nnx.split(tm.model, nnx.Param, ...)
+        return smilejax_outputs(
+            nnx.merge(graphdef, gn2_salt.convert_salt_state_dict(tm.model, sd, lay), rest), batch
+        )
+
+    assert max(worst_errors(outputs(state_dict, layout), ref, salt["valid"]).values()) < ATOL
+    bumped = dict(state_dict)
+    bumped["encoder.layers.1.attn.fn.in_proj_bias"] = bumped["encoder.layers.1.attn.fn.in_proj_bias"] + 1e-3
+    assert worst_errors(outputs(bumped, layout), ref, salt["valid"])["jet_probs"] > ATOL
+    unordered = gn2_salt.SaltLayout(layout.tasks, layout.jet_inputs, jet_order=(0, 1, 2, 3))
+    assert worst_errors(outputs(state_dict, unordered), ref, salt["valid"])["jet_probs"] > 1e-3
+
+
+def test_run_directory_carries_salts_config(salt, imported):
+    cfg = config.load(imported / "config.yaml")
+    assert (cfg.data.jet_vars, cfg.data.track_vars) == (JET_VARS, TRACK_VARS)
+    assert cfg.model.track_features == len(JET_VARS) + len(TRACK_VARS)
+    assert (cfg.model.embed, cfg.model.layers, cfg.model.heads, cfg.model.ff, cfg.model.out) == (
+        32,
+        2,
+        4,
+        48,
+        16,
+    )
+    assert cfg.model.class_weights == {  # salt's jet weights in b, c, light, tau order
+        "jet": [3.0, 2.0, 1.0, 4.0],
+        "origin": [4.0, 100.0, 1.0, 8.0, 6.0, 10.0, 1.5, 20.0],
+    }
+    assert (cfg.model.origin_weight, cfg.model.vertex_weight, cfg.model.vertex_loss_norm) == (
+        0.5,
+        1.5,
+        "matches",
+    )
+    assert (cfg.optimizer.lr, cfg.optimizer.initial_lr, cfg.optimizer.final_lr) == (5e-4, 1e-7, 1e-5)
+    info = json.loads((imported / "run.json").read_text())
+    assert info["imported"]["from"] == "salt" and info["imported"]["global_step"] == 1234
+    assert info["imported"]["norm"] == "checkpoint buffers" and info["train_examples"] == N_JETS
+    norm = yaml.safe_load((imported / "norm_dict.yaml").read_text())
+    ref = yaml.safe_load((salt["dir"] / "norm_dict.yaml").read_text())
+    for group in ("jets", "tracks"):
+        for var, d in ref[group].items():
+            assert np.float32(norm[group][var]["mean"]) == np.float32(d["mean"]), (group, var)
+
+
+def test_plain_state_dict_imports_the_same_weights(salt, imported, tmp_path):
+    run_dir = tmp_path / "from_pt"
+    rc = cli.main(
+        [
+            "import",
+            "salt",
+            str(salt["pt"]),
+            "--config",
+            str(salt["config"]),
+            "--out",
+            str(run_dir),
+            *OVERRIDES,
+        ]
+    )
+    assert rc == 0
+    a = nnx.to_pure_dict(nnx.state(trained.load(imported).model, nnx.Param))
+    b = nnx.to_pure_dict(nnx.state(trained.load(run_dir).model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert json.loads((run_dir / "run.json").read_text())["imported"]["norm"] == str(
+        salt["dir"] / "norm_dict.yaml"
+    )
+
+
+def test_export_eval_and_training_accept_the_run(salt, imported, tmp_path):
+    assert (
+        cli.main(
+            ["export", str(imported), "--out", str(tmp_path / "repo"), "--format", "stablehlo", "--no-warmup"]
+        )
+        == 0
+    )
+    assert (tmp_path / "repo" / "gn2_jax" / "1" / "model.jaxexport").is_file()
+    assert (
+        cli.main(["eval", str(imported), "--out", str(tmp_path / "eval"), "--ip-fit-jets", str(N_JETS)]) == 0
+    )
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (metrics["n_jets"], metrics["step"]) == (N_JETS, 0)
+    run = imported.parent / "trained_on"
+    overrides = [
+        f"run.dir={run}",
+        "run.steps=2",
+        "run.log_every=1",
+        "run.checkpoint_every=2",
+        "train.precision=fp32",
+    ]
+    shutil.copytree(imported, run)
+    assert cli.main(["train", str(run / "config.yaml"), *overrides]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines and lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss"])
+
+
+def test_what_gn2_cannot_compute_is_named(salt, tmp_path):
+    cfg = yaml.safe_load(salt["config"].read_text())
+    enc = cfg["model"]["model"]["init_args"]["encoder"]["init_args"]
+    enc["dense_kwargs"]["gated"] = True
+    enc["drop_registers"] = True
+    cfg["model"]["model"]["init_args"]["tasks"]["init_args"]["modules"][1]["init_args"]["dense_config"][
+        "hidden_layers"
+    ] = [16]
+    with pytest.raises(ValueError) as err:
+        gn2_salt.translate(cfg)
+    for part in ("dense_kwargs.gated", "drop_registers", "hidden_layers differ"):
+        assert part in str(err.value)
+
+    state_dict, _, _ = gn2_salt.read_checkpoint(salt["pt"])
+    tr = gn2_salt.translate(yaml.safe_load(salt["config"].read_text()))
+    layout = tr.layout
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: gn2.build(gn2.GN2Config(**tr.sections["model"]), rngs=nnx.Rngs(0)))
+    missing = {k: v for k, v in state_dict.items() if k != "pool_net.gate_nn.bias"}
+    with pytest.raises(KeyError, match=r"pool_net\.gate_nn\.bias"):
+        gn2_salt.convert_salt_state_dict(model, missing, layout)
+    with pytest.raises(KeyError, match=r"extra\.weight"):
+        gn2_salt.convert_salt_state_dict(model, {**state_dict, "extra.weight": np.zeros(2)}, layout)
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02not a zip")
+    with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
+        torch_files.load(tmp_path / "legacy.pt")
+    assert cli.main(["import", "salt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
