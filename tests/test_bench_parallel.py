@@ -42,7 +42,8 @@ def bench(out, *args: str, overrides: list[str] = TINY) -> int:
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
     strategies = "dp-jit,dp-shardmap,fsdp,tensor"
-    rc = bench(out, "--strategies", strategies, "--devices", "1,8", "--model-batch", "1000", *SHORT)
+    predict = ["--model-batch", "1000", "--mfu", "0.07"]
+    rc = bench(out, "--strategies", strategies, "--devices", "1,8", *predict, *SHORT)
     assert rc == 0
     measured = json.loads((out / "parallel.json").read_text())
     model = json.loads((out / "parallel_scaling_model.json").read_text())
@@ -110,11 +111,17 @@ def test_collectives_and_memory_follow_the_strategy(study):
 
 
 def test_scaling_model_predicts_every_node_count(study):
-    _, _, model, _ = study
+    out, _, model, _ = study
     rows = model["rows"]
     assumptions = model["assumptions"]
     assert assumptions["per_gpu_batch"] == 1000 and assumptions["network"]["nic_gbs"] == 25.0
-    assert "FLOPs per device" in assumptions["t_compute_source"]  # CPU: compute time from FLOPs
+    # CPU: compute time from the step's FLOPs and the stated utilisation, labelled an assumption
+    assert "FLOPs per device" in assumptions["t_compute_source"]
+    assert "MFU 0.07, both assumed" in assumptions["t_compute_source"]
+    notes = (out / "parallel_scaling_model.md").read_text().split("\n|")[-1]  # under the table
+    assert "Predicted, not measured" in notes and "MFU 0.07, both assumed" in notes
+    assert "Network (assumed): 4 GPUs per node, 25 GB/s NIC per GPU" in notes
+    assert "0 of communication hidden" in notes and "collectives of the 8-device cell" in notes
     for strategy in ("dp-jit", "dp-shardmap", "fsdp", "tensor"):
         mine = [r for r in rows if r["strategy"] == strategy]
         assert [r["nodes"] for r in mine] == [1, 2, 4, 8, 16, 32, 64]
@@ -128,7 +135,7 @@ def test_scaling_model_predicts_every_node_count(study):
 def test_scaling_model_reruns_on_saved_results_with_other_assumptions(study, tmp_path):
     out, _, _, _ = study
     saved = str(out / "parallel.json")
-    assumptions = ["--overlap", "1", "--model-batch", "500", "--nic-gbs", "50"]
+    assumptions = ["--overlap", "1", "--model-batch", "500", "--nic-gbs", "50", "--mfu", "0.07"]
     flags = ["--from-results", saved, "--collectives-from", saved, "--out", str(tmp_path)]
     assert cli.main(["bench", "parallel", *flags, *assumptions]) == 0
     assert not (tmp_path / "parallel.json").exists()  # nothing measured, nothing overwritten
@@ -136,6 +143,26 @@ def test_scaling_model_reruns_on_saved_results_with_other_assumptions(study, tmp
     assert saved in model["assumptions"]["collectives_source"]["fsdp"]
     assert model["assumptions"]["network"]["nic_gbs"] == 50.0 and model["assumptions"]["per_gpu_batch"] == 500
     assert all(r["eff_vs_1node"] == pytest.approx(1.0) for r in model["rows"])  # all communication hidden
+
+
+def test_scaling_model_takes_a_step_measured_elsewhere_or_states_no_compute(study, tmp_path, capsys):
+    out, _, _, _ = study
+    saved = str(out / "parallel.json")
+    # A CPU study's step says nothing of a GPU's: without a step time or an MFU there is no model.
+    assert cli.main(["bench", "parallel", "--from-results", saved, "--out", str(tmp_path)]) == 2
+    assert "--step-ms and --step-batch" in capsys.readouterr().err
+    assert not (tmp_path / "parallel_scaling_model.json").exists()
+    # A GPU step measured elsewhere (here 12.86 ms for 4000 jets), scaled to 1000 jets per GPU.
+    given = ["--step-ms", "12.86", "--step-batch", "4000", "--model-batch", "1000"]
+    assert cli.main(["bench", "parallel", "--from-results", saved, *given, "--out", str(tmp_path)]) == 0
+    model = json.loads((tmp_path / "parallel_scaling_model.json").read_text())
+    assert all(r["t_compute_ms"] == pytest.approx(12.86 / 4) for r in model["rows"])
+    source = model["assumptions"]["t_compute_source"]
+    assert source.startswith("given: 12.86 ms per step at 4000 per GPU") and "proportional" in source
+    assert source in (tmp_path / "parallel_scaling_model.md").read_text()
+    # The step time and its batch go together.
+    assert cli.main(["bench", "parallel", "--from-results", saved, "--step-ms", "12.86"]) == 2
+    assert "--step-ms and --step-batch go together" in capsys.readouterr().err
 
 
 def test_shard_map_mean_of_per_device_masked_means_is_reported(tmp_path, caplog):

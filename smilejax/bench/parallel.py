@@ -118,14 +118,25 @@ def register(sub) -> None:
     )
     model.add_argument("--model-batch", type=int, help="per-GPU batch to predict (default: the measured one)")
     model.add_argument(
+        "--step-ms",
+        type=float,
+        help="t_compute from a GPU step measured elsewhere: its ms per step at --step-batch per GPU "
+        "(e.g. docs/PERFORMANCE.md's H100 steps); overrides --compute",
+    )
+    model.add_argument("--step-batch", type=int, help="per-GPU batch of the --step-ms step")
+    model.add_argument(
         "--compute",
         choices=("auto", "measured", "flops"),
         default="auto",
-        help="t_compute from the measured 1-device step, or from its FLOPs / (peak × MFU); "
+        help="t_compute from the measured 1-device step, or from its FLOPs / (peak × --mfu); "
         "auto: measured on GPUs, flops elsewhere (default: %(default)s)",
     )
     model.add_argument("--peak-tflops", type=float, default=312.0, help="per GPU (A100 bf16 dense: 312)")
-    model.add_argument("--mfu", type=float, default=0.25, help="model FLOPs utilisation for --compute flops")
+    model.add_argument(
+        "--mfu",
+        type=float,
+        help="assumed model FLOPs utilisation for --compute flops (no default: an assumption is stated)",
+    )
     model.add_argument("--gpus-per-node", type=int, default=4)
     model.add_argument("--nic-gbs", type=float, default=25.0, help="GB/s per GPU's NIC (Slingshot-11: 25)")
     model.add_argument("--intra-gbs", type=float, default=100.0, help="GB/s between GPUs of a node (NVLink)")
@@ -182,6 +193,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--warmup must be at least 0, got {args.warmup}")
     if not 0 <= args.overlap <= 1:
         raise ConfigError(f"--overlap is a fraction between 0 and 1, got {args.overlap}")
+    if (args.step_ms is None) != (args.step_batch is None):
+        raise ConfigError("--step-ms and --step-batch go together: a step time and the batch it ran")
+    for name in ("step_ms", "step_batch", "mfu"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 # ---------------------------------------------------------------- run
@@ -274,10 +291,13 @@ def run(args: argparse.Namespace) -> int:
 
     _add_efficiency(rows)
     worst = _add_loss_agreement(rows)
-    model_rows, assumptions = _scaling_model(args, rows, jax.devices()[0].platform)
+    model = _scaling_model(args, rows, jax.devices()[0].platform)
     if lead:
         _write_measured(args, rows, skipped, precision)
-        _write_model(args, model_rows, assumptions)
+        if model is None:
+            log.warning("no scaling model: %s", NO_COMPUTE)
+        else:
+            _write_model(args, *model)
     if worst["rel_diff"] > rtol:
         log.error(
             "losses disagree: %s on %d devices reached %.6g, %s reached %.6g (relative %.2g > %.2g)",
@@ -362,9 +382,43 @@ def _add_loss_agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- scaling model
 
 
+NO_COMPUTE = (
+    "no compute time to model: a CPU step says nothing of a GPU's; give --step-ms and --step-batch (a GPU "
+    "step measured elsewhere) or --mfu (an assumed utilisation of --peak-tflops)"
+)
+
+
+def _compute_time(
+    args: argparse.Namespace, base: dict[str, Any], platform: str, batch: int
+) -> tuple[float, str] | None:
+    """Seconds of compute per GPU step at ``batch`` per GPU, and what that rests on; None when nothing
+    measured or stated gives it (a CPU study without --step-ms or --mfu)."""
+    proportional = "assumed proportional to the batch"
+    if args.step_ms is not None:
+        scale = batch / args.step_batch
+        return args.step_ms / 1e3 * scale, (
+            f"given: {args.step_ms:g} ms per step at {args.step_batch} per GPU (--step-ms, measured "
+            f"elsewhere) × {scale:g} ({proportional})"
+        )
+    scale = batch / base["per_device_batch"]
+    if args.compute == "measured" or (args.compute == "auto" and platform == "gpu"):
+        return base["step_ms"] / 1e3 * scale, (
+            f"measured step of {base['strategy']} on {base['devices']} device(s) ({platform}), "
+            f"{base['step_ms']:.4g} ms at {base['per_device_batch']} per device, × {scale:g} ({proportional})"
+        )
+    if args.mfu is None or not base.get("flops"):  # no assumption stated, or no cost analysis
+        return None
+    return base["flops"] * scale / (args.peak_tflops * 1e12 * args.mfu), (
+        f"{base['flops']:.4g} FLOPs per device per step (XLA cost analysis, {base['strategy']} on "
+        f"{base['devices']} device(s)) × {scale:g} / ({args.peak_tflops:g} TFLOP/s × MFU {args.mfu:g}, "
+        "both assumed)"
+    )
+
+
 def _scaling_model(
     args: argparse.Namespace, rows: list[dict[str, Any]], platform: str
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The predicted rows and their assumptions; None without a compute time (``_compute_time``)."""
     from smilejax.bench import _hlo_stats, _scaling_model
     from smilejax.bench._parallel_measure import expand
 
@@ -377,24 +431,12 @@ def _scaling_model(
         alpha_inter_us=args.alpha_inter_us,
         overlap=args.overlap,
     )
-    # Compute time per GPU from the smallest cell (one device when measured), scaled to the model batch.
     base = min(rows, key=lambda r: (r["devices"], r["strategy"] != "dp-jit"))
-    batch = args.model_batch or int(base["per_device_batch"])
-    scale = batch / base["per_device_batch"]
-    mode = args.compute if args.compute != "auto" else ("measured" if platform == "gpu" else "flops")
-    if mode == "flops" and not base.get("flops"):
-        mode = "measured"  # the backend gave no cost analysis
-    if mode == "measured":
-        t_compute = base["step_ms"] / 1e3 * scale
-        source = (
-            f"measured step of {base['strategy']} on {base['devices']} device(s) ({platform}) × {scale:g}"
-        )
-    else:
-        t_compute = base["flops"] * scale / (args.peak_tflops * 1e12 * args.mfu)
-        source = (
-            f"{base['flops']:.4g} FLOPs per device per step (XLA cost analysis, {base['strategy']} on "
-            f"{base['devices']} device(s)) × {scale:g} / ({args.peak_tflops:g} TFLOP/s × MFU {args.mfu:g})"
-        )
+    batch = args.model_batch or int(args.step_batch or base["per_device_batch"])
+    compute = _compute_time(args, base, platform, batch)
+    if compute is None:
+        return None
+    t_compute, source = compute
 
     comm_rows, where = rows, ""
     if args.collectives_from:
@@ -438,8 +480,13 @@ def _scaling_model(
 
 def _model_only(args: argparse.Namespace) -> int:
     """``--from-results``: the scaling model on saved measurements, with this command's assumptions."""
+    from smilejax.config import ConfigError
+
     rows, platform = _read_results(args.from_results, "--from-results")
-    model_rows, assumptions = _scaling_model(args, rows, platform)
+    model = _scaling_model(args, rows, platform)
+    if model is None:
+        raise ConfigError(f"--from-results {args.from_results}: {NO_COMPUTE}")
+    model_rows, assumptions = model
     _write_model(args, model_rows, {**assumptions, "measurements": args.from_results})
     return 0
 
@@ -487,7 +534,12 @@ def _write_model(
 
     out = Path(args.out)
     common.write_results(
-        out, MODEL_STUDY, model_rows, columns=MODEL_COLUMNS, extra={"assumptions": assumptions}
+        out,
+        MODEL_STUDY,
+        model_rows,
+        columns=MODEL_COLUMNS,
+        extra={"assumptions": assumptions},
+        notes=model_notes(assumptions),
     )
     _plot(_plot_model, out / f"{MODEL_STUDY}.png", model_rows, assumptions)
     a = assumptions
@@ -504,6 +556,23 @@ def _write_model(
         a["per_gpu_batch"],
         a["t_compute_source"],
     )
+
+
+def model_notes(assumptions: dict[str, Any]) -> list[str]:
+    """What a predicted row rests on, written under the table: every number that was not measured."""
+    a, net = assumptions, assumptions["network"]
+    collectives = "; ".join(f"{s}: {source}" for s, source in a["collectives_source"].items())
+    return [
+        "Predicted, not measured: t_step = t_compute + (1 - overlap) × t_comm, weak scaling "
+        "(smilejax/bench/_scaling_model.py).",
+        f"t_compute: {a['t_compute_s'] * 1e3:.4g} ms per step at {a['per_gpu_batch']} per GPU; "
+        f"{a['t_compute_source']}.",
+        f"Network (assumed): {net['gpus_per_node']} GPUs per node, {net['nic_gbs']:g} GB/s NIC per GPU, "
+        f"{net['intra_gbs']:g} GB/s between GPUs of a node, {net['efficiency']:g} of link peak reached, "
+        f"{net['alpha_intra_us']:g} µs per ring step in a node and {net['alpha_inter_us']:g} µs between "
+        f"nodes, {net['overlap']:g} of communication hidden behind compute.",
+        f"Collectives per step: {collectives}.",
+    ]
 
 
 def _plot(draw, path: Path, *data) -> None:
