@@ -208,6 +208,8 @@ def translate(salt: Mapping) -> Translation:
     jet_args, origin_args, vertex_args = (tasks[r][1] for r in ("jet", "origin", "vertex"))
     jet_order, jet_names = _jet_order(jet_args, problems)
     origin_label, vertex_label = str(origin_args.get("label")), str(vertex_args.get("label"))
+    if origin_args.get("label_map"):
+        problems.append("the origin task has a label_map; GN2's origin classes are the labels themselves")
     if "OriginLabel" not in origin_label or "VertexIndex" not in vertex_label:
         problems.append(
             f"labels {origin_label!r} / {vertex_label!r} are not track origin / vertex index labels"
@@ -225,12 +227,20 @@ def translate(salt: Mapping) -> Translation:
         activation_fn(activation)
     except ValueError as err:
         problems.append(str(err))
-    rates = {float(x.get("dropout", 0.0)) for x in (attn, ff, dense)}
+    heads = [dict(a.get("dense_config") or {}) for a in (jet_args, origin_args, vertex_args)]
+    rates = {float(x.get("dropout", 0.0)) for x in (attn, ff, dense, *heads)}
     if len(rates) != 1:
         problems.append(f"the config uses dropout rates {sorted(rates)}; GN2 has one dropout rate")
     if problems:
         raise ValueError("salt config: " + "; ".join(problems))
 
+    for args in (jet_args, origin_args):
+        if args.get("use_class_dict") and _loss_weights(args) is None:
+            log.warning(
+                "salt task %s reads its class weights from a class dict the config does not hold: the run "
+                "trains without them (salt's config.yaml next to its checkpoints has them)",
+                args.get("name"),
+            )
     class_weights = {}
     jet_w = _loss_weights(jet_args)
     if jet_w is not None:

@@ -312,27 +312,20 @@ def test_run_directory_carries_salts_config(salt, imported):
             assert np.float32(norm[group][var]["mean"]) == np.float32(d["mean"]), (group, var)
 
 
-def test_plain_state_dict_imports_the_same_weights(salt, imported, tmp_path):
+def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, imported, tmp_path):
+    """A state-dict .pt takes the normalisation from salt's norm_dict file; with the training data out of
+    reach the checkpoint holds the weights alone, which evaluation's restore reads all the same."""
     run_dir = tmp_path / "from_pt"
-    rc = cli.main(
-        [
-            "import",
-            "salt",
-            str(salt["pt"]),
-            "--config",
-            str(salt["config"]),
-            "--out",
-            str(run_dir),
-            *OVERRIDES,
-        ]
-    )
-    assert rc == 0
+    argv = ["import", "salt", str(salt["pt"]), "--config", str(salt["config"]), "--out", str(run_dir)]
+    assert cli.main([*argv, *OVERRIDES, f"data.path={tmp_path / 'elsewhere.h5'}"]) == 0
+    assert (imported / "checkpoints" / "0" / "data").is_dir()
+    assert not (run_dir / "checkpoints" / "0" / "data").exists()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["imported"]["norm"] == str(salt["dir"] / "norm_dict.yaml") and "train_examples" not in info
     a = nnx.to_pure_dict(nnx.state(trained.load(imported).model, nnx.Param))
     b = nnx.to_pure_dict(nnx.state(trained.load(run_dir).model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert json.loads((run_dir / "run.json").read_text())["imported"]["norm"] == str(
-        salt["dir"] / "norm_dict.yaml"
-    )
+    assert cli.main([*argv, *OVERRIDES]) == 2  # the run is there: never overwritten
 
 
 def test_export_eval_and_training_accept_the_run(salt, imported, tmp_path):
