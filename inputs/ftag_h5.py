@@ -910,7 +910,9 @@ def model_config(cfg: FtagConfig, model_cfg: Any) -> Any:
     """``model_cfg`` with the class weights of ``cfg.class_dict`` (``DatasetSpec.model_config``), as salt's
     ``use_class_dict`` reads them: ``jets/flavour_label`` for the jet-flavour loss and, when the class
     dict has it, ``tracks/ftagTruthOriginLabel`` for the track-origin loss. Unchanged without a class dict;
-    an error when the model config gives ``class_weights`` too (salt refuses both as well)."""
+    an error when the model config gives ``class_weights`` too (salt refuses both as well). A class dict
+    that is not here (a run exported on another machine) leaves the weights out with a warning: only the
+    loss uses them, and reading the data (``source``: training, evaluation) refuses a missing one."""
     if not cfg.class_dict:
         return model_cfg
     if "class_weights" not in {f.name for f in dataclasses.fields(model_cfg)}:
@@ -920,13 +922,31 @@ def model_config(cfg: FtagConfig, model_cfg: Any) -> Any:
             f"data.class_dict ({cfg.class_dict}) and model.class_weights both give class weights; keep one"
         )
     path = Path(cfg.class_dict).expanduser()
-    weights = _class_dict_weights(str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    if not path.exists():
+        log.warning("data.class_dict %s is not here: the model's losses have no class weights", path)
+        return model_cfg
+    weights = _class_dict_weights(str(path), *_version(path))
     return dataclasses.replace(model_cfg, class_weights={task: list(w) for task, w in weights.items()})
 
 
+def _check_class_dict(cfg: FtagConfig, files: Sequence[_FileInfo]) -> None:
+    """``cfg.class_dict`` exists and holds weights for the model's classes, which the files list in the
+    model's order."""
+    path = Path(cfg.class_dict).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data.class_dict: {path}: no such class dict")
+    _class_dict_weights(str(path), *_version(path))
+    _check_class_order(files)
+
+
+def _version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
 @functools.lru_cache(maxsize=8)
-def _class_dict_weights(path: str, mtime_ns: int) -> dict[str, tuple[float, ...]]:
-    """The loss weights of a class dict file, read (and logged) once per version of the file."""
+def _class_dict_weights(path: str, mtime_ns: int, size: int) -> dict[str, tuple[float, ...]]:
+    """The loss weights of a class dict file, read (and logged) once per version (time, size) of the file."""
     weights = {"jet": tuple(class_weights(path, "jets", "flavour_label", len(FLAVOURS)).tolist())}
     tracks = load_class_dict(path).get("tracks") or {}
     origin = next((label for label in ORIGIN_FIELDS if label in tracks), None)
@@ -1072,7 +1092,7 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
     if not segments:
         raise ValueError(f"the {split} split of {cfg.path or 'the default set'} is empty")
     if cfg.class_dict:
-        _check_class_order(files)
+        _check_class_dict(cfg, files)
 
     if cfg.norm_dict:
         norm_source = str(cfg.norm_dict)

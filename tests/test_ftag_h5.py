@@ -19,6 +19,8 @@ from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import ftag_synthetic as fs
 from smilejax.inputs import pipeline
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 N1, N2 = 3000, 2000
 TRUTH_ID_TO_FLAVOUR = {5: 0, 4: 1, 0: 2, 15: 3}
 
@@ -289,7 +291,7 @@ SALT_CLASS_DICT = {
 }
 
 
-def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path):
+def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path, caplog):
     """``data.class_dict`` is read as salt's ``use_class_dict``: the jet-flavour and track-origin loss
     weights of the model that the framework builds; a model config with ``class_weights`` too is refused."""
     from smilejax import config, registry, steps
@@ -316,11 +318,19 @@ def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path):
     jets_only = tmp_path / "jets_only.json"
     jets_only.write_text(json.dumps({"jets": SALT_CLASS_DICT["jets"]}))
     assert set(fh.model_config(_cfg(None, class_dict=str(jets_only)), cfg.model).class_weights) == {"jet"}
-    with pytest.raises(FileNotFoundError, match=r"nope\.yaml: no such class dict"):
-        fh.model_config(_cfg(None, class_dict=str(tmp_path / "nope.yaml")), cfg.model)
+    # a missing class dict: refused when reading data (training, evaluation); a model built elsewhere
+    # (an export on another machine) goes without the weights, which only the loss uses
+    nope = str(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match=r"data.class_dict: .*nope\.yaml: no such class dict"):
+        fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=nope), "train")
+    with caplog.at_level(logging.WARNING, logger=fh.__name__):
+        assert fh.model_config(_cfg(None, class_dict=nope), cfg.model) is cfg.model
+    assert "nope.yaml is not here" in caplog.text
+    path.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0]}}))
     with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
-        path.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0]}}))
         fh.model_config(_cfg(None, class_dict=str(path)), cfg.model)
+    with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
+        fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=str(path)), "train")
 
     # the weights follow the file's class order, which must be the model's b, c, light, tau
     swapped = tmp_path / "swapped.h5"
