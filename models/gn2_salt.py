@@ -469,7 +469,7 @@ def load_salt_state_dict(model: gn2.GN2, state_dict: Mapping[str, np.ndarray], l
 
 def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """(model state dict, normalisation buffers ``{name: array}``, Lightning metadata) of a salt
-    checkpoint: a Lightning ``.ckpt`` (keys ``model.*``, ``norm.*``) or a plain state dict."""
+    checkpoint file: a Lightning ``.ckpt`` or a plain state dict (``split_state``)."""
     obj = torch_files.load(path)
     meta: dict = {}
     if isinstance(obj, Mapping) and "state_dict" in obj:
@@ -477,11 +477,19 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nda
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         raise ValueError(f"{path}: neither a Lightning checkpoint nor a state dict of tensors")
-    if any(k.startswith("model.") for k in obj):
-        model = {k[len("model.") :]: v for k, v in obj.items() if k.startswith("model.")}
-        norm = {k[len("norm.") :]: v for k, v in obj.items() if k.startswith("norm.")}
-        return model, norm, meta
-    return dict(obj), {}, meta
+    return (*split_state(obj), meta)
+
+
+def split_state(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(SaltModel's state dict, InputNorm's buffers) of a state dict: ``ModelWrapper``'s (keys ``model.*``
+    and ``norm.*``) or ``SaltModel``'s own. ``torch.compile``'s ``_orig_mod.`` (salt's ``compile``
+    option wraps the model) is dropped from the keys."""
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    if not any(k.startswith("model.") for k in state):
+        return state, {}
+    model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    norm = {k.removeprefix("norm."): v for k, v in state.items() if k.startswith("norm.")}
+    return model, norm
 
 
 def find_config(checkpoint: Path) -> Path:

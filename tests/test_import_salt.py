@@ -378,6 +378,9 @@ def test_what_gn2_cannot_compute_is_named(salt, tmp_path):
         gn2_salt.convert_salt_state_dict(model, missing, layout)
     with pytest.raises(KeyError, match=r"extra\.weight"):
         gn2_salt.convert_salt_state_dict(model, {**state_dict, "extra.weight": np.zeros(2)}, layout)
+    compiled = {f"model._orig_mod.{k}": v for k, v in state_dict.items()} | {"norm.jets_means": np.zeros(2)}
+    model_part, norm_part = gn2_salt.split_state(compiled)
+    assert model_part.keys() == state_dict.keys() and list(norm_part) == ["jets_means"]
     (tmp_path / "legacy.pt").write_bytes(b"\x80\x02not a zip")
     with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
         torch_files.load(tmp_path / "legacy.pt")
