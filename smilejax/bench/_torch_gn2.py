@@ -113,7 +113,8 @@ class GN2(nn.Module):
 
 
 def loss_fn(model: GN2, batch: dict) -> torch.Tensor:
-    """As ``smilejax.models.gn2.loss``: jet CE + 0.5 origin CE + 1.5 weighted vertex BCE over pairs."""
+    """As ``smilejax.models.gn2.loss``: jet CE + 0.5 origin CE + 1.5 weighted vertex BCE over pairs,
+    divided by the matching pairs (salt's normalisation)."""
     valid = batch["valid"]
     jet_logits, origin_logits, vertex_logits = model(batch["tracks"], valid)
     loss_jet = F.cross_entropy(jet_logits.float(), batch["flavour"])
@@ -127,7 +128,7 @@ def loss_fn(model: GN2, batch: dict) -> torch.Tensor:
     w = torch.isin(origin, torch.tensor(HEAVY_FLAVOUR, device=origin.device)).int() - (origin == FAKE).int()
     weight = (1 + (w[:, :, None] & w[:, None, :])).float() * pairs
     bce = F.binary_cross_entropy_with_logits(vertex_logits.float(), target.float(), reduction="none")
-    loss_vertex = (weight * bce).sum() / pairs.sum().clamp(min=1)
+    loss_vertex = (weight * bce).sum() / (pairs & target).sum().clamp(min=1)
     return loss_jet + 0.5 * loss_origin + 1.5 * loss_vertex
 
 
