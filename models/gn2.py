@@ -35,9 +35,9 @@ Losses (``loss``), averaged in float32:
   heavy-flavour tracks, or one heavy-flavour and one fake, weigh 2; two fakes 0; all other pairs 1; a
   track of origin -2 keeps its pairs, with w = 0, as in salt, whose origin mask does not reach the
   vertexing task). The weighted sum is divided, as salt's ``VertexingTask`` does, by the number of
-  matching pairs (``vertex_loss_norm="matches"``, default; 0 rather than salt's NaN for a batch without
-  one) or by the number of valid pairs (``"pairs"``: a smaller loss, by matches/pairs, whose scale does
-  not depend on how many tracks share vertices); weight 1.5.
+  matching pairs (``vertex_loss_norm="matches"``, default; 0 rather than salt's inf or NaN for a batch
+  without one) or by the number of valid pairs (``"pairs"``: a smaller loss, by matches/pairs, whose
+  scale does not depend on how many tracks share vertices); weight 1.5.
 
 Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, None for class logits).
 """
