@@ -21,6 +21,8 @@ import pytest
 
 import smilejax
 from smilejax import config, inputs, models, registry
+from smilejax.launch import systems
+from smilejax.tune import space
 
 # (config class, field) -> the source text that reads the field through a name built at run time
 DYNAMIC_READERS = {
@@ -57,10 +59,12 @@ def _nested(cls: type) -> list[type]:
 
 
 def config_classes() -> list[type]:
-    """Every config dataclass: the fixed sections of ``Config``, each data format's and each model's."""
+    """Every config dataclass: the fixed sections of ``Config``, each data format's and each model's, and
+    those of the other YAML files users write (launch systems, tuning search spaces)."""
     sections = [h for h in typing.get_type_hints(config.Config).values() if dataclasses.is_dataclass(h)]
+    others = [systems.System, space.Objective, space.Param]
     found: list[type] = []
-    for cls in [*sections, *_data_configs(), *_model_configs()]:
+    for cls in [*sections, *_data_configs(), *_model_configs(), *others]:
         found += [c for c in _nested(cls) if c not in found]
     return found
 
@@ -103,7 +107,7 @@ def unread_fields(cls: type) -> list[str]:
 def test_config_classes_cover_every_section_format_and_model():
     names = {c.__name__ for c in config_classes()}
     assert {"RunConfig", "OptimizerConfig", "MeshConfig", "TrainConfig", "LoggingConfig"} <= names
-    assert {"FtagConfig", "MLPFConfig", "GN2Config"} <= names
+    assert {"FtagConfig", "MLPFConfig", "GN2Config", "System", "Param"} <= names
     assert len(_sources()) > 50 and any(p.name == "gn2.py" for p in _sources())
 
 
