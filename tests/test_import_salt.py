@@ -281,6 +281,15 @@ def test_checker_fails_on_a_perturbed_weight_and_on_salts_class_order(salt, impo
     assert worst_errors(outputs(state_dict, unordered), ref, salt["valid"])["jet_probs"] > 1e-3
 
 
+def test_torch_files_reads_what_torch_saves(salt):
+    saved = torch_files.load(salt["dir"] / "tensors.pt")
+    ref = np.load(salt["dir"] / "tensors.npz")
+    assert saved["step"] == 7 and set(saved["tensors"]) == set(ref.files)
+    for name, value in saved["tensors"].items():
+        assert value.flags.c_contiguous and value.shape == ref[name].shape, name
+        np.testing.assert_array_equal(np.asarray(value, ref[name].dtype), ref[name], err_msg=name)
+
+
 def test_run_directory_carries_salts_config(salt, imported):
     cfg = config.load(imported / "config.yaml")
     assert (cfg.data.jet_vars, cfg.data.track_vars) == (JET_VARS, TRACK_VARS)
@@ -303,6 +312,11 @@ def test_run_directory_carries_salts_config(salt, imported):
     )
     assert (cfg.optimizer.lr, cfg.optimizer.initial_lr, cfg.optimizer.final_lr) == (5e-4, 1e-7, 1e-5)
     info = json.loads((imported / "run.json").read_text())
+    state_dict, _, _ = gn2_salt.read_checkpoint(salt["pt"])
+    salt_params = sum(
+        v.size for k, v in state_dict.items() if k != "encoder.register_mask" and ".loss." not in k
+    )
+    assert info["param_count"] == salt_params
     assert info["imported"]["from"] == "salt" and info["imported"]["global_step"] == 1234
     assert info["imported"]["norm"] == "checkpoint buffers" and info["train_examples"] == N_JETS
     norm = yaml.safe_load((imported / "norm_dict.yaml").read_text())

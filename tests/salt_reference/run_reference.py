@@ -8,7 +8,7 @@ Builds salt's ``SaltModel`` and ``InputNorm`` from the salt config as salt's CLI
 the data variables and global object; each ``{class_path, init_args}`` node is instantiated, loss
 weights as tensors), seeds torch with SEED, then moves every 1-D parameter and the register tokens by
 N(0, 0.1^2), so that none (the zero q/k/v bias, the 1e-4 registers) is invisible to the comparison.
-It writes into OUT_DIR:
+It writes into OUT_DIR (also ``tensors.pt`` / ``.npz`` for the torch-free reader, see ``save_tensor_kinds``):
 
 * ``state_dict.pt``: ``SaltModel.state_dict()``;
 * ``model.ckpt``: a checkpoint in the layout of salt's Lightning ``ModelWrapper`` (``state_dict`` with
@@ -85,6 +85,25 @@ def read_jets(path: str, data: dict) -> tuple[dict[str, torch.Tensor], torch.Ten
     return inputs, torch.from_numpy(~tracks["valid"])
 
 
+def save_tensor_kinds(out: Path) -> None:
+    """``tensors.pt``: tensors of other dtypes and layouts than a state dict's (a transposed view, a slice
+    at an offset of a shared storage, bfloat16, int64, bool), and ``tensors.npz``: their values."""
+    torch.manual_seed(0)
+    base = torch.randn(6, 4)
+    tensors = {
+        "transposed": base.t(),
+        "offset": base.view(-1)[5:17].view(3, 4),
+        "bfloat16": torch.randn(5).to(torch.bfloat16),
+        "int64": torch.arange(-3, 9),
+        "bool": torch.tensor([True, False, True]),
+    }
+    torch.save({"tensors": tensors, "step": 7}, out / "tensors.pt")
+    np.savez(
+        out / "tensors.npz",
+        **{k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in tensors.items()},
+    )
+
+
 def main(config_path: str, jets_path: str, out_dir: str, seed: str) -> None:
     cfg = yaml.safe_load(Path(config_path).read_text())
     data = cfg["data"]
@@ -104,6 +123,8 @@ def main(config_path: str, jets_path: str, out_dir: str, seed: str) -> None:
         },
         out / "model.ckpt",
     )
+
+    save_tensor_kinds(out)
 
     inputs, pad = read_jets(jets_path, data)
     trk = next(k for k in data["variables"] if k != data["global_object"])
