@@ -16,7 +16,9 @@ device count all strategies must reach the same loss (checked; exit code 1 when 
 scaling (default) keeps ``--per-device-batch``; ``--global-batch`` keeps the global batch (strong
 scaling). Each cell reports step time, samples/s, efficiency against one device, the compiled step's
 memory per device, and the bytes its collectives move (``_hlo_stats``). A scaling model
-(``_scaling_model``) then predicts weak scaling from 1 to 64 Perlmutter-like nodes.
+(``_scaling_model``) then predicts weak scaling from 1 to 64 Perlmutter-like nodes, from a compute time
+that is measured (a GPU study's own step, or ``--step-ms`` from elsewhere) or stated (``--mfu``); on a
+CPU without either it predicts nothing, since a CPU step says nothing of a GPU's.
 
 Under ``srun`` (or any launcher ``smilejax.runtime`` knows) the same command measures the cross-process
 path: device counts must be multiples of the process count, and process 0 writes the results.
