@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from smilejax import cli, config, hlo_text
+from smilejax import cli, hlo_text
 from smilejax.bench import _hlo_stats, _scaling_model
 from smilejax.bench._hlo_stats import Collective
 from smilejax.bench._scaling_model import Network
@@ -300,6 +300,7 @@ def test_scaling_model_closed_form():
 
 
 def test_strategy_overrides_are_mesh_shapes():
+    from smilejax.bench._target import load_config
     from smilejax.bench.parallel import strategy_overrides
 
     assert strategy_overrides("fsdp", 8, 2) == [
@@ -310,9 +311,7 @@ def test_strategy_overrides_are_mesh_shapes():
     ]
     assert strategy_overrides("tensor", 8, 2)[:3] == ["mesh.data=4", "mesh.fsdp=1", "mesh.tensor=2"]
     assert strategy_overrides("tensor", 1, 2) is None
-    cfg = config.load(
-        "gn2", ["data.format=smilejax.bench._synthetic:DATA", *strategy_overrides("dp-shardmap", 4, 2)]
-    )
+    cfg = load_config("gn2", strategy_overrides("dp-shardmap", 4, 2))  # the config the bench builds
     assert (cfg.mesh.data, cfg.train.parallel) == (4, "shard_map")
 
 
