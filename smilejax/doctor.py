@@ -33,7 +33,11 @@ PLUGINS = {
     "cuda": ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt"),
     "rocm": ("jax-rocm7-plugin", "jax-rocm7-pjrt"),
 }
-INSTALL_GPU = "pip install -e '.[cuda12]' (NVIDIA) or pip install -e '.[rocm]' (AMD)"
+# From a checkout, with the lock, so that the plugin is the one built for the locked jaxlib.
+INSTALL_GPU = (
+    "pip install -c launch/locks/venv.txt -e '.[cuda12]' (NVIDIA) or "
+    "pip install -c launch/locks/venv.txt -e '.[rocm]' (AMD)"
+)
 VISIBILITY_VARS = (
     "CUDA_VISIBLE_DEVICES",
     "ROCR_VISIBLE_DEVICES",

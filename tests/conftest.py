@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-DEVICES = int(os.environ.get("SMILEJAX_TEST_DEVICES", "8"))
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={os.environ.get('SMILEJAX_TEST_DEVICES', '8')}"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -9,6 +9,8 @@ import yaml
 from smilejax import cli, metrics
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 
 @pytest.mark.parametrize(
     ("argv", "overrides", "option"),

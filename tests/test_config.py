@@ -9,6 +9,8 @@ from smilejax import config
 from smilejax.config import ConfigError
 from tests import toy
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 
 def test_defaults_and_overrides_are_typed():
     cfg = config.load(

@@ -24,6 +24,8 @@ from smilejax.preemption import EXIT_PREEMPTED
 from tests import toy
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 LAUNCH = ROOT / "launch"
 
 

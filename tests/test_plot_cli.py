@@ -10,6 +10,8 @@ import pytest
 from smilejax import cli, training_curves
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 
 def _run(tmp_path, name: str, records: list[dict]):
     run_dir = tmp_path / name

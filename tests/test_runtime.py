@@ -7,6 +7,8 @@ import pytest
 from smilejax import runtime
 from smilejax.runtime import ClusterEnv, detect, expand_hostlist, local_device_ids, parse_tasks_per_node
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 
 def slurm_step(procid: int, localid: int, **extra: str) -> dict[str, str]:
     """The variables srun sets in each task of a 4-task, 1-node step (as seen on a real Slurm 22.05)."""

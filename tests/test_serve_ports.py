@@ -9,6 +9,8 @@ import pytest
 from smilejax.serve.server import PortBusy, TritonServer, check_port
 from tests.conftest import free_port, run_cli
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 
 @pytest.fixture
 def taken():

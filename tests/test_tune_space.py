@@ -11,6 +11,8 @@ from smilejax.tune.space import SpaceError
 from tests import toy
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 GOOD = {
     "objective": {"metric": "eval/loss", "mode": "min"},
     "parameters": {
