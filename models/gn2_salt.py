@@ -67,12 +67,6 @@ _ENCODER = {
 }
 
 
-def _is_buffer(key: str) -> bool:
-    """salt's buffers, not parameters: the registers' mask and the losses' class weights (which the config
-    holds too)."""
-    return key == "encoder.register_mask" or (key.startswith("tasks.") and ".loss." in key)
-
-
 @dataclasses.dataclass(frozen=True)
 class SaltLayout:
     """Where salt keeps what GN2 needs: task indices, the jet inputs' count, the jet class order."""
@@ -154,20 +148,7 @@ def translate(salt: Mapping) -> Translation:
         raise ValueError(f"model.encoder is {kind or 'missing'}; GN2 needs salt.models.Transformer")
     attn = dict(enc.get("attn_kwargs") or {})
     ff = dict(enc.get("dense_kwargs") or {})
-    for key, (default, want) in {**_ENCODER, "embed_dim": (None, embed)}.items():
-        have = enc.get(key, default)
-        if have != want:
-            problems.append(f"encoder.{key} is {have!r}; GN2 needs {want!r}")
-    if enc.get("out_dim") is None:
-        problems.append("encoder.out_dim is not set; GN2 projects the encoder output (out_dim)")
-    if int(enc.get("num_registers", 1)) < 1:
-        problems.append("encoder.num_registers must be at least 1")
-    for key, want in (("bias", True), ("do_qk_norm", False), ("do_v_norm", False), ("mup", False)):
-        if attn.get(key, want) != want:
-            problems.append(f"encoder.attn_kwargs.{key} is {attn[key]!r}; GN2 needs {want!r}")
-    for key, want in (("gated", False), ("bias", True), ("mup", False)):
-        if ff.get(key, want) != want:
-            problems.append(f"encoder.dense_kwargs.{key} is {ff[key]!r}; GN2 needs {want!r}")
+    _check_encoder(enc, attn, ff, embed, problems)
     out = int(enc.get("out_dim") or embed)
 
     kind, pool = _node(model.get("pool_net"))
@@ -175,25 +156,7 @@ def translate(salt: Mapping) -> Translation:
         problems.append(f"pool_net must be GlobalAttentionPooling of input_size {out}, got {kind} {pool}")
 
     # tasks
-    kind, task_list = _node(model.get("tasks"))
-    tasks: dict[str, tuple[int, dict]] = {}
-    for i, node in enumerate(task_list.get("modules") or []):
-        kind, args = _node(node)
-        role = (
-            "vertex"
-            if kind == "VertexingTask"
-            else ("jet" if args.get("input_name") == glob else "origin")
-            if kind == "ClassificationTask"
-            else None
-        )
-        if role is None or role in tasks:
-            problems.append(f"task {args.get('name', i)!r} ({kind}) is not one of GN2's three tasks")
-            continue
-        tasks[role] = (i, args)
-    missing = [r for r in ("jet", "origin", "vertex") if r not in tasks]
-    if missing:
-        problems.append(f"GN2 has jet, origin and vertex tasks; the config lacks {missing}")
-        raise ValueError("salt config: " + "; ".join(problems))
+    tasks = _tasks(model, glob, problems)
     shapes = {"jet": (out, 0), "origin": (out, out), "vertex": (2 * out, out)}
     head_hidden = None
     for role, (_, args) in tasks.items():
@@ -296,6 +259,46 @@ def translate(salt: Mapping) -> Translation:
         norm_groups={"jets": input_map.get(glob, glob), "tracks": input_map.get(trk, trk)},
         norm_dict=data.get("norm_dict"),
     )
+
+
+def _check_encoder(enc: dict, attn: dict, ff: dict, embed: int, problems: list[str]) -> None:
+    """A salt ``Transformer`` GN2's ``Encoder`` computes: pre-LayerNorm, plain attention and feed-forward,
+    registers kept, an output projection and final norm."""
+    for key, (default, want) in {**_ENCODER, "embed_dim": (None, embed)}.items():
+        have = enc.get(key, default)
+        if have != want:
+            problems.append(f"encoder.{key} is {have!r}; GN2 needs {want!r}")
+    if enc.get("out_dim") is None:
+        problems.append("encoder.out_dim is not set; GN2 projects the encoder output (out_dim)")
+    if int(enc.get("num_registers", 1)) < 1:
+        problems.append("encoder.num_registers must be at least 1")
+    for key, want in (("bias", True), ("do_qk_norm", False), ("do_v_norm", False), ("mup", False)):
+        if attn.get(key, want) != want:
+            problems.append(f"encoder.attn_kwargs.{key} is {attn[key]!r}; GN2 needs {want!r}")
+    for key, want in (("gated", False), ("bias", True), ("mup", False)):
+        if ff.get(key, want) != want:
+            problems.append(f"encoder.dense_kwargs.{key} is {ff[key]!r}; GN2 needs {want!r}")
+
+
+def _tasks(model: dict, glob: str, problems: list[str]) -> dict[str, tuple[int, dict]]:
+    """GN2's tasks in salt's task list: {"jet" | "origin" | "vertex": (index, init args)}; raises when
+    one is missing."""
+    _, task_list = _node(model.get("tasks"))
+    tasks: dict[str, tuple[int, dict]] = {}
+    for i, node in enumerate(task_list.get("modules") or []):
+        kind, args = _node(node)
+        role = {"VertexingTask": "vertex", "ClassificationTask": "origin"}.get(kind)
+        if role == "origin" and args.get("input_name") == glob:
+            role = "jet"
+        if role is None or role in tasks:
+            problems.append(f"task {args.get('name', i)!r} ({kind}) is not one of GN2's three tasks")
+            continue
+        tasks[role] = (i, args)
+    missing = [r for r in ("jet", "origin", "vertex") if r not in tasks]
+    if missing:
+        problems.append(f"GN2 has jet, origin and vertex tasks; the config lacks {missing}")
+        raise ValueError("salt config: " + "; ".join(problems))
+    return tasks
 
 
 def _check_dense(d: dict, where: str, problems: list[str], input_size: int, context_size: int) -> None:
@@ -425,6 +428,12 @@ def _attention(prefix: str, leaf: str) -> tuple[str, Callable[[np.ndarray], np.n
     if leaf == "out_bias":
         return f"{prefix}.out_proj.bias", lambda w: w
     raise KeyError(f"no salt name for attention parameter {prefix}.{leaf}")
+
+
+def _is_buffer(key: str) -> bool:
+    """salt's buffers, not parameters: the registers' mask and the losses' class weights (which the config
+    holds too)."""
+    return key == "encoder.register_mask" or (key.startswith("tasks.") and ".loss." in key)
 
 
 def convert_salt_state_dict(
