@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,6 +79,25 @@ def make_run(
     if (run_dir / "checkpoints").exists() or (run_dir / "config.yaml").exists():
         raise ValueError(f"{run_dir} already holds a run; choose another --out")
 
+    created = not run_dir.exists()
+    try:
+        return _write_run(spec, importer, source, checkpoint_path, config_path, run_dir, overrides)
+    except BaseException:
+        if created:  # a failed import leaves no half-written run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _write_run(
+    spec: ModelSpec,
+    importer: Importer,
+    source: str,
+    checkpoint_path: Path,
+    config_path: str | Path | None,
+    run_dir: Path,
+    overrides: list[str] | tuple,
+) -> ImportResult:
+    """``make_run``'s work once the inputs are checked: the importer, then config, checkpoint, run.json."""
     imported = importer(checkpoint_path, Path(config_path) if config_path else None, run_dir)
     base = config.read_yaml(spec.name) if spec.name in config.packaged() else {}
     tree = config.merge(base, {**imported.config, "run": {**base.get("run", {}), "dir": str(run_dir)}})

@@ -399,3 +399,6 @@ def test_what_gn2_cannot_compute_is_named(salt, tmp_path):
     with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
         torch_files.load(tmp_path / "legacy.pt")
     assert cli.main(["import", "salt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
+    bad = ["import", "salt", str(salt["ckpt"]), "--out", str(tmp_path / "y"), "model.nosuch=1"]
+    assert cli.main(bad) == 2
+    assert not (tmp_path / "y").exists()  # a failed import leaves no half-written run
