@@ -5,8 +5,9 @@
 #
 #   bash launch/install_salt_reference.sh [ENV_DIR]
 #
-# Every package is pinned in launch/locks/salt-reference.txt (a `pip freeze` of a working env). salt-ml
-# goes in with --no-deps: its requirements (lightning, comet_ml, onnx, puma-hep, umami-preprocessing,
+# Every package is pinned in launch/locks/salt-reference.txt (the resolution of salt-reference.in, `make
+# lock`; first a `pip freeze` of a working env) and installed with --no-deps, the lock being the whole
+# environment. salt-ml's own requirements (lightning, comet_ml, onnx, puma-hep, umami-preprocessing,
 # torch==2.12, ...) are for training and plotting; building SaltModel and running it needs only what the
 # lock holds (torch, numpy, pyyaml, h5py, scipy, atlas-ftag-tools, py-lap-solver).
 #
