@@ -273,6 +273,11 @@ def test_checker_fails_on_a_perturbed_weight_and_on_salts_class_order(salt, impo
         )
 
     assert max(worst_errors(outputs(state_dict, layout), ref, salt["valid"]).values()) < ATOL
+    with nnx.use_eager_sharding(False):  # other weights until salt's are loaded into it
+        fresh = gn2.build(tm.cfg.model, rngs=nnx.Rngs(1))
+    assert worst_errors(smilejax_outputs(fresh, batch), ref, salt["valid"])["jet_probs"] > 1e-3
+    gn2_salt.load_salt_state_dict(fresh, state_dict, layout)
+    assert max(worst_errors(smilejax_outputs(fresh, batch), ref, salt["valid"]).values()) < ATOL
     bumped = dict(state_dict)
     bumped["encoder.layers.1.attn.fn.in_proj_bias"] = bumped["encoder.layers.1.attn.fn.in_proj_bias"] + 1e-3
     assert worst_errors(outputs(bumped, layout), ref, salt["valid"])["jet_probs"] > ATOL
