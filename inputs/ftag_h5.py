@@ -947,11 +947,14 @@ def _version(path: Path) -> tuple[int, int]:
 @functools.lru_cache(maxsize=8)
 def _class_dict_weights(path: str, mtime_ns: int, size: int) -> dict[str, tuple[float, ...]]:
     """The loss weights of a class dict file, read (and logged) once per version (time, size) of the file."""
-    weights = {"jet": tuple(class_weights(path, "jets", "flavour_label", len(FLAVOURS)).tolist())}
-    tracks = load_class_dict(path).get("tracks") or {}
+    content = load_class_dict(path)
+    class_weights(path, "jets", "flavour_label", len(FLAVOURS))  # checked, errors naming the file
+    weights = {"jet": tuple(float(w) for w in content["jets"]["flavour_label"])}  # as written, not float32
+    tracks = content.get("tracks") or {}
     origin = next((label for label in ORIGIN_FIELDS if label in tracks), None)
     if origin:
-        weights["origin"] = tuple(class_weights(path, "tracks", origin, len(TRACK_ORIGINS)).tolist())
+        class_weights(path, "tracks", origin, len(TRACK_ORIGINS))
+        weights["origin"] = tuple(float(w) for w in tracks[origin])
     log.info("class weights from %s: %s", path, weights)
     return weights
 

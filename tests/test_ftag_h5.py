@@ -308,6 +308,9 @@ def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path, caplog
     np.testing.assert_allclose(
         model.origin_class_weights, SALT_CLASS_DICT["tracks"]["ftagTruthOriginLabel"], rtol=1e-6
     )
+    expected = {"jet": SALT_CLASS_DICT["jets"]["flavour_label"]}
+    expected["origin"] = SALT_CLASS_DICT["tracks"]["ftagTruthOriginLabel"]
+    assert steps.model_config(cfg).class_weights == expected  # the values as written
     # without a class dict, the model's own class_weights (or none)
     assert steps.model_config(config.load("gn2")).class_weights is None
     with pytest.raises(ValueError, match=r"data.class_dict \(.*\) and model.class_weights both give"):
