@@ -2,7 +2,10 @@
 
 Orbax writes each step into a temporary folder and renames it when complete, so a crash mid-save
 leaves the previous step as the latest good checkpoint. If the latest one is unreadable anyway (a
-truncated file on a flaky filesystem), ``restore`` says so and takes the one before.
+truncated or missing file on a flaky filesystem), ``restore`` says so and takes the one before. A
+checkpoint whose arrays have other shapes or dtypes than the model's is not damage (the model changed,
+and older steps would not fit either): ``restore`` compares its metadata first and raises
+``StateMismatch``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from smilejax.config import ConfigError
 from smilejax.steps import TrainState
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,53 @@ def _abstract_with_data(tree):
 
 def _data_to_keys(template, tree):
     return jax.tree.map(lambda t, x: jax.random.wrap_key_data(x) if _is_key(t) else x, template, tree)
+
+
+def _name(path: tuple) -> str:
+    """A tree path as one name, the same for the state and its saved metadata: ``params/up/kernel``."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _leaves(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each array leaf's name -> (shape, dtype name)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    return {_name(path): (tuple(x.shape), np.dtype(x.dtype).name) for path, x in flat if x is not None}
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
+
+
+class StateMismatch(ConfigError):
+    """A checkpoint whose arrays do not fit the model's state: ``differences`` name them, params first."""
+
+    def __init__(self, directory: Path, step: int, differences: list[str]):
+        self.directory, self.step, self.differences = directory, step, differences
+        super().__init__(f"checkpoint step {step} in {directory} does not fit the model: {self.describe()}")
+
+    def describe(self, most: int = 4) -> str:
+        more = len(self.differences) - most
+        return "; ".join(self.differences[:most]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def differences(saved: dict, wanted: dict) -> list[str]:
+    """What differs between the saved arrays and the model's (``_leaves`` of each), parameters first."""
+    out = []
+    for name in sorted(saved.keys() | wanted.keys(), key=lambda n: (not n.startswith("params/"), n)):
+        have, want = saved.get(name), wanted.get(name)
+        if have == want:
+            continue
+        if want is None:
+            out.append(f"the checkpoint holds {name} {_shape(have[0])} that the model lacks")
+        elif have is None:
+            out.append(f"the model has {name} {_shape(want[0])} that the checkpoint lacks")
+        elif have[0] != want[0]:
+            out.append(
+                f"the checkpoint holds {name} {_shape(have[0])} where the model wants {_shape(want[0])}"
+            )
+        else:
+            out.append(f"the checkpoint holds {name} as {have[1]} where the model wants {want[1]}")
+    return out
 
 
 class Checkpointer:
@@ -85,32 +137,45 @@ class Checkpointer:
         """
         self.manager.wait_until_finished()
         candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        wanted = _leaves(_abstract_with_data(abstract))
         failures = []
         for candidate in candidates:
             items = {"state": ocp.args.StandardRestore(_abstract_with_data(abstract))}
             if iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             try:
+                saved = self.saved_arrays(candidate)
+            except Exception as err:  # damage (a missing or truncated metadata file): try the previous one
+                failures.append(self._damaged(candidate, err))
+                continue
+            if saved != wanted:  # not damage: the model changed since this step was saved
+                raise StateMismatch(self.directory, candidate, differences(saved, wanted))
+            try:
                 restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
-            except Exception as err:  # any unreadable checkpoint: try the previous one
-                reason = f"{type(err).__name__}: {err}".splitlines()[0]
-                log.warning(
-                    "checkpoint step %s in %s is unreadable (%s); trying an older one",
-                    candidate,
-                    self.directory,
-                    reason,
-                )
-                failures.append(candidate)
+            except Exception as err:  # damage (a truncated or missing array file): try the previous one
+                failures.append(self._damaged(candidate, err))
                 continue
             if failures:
                 log.warning("resumed from step %d; skipped unreadable step(s) %s", candidate, failures)
             return _data_to_keys(abstract, restored.state)
         if failures:
             raise RuntimeError(
-                f"no readable checkpoint in {self.directory}: steps {failures} all failed to restore; "
-                "move the folder away to start afresh"
+                f"no readable checkpoint in {self.directory}: steps {failures} all failed to restore "
+                "(damaged files, see the warnings above); move the folder away to start afresh"
             )
         return None
+
+    def _damaged(self, step: int, err: Exception) -> int:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        log.warning(
+            "checkpoint step %s in %s is unreadable (%s); trying an older one", step, self.directory, reason
+        )
+        return step
+
+    def saved_arrays(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The names, shapes and dtypes of step ``step``'s saved state, from its metadata alone."""
+        metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory / str(step) / "state"))
+        return _leaves(metadata.tree)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

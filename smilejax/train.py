@@ -1,6 +1,6 @@
 """``smilejax train``: one linear recipe from config to checkpoints.
 
-runtime → run dir → mesh → input → model → restore → loggers → loop (hooks every N steps).
+runtime → mesh → input → run dir → model → restore → loggers → loop (hooks every N steps) → summary.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from smilejax import checkpoint, config, metrics, preemption, profiling, registry, runtime, steps
+from smilejax import checkpoint, config, metrics, preemption, profiling, registry, resume, runtime, steps
 from smilejax import mesh as meshlib
-from smilejax.config import Config, ConfigError
+from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
 from smilejax.inputs.spec import BatchSource
 
@@ -50,8 +50,10 @@ class Hook:
 class Result:
     run_dir: Path
     step: int
-    preempted: bool
-    last_metrics: dict
+    preempted: bool  # stopped early by a signal, after a checkpoint
+    last_metrics: dict  # the last logged training values
+    exit_code: int = 0  # preemption.exit_code: 75 stopped by the scheduler, 130 by Ctrl-C
+    last_eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation's eval/ values
 
 
 # ---------------------------------------------------------------- helpers
@@ -143,41 +145,6 @@ def check_batch(cfg: Config, mesh) -> None:
     )
 
 
-def check_resume(run_dir: Path, cfg: Config, train_examples: int) -> None:
-    """A resumed run continues its batch sequence only with the data settings, seed and training-set size
-    it had: a changed one (a new batch size, element budget, file list, a training set of another size)
-    raises instead of silently training on another sequence from the restored position."""
-    info = run_dir / "run.json"
-    before_examples = json.loads(info.read_text()).get("train_examples") if info.is_file() else None
-    if before_examples is not None and before_examples != train_examples:
-        raise ConfigError(
-            f"{run_dir} was trained on {before_examples:,} training examples and its data now holds "
-            f"{train_examples:,}, so its restored input position would continue another batch sequence; "
-            "restore the files it trained on or start a new run.dir"
-        )
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    try:
-        before = config.load(saved)
-    except (ConfigError, ValueError, KeyError) as err:  # written by an older smilejax
-        log.warning("cannot compare with the earlier config %s (%s); resuming anyway", saved, err)
-        return
-    old, new = config.to_dict(before), config.to_dict(cfg)
-    changed = [
-        f"data.{k}: {old['data'].get(k)!r} -> {v!r}"
-        for k, v in new["data"].items()
-        if k not in cfg.data.resume_free and old["data"].get(k) != v
-    ]
-    if before.run.seed != cfg.run.seed:
-        changed.append(f"run.seed: {before.run.seed} -> {cfg.run.seed}")
-    if changed:
-        raise ConfigError(
-            f"{saved.parent} was trained with other data settings, so its restored input position would "
-            f"continue another batch sequence ({'; '.join(changed)}); restore them or start a new run.dir"
-        )
-
-
 # ---------------------------------------------------------------- evaluation
 
 
@@ -187,12 +154,47 @@ def _shape_label(shapes: tuple) -> str:
 
 
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
+    """Mean eval values over the next ``run.eval_steps`` batches (``Evaluation`` makes them the same ones
+    each time)."""
     sums: dict[str, float] = {}
     for _ in range(cfg.run.eval_steps):
         out = program.eval_step(state, to_global(program.batch_sharding, next(batches)))
         for k, v in jax.device_get(out).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
+
+
+class Evaluation:
+    """Every evaluation scores the same held-out batches: the first ``run.eval_steps`` of the unshuffled
+    eval pipeline, which restarts from its beginning each time. So the eval values of a resumed run are
+    those of an uninterrupted one, and two evaluations of the same parameters agree."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._batches = iter(make_inputs(cfg, "eval", shuffle=False))
+        self._start = self._batches.get_state()
+
+    def restart(self) -> Iterator[dict]:
+        """The eval batches from their beginning (one iterator, rewound: its read threads stay)."""
+        self._batches.set_state(self._start)
+        return self._batches
+
+    def __call__(self, program: steps.Program, state: steps.TrainState) -> dict:
+        return evaluate(program, state, self.restart(), self.cfg)
+
+
+def summary(result: Result) -> str:
+    """The end of a run in a few lines: where it stopped, its last values, what to run next."""
+    how = "stopped early" if result.preempted else "finished"
+    values = {**result.last_metrics, **result.last_eval}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k == "loss" or k.startswith("eval/"))
+    lines = [
+        f"run {how} at step {result.step}" + (f": {shown}" if shown else ""),
+        f"  run directory: {result.run_dir}",
+        f"  evaluate: smilejax eval {result.run_dir}",
+        f"  export:   smilejax export {result.run_dir} --out {result.run_dir / 'triton'}",
+    ]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the run
@@ -206,12 +208,11 @@ def train(
 ) -> Result:
     """Trains ``cfg``. ``extra_hooks`` run after the built-in ones each step; ``on_metrics(step, values)``
     sees every record written to ``metrics.jsonl`` (training and ``eval/`` values), on every process."""
-    # ---- runtime and run directory
+    # ---- runtime
     cluster = runtime.initialize()
     lead = jax.process_index() == 0
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(run_dir)))
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- mesh
     mesh = meshlib.build_mesh(cfg.mesh)
@@ -219,19 +220,28 @@ def train(
     if lead:
         log.info("topology: %s", topology(cluster, mesh))
 
-    # ---- input (fails here, before any compilation, on a missing or malformed file)
+    # ---- input (fails here, before any compilation and before the run directory, on a missing or
+    # malformed file)
     train_source = registry.dataset(cfg.data.format).source(cfg.data, "train")
     batches = iter(make_inputs(cfg, "train", source=train_source))
-    eval_batches = iter(make_inputs(cfg, "eval", shuffle=False)) if cfg.run.eval_every > 0 else None
+    evaluation = Evaluation(cfg) if cfg.run.eval_every > 0 else None
 
-    # ---- model and train state
+    # ---- run directory, model and train state (a resume that the config rules out fails before restoring)
+    run_dir.mkdir(parents=True, exist_ok=True)
     program = steps.build(registry.model(cfg.model.name), cfg, mesh)
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
-    state = ckpt.restore(program.abstract_state, batches)
+    try:
+        if ckpt.steps():
+            resume.check_data(run_dir, cfg, len(train_source))
+        state = ckpt.restore(program.abstract_state, batches)
+    except checkpoint.StateMismatch as mismatch:
+        ckpt.close()
+        raise resume.structure_error(run_dir, cfg, mismatch) from None
+    except BaseException:
+        ckpt.close()
+        raise
     resumed = state is not None
-    if resumed:
-        check_resume(run_dir, cfg, len(train_source))
-    else:
+    if not resumed:
         state = program.init()
     start = int(jax.device_get(state.step))
     info = {**run_info(cfg, program, cluster), "train_examples": len(train_source)}
@@ -285,6 +295,7 @@ def train(
     # ---- hooks
     window = {"steps": 0, "samples": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
     last: dict = {}
+    last_eval: dict = {}
 
     def log_hook(step: int) -> None:
         sums = jax.device_get(window["sums"])
@@ -310,7 +321,9 @@ def train(
         window.update(steps=0, samples=0, data_s=0.0, t0=time.perf_counter(), sums=None, flops=0.0)
 
     def eval_hook(step: int) -> None:
-        emit(step, evaluate(program, state, eval_batches, cfg))
+        last_eval.clear()
+        last_eval.update(evaluation(program, state))
+        emit(step, last_eval)
 
     def checkpoint_hook(step: int) -> None:
         ckpt.save(state, batches)
@@ -345,14 +358,14 @@ def train(
 
     hooks = [
         Hook(cfg.run.log_every, log_hook),
-        Hook(cfg.run.eval_every if eval_batches else 0, eval_hook),
+        Hook(cfg.run.eval_every if evaluation is not None else 0, eval_hook),
         Hook(cfg.run.checkpoint_every, checkpoint_hook),
         Hook(1 if cfg.run.profile_at >= 0 else 0, profile_hook),
         *extra_hooks,
     ]
 
     # ---- loop
-    watch = preemption.StopWatch(cfg.run.preemption_check_every)
+    watch = preemption.StopWatch(cfg.run.preemption_check_every, announce=lead)
     bar = tqdm(
         total=cfg.run.steps,
         initial=start,
@@ -405,6 +418,14 @@ def train(
         if lead:
             record.close()
             loggers.close()
-    return Result(
-        run_dir=run_dir, step=int(jax.device_get(state.step)), preempted=preempted, last_metrics=last
+    result = Result(
+        run_dir=run_dir,
+        step=int(jax.device_get(state.step)),
+        preempted=preempted,
+        last_metrics=last,
+        exit_code=watch.exit_code if preempted else 0,
+        last_eval=last_eval,
     )
+    if lead:
+        log.info("%s", summary(result))
+    return result

@@ -1,4 +1,5 @@
-"""Loop features beyond the basics: MFU, profiler traces, NaN stops, optimizers and schedules."""
+"""Loop features beyond the basics: MFU, profiler traces, NaN stops, fixed evaluations, optimizers and
+schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from smilejax import config, metrics, optim, train
+from smilejax import config, metrics, optim, registry, steps, train
+from smilejax import mesh as meshlib
 from smilejax.config import OptimizerConfig
 from tests import toy
 
@@ -66,6 +68,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         _run(tmp_path, run={"steps": 8, "checkpoint_every": 2}, data={"path": str(data), "shuffle": False})
     saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [2]
+
+
+def test_every_evaluation_scores_the_same_examples():
+    cfg = config.load(toy.config(run={"eval_steps": 2}))
+    program = steps.build(registry.model(cfg.model.name), cfg, meshlib.build_mesh(cfg.mesh))
+    state = program.init()
+    evaluation = train.Evaluation(cfg)
+    first = evaluation(program, state)
+    assert set(first) == {"eval/loss", "eval/mae"} and first["eval/loss"] > 0
+    assert evaluation(program, state) == first  # the same parameters, the same numbers
+    # control: an eval stream that carries on from one evaluation to the next (as it did) differs
+    carried_on = evaluation.restart()
+    assert train.evaluate(program, state, carried_on, cfg) == first
+    assert train.evaluate(program, state, carried_on, cfg) != first
 
 
 @pytest.mark.parametrize("name", ["adamw", "lion", "lamb"])

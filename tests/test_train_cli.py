@@ -1,4 +1,5 @@
-"""`smilejax train` end to end through the real CLI: run files, resume, preemption, broken checkpoints."""
+"""`smilejax train` end to end through the real CLI: run files, resume, preemption and Ctrl-C, broken
+checkpoints, a changed model, the summary at the end."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 
 import pytest
 import yaml
 
 from smilejax import metrics
-from smilejax.preemption import EXIT_PREEMPTED
+from smilejax.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from tests.conftest import ROOT, cli_env, run_cli, smilejax_cmd, stop, wait_for
 
 STEPS = 24
@@ -19,6 +21,17 @@ STEPS = 24
 
 def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics.read(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def evals(run_dir) -> dict[int, dict[str, float]]:
+    records = metrics.read(run_dir / "metrics.jsonl")
+    return {
+        r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")} for r in records if "eval/loss" in r
+    }
+
+
+def run_files(run_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,7 @@ def test_help_explains_commands():
     assert top.returncode == 0 and "train" in top.stdout and "srun" in top.stdout
     sub = run_cli("train", "--help")
     assert sub.returncode == 0
-    for word in ("CONFIG", "KEY=VALUE", "optimizer.lr=3e-4", "resume", "75"):
+    for word in ("CONFIG", "KEY=VALUE", "optimizer.lr=3e-4", "resume", "75", "130 stopped by Ctrl-C"):
         assert word in sub.stdout
 
 
@@ -95,9 +108,7 @@ def test_missing_data_path_is_a_clear_error(toy_yaml, tmp_path):
     missing = tmp_path / "nowhere.npz"
     proc = run_cli("train", str(toy_yaml()), f"data.path={missing}", f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and str(missing) in proc.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
-        (tmp_path / "run" / "checkpoints").iterdir()
-    )
+    assert not (tmp_path / "run").exists()  # no empty run directory left behind
 
 
 def _start(cfg, run_dir, *overrides) -> subprocess.Popen:
@@ -127,39 +138,102 @@ def test_killed_run_resumes_with_identical_losses(reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from step" in proc.stderr
     assert losses(run_dir) == losses(ref_dir)  # exactly, every step
+    assert evals(run_dir) == evals(ref_dir)  # the same held-out examples at every evaluation
+    # one summary at the end: final values, the run directory, what to run next
+    final = evals(run_dir)[STEPS]["eval/loss"]
+    assert f"run finished at step {STEPS}: loss {losses(run_dir)[STEPS]:.4g}" in proc.stderr
+    assert f"eval/loss {final:.4g}" in proc.stderr and f"run directory: {run_dir}" in proc.stderr
+    assert f"smilejax eval {run_dir}" in proc.stderr and f"smilejax export {run_dir} --out " in proc.stderr
 
 
-def test_sigterm_checkpoints_at_step_boundary_and_exits_75(reference, tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "notice"),
+    [
+        (signal.SIGTERM, EXIT_PREEMPTED, "stop requested (SIGTERM)"),
+        (signal.SIGINT, EXIT_INTERRUPTED, "Ctrl-C: checkpointing at the next step boundary"),
+    ],
+)
+def test_stop_signal_checkpoints_at_step_boundary_and_resumes(reference, tmp_path, sig, code, notice):
     cfg, ref_dir = reference
     run_dir = tmp_path / "run"
     proc = _start(cfg, run_dir)
     wait_for(_checkpoint(run_dir, 4), 120, "checkpoint 4", proc)
-    stop(proc, signal.SIGTERM)
-    assert proc.returncode == EXIT_PREEMPTED, proc.stdout.read()[-3000:]
+    stop(proc, sig)
+    out = proc.stdout.read()
+    assert proc.returncode == code, out[-3000:]
+    assert notice in out and "Traceback" not in out
     stopped = max(losses(run_dir))
     assert 4 <= stopped < STEPS
     assert (run_dir / "checkpoints" / str(stopped)).is_dir()
+    assert f"run stopped early at step {stopped}" in out
     proc = run_cli("train", str(cfg), f"run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {stopped}" in proc.stderr
     assert losses(run_dir) == losses(ref_dir)
+    assert evals(run_dir) == evals(ref_dir)
 
 
-def test_corrupted_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
+class _Output:
+    """A process's output, read line by line in a thread while the test signals it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_second_ctrl_c_aborts_at_once_without_a_traceback(reference, tmp_path):
+    cfg, _ = reference
+    run_dir = tmp_path / "run"
+    proc = _start(cfg, run_dir, "data.read_delay_s=3")  # the first batch takes 3 s: no step before
+    out = _Output(proc)
+    wait_for(lambda: "topology" in out.text, 120, "the run's start")
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "Ctrl-C: checkpointing" in out.text, 30, "the first Ctrl-C's notice")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    out.thread.join(timeout=10)
+    assert proc.returncode == EXIT_INTERRUPTED, out.text[-3000:]
+    assert "aborted by a second Ctrl-C" in out.text and "Traceback" not in out.text
+    assert not list(run_dir.glob("checkpoints/[0-9]*"))  # aborted before the first step's checkpoint
+
+
+def test_changed_model_on_resume_is_a_config_error_naming_the_field(reference, tmp_path):
     cfg, ref_dir = reference
     run_dir = tmp_path / "run"
     shutil.copytree(ref_dir, run_dir)
-    (run_dir / "config.yaml").unlink()
-    # Truncate every array file of the newest checkpoint, as a crash on a flaky filesystem might.
-    broken = run_dir / "checkpoints" / "24"
-    for f in (broken / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    before = run_files(run_dir)
+    proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "run.steps=28", "model.hidden=64")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "config error" in proc.stderr and "model.hidden: 32 -> 64" in proc.stderr
+    assert f"checkpoint step {STEPS} does not fit the model" in proc.stderr
+    assert "params/mid/kernel [32,32] where the model wants [64,64]" in proc.stderr
+    assert "use another run.dir" in proc.stderr and "unreadable" not in proc.stderr
+    assert run_files(run_dir) == before  # nothing deleted, truncated or rewritten
+
+
+@pytest.mark.parametrize("damage", ["truncated arrays", "missing metadata"])
+def test_damaged_latest_checkpoint_falls_back_to_previous(reference, tmp_path, damage):
+    cfg, ref_dir = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    broken = run_dir / "checkpoints" / "24" / "state"
+    if damage == "truncated arrays":  # every array file cut short, as a crash on a flaky filesystem might
+        for f in broken.rglob("*"):
+            if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+                f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    else:
+        (broken / "_METADATA").unlink()
     proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "run.steps=24")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checkpoint step 24" in proc.stderr and "unreadable" in proc.stderr
-    assert "resumed from step 20" in proc.stderr
+    assert "checkpoint step 24" in proc.stderr and "is unreadable (" in proc.stderr
+    assert "resumed from step 20; skipped unreadable step(s) [24]" in proc.stderr
     assert losses(run_dir) == losses(ref_dir)
+    assert evals(run_dir) == evals(ref_dir)
 
 
 def test_every_command_has_help():

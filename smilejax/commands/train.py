@@ -28,12 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     preemption.listen()  # before the slow imports: an early scheduler warning must not kill us
     from smilejax import config, train
-    from smilejax.preemption import EXIT_PREEMPTED
 
     result = train.train(config.load(args.config, args.overrides))
     if result.preempted:
         logging.getLogger("smilejax").warning(
             "stopped at step %d after a checkpoint; run the same command to resume", result.step
         )
-        return EXIT_PREEMPTED
-    return 0
+    return result.exit_code

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from smilejax import config, metrics, train
+from smilejax import config, metrics, preemption, train
 from smilejax.config import Config, ConfigError
 from smilejax.tune.space import Space
 
@@ -115,6 +115,8 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
     try:
         result = train.train(cfg, extra_hooks=hooks, on_metrics=on_metrics)
         step = result.step
+        if result.exit_code == preemption.EXIT_INTERRUPTED:  # Ctrl-C: the trial checkpointed, the study stops
+            raise KeyboardInterrupt
     except _Stop as stop:
         state, step = ("pruned" if stop.pruned else "complete"), stop.step
     except (ConfigError, FileNotFoundError, KeyboardInterrupt):
