@@ -360,7 +360,7 @@ def train(
     t_start = time.perf_counter()
     program = build(cfgs)
     inputs = _Inputs(cfgs, program)
-    eval_iter = iter(training.make_inputs(cfg0, "eval", shuffle=False)) if cfg0.run.eval_every > 0 else None
+    evaluation = training.Evaluation(cfg0) if cfg0.run.eval_every > 0 else None  # the same batches each time
 
     run_dirs = [Path(c.run.dir) for c in cfgs]
     info = {
@@ -428,8 +428,8 @@ def train(
             n += 1
             if step % cfg0.run.log_every == 0:
                 log_window(step)
-            if eval_iter is not None and step % cfg0.run.eval_every == 0:
-                totals = None
+            if evaluation is not None and step % cfg0.run.eval_every == 0:
+                totals, eval_iter = None, evaluation.restart()
                 for _ in range(cfg0.run.eval_steps):
                     batch = jax.device_put(next(eval_iter), program.replicated)
                     got = program.eval(program.hypers, state, batch)
