@@ -41,7 +41,8 @@ lock:
 system:
 	bash launch/install_system_deps.sh
 
-# particleflow 3.1.0 (PyTorch) in its own Python 3.11 env, for tests/test_mlpf_parity.py
+# The PyTorch references, each in its own Python 3.11 env from its lock: particleflow 3.1.0
+# (tests/test_mlpf_parity.py) and salt 0.13.0 (tests/test_import_salt.py)
 reference:
 	bash launch/install_mlpf_reference.sh
 	bash launch/install_salt_reference.sh
@@ -67,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .mlpf-ref
+	rm -rf $(VENV) runs .mlpf-ref .salt-ref

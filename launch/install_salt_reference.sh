@@ -16,6 +16,7 @@
 # several GB. SALT_REF_PYTHON=... names a Python 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/reference_env.sh
 
 ENV_DIR=${1:-.salt-ref}
 LOCK=launch/locks/salt-reference.txt
@@ -33,24 +34,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && check; then
   exit 0
 fi
 
-# A Python 3.11: SALT_REF_PYTHON, else pyenv's newest 3.11 (the Makefile selects 3.12 for pyenv's
-# shims), else python3.11 on PATH.
-PY311=${SALT_REF_PYTHON:-}
-if [ -z "$PY311" ] && command -v pyenv >/dev/null 2>&1; then
-  v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.11\.[0-9]+$' | tail -n1 || true)
-  [ -n "$v" ] && PY311="$(pyenv root)/versions/$v/bin/python3.11"
-fi
-PY311=${PY311:-python3.11}
-if ! "$PY311" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-  echo "install_salt_reference: the salt reference runs on Python 3.11; '$PY311' is not one" \
-    "(set SALT_REF_PYTHON to a Python 3.11 interpreter)" >&2
-  exit 1
-fi
-
-[ -x "$ENV_DIR/bin/python" ] || "$PY311" -m venv "$ENV_DIR"
-echo '*' >"$ENV_DIR/.gitignore"  # never committed, wherever it lives
-# --no-deps everywhere: the lock is the whole environment, and nothing may pull a CUDA torch
-"$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$LOCK"
+PY311=$(python311 "${SALT_REF_PYTHON:-}")
+install_locked "$ENV_DIR" "$LOCK" "$PY311"
 
 if ! check; then
   echo "install_salt_reference: $ENV_DIR cannot import salt's model with a CPU torch:" >&2
