@@ -113,9 +113,7 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(
-        self, state: TrainState, iterator: grain.DatasetIterator | None, *, wait: bool = False
-    ) -> None:
+    def save(self, state: TrainState, iterator: grain.DatasetIterator | None, *, wait: bool = False) -> None:
         """Saves ``state`` and the data position of ``iterator``; ``None`` saves the state alone (an
         imported model without its data at hand: evaluation and export restore it, training cannot)."""
         step = int(jax.device_get(state.step))
