@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from smilejax import config, metrics, optim, registry, steps, train
+from smilejax import checkpoint, config, metrics, optim, registry, steps, train
 from smilejax import mesh as meshlib
 from smilejax.config import OptimizerConfig
 from tests import toy
@@ -82,6 +82,18 @@ def test_every_evaluation_scores_the_same_examples():
     carried_on = evaluation.restart()
     assert train.evaluate(program, state, carried_on, cfg) == first
     assert train.evaluate(program, state, carried_on, cfg) != first
+
+
+def test_checkpoint_differences_name_each_array_parameters_first():
+    saved = {"opt/count": ((), "int32"), "params/a": ((2, 3), "float32"), "params/b": ((4,), "float32")}
+    wanted = {"params/a": ((2, 4), "float32"), "params/b": ((4,), "bfloat16"), "params/c": ((1,), "float32")}
+    assert checkpoint.differences(saved, wanted) == [
+        "the checkpoint holds params/a [2,3] where the model wants [2,4]",
+        "the checkpoint holds params/b as float32 where the model wants bfloat16",
+        "the model has params/c [1] that the checkpoint lacks",
+        "the checkpoint holds opt/count [] that the model lacks",
+    ]
+    assert checkpoint.differences(saved, dict(saved)) == []
 
 
 @pytest.mark.parametrize("name", ["adamw", "lion", "lamb"])
