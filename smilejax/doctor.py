@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+from smilejax import host
+
 # JAX's GPU plugins (each with a PJRT part of the same version), by the runtime they bring.
 PLUGINS = {
     "cuda": ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt"),
@@ -46,13 +47,6 @@ VISIBILITY_VARS = (
     "SLURM_GPUS_ON_NODE",
 )
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
-
-
-def version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _guarded(probe, *args) -> Any:
@@ -114,12 +108,12 @@ def _backend_errors() -> dict[str, str]:
 
 
 def _accelerator(environ: Mapping[str, str]) -> dict[str, Any]:
-    jaxlib = version("jaxlib")
+    jaxlib = host.package_version("jaxlib")
     plugins = [
         {"package": p, "runtime": rt, "version": v, "matches_jaxlib": v == jaxlib}
         for rt, names in PLUGINS.items()
         for p in names
-        if (v := version(p))
+        if (v := host.package_version(p))
     ]
     out: dict[str, Any] = {
         "plugins": plugins,
@@ -224,7 +218,7 @@ def report(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "python": {"version": platform.python_version(), "executable": sys.executable},
-        "packages": {p: version(p) for p in PACKAGES},
+        "packages": {p: host.package_version(p) for p in host.PLATFORM_PACKAGES},
         "jax": _guarded(_jax),
         "accelerator": _accelerator(environ),
         "launcher": _guarded(_launcher, environ),

@@ -16,6 +16,8 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from smilejax import host
+
 
 class Missing(Exception):
     """What a feature lacks (``str``) and the command that installs it (``install``)."""
@@ -33,10 +35,8 @@ class Feature:
 
 
 def _version(dist: str) -> str:
-    try:
-        return f"{dist} {importlib.metadata.version(dist)}"
-    except importlib.metadata.PackageNotFoundError:
-        return dist
+    version = host.package_version(dist)
+    return f"{dist} {version}" if version else dist
 
 
 def _modules(modules: dict[str, str], install: str) -> str:

@@ -14,7 +14,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -23,7 +22,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from smilejax import checkpoint, config, metrics, preemption, profiling, registry, resume, runtime, steps
+from smilejax import (
+    checkpoint,
+    config,
+    host,
+    metrics,
+    preemption,
+    profiling,
+    registry,
+    resume,
+    runtime,
+    steps,
+)
 from smilejax import mesh as meshlib
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
@@ -71,11 +81,7 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[pkg] = metadata.version(pkg)
-    return out
+    return {"python": platform.python_version(), **host.package_versions()}
 
 
 def topology(cluster: runtime.ClusterEnv, mesh) -> str:

@@ -13,10 +13,8 @@ dynamically, and runs ``instances`` copies of itself (``kind``: auto, cpu, gpu).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import logging
 import re
@@ -25,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smilejax import host
 from smilejax.serve.export import ELEMENTS, FORMATS, Tensor
 
 log = logging.getLogger(__name__)
@@ -247,11 +246,7 @@ def read_metadata(repo: str | Path) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("jax", "jaxlib", "flax", "numpy", "jax2onnx", "onnx", "smilejax"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return versions
+    return host.package_versions((*host.PLATFORM_PACKAGES, "jax2onnx", "onnx"))
 
 
 def _data_section(cfg) -> dict[str, Any]:
