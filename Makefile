@@ -2,13 +2,13 @@
 
 VENV ?= .venv
 # JAX 0.11+ needs Python 3.12; under pyenv, select a 3.12 interpreter when one is installed.
-export PYENV_VERSION ?= $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.12' | tail -n1)
+export PYENV_VERSION ?= $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.12\.[0-9]+$$' | tail -n1)
 # (make 4.3's $(shell) does not see exported variables: pass PYENV_VERSION on explicitly.)
 PYTHON ?= $(shell PYENV_VERSION=$(PYENV_VERSION) python3.12 -c 'print("python3.12")' 2>/dev/null || echo python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Every install takes its versions from the lock (launch/locks/, made by `make lock`): versions that were
-# tested together, whatever has been released since.
+# tested together, whatever has been released since; the build backend of the editable install too.
 LOCK := launch/locks/venv.txt
 PIP_LOCKED := $(PY) -m pip install -q -c $(LOCK)
 
@@ -16,11 +16,11 @@ PIP_LOCKED := $(PY) -m pip install -q -c $(LOCK)
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || { echo "make: the lock \
-	($(LOCK)) is for Python 3.12 (JAX 0.12 needs it) and $(PYTHON) is $$($(PYTHON) --version); install \
-	Python 3.12, or run pip install -e . for an unlocked install" >&2; exit 1; }
+	($(LOCK)) is for Python 3.12 (JAX 0.12 needs it) and $(PYTHON) is $$($(PYTHON) --version 2>&1); \
+	name a Python 3.12 with make PYTHON=/path/to/python3.12 (or PYENV_VERSION=3.12.x under pyenv)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_LOCKED) pip
-	$(PIP_LOCKED) -e '.[test]'
+	$(PIP_LOCKED) --build-constraint $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

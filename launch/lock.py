@@ -45,6 +45,7 @@ class Env:
     requirements: tuple[str, ...]  # what is resolved; {V} is the platform version
     pinned: tuple[str, ...] = ()  # name==version lines added as they are (not resolved: --no-deps installs)
     why: str = ""
+    install: str = "Installed with pip install --no-deps -r this file (launch/reference_env.sh)"
 
 
 def read_in(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -62,11 +63,13 @@ def environments() -> list[Env]:
         Env(
             "venv",
             "3.12",
-            ("pip", "-e .[test,serve,pythia,cuda12,rocm]", "jax=={V}", "jaxlib=={V}"),
+            # setuptools: the build backend of the editable install (pip --build-constraint takes its pin)
+            ("pip", "setuptools", "-e .[test,serve,pythia,cuda12,rocm]", "jax=={V}", "jaxlib=={V}"),
             # The Triton server binary is unpacked from this wheel without its numpy<2 pin
             # (launch/install_triton.sh); a newer wheel bundles another server: move it by hand, tested.
             pinned=("nvidia-pytriton==0.7.0",),
             why="the smilejax venv (make install), its accelerator extras and the GPU compiler",
+            install="Installed with pip install -c this file (constraints) and --build-constraint",
         )
     ]
     for path in sorted(LOCKS.glob("*.in")):
@@ -88,13 +91,13 @@ def versions(python: str, package: str) -> list[str]:
 
 def platform_version(python: str) -> str:
     """The newest version that jaxlib and every accelerator plugin share."""
-    shared = None
+    shared: list[str] | None = None
     for piece in PLATFORM_PIECES:
         have = versions(python, piece)
-        shared = [v for v in (shared or have) if v in have]
         print(f"lock: {piece}: newest {have[0]}", file=sys.stderr)
-    if not shared:
-        raise SystemExit(f"lock: no version is shared by all of {', '.join(PLATFORM_PIECES)}")
+        shared = have if shared is None else [v for v in shared if v in have]
+        if not shared:
+            raise SystemExit(f"lock: no version is shared by all of {', '.join(PLATFORM_PIECES)}")
     return shared[0]
 
 
@@ -149,7 +152,7 @@ def write(env: Env, pins: dict[str, str], platform: str) -> Path:
     header = [
         f"# Lock of {env.why} (Python {env.python}).",
         f"# Made by `make lock` (launch/lock.py) on {datetime.date.today()}; platform version {platform}.",
-        "# Install with pip -c this file. Do not edit: re-run make lock, test, commit.",
+        f"# {env.install}. Do not edit: re-run make lock, test, commit.",
     ]
     body = [f"{name}=={version}" for name, version in sorted(pins.items())]
     hand = [f"{p}  # not resolved: installed without dependencies" for p in env.pinned]

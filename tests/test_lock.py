@@ -75,6 +75,10 @@ def test_newest_shared_platform_version(monkeypatch):
     index["jax-rocm7-pjrt"] = ["0.11.1"]
     with pytest.raises(SystemExit, match="no version is shared"):
         lock.platform_version("python")
+    # Two pieces with nothing in common stop at once: the next piece's list never stands in for theirs.
+    index.update({"jaxlib": ["0.12.1"], "jax-rocm7-pjrt": ["0.12.0", "0.11.2"]})
+    with pytest.raises(SystemExit, match="no version is shared"):
+        lock.platform_version("python")
 
 
 def test_reference_environments_are_locked():
