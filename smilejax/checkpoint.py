@@ -115,7 +115,7 @@ class Checkpointer:
 
     def save(self, state: TrainState, iterator: grain.DatasetIterator | None, *, wait: bool = False) -> None:
         """Saves ``state`` and the data position of ``iterator``; ``None`` saves the state alone (an
-        imported model without its data at hand: evaluation and export restore it, training cannot)."""
+        imported model without its data at hand: training on it starts the data from the beginning)."""
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return
@@ -131,7 +131,10 @@ class Checkpointer:
     ) -> TrainState | None:
         """The newest readable checkpoint's state (or ``step``'s), None if there is none.
 
-        ``iterator``, when given, is restored in place to where that checkpoint's data stream stood.
+        ``iterator``, when given, is restored in place to where that checkpoint's data stream stood; a
+        checkpoint without one (an import whose data was out of reach) leaves it at its beginning.
+        Raises ``StateMismatch`` for a checkpoint of another model, ``ValueError`` when every checkpoint
+        is damaged.
         """
         self.manager.wait_until_finished()
         candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
@@ -139,8 +142,10 @@ class Checkpointer:
         failures = []
         for candidate in candidates:
             items = {"state": ocp.args.StandardRestore(_abstract_with_data(abstract))}
-            if iterator is not None:
+            if iterator is not None and self.has_data(candidate):
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+            elif iterator is not None:
+                self._without_data(candidate)
             try:
                 saved = self.saved_arrays(candidate)
             except Exception as err:  # damage (a missing or truncated metadata file): try the previous one
@@ -156,12 +161,26 @@ class Checkpointer:
             if failures:
                 log.warning("resumed from step %d; skipped unreadable step(s) %s", candidate, failures)
             return _data_to_keys(abstract, restored.state)
-        if failures:
-            raise RuntimeError(
+        if failures:  # a ValueError, as for a damaged data file: the CLI reports it in one line
+            raise ValueError(
                 f"no readable checkpoint in {self.directory}: steps {failures} all failed to restore "
                 "(damaged files, see the warnings above); move the folder away to start afresh"
             )
         return None
+
+    def has_data(self, step: int) -> bool:
+        """Whether step ``step`` holds a data position (an import without its data saves the state alone)."""
+        return (self.directory / str(step) / "data").is_dir()
+
+    def _without_data(self, step: int) -> None:
+        if step == 0:  # an imported model: step 0 is where a fresh pipeline stands, so training stays exact
+            log.info("checkpoint step 0 holds no data position: the input pipeline starts from its beginning")
+        else:
+            log.warning(
+                "checkpoint step %d holds no data position: the input pipeline starts from its beginning, "
+                "so the batches after it differ from those of an uninterrupted run",
+                step,
+            )
 
     def _damaged(self, step: int, err: Exception) -> int:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]

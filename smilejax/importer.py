@@ -5,9 +5,10 @@ the importer translates the foreign config and weights (``models.spec.Imported``
 writes what ``smilejax train`` would have written: ``config.yaml`` (the model's packaged config under the
 imported sections and the user's overrides), ``run.json`` (with the ``imported`` provenance) and an orbax
 checkpoint of step 0 holding the imported weights and a fresh optimizer state. ``trained.load`` (eval,
-export, serve) restores it like any run. When the run's training data can be read, the checkpoint
-holds its data position too, so that ``smilejax train RUN_DIR/config.yaml`` trains on from the
-imported weights (the learning-rate schedule starts over); otherwise only the weights are saved.
+export, serve) restores it like any run, and ``smilejax train RUN_DIR/config.yaml`` trains on from the
+imported weights (the learning-rate schedule starts over). When the run's training data can be read, the
+checkpoint holds its data position too; otherwise only the weights are saved, and training (given
+``data.path=FILES``) starts its input pipeline from the beginning, which is where step 0 stands anyway.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import grain
 import jax
 from flax import nnx
 
@@ -36,7 +39,7 @@ class ImportResult:
     run_dir: Path
     model: str
     param_count: int
-    trainable: bool  # the checkpoint holds a data position: `smilejax train` can continue the run
+    trainable: bool  # the checkpoint holds a data position: `smilejax train` needs no data.path
 
 
 def importers() -> dict[str, tuple[ModelSpec, Importer]]:
@@ -125,7 +128,9 @@ def _write_run(
     return ImportResult(run_dir, cfg.model.name, param_count, trainable=iterator is not None)
 
 
-def _imported_state(spec: ModelSpec, cfg: Config, params_of) -> tuple[steps.TrainState, int]:
+def _imported_state(
+    spec: ModelSpec, cfg: Config, params_of: Callable[[nnx.Module], nnx.State]
+) -> tuple[steps.TrainState, int]:
     """Step 0 of ``cfg``'s program with the imported parameters (a fresh optimizer state: Adam's and
     Lion's moments start at zero whatever the parameters), on this process's devices."""
     local = dataclasses.replace(cfg, mesh=MeshConfig(data=-1, fsdp=1, tensor=1, rules=cfg.mesh.rules))
@@ -137,15 +142,15 @@ def _imported_state(spec: ModelSpec, cfg: Config, params_of) -> tuple[steps.Trai
     return state.replace(params=params), int(program.param_count)
 
 
-def _data_position(cfg: Config):
+def _data_position(cfg: Config) -> tuple[grain.DatasetIterator, int] | tuple[None, None]:
     """(a fresh iterator of the training data, its example count), or (None, None) when the data cannot
     be read here: the run then holds the weights alone."""
     try:
         source = registry.dataset(cfg.data.format).source(cfg.data, "train")
     except (FileNotFoundError, ValueError, OSError) as err:
         log.warning(
-            "the run's training data cannot be read (%s): the checkpoint holds the weights only, for eval, "
-            "export and serve (with data.path); to train on, import again with data.path=FILES",
+            "the run's training data cannot be read (%s): the checkpoint holds the weights only; eval, "
+            "export, serve and train take data.path=FILES",
             str(err).splitlines()[0],
         )
         return None, None

@@ -18,6 +18,7 @@ and trained on for two steps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ SALT_CLASSES = ["ujets", "cjets", "bjets", "taujets"]  # salt's output order; sm
 UMAMI_CLASSES = ["bjets", "cjets", "ujets", "taujets"]  # the file's flavour_label classes
 N_JETS, SLOTS = 24, 10
 OVERRIDES = [f"data.max_tracks={SLOTS}", f"model.max_tracks={SLOTS}"]
+TRAIN_OVERRIDES = ["run.steps=2", "run.log_every=1", "run.checkpoint_every=2", "train.precision=fp32"]
 
 
 def salt_config(norm_dict: Path, jets_file: Path) -> dict:
@@ -330,9 +332,10 @@ def test_run_directory_carries_salts_config(salt, imported):
             assert np.float32(norm[group][var]["mean"]) == np.float32(d["mean"]), (group, var)
 
 
-def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, imported, tmp_path):
+def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, imported, tmp_path, caplog):
     """A state-dict .pt takes the normalisation from salt's norm_dict file; with the training data out of
-    reach the checkpoint holds the weights alone, which evaluation's restore reads all the same."""
+    reach the checkpoint holds the weights alone, which evaluation's restore reads all the same, and
+    training given data.path starts the data from its beginning (where step 0 stands)."""
     run_dir = tmp_path / "from_pt"
     argv = ["import", "salt", str(salt["pt"]), "--config", str(salt["config"]), "--out", str(run_dir)]
     assert cli.main([*argv, *OVERRIDES, f"data.path={tmp_path / 'elsewhere.h5'}"]) == 0
@@ -344,6 +347,15 @@ def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, import
     b = nnx.to_pure_dict(nnx.state(trained.load(run_dir).model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert cli.main([*argv, *OVERRIDES]) == 2  # the run is there: never overwritten
+
+    train = ["train", str(run_dir / "config.yaml"), f"data.path={salt['jets']}", *TRAIN_OVERRIDES]
+    with caplog.at_level(logging.INFO, logger="smilejax.checkpoint"):
+        assert cli.main(train) == 0
+    assert "checkpoint step 0 holds no data position: the input pipeline starts" in caplog.text
+    assert "unreadable" not in caplog.text
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss"])
+    assert (run_dir / "checkpoints" / "2" / "data").is_dir()
 
 
 def test_export_eval_and_training_accept_the_run(salt, imported, tmp_path):
@@ -360,15 +372,8 @@ def test_export_eval_and_training_accept_the_run(salt, imported, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (metrics["n_jets"], metrics["step"]) == (N_JETS, 0)
     run = imported.parent / "trained_on"
-    overrides = [
-        f"run.dir={run}",
-        "run.steps=2",
-        "run.log_every=1",
-        "run.checkpoint_every=2",
-        "train.precision=fp32",
-    ]
     shutil.copytree(imported, run)
-    assert cli.main(["train", str(run / "config.yaml"), *overrides]) == 0
+    assert cli.main(["train", str(run / "config.yaml"), f"run.dir={run}", *TRAIN_OVERRIDES]) == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines and lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss"])
 

@@ -236,6 +236,40 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(reference, tmp_path, d
     assert evals(run_dir) == evals(ref_dir)
 
 
+def test_every_checkpoint_damaged_is_one_line_and_exit_2(reference, tmp_path):
+    cfg, ref_dir = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    for step in ("16", "20", "24"):
+        (run_dir / "checkpoints" / step / "state" / "_METADATA").unlink()
+    before = run_files(run_dir)
+    proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "run.steps=28")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("smilejax:")]
+    assert said == [
+        f"smilejax: error: no readable checkpoint in {run_dir / 'checkpoints'}: steps [24, 20, 16] all "
+        "failed to restore (damaged files, see the warnings above); move the folder away to start afresh"
+    ]
+    assert "Traceback" not in proc.stderr
+    assert run_files(run_dir) == before
+
+
+def test_checkpoint_without_data_position_restarts_the_data(reference, tmp_path):
+    """A checkpoint that holds the state alone (what an import without its data writes) resumes, its input
+    pipeline from the beginning; past step 0 that is not the uninterrupted run's sequence, and it says so."""
+    cfg, ref_dir = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "24" / "data")
+    proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "run.steps=25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint step 24 holds no data position: the input pipeline starts from its beginning" in (
+        proc.stderr
+    )
+    assert "unreadable" not in proc.stderr and "resumed from step 24" in proc.stderr
+    assert max(losses(run_dir)) == 25
+
+
 def test_every_command_has_help():
     import argparse
 

@@ -14,10 +14,10 @@ sources (each declared by the model that can import it, ModelSpec.importers):
          weights, task weights and learning-rate schedule are carried over.
 
 RUN_DIR gets config.yaml, run.json (with the import's provenance), norm_dict.yaml and a checkpoint of
-step 0 with the imported weights. smilejax eval, export and serve take it as any run. If the training
-data can be read (salt's train_file, or data.path=FILES), the checkpoint also holds its data position
-and `smilejax train RUN_DIR/config.yaml` trains on from the imported weights (a fresh optimizer and
-learning-rate schedule).
+step 0 with the imported weights. smilejax eval, export and serve take it as any run, and
+`smilejax train RUN_DIR/config.yaml` trains on from the imported weights (a fresh optimizer and
+learning-rate schedule). If the training data (salt's train_file, or data.path=FILES) cannot be
+read here, the checkpoint holds the weights alone: pass data.path=FILES to train.
 
 exit codes: 0 done, 2 a file is missing or the model cannot be imported (the message names the
 part of the config or the weight)."""
@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     if result.trainable:
         print(f"  train on: smilejax train {result.run_dir}/config.yaml")
     else:
-        print("  (the training data could not be read: import again with data.path=FILES to train on)")
+        print(f"  train on: smilejax train {result.run_dir}/config.yaml data.path=FILES")
     return 0
