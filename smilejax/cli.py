@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -41,8 +42,9 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# A config override on the command line: a dotted key, '=', and a value (any text, parsed as YAML).
-_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+# A config override on the command line: a dotted key (its first part a config section), '=', and a
+# value (any text, parsed as YAML).
+_OVERRIDE = re.compile(r"([A-Za-z_][\w-]*)(\.[\w-]+)+=")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +85,7 @@ def _split_overrides(command: argparse.ArgumentParser, argv: list[str]) -> tuple
     options = {name: a for a in command._actions for name in a.option_strings}
     rest, overrides, value_next = [], [], False
     for token in argv:
-        (rest if value_next or not _OVERRIDE.match(token) else overrides).append(token)
+        (rest if value_next or not _is_override(token) else overrides).append(token)
         # argparse takes unique prefixes of long options too (--spa for --space)
         named = [
             a
@@ -92,6 +94,18 @@ def _split_overrides(command: argparse.ArgumentParser, argv: list[str]) -> tuple
         ]
         value_next = len({id(a) for a in named}) == 1 and named[0].nargs in (None, "?", 1)
     return rest, overrides
+
+
+def _is_override(token: str) -> bool:
+    """Whether ``token`` is a config override: ``section.key=value``, and no file of that name (salt's
+    checkpoints are called ``epoch=039-val_loss=0.59.ckpt``; a config file may be ``model.embed=64.yaml``)."""
+    match = _OVERRIDE.match(token)
+    if match is None:
+        return False
+    from smilejax.config import Config  # only for a candidate: the config module imports JAX
+
+    sections = {f.name for f in dataclasses.fields(Config)}
+    return match.group(1) in sections and not os.path.exists(token)
 
 
 def _unrecognized(leftover: list[str], args: argparse.Namespace) -> str:
@@ -128,9 +142,15 @@ def dispatch(args: argparse.Namespace) -> int:
     """Runs a parsed command (``args.run``) with the CLI's logging and its errors as exit statuses."""
     _setup_logging(args.verbose)
     from smilejax.config import ConfigError
+    from smilejax.preemption import EXIT_INTERRUPTED
 
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # a Ctrl-C outside a training loop (which checkpoints and exits itself)
+        if args.verbose:
+            raise
+        print("smilejax: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ConfigError as err:
         if args.verbose:
             raise

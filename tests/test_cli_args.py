@@ -16,8 +16,8 @@ pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
     ("argv", "overrides", "option"),
     [
         (
-            ["tune", "gn2", "a.b=1", "--space", "s.yaml", "run.steps=5", "--trials", "2", "model.x=[1, 2]"],
-            ["a.b=1", "run.steps=5", "model.x=[1, 2]"],
+            ["tune", "gn2", "run.b=1", "--space", "s.yaml", "run.steps=5", "--trials", "2", "model.x=[1, 2]"],
+            ["run.b=1", "run.steps=5", "model.x=[1, 2]"],
             ("trials", 2),
         ),
         (["train", "gn2", "run.steps=5"], ["run.steps=5"], ("config", "gn2")),
@@ -49,6 +49,22 @@ def test_overrides_are_taken_before_and_after_options(argv, overrides, option):
     args = cli.parse(argv)
     assert args.overrides == overrides  # in command-line order: a later value of a key wins
     assert getattr(args, option[0]) == option[1]
+
+
+def test_file_names_with_equals_signs_are_arguments_not_overrides(tmp_path, monkeypatch):
+    """salt names its checkpoints epoch=039-val_loss=0.59.ckpt; an override is section.key=value, and no
+    file of that name."""
+    monkeypatch.chdir(tmp_path)
+    salt = "epoch=039-val_loss=0.59.ckpt"
+    (tmp_path / salt).write_bytes(b"")
+    args = cli.parse(["import", "salt", salt, "model.embed=64"])
+    assert (args.source, args.checkpoint, args.overrides) == ("salt", salt, ["model.embed=64"])
+    sweep = "model.embed=64.yaml"  # a config file named after its change
+    (tmp_path / sweep).write_text("base: gn2\n")
+    args = cli.parse(["train", sweep, "run.steps=5"])
+    assert (args.config, args.overrides) == (sweep, ["run.steps=5"])
+    # not a file: the same word is an override again
+    assert cli.parse(["train", "gn2", "model.embed=32.yaml"]).overrides == ["model.embed=32.yaml"]
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -110,3 +126,18 @@ def test_config_errors_of_a_based_file_come_in_one_message(capsys, tmp_path, toy
         "optimizer.lr must be float, got str 'fast'",
     ):
         assert expected in err
+
+
+def test_ctrl_c_ends_any_command_with_one_line_and_130(capsys, monkeypatch):
+    """A Ctrl-C outside a training loop (tune's study after its trial's checkpoint, an export): the shell's
+    status for a Ctrl-C and one line, no traceback; --verbose keeps the traceback."""
+    from smilejax.commands import config as config_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config_command, "run", interrupted)
+    assert cli.main(["config", "gn2"]) == 130
+    assert capsys.readouterr().err == "smilejax: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--verbose", "config", "gn2"])
