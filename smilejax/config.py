@@ -232,11 +232,10 @@ def from_dict(tree: dict) -> Config:
     problems += _unknown_keys(tree, {f.name for f in dataclasses.fields(Config)}, "")
     classes = {**_FIXED_SECTIONS, **_chosen_sections(tree, problems)}
     built = {name: _build(cls, tree.get(name, {}), name, problems) for name, cls in classes.items()}
+    problems += _value_problems(built)  # with the type problems: the user fixes them in one go
     if problems:
         raise ConfigError(*problems)
-    cfg = Config(**built)
-    validate(cfg)
-    return cfg
+    return Config(**built)
 
 
 def _chosen_sections(tree: dict, problems: list[str]) -> dict[str, type]:
@@ -276,35 +275,50 @@ def _keys_of(cls: type, where: str) -> list[str]:
     return keys
 
 
-def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express; every failing one is reported."""
+def _value_problems(sections: dict[str, Any]) -> list[str]:
+    """Value checks that types alone cannot express, of the sections that were built (a section with
+    type problems is None, and the checks that need it are left out); every failing one is reported."""
+    run, data, model, mesh, train, optimizer = (
+        sections.get(name) for name in ("run", "data", "model", "mesh", "train", "optimizer")
+    )
     problems = []
-    positive = {
-        "run.steps": cfg.run.steps,
-        "run.log_every": cfg.run.log_every,
-        "data.batch_size": cfg.data.batch_size,
-        "train.grad_accum": cfg.train.grad_accum,
-        "run.preemption_check_every": cfg.run.preemption_check_every,
-        "run.profile_steps": cfg.run.profile_steps,
-    }
-    problems += [f"{key} must be at least 1, got {value}" for key, value in positive.items() if value < 1]
-    if cfg.run.profile_at < -1:
-        problems.append(f"run.profile_at must be -1 (no trace) or a step >= 0, got {cfg.run.profile_at}")
-    for axis in ("data", "fsdp", "tensor"):
-        size = getattr(cfg.mesh, axis)
+    positive = (
+        "run.steps",
+        "run.log_every",
+        "data.batch_size",
+        "train.grad_accum",
+        "run.preemption_check_every",
+        "run.profile_steps",
+    )
+    for key in positive:
+        section, name = key.split(".")
+        value = getattr(sections.get(section), name, None)
+        if value is not None and value < 1:
+            problems.append(f"{key} must be at least 1, got {value}")
+    if run is not None and run.profile_at < -1:
+        problems.append(f"run.profile_at must be -1 (no trace) or a step >= 0, got {run.profile_at}")
+    for axis in ("data", "fsdp", "tensor") if mesh is not None else ():
+        size = getattr(mesh, axis)
         if size == 0 or size < -1:
             problems.append(f"mesh.{axis} must be -1 (fill) or a positive size, got {size}")
-    if cfg.train.grad_accum >= 1:
+    if data is not None and train is not None and train.grad_accum >= 1:
         problems += [
-            f"{cfg.data.describe_batch(size)}={size} is not divisible by "
-            f"train.grad_accum={cfg.train.grad_accum}"
-            for size in cfg.data.global_batch_sizes()
-            if size % cfg.train.grad_accum
+            f"{data.describe_batch(size)}={size} is not divisible by train.grad_accum={train.grad_accum}"
+            for size in data.global_batch_sizes()
+            if size % train.grad_accum
         ]
-    if cfg.optimizer.lr <= 0:
-        problems.append(f"optimizer.lr must be positive, got {cfg.optimizer.lr}")
-    if problems:
-        raise ConfigError(*problems)
+    if optimizer is not None and optimizer.lr <= 0:
+        problems.append(f"optimizer.lr must be positive, got {optimizer.lr}")
+    if data is not None and model is not None:
+        # the data format's completion of the model config (DatasetSpec.model_config) refuses sections
+        # that conflict (a class dict and the model's own class weights): here, before anything is written
+        completes = registry.dataset(data.format).model_config
+        try:
+            if completes is not None:
+                completes(data, model)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
 
 
 def check_batch_sizes(data: DataConfig, *, processes: int, divisor: int, devices: str) -> None:

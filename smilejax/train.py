@@ -232,9 +232,9 @@ def train(
     batches = iter(make_inputs(cfg, "train", source=train_source))
     evaluation = Evaluation(cfg) if cfg.run.eval_every > 0 else None
 
-    # ---- run directory, model and train state (a resume that the config rules out fails before restoring)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # ---- model, run directory and train state (a resume that the config rules out fails before restoring)
     program = steps.build(registry.model(cfg.model.name), cfg, mesh)
+    run_dir.mkdir(parents=True, exist_ok=True)  # after the build: a model it refuses leaves no directory
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
     try:
         if ckpt.steps():

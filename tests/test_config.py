@@ -203,3 +203,30 @@ def test_field_keys_name_every_section_field():
     keys = config.field_keys(toy.config())
     assert {"run.steps", "optimizer.lr", "mesh.rules", "model.hidden", "data.batch_size"} <= set(keys)
     assert "model.hidden" not in config.field_keys()  # no model named: the fixed sections only
+
+
+def test_type_and_value_problems_come_in_one_message():
+    """The value checks of the sections that built are reported with the type problems of the others,
+    not only once those are fixed."""
+    with pytest.raises(ConfigError) as err:
+        config.load(toy.config(), ["run.steps=0", "optimizer.lr=fast", "mesh.data=0"])
+    assert [p.split(" ")[0] for p in err.value.problems] == ["optimizer.lr", "run.steps", "mesh.data"]
+    assert "optimizer.lr must be float, got str 'fast'" in err.value.problems[0]
+
+
+def test_class_dict_and_model_class_weights_are_refused_with_the_other_problems(tmp_path):
+    """The data format's conflict with the model section is a config problem, found when the config loads
+    (before a run directory exists), with the config's other problems."""
+    class_dict = tmp_path / "class_dict.yaml"
+    class_dict.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0, 4.0]}}))
+    both = [f"data.class_dict={class_dict}", "model.class_weights={jet: [1, 1, 1, 1]}"]
+    with pytest.raises(ConfigError) as err:
+        config.load("gn2", [*both, "run.steps=0"])
+    assert len(err.value.problems) == 2, err.value.problems
+    assert err.value.problems[0] == "run.steps must be at least 1, got 0"
+    assert err.value.problems[1] == (
+        f"data.class_dict ({class_dict}) and model.class_weights both give class weights; keep one"
+    )
+    # either one alone loads
+    assert config.load("gn2", both[:1]).data.class_dict == str(class_dict)
+    assert config.load("gn2", both[1:]).model.class_weights == {"jet": [1.0, 1.0, 1.0, 1.0]}
