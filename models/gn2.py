@@ -344,7 +344,13 @@ def input_spec(cfg: GN2Config, batch_size: int) -> dict[str, jax.ShapeDtypeStruc
 
 
 def _import_salt(checkpoint, config_path, run_dir):
-    """salt's GN2 checkpoint and training YAML as a GN2 run (``models.gn2_salt`` imports this module)."""
+    """ATLAS salt's GN2: a Lightning .ckpt or a SaltModel state-dict .pt, with salt's training YAML (--config;
+    default: the config.yaml salt writes next to its checkpoints or one folder up). The variables,
+    normalisation (from the checkpoint, else data.norm_dict), class names and weights, task weights and
+    learning-rate schedule are carried over.
+
+    The work is ``models.gn2_salt``'s, which imports this module: hence the import here.
+    """
     from . import gn2_salt
 
     return gn2_salt.import_salt(checkpoint, config_path, run_dir)

@@ -30,7 +30,8 @@ class Imported:
     source: dict
 
 
-# importer(checkpoint, foreign config or None, run directory) -> Imported
+# importer(checkpoint, foreign config or None, run directory) -> Imported; its docstring's first paragraph
+# describes the source for the user (`smilejax import --help`)
 Importer = Callable[[Path, Path | None, Path], Imported]
 
 

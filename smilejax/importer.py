@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import logging
 import shutil
@@ -53,6 +54,12 @@ def importers() -> dict[str, tuple[ModelSpec, Importer]]:
         for source, importer in spec.importers.items():
             found.setdefault(source, (spec, importer))
     return found
+
+
+def describe(importer: Importer) -> str:
+    """The one-line description an importer carries, its docstring's first paragraph (``smilejax import
+    --help`` lists it with the source)."""
+    return " ".join((inspect.getdoc(importer) or "").split("\n\n")[0].split())
 
 
 def find(source: str) -> tuple[ModelSpec, Importer]:

@@ -141,3 +141,30 @@ def test_ctrl_c_ends_any_command_with_one_line_and_130(capsys, monkeypatch):
     assert capsys.readouterr().err == "smilejax: interrupted\n"
     with pytest.raises(KeyboardInterrupt):
         cli.main(["--verbose", "config", "gn2"])
+
+
+def test_import_help_lists_each_source_with_its_importers_description(capsys, monkeypatch):
+    """The sources come from the models' importers, each described by its own docstring; the command
+    names none itself."""
+    from smilejax import importer
+
+    def _help() -> str:
+        with pytest.raises(SystemExit) as exit_:
+            cli.parse(["import", "--help"])
+        assert exit_.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # the listing is wrapped
+
+    salt = importer.describe(importer.find("salt")[1])
+    assert salt.startswith("ATLAS salt's GN2: a Lightning .ckpt or a SaltModel state-dict .pt")
+    assert f"salt {salt} (model: gn2)" in _help()
+
+    def from_elsewhere(checkpoint, config_path, run_dir):
+        """Elsewhere's checkpoints, with its run file.
+
+        Not part of the description."""
+
+    spec = importer.find("salt")[0]
+    monkeypatch.setattr(importer, "importers", lambda: {"elsewhere": (spec, from_elsewhere)})
+    listed = _help()
+    assert "elsewhere Elsewhere's checkpoints, with its run file. (model: gn2)" in listed
+    assert "salt" not in listed and "Not part" not in listed
