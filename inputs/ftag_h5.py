@@ -1,11 +1,11 @@
 """ATLAS flavour-tagging HDF5 input for GN2: the files training-dataset-dumper (and umami-preprocessing)
 write and salt reads.
 
-File layout: a structured 1-D dataset ``jets`` (``pt``, ``eta``, the label ``flavour_label`` and/or
-``HadronConeExclTruthLabelID``, ...) and a structured 2-D dataset ``tracks`` of shape ``[n_jets, 40]``
-with a boolean field ``valid`` and per-track fields; optionally the track truth labels
-``ftagTruthOriginLabel`` (8 classes: Pileup, Fake, Primary, FromB, FromBC, FromC, FromTau, OtherSecondary)
-and ``ftagTruthVertexIndex`` (older dumps: ``truthOriginLabel``, ``truthVertexIndex``).
+File layout: a structured 1-D dataset ``jets`` (``pt_btagJes``, ``eta_btagJes``, the label
+``flavour_label`` and/or ``HadronConeExclTruthLabelID``, ...) and a structured 2-D dataset ``tracks`` of
+shape ``[n_jets, 40]`` with a boolean field ``valid`` and per-track fields; optionally the track truth
+labels ``ftagTruthOriginLabel`` (8 classes: Pileup, Fake, Primary, FromB, FromBC, FromC, FromTau,
+OtherSecondary) and ``ftagTruthVertexIndex`` (older dumps: ``truthOriginLabel``, ``truthVertexIndex``).
 
 Batch (numpy, what the GN2 model consumes):
 
@@ -161,7 +161,8 @@ _CHECK_CHUNK = 50_000  # jets per read when scanning a whole file
 class FtagConfig(DataConfig):
     """Options of the ATLAS flavour-tagging HDF5 input (all YAML-mappable).
 
-    jet_vars: jet variables appended to every track (normalised with the ``jets`` group).
+    jet_vars: jet variables appended to every track (normalised with the ``jets`` group); default: the
+        calibrated ``pt_btagJes``, ``eta_btagJes`` that training-dataset-dumper writes and salt's GN2 reads.
     track_vars: per-track inputs (default: GN2's 19).
     max_tracks: track slots per jet in the batch (the file's extra slots are cut, missing ones padded).
     norm_dict: YAML/JSON ``{jets|tracks: {var: {mean, std}}}``; None: compute from the training files
@@ -189,7 +190,7 @@ class FtagConfig(DataConfig):
     format: str = "ftag_h5"
     jets_name: str = "jets"
     tracks_name: str = "tracks"
-    jet_vars: list[str] = dataclasses.field(default_factory=lambda: ["pt", "eta"])
+    jet_vars: list[str] = dataclasses.field(default_factory=lambda: ["pt_btagJes", "eta_btagJes"])
     track_vars: list[str] = dataclasses.field(default_factory=lambda: list(GN2_TRACK_VARS))
     max_tracks: int = 40
     norm_dict: str | None = None

@@ -467,7 +467,7 @@ def test_nan_and_inf_in_inputs(data_dir, tmp_path):
         return t
 
     def inf_pt(j):
-        j["pt"][9] = np.inf
+        j["pt_btagJes"][9] = np.inf
         return j
 
     bad = _rewrite(data_dir / "s1.h5", tmp_path / "nan.h5", edit_tracks=nan_d0)
@@ -485,7 +485,7 @@ def test_nan_and_inf_in_inputs(data_dir, tmp_path):
 
     bad = _rewrite(data_dir / "s1.h5", tmp_path / "inf.h5", edit_jets=inf_pt)
     src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
-    with pytest.raises(ValueError, match="jets/pt at row 9") as err:
+    with pytest.raises(ValueError, match="jets/pt_btagJes at row 9") as err:
         src.read(np.array([3, 9, 11]))
     assert bad in str(err.value)
 

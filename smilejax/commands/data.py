@@ -43,7 +43,10 @@ def _add_generator_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_vars(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--jet-vars", default=None, metavar="A,B", help="jet variables (default: pt,eta, as data.jet_vars)"
+        "--jet-vars",
+        default=None,
+        metavar="A,B",
+        help="jet variables (default: pt_btagJes,eta_btagJes, as data.jet_vars and the gn2 config)",
     )
     parser.add_argument(
         "--track-vars", default=None, metavar="A,B,...", help="track variables (default: GN2's 19)"
