@@ -5,6 +5,13 @@ name is loaded as an attribute (``cfg.data.class_dict``, ``self.cfg.max_tracks``
 (``getattr(cfg, "attention")``, ``tree["steps"]``) outside the class that defines it and its dataclass
 bases (their own validation is no use of the value). Fields read through a name built at run time are
 listed in ``DYNAMIC_READERS`` with the source text that reads them, and both are checked to still exist.
+
+The limitation: a name is matched wherever it occurs, whatever object it is read on, so a field with a
+common name (``path``, ``name``, ``seed``, ``steps``) can hardly fail: any ``x.path`` in the package counts
+as its reader. The sections that the package reads only on the section itself (``cfg.run.seed``,
+``cfg.train.precision``), listed in ``ON_SECTION``, are checked more strictly: a field of theirs counts as
+read only as ``<...>.<section>.<field>``. The other sections and the format and model configs are handed
+on as objects (``opt.b1``, ``cfg.jet_vars`` on a ``FtagConfig``), so no receiver name can be required.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ DYNAMIC_READERS = {
     **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("pt", "eta", "energy")},
     **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("sin_phi", "cos_phi")},
 }
+
+
+# Config sections whose fields are read only on the section (cfg.run.seed): class name -> section name
+ON_SECTION = {"RunConfig": "run", "TrainConfig": "train"}
 
 
 def _sources() -> list[Path]:
@@ -81,26 +92,31 @@ def _own_lines(cls: type) -> set[tuple[str, int]]:
 
 @cache
 def _uses() -> dict[str, set[tuple[str, int]]]:
-    """name -> (file, line) of every attribute load and string constant of that name in the package."""
+    """name -> (file, line) of every attribute load and string constant of that name in the package; an
+    attribute loaded on an attribute (``cfg.run.seed``) is also listed as ``"run.seed"``."""
     uses: dict[str, set[tuple[str, int]]] = {}
     for path in _sources():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-                name = node.attr
+                names.append(node.attr)
+                if isinstance(node.value, ast.Attribute):
+                    names.append(f"{node.value.attr}.{node.attr}")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
-                name = node.value
-            else:
-                continue
-            uses.setdefault(name, set()).add((str(path), node.lineno))
+                names.append(node.value)
+            for name in names:
+                uses.setdefault(name, set()).add((str(path), node.lineno))
     return uses
 
 
 def unread_fields(cls: type) -> list[str]:
     own = _own_lines(cls)
+    section = ON_SECTION.get(cls.__name__)
     return [
         f.name
         for f in dataclasses.fields(cls)
-        if (cls.__name__, f.name) not in DYNAMIC_READERS and not (_uses().get(f.name, set()) - own)
+        if (cls.__name__, f.name) not in DYNAMIC_READERS
+        and not (_uses().get(f"{section}.{f.name}" if section else f.name, set()) - own)
     ]
 
 
@@ -131,13 +147,18 @@ def test_dynamic_readers_still_exist():
 
 def test_the_check_sees_an_unread_field(monkeypatch):
     """Controls: a field nothing reads is reported; a read inside the field's own class is seen and not
-    counted; a dynamically read field is reported once its allowlist entry goes."""
+    counted; a dynamically read field is reported once its allowlist entry goes; a common name passes
+    anywhere but in an ``ON_SECTION`` section, where it must be read on the section."""
 
     @dataclasses.dataclass
     class Probe:
         ignored_by_everyone_xyz: int = 0
+        path: str = ""
 
-    assert unread_fields(Probe) == ["ignored_by_everyone_xyz"]
+    assert unread_fields(Probe) == ["ignored_by_everyone_xyz"]  # any x.path counts: the limitation
+    monkeypatch.setitem(ON_SECTION, "Probe", "run")
+    assert unread_fields(Probe) == ["ignored_by_everyone_xyz", "path"]  # nothing reads cfg.run.path
+    assert _uses()["run.seed"] and _uses()["seed"] - _uses()["run.seed"], "seed is read on other objects too"
     ftag = next(c for c in config_classes() if c.__name__ == "FtagConfig")
     assert _uses()["bucket_window"] & _own_lines(ftag), "FtagConfig.__post_init__ reads bucket_window"
     assert _uses()["bucket_window"] - _own_lines(ftag), "and the pipeline reads it"
