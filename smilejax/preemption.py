@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import types
 
 import numpy as np
 
@@ -30,7 +31,7 @@ _ABORT_NOTICE = b"\nsmilejax: aborted by a second Ctrl-C; the last complete chec
 _announce = [True]  # whether this process acknowledges a Ctrl-C (process 0 only, once it is known)
 
 
-def _record(signum, _frame) -> None:
+def _record(signum: int, _frame: types.FrameType | None) -> None:
     name = signal.Signals(signum).name
     if signum == signal.SIGINT:
         if name in _received:  # the second Ctrl-C: abort now, without the checkpoint

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,11 @@ import numpy as np
 from smilejax import plotting
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 X_AXES = ("step", "time")
+ToX = Callable[[list[dict]], np.ndarray]  # a run's records -> their x values
 TRAIN_PANELS = {  # training-record fields drawn after the evaluation metrics: (y label, scale)
     "samples_per_s": ("throughput [samples/s]", 1.0),
     "mfu": ("MFU [%]", 100.0),
@@ -120,7 +123,7 @@ def _pyplot():
     return plt
 
 
-def _x_axis(runs: dict[str, list[dict]], x: str) -> tuple[dict, str]:
+def _x_axis(runs: dict[str, list[dict]], x: str) -> tuple[dict[str, ToX], str]:
     """Per run a function records -> x values, and the axis label (time in s, min or h by its span)."""
     if x == "step":
         return {name: (lambda rs: np.array([r["step"] for r in rs], np.float64)) for name in runs}, "step"
@@ -135,13 +138,22 @@ def _x_axis(runs: dict[str, list[dict]], x: str) -> tuple[dict, str]:
         (u, s) for u, s in (("h", 3600.0), ("min", 60.0), ("s", 1.0)) if longest >= 2 * s or s == 1
     )
 
-    def clock(steps: np.ndarray, times: np.ndarray):
+    def clock(steps: np.ndarray, times: np.ndarray) -> ToX:
         return lambda rs: np.interp([r["step"] for r in rs], steps, times) / seconds
 
     return {name: clock(*clocks[name]) for name in runs}, f"training loop wall time [{unit}]"
 
 
-def _line(ax, records, key: str, to_x, colour, style: str, label: str | None, scale: float = 1.0) -> None:
+def _line(
+    ax: Axes,
+    records: list[dict],
+    key: str,
+    to_x: ToX,
+    colour: str,
+    style: str,
+    label: str | None,
+    scale: float = 1.0,
+) -> None:
     """The values of ``key`` (records without it skipped) against their x; nothing when no record has it."""
     have = [r for r in records if isinstance(r.get(key), int | float)]
     if have:
