@@ -97,6 +97,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from smilejax import host
+
 from . import pipeline
 from .cache import derived_dir, save_array
 from .spec import Batch, DataConfig, DatasetSpec
@@ -443,7 +445,7 @@ def _read_rows(ds: h5py.Dataset, names: Sequence[str], rows: np.ndarray, path: s
     except (OSError, RuntimeError, KeyError) as err:
         hint = "truncated or corrupt file?"
         if "filter" in str(err) and hdf5plugin is None:
-            hint = "compressed with a filter plugin: pip install hdf5plugin"
+            hint = f"compressed with a filter plugin: {host.pip_install('hdf5plugin')}"
         raise ValueError(
             f"{path}: reading {ds.name.lstrip('/')!r} rows {first}..{last - 1} failed ({hint}): {err}"
         ) from err

@@ -67,6 +67,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from smilejax import host
+
 from . import workers as workers_mod
 from .ftag_synthetic import (
     FLAVOUR_NAMES,
@@ -85,7 +87,7 @@ from .ftag_synthetic import (
 log = logging.getLogger(__name__)
 
 VERSION = 1
-INSTALL_HINT = "pip install pythia8mc==8.317.2 fastjet"
+INSTALL_HINT = host.pip_install(".[pythia]")  # pythia8mc, fastjet
 PYTHIA_SETTINGS = (
     "Beams:eCM = 13000.",
     "Top:gg2ttbar = on",

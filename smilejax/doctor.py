@@ -19,26 +19,28 @@ import ctypes
 import dataclasses
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smilejax import host
+
+if TYPE_CHECKING:
+    import jax
 
 # JAX's GPU plugins (each with a PJRT part of the same version), by the runtime they bring.
 PLUGINS = {
     "cuda": ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt"),
     "rocm": ("jax-rocm7-plugin", "jax-rocm7-pjrt"),
 }
-# From a checkout, with the lock, so that the plugin is the one built for the locked jaxlib.
-INSTALL_GPU = (
-    "pip install -c launch/locks/venv.txt -e '.[cuda12]' (NVIDIA) or "
-    "pip install -c launch/locks/venv.txt -e '.[rocm]' (AMD)"
-)
+# What installs each runtime's plugin: with the lock, the plugin is the one built for the locked jaxlib.
+INSTALL_PLUGIN = {"cuda": host.pip_install(".[cuda12]"), "rocm": host.pip_install(".[rocm]")}
+INSTALL_GPU = f"{INSTALL_PLUGIN['cuda']} (NVIDIA) or {INSTALL_PLUGIN['rocm']} (AMD)"
 VISIBILITY_VARS = (
     "CUDA_VISIBLE_DEVICES",
     "ROCR_VISIBLE_DEVICES",
@@ -47,9 +49,11 @@ VISIBILITY_VARS = (
     "SLURM_GPUS_ON_NODE",
 )
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+NCCL_SONAME = "libnccl.so.2"
+PROC_MAPS = Path("/proc/self/maps")  # the files mapped into this process (Linux)
 
 
-def _guarded(probe, *args) -> Any:
+def _guarded(probe: Callable[..., Any], *args: Any) -> Any:
     """``probe(*args)``, or ``{"error": ...}`` when it fails: one broken probe never ends the report."""
     try:
         return probe(*args)
@@ -68,7 +72,11 @@ def _jax() -> dict[str, Any]:
     try:
         devices = jax.local_devices()
     except Exception as err:  # e.g. JAX_PLATFORMS=cuda on a node whose GPUs cannot be used
-        why = str(err) or f"{type(err).__name__} while starting the backends JAX_PLATFORMS names"
+        why = (
+            _no_backend(jax.config.jax_platforms or "")
+            or str(err)
+            or f"{type(err).__name__} while starting the backends JAX_PLATFORMS names"
+        )
         return {**out, "backend": None, "error": why, "backend_errors": _backend_errors()}
     backend = jax.extend.backend.get_backend()
     out.update(
@@ -83,7 +91,25 @@ def _jax() -> dict[str, Any]:
     return out
 
 
-def _device(d) -> dict[str, Any]:
+def _no_backend(platforms: str) -> str | None:
+    """The platforms of ``platforms`` (JAX_PLATFORMS) that JAX has no backend for here, and why. JAX skips
+    cuda where it sees no NVIDIA GPU, before looking for the plugin: with nothing left it fails on a bare
+    AssertionError."""
+    from jax._src import hardware_utils, xla_bridge
+
+    reasons = []
+    entries = [e.strip() for e in platforms.split(",") if e.strip()]
+    for name in dict.fromkeys(p for e in entries for p in xla_bridge.expand_platform_alias(e)):
+        if name not in xla_bridge._backend_factories:  # filled from the installed plugins by now
+            runtime = {"cuda": "CUDA", "rocm": "ROCm"}.get(name)
+            plugin = f" (no {runtime} plugin installed: {INSTALL_PLUGIN[name]})" if runtime else ""
+            reasons.append(f"JAX has no {name} backend here{plugin}")
+        elif name == "cuda" and not hardware_utils.has_visible_nvidia_gpu():
+            reasons.append("JAX skips its cuda backend: this process sees no NVIDIA GPU")
+    return f"JAX_PLATFORMS={platforms}: {'; '.join(reasons)}" if reasons else None
+
+
+def _device(d: jax.Device) -> dict[str, Any]:
     stats = None
     with contextlib.suppress(Exception):  # not every backend keeps statistics (the CPU has none)
         stats = d.memory_stats()
@@ -150,8 +176,10 @@ def _cuda() -> dict[str, Any]:
         ):
             with contextlib.suppress(Exception):  # a library the plugin cannot load reads as absent
                 out[name] = fmt(getattr(cuda_versions, get)())
-    if nccl := _nccl_version("libnccl.so.2"):
-        out["nccl"] = nccl
+    for library in _nccl_libraries():
+        if nccl := _nccl_version(library):
+            out.update(nccl=nccl, nccl_library=library)
+            break
     out["nvidia_packages"] = {
         d.metadata["Name"]: d.version
         for d in importlib.metadata.distributions()
@@ -178,8 +206,24 @@ def _dotted(v: int) -> str:
     return f"{v // 10000}.{v % 10000 // 100}.{v % 100}"  # cuDNN 90800 -> 9.8.0, cuBLAS 120804 -> 12.8.4
 
 
+def _nccl_libraries() -> list[str]:
+    """Where to ask NCCL its version, likeliest to be JAX's first: a libnccl this process has loaded
+    already, the nvidia-nccl-cu12 wheel's (which the CUDA plugin loads), then the soname, which may find
+    another NCCL first on LD_LIBRARY_PATH (Perlmutter's `module load nccl`)."""
+    loaded = []
+    with contextlib.suppress(OSError):
+        for line in PROC_MAPS.read_text().splitlines():
+            path = line.split(maxsplit=5)[5:]  # address, perms, offset, device, inode, path
+            if path and Path(path[0]).name.startswith("libnccl.so"):
+                loaded.append(path[0])
+    spec = importlib.util.find_spec("nvidia")  # the namespace package of NVIDIA's wheels
+    folders = (spec.submodule_search_locations or []) if spec else []
+    wheels = [str(f) for p in folders if (f := Path(p) / "nccl" / "lib" / NCCL_SONAME).is_file()]
+    return list(dict.fromkeys([*loaded, *wheels, NCCL_SONAME]))
+
+
 def _nccl_version(library: str) -> str | None:
-    """NCCL's (or RCCL's) own version; once JAX has loaded the library, the soname finds that copy."""
+    """NCCL's (or RCCL's) own version, from ``library`` (a path or a soname)."""
     try:
         lib = ctypes.CDLL(library)
         v = ctypes.c_int()
@@ -365,6 +409,8 @@ def _accelerator_lines(acc: Mapping[str, Any]) -> list[str]:
         names = {"cuda_runtime": "CUDA", "cuda_built_with": "built with CUDA", "cudnn": "cuDNN"}
         names |= {"cublas": "cuBLAS", "nccl": "NCCL", "error": "error"}
         lines.append(_line("CUDA stack", ", ".join(f"{names[k]} {cuda[k]}" for k in names if k in cuda)))
+        if "nccl_library" in cuda:
+            lines.append(_line("NCCL from", cuda["nccl_library"]))
         wheels = cuda.get("nvidia_packages", {})
         lines.append(
             _line("NVIDIA wheels", ", ".join(f"{k} {v}" for k, v in sorted(wheels.items())) or "none")

@@ -9,11 +9,11 @@ feature, so the doctor and the feature's own error name the same command.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import importlib.util
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from smilejax import host
@@ -45,6 +45,11 @@ def _modules(modules: dict[str, str], install: str) -> str:
     if absent:
         raise Missing(f"{', '.join(absent)} not installed", install)
     return ", ".join(dict.fromkeys(_version(d) for d in modules.values()))
+
+
+def _packages(modules: dict[str, str]) -> str:
+    """``_modules`` whose install command is the distributions' own, at the lock's versions."""
+    return _modules(modules, host.pip_install(*dict.fromkeys(modules.values())))
 
 
 def _pythia() -> str:
@@ -101,6 +106,22 @@ def _mlpf_reference() -> str:
         raise Missing(f"no particleflow environment ({where})", f"`{_mlpf_peer.INSTALL})") from None
 
 
+# The PyTorch environment of the salt import test (tests/test_import_salt.py looks in the same places).
+SALT_REF_VAR, SALT_REF_DIR = "SMILEJAX_SALT_REF", ".salt-ref"
+
+
+def _salt_reference() -> str:
+    root = Path(__file__).resolve().parents[1]  # the repository, in a source checkout
+    where = Path(os.environ.get(SALT_REF_VAR) or root / SALT_REF_DIR)
+    python = where / "bin" / "python"
+    if not python.exists():
+        raise Missing(
+            f"no salt environment ({where})",
+            "`make reference` (or `bash launch/install_salt_reference.sh [ENV_DIR]`)",
+        )
+    return str(python)
+
+
 def _gpu_compiler() -> str:
     from smilejax.bench import roofline
 
@@ -131,26 +152,16 @@ FEATURES = (
     Feature("onnx", "export: ONNX artifacts", _onnx),
     Feature("triton-client", "serve.client, bench serve", _triton_client),
     Feature("triton-server", "serve", _triton_server),
-    Feature("wandb", "logging.wandb", lambda: _modules({"wandb": "wandb"}, "pip install 'wandb>=0.19'")),
-    Feature(
-        "tensorboard",
-        "logging.tensorboard",
-        lambda: _modules({"tensorboardX": "tensorboardX"}, "pip install 'tensorboardX>=2.6'"),
-    ),
-    Feature(
-        "optuna",
-        "tune --backend optuna",
-        lambda: _modules({"optuna": "optuna", "cmaes": "cmaes"}, "pip install 'optuna>=4' cmaes"),
-    ),
+    Feature("wandb", "logging.wandb", lambda: _packages({"wandb": "wandb"})),
+    Feature("tensorboard", "logging.tensorboard", lambda: _packages({"tensorboardX": "tensorboardX"})),
+    Feature("optuna", "tune --backend optuna", lambda: _packages({"optuna": "optuna", "cmaes": "cmaes"})),
     Feature(
         "keras-tuner",
         "tune --backend keras-tuner",
-        lambda: _modules(
-            {"keras_tuner": "keras-tuner", "sklearn": "scikit-learn", "six": "six"},
-            "pip install 'keras-tuner>=1.4.7' scikit-learn six",
-        ),
+        lambda: _packages({"keras_tuner": "keras-tuner", "sklearn": "scikit-learn", "six": "six"}),
     ),
     Feature("mlpf-reference", "bench train mlpf, the MLPF parity test", _mlpf_reference),
+    Feature("salt-reference", "the salt import test (GN2 parity with salt)", _salt_reference),
     Feature("gpu-compiler", "bench roofline", _gpu_compiler),
     Feature("slurm", "launch on Slurm, the local Slurm test cluster", _slurm),
 )

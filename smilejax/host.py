@@ -7,6 +7,8 @@ import os
 
 # The packages a run's results depend on: run.json, the doctor's report and exports record them.
 PLATFORM_PACKAGES = ("smilejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+# The versions tested together (make lock); every install command the project prints takes it.
+LOCK = "launch/locks/venv.txt"
 
 
 def usable_cpus() -> int:
@@ -25,3 +27,10 @@ def package_version(dist: str) -> str | None:
 def package_versions(dists: tuple[str, ...] = PLATFORM_PACKAGES) -> dict[str, str]:
     """{distribution: version} of those of ``dists`` that are installed."""
     return {d: v for d in dists if (v := package_version(d))}
+
+
+def pip_install(*targets: str) -> str:
+    """The command, run in a checkout, that installs ``targets`` at the lock's versions: ``.[extra]``
+    installs this checkout (editable) with an extra of pyproject.toml, other targets are package names."""
+    args = (f"-e '{t}'" if t.startswith(".") else t for t in targets)
+    return f"pip install -c {LOCK} {' '.join(args)}"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from smilejax import plotting
+from smilejax import host, plotting
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -119,7 +119,7 @@ def write(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> Figur
 def _pyplot():
     plt = plotting.pyplot("of the training curves")
     if plt is None:
-        raise RuntimeError("drawing training curves needs matplotlib (pip install matplotlib)")
+        raise RuntimeError(f"drawing training curves needs matplotlib ({host.pip_install('matplotlib')})")
     return plt
 
 

@@ -4,14 +4,18 @@ CPU-only JAX, and the preflight line of the job scripts, run as the job would ru
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import re
 import subprocess
+import tomllib
 
 import jax
 import jaxlib
 import pytest
+from jax._src import hardware_utils, xla_bridge
 
-from smilejax import cli, doctor, features
+from smilejax import cli, doctor, features, host
 from tests.conftest import ROOT, cli_env, run_cli
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
@@ -35,6 +39,7 @@ def test_json_report_describes_this_cpu_machine(tmp_path):
         SMILEJAX_GPU_COMPILER=str(compiler),
         SMILEJAX_TRITONSERVER=str(triton),
         SMILEJAX_MLPF_REF=str(tmp_path / "no-such-env"),
+        SMILEJAX_SALT_REF=str(tmp_path / "no-such-salt"),
     )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
@@ -56,6 +61,53 @@ def test_json_report_describes_this_cpu_machine(tmp_path):
     reference = found["mlpf-reference"]
     assert not reference["usable"] and "no-such-env" in reference["why"]
     assert "make reference" in reference["install"]
+    salt = found["salt-reference"]
+    assert not salt["usable"] and salt["why"] == f"no salt environment ({tmp_path / 'no-such-salt'})"
+    assert salt["install"] == "`make reference` (or `bash launch/install_salt_reference.sh [ENV_DIR]`)"
+
+
+def test_salt_reference_is_where_the_salt_import_test_looks(monkeypatch, tmp_path):
+    feature = next(f for f in features.FEATURES if f.name == "salt-reference")
+    python = tmp_path / "env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    monkeypatch.setenv("SMILEJAX_SALT_REF", str(tmp_path / "env"))
+    assert features.check(feature)["found"] == str(python)
+    monkeypatch.delenv("SMILEJAX_SALT_REF")
+    row = features.check(feature)  # the checkout's .salt-ref, as tests/test_import_salt.py's REF_ENV
+    assert str(ROOT / ".salt-ref") in (row.get("found") or row["why"])
+
+
+def test_missing_packages_install_at_the_locks_versions(monkeypatch):
+    # the modules of the hints, imported before find_spec stops finding modules
+    from smilejax.inputs import ftag_pythia  # noqa: F401
+
+    from smilejax.evaluation import jets  # noqa: F401
+    from smilejax.serve import client, export  # noqa: F401
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
+    lock = "pip install -c launch/locks/venv.txt"
+    expected = {
+        "pythia": f"{lock} -e '.[pythia]'",
+        "jets": f"{lock} fastjet",
+        "onnx": f"{lock} -e '.[serve]'",
+        "triton-client": f"{lock} -e '.[serve]'",
+        "wandb": f"{lock} wandb",
+        "tensorboard": f"{lock} tensorboardX",
+        "optuna": f"{lock} optuna cmaes",
+        "keras-tuner": f"{lock} keras-tuner scikit-learn six",
+    }
+    rows = {f.name: features.check(f) for f in features.FEATURES if f.name in expected}
+    assert {name: row["install"] for name, row in rows.items()} == expected
+    # what they name exists: the extras in pyproject.toml, every package pinned in the lock
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = {line.partition("==")[0] for line in (ROOT / host.LOCK).read_text().splitlines() if "==" in line}
+    for command in expected.values():
+        for target in command.removeprefix(lock).split():
+            if extra := re.fullmatch(r"'\.\[(\w+)\]'", target):
+                assert extra[1] in extras, command
+            elif target != "-e":
+                assert target.lower() in pinned, command
 
 
 def test_missing_features_name_their_install_command(monkeypatch, tmp_path):
@@ -171,6 +223,58 @@ def test_a_jax_that_cannot_start_is_the_problem(report):
     assert "error           Unable to initialize backend 'cuda'" in doctor.text(rep)
 
 
+def test_jax_platforms_naming_a_backend_jax_lacks_says_which(monkeypatch):
+    assert not any(host.package_version(p) for p in doctor.PLUGINS["cuda"])  # this venv has no CUDA plugin
+    no_cuda = (
+        "JAX_PLATFORMS=cuda: JAX has no cuda backend here "
+        "(no CUDA plugin installed: pip install -c launch/locks/venv.txt -e '.[cuda12]')"
+    )
+    proc = run_cli("doctor", "--expect", "gpu", JAX_PLATFORMS="cuda")  # a bare AssertionError in JAX
+    assert proc.returncode == 1
+    assert f"error           {no_cuda}\n" in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"smilejax doctor: JAX {jax.__version__} cannot start: {no_cuda}; jaxlib ")
+
+    assert doctor._no_backend("cpu") is None
+    assert doctor._no_backend("rocm,cpu") == (
+        "JAX_PLATFORMS=rocm,cpu: JAX has no rocm backend here "
+        "(no ROCm plugin installed: pip install -c launch/locks/venv.txt -e '.[rocm]')"
+    )
+    # with the plugin, JAX still skips cuda on a node whose NVIDIA GPUs this process cannot see
+    monkeypatch.setitem(xla_bridge._backend_factories, "cuda", xla_bridge._backend_factories["cpu"])
+    monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: False)
+    assert (
+        doctor._no_backend("cuda")
+        == "JAX_PLATFORMS=cuda: JAX skips its cuda backend: this process sees no NVIDIA GPU"
+    )
+
+
+def test_nccl_version_comes_from_the_nccl_jax_uses(monkeypatch, tmp_path, report):
+    monkeypatch.setattr(doctor, "PROC_MAPS", tmp_path / "maps")  # no libnccl loaded yet
+    assert doctor._nccl_libraries() == ["libnccl.so.2"]  # the soname: whatever the loader finds first
+    site = tmp_path / "site-packages"
+    wheel = site / "nvidia" / "nccl" / "lib" / "libnccl.so.2"  # nvidia-nccl-cu12's layout
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"")
+    monkeypatch.syspath_prepend(str(site))
+    # the wheel's first, before an NCCL that a module put on LD_LIBRARY_PATH
+    assert doctor._nccl_libraries() == [str(wheel), "libnccl.so.2"]
+    system = "/opt/nccl/2.18.1/lib/libnccl.so.2.18.1"
+    (tmp_path / "maps").write_text(
+        f"7f2a00000000-7f2a00400000 r-xp 00000000 08:01 4711                       {system}\n"
+        "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n"
+    )
+    assert doctor._nccl_libraries() == [system, str(wheel), "libnccl.so.2"]  # one loaded already is JAX's
+
+    answers = {system: None, str(wheel): "2.27.3", "libnccl.so.2": "2.18.1"}  # None: it cannot be loaded
+    monkeypatch.setattr(doctor, "_nccl_version", answers.get)
+    cuda = doctor._cuda()
+    assert (cuda["nccl"], cuda["nccl_library"]) == ("2.27.3", str(wheel))
+    rep = copy.deepcopy(report)
+    rep["accelerator"]["cuda"] = cuda
+    assert f"\n  NCCL from       {wheel}\n" in doctor.text(rep)
+
+
 def test_cli_expect_gpu_exits_1_with_one_line_after_the_report():
     proc = run_cli("doctor", "--expect", "gpu", "--expect-devices", "4")
     assert proc.returncode == 1
@@ -223,8 +327,19 @@ def test_gpu_job_scripts_check_the_gpus_before_training(capsys):
     assert lines[check].startswith("srun --nodes=1 --ntasks=1 --ntasks-per-node=1 ")
     assert lines[check].endswith(" -m smilejax doctor --expect gpu --expect-devices 4 ||")
     assert "exit 1; }" in lines[check + 1]
+    assert (
+        "JAX on the first node does not see the node's 4 GPU(s), which every process of this perlmutter job "
+        "sees (the report above says why); not training"
+    ) in lines[check + 1]
     two = _dry_run(capsys, "perlmutter", "--gpus-per-node", "2")
     assert "-m smilejax doctor --expect gpu --expect-devices 2 ||" in two
+    # Frontier binds each process its GCD: the check asks for what one process gets
+    frontier = _dry_run(capsys, "frontier")
+    assert "-m smilejax doctor --expect gpu --expect-devices 1 ||" in frontier
+    assert (
+        "JAX on the first node does not see the 1 GPU(s) a process of this frontier job gets (the report "
+        "above says why); not training"
+    ) in frontier
 
 
 @pytest.mark.parametrize("system", ["local", "slurm-gpu"])
@@ -256,5 +371,5 @@ def test_preflight_line_fails_the_job_on_a_cpu_only_jax(capsys, tmp_path, system
     err = proc.stderr.strip().splitlines()
     assert err[-2].startswith(f"smilejax doctor: expected 4 GPUs but JAX {jax.__version__} sees only 8 cpu")
     assert err[-1].startswith(
-        "smilejax-launch: preflight failed: JAX on the first node does not see the 4 GPU(s)"
+        "smilejax-launch: preflight failed: JAX on the first node does not see the node's 4 GPU(s)"
     )

@@ -334,7 +334,7 @@ def test_without_fastjet_jets_are_skipped_with_the_install_command(monkeypatch):
     assert jets.missing() is None
     real = jets.importlib.util.find_spec
     monkeypatch.setattr(jets.importlib.util, "find_spec", lambda m: None if m == "fastjet" else real(m))
-    assert jets.missing() == "fastjet not installed (pip install fastjet)"
+    assert jets.missing() == "fastjet not installed (pip install -c launch/locks/venv.txt fastjet)"
     # the evaluator's JSON then says so in place of the jet figures, and so does its summary
     counts = particles.ClassCounts()
     counts.add(_particles([1, 0], [2.0, 0.0]), _particles([1, 3], [2.0, 1.0]), np.ones((1, 2), bool))
@@ -350,5 +350,5 @@ def test_without_fastjet_jets_are_skipped_with_the_install_command(monkeypatch):
         "met": {"events": 1, "events_with_genmet": 1, **{k: met["MLPF"] for k in mlpf.COLLECTIONS}},
     }
     text = mlpf.summary(metrics)
-    assert "jets skipped: fastjet not installed (pip install fastjet)" in text
+    assert "jets skipped: fastjet not installed (pip install -c launch/locks/venv.txt fastjet)" in text
     assert "MLPF" in text and "1.200" in text and "0.500" in text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from smilejax.inputs import pipeline
 
-from smilejax import config, registry, train, trained
+from smilejax import config, host, registry, train, trained
 from tests import toy
 from tests.conftest import run_cli
 
@@ -19,7 +19,7 @@ try:
 except ImportError:
     onnxruntime = None
 
-SERVE_HINT = "pip install jax2onnx onnx onnxruntime 'tritonclient[http,grpc]'"
+SERVE_HINT = host.pip_install(".[serve]")  # jax2onnx, onnx, onnxruntime, tritonclient
 
 
 def pipeline_batch(tm, size: int) -> dict[str, np.ndarray]:

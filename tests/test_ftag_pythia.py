@@ -196,7 +196,7 @@ def test_closest_matches_within_groups():
 def test_missing_generator_fails_with_install_hint(monkeypatch):
     real = fp.importlib.util.find_spec
     monkeypatch.setattr(fp.importlib.util, "find_spec", lambda m: None if m == "pythia8mc" else real(m))
-    with pytest.raises(ImportError, match=r"pip install pythia8mc==8\.317\.2 fastjet"):
+    with pytest.raises(ImportError, match=r"pip install -c launch/locks/venv\.txt -e '\.\[pythia\]'"):
         fp.make("unused.h5", 10)
 
 

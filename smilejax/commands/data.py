@@ -79,7 +79,7 @@ def register(sub) -> None:
             m.description += (
                 " Worker k generates its share of the jets from seeds (seed, k) and the parts are merged in "
                 "order, so the file is reproducible for the same --seed and --workers (not across worker "
-                "counts). Needs: " + "pip install pythia8mc==8.317.2 fastjet"
+                "counts). Needs: " + host.pip_install(".[pythia]")
             )
             _add_generator_options(m)
         m.set_defaults(run=run_make)
@@ -102,7 +102,7 @@ def register(sub) -> None:
         if name == "mlpf-pythia":
             m.description += (
                 " Worker k generates its share from seeds (seed, k), so the dataset is reproducible for the "
-                "same --seed and --workers. Needs: pip install pythia8mc==8.317.2 fastjet"
+                "same --seed and --workers. Needs: " + host.pip_install(".[pythia]")
             )
             _add_generator_options(m)
         m.set_defaults(run=run_make_mlpf)
@@ -283,7 +283,9 @@ def _plot(paths: list[str], cfg, out: str, max_jets: int = 20_000):
 
     plt = plotting.pyplot(out)
     if plt is None:
-        raise SystemExit(f"data check --plot {out}: matplotlib is not installed (pip install matplotlib)")
+        raise SystemExit(
+            f"data check --plot {out}: matplotlib is not installed ({host.pip_install('matplotlib')})"
+        )
 
     from smilejax.inputs import ftag_h5
 

@@ -5,8 +5,8 @@ devices with their memory; the accelerator stack (CUDA, cuDNN, NCCL or ROCm vers
 CUDA/ROCm plugin is installed and matches jaxlib); the launcher and process layout the runtime detects
 (Slurm, Open MPI, PBS, explicit variables; jax.distributed is not started); and each optional feature
 (Pythia makers, ONNX export, Triton server and client, W&B, TensorBoard, Optuna, keras-tuner, the
-particleflow reference, the GPU compiler of bench roofline, Slurm) with the command that installs it
-where it is missing.
+particleflow and salt references, the GPU compiler of bench roofline, Slurm) with the command that
+installs it where it is missing.
 
 With --expect gpu it exits 1, naming the problem in one line, when JAX sees only a CPU (no plugin, a
 plugin that does not match jaxlib, hidden GPUs, JAX_PLATFORMS=cpu, CUDA libraries the plugin refuses).
@@ -31,7 +31,7 @@ examples:
 exit codes: 0 the report (and the expectation met), 1 the expectation not met."""
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     parser = add_command(
         sub,
         "doctor",

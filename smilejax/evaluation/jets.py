@@ -18,9 +18,11 @@ import importlib.util
 
 import numpy as np
 
+from smilejax import host
+
 from .particles import Particles
 
-INSTALL_HINT = "pip install fastjet"
+INSTALL_HINT = host.pip_install("fastjet")  # awkward comes with it
 
 
 @dataclasses.dataclass(frozen=True)

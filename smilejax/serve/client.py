@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from smilejax import host
 from smilejax.serve.server import GRPC_HEADER_PREFIX, KEY_HEADER
 
-CLIENT_HINT = "pip install 'tritonclient[http,grpc]'"
+CLIENT_HINT = host.pip_install(".[serve]")  # tritonclient[http,grpc]
 PROTOCOLS = ("http", "grpc")
 
 

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from smilejax import host
 from smilejax.models import platform
 from smilejax.trained import TrainedModel
 
@@ -38,7 +39,7 @@ ELEMENTS = "elements"
 PLATFORMS = ("cpu", "cuda")
 # Export-time agreement with the in-process model (float32 on both sides).
 RTOL, ATOL = 1e-5, 1e-5
-ONNX_HINT = "pip install jax2onnx onnx onnxruntime"
+ONNX_HINT = host.pip_install(".[serve]")  # jax2onnx, onnx, onnxruntime
 
 
 class ExportError(ValueError):

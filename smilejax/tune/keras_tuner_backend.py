@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from smilejax import host
+
 os.environ.setdefault("KERAS_BACKEND", "jax")  # keras-tuner imports Keras; no TensorFlow needed
 
 try:
@@ -32,7 +34,7 @@ try:
 except ImportError as err:  # pragma: no cover - an install problem, named for the user
     raise ImportError(
         "smilejax tune --backend keras-tuner needs keras-tuner (JAX backend, no TensorFlow): "
-        "pip install 'keras-tuner>=1.4.7' scikit-learn six"
+        + host.pip_install("keras-tuner", "scikit-learn", "six")
     ) from err
 
 from smilejax.config import ConfigError

@@ -17,12 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from smilejax import host
+
 try:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
     from optuna.trial import TrialState
 except ImportError as err:  # pragma: no cover - an install problem, named for the user
-    raise ImportError("smilejax tune --backend optuna needs Optuna: pip install 'optuna>=4' cmaes") from err
+    raise ImportError(
+        f"smilejax tune --backend optuna needs Optuna: {host.pip_install('optuna', 'cmaes')}"
+    ) from err
 
 from smilejax.config import ConfigError
 from smilejax.tune import worker as workers
