@@ -142,8 +142,21 @@ def calls(folder: Path, name: str) -> list[str]:
                 'export FI_MR_CACHE_MONITOR="kdreg2"',
                 'export MIOPEN_USER_DB_PATH="/tmp/miopen-$USER-$SLURM_JOB_ID"',
                 'export MIOPEN_CUSTOM_CACHE_DIR="/tmp/miopen-$USER-$SLURM_JOB_ID"',
+                # /tmp is each node's own: the cache folders are made on every node
+                'srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 '
+                'mkdir -p "$MIOPEN_USER_DB_PATH" "$MIOPEN_CUSTOM_CACHE_DIR" ||',
                 'export HDF5_USE_FILE_LOCKING="FALSE"',
                 'scontrol requeue "$SLURM_JOB_ID"',
+            ],
+        ),
+        (  # half the GCDs: the node's 56 cores still go to its processes, 14 each
+            "frontier",
+            ["--nodes", "2", "--gpus-per-node", "4", "--account", "ABC123"],
+            [
+                "#SBATCH --ntasks-per-node=4",
+                "#SBATCH --gpus-per-task=1",
+                "#SBATCH --cpus-per-task=14",
+                "--ntasks-per-node=4 --cpus-per-task=14 --gpus-per-task=1 --gpu-bind=closest",
             ],
         ),
         (  # one process per node owns the node's eight GCDs and all 56 cores
@@ -186,6 +199,37 @@ def test_dry_run_prints_the_script_with_the_systems_resource_lines(
     assert f"RUN_DIR={run_dir}" in out and "-m smilejax train" in out and "rank.sh" in out
     assert subprocess.run(["bash", "-n"], input=out, text=True).returncode == 0  # valid shell
     assert not run_dir.exists() and not calls(stubs, "sbatch") and not calls(stubs, "qsub")
+
+
+@pytest.mark.parametrize(
+    ("system", "kept"),
+    [
+        ("frontier", "--ntasks-per-node=1 --cpus-per-task=56 "),
+        ("perlmutter", "--cpus-per-task=128 --cpu-bind=cores "),
+    ],
+)
+def test_a_job_without_gpus_gets_no_gpu_options(capsys, toy_cfg, tmp_path, system, kept):
+    options = ["--gpus-per-node", "0", "--account", "a1", "--dry-run"]
+    code, out, err = launch(capsys, "--system", system, *options, str(toy_cfg), f"run.dir={tmp_path / 'run'}")
+    assert code == 0, err
+    (train,) = [line for line in out.splitlines() if "-m smilejax train" in line]
+    assert kept + '"$RUN_DIR/launch/rank.sh"' in train  # the system's other options stay
+    assert "--gpu" not in out  # no --gpu-bind, --gpus-per-task or --gpus-per-node anywhere
+    assert "# (none: a CPU job)" in out
+
+
+def test_node_dirs_are_made_only_where_a_system_names_them(capsys, toy_cfg, tmp_path):
+    code, out, err = launch(
+        capsys, "--system", "perlmutter", "--dry-run", str(toy_cfg), f"run.dir={tmp_path}"
+    )
+    assert code == 0, err
+    assert "mkdir" not in out and "# (none in the system file)" in out
+    polaris = tmp_path / "polaris.yaml"
+    tree = yaml.safe_load((LAUNCH / "polaris.yaml").read_text())
+    polaris.write_text(yaml.safe_dump({**tree, "node_dirs": ["/local/scratch/cache-$PBS_JOBID"]}))
+    code, out, err = launch(capsys, "--system", str(polaris), "--account", "a1", "--dry-run", str(toy_cfg))
+    assert code == 0, err
+    assert 'mpiexec -n "$NODES" --ppn 1 mkdir -p "/local/scratch/cache-$PBS_JOBID" ||' in out
 
 
 def test_time_limits_parse_like_slurm():
@@ -466,12 +510,15 @@ def test_frontier_job_stages_to_the_nvme_and_keeps_caches_per_user_and_job(capsy
     (staging,) = [c for c in steps if "-m smilejax.launch.stage" in c]
     (train,) = [c for c in steps if "-m smilejax train" in c]
     (unstage,) = [c for c in steps if "rm -rf" in c]
+    cache = "/tmp/miopen-alice-77"
+    assert steps.index(f"--nodes=2 --ntasks=2 --ntasks-per-node=1 mkdir -p {cache} {cache}") < steps.index(
+        train
+    )
     assert staging.startswith("--nodes=2 --ntasks=2 --ntasks-per-node=1 ")
     assert staging.endswith(f"-m smilejax.launch.stage {nvme} {data / 'train.npz'}")
     assert "--ntasks=16 --ntasks-per-node=8 --cpus-per-task=7 --gpus-per-task=1 --gpu-bind=closest" in train
     assert train.endswith(f"train {run_dir}/launch/config.yaml data.path={nvme}/train.npz")
     assert unstage.endswith(f"rm -rf {nvme}")
-    cache = "/tmp/miopen-alice-77"
     assert (stubs / "srun.env").read_text().splitlines() == [f"{cache} {cache}"] * len(steps)
 
 

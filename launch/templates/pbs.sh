@@ -27,6 +27,9 @@ echo "smilejax-launch: job $PBS_JOBID attempt $((RESTART + 1)) on $NODES node(s)
 # would train on the CPU for the whole allocation); its report goes into this log
 {{preflight}}
 
+# ---- node-local folders the system file names (caches), made on every node
+{{node_dirs}}
+
 # ---- staging: one rank per node copies the inputs to node-local storage
 {{stage}}
 

@@ -21,6 +21,9 @@ echo "smilejax-launch: job $SLURM_JOB_ID attempt $((RESTART + 1)) on $NODES node
 # would train on the CPU for the whole allocation); its report goes into this log
 {{preflight}}
 
+# ---- node-local folders the system file names (caches), made on every node
+{{node_dirs}}
+
 # ---- staging: one task per node copies the inputs to node-local storage
 {{stage}}
 

@@ -38,13 +38,10 @@ class Job:
 
     @property
     def cpus_per_task(self) -> int | None:
-        """The node's CPUs in proportion to the GPUs taken, shared by its processes."""
-        cpus, have = self.system.cpus_per_node, self.system.gpus_per_node
-        if not cpus:
-            return None
-        if have and self.gpus_per_node:
-            cpus = cpus * self.gpus_per_node // have
-        return max(cpus // self.tasks_per_node, 1)
+        """The node's CPUs shared by its processes: a job gets whole nodes, all their CPUs whatever GPUs
+        it uses (Frontier, 4 of 8 GCDs: 4 processes of 56 / 4 = 14 cores)."""
+        cpus = self.system.cpus_per_node
+        return max(cpus // self.tasks_per_node, 1) if cpus else None
 
     @property
     def python(self) -> str:

@@ -80,6 +80,7 @@ def render(job: Job, script_path: str) -> str:
         "python": python,
         "overrides": "".join(f' "{key}={_staged(names)}"' for key, names in overrides),
         "preflight": _preflight_lines(job, python, pbs),
+        "node_dirs": _node_dir_lines(job, pbs),
         "stage": _stage_lines(job, python, job_id, pbs),
         "unstage": _unstage_lines(job, pbs),
     }
@@ -141,7 +142,10 @@ def _launcher_args(job: Job) -> list[str]:
     per_task = _gpus_per_task(job)
     if per_task:
         args.append(f"--gpus-per-task={per_task}")  # stated for the step too, as -c is
-    return [*args, *job.system.launcher_args]
+    system_args = job.system.launcher_args
+    if not job.gpus_per_node:  # the system's GPU options (--gpu-bind) have no GPUs to bind in this job
+        system_args = [a for a in system_args if not a.startswith("--gpu")]
+    return [*args, *system_args]
 
 
 def _gpus_per_task(job: Job) -> int | None:
@@ -180,16 +184,32 @@ def _preflight_lines(job: Job, python: str, pbs: bool) -> str:
     would (its launcher options, the same GPU binding), else the job ends before training, not requeued."""
     if not job.gpus_per_node:
         return "# (none: a CPU job)"
-    gpus = _gpus_per_task(job) or job.gpus_per_node
+    per_task = _gpus_per_task(job)
+    gpus = per_task or job.gpus_per_node
     one = "mpiexec -n 1 --ppn 1" if pbs else "srun --nodes=1 --ntasks=1 --ntasks-per-node=1"
     args = "".join(f"{a} " for a in _launcher_args(job))
-    why = (
-        f"JAX on the first node does not see the {gpus} GPU(s) a process of this {_dq(job.system.name)} "
-        "job gets (the report above says why); not training"
+    system = _dq(job.system.name)
+    wanted = (
+        f"the {gpus} GPU(s) a process of this {system} job gets"
+        if per_task
+        else f"the node's {gpus} GPU(s), which every process of this {system} job sees"
     )
+    why = f"JAX on the first node does not see {wanted} (the report above says why); not training"
     return (
         f"{one} {args}{python} -m smilejax doctor --expect gpu --expect-devices {gpus} ||\n"
         f'    {{ echo "smilejax-launch: preflight failed: {why}" >&2; exit 1; }}'
+    )
+
+
+def _node_dir_lines(job: Job, pbs: bool) -> str:
+    """``mkdir -p`` of the system's node_dirs on every node: node-local folders exist only where made."""
+    if not job.system.node_dirs:
+        return "# (none in the system file)"
+    # Double quotes: the folders may name variables of the job ($SLURM_JOB_ID).
+    dirs = " ".join(f'"{_dq(d)}"' for d in job.system.node_dirs)
+    return (
+        f"{_per_node(pbs)} mkdir -p {dirs} ||\n"
+        '    { echo "smilejax-launch: making the node folders failed" >&2; exit 1; }'
     )
 
 

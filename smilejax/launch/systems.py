@@ -4,8 +4,8 @@ A system file states what a job script needs to know about a machine and nothing
 scheduler, GPUs and CPUs per node, default account/queue/QOS/constraint and time limit, the shell lines
 that set up the software (modules, containers), environment variables (NCCL, libfabric, HDF5), extra
 scheduler and launcher options, the GPUs' vendor and how processes get them (shared in an affinity order,
-or bound per task by Slurm), and where node-local storage is. ``--system`` takes a name (``perlmutter``)
-or a path to such a file.
+or bound per task by Slurm), node-local folders to make and where node-local storage is. ``--system``
+takes a name (``perlmutter``) or a path to such a file.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class System:
     # per_task: Slurm gives each process its own (--gpus-per-task; pick them with launcher_args' --gpu-bind).
     gpu_binding: Literal["shared", "per_task"] = "shared"
     gpu_order: list[int] | None = None  # shared binding: the visible GPUs' order, local rank i takes block i
+    node_dirs: list[str] = dataclasses.field(default_factory=list)  # made on every node first; may use $VARS
     stage_dir: str | None = None  # node-local storage for --stage (/dev/shm, a local SSD); may use $VARS
     stage_capacity_gb: float | None = None  # what --stage may put there per node
 
