@@ -98,6 +98,12 @@ def differences(saved: dict, wanted: dict) -> list[str]:
     return out
 
 
+def holds_data(directory: Path, step: int) -> bool:
+    """Whether checkpoint ``step`` in ``directory`` holds a data position (an import without its data saves
+    the state alone)."""
+    return (Path(directory) / str(step) / "data").is_dir()
+
+
 class Checkpointer:
     def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
         self.directory = Path(directory).absolute()
@@ -142,7 +148,7 @@ class Checkpointer:
         failures = []
         for candidate in candidates:
             items = {"state": ocp.args.StandardRestore(_abstract_with_data(abstract))}
-            if iterator is not None and self.has_data(candidate):
+            if iterator is not None and holds_data(self.directory, candidate):
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
             elif iterator is not None:
                 self._without_data(candidate)
@@ -167,10 +173,6 @@ class Checkpointer:
                 "(damaged files, see the warnings above); move the folder away to start afresh"
             )
         return None
-
-    def has_data(self, step: int) -> bool:
-        """Whether step ``step`` holds a data position (an import without its data saves the state alone)."""
-        return (self.directory / str(step) / "data").is_dir()
 
     def _without_data(self, step: int) -> None:
         if step == 0:  # an imported model: step 0 is where a fresh pipeline stands, so training stays exact

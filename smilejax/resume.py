@@ -58,7 +58,12 @@ def saved_config(run_dir: Path) -> Config | None:
 
 def check_data(run_dir: Path, cfg: Config, train_examples: int) -> None:
     """Refuses settings that would continue another batch sequence from the restored input position: a
-    new batch size, element budget, file list or seed, or a training set of another size."""
+    new batch size, element budget, file list or seed, or a training set of another size. Checkpoints
+    without a data position (an import whose data was out of reach) have none to continue: any settings do."""
+    checkpoints = run_dir / "checkpoints"
+    steps = [int(p.name) for p in checkpoints.glob("[0-9]*") if p.name.isdigit()]
+    if not any(checkpoint.holds_data(checkpoints, step) for step in steps):
+        return
     info = run_dir / "run.json"
     before_examples = json.loads(info.read_text()).get("train_examples") if info.is_file() else None
     if before_examples is not None and before_examples != train_examples:

@@ -335,7 +335,8 @@ def test_run_directory_carries_salts_config(salt, imported):
 def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, imported, tmp_path, caplog):
     """A state-dict .pt takes the normalisation from salt's norm_dict file; with the training data out of
     reach the checkpoint holds the weights alone, which evaluation's restore reads all the same, and
-    training given data.path starts the data from its beginning (where step 0 stands)."""
+    training given data.path (and any data settings) starts the data from its beginning (where step 0
+    stands)."""
     run_dir = tmp_path / "from_pt"
     argv = ["import", "salt", str(salt["pt"]), "--config", str(salt["config"]), "--out", str(run_dir)]
     assert cli.main([*argv, *OVERRIDES, f"data.path={tmp_path / 'elsewhere.h5'}"]) == 0
@@ -348,7 +349,9 @@ def test_plain_state_dict_imports_the_same_weights_without_the_data(salt, import
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert cli.main([*argv, *OVERRIDES]) == 2  # the run is there: never overwritten
 
-    train = ["train", str(run_dir / "config.yaml"), f"data.path={salt['jets']}", *TRAIN_OVERRIDES]
+    # other data settings than the import's: there is no data position that they would not continue
+    data = [f"data.path={salt['jets']}", "data.batch_size=16", "run.seed=3"]
+    train = ["train", str(run_dir / "config.yaml"), *data, *TRAIN_OVERRIDES]
     with caplog.at_level(logging.INFO, logger="smilejax.checkpoint"):
         assert cli.main(train) == 0
     assert "checkpoint step 0 holds no data position: the input pipeline starts" in caplog.text

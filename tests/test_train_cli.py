@@ -254,6 +254,16 @@ def test_every_checkpoint_damaged_is_one_line_and_exit_2(reference, tmp_path):
     assert run_files(run_dir) == before
 
 
+def test_changed_data_settings_on_resume_are_refused_where_a_data_position_was_saved(reference, tmp_path):
+    """The control of the weights-only import (tests/test_import_salt.py), whose data settings are free."""
+    cfg, ref_dir = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "run.steps=28", "data.batch_size=32")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "other data settings" in proc.stderr and "data.batch_size: 16 -> 32" in proc.stderr
+
+
 def test_checkpoint_without_data_position_restarts_the_data(reference, tmp_path):
     """A checkpoint that holds the state alone (what an import without its data writes) resumes, its input
     pipeline from the beginning; past step 0 that is not the uninterrupted run's sequence, and it says so."""
