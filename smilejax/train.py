@@ -117,15 +117,25 @@ def run_info(cfg: Config, program: steps.Program, cluster: runtime.ClusterEnv) -
     }
 
 
-def make_inputs(cfg: Config, split: str, *, shuffle: bool | None = None, source: BatchSource | None = None):
-    """The Grain pipeline of ``split`` (over ``source`` when given, else the format's source of it)."""
+def make_inputs(
+    cfg: Config,
+    split: str,
+    *,
+    shuffle: bool | None = None,
+    source: BatchSource | None = None,
+    seed: int | None = None,
+):
+    """The Grain pipeline of ``split`` (over ``source`` when given, else the format's source of it;
+    ``seed`` replaces the one drawn from ``run.seed``)."""
     spec = registry.dataset(cfg.data.format)
     source = spec.source(cfg.data, split) if source is None else source
     build = spec.pipeline or pipelines.from_config
+    if seed is None:
+        seed = cfg.run.seed if split == "train" else cfg.run.seed + 1
     return build(
         source,
         cfg.data,
-        seed=cfg.run.seed if split == "train" else cfg.run.seed + 1,
+        seed=seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         shuffle=shuffle,
@@ -171,13 +181,17 @@ def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[
 
 
 class Evaluation:
-    """Every evaluation scores the same held-out batches: the first ``run.eval_steps`` of the unshuffled
-    eval pipeline, which restarts from its beginning each time. So the eval values of a resumed run are
-    those of an uninterrupted one, and two evaluations of the same parameters agree."""
+    """Every evaluation scores the same held-out batches: the first ``run.eval_steps`` of the eval
+    pipeline shuffled with ``SEED``, which restarts from its beginning each time. Shuffled, because the
+    eval files follow one another (ttbar, then Z'), so the first batches of their order would all be of
+    the first file. So the eval values of a resumed run are those of an uninterrupted one, two evaluations
+    of the same parameters agree, and runs and trials with different ``run.seed`` score the same examples."""
+
+    SEED = 0x5EED  # not run.seed: eval values stay comparable between runs that differ only in their seed
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self._batches = iter(make_inputs(cfg, "eval", shuffle=False))
+        self._batches = iter(make_inputs(cfg, "eval", shuffle=True, seed=self.SEED))
         self._start = self._batches.get_state()
 
     def restart(self) -> Iterator[dict]:

@@ -3,6 +3,7 @@ schedules."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -82,6 +83,35 @@ def test_every_evaluation_scores_the_same_examples():
     carried_on = evaluation.restart()
     assert train.evaluate(program, state, carried_on, cfg) == first
     assert train.evaluate(program, state, carried_on, cfg) != first
+
+
+def test_evaluations_score_a_fixed_random_subset_of_all_eval_files(tmp_path):
+    """Eval files follow one another (ttbar, then Z'): the evaluated examples come from both, and every
+    evaluation (and every run, whatever its seed) reads the same ones."""
+    from smilejax.inputs import ftag_synthetic
+
+    from tests.conftest import TINY_GN2
+
+    first, second = tmp_path / "ttbar.h5", tmp_path / "zprime.h5"
+    ftag_synthetic.make(first, 400, seed=1)
+    ftag_synthetic.make(second, 400, seed=2)
+    data = [f"data.path={first}", f"data.eval_path={first},{second}", "run.eval_steps=2"]
+    cfg = config.load("gn2", [*TINY_GN2, *data])
+    source = registry.dataset("ftag_h5").source(cfg.data, "eval")
+    row_of = {t.tobytes(): i for i, t in enumerate(source.read(np.arange(len(source)))["tracks"])}
+
+    def evaluated(evaluation: train.Evaluation) -> list[int]:
+        batches = evaluation.restart()
+        return [row_of[t.tobytes()] for _ in range(cfg.run.eval_steps) for t in next(batches)["tracks"]]
+
+    evaluation = train.Evaluation(cfg)
+    rows = evaluated(evaluation)
+    assert len(set(rows)) == 2 * 32
+    from_first = sum(row < 400 for row in rows)
+    assert 0 < from_first < len(rows)  # both files (unshuffled, all 64 were the first file's first jets)
+    assert evaluated(evaluation) == rows  # rewound: the same examples again
+    reseeded = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=7))
+    assert evaluated(train.Evaluation(reseeded)) == rows
 
 
 def test_checkpoint_differences_name_each_array_parameters_first():

@@ -360,7 +360,8 @@ def train(
     t_start = time.perf_counter()
     program = build(cfgs)
     inputs = _Inputs(cfgs, program)
-    evaluation = training.Evaluation(cfg0) if cfg0.run.eval_every > 0 else None  # the same batches each time
+    # the same batches each time, and for every trial whatever its seed, as sequential runs score them
+    evaluation = training.Evaluation(cfg0) if cfg0.run.eval_every > 0 else None
 
     run_dirs = [Path(c.run.dir) for c in cfgs]
     info = {
