@@ -17,6 +17,7 @@ deterministic function of (seed, epoch, k), so the resumption guarantee above is
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -313,8 +314,19 @@ def batched(
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=buffer))
     if workers > 0:
         _absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_stops_to_main
+        )
     return it
+
+
+def _leave_stops_to_main(_worker: int, _workers: int) -> None:
+    """Grain worker processes ignore Ctrl-C and the scheduler's warning: a terminal signals the whole
+    process group and Slurm every process of the step, and a worker that died of it would leave the run
+    without batches before its checkpoint. The main process handles both (``smilejax.preemption``); it
+    ends the workers when it closes. SIGTERM stays fatal: it is how multiprocessing stops them at exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _absl_flags_parsed() -> None:

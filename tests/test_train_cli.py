@@ -4,6 +4,7 @@ checkpoints, a changed model, the summary at the end."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -119,7 +120,24 @@ def _start(cfg, run_dir, *overrides) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, which a terminal's Ctrl-C signals as a whole
     )
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the run and every process it started (Grain's workers), as a terminal sends Ctrl-C."""
+    os.killpg(proc.pid, sig)
+
+
+def _output(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """The run's output once it has ended; a run that hangs is killed with its workers."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(
+            f"the run did not end within {timeout} s:\n{proc.communicate()[0][-3000:]}"
+        ) from None
 
 
 def _checkpoint(run_dir, step: int):
@@ -158,8 +176,8 @@ def test_stop_signal_checkpoints_at_step_boundary_and_resumes(reference, tmp_pat
     run_dir = tmp_path / "run"
     proc = _start(cfg, run_dir)
     wait_for(_checkpoint(run_dir, 4), 120, "checkpoint 4", proc)
-    stop(proc, sig)
-    out = proc.stdout.read()
+    _signal_group(proc, sig)
+    out = _output(proc)
     assert proc.returncode == code, out[-3000:]
     assert notice in out and "Traceback" not in out
     stopped = max(losses(run_dir))
@@ -167,6 +185,28 @@ def test_stop_signal_checkpoints_at_step_boundary_and_resumes(reference, tmp_pat
     assert (run_dir / "checkpoints" / str(stopped)).is_dir()
     assert f"run stopped early at step {stopped}" in out
     proc = run_cli("train", str(cfg), f"run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from step {stopped}" in proc.stderr
+    assert losses(run_dir) == losses(ref_dir)
+    assert evals(run_dir) == evals(ref_dir)
+
+
+def test_ctrl_c_reaching_grain_worker_processes_checkpoints_and_resumes(reference, tmp_path):
+    """A terminal's Ctrl-C signals the whole process group: the data workers must leave it to the run."""
+    cfg, ref_dir = reference
+    run_dir = tmp_path / "run"
+    proc = _start(cfg, run_dir, "data.workers=2", "data.read_delay_s=0.2")
+    # after the evaluation at step 8: the eval pipeline's workers are running too (a worker that is still
+    # starting Python when the signal comes dies of it before it can ignore it)
+    wait_for(_checkpoint(run_dir, 12), 180, "checkpoint 12", proc)
+    _signal_group(proc, signal.SIGINT)
+    out = _output(proc)
+    assert proc.returncode == EXIT_INTERRUPTED, out[-3000:]
+    assert "KeyboardInterrupt" not in out and "Traceback" not in out
+    stopped = max(losses(run_dir))
+    assert 12 <= stopped < STEPS and f"run stopped early at step {stopped}" in out
+    assert (run_dir / "checkpoints" / str(stopped)).is_dir()
+    proc = run_cli("train", str(cfg), f"run.dir={run_dir}", "data.workers=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {stopped}" in proc.stderr
     assert losses(run_dir) == losses(ref_dir)
@@ -192,9 +232,9 @@ def test_second_ctrl_c_aborts_at_once_without_a_traceback(reference, tmp_path):
     proc = _start(cfg, run_dir, "data.read_delay_s=3")  # the first batch takes 3 s: no step before
     out = _Output(proc)
     wait_for(lambda: "topology" in out.text, 120, "the run's start")
-    proc.send_signal(signal.SIGINT)
+    _signal_group(proc, signal.SIGINT)
     wait_for(lambda: "Ctrl-C: checkpointing" in out.text, 30, "the first Ctrl-C's notice")
-    proc.send_signal(signal.SIGINT)
+    _signal_group(proc, signal.SIGINT)
     proc.wait(timeout=60)
     out.thread.join(timeout=10)
     assert proc.returncode == EXIT_INTERRUPTED, out.text[-3000:]
