@@ -3,6 +3,7 @@ checkpoints, a changed model, the summary at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -110,6 +111,30 @@ def test_missing_data_path_is_a_clear_error(toy_yaml, tmp_path):
     proc = run_cli("train", str(toy_yaml()), f"data.path={missing}", f"run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and str(missing) in proc.stderr
     assert not (tmp_path / "run").exists()  # no empty run directory left behind
+
+
+def test_class_dict_with_model_class_weights_fails_before_the_run_directory(tmp_path):
+    """Two sections that give class weights are a config error found before anything is written; a
+    config that skipped the check (built in code) still leaves no run directory when the model refuses it."""
+    class_dict = tmp_path / "class_dict.yaml"
+    class_dict.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0, 4.0]}}))
+    run_dir = tmp_path / "run"
+    weights = "model.class_weights={jet: [1, 1, 1, 1]}"
+    proc = run_cli("train", "gn2", f"data.class_dict={class_dict}", weights, f"run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("smilejax: config error: data.class_dict (")
+    assert "Traceback" not in proc.stderr
+    assert "and model.class_weights both give class weights; keep one" in proc.stderr
+    assert not run_dir.exists()
+
+    from smilejax import config, train
+    from tests.conftest import TINY_GN2
+
+    cfg = config.load("gn2", [*TINY_GN2, f"data.class_dict={class_dict}", f"run.dir={run_dir}"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_weights={"jet": [1.0] * 4}))
+    with pytest.raises(ValueError, match=r"model\.class_weights both give class weights"):
+        train.train(cfg)
+    assert not run_dir.exists()
 
 
 def _start(cfg, run_dir, *overrides) -> subprocess.Popen:
