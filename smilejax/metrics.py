@@ -101,7 +101,20 @@ class MetricsLog:
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """The records of a ``metrics.jsonl`` in file order; a line that is not a JSON record with an integer
+    ``step`` (a file cut short mid-line, or not smilejax's) is a ValueError naming the file and line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number} is not JSON: {err.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path} line {number} has no integer 'step'")
+        records.append(record)
+    return records
 
 
 class Loggers:

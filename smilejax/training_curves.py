@@ -10,7 +10,6 @@ before, but not the start-up before the first step (restore, first compilation).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from smilejax import host, plotting
+from smilejax import host, metrics, plotting
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,17 +39,7 @@ def read_run(run_dir: str | Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (not a smilejax run directory?)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {number} is not JSON: {err.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ValueError(f"{path} line {number} has no integer 'step'")
-        records.append(record)
+    records = metrics.read(path)
     if not records:
         raise ValueError(f"{path} is empty: the run has not logged a step yet (it logs every run.log_every)")
     return records
