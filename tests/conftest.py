@@ -54,6 +54,28 @@ def run_cli(*args: str, devices: int = 8, timeout: float = 300, **env: str) -> s
     )
 
 
+def run_reference(env: Path, install: str, what: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``args`` (a script and its arguments) with the python of the PyTorch reference environment
+    ``env``; fails the test naming ``install`` when the environment is missing or the script fails.
+    ``what`` says what the environment holds, for the message."""
+    python = env / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"the reference environment {env} is missing: create it with `{install}` ({what})")
+    proc = subprocess.run(
+        [str(python), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "2"},
+    )
+    if proc.returncode:
+        pytest.fail(
+            f"the reference in {env} failed (rc={proc.returncode}); is it complete? `{install}`\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -33,10 +32,10 @@ import yaml
 from flax import nnx
 from smilejax.models import gn2, gn2_salt, torch_files
 
-from smilejax import cli, config, registry, trained
-from tests.conftest import ROOT
+from smilejax import cli, config, features, registry, trained
+from tests.conftest import ROOT, run_reference
 
-REF_ENV = Path(os.environ.get("SMILEJAX_SALT_REF", ROOT / ".salt-ref"))
+REF_ENV = Path(os.environ.get(features.SALT_REF_VAR) or ROOT / features.SALT_REF_DIR)
 REF_SCRIPT = ROOT / "tests" / "salt_reference" / "run_reference.py"
 INSTALL = "bash launch/install_salt_reference.sh"
 ATOL = 1e-5
@@ -178,30 +177,22 @@ def write_norm_dict(path: Path, jets_file: Path) -> None:
 @pytest.fixture(scope="module")
 def salt(tmp_path_factory) -> dict:
     """salt's files and outputs: {"dir", "config", "ckpt", "pt", "jets", "valid", "out": {name: array}}."""
-    python = REF_ENV / "bin" / "python"
-    if not python.exists():
-        pytest.fail(
-            f"the salt reference environment {REF_ENV} is missing: create it with `{INSTALL}` "
-            "(Python 3.11, CPU torch 2.13.0, salt-ml 0.13.0 without its training dependencies)"
-        )
     tmp = tmp_path_factory.mktemp("salt")
     jets = tmp / "jets.h5"
     valid = write_jets(jets)
     write_norm_dict(tmp / "norm_dict.yaml", jets)
     cfg_path = tmp / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(salt_config(tmp / "norm_dict.yaml", jets), sort_keys=False))
-    proc = subprocess.run(
-        [str(python), str(REF_SCRIPT), str(cfg_path), str(jets), str(tmp), "7"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "2"},
+    run_reference(
+        REF_ENV,
+        INSTALL,
+        "Python 3.11, CPU torch 2.13.0, salt-ml 0.13.0 without its training dependencies",
+        str(REF_SCRIPT),
+        str(cfg_path),
+        str(jets),
+        str(tmp),
+        "7",
     )
-    if proc.returncode:
-        pytest.fail(
-            f"the salt reference failed (rc={proc.returncode}); is {REF_ENV} complete? `{INSTALL}`\n"
-            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        )
     out = dict(np.load(tmp / "out.npz"))
     return {"dir": tmp, "config": cfg_path, "ckpt": tmp / "model.ckpt", "pt": tmp / "state_dict.pt"} | {
         "jets": jets,

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import jax
@@ -32,10 +31,10 @@ from flax import nnx
 from smilejax.models import mlpf
 
 from smilejax.bench import _mlpf_peer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_reference
 from tests.mlpf_reference.events import random_events
 
-REF_ENV = Path(os.environ.get("SMILEJAX_MLPF_REF", ROOT / ".mlpf-ref"))
+REF_ENV = Path(os.environ.get(_mlpf_peer.ENV_VAR) or ROOT / _mlpf_peer.ENV_DIR)
 REF_SCRIPT = ROOT / "tests" / "mlpf_reference" / "run_reference.py"
 INSTALL = "bash launch/install_mlpf_reference.sh"
 CLIC_PARAMS = 3_250_450
@@ -85,12 +84,6 @@ def particleflow_config(cfg: mlpf.MLPFConfig) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     """{run: {"events": [...], "state_dict", "out": [per case {output: array, "loss": {...}}], "grads"}}."""
-    python = REF_ENV / "bin" / "python"
-    if not python.exists():
-        pytest.fail(
-            f"the particleflow reference environment {REF_ENV} is missing: create it with `{INSTALL}` "
-            "(Python 3.11, CPU torch 2.13.0, particleflow 3.1.0 without its heavy dependencies)"
-        )
     tmp = tmp_path_factory.mktemp("mlpf_reference")
     arrays, runs, events = {}, [], {}
     for name, (cfg, cases, grad_case) in RUNS.items():
@@ -99,18 +92,14 @@ def reference(tmp_path_factory) -> dict:
         for i, ev in enumerate(events[name]):
             arrays.update({f"{name}/{k}_{i}": v for k, v in ev.items()})
     np.savez(tmp / "in.npz", runs=json.dumps(runs), **arrays)
-    proc = subprocess.run(
-        [str(python), str(REF_SCRIPT), str(tmp / "in.npz"), str(tmp / "out.npz")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "2"},
+    run_reference(
+        REF_ENV,
+        INSTALL,
+        "Python 3.11, CPU torch 2.13.0, particleflow 3.1.0 without its heavy dependencies",
+        str(REF_SCRIPT),
+        str(tmp / "in.npz"),
+        str(tmp / "out.npz"),
     )
-    if proc.returncode:
-        pytest.fail(
-            f"the particleflow reference failed (rc={proc.returncode}); is {REF_ENV} complete? "
-            f"`{INSTALL}`\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        )
     data = np.load(tmp / "out.npz")
     names = [str(n) for n in data["loss_names"]]
     result = {}
