@@ -22,9 +22,6 @@ cd "$(dirname "$0")/.."
 source launch/reference_env.sh
 
 ENV_DIR=${1:-.mlpf-ref}
-LOCK=launch/locks/mlpf-reference.txt
-STAMP="$ENV_DIR/.installed"
-WANT="$(sha256sum "$LOCK" | cut -d' ' -f1) ${MLPF_REF_TORCH:-}"
 
 check() {
   PYTHONPATH=tests/mlpf_reference/stubs "$ENV_DIR/bin/python" -c \
@@ -32,26 +29,10 @@ check() {
     2>/dev/null
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && check; then
-  echo "install_mlpf_reference: $ENV_DIR is ready"
-  exit 0
-fi
-
-PY311=$(python311 "${MLPF_REF_PYTHON:-}")
-if [[ -n ${MLPF_REF_TORCH:-} ]]; then
-  grep -v '^torch==' "$LOCK" >"$ENV_DIR.lock.tmp"
-  install_locked "$ENV_DIR" "$ENV_DIR.lock.tmp" "$PY311"
-  rm "$ENV_DIR.lock.tmp"
-  "$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check "$MLPF_REF_TORCH"
-else
-  install_locked "$ENV_DIR" "$LOCK" "$PY311"
-fi
-
-if ! check; then
-  echo "install_mlpf_reference: $ENV_DIR cannot import particleflow's model with a CPU torch:" >&2
+diagnose() { # what is wrong when check fails: particleflow's model without a CPU torch
   PYTHONPATH=tests/mlpf_reference/stubs "$ENV_DIR/bin/python" -c \
-    'import torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils; print("torch", torch.__version__, "cuda", torch.version.cuda)' >&2 || true
-  exit 1
-fi
-echo "$WANT" >"$STAMP"
-echo "install_mlpf_reference: $ENV_DIR ready ($("$ENV_DIR/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+    'import torch, mlpf.model.mlpf, mlpf.model.losses, mlpf.model.utils; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+}
+
+reference_env install_mlpf_reference "$ENV_DIR" launch/locks/mlpf-reference.txt "${MLPF_REF_PYTHON:-}" \
+  "${MLPF_REF_TORCH:-}"

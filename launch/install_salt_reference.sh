@@ -19,9 +19,6 @@ cd "$(dirname "$0")/.."
 source launch/reference_env.sh
 
 ENV_DIR=${1:-.salt-ref}
-LOCK=launch/locks/salt-reference.txt
-STAMP="$ENV_DIR/.installed"
-WANT="$(sha256sum "$LOCK" | cut -d' ' -f1)"
 
 check() {
   "$ENV_DIR/bin/python" -c \
@@ -29,18 +26,8 @@ check() {
     2>/dev/null
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && check; then
-  echo "install_salt_reference: $ENV_DIR is ready"
-  exit 0
-fi
+diagnose() { # what is wrong when check fails: salt's model without a CPU torch
+  "$ENV_DIR/bin/python" -c 'import torch, salt.models; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+}
 
-PY311=$(python311 "${SALT_REF_PYTHON:-}")
-install_locked "$ENV_DIR" "$LOCK" "$PY311"
-
-if ! check; then
-  echo "install_salt_reference: $ENV_DIR cannot import salt's model with a CPU torch:" >&2
-  "$ENV_DIR/bin/python" -c 'import torch, salt.models; print("torch", torch.__version__, "cuda", torch.version.cuda)' >&2 || true
-  exit 1
-fi
-echo "$WANT" >"$STAMP"
-echo "install_salt_reference: $ENV_DIR ready ($("$ENV_DIR/bin/python" -c 'import torch; print("torch", torch.__version__)'), salt-ml 0.13.0)"
+reference_env install_salt_reference "$ENV_DIR" launch/locks/salt-reference.txt "${SALT_REF_PYTHON:-}"

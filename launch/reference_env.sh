@@ -28,3 +28,33 @@ install_locked() {
   echo '*' >"$env_dir/.gitignore" # never committed, wherever it lives
   "$env_dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$lock"
 }
+
+# reference_env NAME ENV_DIR LOCK PYTHON [TORCH]: ENV_DIR holds exactly LOCK, or LOCK with its torch
+# replaced by TORCH (a pip requirement, installed with its dependencies, e.g. a CUDA build). Nothing is
+# done when ENV_DIR's stamp names this lock and TORCH and the caller's `check` passes; after an install
+# `check` must pass, or the install fails naming NAME and printing what the caller's `diagnose` says.
+reference_env() {
+  local name=$1 env_dir=$2 lock=$3 py_override=$4 torch=${5:-}
+  local stamp="$env_dir/.installed" want py
+  want="$(sha256sum "$lock" | cut -d' ' -f1) $torch"
+  if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]] && check; then
+    echo "$name: $env_dir is ready"
+    return 0
+  fi
+  py=$(python311 "$py_override")
+  if [[ -n $torch ]]; then
+    grep -v '^torch==' "$lock" >"$env_dir.lock.tmp"
+    install_locked "$env_dir" "$env_dir.lock.tmp" "$py"
+    rm "$env_dir.lock.tmp"
+    "$env_dir/bin/python" -m pip install -q --disable-pip-version-check "$torch"
+  else
+    install_locked "$env_dir" "$lock" "$py"
+  fi
+  if ! check; then
+    echo "$name: $env_dir does not pass its check:" >&2
+    diagnose >&2 || true
+    exit 1
+  fi
+  echo "$want" >"$stamp"
+  echo "$name: $env_dir ready ($("$env_dir/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+}
