@@ -148,10 +148,9 @@ class Checkpointer:
         failures = []
         for candidate in candidates:
             items = {"state": ocp.args.StandardRestore(_abstract_with_data(abstract))}
-            if iterator is not None and holds_data(self.directory, candidate):
+            with_data = iterator is not None and holds_data(self.directory, candidate)
+            if with_data:
                 items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-            elif iterator is not None:
-                self._without_data(candidate)
             try:
                 saved = self.saved_arrays(candidate)
             except Exception as err:  # damage (a missing or truncated metadata file): try the previous one
@@ -166,6 +165,8 @@ class Checkpointer:
                 continue
             if failures:
                 log.warning("resumed from step %d; skipped unreadable step(s) %s", candidate, failures)
+            if iterator is not None and not with_data:  # said only of the step actually restored
+                self._without_data(candidate)
             return _data_to_keys(abstract, restored.state)
         if failures:  # a ValueError, as for a damaged data file: the CLI reports it in one line
             raise ValueError(
