@@ -178,39 +178,11 @@ def translate(salt: Mapping) -> Translation:
             f"labels {origin_label!r} / {vertex_label!r} are not track origin / vertex index labels"
         )
 
-    activations = {
-        str(x.get("activation", default)).lower()
-        for x, default in [(dense, "ReLU"), (ff, "SiLU")]
-        + [(dict(a.get("dense_config") or {}), "ReLU") for a in (jet_args, origin_args, vertex_args)]
-    }
-    if len(activations) != 1:
-        problems.append(f"the config uses activations {sorted(activations)}; GN2 has one activation")
-    activation = activations.pop() if len(activations) == 1 else "relu"
-    try:
-        activation_fn(activation)
-    except ValueError as err:
-        problems.append(str(err))
     heads = [dict(a.get("dense_config") or {}) for a in (jet_args, origin_args, vertex_args)]
-    rates = {float(x.get("dropout", 0.0)) for x in (attn, ff, dense, *heads)}
-    if len(rates) != 1:
-        problems.append(f"the config uses dropout rates {sorted(rates)}; GN2 has one dropout rate")
+    activation, dropout = _one_activation_and_rate(dense, attn, ff, heads, problems)
     if problems:
         raise ValueError("salt config: " + "; ".join(problems))
 
-    for args in (jet_args, origin_args):
-        if args.get("use_class_dict") and _loss_weights(args) is None:
-            log.warning(
-                "salt task %s reads its class weights from a class dict the config does not hold: the run "
-                "trains without them (salt's config.yaml next to its checkpoints has them)",
-                args.get("name"),
-            )
-    class_weights = {}
-    jet_w = _loss_weights(jet_args)
-    if jet_w is not None:
-        class_weights["jet"] = [float(jet_w[k]) for k in jet_order]
-    origin_w = _loss_weights(origin_args)
-    if origin_w is not None:
-        class_weights["origin"] = [float(w) for w in origin_w]
     model_section = {
         "name": "gn2",
         "track_features": n_in,
@@ -225,12 +197,12 @@ def translate(salt: Mapping) -> Translation:
         "jet_classes": len(jet_order),
         "origin_classes": int(origin_args["dense_config"]["output_size"]),
         "activation": activation,
-        "dropout": rates.pop(),
+        "dropout": dropout,
         "jet_weight": float(jet_args.get("weight", 1.0)),
         "origin_weight": float(origin_args.get("weight", 1.0)),
         "vertex_weight": float(vertex_args.get("weight", 1.0)),
         "vertex_loss_norm": "matches",
-        "class_weights": class_weights or None,
+        "class_weights": _class_weights(jet_args, origin_args, jet_order),
     }
     data_section = {
         "format": "ftag_h5",
@@ -259,6 +231,46 @@ def translate(salt: Mapping) -> Translation:
         norm_groups={"jets": input_map.get(glob, glob), "tracks": input_map.get(trk, trk)},
         norm_dict=data.get("norm_dict"),
     )
+
+
+def _one_activation_and_rate(
+    init: dict, attn: dict, ff: dict, heads: list[dict], problems: list[str]
+) -> tuple[str, float]:
+    """The one activation and the one dropout rate GN2 has, from salt's init net, encoder and task heads
+    (each with salt's default); several of either is a problem."""
+    activations = {
+        str(x.get("activation", default)).lower()
+        for x, default in [(init, "ReLU"), (ff, "SiLU")] + [(h, "ReLU") for h in heads]
+    }
+    if len(activations) != 1:
+        problems.append(f"the config uses activations {sorted(activations)}; GN2 has one activation")
+    activation = activations.pop() if len(activations) == 1 else "relu"
+    try:
+        activation_fn(activation)
+    except ValueError as err:
+        problems.append(str(err))
+    rates = {float(x.get("dropout", 0.0)) for x in (attn, ff, init, *heads)}
+    if len(rates) != 1:
+        problems.append(f"the config uses dropout rates {sorted(rates)}; GN2 has one dropout rate")
+    return activation, max(rates)
+
+
+def _class_weights(jet_args: dict, origin_args: dict, jet_order: tuple[int, ...]) -> dict | None:
+    """The jet and origin class weights written in salt's task configs (jet classes in smilejax's order);
+    a task that reads them from a class dict the config does not hold trains without, with a warning."""
+    for args in (jet_args, origin_args):
+        if args.get("use_class_dict") and _loss_weights(args) is None:
+            log.warning(
+                "salt task %s reads its class weights from a class dict the config does not hold: the run "
+                "trains without them (salt's config.yaml next to its checkpoints has them)",
+                args.get("name"),
+            )
+    weights = {}
+    if (jet_w := _loss_weights(jet_args)) is not None:
+        weights["jet"] = [float(jet_w[k]) for k in jet_order]
+    if (origin_w := _loss_weights(origin_args)) is not None:
+        weights["origin"] = [float(w) for w in origin_w]
+    return weights or None
 
 
 def _check_encoder(enc: dict, attn: dict, ff: dict, embed: int, problems: list[str]) -> None:
