@@ -60,10 +60,14 @@ class Hook:
 class Result:
     run_dir: Path
     step: int
-    preempted: bool  # stopped early by a signal, after a checkpoint
     last_metrics: dict  # the last logged training values
-    exit_code: int = 0  # preemption.exit_code: 75 stopped by the scheduler, 130 by Ctrl-C
+    exit_code: int = 0  # preemption.exit_code: 75 stopped by the scheduler, 130 by Ctrl-C, 0 finished
     last_eval: dict = dataclasses.field(default_factory=dict)  # the last evaluation's eval/ values
+
+    @property
+    def preempted(self) -> bool:
+        """Stopped early by a signal, after a checkpoint."""
+        return self.exit_code != 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -394,7 +398,7 @@ def train(
         unit="step",
         dynamic_ncols=True,
     )
-    preempted = False
+    exit_code = 0
     pending = first_global
     if cfg.run.profile_at == start:  # profile_at=0: from the first step
         begin_profile(start + 1)
@@ -419,7 +423,7 @@ def train(
                 hook(step)
             bar.update(1)
             if step < cfg.run.steps and watch.should_stop(step):
-                preempted = True
+                exit_code = watch.exit_code
                 if lead:
                     log.warning("stop requested (%s): checkpointing step %d", watch.requested, step)
                 break
@@ -441,9 +445,8 @@ def train(
     result = Result(
         run_dir=run_dir,
         step=int(jax.device_get(state.step)),
-        preempted=preempted,
         last_metrics=last,
-        exit_code=watch.exit_code if preempted else 0,
+        exit_code=exit_code,
         last_eval=last_eval,
     )
     if lead:
