@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from . import pair_mlp, platform
+from . import kernel_mode, pair_mlp
 from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .spec import ModelSpec
 
@@ -162,7 +162,7 @@ class GN2(nnx.Module):
         self.aux_tasks = cfg.aux_tasks
         self.task_weights = (float(cfg.jet_weight), float(cfg.origin_weight), float(cfg.vertex_weight))
         self.vertex_origin_weighting = bool(cfg.vertex_origin_weighting)
-        # "auto" is settled when tracing (platform.fused_kernels): the same module traces for CPU or GPU;
+        # "auto" is settled when tracing (kernel_mode.fused_kernels): the same module traces for CPU or GPU;
         # a head the kernel cannot run is the jnp head everywhere.
         problem = cfg.pallas_problem()
         self.vertex_kernel = "xla" if cfg.vertex_kernel == "auto" and problem else cfg.vertex_kernel
@@ -235,11 +235,11 @@ class GN2(nnx.Module):
 
     def fused_pairs(self) -> bool:
         """Whether the vertex head runs the fused pair kernel in the program being traced."""
-        if platform.reference_only():
+        if kernel_mode.reference_only():
             return False
         if self.vertex_kernel == "auto":
-            return platform.fused_kernels()
-        if self.vertex_kernel == "pallas" and platform.portable_only():
+            return kernel_mode.fused_kernels()
+        if self.vertex_kernel == "pallas" and kernel_mode.portable_only():
             raise ValueError(
                 "vertex_kernel='pallas': this program asks for portable code (vectorised trials vmap the "
                 "model, and the fused pair kernel has no batching rule); use vertex_kernel=auto or xla"

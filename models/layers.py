@@ -17,7 +17,7 @@ materialises the [B, heads, T, T] scores; ``"chunked"`` computes the same rows i
 ``chunk_size`` queries, each block rematerialised in the backward pass, so memory grows as T * chunk
 rather than T^2 (events of thousands of elements train); ``"cudnn"`` is cuDNN's fused flash attention
 through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bfloat16/float16 compute, no attention dropout);
-``"auto"`` picks ``"cudnn"`` where it can run (tracing for an NVIDIA GPU, ``models.platform``, with
+``"auto"`` picks ``"cudnn"`` where it can run (tracing for an NVIDIA GPU, ``models.kernel_mode``, with
 bfloat16/float16 compute and no attention dropout), else ``"chunked"`` (``"math"`` with dropout).
 
 Numerics: parameters are float32; ``dtype`` is the compute dtype handed to every layer. Attention
@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import pair_mlp, platform
+from . import kernel_mode, pair_mlp
 
 Axis = str | None
 
@@ -222,14 +222,14 @@ def _chunked_attention(
 
 def resolve_attention(implementation: str, dtype: jnp.dtype, *, dropout: bool = False) -> str:
     """The implementation that runs for ``implementation`` in the program being traced: ``"auto"``
-    settled (``models.platform``), and ``"math"`` for every one inside ``platform.reference()`` (the
+    settled (``models.kernel_mode``), and ``"math"`` for every one inside ``kernel_mode.reference()`` (the
     same rows, with every FLOP visible)."""
     check_attention_implementation(implementation)
-    if platform.reference_only():
+    if kernel_mode.reference_only():
         return "math"
     if implementation != "auto":
         return implementation
-    if platform.fused_kernels() and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropout:
+    if kernel_mode.fused_kernels() and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropout:
         return "cudnn"
     return "math" if dropout else "chunked"
 
@@ -265,7 +265,7 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array 
             f"attention='cudnn' needs bf16 or fp16 compute (train.precision=bf16), not {q.dtype}; "
             "use attention='math' or 'chunked' in float32"
         )
-    if not platform.nvidia_gpu():
+    if not kernel_mode.nvidia_gpu():
         raise ValueError(
             f"attention='cudnn' needs an NVIDIA GPU, and this run's backend is {jax.default_backend()!r}; "
             "use attention='math' or 'chunked'"

@@ -32,7 +32,7 @@ from jax.interpreters.mlir import ir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import platform
+from . import kernel_mode
 
 F32 = jnp.float32
 ACTIVATIONS = ("relu", "silu")
@@ -307,7 +307,7 @@ def pair_logits(
     name = activation.lower()
     check_supported(name, [u.shape[-1], *(w.shape[-1] for w in kernels)])
     if interpret is None:
-        interpret = not platform.nvidia_gpu()
+        interpret = not kernel_mode.nvidia_gpu()
     dtype = u.dtype
     ws = [w.astype(dtype) for w in kernels]
     bs = [b.astype(dtype) for b in biases]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 Batch = dict[str, jax.Array]
@@ -36,10 +38,62 @@ Importer = Callable[[Path, Path | None, Path], Imported]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What the framework needs from a model; a model knows nothing of meshes, files or loggers.
+class Option:
+    """A family's own command-line option, e.g. GN2's ``smilejax eval RUN_DIR --fc 0.2``; its value reaches
+    the hook as ``opts.model[dest]`` (``dest``: the flag without dashes, ``-`` as ``_``)."""
 
-    A module ``smilejax.models.<name>`` exposes ``SPEC = ModelSpec(...)``.
+    flag: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A family's physics evaluation, run by ``smilejax eval RUN_DIR``.
+
+    evaluate(trained, opts) -> {name: value} of metrics (JSON types, numpy allowed); writes its plots into
+        ``opts.out``. ``trained`` is ``smilejax.trained.TrainedModel``, ``opts`` is
+        ``smilejax.evaluation.EvalOptions`` (``opts.model`` holds this family's ``options``).
+    summary(metrics) -> text printed at the end (a table), optional.
+    options: the family's flags of ``smilejax eval``; ``check(values)`` raises ValueError naming a bad one.
+    about: what it measures, for ``smilejax eval --help``.
+    """
+
+    evaluate: Callable[[Any, Any], dict]
+    summary: Callable[[dict], str] | None = None
+    options: tuple[Option, ...] = ()
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    about: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """What the performance studies need beyond the spec (all optional).
+
+    length_field: model config field of the padded set length (``bench train --tracks``, buckets).
+    torch_peer: a PyTorch peer run as a script by another interpreter, imported only in its own process
+        (``--help`` gives its arguments); ``torch_config(model_cfg) -> dict`` is its ``--model`` JSON.
+    study: module whose ``add_arguments(parser)`` and ``run(cfg, args)`` replace ``bench train``'s generic
+        study for this family (a family with shapes of its own or a reference of its own).
+    """
+
+    length_field: str | None = None
+    torch_peer: Path | None = None
+    torch_config: Callable[[Any], dict] | None = None
+    study: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the framework needs from a model family; a model knows nothing of meshes, files or loggers.
+
+    A family registers ``SPEC = ModelSpec(...)`` under the entry-point group ``smilejax.models`` (see the
+    README's "Adding a model"); ``module:ATTR`` in a config names one without registering it.
 
     config: dataclass of hyperparameters; it must have a ``name: str`` field (the registry key).
     build(cfg, *, rngs, dtype) -> nnx.Module whose parameters carry logical axis names through
@@ -48,7 +102,17 @@ class ModelSpec:
     loss(model, batch) -> (scalar float32 loss, {name: scalar metric}); ``batch`` is the dict of
         arrays the dataset yields.
     input_spec(cfg, batch_size) -> {name: jax.ShapeDtypeStruct} of the forward inputs (export).
+
+    Optional hooks; the framework calls them and never names a family:
     importers: {source: Importer} for ``smilejax import SOURCE CHECKPOINT`` (e.g. GN2's ``"salt"``).
+    evaluation: ``smilejax eval``'s metrics and plots.
+    synthetic_labels(model_cfg, inputs, rng) -> {name: np.ndarray}: the targets of a synthetic batch whose
+        inputs follow ``input_spec`` (benchmarks and tests without files).
+    portable(model_cfg) -> model_cfg with GPU-only choices (cuDNN attention, Pallas kernels) made portable,
+        same parameters: evaluation and export run it on any device.
+    element_axes: {input name: axis} of the set axis (tracks, particles) that an export leaves symbolic;
+        None: axis 1 where the inputs agree on it.
+    bench: what the performance studies need.
     """
 
     name: str
@@ -57,3 +121,25 @@ class ModelSpec:
     loss: LossFn
     input_spec: Callable[[Any, int], dict[str, jax.ShapeDtypeStruct]]
     importers: Mapping[str, Importer] = dataclasses.field(default_factory=dict)
+    evaluation: Evaluation | None = None
+    synthetic_labels: Callable[[Any, Mapping[str, np.ndarray], np.random.Generator], dict] | None = None
+    portable: Callable[[Any], Any] | None = None
+    element_axes: Mapping[str, int] | None = None
+    bench: Bench = Bench()
+
+
+@dataclasses.dataclass(frozen=True)
+class Maker:
+    """A generator of a dataset, ``smilejax data make NAME`` (entry-point group ``smilejax.makers``).
+
+    Kept light: the module that defines it imports no JAX and no generator, so listing makers is cheap;
+    ``run`` imports what it needs.
+    about: one line for ``smilejax data make --help``; description: the paragraph of ``NAME --help``.
+    add_arguments(parser): its options (``--out``, sizes, seed, ...).
+    run(args) -> exit status; prints what it wrote and how to train on it.
+    """
+
+    about: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""

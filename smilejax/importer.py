@@ -27,7 +27,7 @@ import grain
 import jax
 from flax import nnx
 
-from smilejax import checkpoint, config, registry, steps, train
+from smilejax import checkpoint, config, registry, steps, trainer
 from smilejax import mesh as meshlib
 from smilejax.config import Config, MeshConfig
 from smilejax.models.spec import Importer, ModelSpec
@@ -125,7 +125,7 @@ def _write_run(
         "model": cfg.model.name,
         "param_count": param_count,
         "imported": {"from": source, **imported.source},
-        "versions": train.versions(),
+        "versions": trainer.versions(),
         "command": sys.argv,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -161,4 +161,4 @@ def _data_position(cfg: Config) -> tuple[grain.DatasetIterator, int] | tuple[Non
             str(err).splitlines()[0],
         )
         return None, None
-    return iter(train.make_inputs(cfg, "train", source=source)), len(source)
+    return iter(trainer.make_inputs(cfg, "train", source=source)), len(source)

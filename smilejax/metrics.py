@@ -50,7 +50,7 @@ def step_flops(lowered, *, devices: int = 1, repeats: int = 1) -> float | None:
     counts once whatever its trip count, so gradient accumulation passes ``repeats``.
     Fused kernels behind custom calls (cuDNN attention, Pallas) count nothing, and other loops (chunked
     attention's query blocks) count once: ``steps.Program.step_flops`` therefore passes the step as the
-    model's plain jnp implementations compute it (``models.platform.reference``), with all three set.
+    model's plain jnp implementations compute it (``models.kernel_mode.reference``), with all three set.
     """
     flops = _lowered_flops(lowered)
     return flops * repeats / devices if flops else None

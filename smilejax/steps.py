@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from smilejax import mesh as meshlib
 from smilejax import metrics, optim, registry
 from smilejax.config import Config, ConfigError
-from smilejax.models import platform
+from smilejax.models import kernel_mode
 from smilejax.models.spec import ModelSpec
 
 PyTree = Any
@@ -64,7 +64,7 @@ class Program:
     def step_flops(self, batch: dict) -> float | None:
         """FLOPs per device of one training step on ``batch``'s shapes (arrays or ShapeDtypeStructs), for
         MFU: counted on the step as the model's plain jnp implementations compute it
-        (``platform.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA cannot see, and
+        (``kernel_mode.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA cannot see, and
         chunked attention's loop count in full, and every implementation gets the same count. A
         rematerialised model (``model.remat``) counts its recomputed forward too."""
         sharding = self.batch_sharding
@@ -226,7 +226,7 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
 
     def reference_fn(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
         # Its own function, so jit's trace cache never hands one program's trace to the other.
-        with platform.reference():
+        with kernel_mode.reference():
             return step_fn(state, batch)
 
     return Program(

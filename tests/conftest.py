@@ -147,7 +147,7 @@ def slurm_env(slurm_conf: Path, devices: int = 2) -> dict[str, str]:
 # What every tiny test run shares: one read thread, float32, no checkpoints, evaluation or loggers.
 _TINY_RUN = [
     "data.read_threads=1",
-    "train.precision=fp32",
+    "trainer.precision=fp32",
     "run.checkpoint_every=0",
     "run.eval_every=0",
     "logging.tensorboard=false",
@@ -173,10 +173,10 @@ TINY_GN2 = [
 @pytest.fixture(scope="session")
 def tiny_gn2_run(tmp_path_factory) -> Path:
     """One tiny GN2 run (checkpoint at step 20) shared by the evaluation, export and serving tests."""
-    from smilejax import config, train
+    from smilejax import config, trainer
 
     run_dir = tmp_path_factory.mktemp("tiny_gn2") / "run"
-    train.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
+    trainer.train(config.load("gn2", [*TINY_GN2, f"run.dir={run_dir}"]))
     return run_dir
 
 
@@ -199,8 +199,8 @@ TINY_MLPF = [
 @pytest.fixture(scope="session")
 def tiny_mlpf_run(tmp_path_factory) -> Path:
     """One tiny MLPF run (checkpoint at step 2) shared by the evaluation and serving tests."""
-    from smilejax import config, train
+    from smilejax import config, trainer
 
     run_dir = tmp_path_factory.mktemp("tiny_mlpf") / "run"
-    train.train(config.load("mlpf", [*TINY_MLPF, f"run.dir={run_dir}"]))
+    trainer.train(config.load("mlpf", [*TINY_MLPF, f"run.dir={run_dir}"]))
     return run_dir

@@ -10,7 +10,7 @@ import yaml
 from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import ftag_synthetic as fs
 
-from smilejax import config, train
+from smilejax import config, trainer
 from tests.conftest import run_cli
 
 
@@ -41,7 +41,7 @@ def test_make_synthetic_then_norm_and_check(tmp_path):
                 [written[group][var]["mean"], written[group][var]["std"]], [d["mean"], d["std"]]
             )
     gn2 = config.load("gn2", [f"data.path={out}", f"data.norm_dict={norm}", "data.batch_size=16"])
-    batch = next(iter(train.make_inputs(gn2, "train")))
+    batch = next(iter(trainer.make_inputs(gn2, "train")))
     assert batch["tracks"].shape[-1] == len(fh.GN2_TRACK_VARS) + 2 and np.isfinite(batch["tracks"]).all()
 
     proc = run_cli("data", "norm", str(out), "--out", str(tmp_path / "plain.yaml"), "--jet-vars", "pt,eta")

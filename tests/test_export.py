@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from smilejax.inputs import pipeline
 
-from smilejax import config, host, registry, train, trained
+from smilejax import config, host, registry, trained, trainer
 from tests import toy
 from tests.conftest import run_cli
 
@@ -117,7 +117,7 @@ def test_model_without_element_axis_exports_with_symbolic_batch_only(tmp_path):
     from smilejax.serve import export, repository
 
     cfg = config.load(toy.config(run={"dir": str(tmp_path / "run"), "steps": 2, "checkpoint_every": 2}))
-    train.train(cfg)
+    trainer.train(cfg)
     meta = repository.build(tmp_path / "run", tmp_path / "repo", formats=["stablehlo"], name="toy")
     assert set(meta["models"]) == {"toy_jax"} and meta["element_size"] is None
     assert meta["inputs"] == [{"name": "x", "dtype": "float32", "dims": [8]}]

@@ -423,7 +423,7 @@ def test_auto_attention_picks_cudnn_where_it_can_run(monkeypatch):
     """``attention="auto"``: cuDNN when tracing for an NVIDIA GPU with bf16/fp16 compute and no attention
     dropout, else chunked (math with dropout); portable programs take chunked, the FLOP-counting
     reference math."""
-    from smilejax.models import layers, platform
+    from smilejax.models import kernel_mode, layers
 
     chosen = []
     for name in ("_chunked_attention", "_math_attention"):  # recorded, then run
@@ -441,14 +441,14 @@ def test_auto_attention_picks_cudnn_where_it_can_run(monkeypatch):
         return chosen[0]
 
     assert pick() == "_chunked_attention"  # this CPU
-    monkeypatch.setattr(platform, "nvidia_gpu", lambda: True)
+    monkeypatch.setattr(kernel_mode, "nvidia_gpu", lambda: True)
     assert pick() == "_cudnn_attention"
     assert pick(jnp.float16) == "_cudnn_attention"
     assert pick(jnp.float32) == "_chunked_attention"
     assert pick(dropout=nnx.Dropout(0.1, rngs=nnx.Rngs(0))) == "_math_attention"
-    with platform.portable():
+    with kernel_mode.portable():
         assert pick() == "_chunked_attention"
-    with platform.reference():
+    with kernel_mode.reference():
         assert pick() == "_math_attention"
 
 

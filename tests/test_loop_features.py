@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from smilejax import checkpoint, config, metrics, optim, registry, steps, train
+from smilejax import checkpoint, config, metrics, optim, registry, steps, trainer
 from smilejax import mesh as meshlib
 from smilejax.config import OptimizerConfig
 from tests import toy
@@ -18,7 +18,7 @@ from tests import toy
 def _run(tmp_path, **sections):
     run = {"dir": str(tmp_path / "run"), "steps": 4, **sections.pop("run", {})}
     cfg = config.load(toy.config(run=run, **sections))
-    return train.train(cfg), tmp_path / "run"
+    return trainer.train(cfg), tmp_path / "run"
 
 
 def test_mfu_is_logged_when_the_device_peak_is_known(tmp_path, monkeypatch):
@@ -75,14 +75,14 @@ def test_every_evaluation_scores_the_same_examples():
     cfg = config.load(toy.config(run={"eval_steps": 2}))
     program = steps.build(registry.model(cfg.model.name), cfg, meshlib.build_mesh(cfg.mesh))
     state = program.init()
-    evaluation = train.Evaluation(cfg)
+    evaluation = trainer.Evaluation(cfg)
     first = evaluation(program, state)
     assert set(first) == {"eval/loss", "eval/mae"} and first["eval/loss"] > 0
     assert evaluation(program, state) == first  # the same parameters, the same numbers
     # control: an eval stream that carries on from one evaluation to the next (as it did) differs
     carried_on = evaluation.restart()
-    assert train.evaluate(program, state, carried_on, cfg) == first
-    assert train.evaluate(program, state, carried_on, cfg) != first
+    assert trainer.evaluate(program, state, carried_on, cfg) == first
+    assert trainer.evaluate(program, state, carried_on, cfg) != first
 
 
 def test_evaluations_score_a_fixed_random_subset_of_all_eval_files(tmp_path):
@@ -100,18 +100,18 @@ def test_evaluations_score_a_fixed_random_subset_of_all_eval_files(tmp_path):
     source = registry.dataset("ftag_h5").source(cfg.data, "eval")
     row_of = {t.tobytes(): i for i, t in enumerate(source.read(np.arange(len(source)))["tracks"])}
 
-    def evaluated(evaluation: train.Evaluation) -> list[int]:
+    def evaluated(evaluation: trainer.Evaluation) -> list[int]:
         batches = evaluation.restart()
         return [row_of[t.tobytes()] for _ in range(cfg.run.eval_steps) for t in next(batches)["tracks"]]
 
-    evaluation = train.Evaluation(cfg)
+    evaluation = trainer.Evaluation(cfg)
     rows = evaluated(evaluation)
     assert len(set(rows)) == 2 * 32
     from_first = sum(row < 400 for row in rows)
     assert 0 < from_first < len(rows)  # both files (unshuffled, all 64 were the first file's first jets)
     assert evaluated(evaluation) == rows  # rewound: the same examples again
     reseeded = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=7))
-    assert evaluated(train.Evaluation(reseeded)) == rows
+    assert evaluated(trainer.Evaluation(reseeded)) == rows
 
 
 def test_checkpoint_differences_name_each_array_parameters_first():

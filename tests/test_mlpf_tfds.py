@@ -130,7 +130,7 @@ def test_budget_pipeline_shards_over_processes(data_dir):
 
 def test_mlpf_config_budget_batches_must_fit_and_divide_over_devices():
     from smilejax import mesh as meshlib
-    from smilejax import train
+    from smilejax import trainer
 
     with pytest.raises(ConfigError, match=r"data.element_budget .*raise the budget to at least 65536"):
         config.load("mlpf", ["data.element_budget=16384"])  # 8 events of the widest bucket, 8192
@@ -141,7 +141,7 @@ def test_mlpf_config_budget_batches_must_fit_and_divide_over_devices():
     with pytest.raises(
         ConfigError, match=r"batch of 6 events .*raise data.batch_multiple\)=6 must be divisible"
     ):
-        train.check_batch(cfg, meshlib.build_mesh(cfg.mesh))
+        trainer.check_batch(cfg, meshlib.build_mesh(cfg.mesh))
     with pytest.raises(ConfigError, match="unknown key"):
         config.load("mlpf", ["data.fields=[X, ytargets]"])
 

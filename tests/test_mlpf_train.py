@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from smilejax import config, train
+from smilejax import config, trainer
 
 BUDGET_MLPF = [
     "model.num_convs=1",
@@ -18,7 +18,7 @@ BUDGET_MLPF = [
     "data.element_budget=4096",  # 64 events of <= 64 elements ... 8 of <= 512
     "data.batch_multiple=8",
     "data.read_threads=1",
-    "train.precision=fp32",
+    "trainer.precision=fp32",
     "optimizer.schedule=constant",  # the same learning rates whatever run.steps (resume test)
     "optimizer.warmup=0",
     "run.log_every=1",
@@ -36,7 +36,7 @@ def _losses(run_dir) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mlpf") / "straight"
-    result = train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
+    result = trainer.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
     return run_dir, result
 
 
@@ -54,10 +54,10 @@ def test_mlpf_trains_on_budget_batches(straight):
 
 def test_mlpf_resumes_exactly_with_budget_batches(straight, tmp_path):
     run_dir = tmp_path / "resumed"
-    train.train(
+    trainer.train(
         config.load("mlpf", [*BUDGET_MLPF, "run.steps=4", "run.checkpoint_every=4", f"run.dir={run_dir}"])
     )
-    train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
+    trainer.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=8", f"run.dir={run_dir}"]))
     want, got = _losses(straight[0]), _losses(run_dir)
     for step in range(5, 9):
         assert got[step] == pytest.approx(want[step], rel=1e-5), step
@@ -67,14 +67,14 @@ def test_resume_with_other_batches_is_refused(tmp_path):
     from smilejax.config import ConfigError
 
     run_dir = tmp_path / "changed"
-    train.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=2", f"run.dir={run_dir}"]))
+    trainer.train(config.load("mlpf", [*BUDGET_MLPF, "run.steps=2", f"run.dir={run_dir}"]))
     with pytest.raises(ConfigError, match=r"data.element_budget: 4096 -> 8192.*start a new run.dir"):
-        train.train(
+        trainer.train(
             config.load(
                 "mlpf", [*BUDGET_MLPF, "run.steps=4", "data.element_budget=8192", f"run.dir={run_dir}"]
             )
         )
     # speed settings may change
-    train.train(
+    trainer.train(
         config.load("mlpf", [*BUDGET_MLPF, "run.steps=3", "data.read_threads=2", f"run.dir={run_dir}"])
     )

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from smilejax.models import gn2, pair_mlp, platform
+from smilejax.models import gn2, kernel_mode, pair_mlp
 
 from tests.test_gn2_model import SMALL, make_batch
 
@@ -212,12 +212,12 @@ def test_gn2_auto_vertex_kernel_fuses_when_tracing_for_an_nvidia_gpu():
     assert gn2.GN2Config(**{**SMALL, "dropout": 0.1}).pallas_problem() == "has no dropout (set dropout=0)"
     # a program that vmaps the model (vectorised trials) asks for portable code: the kernels have no
     # batching rule, so auto picks the jnp head, and an explicit pallas is refused by name
-    with platform.portable():
+    with kernel_mode.portable():
         assert _gn2_fused_pairs(auto, h100) == 0
         pallas = gn2.GN2Config(**{**SMALL, "head_hidden": [16, 16], "vertex_kernel": "pallas"})
         with pytest.raises(ValueError, match=r"portable code.*use vertex_kernel=auto or xla"):
             _gn2_fused_pairs(pallas, h100)
-    with platform.reference():  # the FLOP-counting program: the jnp head, explicit pallas included
+    with kernel_mode.reference():  # the FLOP-counting program: the jnp head, explicit pallas included
         assert _gn2_fused_pairs(auto, h100) == 0 and _gn2_fused_pairs(pallas, h100) == 0
     assert _gn2_fused_pairs(auto, h100) == 2  # only inside
 
@@ -278,6 +278,6 @@ def test_only_cuda_counts_as_an_nvidia_gpu(monkeypatch):
     monkeypatch.setattr(jax.extend.backend, "get_backend", lambda *a: Backend())
     for version, nvidia in (("PJRT C API\ncuda 12080", True), ("PJRT C API\nrocm 60342", False)):
         Backend.platform_version = version
-        assert platform.nvidia_gpu() is nvidia and platform.fused_kernels() is nvidia
-        with platform.portable():
-            assert platform.nvidia_gpu() is nvidia and not platform.fused_kernels()
+        assert kernel_mode.nvidia_gpu() is nvidia and kernel_mode.fused_kernels() is nvidia
+        with kernel_mode.portable():
+            assert kernel_mode.nvidia_gpu() is nvidia and not kernel_mode.fused_kernels()

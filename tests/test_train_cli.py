@@ -127,13 +127,13 @@ def test_class_dict_with_model_class_weights_fails_before_the_run_directory(tmp_
     assert "and model.class_weights both give class weights; keep one" in proc.stderr
     assert not run_dir.exists()
 
-    from smilejax import config, train
+    from smilejax import config, trainer
     from tests.conftest import TINY_GN2
 
     cfg = config.load("gn2", [*TINY_GN2, f"data.class_dict={class_dict}", f"run.dir={run_dir}"])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_weights={"jet": [1.0] * 4}))
     with pytest.raises(ValueError, match=r"model\.class_weights both give class weights"):
-        train.train(cfg)
+        trainer.train(cfg)
     assert not run_dir.exists()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smilejax import config, train, trained
+from smilejax import config, trained, trainer
 from tests import toy
 
 
@@ -16,7 +16,7 @@ def test_load_returns_trained_model_in_eval_mode(tmp_path):
     cfg = config.load(
         toy.config(run={"dir": str(run_dir), "steps": 4, "checkpoint_every": 2}, mesh={"data": 8})
     )
-    result = train.train(cfg)
+    result = trainer.train(cfg)
     loaded = trained.load(run_dir)
     assert loaded.step == 4 and loaded.cfg.model.hidden == 32
     source = toy.ToySource(loaded.cfg.data, "eval")

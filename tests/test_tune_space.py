@@ -149,11 +149,11 @@ def test_objective_metric_is_checked_against_what_a_run_logs():
 
 
 def test_reported_metrics_are_those_a_run_logs(tmp_path):
-    from smilejax import metrics, train
+    from smilejax import metrics, trainer
     from smilejax.tune import metric_names
 
     cfg = config.load(base(steps=4, eval_every=2, eval_steps=1), [f"run.dir={tmp_path / 'run'}"])
-    train.train(cfg)
+    trainer.train(cfg)
     logged = {k for r in metrics.read(tmp_path / "run" / "metrics.jsonl") for k in r if k != "step"}
     assert logged == set(metric_names.reported(cfg))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smilejax import config, metrics, train, trained
+from smilejax import config, metrics, trained, trainer
 from smilejax.tune import space as spaces
 from smilejax.tune import vectorised
 from smilejax.tune.vectorised import VectoriseError
@@ -51,7 +51,7 @@ def test_vectorised_trials_match_sequential_trials(tmp_path):
     outcomes = vectorised.train(cfgs, "eval/loss")
     assert [o.state for o in outcomes] == ["complete"] * 3 and [o.step for o in outcomes] == [8] * 3
     for i, t in enumerate(TRIALS):
-        alone = train.train(trial_config(tmp_path / f"seq-{i}", t)).run_dir
+        alone = trainer.train(trial_config(tmp_path / f"seq-{i}", t)).run_dir
         together = tmp_path / f"vec-{i}"
         seq, vec = metrics.read(alone / "metrics.jsonl"), metrics.read(together / "metrics.jsonl")
         assert [r["step"] for r in vec] == [r["step"] for r in seq] == [2, 4, 4, 6, 8, 8]

@@ -16,7 +16,7 @@ from smilejax import config, host, registry, runtime
 from smilejax import mesh as meshlib
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
-from smilejax.train import to_global
+from smilejax.trainer import to_global
 
 log = logging.getLogger(__name__)
 

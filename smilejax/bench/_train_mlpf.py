@@ -163,7 +163,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if failed:
         extra["failed"] = failed
     path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
-    from smilejax.bench.train import _plot
+    from smilejax.bench.train_step import _plot
 
     _plot(
         rows,

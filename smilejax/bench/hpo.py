@@ -41,7 +41,7 @@ TINY = [
     "data.batch_size=100",
     "data.max_tracks=20",
     "data.read_threads=1",
-    "train.precision=fp32",
+    "trainer.precision=fp32",
     "optimizer.schedule=cosine",
     "optimizer.warmup=0.05",
     "logging.wandb=off",
@@ -253,7 +253,7 @@ def throughput(args: argparse.Namespace, ks: list[int]) -> tuple[list[dict], lis
     seconds of each timed separate run."""
     import jax
 
-    from smilejax import config, train
+    from smilejax import config, trainer
     from smilejax.tune import vectorised
 
     # Both sides checkpoint alike: the final checkpoint of each trial, which a study keeps, and no
@@ -273,7 +273,7 @@ def throughput(args: argparse.Namespace, ks: list[int]) -> tuple[list[dict], lis
     timed = []
     for cfg in cfgs(args.sequential_runs, "sequential"):
         t0 = time.perf_counter()
-        train.train(cfg)
+        trainer.train(cfg)
         timed.append(time.perf_counter() - t0)
     per_trial = statistics.fmean(timed)
     rows = []

@@ -179,7 +179,7 @@ def study(args: argparse.Namespace) -> int:
     from smilejax import registry, steps
     from smilejax.bench import _roofline, _train_jax, common
     from smilejax.bench._target import load_config
-    from smilejax.bench.train import _plot
+    from smilejax.bench.train_step import _plot
 
     if args.batch is not None and args.batch < 1:
         raise SystemExit("--batch must be at least 1")

@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from smilejax import preemption
 
     preemption.listen()  # before the slow imports: an early scheduler warning must not kill us
-    from smilejax import config, train
+    from smilejax import config, trainer
 
-    result = train.train(config.load(args.config, args.overrides))
+    result = trainer.train(config.load(args.config, args.overrides))
     if result.preempted:
         logging.getLogger("smilejax").warning(
             "stopped at step %d after a checkpoint; run the same command to resume", result.step

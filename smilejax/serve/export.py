@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from smilejax import host
-from smilejax.models import platform
+from smilejax.models import kernel_mode
 from smilejax.trained import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
     names = tuple(specs)
 
     def fn(*args: jax.Array) -> dict[str, jax.Array]:
-        with platform.portable():  # an artifact runs on any device: no GPU-only kernels, even on a GPU
+        with kernel_mode.portable():  # an artifact runs on any device: no GPU-only kernels, even on a GPU
             out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
         return out if isinstance(out, dict) else {"output": out}
 

@@ -1,7 +1,7 @@
 """The metrics a run of a config will log, known before it starts: a study refuses a misspelled
 objective (``eval/los``) before its first trial instead of after it.
 
-A run logs its loss, the loss's own metrics and what the training loop measures (``smilejax.train``'s
+A run logs its loss, the loss's own metrics and what the training loop measures (``smilejax.trainer``'s
 log hook) every ``run.log_every`` steps, and ``eval/`` + the loss and its metrics every
 ``run.eval_every`` steps. The loss's metric names come from an abstract evaluation of the model's loss
 (``jax.eval_shape``: nothing is computed) on a few examples of the training data.

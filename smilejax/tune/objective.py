@@ -1,8 +1,8 @@
-"""One trial = one normal smilejax run (``train.train``) in its own run directory.
+"""One trial = one normal smilejax run (``trainer.train``) in its own run directory.
 
 The trial's config is the study's base config with the trial's values as dotted overrides, its run
 directory ``STUDY_DIR/trial-XXXX`` and its W&B run in the study's group. The run hands each logged
-value of the objective metric to the trial (``train.train(on_metrics=...)``), and an extra hook passes
+value of the objective metric to the trial (``trainer.train(on_metrics=...)``), and an extra hook passes
 it to the backend (``report``), which may stop the trial early (pruning) by answering True. Running a
 trial again on the same directory resumes it from its newest checkpoint, as ``smilejax train`` does.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from smilejax import config, metrics, preemption, train
+from smilejax import config, metrics, preemption, trainer
 from smilejax.config import Config, ConfigError
 from smilejax.tune.space import Space
 
@@ -110,10 +110,10 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
         if stop_at is not None and step >= stop_at:
             raise _Stop(step, pruned=False)
 
-    hooks = (train.Hook(every, hook),) if every > 0 else ()
+    hooks = (trainer.Hook(every, hook),) if every > 0 else ()
     state, step, error = "complete", cfg.run.steps, None
     try:
-        result = train.train(cfg, extra_hooks=hooks, on_metrics=on_metrics)
+        result = trainer.train(cfg, extra_hooks=hooks, on_metrics=on_metrics)
         step = result.step
         if result.exit_code == preemption.EXIT_INTERRUPTED:  # Ctrl-C: the trial checkpointed, the study stops
             raise KeyboardInterrupt

@@ -40,9 +40,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smilejax import checkpoint, config, metrics, optim, registry, steps
-from smilejax import train as training
+from smilejax import trainer as training
 from smilejax.config import Config, ConfigError
-from smilejax.models import platform
+from smilejax.models import kernel_mode
 from smilejax.models.spec import ModelSpec
 from smilejax.tune.objective import Outcome, Report, missing_metric
 from smilejax.tune.space import Space
@@ -290,7 +290,7 @@ def build(cfgs: list[Config]) -> Program:
 
         def loss_of(p):
             model = nnx.merge(graphdef, p, state.rest)
-            with _traced(model, slots, model_values(h)), platform.portable():  # vmapped: no fused kernels
+            with _traced(model, slots, model_values(h)), kernel_mode.portable():  # vmapped: no fused kernels
                 loss, out = spec.loss(model, batch)
             _, _, new_rest = nnx.split(model, nnx.Param, ...)
             return loss, (out, nnx.to_pure_dict(new_rest))
@@ -304,7 +304,7 @@ def build(cfgs: list[Config]) -> Program:
     def eval_one(h: dict, state: steps.TrainState, batch: dict):
         model = nnx.merge(graphdef, state.params, state.rest)
         model.eval()
-        with _traced(model, slots, model_values(h)), platform.portable():
+        with _traced(model, slots, model_values(h)), kernel_mode.portable():
             loss, out = spec.loss(model, batch)
         return {**out, "loss": loss}
 

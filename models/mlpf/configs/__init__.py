@@ -1,0 +1,1 @@
+"""MLPF's packaged configs (``smilejax train mlpf``); found through the ``smilejax.configs`` entry point."""
