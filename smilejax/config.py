@@ -23,8 +23,6 @@ import yaml
 from smilejax import registry
 from smilejax.inputs.spec import DataConfig
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key. Several problems (``problems``) are
@@ -132,7 +130,8 @@ _FIXED_SECTIONS = {
 
 
 def packaged() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """The packaged configs' names: the ``*.yaml`` of the packages registered under ``smilejax.configs``."""
+    return list(registry.configs())
 
 
 BASE_KEY = "base"  # a config file's parent: a packaged config name or a YAML path relative to the file
@@ -151,10 +150,14 @@ def _locate(source: str | Path, referrer: Path | None = None) -> Path:
         path = referrer.parent / path
     if path.is_file():
         return path
-    if (CONFIG_DIR / f"{source}.yaml").is_file():
-        return CONFIG_DIR / f"{source}.yaml"
-    close = difflib.get_close_matches(str(source), packaged(), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"packaged configs: {', '.join(packaged())}"
+    try:
+        known = registry.configs()
+    except KeyError as err:  # a broken or conflicting config package
+        raise ConfigError(str(err)) from err
+    if str(source) in known:
+        return known[str(source)]
+    close = difflib.get_close_matches(str(source), list(known), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"packaged configs: {', '.join(known) or 'none'}"
     if referrer is None:
         raise ConfigError(f"config {str(source)!r} is neither a file nor a packaged config; {hint}")
     raise ConfigError(

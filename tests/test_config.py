@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from smilejax import config
+from smilejax import config, registry
 from smilejax.config import ConfigError
 from tests import toy
 
@@ -230,3 +230,115 @@ def test_class_dict_and_model_class_weights_are_refused_with_the_other_problems(
     # either one alone loads
     assert config.load("gn2", both[:1]).data.class_dict == str(class_dict)
     assert config.load("gn2", both[1:]).model.class_weights == {"jet": [1.0, 1.0, 1.0, 1.0]}
+
+
+# ---------------------------------------------------------------- plug-ins through entry points
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """install(dist, {group: {name: value}}, {relative path: text}): a package as pip would have left
+    it (files plus ``<dist>-0.1.dist-info`` with its entry points) on sys.path, seen by the registry."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.clear_cache()
+
+    def install(dist: str, groups: dict[str, dict[str, str]], files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+        info = tmp_path / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        sections = (
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in groups.items()
+        )
+        (info / "entry_points.txt").write_text("\n".join(sections))
+        registry.clear_cache()
+
+    yield install
+    registry.clear_cache()
+
+
+def test_packaged_configs_and_families_come_from_entry_points():
+    assert {"gn2", "mlpf"} <= set(config.packaged())
+    assert registry.configs()["gn2"].parts[-3:] == ("gn2", "configs", "gn2.yaml")
+    assert {"gn2", "mlpf"} <= set(registry.models()) and "spec" not in registry.models()
+    assert {"ftag_h5", "mlpf_tfds"} <= set(registry.datasets()) and "pipeline" not in registry.datasets()
+    makers = registry.makers()  # names without importing a maker
+    assert {"ftag-synthetic", "mlpf-pythia"} <= set(makers)
+    with pytest.raises(KeyError, match=r"unknown data maker 'ftag-synthetik'; did you mean ftag-synthetic\b"):
+        makers["ftag-synthetik"]
+    with pytest.raises(KeyError, match=r"unknown model 'gn3'; did you mean gn2\? known: .*gn2, mlpf"):
+        registry.model("gn3")
+    assert str(registry.RegistryError("no quotes")) == "no quotes"
+
+
+def test_a_plugin_package_adds_configs_and_a_model(installed, tmp_path):
+    spec_line = "from tests.toy import MODEL as SPEC\n"
+    installed(
+        "toyplug",
+        {"smilejax.configs": {"toyplug": "toyplug.configs"}, "smilejax.models": {"toyplug": "toyplug:SPEC"}},
+        {
+            "toyplug/__init__.py": spec_line,
+            "toyplug/configs/__init__.py": "",
+            "toyplug/configs/toyplug.yaml": yaml.safe_dump(toy.config(run={"steps": 5})),
+            "toyplug/configs/toyplug-long.yaml": "base: toyplug\nrun: {steps: 50}\n",
+        },
+    )
+    assert {"gn2", "toyplug", "toyplug-long"} <= set(config.packaged())
+    assert registry.model("toyplug") is toy.MODEL and "toyplug" in registry.models()
+    assert config.load("toyplug-long").run.steps == 50  # a packaged base by name, across packages too
+    user = tmp_path / "mine.yaml"
+    user.write_text("base: toyplug-long\noptimizer: {lr: 0.5}\n")
+    cfg = config.load(user)
+    assert cfg.run.steps == 50 and cfg.optimizer.lr == 0.5 and cfg.model.hidden == 32
+
+
+def test_one_config_name_in_two_packages_names_both(installed):
+    installed(
+        "clash",
+        {"smilejax.configs": {"clash": "clash_cfgs"}},
+        {"clash_cfgs/__init__.py": "", "clash_cfgs/gn2.yaml": "run: {steps: 1}\n"},
+    )
+    with pytest.raises(ConfigError) as err:
+        config.load("gn2")
+    message = str(err.value)
+    assert "packaged config 'gn2' is in two packages" in message
+    assert "clash_cfgs/gn2.yaml" in message and "from clash 0.1" in message
+    assert "gn2/configs/gn2.yaml" in message and "from smilejax " in message
+
+
+def test_a_broken_or_clashing_entry_point_is_named_with_its_distribution(installed):
+    installed(
+        "brokenplug",
+        {
+            "smilejax.models": {
+                "broken": "brokenplug_model:SPEC",
+                "notaspec": "brokenplug_ok:SPEC",
+                "fine": "tests.toy:MODEL",
+            },
+            "smilejax.makers": {"broken-maker": "brokenplug_ok:MISSING"},
+        },
+        {"brokenplug_model.py": "import no_such_module_here\n", "brokenplug_ok.py": "SPEC = 3\n"},
+    )
+    with pytest.raises(KeyError) as err:
+        registry.model("broken")
+    assert str(err.value) == (
+        "the smilejax.models entry point broken = brokenplug_model:SPEC (from brokenplug 0.1) does not "
+        "load: ModuleNotFoundError: No module named 'no_such_module_here'"
+    )
+    with pytest.raises(KeyError, match="model 'notaspec' is a int, not a ModelSpec"):
+        registry.model("notaspec")
+    with pytest.raises(
+        KeyError, match=r"broken-maker = brokenplug_ok:MISSING \(from brokenplug 0\.1\).*Attr"
+    ):
+        registry.makers()["broken-maker"]
+    with pytest.raises(ConfigError, match="does not load: ModuleNotFoundError"):
+        config.load(toy.config(model={"name": "broken"}))
+    assert registry.model("fine") is toy.MODEL  # the others still load
+
+    installed("clashplug", {"smilejax.models": {"gn2": "tests.toy:MODEL"}}, {})
+    with pytest.raises(KeyError, match=r"smilejax\.models 'gn2' is registered twice") as err:
+        registry.model("gn2")
+    assert "tests.toy:MODEL (from clashplug 0.1)" in str(err.value)
+    assert "smilejax.models.gn2:SPEC (from smilejax " in str(err.value)
