@@ -51,13 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     return dispatch(parse(argv))
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
+def parse(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The command line as a namespace. A command with config overrides takes KEY=VALUE anywhere around
     its options: argparse alone leaves those after an option unrecognized, and gives those after an
-    option of several values (--files a b, --bucket 16 24) to that option."""
-    parser = _parser()
+    option of several values (--files a b, --bucket 16 24) to that option.
+
+    Two stages: a command whose parser sets ``extend=fn`` (``set_defaults``) first gets ``fn(its parser,
+    its arguments)``, the arguments after the command's name without the overrides, to add the options
+    that depend on them (``smilejax eval RUN_DIR`` the run's family options); ``--help`` then shows them
+    too. ``commands.common.peek`` reads what those arguments give so far."""
+    parser = parser or _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = _command_parser(parser, argv)
+    command, start = _command_parser(parser, argv)
+    extend = command.get_default("extend")
+    if extend is not None:
+        rest, _ = _split_overrides(command, argv)  # the command's name and what precedes it hold no override
+        try:
+            extend(command, rest[start:])
+        except (FileNotFoundError, ValueError, KeyError) as err:  # the arguments do not fit: exit 2
+            command.error(str(err))
     argv, overrides = _split_overrides(command, argv)
     args, leftover = parser.parse_known_args(argv)
     if overrides:
@@ -67,14 +79,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
-    """The parser of the (sub-)sub-command that ``argv`` names (``bench serve``), or ``parser``."""
-    for word in (t for t in argv if not t.startswith("-")):
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, int]:
+    """The parser of the (sub-)sub-command that ``argv`` names (``bench serve``), or ``parser``, and where
+    its own arguments start in ``argv``."""
+    start = 0
+    for i, word in enumerate(argv):
+        if word.startswith("-"):
+            continue
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
         if sub is None or word not in sub.choices:
             break
-        parser = sub.choices[word]
-    return parser
+        parser, start = sub.choices[word], i + 1
+    return parser, start
 
 
 def _split_overrides(command: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:

@@ -3,10 +3,13 @@ a config field answered with the dotted override."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import yaml
 
 from smilejax import cli, metrics
+from smilejax.commands import common
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
@@ -168,3 +171,68 @@ def test_import_help_lists_each_source_with_its_importers_description(capsys, mo
     listed = _help()
     assert "elsewhere Elsewhere's checkpoints, with its run file. (model: gn2)" in listed
     assert "salt" not in listed and "Not part" not in listed
+
+
+def _shapes_parser(seen: list[list[str]]) -> argparse.ArgumentParser:
+    """A toy command line whose ``draw SHAPE`` takes the options of its shape: ``--radius`` for a circle,
+    added by the command's ``extend`` hook once SHAPE is known."""
+    parser = argparse.ArgumentParser(prog="toy")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    draw = parser.add_subparsers(dest="command", required=True).add_parser("draw")
+    draw.add_argument("shape")
+    draw.add_argument("overrides", nargs="*")
+    draw.add_argument("--count", type=int, default=1)
+    draw.add_argument("--sizes", type=int, nargs="+", default=[])
+
+    def extend(command: argparse.ArgumentParser, argv: list[str]) -> None:
+        seen.append(argv)
+        known = common.peek(command, argv)
+        if known is not None and known.shape == "circle":
+            command.add_argument("--radius", type=float, default=1.0, help="the circle's own radius")
+        if known is not None and known.shape == "nowhere":
+            raise FileNotFoundError("nowhere: no such shape file")
+
+    draw.set_defaults(extend=extend)
+    return parser
+
+
+def test_a_command_adds_options_that_depend_on_its_arguments(capsys):
+    seen: list[list[str]] = []
+    argv = ["-v", "draw", "circle", "run.steps=3", "--sizes", "1", "2", "model.x=4", "--radius", "2.5"]
+    args = cli.parse(argv, _shapes_parser(seen))
+    assert (args.shape, args.radius, args.sizes, args.count) == ("circle", 2.5, [1, 2], 1)
+    assert args.overrides == ["run.steps=3", "model.x=4"]  # split around the added option too
+    assert seen == [["circle", "--sizes", "1", "2", "--radius", "2.5"]]  # its own arguments, no override
+    assert cli.parse(["draw", "circle"], _shapes_parser([])).radius == 1.0
+    assert cli.parse(["draw", "--count", "3", "circle", "--radius=4"], _shapes_parser([])).radius == 4.0
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse(["draw", "square", "--radius", "2"], _shapes_parser([]))
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --radius 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse(["draw", "nowhere"], _shapes_parser([]))
+    assert exit_.value.code == 2
+    assert "toy draw: error: nowhere: no such shape file" in capsys.readouterr().err
+
+
+def test_the_added_options_are_in_the_help_once_the_argument_is_given(capsys):
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            cli.parse(["draw", *argv], _shapes_parser([]))
+        assert exit_.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    for argv in (("circle", "--help"), ("--help", "circle"), ("-h", "circle", "--count", "2")):
+        assert "--radius RADIUS the circle's own radius" in help_of(*argv), argv
+    assert "--radius" not in help_of("square", "--help")
+    assert "--radius" not in help_of("--help")  # no shape yet: the command's own options
+    assert "--radius" not in help_of("--help", "--count", "x", "circle")  # does not parse yet
+
+
+def test_peek_reads_the_arguments_so_far_without_exiting():
+    parser = _shapes_parser([])._subparsers._group_actions[0].choices["draw"]
+    assert common.peek(parser, ["circle", "--later", "--count", "2", "--help"]).count == 2
+    assert common.peek(parser, ["--count", "2"]) is None  # SHAPE is missing
+    assert common.peek(parser, ["circle", "--count", "two"]) is None
+    assert "error" not in vars(parser)  # the parser is as it was

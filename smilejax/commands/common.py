@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 OVERRIDES_HELP = (
     "dotted overrides of any config field, e.g. optimizer.lr=3e-4 mesh.fsdp=4 run.steps=200 "
@@ -25,10 +26,33 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config",
         metavar="CONFIG",
-        help="YAML file or packaged config name (e.g. gn2); a file may start from another with "
-        "'base: gn2' (or base: a path relative to it) and give only what changes",
+        help="YAML file or the name of a packaged config (one an installed model family ships); a file "
+        "may start from another with 'base: NAME' (or base: a path relative to it) and give only what "
+        "changes",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+
+
+class _Unparsed(Exception):
+    pass
+
+
+def _refuse(message: str) -> NoReturn:
+    raise _Unparsed(message)
+
+
+def peek(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+    """What ``argv`` gives ``parser``'s arguments so far, for an ``extend`` hook (``cli.parse``): options
+    not added yet are left aside (so their values should follow the positionals), ``--help`` waits for the
+    final parse, and arguments that do not parse give None instead of an exit."""
+    helps = [a for a in argv if a == "-h" or (len(a) > 2 and "--help".startswith(a))]
+    parser.error = _refuse  # an instance attribute: argparse calls self.error on any problem
+    try:
+        return parser.parse_known_args([a for a in argv if a not in helps])[0]
+    except (_Unparsed, argparse.ArgumentError):
+        return None
+    finally:
+        del parser.error
 
 
 def existing(path: str | Path, what: str) -> Path:
