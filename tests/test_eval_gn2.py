@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from ftag import Flavours
 from ftag.utils import calculate_rejection, calculate_rejection_error, get_discriminant
+from smilejax.models.gn2 import flavour, ip_baseline, plots, tracks
 
 from smilejax import cli, config, evaluation
-from smilejax.evaluation import flavour, ip_baseline, plots, tracks
 from tests import toy
 from tests.conftest import run_cli
 

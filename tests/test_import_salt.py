@@ -30,9 +30,11 @@ import numpy as np
 import pytest
 import yaml
 from flax import nnx
-from smilejax.models import gn2, gn2_salt, torch_files
+from smilejax.models import gn2, torch_files
+from smilejax.models.gn2 import features
+from smilejax.models.gn2 import salt as gn2_salt
 
-from smilejax import cli, config, features, registry, trained
+from smilejax import cli, config, registry, trained
 from tests.conftest import ROOT, run_reference
 
 REF_ENV = Path(os.environ.get(features.SALT_REF_VAR) or ROOT / features.SALT_REF_DIR)

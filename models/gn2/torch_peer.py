@@ -3,10 +3,10 @@
 Run ONLY as a script by an interpreter that has torch (smilejax never imports it; it imports nothing of
 smilejax either)::
 
-    python _torch_gn2.py --batch 4000 --widths 40,24 --steps 50 --precision bf16 \
+    python torch_peer.py --batch 4000 --widths 40,24 --steps 50 --precision bf16 \
         --modes eager,compile --model '{"embed": 256, ...}' --out result.json
 
-It mirrors ``smilejax.models.gn2`` layer for layer (salt's GN2: affine-free pre-LN encoder with a
+It mirrors ``smilejax.models.gn2.model`` layer for layer (salt's GN2: affine-free pre-LN encoder with a
 register token, global attention pooling, jet / track-origin / track-pair vertex heads, the heads' first
 layer applied piecewise so that the pair tensor is never built at full width), trains with AdamW on a
 synthetic device-resident batch (bf16 autocast, float32 parameters) and writes one JSON row per
@@ -113,7 +113,7 @@ class GN2(nn.Module):
 
 
 def loss_fn(model: GN2, batch: dict) -> torch.Tensor:
-    """As ``smilejax.models.gn2.loss``: jet CE + 0.5 origin CE + 1.5 weighted vertex BCE over pairs,
+    """As ``smilejax.models.gn2.model.loss``: jet CE + 0.5 origin CE + 1.5 weighted vertex BCE over pairs,
     divided by the matching pairs (salt's normalisation)."""
     valid = batch["valid"]
     jet_logits, origin_logits, vertex_logits = model(batch["tracks"], valid)

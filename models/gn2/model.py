@@ -53,9 +53,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from . import kernel_mode, pair_mlp
-from .layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
-from .spec import ModelSpec
+from .. import kernel_mode, pair_mlp
+from ..layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +148,20 @@ class GN2Config:
         except ValueError as err:
             return f"cannot run this head: {err}"
         return None
+
+
+def portable(cfg: GN2Config) -> GN2Config:
+    """``cfg`` with its GPU-only kernel choices made portable, same parameters (``ModelSpec.portable``):
+    cuDNN's fused attention (bf16, NVIDIA GPUs only) becomes the default implementation, and an explicit
+    fused pair kernel (``vertex_kernel: pallas``) the default choice (``auto``: fused on a GPU, jnp
+    elsewhere). Evaluation runs in float32 on any device; an export traces portable code."""
+    changes = {}
+    for name, gpu_only in (("attention", "cudnn"), ("vertex_kernel", "pallas")):
+        if getattr(cfg, name) == gpu_only:
+            default = next(f.default for f in dataclasses.fields(GN2Config) if f.name == name)
+            log.info("%s: %s (training) -> %s (evaluation and export)", name, gpu_only, default)
+            changes[name] = default
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 class GN2(nnx.Module):
@@ -341,26 +354,3 @@ def input_spec(cfg: GN2Config, batch_size: int) -> dict[str, jax.ShapeDtypeStruc
         "tracks": jax.ShapeDtypeStruct((batch_size, cfg.max_tracks, cfg.track_features), jnp.float32),
         "valid": jax.ShapeDtypeStruct((batch_size, cfg.max_tracks), jnp.bool_),
     }
-
-
-def _import_salt(checkpoint, config_path, run_dir):
-    """ATLAS salt's GN2: a Lightning .ckpt or a SaltModel state-dict .pt, with salt's training YAML (--config;
-    default: the config.yaml salt writes next to its checkpoints or one folder up). The variables,
-    normalisation (from the checkpoint, else data.norm_dict), class names and weights, task weights and
-    learning-rate schedule are carried over.
-
-    The work is ``models.gn2_salt``'s, which imports this module: hence the import here.
-    """
-    from . import gn2_salt
-
-    return gn2_salt.import_salt(checkpoint, config_path, run_dir)
-
-
-SPEC = ModelSpec(
-    name="gn2",
-    config=GN2Config,
-    build=build,
-    loss=loss,
-    input_spec=input_spec,
-    importers={"salt": _import_salt},
-)

@@ -2,11 +2,11 @@
 
 On the first ``opts.jets`` jets of the split (file order, the run's own pipeline and normalisation):
 
-* GN2's b-tagging discriminant D_b (``flavour.discriminant``, fractions ``opts.fc``, ``opts.ftau``) and
+* GN2's b-tagging discriminant D_b (``flavour.discriminant``, fractions ``--fc``, ``--ftau``) and
   its cut at each of the 70/77/85% b-efficiency working points; AUCs (b vs light, b vs c) and light-
   and c-rejection at those working points, each with its binomial uncertainty and the background jets
   behind it (``flavour.rejections``; one resting on fewer than 10 passing jets is flagged and warned of);
-* the same figures for the IP baseline (``ip_baseline``: templates from ``opts.ip_fit_jets`` training
+* the same figures for the IP baseline (``ip_baseline``: templates from ``--ip-fit-jets`` training
   jets, then scored on exactly the evaluated jets);
 * track-origin accuracy overall and per class, and vertex pair efficiency and purity (``tracks``), when
   the batches carry the truth labels and the model trained those heads (``aux_tasks`` not "off").
@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smilejax.models.gn2 import JET_CLASSES, ORIGIN_CLASSES
+from smilejax.evaluation import EvalOptions, cell, predict
 from smilejax.trained import TrainedModel
 
-from . import EvalOptions, cell, flavour, ip_baseline, plots, predict, tracks
+from . import flavour, ip_baseline, plots, tracks
+from .model import JET_CLASSES, ORIGIN_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     aux = getattr(trained.model, "aux_tasks", "auto") != "off"
     tasks = ("jet", *(("origin", "vertex") if aux and "track_origin" in probe else ()))
 
+    fc, ftau = opts.model["fc"], opts.model["ftau"]
     read_sd0, ip_skipped = _significance_reader(src)
-    templates = _fit_ip(trained, opts.ip_fit_jets) if read_sd0 else None
+    templates = _fit_ip(trained, opts.model["ip_fit_jets"]) if read_sd0 else None
     if ip_skipped:
         log.warning("IP baseline skipped: %s", ip_skipped)
 
@@ -107,7 +109,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
 
     labels = jets["flavour"]
     probs = _softmax64(jets["logits"])
-    db = flavour.discriminant(probs, opts.fc, opts.ftau)
+    db = flavour.discriminant(probs, fc, ftau)
     taggers = {"GN2": db} | ({"IP": jets["ip"]} if templates is not None else {})
     is_b, is_c, is_light = (labels == JET_CLASSES.index(k) for k in ("b", "c", "light"))
     if not is_b.any() or not is_light.any():
@@ -117,7 +119,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     cuts = dict(zip(wps, flavour.cuts(db[is_b], flavour.WORKING_POINTS).tolist(), strict=True))
     metrics: dict = {
         "n_jets": int(n),
-        "fractions": {"fc": opts.fc, "ftau": opts.ftau, "flight": 1.0 - opts.fc - opts.ftau},
+        "fractions": {"fc": fc, "ftau": ftau, "flight": 1.0 - fc - ftau},
         "flavour_counts": {k: int((labels == i).sum()) for i, k in enumerate(JET_CLASSES)},
         "working_points": list(flavour.WORKING_POINTS),
         "working_point_cuts": cuts,  # GN2's D_b cut per working point
@@ -134,25 +136,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     metrics["track_origin"] = origin.result(ORIGIN_CLASSES) if "origin" in tasks else None
     metrics["vertexing"] = vertex.result() if "vertex" in tasks else None
 
-    info = f"GN2 step {trained.step}, {n} {opts.split} jets\n$f_c$ = {opts.fc}, $f_\\tau$ = {opts.ftau}"
-    written = []
-    for background, mask in (("light", is_light), ("c", is_c)):
-        if mask.any():
-            curves = {k: (v[is_b], v[mask]) for k, v in taggers.items()}
-            written.append(opts.out / f"roc_{background}.png")
-            plots.rejection_curves(curves, background, info, written[-1])
-    written.append(opts.out / "discriminant.png")
-    plots.discriminant_by_flavour(db, labels, JET_CLASSES, info, cuts, written[-1])
-    if metrics["track_origin"]:
-        conf = np.asarray(metrics["track_origin"]["confusion"])
-        written.append(
-            plots.confusion_matrix(
-                conf,
-                list(ORIGIN_CLASSES),
-                f"GN2 track origin, step {trained.step}",
-                opts.out / "track_origin_confusion.png",
-            )
-        )
+    info = f"GN2 step {trained.step}, {n} {opts.split} jets\n$f_c$ = {fc}, $f_\\tau$ = {ftau}"
+    written = _plot(opts, taggers, labels, cuts, metrics["track_origin"], info, trained.step)
     scores_path = opts.out / "scores.npz"
     np.savez_compressed(
         scores_path,
@@ -163,6 +148,35 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     )
     metrics["files"] = sorted(p.name for p in [*written, scores_path])
     return metrics
+
+
+def _plot(
+    opts: EvalOptions,
+    taggers: dict[str, np.ndarray],
+    labels: np.ndarray,
+    cuts: dict[str, float],
+    origin: dict | None,
+    info: str,
+    step: int,
+) -> list:
+    """The ROC curves against light and c jets, GN2's D_b per flavour and the track-origin confusion
+    matrix (with origin labels); returns the files written."""
+    is_b, is_c, is_light = (labels == JET_CLASSES.index(k) for k in ("b", "c", "light"))
+    written = []
+    for background, mask in (("light", is_light), ("c", is_c)):
+        if mask.any():
+            curves = {k: (v[is_b], v[mask]) for k, v in taggers.items()}
+            written.append(opts.out / f"roc_{background}.png")
+            plots.rejection_curves(curves, background, info, written[-1])
+    written.append(opts.out / "discriminant.png")
+    plots.discriminant_by_flavour(taggers["GN2"], labels, JET_CLASSES, info, cuts, written[-1])
+    if origin:
+        conf = np.asarray(origin["confusion"])
+        title = f"GN2 track origin, step {step}"
+        written.append(
+            plots.confusion_matrix(conf, list(ORIGIN_CLASSES), title, opts.out / "track_origin_confusion.png")
+        )
+    return written
 
 
 def _warn_low_stats(tagger: str, figures: dict) -> None:

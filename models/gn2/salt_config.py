@@ -1,55 +1,22 @@
-"""salt's GN2 (ATLAS's PyTorch framework) as smilejax's GN2: its training YAML as a config, its weights
-as parameters (``GN2`` / ``smilejax import salt``).
-
-What is read:
-
-* the checkpoint: a Lightning ``.ckpt`` of salt's ``ModelWrapper`` (``state_dict`` keys ``model.*`` and
-  the input normalisation ``norm.<input>_means`` / ``_stds``) or a plain ``SaltModel.state_dict()``
-  ``.pt``; both through ``torch_files`` (no torch);
-* the config: salt's training YAML, best the resolved ``config.yaml`` salt writes next to its
-  checkpoints (``logs/<run>/config.yaml``, with class names and class weights filled in). Without
-  ``--config`` it is looked for next to the checkpoint and one folder up.
-
-The config must describe a GN2: one constituent input (tracks) with the jet variables attached, one
-init net, a ``Transformer`` (pre-LayerNorm, non-gated feed-forward, at least one register kept in the
-pooling, an output projection and final norm), ``GlobalAttentionPooling``, and the jet classification,
-track classification (origin) and vertexing tasks with the same hidden widths and one activation.
-Anything else is refused, every problem named at once.
-
-Differences of layout, all exact:
-
-* salt's init net reads ``[jet variables, track variables]``, smilejax's ``[track variables, jet
-  variables]``: the first kernel's rows are reordered;
-* smilejax's jet classes are b, c, light, tau (``gn2.JET_CLASSES``, the data loader's order): salt's
-  ``class_names`` (``bjets``, ``cjets``, ``ujets``, ``taujets``, any order, any prefix of those four
-  flavours) reorder the jet head's last layer and the class weights;
-* PyTorch's ``Linear.weight`` is ``[out, in]``, the fused q/k/v projection ``[3 * embed, embed]``.
-
-The norm dict is written into the run directory (``norm_dict.yaml``, groups ``jets`` and ``tracks``):
-from the checkpoint's normalisation buffers when it has them (the values the model was trained with),
-else from the config's ``data.norm_dict`` file.
-"""
+"""salt's training YAML as smilejax config sections (``translate``): what GN2 can compute of it, every
+problem named at once, and where salt keeps GN2's parts (``SaltLayout``) for the weight conversion
+(``salt_weights``). See ``salt`` for what is read and refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-import yaml
-from flax import nnx
 
-from . import gn2, torch_files
-from .layers import activation_fn
-from .spec import Imported
+from ..layers import activation_fn
+from .model import JET_CLASSES
 
 log = logging.getLogger(__name__)
 
-# salt's jet class names -> smilejax's jet class (gn2.JET_CLASSES)
+# salt's jet class names -> smilejax's jet class (JET_CLASSES)
 SALT_FLAVOURS = {"bjets": "b", "cjets": "c", "ujets": "light", "lightjets": "light", "taujets": "tau"}
 ENCODERS = ("Transformer", "TransformerV2")
 # salt Transformer arguments: (salt's default, what GN2 computes)
@@ -85,10 +52,6 @@ class Translation:
     inputs: dict[str, str]  # "jets" / "tracks" -> salt's input name (its norm buffers' prefix)
     norm_groups: dict[str, str]  # "jets" / "tracks" -> the group in salt's norm dict file
     norm_dict: str | None  # salt's norm dict file
-
-
-# --------------------------------------------------------------------------------------------------
-# config
 
 
 def _node(value: Any) -> tuple[str, dict]:
@@ -221,7 +184,7 @@ def translate(salt: Mapping) -> Translation:
     sections = {"model": model_section, "data": data_section}
     if lrs := wrapper.get("lrs_config"):
         sections["optimizer"] = _optimizer(lrs, str(wrapper.get("optimizer", "AdamW")))
-    log.info("salt jet classes %s -> smilejax %s", jet_names, list(gn2.JET_CLASSES[: len(jet_order)]))
+    log.info("salt jet classes %s -> smilejax %s", jet_names, list(JET_CLASSES[: len(jet_order)]))
     return Translation(
         sections=sections,
         layout=SaltLayout(
@@ -334,11 +297,11 @@ def _jet_order(jet_args: dict, problems: list[str]) -> tuple[tuple[int, ...], li
         )
         return (), []
     ours = [SALT_FLAVOURS.get(str(n)) for n in names]
-    wanted = list(gn2.JET_CLASSES[: len(names)])
-    if None in ours or sorted(ours, key=gn2.JET_CLASSES.index) != wanted:
+    wanted = list(JET_CLASSES[: len(names)])
+    if None in ours or sorted(ours, key=JET_CLASSES.index) != wanted:
         problems.append(
             f"jet class_names {list(names)} must be the flavours {list(SALT_FLAVOURS)[:3]} (+ taujets) in "
-            f"any order, mapping to GN2's {list(gn2.JET_CLASSES)}"
+            f"any order, mapping to GN2's {list(JET_CLASSES)}"
         )
         return (), list(names)
     return tuple(ours.index(c) for c in wanted), list(names)
@@ -363,226 +326,3 @@ def _optimizer(lrs: Mapping, name: str) -> dict:
     if name.lower() in ("adamw", "lion"):
         out["name"] = name.lower()
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# weights
-
-
-def _linear_prefixes(state_dict: Mapping, prefix: str) -> list[str]:
-    """The Linear layers of a salt ``Dense`` at ``prefix`` (``...net.net``) in order: their indices in
-    the Sequential shift with dropout, so they are read from the keys."""
-    idx = {int(k[len(prefix) + 1 :].split(".")[0]) for k in state_dict if k.startswith(prefix + ".")}
-    return [f"{prefix}.{i}" for i in sorted(idx)]
-
-
-def _salt_param(
-    path: tuple, state_dict: Mapping, layout: SaltLayout
-) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """salt's state_dict key of our parameter at ``path`` and the map from its array to ours."""
-    names = [str(p) for p in path]
-    leaf = names[-1]
-
-    def linear(key: str, rows: tuple[int, ...] = (), jet_inputs: int = 0):
-        if leaf == "kernel":  # nn.Linear.weight is [out, in]
-            return f"{key}.weight", lambda w: _reorder(w, rows, jet_inputs).T
-        return f"{key}.bias", lambda w: w[list(rows)] if rows else w
-
-    def dense_layer(module: str, i: int) -> str:
-        layers = _linear_prefixes(state_dict, module)
-        if i >= len(layers):
-            raise KeyError(
-                f"salt state_dict has {len(layers)} Linear layers under {module!r}; GN2 needs more"
-            )
-        return layers[i]
-
-    match names:
-        case ["init_net", "layers", i, _]:
-            jet_inputs = layout.jet_inputs if i == "0" else 0
-            return linear(dense_layer("init_nets.0.net.net", int(i)), jet_inputs=jet_inputs)
-        case ["encoder", "layers", i, "attn", _]:
-            return _attention(f"encoder.layers.{i}.attn.fn", leaf)
-        case ["encoder", "layers", i, "ff", "up" | "down", _]:
-            return linear(f"encoder.layers.{i}.dense.fn.{'in_proj' if names[4] == 'up' else 'out_proj'}")
-        case ["encoder", "registers"]:
-            return "encoder.registers", lambda w: w
-        case ["encoder", "out_proj", _]:
-            return linear("encoder.out_proj")
-        case ["pool", "gate", _]:
-            return linear("pool_net.gate_nn")
-        case ["jet_head" | "origin_head" | "vertex_head", "layers", i, _]:
-            role = names[0].removesuffix("_head")
-            module = f"tasks.{layout.tasks[role]}.net.net"
-            last = int(i) == len(_linear_prefixes(state_dict, module)) - 1
-            return linear(
-                dense_layer(module, int(i)), rows=layout.jet_order if role == "jet" and last else ()
-            )
-    raise KeyError(f"no salt name for parameter {'.'.join(names)}")
-
-
-def _reorder(w: np.ndarray, rows: tuple[int, ...], jet_inputs: int) -> np.ndarray:
-    """A PyTorch ``[out, in]`` weight with its output rows in our class order and, for the init net's
-    first layer, its input columns moved from [jet, track] to [track, jet]."""
-    if rows:
-        w = w[list(rows)]
-    if jet_inputs:
-        w = np.concatenate([w[:, jet_inputs:], w[:, :jet_inputs]], axis=1)
-    return w
-
-
-def _attention(prefix: str, leaf: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    if leaf == "qkv_kernel":  # in_proj_weight [3E, E], rows (q|k|v, head, head_dim) -> [E, 3, H, D]
-        return f"{prefix}.in_proj_weight", lambda w: w.T
-    if leaf == "qkv_bias":
-        return f"{prefix}.in_proj_bias", lambda w: w
-    if leaf == "out_kernel":  # out_proj.weight [E_out, E_in], E_in = (head, head_dim) -> [H, D, E]
-        return f"{prefix}.out_proj.weight", lambda w: w.T
-    if leaf == "out_bias":
-        return f"{prefix}.out_proj.bias", lambda w: w
-    raise KeyError(f"no salt name for attention parameter {prefix}.{leaf}")
-
-
-def _is_buffer(key: str) -> bool:
-    """salt's buffers, not parameters: the registers' mask and the losses' class weights (which the config
-    holds too)."""
-    return key == "encoder.register_mask" or (key.startswith("tasks.") and ".loss." in key)
-
-
-def convert_salt_state_dict(
-    model: gn2.GN2, state_dict: Mapping[str, np.ndarray], layout: SaltLayout
-) -> nnx.State:
-    """``model``'s parameter state holding salt's arrays (``SaltModel.state_dict()`` as numpy; ``layout``
-    from ``translate``), in this module's layout.
-
-    Every parameter must be present with its shape and no key may be left over (salt's buffers aside):
-    a KeyError or ValueError names the offending key, so a mismatched config never loads silently."""
-    params = nnx.state(model, nnx.Param)
-    flat, used = [], set()
-    for path, var in nnx.to_flat_state(params):
-        key, convert = _salt_param(path, state_dict, layout)
-        if key not in state_dict:
-            raise KeyError(f"salt state_dict has no {key!r} (for {'.'.join(map(str, path))})")
-        value = convert(np.asarray(state_dict[key], np.float32))
-        # attention arrays are split by head here: [E, 3E] -> [E, 3, H, D], [E_in, E] -> [H, D, E]
-        if value.size != np.prod(var.shape) or (value.ndim == len(var.shape) and value.shape != var.shape):
-            raise ValueError(
-                f"salt {key!r}: shape {np.shape(state_dict[key])} does not fit {var.shape} "
-                "(is the salt config the one the weights were trained with?)"
-            )
-        value = value.reshape(var.shape)
-        flat.append((path, var.replace(jnp.asarray(value, var.dtype))))
-        used.add(key)
-    left = sorted(k for k in set(state_dict) - used if not _is_buffer(k))
-    if left:
-        more = " ..." if len(left) > 8 else ""
-        raise KeyError(f"salt state_dict keys with no parameter here: {left[:8]}{more}")
-    return nnx.from_flat_state(flat)
-
-
-def load_salt_state_dict(model: gn2.GN2, state_dict: Mapping[str, np.ndarray], layout: SaltLayout) -> None:
-    """Copies salt's weights (``SaltModel.state_dict()`` as numpy arrays) into ``model``."""
-    nnx.update(model, convert_salt_state_dict(model, state_dict, layout))
-
-
-# --------------------------------------------------------------------------------------------------
-# files
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """(model state dict, normalisation buffers ``{name: array}``, Lightning metadata) of a salt
-    checkpoint file: a Lightning ``.ckpt`` or a plain state dict (``split_state``)."""
-    obj = torch_files.load(path)
-    meta: dict = {}
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        meta = {k: obj[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in obj}
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise ValueError(f"{path}: neither a Lightning checkpoint nor a state dict of tensors")
-    return (*split_state(obj), meta)
-
-
-def split_state(state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(SaltModel's state dict, InputNorm's buffers) of a state dict: ``ModelWrapper``'s (keys ``model.*``
-    and ``norm.*``) or ``SaltModel``'s own. ``torch.compile``'s ``_orig_mod.`` (salt's ``compile``
-    option wraps the model) is dropped from the keys."""
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    if not any(k.startswith("model.") for k in state):
-        return state, {}
-    model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    norm = {k.removeprefix("norm."): v for k, v in state.items() if k.startswith("norm.")}
-    return model, norm
-
-
-def find_config(checkpoint: Path) -> Path:
-    """salt's config.yaml for ``checkpoint``: next to it or one folder up (``logs/<run>/ckpts/``)."""
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return folder / "config.yaml"
-    raise FileNotFoundError(
-        f"no salt config.yaml next to {checkpoint} or one folder up; pass it with --config"
-    )
-
-
-def norm_dict(tr: Translation, buffers: Mapping[str, np.ndarray], where: str) -> dict:
-    """smilejax's norm dict ``{jets|tracks: {var: {mean, std}}}``: from the checkpoint's buffers, else
-    from salt's norm dict file."""
-    variables = {"jets": tr.sections["data"]["jet_vars"], "tracks": tr.sections["data"]["track_vars"]}
-    if buffers:
-        out = {}
-        for group, names in variables.items():
-            name = tr.inputs[group]
-            if not names:
-                continue
-            means, stds = buffers.get(f"{name}_means"), buffers.get(f"{name}_stds")
-            if means is None or stds is None or len(means) != len(names) or len(stds) != len(names):
-                raise ValueError(
-                    f"{where}: normalisation buffers norm.{name}_means/_stds do not hold {len(names)} values "
-                    f"for {names}"
-                )
-            out[group] = {
-                v: {"mean": float(m), "std": float(s)} for v, m, s in zip(names, means, stds, strict=True)
-            }
-        return out
-    if not tr.norm_dict or not Path(tr.norm_dict).is_file():
-        raise FileNotFoundError(
-            f"{where} holds no normalisation and the config's data.norm_dict ({tr.norm_dict}) is not a file"
-        )
-    source = yaml.safe_load(Path(tr.norm_dict).read_text()) or {}
-    out = {}
-    for group, names in variables.items():
-        table = source.get(tr.norm_groups[group]) or {}
-        missing = [v for v in names if v not in table]
-        if missing:
-            raise ValueError(f"norm dict {tr.norm_dict} has no {tr.norm_groups[group]}/{missing}")
-        out[group] = {v: {"mean": float(table[v]["mean"]), "std": float(table[v]["std"])} for v in names}
-    return out
-
-
-def import_salt(checkpoint: Path, config_path: Path | None, run_dir: Path) -> Imported:
-    """``smilejax import salt``: salt's checkpoint and config as a GN2 run's config and weights; writes
-    the norm dict into ``run_dir``."""
-    checkpoint = Path(checkpoint)
-    config_path = Path(config_path) if config_path else find_config(checkpoint)
-    salt_cfg = yaml.safe_load(config_path.read_text())
-    if not isinstance(salt_cfg, Mapping):
-        raise ValueError(f"{config_path}: not a salt config (a YAML mapping)")
-    tr = translate(salt_cfg)
-    state_dict, buffers, meta = read_checkpoint(checkpoint)
-    norm = norm_dict(tr, buffers, str(checkpoint))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    norm_path = run_dir / "norm_dict.yaml"
-    norm_path.write_text(yaml.safe_dump(norm, sort_keys=False))
-    sections = {**tr.sections, "data": {**tr.sections["data"], "norm_dict": str(norm_path.absolute())}}
-    source = {
-        "format": "salt",
-        "checkpoint": str(checkpoint.absolute()),
-        "config": str(config_path.absolute()),
-        "name": salt_cfg.get("name"),
-        "norm": "checkpoint buffers" if buffers else str(tr.norm_dict),
-        **{k: v for k, v in meta.items() if isinstance(v, int | str)},
-    }
-    return Imported(
-        config=sections,
-        params=lambda model: convert_salt_state_dict(model, state_dict, tr.layout),
-        source=source,
-    )
