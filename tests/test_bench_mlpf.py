@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 from smilejax.models import mlpf
+from smilejax.models.mlpf import bench_study, peer, synthetic
 
-from smilejax.bench import _mlpf_peer, _synthetic, _train_mlpf
 from tests import test_mlpf_parity as parity
 from tests.conftest import run_cli
 
@@ -39,7 +39,7 @@ def test_jax_and_particleflow_train_the_same_model_on_the_same_batches(tmp_path)
     assert rows["jax"]["params"] == rows["torch-eager"]["params"] == record["params"] > 0
 
     # the timed steps train on batches 0 and 1 of the shape's synthetic set
-    batches = _train_mlpf.make_batches((32, 4))
+    batches = bench_study.make_batches((32, 4))
     valid = (batches[0]["mask"].sum() + batches[1]["mask"].sum()) / 2
     for r in rows.values():
         assert (r["elements"], r["events"]) == (32, 4) and r["ms_per_step"] > 0
@@ -91,14 +91,14 @@ def test_bench_mlpf_refuses_bad_options_and_names_the_reference_install(tmp_path
 def test_particleflow_gets_nothing_it_cannot_express():
     # the mapping itself is what tests/test_mlpf_parity.py sends to particleflow and checks
     cfg = mlpf.MLPFConfig(num_convs=2, num_heads=4, head_dim=4, activation="gelu", eta_mode="direct")
-    assert _mlpf_peer.particleflow_config(cfg)["model"]["attention"]["activation"] == "gelu"
+    assert peer.particleflow_config(cfg)["model"]["attention"]["activation"] == "gelu"
     for change in ({"mask_padded_keys": True}, {"focal_gamma": 1.0}):
         with pytest.raises(SystemExit, match=f"model.{next(iter(change))}="):
-            _mlpf_peer.particleflow_config(dataclasses.replace(cfg, **change))
+            peer.particleflow_config(dataclasses.replace(cfg, **change))
 
 
 def test_synthetic_mlpf_events_are_padded_clic_like_events():
-    batch = _synthetic.mlpf_events(seed=3, events=64, elements=40)
+    batch = synthetic.events(seed=3, events=64, elements=40)
     X, mask, y = batch["X"], batch["mask"], batch["ytarget"]
     assert X.shape == (64, 40, 17) and y.shape == (64, 40, 13) and mask.dtype == np.bool_
     n_real = mask.sum(axis=1)
@@ -110,7 +110,22 @@ def test_synthetic_mlpf_events_are_padded_clic_like_events():
     assert (X[mask][:, 1] > 0).all() and (X[mask][:, 5] > 0).all()  # pT, p / E: finite log ratios
     particle = y[..., 0] != 0
     assert 0.6 < particle[mask].mean() < 0.8 and set(np.unique(y[..., 0])) <= set(range(6))
-    np.testing.assert_array_equal(X, _synthetic.mlpf_events(seed=3, events=64, elements=40)["X"])
+    np.testing.assert_array_equal(X, synthetic.events(seed=3, events=64, elements=40)["X"])
+
+
+def test_generic_synthetic_batch_gets_targets_the_loss_can_use():
+    from flax import nnx
+
+    from smilejax.bench import _synthetic
+
+    cfg = mlpf.MLPFConfig(num_convs=1, num_heads=2, head_dim=4, max_elements=16)
+    batch = _synthetic.batch(mlpf.SPEC, cfg, 8, seed=0)  # X: standard normal, negative pTs included
+    y, real = batch["ytarget"], batch["mask"] & (batch["X"][..., 1] > 0)
+    assert y.shape == (8, 16, 13) and not y[~real].any() and (y[real][:, 0] != 0).any()
+    with nnx.use_eager_sharding(False):
+        value, metrics = mlpf.loss(mlpf.build(cfg, rngs=nnx.Rngs(0)), batch)
+    assert np.isfinite(float(value)) and float(metrics["regression_pt"]) > 0
+    np.testing.assert_array_equal(y, _synthetic.batch(mlpf.SPEC, cfg, 8, seed=0)["ytarget"])
 
 
 def test_ratios_and_loss_check_compare_at_the_same_shape():
@@ -125,9 +140,9 @@ def test_ratios_and_loss_check_compare_at_the_same_shape():
         row("torch-compile", 8, 20.0, 2.0, 1.0),
         row("torch-eager", 16, 30.0, 3.3, 1.0),
     ]
-    _train_mlpf.add_ratios(rows)
+    bench_study.add_ratios(rows)
     assert [r["vs_ref_eager"] for r in rows] == pytest.approx([4, 3, 1, 2, 1])
     assert [r["vs_ref_best"] for r in rows] == pytest.approx([2, 3, 0.5, 1, 1])
-    check = _train_mlpf._loss_check(rows)
+    check = bench_study._loss_check(rows)
     assert check["jax a 8x2"] == pytest.approx({"first_loss": 0.0, "last_loss": 0.1 / 1.1})
     assert check["jax a 16x2"] == pytest.approx({"first_loss": 0.3 / 3.3, "last_loss": 0.0})

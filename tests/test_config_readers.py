@@ -33,7 +33,7 @@ from smilejax.tune import space
 
 # (config class, field) -> the source text that reads the field through a name built at run time
 DYNAMIC_READERS = {
-    # models/mlpf.py: each regression target's mode, by the target's name
+    # models/mlpf/model.py: each regression target's mode, by the target's name
     **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("pt", "eta", "energy")},
     **{("MLPFConfig", f"{m}_mode"): 'getattr(cfg, f"{name}_mode")' for m in ("sin_phi", "cos_phi")},
 }

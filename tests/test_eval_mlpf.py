@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from smilejax.models.mlpf import evaluation, jets, particles, plots, response
+from smilejax.models.mlpf.particles import Particles
 
 from smilejax import cli
-from smilejax.evaluation import jets, mlpf, particles, pf_plots, response
-from smilejax.evaluation.particles import Particles
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -229,14 +229,14 @@ def test_plots_write_pngs(tmp_path):
     results = {"MLPF": counts.result(), "PF": counts.result()}
     ratios = {"MLPF": np.array([0.9, 1.0, 1.1]), "PF": np.array([0.5, np.nan]), "target": np.array([])}
     paths = [
-        pf_plots.rates(results, "t", tmp_path / "rates.png"),
-        pf_plots.rates_vs_pt(
+        plots.rates(results, "t", tmp_path / "rates.png"),
+        plots.rates_vs_pt(
             {"MLPF": counts.efficiency_binned()}, particles.PT_EDGES, "eff", "pT", "t", tmp_path / "eff.png"
         ),
-        pf_plots.response_histograms(
+        plots.response_histograms(
             ratios, {k: response.summary(v) for k, v in ratios.items()}, "r", "t", tmp_path / "resp.png"
         ),
-        pf_plots.distributions(ratios, "x", "t", tmp_path / "dist.png", np.linspace(0, 2, 11)),
+        plots.distributions(ratios, "x", "t", tmp_path / "dist.png", np.linspace(0, 2, 11)),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG
@@ -256,8 +256,8 @@ def test_eval_reads_every_field_and_fixed_batches_of_events():
 
     cfg = config.load("mlpf")  # element-budget batching, training fields only
     assert cfg.data.element_budget > 0 and "ycand" not in cfg.data.fields
-    run = mlpf._eval_inputs(TrainedModel(run_dir=None, cfg=cfg, spec=None, model=None, step=0))
-    assert set(mlpf.FIELDS) <= set(run.cfg.data.fields)
+    run = evaluation._eval_inputs(TrainedModel(run_dir=None, cfg=cfg, spec=None, model=None, step=0))
+    assert set(evaluation.FIELDS) <= set(run.cfg.data.fields)
     # the budget's batch of its widest bucket, in file order (no budget plan grouping events by size)
     assert run.cfg.data.element_budget == 0 and run.cfg.data.batch_size == min(cfg.data.global_batch_sizes())
 
@@ -347,8 +347,8 @@ def test_without_fastjet_jets_are_skipped_with_the_install_command(monkeypatch):
         "n_elements": 2,
         "particles": {"MLPF": counts.result()},
         "jets": {"skipped": jets.missing()},
-        "met": {"events": 1, "events_with_genmet": 1, **{k: met["MLPF"] for k in mlpf.COLLECTIONS}},
+        "met": {"events": 1, "events_with_genmet": 1, **{k: met["MLPF"] for k in evaluation.COLLECTIONS}},
     }
-    text = mlpf.summary(metrics)
+    text = evaluation.summary(metrics)
     assert "jets skipped: fastjet not installed (pip install -c launch/locks/venv.txt fastjet)" in text
     assert "MLPF" in text and "1.200" in text and "0.500" in text

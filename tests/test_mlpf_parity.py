@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from smilejax.models import mlpf
+from smilejax.models.mlpf import peer
 
-from smilejax.bench import _mlpf_peer
 from tests.conftest import ROOT, run_reference
 from tests.mlpf_reference.events import random_events
 
-REF_ENV = Path(os.environ.get(_mlpf_peer.ENV_VAR) or ROOT / _mlpf_peer.ENV_DIR)
+REF_ENV = Path(os.environ.get(peer.ENV_VAR) or ROOT / peer.ENV_DIR)
 REF_SCRIPT = ROOT / "tests" / "mlpf_reference" / "run_reference.py"
 INSTALL = "bash launch/install_mlpf_reference.sh"
 CLIC_PARAMS = 3_250_450
@@ -76,7 +76,7 @@ RUNS = {  # name: (config, [(seed, batch, elements)], case whose gradients are c
 def particleflow_config(cfg: mlpf.MLPFConfig) -> dict:
     """particleflow's ``MLPFConfig`` mapping for our config, as the benchmark sends it, with the MATH
     attention kernel (the one particleflow runs on CPU)."""
-    out = _mlpf_peer.particleflow_config(cfg)
+    out = peer.particleflow_config(cfg)
     out["model"]["attention"]["attention_type"] = "math"
     return out
 

@@ -1,4 +1,4 @@
-"""Random CLIC-like MLPF events in particleflow's layout (numpy only; see ``models/mlpf.py``)."""
+"""Random CLIC-like MLPF events in particleflow's layout (numpy only; see ``models/mlpf/model.py``)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from mlpf.model.utils import unpack_predictions, unpack_target
 
 def _bench_reference():
     """smilejax's benchmark reference script (it imports nothing of smilejax), loaded by path."""
-    path = Path(__file__).resolve().parents[2] / "smilejax" / "bench" / "_mlpf_reference.py"
+    path = Path(__file__).resolve().parents[2] / "models" / "mlpf" / "reference.py"
     spec = importlib.util.spec_from_file_location("_mlpf_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,9 +1,9 @@
 """``smilejax bench train mlpf``: one MLPF training step in JAX against particleflow's own, same batches.
 
 For each shape (``--shape ELEMENTSxEVENTS``; default 256x128 and 1024x32) the study makes ``BATCHES``
-synthetic batches of CLIC-like events (``_synthetic.mlpf_events``: N/2..N real elements per event,
+synthetic batches of CLIC-like events (``synthetic.events``: N/2..N real elements per event,
 padded to N) and writes them to an .npz. particleflow 3.1.0 trains on them first, in its own
-environment (``_mlpf_peer``, ``_mlpf_reference.py``: eager and ``torch.compile``; its real
+environment (``peer``, ``reference.py``: eager and ``torch.compile``; its real
 ``mlpf_loss``; AdamW), and hands back its initial weights. Then the program that ``smilejax train`` runs
 (``steps.build``: forward, the ported ``mlpf_loss``, backward, AdamW) loads those weights and trains on
 the same batches, already on the devices, once per ``--attention`` implementation. bf16 is the JAX
@@ -31,11 +31,13 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-
-from smilejax import profiling
-from smilejax.bench import _mlpf_peer, _synthetic, common
-from smilejax.config import Config, ConfigError
 from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS, resolve_attention
+
+from smilejax.bench import common
+from smilejax.config import Config, ConfigError
+from smilejax.xla import profile
+
+from . import peer, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,46 @@ COLUMNS = [
     "mfu",
     "note",
 ]
+
+
+# generic options of ``bench train`` that this study has no use for: refused rather than ignored
+NOT_OPTIONS = ("bucket", "torch_modes", "vary")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This study's options of ``smilejax bench train mlpf`` (beside the generic ones)."""
+    group = parser.add_argument_group("mlpf only")
+    group.add_argument(
+        "--shape",
+        nargs="+",
+        action="extend",
+        metavar="NxB",
+        help="max elements x events per batch (default 256x128 1024x32)",
+    )
+    group.add_argument(
+        "--impls", default=",".join(IMPLS), help="of jax,torch-eager,torch-compile (default all three)"
+    )
+    group.add_argument("--warmup", type=int, default=5, help="untimed steps first, each side (default 5)")
+    group.add_argument(
+        "--torch-attention",
+        choices=("auto", "math", "efficient", "flash"),
+        default="auto",
+        help="particleflow's attention_type (default auto: flash on CUDA in bf16, efficient in fp32, "
+        "math on CPU)",
+    )
+
+
+def _check_options(cfg: Config, args: argparse.Namespace) -> None:
+    """Refuses the generic options this study does not take; fills the defaults of ``add_arguments``
+    and of ``--out`` where the parser did not."""
+    wrong = [f"--{k.replace('_', '-')}" for k in NOT_OPTIONS if getattr(args, k, None) not in (None, [])]
+    if wrong:
+        raise SystemExit(f"{', '.join(wrong)}: not an option of bench train {cfg.model.name}")
+    defaults = {"shape": None, "impls": ",".join(IMPLS), "warmup": 5, "torch_attention": "auto"}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.out = getattr(args, "out", None) or f"bench-results/train-{cfg.model.name}"
 
 
 def shapes(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -85,7 +127,7 @@ def impls(text: str) -> list[str]:
 
 def make_batches(shape: tuple[int, int]) -> list[dict[str, np.ndarray]]:
     n, b = shape
-    return [_synthetic.mlpf_events(seed=k, events=b, elements=n) for k in range(BATCHES)]
+    return [synthetic.events(seed=k, events=b, elements=n) for k in range(BATCHES)]
 
 
 def valid_per_step(batches: list[dict], steps: int) -> float:
@@ -94,7 +136,16 @@ def valid_per_step(batches: list[dict], steps: int) -> float:
     return sum(counts[i % len(counts)] for i in range(steps)) / steps
 
 
+def cases(args: argparse.Namespace) -> list[tuple[dict, dict[str, np.ndarray]]]:
+    """(row columns, synthetic host batch) per shape: what ``bench roofline`` compiles and reads."""
+    return [
+        ({"elements": n, "events": b}, synthetic.events(seed=0, events=b, elements=n))
+        for n, b in shapes(args)
+    ]
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    _check_options(cfg, args)
     chosen = impls(args.impls)
     todo = shapes(args)
     attentions = [a.strip() for a in (args.attention or cfg.model.attention).split(",") if a.strip()]
@@ -108,18 +159,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         raise SystemExit("--warmup must be at least 1 (the first step gives the loss check)")
     modes = [i.removeprefix("torch-") for i in chosen if i.startswith("torch-")]
     batches = {shape: make_batches(shape) for shape in todo}
-    reference = _mlpf_peer.Reference(None, None, "not requested")
+    reference = peer.Reference(None, None, "not requested")
     with tempfile.TemporaryDirectory(prefix="smilejax-mlpf-") as tmp:
         if modes:  # first: the accelerator is PyTorch's alone
-            python = _mlpf_peer.python(args.torch_python)
-            _mlpf_peer.check_optimizer(cfg)
+            python = peer.python(args.torch_python)
+            peer.check_optimizer(cfg)
             npz = Path(tmp) / "batches.npz"
             arrays = {}
             for (n, b), shape_batches in batches.items():
                 for key in ("X", "ytarget"):
                     arrays[f"{n}x{b}/{key}"] = np.stack([batch[key] for batch in shape_batches])
             np.savez(npz, **arrays)
-            reference = _mlpf_peer.run(python, cfg, args, modes, npz, Path(tmp))
+            reference = peer.run(python, cfg, args, modes, npz, Path(tmp))
         weights = dict(np.load(reference.weights)) if reference.weights else None
         jax_rows, params, failed = [], None, []
         for attention in attentions if "jax" in chosen else []:
@@ -233,7 +284,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
         raise FloatingPointError(f"mlpf {n}x{b} ({attention}): the loss is {first} (first), {last} (last)")
     if args.profile:  # after the last loss is read: the loss check compares equal step counts
         label = f"mlpf-{attention}-{n}x{b}"
-        profiling.profile_steps(
+        profile.profile_steps(
             lambda program: run_steps(args.profile, program),
             lowered,
             compiled,
@@ -277,10 +328,11 @@ def _particleflow_params(spec, cfg: Config, state_dict: dict, program):
     from flax import nnx
 
     from smilejax import steps
-    from smilejax.models import mlpf
+
+    from .torch_weights import convert_particleflow_state_dict
 
     abstract = nnx.eval_shape(lambda: steps.build_model(spec, cfg, 0))
-    params = nnx.to_pure_dict(mlpf.convert_particleflow_state_dict(abstract, state_dict))
+    params = nnx.to_pure_dict(convert_particleflow_state_dict(abstract, state_dict))
     return jax.device_put(params, program.state_sharding.params)
 
 

@@ -3,7 +3,7 @@
 Run ONLY as a script by the particleflow reference environment's interpreter (Python 3.11, torch,
 particleflow 3.1.0: ``make reference``); it imports nothing of smilejax::
 
-    .mlpf-ref/bin/python _mlpf_reference.py --batches IN.npz --out OUT.json [--weights W.npz] \
+    .mlpf-ref/bin/python models/mlpf/reference.py --batches IN.npz --out OUT.json [--weights W.npz] \
         --config '{a particleflow MLPFConfig mapping}' --modes eager,compile --steps 20 --repeats 3 \
         --warmup 5 --precision bf16 --attention auto [--lr 1e-4 --weight-decay 0.01] [--device cuda]
 
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]  # the script's folder holds smilejax's own modules (train.py, common.py, ...)
+    del sys.path[0]  # the script's folder holds smilejax's own modules (model.py, loss.py, ...)
 
 import argparse
 import importlib.metadata

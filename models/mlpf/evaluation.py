@@ -33,9 +33,10 @@ import logging
 
 import numpy as np
 
+from smilejax.evaluation import EvalOptions, cell, predict
 from smilejax.trained import TrainedModel
 
-from . import EvalOptions, cell, jets, particles, pf_plots, plots, predict, response
+from . import jets, particles, plots, response
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,8 @@ def _write(
     out, step = opts.out, trained.step
     title = f"MLPF step {step}, {metrics['n_events']} {opts.split} events"
     written = [
-        pf_plots.rates(metrics["particles"], f"{title}: elements", out / "particle_rates.png"),
-        pf_plots.rates_vs_pt(
+        plots.rates(metrics["particles"], f"{title}: elements", out / "particle_rates.png"),
+        plots.rates_vs_pt(
             {k: c.efficiency_binned() for k, c in counts.items()},
             particles.PT_EDGES,
             "efficiency",
@@ -186,7 +187,7 @@ def _write(
             title,
             out / "efficiency_vs_pt.png",
         ),
-        pf_plots.rates_vs_pt(
+        plots.rates_vs_pt(
             {k: c.fake_rate_binned() for k, c in counts.items()},
             particles.PT_EDGES,
             "fake rate",
@@ -209,7 +210,7 @@ def _write(
     gen = result["genmet"]
     positive = gen > 0
     written.append(
-        pf_plots.response_histograms(
+        plots.response_histograms(
             {k: result[f"met_{k}"][positive] / gen[positive] for k in COLLECTIONS},
             metrics["met"],
             "missing $p_T$ reco / gen",
@@ -221,7 +222,7 @@ def _write(
     met_values = {"gen": gen, **{k: result[f"met_{k}"] for k in COLLECTIONS}}
     top = max(float(np.percentile(np.concatenate(list(met_values.values())), 99)), 1.0)
     written.append(
-        pf_plots.distributions(
+        plots.distributions(
             met_values, "missing $p_T$ [GeV]", title, out / "met.png", np.linspace(0, top, 51)
         )
     )
@@ -230,7 +231,7 @@ def _write(
     if with_jets:
         gen_pt = result["gen_pt"]
         written.append(
-            pf_plots.response_histograms(
+            plots.response_histograms(
                 {k: result[f"jet_pt_{k}"] / gen_pt for k in COLLECTIONS},
                 metrics["jets"],
                 "jet $p_T$ reco / gen (matched, $\\Delta R < 0.1$)",
@@ -243,7 +244,7 @@ def _write(
             float(np.percentile(np.concatenate(list(spectra.values())), 99)) if gen_pt.size else 0, 10.0
         )
         written.append(
-            pf_plots.distributions(
+            plots.distributions(
                 spectra, "jet $p_T$ [GeV]", title, out / "jet_pt.png", np.linspace(0, top, 51)
             )
         )

@@ -49,14 +49,7 @@ outputs depend on how many padded slots its event has: particleflow's function, 
 trained weights. ``mask_padded_keys=True`` removes padded keys (padding-invariant outputs; no longer
 particleflow's function).
 
-Loss (``loss``; ``mlpf_loss`` of particleflow), in float32: 10 x cross-entropy of particle / no particle
-averaged over real elements; focal loss (gamma 2) of the particle type over elements with a target
-particle, divided by the number of real elements; squared errors of pT and energy (weighted by
-sqrt(target pT)) and of eta, sin phi, cos phi (weighted 1e-2) over elements with a target particle,
-divided by their number. The total is the sum of the seven terms (metrics: the terms in snake case and
-``acc_cls``, the accuracy of particleflow's predicted class). Differences from particleflow only where
-it would fail: an empty batch gives 0 rather than NaN, and target particles in padded rows are not
-counted.
+Loss: ``loss.py`` (particleflow's ``mlpf_loss``).
 
 Attention memory: ``attention="chunked"`` computes blocks of ``attention_chunk`` queries and
 rematerialises them in the backward pass (memory ~ N x chunk, not N^2; identical to ``"math"`` up to
@@ -66,8 +59,8 @@ cuDNN flash attention on NVIDIA GPUs with bf16 compute (1.9x faster steps than `
 H100 at 256 elements). ``"auto"`` (default) is ``"cudnn"`` where it can run, else ``"chunked"``. See
 ``models/layers.py``.
 
-Weights trained with particleflow load with ``load_particleflow_state_dict`` (a dict of numpy arrays
-keyed as PyTorch's ``state_dict``): module and parameter names here mirror particleflow's.
+Weights trained with particleflow load with ``torch_weights.load_particleflow_state_dict``: module and
+parameter names here mirror particleflow's.
 """
 
 from __future__ import annotations
@@ -75,16 +68,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import nnx
 
-from .layers import F32, Axis, Dense, LayerNorm, SelfAttention, _dropout, check_attention_config
-from .spec import ModelSpec
+from ..layers import F32, Axis, Dense, LayerNorm, SelfAttention, _dropout, check_attention_config
 
 CLASS_LABELS = (0, 211, 130, 22, 11, 13)  # particleflow's CLIC classes (PDG ids, 0 = no particle)
 MOMENTUM = ("pt", "eta", "sin_phi", "cos_phi", "energy")  # order of ``momentum`` and ytarget[..., 2:7]
@@ -194,7 +184,7 @@ def _where_finite(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(x), x, 0)
 
 
-def _valid(X: jax.Array, mask: jax.Array | None) -> jax.Array:
+def valid_elements(X: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Real elements: a non-zero element type (particleflow's ``PFBatch.mask``), and-ed with ``mask``."""
     valid = X[..., 0] != 0
     return valid if mask is None else valid & jnp.asarray(mask).astype(bool)
@@ -363,7 +353,7 @@ class MLPF(nnx.Module):
 
     def __call__(self, X: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
         X = jnp.asarray(X, F32)
-        valid = _valid(X, mask)
+        valid = valid_elements(X, mask)
         X = jnp.where(valid[..., None], X, 0)  # garbage in padded rows never leaks
         type_onehot = X[..., 0:1] == jnp.asarray(self.elemtypes, F32)  # [B, N, types]
         x = X.astype(self.dtype)
@@ -406,123 +396,8 @@ def build(cfg: MLPFConfig, *, rngs: nnx.Rngs, dtype=jnp.float32) -> MLPF:
     return MLPF(cfg, rngs=rngs, dtype=dtype)
 
 
-def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-
-
-def loss(model: MLPF, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """particleflow's ``mlpf_loss`` (see the module doc); metrics keep its term names in snake case."""
-    return loss_from_outputs(model(batch["X"], batch.get("mask")), batch, model.loss_weights)
-
-
-@jax.named_scope("loss")
-def loss_from_outputs(
-    out: dict[str, jax.Array], batch, weights: tuple[float, float, float] = (10.0, 2.0, 1e-2)
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The loss of given model outputs; ``weights`` = (binary_weight, focal_gamma, angle_weight)."""
-    X = jnp.asarray(batch["X"], F32)
-    valid = _valid(X, batch.get("mask"))
-    binary_weight, gamma, angle_weight = weights
-
-    y = jnp.asarray(batch["ytarget"], F32)
-    cls = y[..., 0].astype(jnp.int32)  # PyTorch's .long(): truncation
-    particle = valid & (cls != 0)
-    w_elem, w_part = valid.astype(F32), particle.astype(F32)
-    n_elem, n_part = jnp.sum(w_elem), jnp.sum(w_part)
-
-    binary = optax.softmax_cross_entropy_with_integer_labels(
-        out["binary_logits"], (cls != 0).astype(jnp.int32)
-    )
-    log_p = jax.nn.log_softmax(out["pid_logits"], axis=-1)
-    safe_cls = jnp.clip(cls, 0, log_p.shape[-1] - 1)
-    log_pt = jnp.take_along_axis(log_p, safe_cls[..., None], axis=-1)[..., 0]
-    focal = (1.0 - jnp.exp(log_pt)) ** gamma * -log_pt
-
-    # sqrt(target pT): ytarget's pT is log(pT_target / pT_element)
-    pt_weight = jnp.sqrt(jnp.where(particle, jnp.exp(y[..., 2]) * X[..., 1], 0.0))
-    angle = jnp.full_like(pt_weight, angle_weight)
-    term_weight = jnp.stack([pt_weight, angle, angle, angle, pt_weight], axis=-1)  # MOMENTUM order
-    sq_err = jnp.square(out["momentum"] - y[..., 2:7])
-    regression = jnp.sum(jnp.where(particle[..., None], sq_err * term_weight, 0.0), axis=(0, 1))
-
-    metrics = {
-        "classification_binary": binary_weight * _safe_div(jnp.sum(binary * w_elem), n_elem),
-        "classification": _safe_div(jnp.sum(focal * w_part), n_elem),
-        **{f"regression_{name}": _safe_div(regression[i], n_part) for i, name in enumerate(MOMENTUM)},
-    }
-    total = sum(metrics.values())
-    # particleflow's predicted class: particle / no particle first, then the type
-    pred = jnp.where(jnp.argmax(out["binary_logits"], -1) == 1, jnp.argmax(out["pid_logits"], -1), 0)
-    metrics["acc_cls"] = _safe_div(jnp.sum((pred == cls) * w_elem), n_elem)
-    return total.astype(F32), metrics
-
-
 def input_spec(cfg: MLPFConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
         "X": jax.ShapeDtypeStruct((batch_size, cfg.max_elements, cfg.input_dim), jnp.float32),
         "mask": jax.ShapeDtypeStruct((batch_size, cfg.max_elements), jnp.bool_),
     }
-
-
-# --- particleflow (PyTorch) weights -----------------------------------------------------------------
-
-# Module names here that differ from particleflow's; everything else is spelled as in its state_dict.
-_TORCH_MODULES = {"lin0": "0", "norm": "2", "lin1": "4", "seq0": "seq.0", "seq2": "seq.2"}
-
-
-def _torch_param(path: tuple, shape: tuple[int, ...]) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """particleflow's state_dict key of the parameter at ``path`` and the map from its array to ours."""
-    prefix = ".".join(_TORCH_MODULES.get(str(p), str(p)) for p in path[:-1])
-    leaf = path[-1]
-    if leaf == "kernel":  # nn.Linear.weight is [out, in]
-        return f"{prefix}.weight", lambda w: w.T
-    if leaf == "scale":
-        return f"{prefix}.weight", lambda w: w
-    if leaf == "bias":
-        return f"{prefix}.bias", lambda w: w
-    if leaf == "qkv_kernel":  # in_proj_weight [3E, E], rows (q|k|v, head, head_dim)
-        e, _, h, d = shape
-        return f"{prefix}.in_proj_weight", lambda w: w.reshape(3, h, d, e).transpose(3, 0, 1, 2)
-    if leaf == "qkv_bias":
-        return f"{prefix}.in_proj_bias", lambda w: w.reshape(shape)
-    if leaf == "out_kernel":  # out_proj.weight [E_out, E_in], E_in = (head, head_dim)
-        return f"{prefix}.out_proj.weight", lambda w: w.T.reshape(shape)
-    if leaf == "out_bias":
-        return f"{prefix}.out_proj.bias", lambda w: w
-    raise KeyError(f"no particleflow name for parameter {'.'.join(map(str, path))}")
-
-
-def convert_particleflow_state_dict(model: MLPF, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
-    """``model``'s parameter state holding particleflow's arrays (``state_dict()`` as numpy, or any
-    dict of arrays of those shapes, such as its gradients), converted to this module's layout.
-
-    Every parameter must be present with its shape and no key may be left over: a KeyError or
-    ValueError names the offending key, so a mismatched configuration never loads silently.
-    """
-    params = nnx.state(model, nnx.Param)
-    flat, used = [], set()
-    for path, var in nnx.to_flat_state(params):
-        key, convert = _torch_param(path, var.shape)
-        if key not in state_dict:
-            raise KeyError(f"particleflow state_dict has no {key!r} (for {'.'.join(map(str, path))})")
-        value = convert(np.asarray(state_dict[key], np.float32))
-        if value.shape != var.shape:
-            raise ValueError(
-                f"particleflow {key!r}: shape {np.shape(state_dict[key])} does not fit {var.shape} "
-                "(is the MLPFConfig the one the weights were trained with?)"
-            )
-        flat.append((path, var.replace(jnp.asarray(value, var.dtype))))
-        used.add(key)
-    left = sorted(set(state_dict) - used)
-    if left:
-        more = " ..." if len(left) > 8 else ""
-        raise KeyError(f"particleflow state_dict keys with no parameter here: {left[:8]}{more}")
-    return nnx.from_flat_state(flat)
-
-
-def load_particleflow_state_dict(model: MLPF, state_dict: Mapping[str, np.ndarray]) -> None:
-    """Copies particleflow's weights (its ``model.state_dict()`` as numpy arrays) into ``model``."""
-    nnx.update(model, convert_particleflow_state_dict(model, state_dict))
-
-
-SPEC = ModelSpec(name="mlpf", config=MLPFConfig, build=build, loss=loss, input_spec=input_spec)

@@ -1,7 +1,7 @@
 """The particleflow side of ``smilejax bench train mlpf``: its environment, its model config, its run.
 
 particleflow 3.1.0 needs Python 3.11 and torch, so it lives in its own environment (``make reference``)
-and trains in a subprocess, ``_mlpf_reference.py``, on batches written to an .npz; it returns JSON and
+and trains in a subprocess, ``reference.py``, on batches written to an .npz; it returns JSON and
 its initial weights. It runs before JAX touches the devices, so that each framework has the accelerator
 to itself (JAX preallocates most of a GPU's memory when its backend starts).
 """
@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from smilejax.bench._train_torch import _run_echoing
 from smilejax.config import Config
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 ENV_VAR = "SMILEJAX_MLPF_REF"
 ENV_DIR = ".mlpf-ref"
 INSTALL = "make reference` (or `bash launch/install_mlpf_reference.sh [ENV_DIR]`"
-SCRIPT = Path(__file__).with_name("_mlpf_reference.py")
+SCRIPT = Path(__file__).with_name("reference.py")  # run by that env's interpreter
 ROOT = Path(__file__).resolve().parents[2]  # the repository, in a source checkout
 
 # Our settings that particleflow's model has no counterpart for, with the value that is its function.
@@ -133,9 +132,11 @@ def run(python: Path, cfg: Config, args, modes: list[str], batches: Path, tmp: P
         f"--lr={cfg.optimizer.lr}",
         f"--weight-decay={cfg.optimizer.weight_decay}",
     ]
+    from smilejax.bench._train_torch import run_echoing
+
     log.info("particleflow reference: %s", " ".join(command))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of smilejax's environment
-    returncode, tail = _run_echoing(command, env=env)
+    returncode, tail = run_echoing(command, env=env)
     if returncode or not out.exists():
         log.error("the particleflow reference failed (exit %d):\n%s", returncode, "\n".join(tail))
         last = tail[-1] if tail else f"exit {returncode}"

@@ -69,7 +69,7 @@ def predicted_class(binary_logits: np.ndarray, pid_logits: np.ndarray) -> np.nda
 def from_prediction(
     X: np.ndarray, binary_logits: np.ndarray, pid_logits: np.ndarray, momentum: np.ndarray
 ) -> Particles:
-    """MLPF's particles from its outputs (``models.mlpf``: pT and energy as log ratios to the element's)."""
+    """MLPF's particles from its outputs (``model.MLPF``: pT and energy as log ratios to the element's)."""
     cls = predicted_class(binary_logits, pid_logits)
     m = momentum.astype(np.float64)
     with np.errstate(over="ignore"):
