@@ -147,7 +147,7 @@ def slurm_env(slurm_conf: Path, devices: int = 2) -> dict[str, str]:
 # What every tiny test run shares: one read thread, float32, no checkpoints, evaluation or loggers.
 _TINY_RUN = [
     "data.read_threads=1",
-    "trainer.precision=fp32",
+    "train.precision=fp32",
     "run.checkpoint_every=0",
     "run.eval_every=0",
     "logging.tensorboard=false",
