@@ -8,7 +8,6 @@ import pytest
 from smilejax.models import gn2
 
 from smilejax import host
-from smilejax.bench import _models
 from tests.conftest import run_cli
 
 SMALL_GN2 = [
@@ -79,12 +78,54 @@ def test_bench_train_rejects_bad_lengths_and_interpreters(tmp_path):
 
 
 def test_torch_peer_gets_every_gn2_hyperparameter_it_needs():
-    peer = _models.ADAPTERS["gn2"]
-    assert peer.torch_script.exists() and peer.length_field == "max_tracks"
+    peer = gn2.SPEC.bench
+    assert peer.torch_peer.exists() and peer.length_field == "max_tracks"
     sent = peer.torch_config(gn2.GN2Config(embed=64, layers=2))
     assert sent["embed"] == 64 and sent["layers"] == 2 and sent["head_hidden"] == [128, 64, 32]
-    source = peer.torch_script.read_text()
+    source = peer.torch_peer.read_text()
     assert all(f'c["{key}"]' in source for key in sent), "the peer reads every key it is sent"
+
+
+def test_synthetic_batches_need_the_family_label_hook():
+    import dataclasses
+
+    from smilejax.bench import _synthetic
+    from smilejax.config import ConfigError
+
+    cfg = gn2.GN2Config(max_tracks=5)
+    batch = _synthetic.batch(gn2.SPEC, cfg, 4, seed=1)
+    assert batch["valid"].shape == (4, 5) and batch["valid"][:, 0].all()  # at least one valid track
+    assert (batch["track_origin"][~batch["valid"]] == -1).all()  # the family's labels
+    again = _synthetic.batch(gn2.SPEC, cfg, 4, seed=1)
+    assert all((batch[k] == again[k]).all() for k in batch)
+    bare = dataclasses.replace(gn2.SPEC, synthetic_labels=None)
+    with pytest.raises(ConfigError, match="synthetic_labels"):
+        _synthetic.batch(bare, cfg, 4, seed=1)
+
+
+def test_family_study_options_come_from_the_model_argument(tmp_path):
+    """The CLI's second stage finds MODEL in the command's arguments (whole or its own), whatever
+    option values come first, and adds the options of the family's own study; a generic family,
+    an unknown model and ``--help`` add nothing and fail nothing."""
+    import argparse
+
+    from smilejax.bench import _target, train_step
+
+    sub = argparse.ArgumentParser(prog="smilejax bench").add_subparsers()
+    train_step.register(sub)
+    parser = sub.choices["train"]
+    before = {a.dest for a in parser._actions}
+    assert _target._model_argument(parser, ["--batch", "8", "--bucket", "4", "6", "--", "gn2"])[0] == "gn2"
+    argv = ["bench", "train", "--batch", "8", "--torch-python", "py", "gn2", "model.layers=1", "--steps", "1"]
+    assert _target._model_argument(parser, argv) == ("gn2", ["model.layers=1"])
+    assert _target._model_argument(parser, ["--help", "gn2"])[0] == "gn2"
+    for argv in (["gn2"], ["no-such-model"], ["--help"], [str(tmp_path / "none.yaml")]):
+        _target.extend_with_study(parser, argv)
+    assert {a.dest for a in parser._actions} == before
+    study = _target.study("mlpf")
+    assert study is not None and hasattr(study, "add_arguments") and hasattr(study, "run")
+    _target.extend_with_study(parser, ["mlpf"])
+    assert {a.dest for a in parser._actions} > before
 
 
 def test_bench_input_synthetic_set_bucketed(tmp_path):
@@ -93,7 +134,8 @@ def test_bench_input_synthetic_set_bucketed(tmp_path):
     overrides = ["data.batch_size=200", "data.bucket_tracks=[8,16]", "data.bucket_window=4"]
     done = run_cli("bench", "input", "gn2", *overrides, *args, devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "data" / "ftag_synthetic_2000.h5").exists()
+    maker = gn2.SPEC.bench.maker  # the family's synthetic maker made the set once
+    assert (out / "data" / f"{maker}-2000").exists()
     record = json.loads((out / "input.json").read_text())
     assert record["study"] == "input" and record["synthetic_jets"] == 2000
     assert record["global_batch"] == 200 and record["bucket_tracks"] == [8, 16]

@@ -22,26 +22,54 @@ log = logging.getLogger(__name__)
 
 
 def load(args: argparse.Namespace) -> tuple[Config, int | None]:
-    """The config with ``data.path`` from ``--files``, or a synthetic set of ``--jets`` made in ``OUT/data``;
-    also returns the synthetic set's size (None when files were given)."""
+    """The config with ``data.path`` from ``--files``, the config's own, or else a default set: a
+    synthetic set of ``--jets`` examples made once in ``OUT/data`` by the maker the model family declares
+    (``spec.bench.maker``), or the data format's own default set (``data.path`` null, as ``smilejax
+    train`` reads it). Also returns the made set's size (None when nothing was made here)."""
     cfg = config.load(args.config, args.overrides)
-    made = None
-    if args.files:
-        path = ",".join(args.files)
-    elif cfg.data.path:
-        path = cfg.data.path
-    elif cfg.data.format == "ftag_h5":
-        from smilejax.inputs import ftag_synthetic
+    if args.files or cfg.data.path:
+        path = ",".join(args.files) if args.files else cfg.data.path
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path)), None
+    maker = getattr(registry.model(cfg.model.name).bench, "maker", None)  # the proposed Bench.maker
+    if maker is None:
+        if args.jets is not None:
+            raise SystemExit(
+                f"--jets: model {cfg.model.name!r} declares no maker of a synthetic set (its spec's "
+                f"bench.maker); pass --files, or leave --jets out to read data.format={cfg.data.format}'s "
+                "default set"
+            )
+        log.info("no files: reading data.format=%s's default set", cfg.data.format)
+        return cfg, None
+    made = DEFAULT_SIZE if args.jets is None else args.jets
+    target = Path(args.out) / "data" / f"{maker}-{made}"
+    if not target.exists():
+        log.info("making a synthetic set of %d examples in %s (smilejax data make %s)", made, target, maker)
+        make(maker, target, made)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(target))), made
 
-        made = args.jets
-        target = Path(args.out) / "data" / f"ftag_synthetic_{made}.h5"
-        if not target.exists():
-            log.info("making a synthetic set of %d jets in %s", made, target)
-            ftag_synthetic.make(target, made, seed=0)
-        path = str(target)
-    else:
-        raise SystemExit(f"data.format={cfg.data.format} has no synthetic maker here: pass --files")
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path)), made
+
+DEFAULT_SIZE = 200_000  # examples of the set a maker makes when --jets is not given
+
+
+def make(name: str, target: Path, size: int) -> None:
+    """Runs the registered maker ``name`` (``smilejax data make NAME``) with ``--out target``, its size
+    option (its one required integer option besides ``--out``) ``size``, and its defaults otherwise."""
+    maker = registry.makers()[name]
+    parser = argparse.ArgumentParser(prog=f"smilejax data make {name}")
+    maker.add_arguments(parser)
+    sizes = [
+        a.option_strings[0]
+        for a in parser._actions  # argparse has no public list of a parser's options
+        if a.required and a.option_strings and a.dest != "out" and a.type is int
+    ]
+    if len(sizes) != 1:
+        raise SystemExit(
+            f"maker {name!r}: expected one required integer size option, found {sizes or 'none'}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    status = maker.run(parser.parse_args(["--out", str(target), sizes[0], str(size)]))
+    if status:
+        raise SystemExit(f"smilejax data make {name} --out {target} {sizes[0]} {size}: exit {status}")
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -55,6 +83,11 @@ def _cpu_seconds(proc: psutil.Process) -> float:
         except psutil.Error:  # a worker that just ended
             pass
     return total
+
+
+def _mask(batch: dict):
+    """The batch's boolean [examples, set length] array (which set entries are real), if it has one."""
+    return next((v for v in batch.values() if v.dtype == bool and v.ndim == 2), None)
 
 
 def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
@@ -82,7 +115,7 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
         local = next(it)
         jax.block_until_ready(to_global(sharding, local))
         jets += len(next(iter(local.values())))
-        mask = local.get("valid", local.get("mask"))  # GN2's tracks, MLPF's elements
+        mask = _mask(local)
         if mask is not None:
             used += int(mask.sum())
             slots += mask.size

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import jax
 
-from smilejax import config, hlo_text, metrics, profiling, registry, runtime, steps
+from smilejax import config, registry, runtime, steps, xla
 from smilejax import mesh as meshlib
-from smilejax.bench import _models, _synthetic, common
+from smilejax.bench import _synthetic, common
 from smilejax.config import Config, ConfigError
+from smilejax.xla import hlo as hlo_text
+from smilejax.xla import profile as profiling
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,12 @@ class Measured:
 
 def lengths(cfg: Config, args: argparse.Namespace) -> tuple[str | None, int | None, list[int | None]]:
     """(config field, padded length, lengths to time in ascending order) of ``--tracks``/``--bucket``."""
-    field = _models.adapter(registry.model(cfg.model.name).name).length_field
+    field = registry.model(cfg.model.name).bench.length_field
     if field is None:
         if args.bucket or args.tracks:
             raise SystemExit(
                 f"--tracks/--bucket: no set length is known for model {cfg.model.name!r} "
-                "(add its config field to smilejax/bench/_models.py)"
+                "(its spec's bench.length_field names none)"
             )
         return None, None, [None]
     padded = args.tracks or int(getattr(cfg.model, field))
@@ -69,7 +71,7 @@ _SET_BY_OPTIONS = {"train.precision": "--precision", "data.batch_size": "--batch
 
 
 def varied_columns(args: argparse.Namespace) -> list[str]:
-    """The result columns of ``--vary`` keys: the last part of each key (``vertex_kernel``)."""
+    """The result columns of ``--vary`` keys: the last part of each key (``remat``)."""
     return [_split_vary(item)[0].rsplit(".", 1)[-1] for item in args.vary or []]
 
 
@@ -78,7 +80,7 @@ def _split_vary(item: str) -> tuple[str, list[str]]:
     key, sep, text = item.partition("=")
     values = hlo_text.split_top_level(text)
     if not sep or not key or not values:
-        raise SystemExit(f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.vertex_kernel=xla,pallas)")
+        raise SystemExit(f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.remat=false,true)")
     return key, values
 
 
@@ -86,14 +88,14 @@ def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[s
     """Every combination of ``--attention`` and ``--vary KEY=V1,V2`` values: ``[(config, labels)]``.
 
     ``labels`` names the varied fields and their values, by the last part of the key (``attention``,
-    ``vertex_kernel``, ...), as columns of the results; ``[(cfg, {})]`` without either option.
+    ``remat``, ...), as columns of the results; ``[(cfg, {})]`` without either option.
     """
     choices: list[tuple[str, list[str]]] = []
     if args.attention:
         if not hasattr(cfg.model, "attention"):
             raise SystemExit(f"--attention: model {cfg.model.name!r} has no attention setting")
         choices.append(("model.attention", [v.strip() for v in args.attention.split(",") if v.strip()]))
-    field = _models.adapter(registry.model(cfg.model.name).name).length_field
+    field = registry.model(cfg.model.name).bench.length_field
     own = {**_SET_BY_OPTIONS, **({f"model.{field}": "--tracks/--bucket"} if field else {})}
     for item in args.vary or []:
         key, values = _split_vary(item)
@@ -117,7 +119,7 @@ def variants(cfg: Config, args: argparse.Namespace) -> list[tuple[Config, dict[s
 
 
 def row_label(cfg: Config, labels: dict[str, object], *lengths: object) -> str:
-    """A row's file-name label: model, attention, varied values and lengths (``gn2-math-pallas-24``)."""
+    """A row's file-name label: model, attention, varied values and lengths (``MODEL-math-pallas-24``)."""
     settings = {"attention": getattr(cfg.model, "attention", None), **labels}
     parts = [cfg.model.name, *(v for v in settings.values() if v is not None), *lengths]
     return "-".join(str(p) for p in parts if p is not None)
@@ -177,7 +179,7 @@ def measure(
         raise ConfigError(f"--batch {args.batch} must be divisible by {divisor} ({meshlib.describe(mesh)})")
     program = steps.build(spec, cfg, mesh)
     state = program.init()
-    peak = metrics.peak_flops(jax.devices()[0])
+    peak = xla.peak_flops(jax.devices()[0])
     rows, flops_by_width = [], {}
     # Ascending lengths: the device's peak-memory counter only grows, so each row's peak is its own.
     for width, host in cases:
@@ -233,7 +235,7 @@ def measure(
                 "mfu": flops / per_step / peak if flops and peak else None,
                 "tflops_per_s": flops * jax.device_count() / per_step / 1e12 if flops else None,
                 "peak_mem_gb": _peak_memory_gb() if report_peak else None,
-                "compiled_mem_gb": _compiled_memory_gb(compiled),
+                "compiled_mem_gb": compiled_memory_gb(compiled),
                 "devices": jax.device_count(),
                 "note": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
             }
@@ -267,7 +269,7 @@ def _peak_memory_gb() -> float | None:
     return peak / 2**30 if peak else None
 
 
-def _compiled_memory_gb(compiled) -> float | None:
+def compiled_memory_gb(compiled) -> float | None:
     try:
         m = compiled.memory_analysis()
         total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes

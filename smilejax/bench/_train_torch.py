@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from smilejax import registry
-from smilejax.bench import _models
 from smilejax.config import Config
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,8 @@ class Peer:
 
 def run_peer(cfg: Config, args: argparse.Namespace, widths: list[int | None]) -> Peer:
     """The peer's measurements of ``widths`` (each mode of ``--torch-modes``), or why there are none."""
-    adapter = _models.adapter(registry.model(cfg.model.name).name)
-    if adapter.torch_script is None:
+    bench = registry.model(cfg.model.name).bench
+    if bench.torch_peer is None or bench.torch_config is None:
         return Peer(None, f"skipped: no PyTorch peer for {cfg.model.name}")
     if not args.torch_python:
         return Peer(None, "skipped: no --torch-python")
@@ -45,18 +44,18 @@ def run_peer(cfg: Config, args: argparse.Namespace, widths: list[int | None]) ->
         out = Path(tmp) / "torch.json"
         command = [
             python,
-            str(adapter.torch_script),
+            str(bench.torch_peer),
             f"--batch={args.batch}",
             f"--widths={','.join(str(w) for w in widths)}",
             f"--steps={args.steps}",
             f"--repeats={args.repeats}",
             f"--precision={args.precision}",
             f"--modes={args.torch_modes}",
-            f"--model={json.dumps(adapter.torch_config(cfg.model))}",
+            f"--model={json.dumps(bench.torch_config(cfg.model))}",
             f"--out={out}",
         ]
         log.info("PyTorch peer: %s", " ".join(command))
-        returncode, tail = _run_echoing(command)
+        returncode, tail = run_echoing(command)
         if returncode or not out.exists():
             log.error("the PyTorch peer failed (exit %d):\n%s", returncode, "\n".join(tail))
             last = tail[-1] if tail else f"exit {returncode}"
@@ -71,13 +70,13 @@ def rows(
     the same step by length, per device; it gives the peer an MFU when JAX ran on one device."""
     import jax
 
-    from smilejax import metrics
+    from smilejax import xla
 
     if peer.result is None:
         row = {"impl": "torch", "tracks": padded, "padding": "padded", "note": peer.note}
         return [{**row, "mode": m} for m in args.torch_modes.split(",") if m], {}
     result = peer.result
-    peak = metrics.peak_flops(jax.devices()[0])
+    peak = xla.peak_flops(jax.devices()[0])
     one_device = jax.device_count() == 1
     out = []
     for r in result["rows"]:
@@ -95,7 +94,7 @@ def rows(
     return out, {"torch": result["torch"], "torch_device": result["device"], "torch_python": result["python"]}
 
 
-def _run_echoing(command: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+def run_echoing(command: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """Runs ``command`` (in ``env``, default this process's), passing its stderr through as it comes
     (torch.compile takes minutes); returns the exit code and the last 20 lines of stderr."""
     tail: collections.deque[str] = collections.deque(maxlen=20)

@@ -1,12 +1,13 @@
 """``smilejax bench hpo``: search quality against compute for the tuners, and vectorised-trial throughput.
 
-Search: a tiny GN2 on the synthetic ATLAS-format set (``gn2`` config, small sizes below) is tuned by
-each method over ``--seeds`` seeds with the same trial budget: random search (Optuna's sampler, the
-baseline), Optuna TPE, TPE with ASHA pruning, keras-tuner Bayesian optimisation and keras-tuner
-Hyperband. The objective is the jet-flavour loss on held-out jets (``eval/loss_jet``) over the learning
-rate, weight decay and the two auxiliary-task loss weights. Compute is the training steps the trials
-spent (pruned and budget-limited trials count what they ran). Results: a table of the best objective
-per method (median over seeds, and at half the compute) and a plot of the best-so-far curves.
+Search: a small model on a synthetic set (the packaged config ``hpo-study`` by default: the same code
+path as the full model at CPU sizes) is tuned by each method over ``--seeds`` seeds with the same trial
+budget: random search (Optuna's sampler, the baseline), Optuna TPE, TPE with ASHA pruning, keras-tuner
+Bayesian optimisation and keras-tuner Hyperband. The objective and parameters are ``SPACE``'s (the
+jet-flavour loss on held-out jets over the learning rate, weight decay and two auxiliary-task loss
+weights). Compute is the training steps the trials spent (pruned and budget-limited trials count what
+they ran). Results: a table of the best objective per method (median over seeds, and at half the
+compute) and a plot of the best-so-far curves.
 
 Vectorised: K trials differing in learning rate trained in one ``jit(vmap)`` program
 (``smilejax.tune.vectorised``), end to end (input pipeline, compile, steps, evaluation, a final
@@ -29,24 +30,7 @@ from smilejax.commands.common import OVERRIDES_HELP, add_command
 
 log = logging.getLogger(__name__)
 
-# A GN2 small enough for CPU studies: the same code path as the full model.
-TINY = [
-    "model.embed=32",
-    "model.init_hidden=[32]",
-    "model.layers=1",
-    "model.heads=2",
-    "model.ff=64",
-    "model.out=32",
-    "model.head_hidden=[32,16]",
-    "data.batch_size=100",
-    "data.max_tracks=20",
-    "data.read_threads=1",
-    "trainer.precision=fp32",
-    "optimizer.schedule=cosine",
-    "optimizer.warmup=0.05",
-    "logging.wandb=off",
-    "logging.tensorboard=false",
-]
+DEFAULT_CONFIG = "hpo-study"  # a packaged config: the sizes of a study that runs on CPUs
 SPACE = {
     "objective": {"metric": "eval/loss_jet", "mode": "min"},
     "parameters": {
@@ -94,7 +78,11 @@ def register(sub) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "config", nargs="?", default="gn2", metavar="CONFIG", help="config (default gn2, tiny)"
+        "config",
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        metavar="CONFIG",
+        help=f"packaged config or YAML file (default {DEFAULT_CONFIG}: a model small enough for CPU studies)",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -120,7 +108,6 @@ def _base(args: argparse.Namespace, steps: int, checkpoint_every: int) -> dict:
 
     tree = config.read_yaml(args.config)
     overrides = [
-        *(TINY if args.config == "gn2" else []),
         f"run.steps={steps}",
         f"run.eval_every={args.eval_every}",
         "run.eval_steps=2",

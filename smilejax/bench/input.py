@@ -1,4 +1,5 @@
-"""``smilejax bench input CONFIG``: jets/s (MLPF: events/s) from data files to device-ready global batches.
+"""``smilejax bench input CONFIG``: examples/s (``jets_per_s``: jets, events, ...) from data files to
+device-ready global batches.
 
 Runs the run's own input path: the data format's source and Grain pipeline (``make_inputs`` of
 ``smilejax train``, with the config's shuffling, block order and bucketing), then
@@ -12,8 +13,9 @@ CPU second they spent (robust to other load on the machine). ``est_16_cores`` ex
 linearly to the 16 cores one GPU gets on a 4-GPU node (Perlmutter: 64 cores / 4 GPUs): an upper bound,
 to be checked by the rows with more threads and workers.
 
-With no ``--files`` and no ``data.path``, an ATLAS-format synthetic set of ``--jets`` jets is made first
-(once, in ``OUT/data``).
+With no ``--files`` and no ``data.path``, a synthetic set of ``--jets`` examples is made first (once, in
+``OUT/data``) by the maker the model family declares (``smilejax data make NAME``); a family without
+one reads its data format's own default set (what ``smilejax train`` reads with ``data.path`` null).
 """
 
 from __future__ import annotations
@@ -47,14 +49,20 @@ def register(sub) -> None:
     parser = add_command(
         sub,
         "input",
-        help="input pipeline speed: jets/s from files to device-ready batches, per process and core",
+        help="input pipeline speed: examples/s from files to device-ready batches, per process and core",
         description=__doc__,
     )
-    parser.add_argument("config", metavar="CONFIG", help="packaged config (gn2) or YAML config")
+    parser.add_argument(
+        "config", metavar="CONFIG", help="packaged config (see `smilejax train --help`) or YAML config"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     parser.add_argument("--files", nargs="+", help="data files or globs (default: data.path)")
     parser.add_argument(
-        "--jets", type=int, default=200_000, help="size of the synthetic set made without files"
+        "--jets",
+        type=int,
+        metavar="N",
+        help="examples in the synthetic set made without files (default 200000; families that declare "
+        "a maker)",
     )
     parser.add_argument("--threads", type=int_list(0), default=[1, 2, 4], help="read threads to try (1,2,4)")
     parser.add_argument("--workers", type=int_list(0), default=[0, 2], help="worker processes to try (0,2)")
@@ -66,7 +74,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from smilejax.bench import _input_measure, common
 
-    if args.batches < 1 or args.jets < 1:
+    if args.batches < 1 or (args.jets is not None and args.jets < 1):
         raise SystemExit("--batches and --jets must be at least 1")
     cfg, made = _input_measure.load(args)
     rows = []

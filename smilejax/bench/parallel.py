@@ -79,7 +79,10 @@ def register(sub) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "config", metavar="MODEL", nargs="?", help="packaged config name (e.g. gn2) or YAML file"
+        "config",
+        metavar="MODEL",
+        nargs="?",
+        help="packaged config name (see `smilejax train --help`) or YAML file",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.layers=2"
@@ -211,9 +214,11 @@ def run(args: argparse.Namespace) -> int:
     if args.from_results:
         return _model_only(args)
     if not args.config:
+        from smilejax import registry
         from smilejax.config import ConfigError
 
-        raise ConfigError("MODEL is missing: a packaged config name such as gn2, or a YAML file")
+        known = ", ".join(registry.configs()) or "none installed"
+        raise ConfigError(f"MODEL is missing: a packaged config name ({known}), or a YAML file")
     if args.collectives_from:
         _read_results(args.collectives_from, "--collectives-from")  # fail before measuring, not after
     strategies = parse_strategies(args.strategies)

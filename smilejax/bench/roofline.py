@@ -6,9 +6,9 @@ device without one. The optimized program is then read kernel by kernel: the byt
 the FLOPs of its matrix products bound its time from below, max(bytes / bandwidth, FLOPs / peak),
 summed over the step. It predicts, it does not measure: it says how many kernels a step launches, how
 many GB it moves, which model scope and pass moves them (forward, backward, optimizer), and how a change
-(--attention, --vary, --bucket) moves the bound. Measured steps take longer (1.4-1.7x the bound for GN2
-on an H100, docs/PERFORMANCE.md): compare bounds with each other, and measure with `bench train` on the
-GPU. Custom kernels (cuDNN attention, Pallas) count their memory traffic only.
+(--attention, --vary, --bucket) moves the bound. Measured steps take longer (1.4-1.7x the bound for a
+transformer step on an H100, docs/PERFORMANCE.md): compare bounds with each other, and measure with
+`bench train` on the GPU. Custom kernels (cuDNN attention, Pallas) count their memory traffic only.
 
 Needs JAX's CUDA plugin for this JAX version, ptxas and cuDNN (`make gpu-compiler`: 1.7 GB in the
 venv's gpu-compiler folder, or a folder named by SMILEJAX_GPU_COMPILER). They are kept off the venv's
@@ -16,8 +16,10 @@ path so that nothing else starts looking for a GPU: the study runs in a subproce
 Writes roofline.json/.md/.png and, per row, roofline-<row>.md (by kind of op, by model scope and pass,
 the costliest kernels).
 
-  smilejax bench roofline gn2 --bucket 16 24 --attention math,cudnn --vary model.vertex_kernel=xla,pallas
-  smilejax bench roofline mlpf --shape 256x128 1024x32 --attention chunked,cudnn
+  smilejax bench roofline MODEL --bucket 16 24 --attention math,cudnn --vary model.remat=false,true
+
+A family with a study of its own (``bench.study``) whose module offers ``cases`` bounds the shapes that
+study times; its options are listed here once MODEL names it (``smilejax bench roofline MODEL --help``).
 """
 
 from __future__ import annotations
@@ -66,18 +68,17 @@ def register(sub) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "model", metavar="MODEL", help="packaged config (gn2, mlpf), YAML config, or model name"
+        "model",
+        metavar="MODEL",
+        help="packaged config (see `smilejax train --help`), YAML config, or model name",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     parser.add_argument("--target", choices=sorted(TARGETS), default="h100", help="the GPU (default h100)")
-    parser.add_argument("--batch", type=int, help="global batch (default 4000; mlpf: events, see --shape)")
-    parser.add_argument(
-        "--tracks", type=int, help="padded set length (default: the config's; mlpf: elements)"
-    )
+    parser.add_argument("--batch", type=int, help="global batch (default 4000)")
+    parser.add_argument("--tracks", type=int, help="padded set length (default: the config's)")
     parser.add_argument(
         "--bucket", type=int, nargs="+", action="extend", default=[], help="bucket lengths too"
     )
-    parser.add_argument("--shape", nargs="+", action="extend", metavar="NxB", help="mlpf: elements x events")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument(
         "--attention", help="attention implementations, comma-separated (math, chunked, cudnn)"
@@ -87,11 +88,17 @@ def register(sub) -> None:
         action="append",
         metavar="KEY=V1,V2",
         help="bound every value of a config field (repeatable; every combination, with --attention too): "
-        "--vary model.vertex_kernel=xla,pallas",
+        "--vary model.remat=false,true",
     )
     parser.add_argument("--top", type=int, default=15, help="costliest kernels listed per row (default 15)")
     parser.add_argument("--out", default="bench-results/roofline", help="results folder")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, extend=_extend)
+
+
+def _extend(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    from smilejax.bench import _target
+
+    _target.extend_with_study(parser, argv, needs="cases")
 
 
 def compiler_dir() -> Path:
@@ -110,7 +117,7 @@ def compiler_dir() -> Path:
 def run(args: argparse.Namespace) -> int:
     """Starts the study in a subprocess that can see the CUDA plugin (see the module doc)."""
     folder = compiler_dir()
-    options = {k: v for k, v in vars(args).items() if k != "run"}
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "extend")}  # no functions in JSON
     env = {
         **os.environ,
         _CHILD_ARGS: json.dumps({"options": options, "argv": sys.argv[1:]}),
@@ -124,16 +131,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _cases(cfg, spec, args: argparse.Namespace) -> tuple[Any, list[tuple[dict[str, Any], dict]]]:
     """``cfg`` at the padded length (the program's), and (row columns, synthetic host batch) per set
-    length (GN2's padded length and buckets, MLPF's shapes)."""
-    from smilejax.bench import _models, _synthetic, _train_jax, _train_mlpf
+    length (the padded one and the buckets), or per shape of the family's own study (its ``cases``)."""
+    import importlib
 
-    if _models.adapter(spec.name).study == "smilejax.bench._train_mlpf":
-        shapes = _train_mlpf.shapes(args)
-        cases = [
-            ({"elements": n, "events": b}, _synthetic.mlpf_events(seed=0, events=b, elements=n))
-            for n, b in shapes
-        ]
-        return cfg, cases
+    from smilejax.bench import _train_jax
+
+    study = importlib.import_module(spec.bench.study) if spec.bench.study else None
+    if study is not None and hasattr(study, "cases"):  # a study of its own has shapes of its own
+        if args.bucket:
+            raise SystemExit(f"--bucket: not an option of bench roofline {cfg.model.name}")
+        return cfg, study.cases(args)
     padded_cfg, by_length = _train_jax.length_batches(cfg, spec, args, args.batch or 4000)
     if by_length[0][0] is None:  # no known set length
         return cfg, [({}, host) for _, host in by_length]
@@ -151,7 +158,7 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
 
     sharding = program.batch_sharding
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
-    # The abstract mesh names the GPU to code that picks GPU kernels (models.platform, Pallas).
+    # The abstract mesh names the GPU to code that picks GPU kernels (models.kernel_mode, Pallas).
     with jax.sharding.use_abstract_mesh(program.mesh.abstract_mesh):
         text = program.train_step.lower(program.abstract_state, batch).compile().as_text()
         flops = program.step_flops(batch)
@@ -179,7 +186,7 @@ def study(args: argparse.Namespace) -> int:
     from smilejax import registry, steps
     from smilejax.bench import _roofline, _train_jax, common
     from smilejax.bench._target import load_config
-    from smilejax.bench.train_step import _plot
+    from smilejax.bench.train_step import plot
 
     if args.batch is not None and args.batch < 1:
         raise SystemExit("--batch must be at least 1")
@@ -218,7 +225,7 @@ def study(args: argparse.Namespace) -> int:
     columns = present[:2] + varied + present[2:]
     extra = {"model": cfg.model.name, "target": dataclasses.asdict(target), "precision": args.precision}
     path = common.write_results(out, "roofline", rows, columns=columns, extra=extra)
-    _plot(
+    plot(
         rows,
         path.with_suffix(".png"),
         f"{cfg.model.name} on {target.description} (bound, not measured), {args.precision}",

@@ -1,25 +1,23 @@
 """``smilejax bench train MODEL``: speed of one training step, padded and bucketed, against PyTorch.
 
 The model's real ``Program`` (``steps.build``: sharded state, jitted step, optimizer) trains on a
-synthetic batch that already sits on the devices (``input_spec`` shapes plus the model's labels, see
-``_models.py``), so the numbers are the step alone: no input pipeline. Each set length (the padded one
-and every ``--bucket``) is compiled ahead of time, warmed up, and timed over ``--steps`` steps per
-repeat (``block_until_ready`` at the end of each repeat; the median repeat counts). The model's PyTorch
-peer, when it has one and ``--torch-python`` names an interpreter with torch, first trains the same
-shapes in a subprocess (eager and ``torch.compile``, bf16 autocast) and returns JSON; every row is then also
-given as a ratio to PyTorch eager at the padded length, measured in the same run.
+synthetic batch that already sits on the devices (``input_spec`` shapes plus the family's
+``synthetic_labels``), so the numbers are the step alone: no input pipeline. Each set length (the padded
+one and every ``--bucket``; the family's ``bench.length_field``) is compiled ahead of time, warmed up,
+and timed over ``--steps`` steps per repeat (``block_until_ready`` at the end of each repeat; the median
+repeat counts). The family's PyTorch peer (``bench.torch_peer``), when it has one and ``--torch-python``
+names an interpreter with torch, first trains the same shapes in a subprocess (eager and
+``torch.compile``, bf16 autocast) and returns JSON; every row is then also given as a ratio to PyTorch
+eager at the padded length, measured in the same run.
 
-MLPF (``smilejax bench train mlpf``) has its own study (``_train_mlpf.py``): several shapes
-(``--shape ELEMENTSxEVENTS``, default 256x128 and 1024x32), events/s and valid elements/s, and
-particleflow 3.1.0 itself as the reference (``--impls jax,torch-eager,torch-compile``), trained on the
-same batches in its own environment (``SMILEJAX_MLPF_REF`` or ``.mlpf-ref``; ``make reference``).
+A family with a study of its own (``bench.study``: its shapes, its own reference) runs that instead;
+its options are listed here once MODEL names it (``smilejax bench train MODEL --help``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -52,12 +50,14 @@ def register(sub) -> None:
         help="training-step speed: padded vs bucketed set lengths, vs PyTorch eager and compiled",
         description=__doc__,
     )
-    parser.add_argument("model", metavar="MODEL", help="packaged config (gn2), YAML config, or model name")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
-    parser.add_argument("--batch", type=int, help="global batch (default 4000; mlpf: events, see --shape)")
     parser.add_argument(
-        "--tracks", type=int, help="padded set length (default: the model config's; mlpf: elements)"
+        "model",
+        metavar="MODEL",
+        help="packaged config (see `smilejax train --help`), YAML config, or model name",
     )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    parser.add_argument("--batch", type=int, help="global batch (default 4000)")
+    parser.add_argument("--tracks", type=int, help="padded set length (default: the model config's)")
     parser.add_argument(
         "--bucket",
         type=int,
@@ -72,10 +72,14 @@ def register(sub) -> None:
     parser.add_argument(
         "--torch-python",
         metavar="PATH",
-        help="interpreter with torch for the PyTorch peer (default: skip; mlpf: the particleflow env)",
+        help="interpreter with torch for the PyTorch peer (default: skip)",
     )
-    parser.add_argument("--torch-modes", help="PyTorch modes (default eager,compile; mlpf: see --impls)")
-    parser.add_argument("--out", help="folder for JSON, table and plot (default bench-results/train[-mlpf])")
+    parser.add_argument("--torch-modes", help="PyTorch modes (default eager,compile)")
+    parser.add_argument(
+        "--out",
+        help="folder for JSON, table and plot (default bench-results/train; a family study's: "
+        "bench-results/train-MODEL)",
+    )
     parser.add_argument(
         "--profile",
         type=int,
@@ -86,16 +90,6 @@ def register(sub) -> None:
         "(profile-*.md/.png: by kind of op, by model scope and pass, costliest ops; the trace opens in "
         "XProf); default 0: no trace",
     )
-    mlpf = parser.add_argument_group("mlpf only")
-    mlpf.add_argument(
-        "--shape",
-        nargs="+",
-        action="extend",
-        metavar="NxB",
-        help="max elements x events per batch (default 256x128 1024x32)",
-    )
-    mlpf.add_argument("--impls", help="of jax,torch-eager,torch-compile (default all three)")
-    mlpf.add_argument("--warmup", type=int, help="untimed steps first, each side (default 5)")
     parser.add_argument(
         "--attention",
         help="JAX attention implementations to time, comma-separated: math, chunked, cudnn "
@@ -106,45 +100,32 @@ def register(sub) -> None:
         action="append",
         metavar="KEY=V1,V2",
         help="time every value of a config field, one row each (repeatable; every combination, with "
-        "--attention too; not mlpf), e.g. --vary model.vertex_kernel=xla,pallas",
+        "--attention too), e.g. --vary model.remat=false,true",
     )
-    mlpf.add_argument(
-        "--torch-attention",
-        choices=("auto", "math", "efficient", "flash"),
-        help="particleflow's attention_type (default auto: flash on CUDA in bf16, efficient in fp32, "
-        "math on CPU)",
-    )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, extend=_extend)
 
 
-MLPF_ONLY = ("shape", "impls", "warmup", "torch_attention")
-GENERIC_ONLY = ("bucket", "torch_modes", "vary")
+def _extend(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    from smilejax.bench import _target
+
+    _target.extend_with_study(parser, argv)
 
 
 def run(args: argparse.Namespace) -> int:
-    from smilejax import registry
-    from smilejax.bench import _models, _train_jax, _train_torch, common
-    from smilejax.bench._target import load_config
+    from smilejax.bench import _target, _train_jax, _train_torch, common
 
     if (args.batch is not None and args.batch < 1) or args.steps < 1 or args.repeats < 1:
         raise SystemExit("--batch, --steps and --repeats must be at least 1")
     if args.profile < 0:
         raise SystemExit("--profile must be 0 (no trace) or a number of steps")
-    cfg = load_config(args.model, args.overrides)
-    study = _models.adapter(registry.model(cfg.model.name).name).study
-    others = MLPF_ONLY if study is None else GENERIC_ONLY
-    wrong = [f"--{k.replace('_', '-')}" for k in others if getattr(args, k) not in (None, [])]
-    if wrong:
-        raise SystemExit(f"{', '.join(wrong)}: not an option of bench train {cfg.model.name}")
+    cfg = _target.load_config(args.model, args.overrides)
+    study = _target.study(cfg.model.name)
     if study is not None:
         args.out = args.out or f"bench-results/train-{cfg.model.name}"
-        args.impls = args.impls or "jax,torch-eager,torch-compile"
-        args.warmup = 5 if args.warmup is None else args.warmup
-        args.torch_attention = args.torch_attention or "auto"
-        return importlib.import_module(study).run(cfg, args)
+        return study.run(cfg, args)
     args.batch, args.out = args.batch or 4000, args.out or "bench-results/train"
     args.torch_modes = args.torch_modes or "eager,compile"
-    _, padded, widths = _train_jax.lengths(cfg, args)
+    field, padded, widths = _train_jax.lengths(cfg, args)
     peer = _train_torch.run_peer(cfg, args, widths)  # first: the accelerator is PyTorch's alone
     measured, failed = _train_jax.measure_variants(cfg, args)
     first = measured[0]
@@ -156,22 +137,26 @@ def run(args: argparse.Namespace) -> int:
     extra = {"model": cfg.model.name, "params": first.params, "batch": args.batch, **torch_info}
     path = common.write_results(args.out, "train", rows, columns=columns, extra=extra)
     title = f"{cfg.model.name}, batch {args.batch}, {args.precision}"
-    _plot(rows, path.with_suffix(".png"), title, label=functools.partial(_gn2_label, varied=varied))
+    label = functools.partial(row_label, varied=varied, length=field)
+    plot(rows, path.with_suffix(".png"), title, label=label)
     return 1 if peer.failed or failed else 0
 
 
-def _gn2_label(r: dict, varied: list[str] = ()) -> str:
+def row_label(r: dict, varied: list[str] = (), length: str | None = None) -> str:
+    """A bar's label: implementation and mode, the values of the varied fields (attention and
+    ``--vary``), and the set length as ``FIELD=N`` (``length``: the config field)."""
     settings = "".join(f" {r[k]}" for k in ("attention", *varied) if r.get(k) is not None)
-    return f"{r['impl']} {r['mode']}{settings}\n{r['tracks']} {'tracks' if r['tracks'] else ''}"
+    size = f"{length or 'length'}={r['tracks']}" if r.get("tracks") is not None else ""
+    return f"{r['impl']} {r['mode']}{settings}\n{size}"
 
 
-def _plot(
+def plot(
     rows: list[dict],
     path: os.PathLike,
     title: str,
     *,
     value: str = "samples_per_s",
-    label: Callable[[dict], str] = _gn2_label,
+    label: Callable[[dict], str] = row_label,
     ylabel: str = "samples / s (one training step)",
 ) -> None:
     plt = plotting.pyplot(path)
