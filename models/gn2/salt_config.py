@@ -85,18 +85,7 @@ def translate(salt: Mapping) -> Translation:
     trk = constituents[0]
     input_map = dict(data.get("input_map") or {}) or {k: k for k in variables}
 
-    # init net
-    init_nets = list(model.get("init_nets") or [])
-    if len(init_nets) != 1 or init_nets[0].get("input_name") != trk:
-        problems.append(
-            f"model.init_nets must be one net for {trk!r}, got {[n.get('input_name') for n in init_nets]}"
-        )
-    init = dict(init_nets[0]) if init_nets else {}
-    for key in ("pos_enc", "featurewise"):
-        if init.get(key):
-            problems.append(f"init_nets[0].{key} is set; GN2 has none")
-    if model.get("featurewise_nets") or model.get("edge_init_nets") or model.get("mask_decoder"):
-        problems.append("featurewise nets, edge init nets and mask decoders are not part of GN2")
+    init = _init_net(model, trk, problems)
     jet_vars = list(variables.get(glob) or []) if init.get("attach_global", True) else []
     track_vars = list(variables[trk])
     dense = dict(init.get("dense_config") or {})
@@ -118,28 +107,11 @@ def translate(salt: Mapping) -> Translation:
     if kind != "GlobalAttentionPooling" or int(pool.get("input_size", -1)) != out:
         problems.append(f"pool_net must be GlobalAttentionPooling of input_size {out}, got {kind} {pool}")
 
-    # tasks
     tasks = _tasks(model, glob, problems)
-    shapes = {"jet": (out, 0), "origin": (out, out), "vertex": (2 * out, out)}
-    head_hidden = None
-    for role, (_, args) in tasks.items():
-        d = dict(args.get("dense_config") or {})
-        _check_dense(d, f"task {args.get('name')}.dense_config", problems, *shapes[role])
-        hidden = list(d.get("hidden_layers") or [])
-        if head_hidden is not None and hidden != head_hidden:
-            problems.append(
-                f"task hidden_layers differ ({head_hidden} and {hidden}); GN2 has one head_hidden"
-            )
-        head_hidden = hidden
+    head_hidden = _head_hidden(tasks, out, problems)
     jet_args, origin_args, vertex_args = (tasks[r][1] for r in ("jet", "origin", "vertex"))
     jet_order, jet_names = _jet_order(jet_args, problems)
-    origin_label, vertex_label = str(origin_args.get("label")), str(vertex_args.get("label"))
-    if origin_args.get("label_map"):
-        problems.append("the origin task has a label_map; GN2's origin classes are the labels themselves")
-    if "OriginLabel" not in origin_label or "VertexIndex" not in vertex_label:
-        problems.append(
-            f"labels {origin_label!r} / {vertex_label!r} are not track origin / vertex index labels"
-        )
+    _check_track_labels(origin_args, vertex_args, problems)
 
     heads = [dict(a.get("dense_config") or {}) for a in (jet_args, origin_args, vertex_args)]
     activation, dropout = _one_activation_and_rate(dense, attn, ff, heads, problems)
@@ -173,14 +145,8 @@ def translate(salt: Mapping) -> Translation:
         "tracks_name": input_map.get(trk, trk),
         "jet_vars": jet_vars,
         "track_vars": track_vars,
-        "path": data.get("train_file"),
-        "eval_path": data.get("val_file"),
+        **_data_settings(salt, data, jet_args),
     }
-    if jet_args.get("label", "flavour_label") != "flavour_label":
-        data_section["flavour_label"] = str(jet_args["label"])
-    devices = (salt.get("trainer") or {}).get("devices", 1)
-    if data.get("batch_size"):  # salt's batch is per device
-        data_section["batch_size"] = int(data["batch_size"]) * (devices if isinstance(devices, int) else 1)
     sections = {"model": model_section, "data": data_section}
     if lrs := wrapper.get("lrs_config"):
         sections["optimizer"] = _optimizer(lrs, str(wrapper.get("optimizer", "AdamW")))
@@ -194,6 +160,59 @@ def translate(salt: Mapping) -> Translation:
         norm_groups={"jets": input_map.get(glob, glob), "tracks": input_map.get(trk, trk)},
         norm_dict=data.get("norm_dict"),
     )
+
+
+def _init_net(model: dict, trk: str, problems: list[str]) -> dict:
+    """The one init net of the track input, without positional encoding or feature-wise nets."""
+    init_nets = list(model.get("init_nets") or [])
+    if len(init_nets) != 1 or init_nets[0].get("input_name") != trk:
+        problems.append(
+            f"model.init_nets must be one net for {trk!r}, got {[n.get('input_name') for n in init_nets]}"
+        )
+    init = dict(init_nets[0]) if init_nets else {}
+    for key in ("pos_enc", "featurewise"):
+        if init.get(key):
+            problems.append(f"init_nets[0].{key} is set; GN2 has none")
+    if model.get("featurewise_nets") or model.get("edge_init_nets") or model.get("mask_decoder"):
+        problems.append("featurewise nets, edge init nets and mask decoders are not part of GN2")
+    return init
+
+
+def _head_hidden(tasks: dict[str, tuple[int, dict]], out: int, problems: list[str]) -> list[int] | None:
+    """The hidden widths the three task heads share (GN2 has one ``head_hidden``)."""
+    shapes = {"jet": (out, 0), "origin": (out, out), "vertex": (2 * out, out)}
+    head_hidden = None
+    for role, (_, args) in tasks.items():
+        d = dict(args.get("dense_config") or {})
+        _check_dense(d, f"task {args.get('name')}.dense_config", problems, *shapes[role])
+        hidden = list(d.get("hidden_layers") or [])
+        if head_hidden is not None and hidden != head_hidden:
+            problems.append(
+                f"task hidden_layers differ ({head_hidden} and {hidden}); GN2 has one head_hidden"
+            )
+        head_hidden = hidden
+    return head_hidden
+
+
+def _check_track_labels(origin_args: dict, vertex_args: dict, problems: list[str]) -> None:
+    origin_label, vertex_label = str(origin_args.get("label")), str(vertex_args.get("label"))
+    if origin_args.get("label_map"):
+        problems.append("the origin task has a label_map; GN2's origin classes are the labels themselves")
+    if "OriginLabel" not in origin_label or "VertexIndex" not in vertex_label:
+        problems.append(
+            f"labels {origin_label!r} / {vertex_label!r} are not track origin / vertex index labels"
+        )
+
+
+def _data_settings(salt: Mapping, data: dict, jet_args: dict) -> dict:
+    """The files, the jet label and the global batch (salt's batch is per device) of the data section."""
+    out = {"path": data.get("train_file"), "eval_path": data.get("val_file")}
+    if jet_args.get("label", "flavour_label") != "flavour_label":
+        out["flavour_label"] = str(jet_args["label"])
+    devices = (salt.get("trainer") or {}).get("devices", 1)
+    if data.get("batch_size"):
+        out["batch_size"] = int(data["batch_size"]) * (devices if isinstance(devices, int) else 1)
+    return out
 
 
 def _one_activation_and_rate(
