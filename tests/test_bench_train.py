@@ -104,9 +104,8 @@ def test_synthetic_batches_need_the_family_label_hook():
 
 
 def test_family_study_options_come_from_the_model_argument(tmp_path):
-    """The CLI's second stage finds MODEL in the command's arguments (whole or its own), whatever
-    option values come first, and adds the options of the family's own study; a generic family,
-    an unknown model and ``--help`` add nothing and fail nothing."""
+    """The CLI's second stage adds the options of the family's own study, for MODEL after generic
+    options too; a generic family, an unknown model and ``--help`` add nothing and fail nothing."""
     import argparse
 
     from smilejax.bench import _target, train_step
@@ -115,17 +114,14 @@ def test_family_study_options_come_from_the_model_argument(tmp_path):
     train_step.register(sub)
     parser = sub.choices["train"]
     before = {a.dest for a in parser._actions}
-    assert _target._model_argument(parser, ["--batch", "8", "--bucket", "4", "6", "--", "gn2"])[0] == "gn2"
-    argv = ["bench", "train", "--batch", "8", "--torch-python", "py", "gn2", "model.layers=1", "--steps", "1"]
-    assert _target._model_argument(parser, argv) == ("gn2", ["model.layers=1"])
-    assert _target._model_argument(parser, ["--help", "gn2"])[0] == "gn2"
-    for argv in (["gn2"], ["no-such-model"], ["--help"], [str(tmp_path / "none.yaml")]):
+    for argv in (["gn2"], ["no-such-model"], ["--help"], [str(tmp_path / "none.yaml")], []):
         _target.extend_with_study(parser, argv)
     assert {a.dest for a in parser._actions} == before
     study = _target.study("mlpf")
     assert study is not None and hasattr(study, "add_arguments") and hasattr(study, "run")
-    _target.extend_with_study(parser, ["mlpf"])
+    _target.extend_with_study(parser, ["--batch", "8", "--torch-python", "py", "mlpf", "--help"])
     assert {a.dest for a in parser._actions} > before
+    assert _target.study("gn2") is None
 
 
 def test_bench_input_synthetic_set_bucketed(tmp_path):

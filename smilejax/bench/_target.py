@@ -46,43 +46,18 @@ def study(model_name: str) -> types.ModuleType | None:
 
 
 def extend_with_study(parser: argparse.ArgumentParser, argv: list[str], *, needs: str = "run") -> None:
-    """The CLI's second stage (``fn(parser, argv)``): adds the options of the family study of the
-    ``MODEL`` that ``argv`` names, when its module has the function ``needs``. A model that does not
-    resolve adds nothing: the command itself then reports it."""
-    target, overrides = _model_argument(parser, argv)
-    if not target:
+    """The CLI's second stage (``fn(parser, argv)``, ``argv`` the command's arguments): adds the options
+    of the family study of the ``MODEL`` that ``argv`` names, when its module has the function ``needs``.
+    A model that does not resolve adds nothing: the command itself then reports it."""
+    from smilejax.commands.common import peek
+
+    known = peek(parser, argv)
+    if known is None or not known.model:
         return
     try:
-        tree = _tree(target)
-        name = tree.get("model", {}).get("name")
-        for item in overrides:  # the last model.name=... override wins, as in config.load
-            key, _, value = item.partition("=")
-            name = value if key == "model.name" else name
+        name = _tree(known.model).get("model", {}).get("name")
         module = study(name) if isinstance(name, str) else None
     except (ConfigError, KeyError, ImportError):
         return
     if module is not None and hasattr(module, needs):
         module.add_arguments(parser)
-
-
-def _model_argument(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[str | None, list[str]]:
-    """(MODEL, KEY=VALUE overrides) of the command line ``argv`` (the whole one or the command's own),
-    read with a copy of ``parser``'s options that neither fails nor prints help."""
-    rest = list(argv)
-    for word in parser.prog.split()[1:]:  # "smilejax bench train": drop "bench", "train" when present
-        words = [t for t in rest if not t.startswith("-")]
-        if words and words[0] == word:
-            rest = rest[rest.index(word) + 1 :]
-    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    probe.add_argument("model", nargs="?")
-    probe.add_argument("overrides", nargs="*")
-    for action in parser._actions:  # argparse has no public way to list a parser's options
-        if action.option_strings and action.dest != "help":
-            flat = action.nargs == 0
-            kind = {"action": "store_true"} if flat else {"nargs": action.nargs}
-            probe.add_argument(*action.option_strings, dest=f"_{action.dest}", **kind)
-    try:
-        known, _ = probe.parse_known_args(rest)
-    except argparse.ArgumentError:  # a malformed command line: the real parser says what is wrong
-        return None, []
-    return known.model, [o for o in known.overrides if "=" in o]
