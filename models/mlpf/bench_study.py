@@ -185,7 +185,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                     note = f"failed: {type(err).__name__}: {str(err)[:100]}"
                     row = {"impl": "jax", "attention": attention, "elements": n, "events": b, "note": note}
                 jax_rows.append(row)
-    rows = jax_rows + _reference_rows(reference, modes, todo, params)
+    rows = jax_rows + peer.rows(reference, modes, todo, params)
     for row in rows:
         if row.get("ms_per_step"):
             step_valid = valid_per_step(batches[(row["elements"], row["events"])], args.steps)
@@ -207,14 +207,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if reference.result:
         keys = ("torch", "particleflow", "device", "python", "attention")
         extra["reference"] = {k: reference.result.get(k) for k in keys}
-    problem = _reference_problem(reference, modes)
+    problem = peer.problem(reference, modes)
     if problem:
         log.error("%s", problem)
         extra["reference_problem"] = problem
     if failed:
         extra["failed"] = failed
     path = common.write_results(args.out, "train", rows, columns=COLUMNS, extra=extra)
-    from smilejax.bench.train_step import _plot
+    from smilejax.bench.train_step import plot as _plot
 
     _plot(
         rows,
@@ -232,8 +232,8 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
     import jax
 
     from smilejax import mesh as meshlib
-    from smilejax import metrics, registry, runtime, steps
-    from smilejax.bench._train_jax import _compiled_memory_gb
+    from smilejax import registry, runtime, steps, xla
+    from smilejax.bench._train_jax import compiled_memory_gb as _compiled_memory_gb
 
     runtime.initialize()
     spec = registry.model(cfg.model.name)
@@ -292,7 +292,7 @@ def _measure_jax(cfg, args, shape, attention, host_batches, weights) -> tuple[di
             Path(args.out),
             label,
         )
-    flops, peak = program.step_flops(device_batches[0]), metrics.peak_flops(jax.devices()[0])
+    flops, peak = program.step_flops(device_batches[0]), xla.peak_flops(jax.devices()[0])
     log.info(
         "jax %s %dx%d: %.2f ms/step, %.0f events/s (%d warm-up steps in %.1f s)",
         attention,
@@ -336,35 +336,6 @@ def _particleflow_params(spec, cfg: Config, state_dict: dict, program):
     return jax.device_put(params, program.state_sharding.params)
 
 
-def _reference_rows(reference, modes: list[str], todo: list, params: int | None) -> list[dict]:
-    if reference.result is None:
-        return [
-            {"impl": f"torch-{m}", "elements": n, "events": b, "note": reference.note}
-            for m in modes
-            for n, b in todo
-        ]
-    result = reference.result
-    device = result["device"]
-    out = []
-    for r in result["rows"]:
-        if params is not None and r["params"] != params:
-            log.warning("particleflow: %d parameters, JAX model: %d", r["params"], params)
-        out.append(
-            {
-                "impl": f"torch-{r['mode']}",
-                "attention": result["attention"],
-                **{k: r[k] for k in ("elements", "events", "ms_per_step", "first_loss", "last_loss")},
-                "warmup_s": r["warmup_s"],
-                "first_losses": r["first_losses"],
-                "mem_gb": r["peak_mem_gb"],
-                "params": r["params"],
-                "note": f"particleflow {result['particleflow']}, torch {result['torch']} on {device}; "
-                f"{r['params']:,} params",
-            }
-        )
-    return out
-
-
 def _shape(row: dict) -> tuple[int, int]:
     return row["elements"], row["events"]
 
@@ -399,22 +370,3 @@ def _loss_check(rows: list[dict]) -> dict[str, dict[str, float]]:
             key = f"jax {row['attention']} {row['elements']}x{row['events']}"
             out[key] = {k: abs(row[k] - eager[k]) / abs(eager[k]) for k in ("first_loss", "last_loss")}
     return out
-
-
-def _reference_problem(reference, modes: list[str]) -> str | None:
-    """Why the requested reference gives no comparison: it failed, or it ran on the CPU while JAX had
-    an accelerator (its torch has no CUDA)."""
-    if not modes:
-        return None
-    if reference.result is None:
-        return f"the particleflow reference {reference.note}"
-    import jax
-
-    platform = jax.devices()[0].platform
-    if platform != "cpu" and reference.result.get("device_type") == "cpu":
-        return (
-            f"the particleflow reference ran on the CPU while JAX ran on {platform}: its torch has no "
-            "CUDA; give --torch-python a Python 3.11 with a CUDA build of torch and particleflow 3.1.0 "
-            "(what it needs: launch/install_mlpf_reference.sh)"
-        )
-    return None

@@ -1,4 +1,4 @@
-"""The particleflow side of ``smilejax bench train mlpf``: its environment, its model config, its run.
+"""The particleflow side of ``smilejax bench train mlpf``: its environment, model config, run and rows.
 
 particleflow 3.1.0 needs Python 3.11 and torch, so it lives in its own environment (``make reference``)
 and trains in a subprocess, ``reference.py``, on batches written to an .npz; it returns JSON and
@@ -142,3 +142,53 @@ def run(python: Path, cfg: Config, args, modes: list[str], batches: Path, tmp: P
         last = tail[-1] if tail else f"exit {returncode}"
         return Reference(None, None, f"failed: {last[:120]}")
     return Reference(json.loads(out.read_text()), weights if weights.exists() else None)
+
+
+def rows(reference: Reference, modes: list[str], todo: list, params: int | None) -> list[dict]:
+    """The table rows of particleflow's measurements (or of why there are none) per mode and shape;
+    ``params``: the JAX model's parameter count, to compare."""
+    if reference.result is None:
+        return [
+            {"impl": f"torch-{m}", "elements": n, "events": b, "note": reference.note}
+            for m in modes
+            for n, b in todo
+        ]
+    result = reference.result
+    device = result["device"]
+    out = []
+    for r in result["rows"]:
+        if params is not None and r["params"] != params:
+            log.warning("particleflow: %d parameters, JAX model: %d", r["params"], params)
+        out.append(
+            {
+                "impl": f"torch-{r['mode']}",
+                "attention": result["attention"],
+                **{k: r[k] for k in ("elements", "events", "ms_per_step", "first_loss", "last_loss")},
+                "warmup_s": r["warmup_s"],
+                "first_losses": r["first_losses"],
+                "mem_gb": r["peak_mem_gb"],
+                "params": r["params"],
+                "note": f"particleflow {result['particleflow']}, torch {result['torch']} on {device}; "
+                f"{r['params']:,} params",
+            }
+        )
+    return out
+
+
+def problem(reference: Reference, modes: list[str]) -> str | None:
+    """Why the requested reference gives no comparison: it failed, or it ran on the CPU while JAX had
+    an accelerator (its torch has no CUDA)."""
+    if not modes:
+        return None
+    if reference.result is None:
+        return f"the particleflow reference {reference.note}"
+    import jax
+
+    platform = jax.devices()[0].platform
+    if platform != "cpu" and reference.result.get("device_type") == "cpu":
+        return (
+            f"the particleflow reference ran on the CPU while JAX ran on {platform}: its torch has no "
+            "CUDA; give --torch-python a Python 3.11 with a CUDA build of torch and particleflow 3.1.0 "
+            "(what it needs: launch/install_mlpf_reference.sh)"
+        )
+    return None
