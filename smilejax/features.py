@@ -1,9 +1,12 @@
 """Optional features: whether each is usable here, and if not, the command that installs it.
 
-``smilejax doctor`` lists them. A probe only looks (module lookups, files on disk; it starts nothing and
-imports no optional package), so the list is fast; a probe that breaks reports its feature unusable
-with the error instead of stopping the report. Install commands come from the modules that need the
-feature, so the doctor and the feature's own error name the same command.
+``smilejax doctor`` lists them: the framework's own (``FEATURES``) and those that installed packages
+declare under the entry-point group ``smilejax.features`` (a model family's reference environment, a
+generator), which build theirs from ``Feature`` and ``Missing``. A probe only looks (module lookups,
+files on disk; it starts nothing and imports no optional package), so the list is fast; a probe that
+breaks reports its feature unusable with the error instead of stopping the report. Install commands
+come from the modules that need the feature, so the doctor and the feature's own error name the same
+command.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from smilejax import host
@@ -52,24 +54,6 @@ def _packages(modules: dict[str, str]) -> str:
     return _modules(modules, host.pip_install(*dict.fromkeys(modules.values())))
 
 
-def _pythia() -> str:
-    from smilejax.inputs import ftag_pythia
-
-    try:
-        ftag_pythia.require_generators()
-    except ImportError as err:
-        raise Missing(str(err).partition(":")[0], ftag_pythia.INSTALL_HINT) from None
-    return ", ".join(_version(d) for d in ("pythia8mc", "fastjet"))
-
-
-def _jets() -> str:
-    from smilejax.evaluation import jets
-
-    if why := jets.missing():
-        raise Missing(why.partition(" (")[0], jets.INSTALL_HINT)
-    return _version("fastjet")
-
-
 def _onnx() -> str:
     from smilejax.serve.export import ONNX_HINT
 
@@ -94,32 +78,6 @@ def _triton_server() -> str:
             "no tritonserver binary (SMILEJAX_TRITONSERVER, this venv's triton/, PATH, /opt/tritonserver)",
             "make triton  (or NVIDIA's tritonserver container: smilejax serve --help)",
         ) from None
-
-
-def _mlpf_reference() -> str:
-    from smilejax.bench import _mlpf_peer
-
-    try:
-        return str(_mlpf_peer.python(None))
-    except SystemExit:
-        where = os.environ.get(_mlpf_peer.ENV_VAR) or _mlpf_peer.ENV_DIR
-        raise Missing(f"no particleflow environment ({where})", f"`{_mlpf_peer.INSTALL})") from None
-
-
-# The PyTorch environment of the salt import test (tests/test_import_salt.py looks in the same places).
-SALT_REF_VAR, SALT_REF_DIR = "SMILEJAX_SALT_REF", ".salt-ref"
-
-
-def _salt_reference() -> str:
-    root = Path(__file__).resolve().parents[1]  # the repository, in a source checkout
-    where = Path(os.environ.get(SALT_REF_VAR) or root / SALT_REF_DIR)
-    python = where / "bin" / "python"
-    if not python.exists():
-        raise Missing(
-            f"no salt environment ({where})",
-            "`make reference` (or `bash launch/install_salt_reference.sh [ENV_DIR]`)",
-        )
-    return str(python)
 
 
 def _gpu_compiler() -> str:
@@ -147,8 +105,6 @@ def _slurm() -> str:
 
 
 FEATURES = (
-    Feature("pythia", "data make ftag-pythia / mlpf-pythia", _pythia),
-    Feature("jets", "MLPF evaluation's jet metrics", _jets),
     Feature("onnx", "export: ONNX artifacts", _onnx),
     Feature("triton-client", "serve.client, bench serve", _triton_client),
     Feature("triton-server", "serve", _triton_server),
@@ -160,8 +116,6 @@ FEATURES = (
         "tune --backend keras-tuner",
         lambda: _packages({"keras_tuner": "keras-tuner", "sklearn": "scikit-learn", "six": "six"}),
     ),
-    Feature("mlpf-reference", "bench train mlpf, the MLPF parity test", _mlpf_reference),
-    Feature("salt-reference", "the salt import test (GN2 parity with salt)", _salt_reference),
     Feature("gpu-compiler", "bench roofline", _gpu_compiler),
     Feature("slurm", "launch on Slurm, the local Slurm test cluster", _slurm),
 )
@@ -178,5 +132,25 @@ def check(feature: Feature) -> dict[str, Any]:
         return {**row, "usable": False, "why": f"probe failed: {type(err).__name__}: {err}", "install": None}
 
 
+def all_features() -> list[Feature]:
+    """The framework's features, then those installed packages declare (entry-point group
+    ``smilejax.features``: model families, generators)."""
+    from smilejax import registry
+
+    return [*FEATURES, *registry.features()]
+
+
 def check_all() -> list[dict[str, Any]]:
-    return [check(f) for f in FEATURES]
+    """Every feature's row; a package whose features do not load is one unusable row naming it."""
+    try:
+        features = all_features()
+    except KeyError as err:
+        features = [*FEATURES, Feature("plug-ins", "features of installed packages", _raising(err))]
+    return [check(f) for f in features]
+
+
+def _raising(err: Exception) -> Callable[[], str]:
+    def probe() -> str:
+        raise err
+
+    return probe

@@ -1,14 +1,14 @@
 """Run directories from models trained elsewhere: ``smilejax import SOURCE CHECKPOINT``.
 
-A model family declares what it can import in its spec (``ModelSpec.importers``, e.g. GN2's ``"salt"``);
-the importer translates the foreign config and weights (``models.spec.Imported``), and this module
-writes what ``smilejax train`` would have written: ``config.yaml`` (the model's packaged config under the
-imported sections and the user's overrides), ``run.json`` (with the ``imported`` provenance) and an orbax
-checkpoint of step 0 holding the imported weights and a fresh optimizer state. ``trained.load`` (eval,
-export, serve) restores it like any run, and ``smilejax train RUN_DIR/config.yaml`` trains on from the
-imported weights (the learning-rate schedule starts over). When the run's training data can be read, the
-checkpoint holds its data position too; otherwise only the weights are saved, and training (given
-``data.path=FILES``) starts its input pipeline from the beginning, which is where step 0 stands anyway.
+A model family declares what it can import in its spec (``ModelSpec.importers``: {source name: importer});
+the importer translates the foreign config and weights (``models.spec.Imported``), and this module writes
+what ``smilejax train`` would have written: ``config.yaml`` (the model's packaged config under the imported
+sections and the user's overrides), ``run.json`` (with the ``imported`` provenance) and an orbax checkpoint
+of step 0 holding the imported weights and a fresh optimizer state. ``trained.load`` (eval, export, serve)
+restores it like any run, and ``smilejax train RUN_DIR/config.yaml`` trains on from the imported weights
+(the learning-rate schedule starts over). When the run's training data can be read, the checkpoint holds its
+data position too; otherwise only the weights are saved, and training (given ``data.path=FILES``) starts its
+input pipeline from the beginning, which is where step 0 stands anyway.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def importers() -> dict[str, tuple[ModelSpec, Importer]]:
     for name in registry.models():
         try:
             spec = registry.model(name)
-        except KeyError:  # a helper module of models/, not a model
+        except KeyError as err:  # a family that does not load: the others' sources still count
+            log.warning("%s", err)
             continue
         for source, importer in spec.importers.items():
             found.setdefault(source, (spec, importer))

@@ -39,13 +39,13 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     if not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ folder: nothing to load")
     cfg = config.load(config_path, list(overrides))
+    spec = registry.model(cfg.model.name)
     cfg = dataclasses.replace(
         cfg,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1, rules=cfg.mesh.rules),
-        model=_portable_kernels(cfg.model),
+        model=portable(spec, cfg.model),
         train=dataclasses.replace(cfg.train, precision="fp32", grad_accum=1),
     )
-    spec = registry.model(cfg.model.name)
     program = steps.build(spec, cfg, meshlib.build_mesh(cfg.mesh, jax.local_devices()))
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints, async_save=False)
     try:
@@ -63,15 +63,18 @@ def load(run_dir: str | Path, *, step: int | None = None, overrides: list[str] |
     )
 
 
-def _portable_kernels(model_cfg):
-    """The run's model settings with its GPU-only kernel choices made portable, same parameters:
-    cuDNN's fused attention (bf16, NVIDIA GPUs only) becomes the model's default implementation, and an
-    explicit fused kernel (``vertex_kernel: pallas``) becomes the default choice (``auto``: fused on a
-    GPU, jnp elsewhere). Evaluation runs in float32 on any device; an export traces portable code."""
-    changes = {}
-    for name, gpu_only in (("attention", "cudnn"), ("vertex_kernel", "pallas")):
-        if getattr(model_cfg, name, None) == gpu_only:
-            default = next(f.default for f in dataclasses.fields(model_cfg) if f.name == name)
-            log.info("%s: %s (training) -> %s (evaluation and export)", name, gpu_only, default)
-            changes[name] = default
-    return dataclasses.replace(model_cfg, **changes) if changes else model_cfg
+def portable(spec: ModelSpec, model_cfg):
+    """The run's model settings with GPU-only choices (a cuDNN or Pallas kernel) made portable, same
+    parameters, through the family's ``portable`` hook: evaluation runs in float32 on any device, and an
+    export traces code that runs anywhere. Unchanged for a family without the hook."""
+    if spec.portable is None:
+        return model_cfg
+    changed = spec.portable(model_cfg)
+    if changed != model_cfg:
+        log.info("model settings for evaluation and export: %s", _changes(model_cfg, changed))
+    return changed
+
+
+def _changes(before, after) -> str:
+    fields = [f.name for f in dataclasses.fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+    return ", ".join(f"{n}: {getattr(before, n)} -> {getattr(after, n)}" for n in fields)

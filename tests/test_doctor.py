@@ -53,7 +53,8 @@ def test_json_report_describes_this_cpu_machine(tmp_path):
     assert all(rep["packages"][p] for p in ("jax", "flax", "optax", "orbax-checkpoint", "grain"))
 
     found = {f["name"]: f for f in rep["features"]}
-    assert list(found) == [f.name for f in features.FEATURES]
+    assert list(found) == [f.name for f in features.all_features()]
+    assert set(found) >= {f.name for f in features.FEATURES} | {"pythia", "jets", "salt-reference"}
     for f in found.values():
         assert f["usable"] == (f["install"] is None), f  # a missing feature says how to install it
     assert found["gpu-compiler"]["found"] == str(compiler)
@@ -67,7 +68,7 @@ def test_json_report_describes_this_cpu_machine(tmp_path):
 
 
 def test_salt_reference_is_where_the_salt_import_test_looks(monkeypatch, tmp_path):
-    feature = next(f for f in features.FEATURES if f.name == "salt-reference")
+    feature = next(f for f in features.all_features() if f.name == "salt-reference")
     python = tmp_path / "env" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.touch()
@@ -80,11 +81,12 @@ def test_salt_reference_is_where_the_salt_import_test_looks(monkeypatch, tmp_pat
 
 def test_missing_packages_install_at_the_locks_versions(monkeypatch):
     # the modules of the hints, imported before find_spec stops finding modules
-    from smilejax.inputs import ftag_pythia  # noqa: F401
+    from smilejax.generators import pythia  # noqa: F401
+    from smilejax.models.mlpf import jets  # noqa: F401
 
-    from smilejax.evaluation import jets  # noqa: F401
     from smilejax.serve import client, export  # noqa: F401
 
+    every = features.all_features()  # the families' feature modules, imported before find_spec goes
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
     lock = "pip install -c launch/locks/venv.txt"
     expected = {
@@ -97,7 +99,7 @@ def test_missing_packages_install_at_the_locks_versions(monkeypatch):
         "optuna": f"{lock} optuna cmaes",
         "keras-tuner": f"{lock} keras-tuner scikit-learn six",
     }
-    rows = {f.name: features.check(f) for f in features.FEATURES if f.name in expected}
+    rows = {f.name: features.check(f) for f in every if f.name in expected}
     assert {name: row["install"] for name, row in rows.items()} == expected
     # what they name exists: the extras in pyproject.toml, every package pinned in the lock
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -129,6 +131,23 @@ def test_missing_features_name_their_install_command(monkeypatch, tmp_path):
 
     row = features.check(features.Feature("z", "w", broken))
     assert not row["usable"] and row["why"] == "probe failed: RuntimeError: libfoo.so: cannot open"
+
+
+def test_installed_packages_add_their_features_and_a_broken_one_is_a_row(monkeypatch):
+    from smilejax import registry
+
+    extra = features.Feature("toy-reference", "the toy's parity test", lambda: "/opt/toy")
+    monkeypatch.setattr(registry, "features", lambda: [extra])
+    rows = features.check_all()
+    assert [r["name"] for r in rows] == [*(f.name for f in features.FEATURES), "toy-reference"]
+    assert rows[-1]["found"] == "/opt/toy"
+
+    def broken() -> list:
+        raise registry.RegistryError("the smilejax.features entry point toy = toy:F does not load")
+
+    monkeypatch.setattr(registry, "features", broken)
+    row = features.check_all()[-1]
+    assert (row["name"], row["usable"]) == ("plug-ins", False) and "toy = toy:F does not load" in row["why"]
 
 
 def test_text_report_has_every_section(report):

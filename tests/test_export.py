@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from smilejax.inputs import pipeline
 
 from smilejax import config, host, registry, trained, trainer
@@ -80,6 +82,7 @@ def test_repository_layout_config_and_metadata(exported):
     assert meta["source_run"]["step"] == 20 and meta["source_run"]["dir"].endswith("run")
     assert meta["versions"]["jax"] == jax.__version__
     assert meta["element_size"] == 40 and meta["data"]["track_vars"][0] == "d0"
+    assert meta["symbolic_dims"] == {"batch": "axis 0", "elements": {"tracks": 1, "valid": 1}}
     norm = meta["normalisation"]["groups"]
     assert set(norm) == {"tracks", "jets"} and norm["tracks"]["d0"]["std"] > 0
     assert set(norm["jets"]) == {"pt_btagJes", "eta_btagJes"}  # the gn2 recipe's jet inputs
@@ -120,6 +123,7 @@ def test_model_without_element_axis_exports_with_symbolic_batch_only(tmp_path):
     trainer.train(cfg)
     meta = repository.build(tmp_path / "run", tmp_path / "repo", formats=["stablehlo"], name="toy")
     assert set(meta["models"]) == {"toy_jax"} and meta["element_size"] is None
+    assert meta["symbolic_dims"] == {"batch": "axis 0", "elements": None}
     assert meta["inputs"] == [{"name": "x", "dtype": "float32", "dims": [8]}]
     assert meta["outputs"] == [{"name": "output", "dtype": "float32", "dims": []}]
     artifact = jax.export.deserialize(
@@ -158,3 +162,39 @@ def test_export_cli_writes_the_chosen_format_and_names_bad_options(exported, tmp
     assert bad.returncode == 2 and "unknown ['tflite']; choose from stablehlo, onnx" in bad.stderr
     bad = run_cli("export", run_dir, "--out", str(tmp_path / "x"), "--max-batch-size", "0")
     assert bad.returncode == 2 and "max_batch_size must be at least 1" in bad.stderr
+
+
+class _SetSum(nnx.Module):
+    """A set model whose elements are the last axis of ``hits`` [B, F, N] (``mask`` [B, N])."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(3, 4, rngs=rngs)
+
+    def __call__(self, hits: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+        per_element = self.proj(jnp.swapaxes(hits, 1, 2))  # [B, N, 4]
+        return {"summed": jnp.sum(per_element * mask[..., None], axis=1)}
+
+
+def test_declared_element_axes_become_symbolic_where_the_family_says():
+    from smilejax.serve import export
+
+    specs = lambda cfg, b: {  # noqa: E731
+        "hits": jax.ShapeDtypeStruct((b, 3, 12), jnp.float32),
+        "mask": jax.ShapeDtypeStruct((b, 12), jnp.bool_),
+    }
+    spec = types.SimpleNamespace(input_spec=specs, element_axes={"hits": 2, "mask": 1})
+    tm = types.SimpleNamespace(model=_SetSum(nnx.Rngs(0)), spec=spec, cfg=types.SimpleNamespace(model=None))
+    fwd = export.forward(tm)
+    assert fwd.element_size == 12 and export.element_dims(fwd) == {"hits": 2, "mask": 1}
+    assert [t.dims for t in fwd.inputs] == [(3, "elements"), ("elements",)]
+    exported, report = export.to_stablehlo(fwd)  # checked at 12 and 6 elements
+    assert [str(a.shape) for a in exported.in_avals] == ["(batch, 3, elements)", "(batch, elements)"]
+    assert report["max_abs_diff"] < 1e-5
+    # inferred, axis 1 would not do: the inputs disagree on it, so only the batch is symbolic
+    assert export.element_axes(specs(None, 1), None) == {}
+    with pytest.raises(ValueError, match=r"disagree on the element count: \{'hits': 3, 'mask': 12\}"):
+        export.element_axes(specs(None, 1), {"hits": 1, "mask": 1})
+    with pytest.raises(ValueError, match="past the batch axis"):
+        export.element_axes(specs(None, 1), {"mask": 0})
+    with pytest.raises(ValueError, match=r"names input\(s\) \['tracks'\]"):
+        export.element_axes(specs(None, 1), {"tracks": 1})

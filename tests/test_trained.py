@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -73,3 +75,27 @@ def test_a_fused_kernel_run_loads_with_auto_and_exports_portable_code(tiny_gn2_r
         graphdef, state = nnx.split(loaded.model)
         model = nnx.merge(graphdef, jax.device_get(state))  # host copies, as the export's
         assert "pallas_call" in str(jax.make_jaxpr(lambda *xs: model(*xs))(*inputs))
+
+
+# The toy with a portable hook: its (pretend) GPU-only choice is a dropout rate, on which no parameter
+# depends.
+PORTABLE = dataclasses.replace(
+    toy.MODEL,
+    name="tests.test_trained:PORTABLE",
+    portable=lambda cfg: dataclasses.replace(cfg, dropout=0.0) if cfg.dropout == 0.25 else cfg,
+)
+
+
+def test_the_family_portable_hook_chooses_the_settings_it_loads_with(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    tree = toy.config(
+        run={"dir": str(run_dir), "steps": 2, "checkpoint_every": 2},
+        model={"name": "tests.test_trained:PORTABLE", "dropout": 0.25},
+    )
+    trainer.train(config.load(tree))
+    with caplog.at_level("INFO", logger="smilejax.trained"):
+        loaded = trained.load(run_dir)
+    assert loaded.cfg.model.dropout == 0.0 and "dropout: 0.25 -> 0.0" in caplog.text
+    assert trained.load(run_dir, overrides=["model.dropout=0.1"]).cfg.model.dropout == 0.1
+    cfg = loaded.cfg.model
+    assert trained.portable(toy.MODEL, cfg) is cfg  # no hook: the settings as they are

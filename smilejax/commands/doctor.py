@@ -4,9 +4,9 @@ Prints the versions of JAX, jaxlib, Flax, Optax, Orbax and Grain; JAX's backend 
 devices with their memory; the accelerator stack (CUDA, cuDNN, NCCL or ROCm versions; whether a JAX
 CUDA/ROCm plugin is installed and matches jaxlib); the launcher and process layout the runtime detects
 (Slurm, Open MPI, PBS, explicit variables; jax.distributed is not started); and each optional feature
-(Pythia makers, ONNX export, Triton server and client, W&B, TensorBoard, Optuna, keras-tuner, the
-particleflow and salt references, the GPU compiler of bench roofline, Slurm) with the command that
-installs it where it is missing.
+(ONNX export, Triton server and client, W&B, TensorBoard, Optuna, keras-tuner, the GPU compiler of
+bench roofline, Slurm, and those of the installed model families and generators: reference
+environments, event generators) with the command that installs it where it is missing.
 
 With --expect gpu it exits 1, naming the problem in one line, when JAX sees only a CPU (no plugin, a
 plugin that does not match jaxlib, hidden GPUs, JAX_PLATFORMS=cpu, CUDA libraries the plugin refuses).

@@ -1,85 +1,92 @@
 """Physics evaluation of a trained run: ``smilejax eval RUN_DIR``.
 
-A model named ``<model>`` in the run's config is evaluated by the module
-``smilejax.evaluation.<model>``, which exposes ``evaluate(trained, opts) -> dict`` (it may write plots
-into ``opts.out``) and optionally ``summary(metrics) -> str`` (printed at the end). Adding an evaluator
-for a model is adding that module. ``run`` writes the returned metrics to ``<out>/metrics.json``.
+A model family evaluates its runs through its spec's ``evaluation`` hook (``models.spec.Evaluation``):
+``evaluate(trained, opts) -> dict`` (it may write plots into ``opts.out``), an optional
+``summary(metrics) -> str`` printed at the end, and the family's own options (``opts.model``). ``run``
+writes the returned metrics to ``<out>/metrics.json``.
 
-This package's top level imports no JAX, so listing evaluators stays cheap.
+This package's top level imports no JAX, so the command line stays cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import json
 import logging
 import math
-import pkgutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-_HELPERS = {
-    "flavour",
-    "ip_baseline",
-    "jets",
-    "particles",
-    "pf_plots",
-    "plots",
-    "predict",
-    "response",
-    "tracks",
-}  # modules that are not evaluators
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """What ``smilejax eval`` was asked for (the command's flags).
 
-    jets: evaluate the first ``jets`` examples (jets; MLPF: events) of the split in file order; None =
-        all that the split's unshuffled pipeline yields (whole batches).
-    fc, ftau: background fractions of the b-tagging discriminant (ATLAS GN2v01: 0.2, 0.01).
-    ip_fit_jets: training jets that fill the impact-parameter baseline's templates.
+    jets: evaluate the first ``jets`` examples (jets, events, ...) of the split in file order; None = all
+        that the split's unshuffled pipeline yields (whole batches).
+    model: the family's own options by ``Option.dest`` (``spec.evaluation.options``); ``run`` fills in
+        the defaults of those not given and has the family check them.
     """
 
     out: Path
     split: str = "eval"
     jets: int | None = None
     step: int | None = None
-    fc: float = 0.2
-    ftau: float = 0.01
-    ip_fit_jets: int = 5000
+    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.split not in ("train", "eval"):
             raise ValueError(f"--split must be 'train' or 'eval', got {self.split!r}")
         if self.jets is not None and self.jets < 1:
             raise ValueError(f"--jets must be at least 1, got {self.jets}")
-        if self.ip_fit_jets < 1:
-            raise ValueError(f"--ip-fit-jets must be at least 1, got {self.ip_fit_jets}")
-        if not (self.fc >= 0 and self.ftau >= 0 and self.fc + self.ftau < 1):
-            raise ValueError(
-                f"--fc and --ftau must be >= 0 with fc + ftau < 1 (the light fraction is 1 - fc - ftau), "
-                f"got fc={self.fc}, ftau={self.ftau}"
-            )
 
 
 def evaluators() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _HELPERS)
+    """The registered model families that have an evaluation (this loads every family)."""
+    from smilejax import registry
+
+    found = []
+    for name in registry.models():
+        try:
+            if registry.model(name).evaluation is not None:
+                found.append(name)
+        except KeyError as err:  # a broken family does not hide the others
+            log.warning("%s", err)
+    return found
 
 
-def evaluator(model_name: str):
-    """The evaluation module of a model name; ValueError listing the known ones when there is none."""
-    known = evaluators()
-    if model_name not in known:
+def evaluation_of(model_name: str):
+    """The ``Evaluation`` hook of a model; ValueError naming the families that have one when it has none."""
+    from smilejax import registry
+
+    spec = registry.model(model_name)
+    if spec.evaluation is None:
+        known = [n for n in evaluators() if n != model_name]
         raise ValueError(
-            f"no evaluator for model {model_name!r}; evaluators exist for: {', '.join(known) or 'none'} "
-            f"(add smilejax/evaluation/<model>.py with evaluate(trained, opts) -> dict)"
+            f"model {model_name!r} has no evaluation; families with one: {', '.join(known) or 'none'} "
+            f"(a family adds one as its ModelSpec's evaluation=Evaluation(evaluate=...))"
         )
-    return importlib.import_module(f"{__name__}.{model_name}")
+    return spec.evaluation
+
+
+def family_options(evaluation, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's option values: ``given`` over the options' defaults, checked by the family.
+    ValueError for an option the family does not have or a value its ``check`` refuses."""
+    defaults = {o.dest: o.default for o in evaluation.options}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown evaluation option(s) {', '.join(unknown)}; "
+            f"this model's: {', '.join(defaults) or 'none'}"
+        )
+    values = {**defaults, **given}
+    if evaluation.check is not None:
+        evaluation.check(values)
+    return values
 
 
 def run(run_dir: str | Path, opts: EvalOptions) -> tuple[dict, Path]:
@@ -90,7 +97,8 @@ def run(run_dir: str | Path, opts: EvalOptions) -> tuple[dict, Path]:
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a smilejax run directory (no config.yaml)")
     model_name = config.load(run_dir / "config.yaml").model.name
-    module = evaluator(model_name)  # before the (slow) model load
+    evaluation = evaluation_of(model_name)  # before the (slow) model load
+    opts = dataclasses.replace(opts, model=family_options(evaluation, opts.model))
     model = trained.load(run_dir, step=opts.step)
     opts.out.mkdir(parents=True, exist_ok=True)
     log.info("evaluating %s (%s, step %d) into %s", run_dir, model_name, model.step, opts.out)
@@ -100,12 +108,12 @@ def run(run_dir: str | Path, opts: EvalOptions) -> tuple[dict, Path]:
         "step": model.step,
         "split": opts.split,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        **module.evaluate(model, opts),
+        **evaluation.evaluate(model, opts),
     }
     path = opts.out / "metrics.json"
     path.write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
-    if hasattr(module, "summary"):
-        print(module.summary(metrics))
+    if evaluation.summary is not None:
+        print(evaluation.summary(metrics))
     print(f"wrote {path}")
     return metrics, path
 

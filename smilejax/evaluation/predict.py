@@ -50,7 +50,7 @@ def batches(
 
     ``n`` must not exceed ``available(src, batch_size)``; the last batch is cut to ``n``. ``inputs``: the
     batch keys ``forward`` reads (default: all), the only ones sent to the devices, so that fields of
-    varying shape that only the evaluation reads (MLPF's jets) cause no recompilation.
+    varying shape that only the evaluation reads (a list of jets per event, say) cause no recompilation.
     """
     cfg = trained.cfg
     batch_size = cfg.data.batch_size

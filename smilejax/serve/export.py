@@ -1,11 +1,12 @@
 """A trained model's forward pass as deployable artifacts, each checked against the model before it is kept.
 
 - StableHLO (``jax.export``): the canonical artifact. The batch dimension is symbolic, and so is the
-  element count (tracks, particles: axis 1 of the inputs) when the model has one and traces with it
-  symbolic. Lowered for CPU and CUDA, so a repository made on a laptop serves on a GPU node.
+  element count (the size of a set: constituents, hits; the spec's ``element_axes``, else axis 1 where
+  the inputs agree on it) when the model has one and traces with it symbolic. Lowered for CPU and CUDA,
+  so a repository made on a laptop serves on a GPU node.
 - ONNX (``jax2onnx``): for Triton's ONNX Runtime backend and experiment software (Athena, CMSSW).
   Symbolic batch; a symbolic element count only when onnxruntime reproduces the model with it
-  (jax2onnx 0.17 mislabels ``elements + 1`` dims, e.g. after GN2 appends its register token), else
+  (jax2onnx 0.17 mislabels ``elements + 1`` dims, e.g. after a model appends a token to the set), else
   the training config's element count.
 
 Parameters are constants inside both artifacts (host copies, so the program is single-device), and
@@ -20,7 +21,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -69,7 +70,7 @@ class Forward:
     fn: Callable[..., dict[str, jax.Array]]
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
-    element_size: int | None  # the training config's element count when axis 1 is symbolic, else None
+    element_size: int | None  # the training config's element count when it is symbolic, else None
 
 
 def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
@@ -84,36 +85,53 @@ def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
             out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
         return out if isinstance(out, dict) else {"output": out}
 
-    element_size = _element_axis(specs) if symbolic_elements else None
-    if element_size is not None:
+    axes = element_axes(specs, tm.spec.element_axes) if symbolic_elements else {}
+    element_size = next((specs[n].shape[a] for n, a in axes.items()), None)
+    if axes:
         try:
-            jax.eval_shape(fn, *_abstract(specs, element_size))
-        except Exception as err:  # the model fixes axis 1 (a dense layer over it, say)
-            log.info("axis 1 stays fixed at %d: tracing with it symbolic failed (%s)", element_size, err)
-            element_size = None
-    shapes = _abstract(specs, element_size)
+            jax.eval_shape(fn, *_abstract(specs, axes))
+        except Exception as err:  # the model fixes the element count (a dense layer over it, say)
+            log.info(
+                "the element count stays fixed at %d: tracing it symbolic failed (%s)", element_size, err
+            )
+            axes, element_size = {}, None
+    shapes = _abstract(specs, axes)
     out = jax.eval_shape(fn, *shapes)
     inputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in zip(names, shapes, strict=True))
     outputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in out.items())
     return Forward(fn=fn, inputs=inputs, outputs=outputs, element_size=element_size)
 
 
-def _element_axis(specs: dict[str, jax.ShapeDtypeStruct]) -> int | None:
-    """The size of axis 1 when it reads as an element count: some input has per-element features
-    (rank >= 3) and every input of rank >= 2 agrees on axis 1 (GN2: tracks [B, T, F], valid [B, T])."""
+def element_axes(
+    specs: dict[str, jax.ShapeDtypeStruct], declared: Mapping[str, int] | None
+) -> dict[str, int]:
+    """{input: axis} of the element count: the model's ``declared`` axes (ValueError when the inputs
+    disagree on its size), else axis 1 where it reads as one: some input has per-element features
+    (rank >= 3) and every input of rank >= 2 agrees on axis 1 (a set [B, N, F] with its mask [B, N])."""
+    if declared is not None:
+        unknown = sorted(set(declared) - set(specs))
+        if unknown:
+            raise ValueError(f"element_axes names input(s) {unknown} the model does not take ({list(specs)})")
+        bad = {n: a for n, a in declared.items() if not 1 <= a < len(specs[n].shape)}
+        if bad:
+            raise ValueError(f"element_axes {bad}: an axis must be past the batch axis and within the input")
+        sizes = {n: specs[n].shape[a] for n, a in declared.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"element_axes: the inputs disagree on the element count: {sizes}")
+        return dict(declared)
     if not any(len(s.shape) >= 3 for s in specs.values()):
-        return None
-    sizes = {s.shape[1] for s in specs.values() if len(s.shape) >= 2}
-    return sizes.pop() if len(sizes) == 1 else None
+        return {}
+    ranked = {n: s for n, s in specs.items() if len(s.shape) >= 2}
+    return {n: 1 for n in ranked} if len({s.shape[1] for s in ranked.values()}) == 1 else {}
 
 
-def _abstract(specs: dict[str, jax.ShapeDtypeStruct], element_size: int | None) -> list[jax.ShapeDtypeStruct]:
+def _abstract(specs: dict[str, jax.ShapeDtypeStruct], axes: Mapping[str, int]) -> list[jax.ShapeDtypeStruct]:
     batch, elements = jax.export.symbolic_shape(f"{BATCH}, {ELEMENTS}")
     out = []
-    for s in specs.values():
+    for name, s in specs.items():
         shape = [batch, *s.shape[1:]]
-        if element_size is not None and len(shape) >= 2:
-            shape[1] = elements
+        if name in axes:
+            shape[axes[name]] = elements
         out.append(jax.ShapeDtypeStruct(tuple(shape), s.dtype))
     return out
 
@@ -138,17 +156,27 @@ def example_inputs(fwd: Forward, batch: int, elements: int | None = None, seed: 
     """Random inputs of the forward's shapes; masks keep at least their first element valid."""
     rng = np.random.default_rng(seed)
     arrays = []
-    for s in _shapes(fwd, batch, elements or fwd.element_size):
+    for t, s in zip(fwd.inputs, _shapes(fwd, batch, elements or fwd.element_size), strict=True):
         if s.dtype == np.bool_:
             a = rng.random(s.shape) < 0.8
             if a.ndim >= 2:
-                a[:, 0] = True
+                a[(slice(None),) * _element_axis(t) + (0,)] = True
         elif s.dtype.kind == "f":
             a = rng.normal(size=s.shape).astype(s.dtype)
         else:
             a = np.zeros(s.shape, s.dtype)
         arrays.append(a)
     return arrays
+
+
+def _element_axis(t: Tensor) -> int:
+    """The axis of ``t``'s element count (batch included), else 1."""
+    return t.dims.index(ELEMENTS) + 1 if ELEMENTS in t.dims else 1
+
+
+def element_dims(fwd: Forward) -> dict[str, int]:
+    """{input: axis, batch included} of the symbolic element count (empty when it is fixed)."""
+    return {t.name: _element_axis(t) for t in fwd.inputs if ELEMENTS in t.dims}
 
 
 def compare(expected: dict[str, Any], got: dict[str, Any], what: str) -> float:

@@ -153,7 +153,7 @@ def _write_model(
 
 
 def model_name(cfg_name: str) -> str:
-    """A Triton model name from ``model.name`` (``gn2``; ``pkg.module:SPEC`` -> ``module``)."""
+    """A Triton model name from ``model.name`` (a family's name; ``pkg.module:SPEC`` -> ``module``)."""
     base = cfg_name.partition(":")[0].rsplit(".", 1)[-1] if ":" in cfg_name else cfg_name
     return re.sub(r"[^a-z0-9_]+", "_", base.lower()).strip("_") or "model"
 
@@ -219,7 +219,8 @@ def build(
         "source_run": {"dir": str(Path(run_dir).resolve()), "step": tm.step, "model": tm.cfg.model.name},
         "inputs": [t.to_json() for t in fwd.inputs],
         "outputs": [t.to_json() for t in fwd.outputs],
-        "symbolic_dims": {"batch": "axis 0", ELEMENTS: "axis 1" if fwd.element_size else None},
+        # {input: axis} of the symbolic element count, or None when it is fixed
+        "symbolic_dims": {"batch": "axis 0", ELEMENTS: export.element_dims(fwd) or None},
         "element_size": fwd.element_size,
         "data": _data_section(tm.cfg),
         "normalisation": normalisation(tm.cfg),
