@@ -156,7 +156,7 @@ def parts(cfg: MlpfConfig, split: str) -> list[Part]:
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if cfg.path is None:
-        from . import mlpf_synthetic
+        from smilejax.models.mlpf import make_synthetic as mlpf_synthetic
 
         if cfg.datasets != ["clic_edm_qq_pf"] or any(
             c not in mlpf_synthetic.DEFAULT_EVENTS for c in cfg.configs

@@ -64,6 +64,37 @@ class _EpochOrder:
         return np.arange(lo, hi) if not self.shuffle else self(epoch)[lo:hi]
 
 
+class BlockOrder:
+    """Per-epoch order of blocks of ``block`` consecutive examples, plus a random start offset.
+
+    The epoch's example order is ``offset + perm[i // block] * block + i % block``: a permutation of
+    ``n_blocks * block`` rows, so global batches, process slices and resumption behave exactly as with the
+    per-example order. For files compressed in chunks, where every scattered read decompresses its whole
+    chunk: a batch then holds runs of neighbouring examples. No lock (it pickles into Grain workers):
+    concurrent threads at worst compute the same deterministic permutation twice.
+    """
+
+    def __init__(self, n: int, block: int, seed: int):
+        self.n, self.block, self.seed = n, block, seed
+        self.n_blocks = n // block
+        self.size = self.n_blocks * block  # positions per epoch (Order)
+        self._cache: dict[int, tuple[np.ndarray, int]] = {}
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, int]:
+        got = self._cache.get(epoch)
+        if got is None:
+            rng = np.random.default_rng([self.seed, epoch, 0xB10C])
+            spare = self.n - self.n_blocks * self.block
+            got = rng.permutation(self.n_blocks), int(rng.integers(0, spare + 1))
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1} | {epoch: got}
+        return got
+
+    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+        perm, offset = self._epoch(epoch)
+        pos = np.arange(lo, hi)
+        return offset + perm[pos // self.block] * self.block + pos % self.block
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq/hash over a length array would be meaningless
 class Buckets:
     """Pad each global batch to the smallest of ``widths`` that holds its longest example.
@@ -285,18 +316,28 @@ def batched(
     prefetch: int = 4,
     workers: int = 0,
     order: Order | None = None,
+    block: int = 1,
     buckets: Buckets | None = None,
     plan: BudgetPlan | None = None,
 ) -> grain.IterDataset:
     """An endless stream of this process's share of each global batch (incomplete last batches dropped).
 
     order: the epoch order (default: a global per-example permutation per epoch, or none without
-        ``shuffle``). buckets: pad each batch to a bucket width; the source's ``read(indices, width=w)``
-        must then return the valid elements first in ``w`` slots. Without ``shuffle`` (evaluation) the
-        bucket window is 1, so that the first batches are not a length-biased sample.
+        ``shuffle``). block: with ``shuffle`` and no ``order``, shuffle blocks of this many consecutive
+        examples instead (``BlockOrder``; 1: single examples); this assumes the files' rows are already
+        shuffled. buckets: pad each batch to a bucket width; the source's ``read(indices, width=w)`` must
+        then return the valid elements first in ``w`` slots. Without ``shuffle`` (evaluation) the bucket
+        window is 1, so that the first batches are not a length-biased sample.
         plan: batches of varying size (``BudgetPlan``) instead of ``batch_size``, ``order`` and ``buckets``.
     """
     if plan is None:
+        if order is None and block > 1 and shuffle:
+            order = BlockOrder(len(source), block, seed)
+            if order.size < batch_size:
+                raise ValueError(
+                    f"the dataset has {len(source)} examples, fewer than one batch of {batch_size} "
+                    f"in blocks of {block}"
+                )
         order = order if order is not None else _EpochOrder(len(source), seed, shuffle)
         if buckets is not None and not shuffle and buckets.window > 1:
             buckets = dataclasses.replace(buckets, window=1)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 from smilejax.inputs import ftag_h5 as fh
-from smilejax.inputs import ftag_synthetic as fs
 from smilejax.inputs import pipeline
+from smilejax.models.gn2 import make_synthetic as fs
 
 from smilejax import config
 from smilejax.config import ConfigError
@@ -49,7 +49,7 @@ def test_track_counts_match_the_file_and_are_cached(data):
     with fh.open_h5(str(data[0])) as f:
         valid = f["tracks"].fields("valid")[:]
     np.testing.assert_array_equal(counts, valid.sum(1)[: len(src)])
-    cache = fh._counts_cache_path(src.files[0], cfg)
+    cache = fh.counts_cache_path(src.files[0], cfg)
     assert cache.exists()
     mtime = os.path.getmtime(cache)
     again = fh.SPEC.source(cfg, "train").track_counts()  # read back, not recomputed
@@ -61,7 +61,7 @@ def test_track_counts_match_the_file_and_are_cached(data):
 
 def test_counts_and_norm_dict_read_in_several_chunks(data, tmp_path, monkeypatch):
     whole = fh.compute_norm_dict(str(data[0]), max_jets=2800)
-    monkeypatch.setattr(fh, "_CHECK_CHUNK", 700)  # big files are read 50k jets at a time
+    monkeypatch.setattr(fh.hdf5, "CHECK_CHUNK", 700)  # big files are read 50k jets at a time
     chunked = fh.compute_norm_dict(str(data[0]), max_jets=2800)
     for group in whole:
         for var, stats in whole[group].items():

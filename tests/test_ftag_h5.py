@@ -16,8 +16,8 @@ import pytest
 import yaml
 from flax import nnx
 from smilejax.inputs import ftag_h5 as fh
-from smilejax.inputs import ftag_synthetic as fs
 from smilejax.inputs import pipeline
+from smilejax.models.gn2 import make_synthetic as fs
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
@@ -239,7 +239,7 @@ def test_norm_dict_cached_and_roundtrip(data_dir, tmp_path, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("recomputed although cached")
 
-    monkeypatch.setattr(fh, "compute_norm_dict", fail)
+    monkeypatch.setattr(fh.source, "compute_norm_dict", fail)
     fh.SPEC.source(cfg, "eval")  # eval uses the training part's cached normalisation
     monkeypatch.undo()
 
@@ -569,14 +569,14 @@ def test_synthetic_physics(data_dir):
 
 
 def test_block_order_is_a_permutation_of_blocks():
-    order = fh._BlockOrder(n=1050, block=100, seed=3)
+    order = pipeline.BlockOrder(n=1050, block=100, seed=3)
     rows = order.rows(epoch=0, lo=0, hi=1000)
     offset = rows.min()
     assert 0 <= offset <= 50 and np.array_equal(np.sort(rows), np.arange(offset, offset + 1000))
     runs = rows.reshape(10, 100)
     assert (np.diff(runs, axis=1) == 1).all() and ((runs[:, 0] - offset) % 100 == 0).all()
     assert not np.array_equal(order.rows(1, 0, 1000), rows), "each epoch has its own order"
-    np.testing.assert_array_equal(fh._BlockOrder(1050, 100, 3).rows(0, 300, 400), rows[300:400])
+    np.testing.assert_array_equal(pipeline.BlockOrder(1050, 100, 3).rows(0, 300, 400), rows[300:400])
 
 
 def test_compressed_chunked_files(data_dir, tmp_path):
@@ -635,20 +635,20 @@ def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, t
     lzf = fs.make(tmp_path / "lzf.h5", 500, seed=3, compression="lzf", chunk_jets=100)
     for path, mapped in ((data_dir / "s1.h5", True), (odd, True), (mock_path, True), (lzf, False)):
         with fh.open_h5(str(path)) as f:
-            assert (fh._mapped(f["tracks"]) is not None) == mapped, path
+            assert (fh.hdf5._mapped(f["tracks"]) is not None) == mapped, path
         cfg = _cfg(path, eval_fraction=0.0, norm_dict=str(tmp_path / f"{Path(path).stem}-norm.yaml"))
         fh.write_norm_dict(fh.compute_norm_dict(str(path)), cfg.norm_dict)
         rows = np.sort(np.random.default_rng(1).choice(len(fh.SPEC.source(cfg, "train")), 300, replace=False))
         got = fh.SPEC.source(cfg, "train").read(rows, width=40)
         with monkeypatch.context() as m:
-            m.setattr(fh, "_mapped", lambda ds: None)  # HDF5's own reading
+            m.setattr(fh.hdf5, "_mapped", lambda ds: None)  # HDF5's own reading
             want = fh.SPEC.source(cfg, "train").read(rows, width=40)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path}: {k}")
     # the maps a process keeps are bounded (each holds a file descriptor): the oldest goes
-    monkeypatch.setattr(fh, "_MAPPED", {})
-    monkeypatch.setattr(fh, "_MAPPED_MAX", 1)
+    monkeypatch.setattr(fh.hdf5, "_MAPPED", {})
+    monkeypatch.setattr(fh.hdf5, "_MAPPED_MAX", 1)
     for path in (data_dir / "s1.h5", odd):
         with fh.open_h5(str(path)) as f:
-            assert fh._mapped(f["tracks"])[:5].tobytes() == f["tracks"][:5].tobytes()  # padding is NaN
-        assert [key[1] for key in fh._MAPPED] == [str(path)]
+            assert fh.hdf5._mapped(f["tracks"])[:5].tobytes() == f["tracks"][:5].tobytes()  # padding is NaN
+        assert [key[1] for key in fh.hdf5._MAPPED] == [str(path)]

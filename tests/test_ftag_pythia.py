@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 from smilejax.inputs import ftag_h5 as fh
-from smilejax.inputs import ftag_pythia as fp
-from smilejax.inputs import ftag_synthetic as fs
 from smilejax.inputs import pipeline
+from smilejax.models.gn2 import make_pythia as fp
+from smilejax.models.gn2 import make_synthetic as fs
 
 N_JETS, WORKERS, SEED = 240, 2, 3
 B, C, LIGHT, TAU = range(4)
@@ -194,8 +194,10 @@ def test_closest_matches_within_groups():
 
 
 def test_missing_generator_fails_with_install_hint(monkeypatch):
-    real = fp.importlib.util.find_spec
-    monkeypatch.setattr(fp.importlib.util, "find_spec", lambda m: None if m == "pythia8mc" else real(m))
+    from smilejax.generators import pythia
+
+    real = pythia.importlib.util.find_spec
+    monkeypatch.setattr(pythia.importlib.util, "find_spec", lambda m: None if m == "pythia8mc" else real(m))
     with pytest.raises(ImportError, match=r"pip install -c launch/locks/venv\.txt -e '\.\[pythia\]'"):
         fp.make("unused.h5", 10)
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from smilejax.inputs import mlpf_format as fmt
-from smilejax.inputs import mlpf_pythia as mp
+from smilejax.models.mlpf import make_pythia as mp
 
 # TFDS's protobuf use warns on every dataset write and read
 pytestmark = pytest.mark.filterwarnings("ignore:label\\(\\) is deprecated:DeprecationWarning")
@@ -48,7 +48,7 @@ def test_dataset_reads_back_with_tfds(made):
     assert len(train) == N_EVENTS - N_TEST and len(test) == N_TEST
     assert not list(data_dir.glob(".*parts")), "part files are removed"
     info = json.loads((out / "dataset_info.json").read_text())
-    assert info["name"] == mp.NAME and info["configName"] == "1" and "mlpf_pythia" in info["description"]
+    assert info["name"] == mp.NAME and info["configName"] == "1" and "mlpf-pythia" in info["description"]
     for e in train + test:
         assert set(e) == set(fmt.EVENT_KEYS)
         n = e["X"].shape[0]

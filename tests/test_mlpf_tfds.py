@@ -16,7 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 from smilejax.inputs import mlpf_format as fmt
-from smilejax.inputs import mlpf_synthetic, mlpf_tfds, pipeline
+from smilejax.inputs import mlpf_tfds, pipeline
+from smilejax.models.mlpf import make_synthetic as mlpf_synthetic
 
 from smilejax import config
 from smilejax.config import ConfigError

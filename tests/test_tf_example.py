@@ -7,7 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-from smilejax.inputs import mlpf_synthetic, mlpf_tfds, tf_example
+from smilejax.inputs import mlpf_tfds, tf_example
+from smilejax.models.mlpf import make_synthetic as mlpf_synthetic
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb
 from tensorflow_datasets.proto import tf_feature_generated_pb2 as pb
 

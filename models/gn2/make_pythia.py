@@ -1,6 +1,6 @@
 """ATLAS flavour-tagging jets from Pythia 8 tt̄ events, in the training-dataset-dumper HDF5 layout.
 
-The same file format as ``ftag_synthetic`` (its ``JET_DTYPE`` / ``TRACK_DTYPE``: what ``ftag_h5``, salt and
+The same file format as ``make_synthetic`` (its ``JET_DTYPE`` / ``TRACK_DTYPE``: what ``ftag_h5``, salt and
 atlas-ftag-tools read; MeV and mm), but the physics comes from an event generator instead of a caricature:
 
 * events: ``pythia8mc`` tt̄ (gg and qq̄) at √s = 13 TeV, Monash tune with MPI, hadronisation and all decays
@@ -55,8 +55,6 @@ import os
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
-import dataclasses
-import importlib.util
 import logging
 import shutil
 import time
@@ -66,11 +64,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from smilejax.generators import workers as workers_mod
+from smilejax.generators.pythia import Record, cross, kinematics, record, require_generators, seeds, wrap
 
-from smilejax import host
-
-from . import workers as workers_mod
-from .ftag_synthetic import (
+from .make_synthetic import (
     FLAVOUR_NAMES,
     FROM_B,
     FROM_BC,
@@ -87,7 +84,6 @@ from .ftag_synthetic import (
 log = logging.getLogger(__name__)
 
 VERSION = 1
-INSTALL_HINT = host.pip_install(".[pythia]")  # pythia8mc, fastjet
 PYTHIA_SETTINGS = (
     "Beams:eCM = 13000.",
     "Top:gg2ttbar = on",
@@ -116,61 +112,8 @@ MIN_SI_HITS, MAX_SI_HOLES, MAX_PIX_HOLES = 7, 2, 1
 _B, _C, _TAU, _LONG, _HADRON = 1, 2, 4, 8, 16  # ancestry flags
 
 
-def require_generators() -> None:
-    """Fail early, with the install command, when pythia8mc / fastjet are missing."""
-    missing = [m for m in ("pythia8mc", "fastjet", "awkward") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(f"the Pythia dataset maker needs {', '.join(missing)}: {INSTALL_HINT}")
-
-
 # --------------------------------------------------------------------------------------------------
 # event record: one Pythia batch as flat numpy arrays
-
-
-@dataclasses.dataclass
-class _Record:
-    """Flat particle arrays of a batch of events; ``event`` is each particle's event (0..n-1)."""
-
-    event: np.ndarray
-    pid: np.ndarray
-    status: np.ndarray
-    parent: np.ndarray  # global index of the decaying particle for decay products (status 91-99), else -1
-    p: np.ndarray  # [n, 4] px, py, pz, E (GeV)
-    v: np.ndarray  # [n, 3] production vertex (mm)
-    charge: np.ndarray
-    tau0: np.ndarray  # mean proper lifetime cτ (mm)
-    n_events: int
-
-
-def _record(events, particle_data, cache: dict[int, tuple[float, float]]) -> _Record:
-    import awkward as ak
-
-    prt = events.prt
-    counts = ak.to_numpy(ak.num(prt)).astype(np.int64)
-    flat = {k: ak.to_numpy(ak.flatten(prt[k])) for k in ("id", "status", "mother1")}
-    p = np.stack([ak.to_numpy(ak.flatten(prt.p[k])) for k in ("px", "py", "pz", "e")], axis=1)
-    v = np.stack(
-        [ak.to_numpy(ak.fill_none(ak.flatten(prt.vProd[k]), 0.0)) for k in ("px", "py", "pz")], axis=1
-    )
-    event = np.repeat(np.arange(counts.size), counts)
-    start = np.r_[0, np.cumsum(counts)[:-1]]
-    status = np.abs(flat["status"])
-    decay = (status >= 91) & (status <= 99)
-    parent = np.where(decay, flat["mother1"] + start[event], -1)
-    ids = np.unique(flat["id"])
-    for i in ids.tolist():
-        if i not in cache:
-            cache[i] = (particle_data.charge(i), particle_data.tau0(i))
-    lut = np.array([cache[i] for i in ids.tolist()]).reshape(-1, 2)
-    k = np.searchsorted(ids, flat["id"])
-    return _Record(event, flat["id"], flat["status"], parent, p, v, lut[k, 0], lut[k, 1], int(counts.size))
-
-
-def _kinematics(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pT, η, φ of [n, 4] momenta (η finite even along the beam)."""
-    pt = np.hypot(p[:, 0], p[:, 1])
-    eta = np.arcsinh(p[:, 2] / np.maximum(pt, 1e-9))
-    return pt, eta, np.arctan2(p[:, 1], p[:, 0])
 
 
 def _heavy_quark(pid: np.ndarray) -> np.ndarray:
@@ -181,7 +124,7 @@ def _heavy_quark(pid: np.ndarray) -> np.ndarray:
     return np.where(hadron, np.maximum(np.maximum(q1, q2), q3), 0)
 
 
-def _ancestry(rec: _Record) -> tuple[np.ndarray, np.ndarray]:
+def _ancestry(rec: Record) -> tuple[np.ndarray, np.ndarray]:
     """(own flags, OR of the flags of all decay ancestors) per particle."""
     heavy = _heavy_quark(rec.pid)
     own = (
@@ -199,26 +142,10 @@ def _ancestry(rec: _Record) -> tuple[np.ndarray, np.ndarray]:
     return own, above
 
 
-def _wrap(dphi: np.ndarray) -> np.ndarray:
-    return (dphi + np.pi) % (2 * np.pi) - np.pi
-
-
-def _cross(ga: np.ndarray, gb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i, j) with ga[i] == gb[j], for group ids sorted ascending in both."""
-    n = int(max(ga.max(initial=-1), gb.max(initial=-1))) + 1
-    nb = np.bincount(gb, minlength=n)
-    first_b = np.r_[0, np.cumsum(nb)[:-1]]
-    reps = nb[ga]
-    i = np.repeat(np.arange(ga.size), reps)
-    first_pair = np.r_[0, np.cumsum(reps)[:-1]]
-    j = np.repeat(first_b[ga] - first_pair, reps) + np.arange(int(reps.sum()))
-    return i, j
-
-
 def _closest(ga, eta_a, phi_a, gb, eta_b, phi_b, max_dr) -> np.ndarray:
     """For each a, the index of the closest b of its group with ΔR < max_dr (per b), else -1."""
-    i, j = _cross(ga, gb)
-    dr = np.hypot(eta_a[i] - eta_b[j], _wrap(phi_a[i] - phi_b[j]))
+    i, j = cross(ga, gb)
+    dr = np.hypot(eta_a[i] - eta_b[j], wrap(phi_a[i] - phi_b[j]))
     ok = dr < np.broadcast_to(max_dr, eta_b.shape)[j]
     i, j, dr = i[ok], j[ok], dr[ok]
     order = np.lexsort((dr, i))
@@ -233,7 +160,7 @@ def _closest(ga, eta_a, phi_a, gb, eta_b, phi_b, max_dr) -> np.ndarray:
 # jets and labels
 
 
-def _cluster(rec: _Record, above: np.ndarray) -> dict[str, np.ndarray]:
+def _cluster(rec: Record, above: np.ndarray) -> dict[str, np.ndarray]:
     """Anti-kt jets of each event's visible final state, pT > 20 GeV, |η| < 2.5, ordered by event."""
     import awkward as ak
     import fastjet
@@ -250,21 +177,21 @@ def _cluster(rec: _Record, above: np.ndarray) -> dict[str, np.ndarray]:
     n = ak.to_numpy(ak.num(jets))
     jp = np.stack([ak.to_numpy(ak.flatten(jets[k])) for k in ("px", "py", "pz", "E")], axis=1)
     jp = jp.reshape(-1, 4)
-    pt, eta, phi = _kinematics(jp)
+    pt, eta, phi = kinematics(jp)
     keep = np.abs(eta) < JET_ETA_MAX
     event = np.repeat(np.arange(rec.n_events), n)
     mass = np.sqrt(np.maximum(jp[:, 3] ** 2 - (jp[:, :3] ** 2).sum(1), 0))
     return {"event": event[keep], "pt": pt[keep], "eta": eta[keep], "phi": phi[keep], "mass": mass[keep]}
 
 
-def _truth_labels(rec: _Record, own: np.ndarray, jets: dict[str, np.ndarray]) -> np.ndarray:
+def _truth_labels(rec: Record, own: np.ndarray, jets: dict[str, np.ndarray]) -> np.ndarray:
     """HadronConeExclTruthLabelID: b hadrons first, then c hadrons, then τ, each to its closest jet."""
     is_child = rec.parent >= 0
     child_flags = np.zeros_like(own)
     np.bitwise_or.at(child_flags, rec.parent[is_child], own[is_child])
     has_child = np.zeros(own.size, bool)
     has_child[rec.parent[is_child]] = True
-    pt, eta, phi = _kinematics(rec.p)
+    pt, eta, phi = kinematics(rec.p)
     label = np.zeros(jets["pt"].size, np.int32)
     for flag, value in ((_TAU, 15), (_C, 4), (_B, 5)):  # later, heavier labels overwrite
         # the weakly decaying ones: no hadron of the same flavour among the decay products
@@ -306,10 +233,10 @@ def _hits(rng: np.random.Generator, r_prod: np.ndarray) -> dict[str, np.ndarray]
 def _shared(rng, jet, eta, phi, r_prod, hit_pix) -> dict[str, np.ndarray]:
     """Shared/split pixel clusters: two tracks of a jet closer than MERGE_MM on a layer where both hit."""
     order = np.argsort(jet, kind="stable")
-    i, j = _cross(jet[order], jet[order])
+    i, j = cross(jet[order], jet[order])
     i, j = order[i], order[j]
     i, j = i[i != j], j[i != j]
-    dr = np.hypot(eta[i] - eta[j], _wrap(phi[i] - phi[j]))
+    dr = np.hypot(eta[i] - eta[j], wrap(phi[i] - phi[j]))
     # their distance on layer L grows from where the later-produced one starts
     gap = (PIXEL_R[None, :] - np.maximum(r_prod[i], r_prod[j])[:, None]) * dr[:, None]
     close = (gap < MERGE_MM) & hit_pix[i] & hit_pix[j]
@@ -354,9 +281,9 @@ def _vertex_index(jet: np.ndarray, pt: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tracks(rng, rec: _Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _tracks(rng, rec: Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Measured, selected tracks of the jets: flat arrays with ``jet`` (index into ``jets``)."""
-    pt_t, eta_t, phi_t = _kinematics(rec.p)
+    pt_t, eta_t, phi_t = kinematics(rec.p)
     cand = np.flatnonzero(
         (rec.status > 0) & (rec.charge != 0) & (pt_t > TRK_PT_MIN) & (np.abs(eta_t) < TRK_ETA_MAX + 0.1)
     )
@@ -389,7 +316,7 @@ def _tracks(rng, rec: _Record, above: np.ndarray, jets: dict[str, np.ndarray]) -
     gauss = rng.standard_normal((m, 5))
     d0 = d0_true + sigma_d0 * tails * gauss[:, 0]
     z0s = z0_true * sin_t + sigma_z0 * tails * gauss[:, 1]
-    phi_m = _wrap(phi + sigma_phi * gauss[:, 2])
+    phi_m = wrap(phi + sigma_phi * gauss[:, 2])
     theta_m = np.clip(theta + sigma_theta * gauss[:, 3], 1e-3, np.pi - 1e-3)
     qop = qop_true + sigma_qop * gauss[:, 4]
     eta_m = -np.log(np.tan(theta_m / 2))
@@ -402,7 +329,7 @@ def _tracks(rng, rec: _Record, above: np.ndarray, jets: dict[str, np.ndarray]) -
         "jet": jet,
         "d0": d0,
         "z0SinTheta": z0s,
-        "dphi": _wrap(phi_m - jet_phi),
+        "dphi": wrap(phi_m - jet_phi),
         "deta": eta_m - jet_eta,
         "qOverP": qop,
         "IP3D_signed_d0_significance": sd0,
@@ -438,7 +365,7 @@ def _tracks(rng, rec: _Record, above: np.ndarray, jets: dict[str, np.ndarray]) -
 def _pack(
     rng, jets: dict[str, np.ndarray], label: np.ndarray, trk: dict[str, np.ndarray], first_event: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``jets`` [n] and ``tracks`` [n, 40] structured arrays (ftag_synthetic's dtypes)."""
+    """The ``jets`` [n] and ``tracks`` [n, 40] structured arrays (make_synthetic's dtypes)."""
     n = label.size
     order = np.lexsort((-np.abs(trk["IP3D_signed_d0_significance"]), trk["jet"]))
     jet = trk["jet"][order]
@@ -492,7 +419,7 @@ class Generator:
         self.events = 0
 
     def batch(self, n_events: int = BATCH_EVENTS, first_event: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        rec = _record(self.pythia.nextBatch(n_events), self.pythia.particleData, self._cache)
+        rec = record(self.pythia.nextBatch(n_events), self.pythia.particleData, self._cache)
         own, above = _ancestry(rec)
         jets = _cluster(rec, above)
         label = _truth_labels(rec, own, jets)
@@ -503,12 +430,6 @@ class Generator:
 
 # --------------------------------------------------------------------------------------------------
 # parallel production
-
-
-def _seeds(seed: int, worker: int) -> tuple[int, tuple[int, ...]]:
-    """(Pythia seed in 1..9e8, numpy seed) of a worker: independent streams per (seed, worker)."""
-    pythia_seed = int(np.random.SeedSequence([seed, worker, 0x9717]).generate_state(1)[0]) % 900_000_000
-    return pythia_seed + 1, (seed, worker, 0xF7A6)
 
 
 def _append(ds: h5py.Dataset, x: np.ndarray) -> None:
@@ -522,7 +443,7 @@ def _work(seed: int, worker: int, n_jets: int, path: str, messages) -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)  # Pythia/FastJet banners and warnings: not the tqdm bar
         os.dup2(devnull, 1)
-        pythia_seed, rng_seed = _seeds(seed, worker)
+        pythia_seed, rng_seed = seeds(seed, worker)
         gen = Generator(pythia_seed, rng_seed)
         first_event = (seed * 1000 + worker) * 100_000_000
         done = 0
@@ -545,7 +466,7 @@ def _work(seed: int, worker: int, n_jets: int, path: str, messages) -> None:
 
 
 def _merge(parts: list[Path], out: Path, n_jets: int, attrs: dict) -> None:
-    """Copy the part files, in order, into one contiguous file (as ftag_synthetic writes it)."""
+    """Copy the part files, in order, into one contiguous file (as make_synthetic writes it)."""
     with h5py.File(out, "w", locking=False) as f:
         jets = f.create_dataset("jets", (n_jets,), JET_DTYPE)
         jets.attrs["flavour_label"] = list(FLAVOUR_NAMES)
@@ -598,7 +519,7 @@ def make(
         )
         seconds = time.perf_counter() - t0
         attrs = {
-            "generator": f"smilejax.inputs.ftag_pythia v{VERSION} (pythia8mc tt̄ 13 TeV, anti-kt 0.4)",
+            "generator": f"smilejax.models.gn2.make_pythia v{VERSION} (pythia8mc tt̄ 13 TeV, anti-kt 0.4)",
             "seed": seed,
             "workers": workers,
             "n_jets": n_jets,

@@ -6,9 +6,12 @@ examples made, ``("done", k, (events, cpu_seconds))`` at the end, or ``("error",
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import queue
 from collections.abc import Callable
+
+from smilejax import host
 
 
 def shares(n: int, workers: int) -> list[int]:
@@ -61,3 +64,15 @@ def run(
                 proc.terminate()
             proc.join(timeout=30)
     return events, cpu
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--no-progress``: the options of a maker whose generator runs through ``run``."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=host.usable_cpus(),
+        metavar="K",
+        help="generator processes (default: the CPUs this process may use, %(default)s here)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -87,10 +87,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
-from . import mlpf_format as fmt
-from . import workers as workers_mod
-from .ftag_pythia import _cross, _kinematics, _Record, _record, _seeds, _wrap, require_generators
+from smilejax.generators import workers as workers_mod
+from smilejax.generators.pythia import Record, cross, kinematics, record, require_generators, seeds, wrap
+from smilejax.inputs import mlpf_format as fmt
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -192,7 +191,7 @@ def _calo_entry(p3: np.ndarray, v: np.ndarray, q: np.ndarray) -> tuple[np.ndarra
 def _nearest(ga: np.ndarray, ua: np.ndarray, gb: np.ndarray, ub: np.ndarray, max_angle: float) -> np.ndarray:
     """For each a, the index of the b of its group (ids sorted in both) with the smallest opening angle
     between the unit vectors ``ua`` and ``ub``, if under ``max_angle``, else -1."""
-    i, j = _cross(ga, gb)
+    i, j = cross(ga, gb)
     cos = (ua[i] * ub[j]).sum(1)
     ok = cos > np.cos(max_angle)
     i, j, cos = i[ok], j[ok], cos[ok]
@@ -252,7 +251,7 @@ def _ee_jets(
     n = ak.to_numpy(ak.num(jets)).astype(np.int64)
     jp = np.stack([ak.to_numpy(ak.flatten(jets[k])).astype(np.float64) for k in ("px", "py", "pz", "E")], 1)
     jp = jp.reshape(-1, 4)
-    pt, eta, phi = _kinematics(jp)
+    pt, eta, phi = kinematics(jp)
     jet_event = np.repeat(np.arange(n_events), n)
     order = np.lexsort((-pt, jet_event))
     rank = np.empty(order.size, np.int64)
@@ -281,7 +280,7 @@ def _p4(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, e: np.ndarray) -> np.n
 def _tracks(rng: np.random.Generator, ev, p, v, q) -> Arrays:
     """Reconstructed tracks of the visible particles: ``idx`` (into them), ``X`` [m, 16] and what the
     baseline needs (measured kinematics, charge, direction of the calorimeter entry)."""
-    pt, eta, phi = _kinematics(p)
+    pt, eta, phi = kinematics(p)
     r_prod = np.hypot(v[:, 0], v[:, 1])
     cand = np.flatnonzero(
         (q != 0)
@@ -311,7 +310,7 @@ def _tracks(rng: np.random.Generator, ev, p, v, q) -> Arrays:
     omega = np.sign(qc) * C_B / pt * (1 + rel_pt * g[:, 0])  # LCIO: 1/mm, the sign of the charge
     pt_m = C_B / np.abs(omega)
     sigma_ang = np.hypot(2e-5, 1e-3 / p_abs)
-    phi_m = _wrap(phi + sigma_ang * g[:, 1])
+    phi_m = wrap(phi + sigma_ang * g[:, 1])
     theta_m = np.clip(theta + sigma_ang * g[:, 2], 1e-3, np.pi - 1e-3)
     tan_l = 1 / np.tan(theta_m)
     p_m = pt_m * np.sqrt(1 + tan_l**2)
@@ -406,7 +405,7 @@ def _clusters(rng: np.random.Generator, dep: Arrays) -> Arrays:
     from scipy.sparse.csgraph import connected_components
 
     ev, n = dep["event"], dep["event"].size
-    i, j = _cross(ev, ev)
+    i, j = cross(ev, ev)
     i, j = i[i < j], j[i < j]
     cos = (dep["unit"][i] * dep["unit"][j]).sum(1)
     link = cos > np.cos(np.where(dep["em"][i] & dep["em"][j], EM_LINK, HAD_LINK))
@@ -469,7 +468,7 @@ def _targets(vis: Arrays, trk: Arrays, dep: Arrays, cl: Arrays) -> tuple[np.ndar
     sim = np.select([apid == 13, reached], [SIM_LEFT, SIM_CALO], SIM_TRACKER)
 
     def rows(cls, charge, p4, particle):
-        pt, eta, phi = _kinematics(p4)
+        pt, eta, phi = kinematics(p4)
         y = np.zeros((cls.size, fmt.N_Y))
         y[:, :7] = np.stack([cls, charge, pt, eta, np.sin(phi), np.cos(phi), p4[:, 3]], axis=1)
         y[:, 8] = 1.0  # generatorStatus
@@ -540,7 +539,7 @@ def _candidates(
 # one batch of Pythia events -> MLPF events
 
 
-def _events(rng: np.random.Generator, rec: _Record) -> list[Arrays]:
+def _events(rng: np.random.Generator, rec: Record) -> list[Arrays]:
     """The MLPF events of a Pythia batch (events without any track or cluster are left out)."""
     n = rec.n_events
     stable = rec.status > 0
@@ -629,7 +628,7 @@ class Generator:
         self.events = 0  # Pythia events generated (skipped empty ones included)
 
     def batch(self, n_events: int = BATCH_EVENTS) -> list[Arrays]:
-        rec = _record(self.pythia.nextBatch(n_events), self.pythia.particleData, self._cache)
+        rec = record(self.pythia.nextBatch(n_events), self.pythia.particleData, self._cache)
         self.events += rec.n_events
         return _events(self.rng, rec)
 
@@ -659,7 +658,7 @@ def _produce(gen: Generator, n_events: int) -> Iterator[list[Arrays]]:
 def generate(n_events: int, seed: int = 0) -> list[Arrays]:
     """``n_events`` MLPF events in this process (worker 0's stream of ``make`` with this seed)."""
     n_events, seed = _check_count(n_events, 1), _check_seed(seed)
-    gen = Generator(*_seeds(seed, 0))
+    gen = Generator(*seeds(seed, 0))
     return [e for batch in _produce(gen, n_events) for e in batch]
 
 
@@ -689,7 +688,7 @@ def _work(seed: int, worker: int, n_events: int, part_dir: str, messages) -> Non
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)  # Pythia/FastJet output: not over the tqdm bar
         os.dup2(devnull, 1)
-        gen = Generator(*_seeds(seed, worker))
+        gen = Generator(*seeds(seed, worker))
         for b, events in enumerate(_produce(gen, n_events)):
             _save_part(Path(part_dir) / f"part-{worker:03d}-{b:06d}.npz", events)
             messages.put(("progress", worker, len(events)))
@@ -772,7 +771,7 @@ def make(
         parts = sorted(part_dir.glob("part-*.npz"))
         description = (
             f"{fmt.SAMPLES.get(NAME)}: Pythia 8 and a parametrised CLIC-like detector "
-            f"(smilejax.inputs.mlpf_pythia v{VERSION}, seed {seed}, {workers} workers, {n_events} events)"
+            f"(smilejax mlpf-pythia v{VERSION}, seed {seed}, {workers} workers, {n_events} events)"
         )
         n_train = n_events - n_test
         splits = {"train": _stream(parts, 0, n_train), "test": _stream(parts, n_train, n_events)}

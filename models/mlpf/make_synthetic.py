@@ -21,9 +21,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from . import mlpf_format as fmt
-from .cache import cache_root, locked
+from smilejax.inputs import mlpf_format as fmt
+from smilejax.inputs.cache import cache_root, locked
 
 VERSION = 2  # of this generator: part of the cache folder name
 _PROB = np.array([0.55, 0.12, 0.27, 0.03, 0.03])  # 211, 130, 22, 11, 13 among visible particles

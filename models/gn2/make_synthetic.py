@@ -33,8 +33,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from .cache import cache_root
+from smilejax.inputs.cache import cache_root
 
 VERSION = 1
 MAX_TRACKS = 40
@@ -293,7 +292,7 @@ def make(
                 compression=compression,
                 chunks=(chunks, tracks.shape[1]) if chunks else None,
             )
-            f.attrs["generator"] = f"smilejax.inputs.ftag_synthetic v{VERSION}"
+            f.attrs["generator"] = f"smilejax.models.gn2.make_synthetic v{VERSION}"
             f.attrs["seed"] = int(seed)
             f.attrs["n_jets"] = int(n_jets)
         os.replace(tmp, path)
