@@ -44,7 +44,7 @@ pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
             ["model.embed=64"],
             ("vary", ["model.heads=2,4"]),  # an option's own KEY=VALUE value stays its own
         ),
-        (["bench", "hpo", "run.steps=5", "--seeds", "1"], ["run.steps=5"], ("config", "gn2")),
+        (["bench", "hpo", "run.steps=5", "--seeds", "1"], ["run.steps=5"], ("config", "hpo-study")),
         (["tune", "gn2", "--spa", "s.yaml", "run.steps=5"], ["run.steps=5"], ("space", "s.yaml")),
     ],
 )
