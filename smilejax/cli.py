@@ -113,8 +113,8 @@ def _split_overrides(command: argparse.ArgumentParser, argv: list[str]) -> tuple
 
 
 def _is_override(token: str) -> bool:
-    """Whether ``token`` is a config override: ``section.key=value``, and no file of that name (salt's
-    checkpoints are called ``epoch=039-val_loss=0.59.ckpt``; a config file may be ``model.embed=64.yaml``)."""
+    """Whether ``token`` is a config override: ``section.key=value``, and no file of that name (a foreign
+    checkpoint may be called ``epoch=039-val_loss=0.59.ckpt``; a config file ``model.embed=64.yaml``)."""
     match = _OVERRIDE.match(token)
     if match is None:
         return False

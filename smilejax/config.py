@@ -4,9 +4,9 @@ Every model config shares the sections ``run``, ``data``, ``model``, ``optimizer
 ``logging`` and ``train``. The ``model`` and ``data`` sections take the dataclass that the chosen
 model (``model.name``) and data format (``data.format``) declare, so a misspelled key or a wrong
 type anywhere fails before any work, naming the key and the closest valid ones; every such problem of a
-config is reported at once. A YAML file may start from another (``base: gn2``, a packaged config, or
-``base: ../common.yaml``, a path relative to the file) and give only what changes: sections merge key
-by key.
+config is reported at once. A YAML file may start from another (``base: NAME``, a packaged config that
+an installed model family ships, or ``base: ../common.yaml``, a path relative to the file) and give only
+what changes: sections merge key by key.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def _read_chain(path: Path, chain: tuple[Path, ...]) -> dict:
     base = content.pop(BASE_KEY)
     if not isinstance(base, str) or not base:
         raise ConfigError(
-            f"{path}: base must be a packaged config name (e.g. gn2) or a YAML path, got {base!r}"
+            f"{path}: base must be a packaged config name ({', '.join(packaged())}) or a YAML path, "
+            f"got {base!r}"
         )
     return merge(_read_chain(_locate(base, referrer=path), (*chain, resolved)), content)
 
@@ -244,15 +245,16 @@ def from_dict(tree: dict) -> Config:
 def _chosen_sections(tree: dict, problems: list[str]) -> dict[str, type]:
     """The ``model`` and ``data`` sections' classes, as ``model.name`` and ``data.format`` choose them."""
     chosen = {}
-    for section, key, example, lookup in (
-        ("model", "name", "a packaged model such as 'gn2', or 'module:SPEC'", registry.model),
-        ("data", "format", "a packaged format such as 'ftag_h5', or 'module:SPEC'", registry.dataset),
+    for section, key, what, names, lookup in (
+        ("model", "name", "model", registry.models, registry.model),
+        ("data", "format", "data format", registry.datasets, registry.dataset),
     ):
         values = tree.get(section)
         if not isinstance(values, dict):
             problems.append(f"the config needs a {section!r} section")
         elif not values.get(key):
-            problems.append(f"{section}.{key} is missing ({example})")
+            known = ", ".join(names()) or "none"
+            problems.append(f"{section}.{key} is missing (a registered {what}: {known}; or 'module:SPEC')")
         else:
             try:
                 chosen[section] = lookup(values[key]).config
