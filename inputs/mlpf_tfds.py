@@ -6,7 +6,7 @@
 (``clic_edm_qq_pf``, ``clic_edm_ttbar_pf:3.1.0``, ...) and every numbered builder config in
 ``data.configs`` (particleflow splits each sample into configs ``1`` .. ``10``), the ``train`` split for
 training and ``test`` for evaluation; all of them are one set, shuffled globally. With no ``data.path``
-a small synthetic set (``mlpf_synthetic``) is made once and cached.
+a small synthetic set (``smilejax.models.mlpf.make_synthetic``) is made once and cached.
 
 Each event is turned into what particleflow's loader (``TFDSDataSource``) makes: optionally sorted by
 element pT, then ``ytarget``'s pT and energy become ``log(target / element)`` (0 where there is no
