@@ -62,14 +62,7 @@ def parse(argv: list[str] | None = None, parser: argparse.ArgumentParser | None 
     too. ``commands.common.peek`` reads what those arguments give so far."""
     parser = parser or _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    command, start = _command_parser(parser, argv)
-    extend = command.get_default("extend")
-    if extend is not None:
-        rest, _ = _split_overrides(command, argv)  # the command's name and what precedes it hold no override
-        try:
-            extend(command, rest[start:])
-        except (FileNotFoundError, ValueError, KeyError) as err:  # the arguments do not fit: exit 2
-            command.error(str(err))
+    command = _extend(parser, argv)
     argv, overrides = _split_overrides(command, argv)
     args, leftover = parser.parse_known_args(argv)
     if overrides:
@@ -77,6 +70,23 @@ def parse(argv: list[str] | None = None, parser: argparse.ArgumentParser | None 
     if leftover:
         command.error(_unrecognized(leftover, args))
     return args
+
+
+def _extend(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """Runs the ``extend`` hooks of the command ``argv`` names; the command's parser. A hook may add
+    sub-commands (``data make NAME``): the deeper command's own hook runs next, each at most once."""
+    extended: set[int] = set()
+    while True:
+        command, start = _command_parser(parser, argv)
+        extend = command.get_default("extend")
+        if extend is None or id(command) in extended:
+            return command
+        extended.add(id(command))
+        rest, _ = _split_overrides(command, argv)  # the command's name and what precedes it hold no override
+        try:
+            extend(command, rest[start:])
+        except (FileNotFoundError, ValueError, KeyError) as err:  # the arguments do not fit: exit 2
+            command.error(str(err))
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, int]:

@@ -236,3 +236,25 @@ def test_peek_reads_the_arguments_so_far_without_exiting():
     assert common.peek(parser, ["--count", "2"]) is None  # SHAPE is missing
     assert common.peek(parser, ["circle", "--count", "two"]) is None
     assert "error" not in vars(parser)  # the parser is as it was
+
+
+def test_a_hook_may_add_sub_commands_whose_own_hooks_run_next():
+    parser = argparse.ArgumentParser(prog="toy")
+    make = parser.add_subparsers(dest="command", required=True).add_parser("make")
+    calls = []
+
+    def add_makers(command: argparse.ArgumentParser, argv: list[str]) -> None:
+        calls.append(("make", argv))
+        blobs = command.add_subparsers(dest="maker", required=True).add_parser("blobs")
+        blobs.add_argument("--out")
+        blobs.set_defaults(
+            extend=lambda p, a: calls.append(("blobs", a)) or p.add_argument("--seed", type=int)
+        )
+
+    make.set_defaults(extend=add_makers)
+    args = cli.parse(["make", "blobs", "--out", "d", "--seed", "3"], parser)
+    assert (args.maker, args.out, args.seed) == ("blobs", "d", 3)
+    assert calls == [
+        ("make", ["blobs", "--out", "d", "--seed", "3"]),
+        ("blobs", ["--out", "d", "--seed", "3"]),
+    ]
