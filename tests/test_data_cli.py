@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import yaml
 from smilejax.inputs import ftag_h5 as fh
-from smilejax.inputs import ftag_synthetic as fs
+from smilejax.models.gn2 import make_synthetic as fs
 
 from smilejax import config, trainer
 from tests.conftest import run_cli
@@ -96,10 +96,10 @@ def test_make_pythia_and_plot(tmp_path):
 
 
 def test_check_plot_axes_carry_units_and_labels(tmp_path):
-    from smilejax.commands import data
+    from smilejax.inputs.ftag_h5 import commands
 
     path = fs.make(tmp_path / "syn.h5", 300, seed=2)
-    fig = data._plot([str(path)], fh.FtagConfig(), str(tmp_path / "check.png"))
+    fig = commands._plot([str(path)], fh.FtagConfig(), str(tmp_path / "check.png"))
     assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     by_field = {ax.get_title(): ax for ax in fig.axes}
     assert by_field["d0"].get_xlabel() == "$d_0$ [mm]"
@@ -142,3 +142,53 @@ def test_make_mlpf_synthetic_then_refuse_to_overwrite(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 2 and "exists" in again.stderr
     assert run_cli(*args, "--overwrite").returncode == 0
+
+
+def test_data_loads_only_what_its_arguments_name(monkeypatch, capsys):
+    """Makers and the formats' commands come from the registry, loaded in the CLI's second stage: a
+    maker's module (a model family's package may import JAX) only for ``data make`` of that maker."""
+    import pytest
+    from smilejax.models.spec import Maker
+
+    from smilejax import cli, registry
+
+    loaded: list[str] = []
+
+    class Makers(dict):  # names are free, a lookup loads (as registry.makers())
+        def __getitem__(self, name: str) -> Maker:
+            loaded.append(name)
+            if name == "broken":
+                raise registry.RegistryError("the smilejax.makers entry point broken = x:Y does not load")
+            return super().__getitem__(name)
+
+    def add_arguments(parser) -> None:
+        parser.add_argument("--n", type=int, required=True)
+
+    def run(args) -> int:
+        print(f"made {args.n} with {args.maker}")
+        return 0
+
+    def register_tools(actions) -> None:
+        actions.add_parser("tidy", help="tidy the files").set_defaults(run=lambda args: 0)
+
+    makers = Makers(
+        a=Maker("makes a's", add_arguments, run), b=Maker("makes b's", add_arguments, run, "All b.")
+    )
+    makers["broken"] = None
+    monkeypatch.setattr(registry, "makers", lambda: makers)
+    monkeypatch.setattr(registry, "data_commands", lambda: [register_tools])
+
+    args = cli.parse(["data", "make", "b", "--n", "3"])
+    assert loaded == ["b"] and args.run(args) == 0 and "made 3 with b" in capsys.readouterr().out
+    loaded.clear()
+    assert cli.parse(["data", "tidy"]).action == "tidy" and loaded == []
+    with pytest.raises(SystemExit):
+        cli.parse(["data", "make", "--help"])
+    text = capsys.readouterr().out
+    assert "makes a's" in text and "makes b's" in text and "does not load" in text
+    with pytest.raises(SystemExit):
+        cli.parse(["data", "--help"])
+    text = capsys.readouterr().out
+    assert all(word in text for word in ("make", "generate a dataset", "tidy the files"))
+    assert cli.main(["data", "make", "broken"]) == 2
+    assert "broken = x:Y does not load" in capsys.readouterr().err
