@@ -271,7 +271,7 @@ def test_eval_errors_exit_2_naming_the_problem(gn2_run, tmp_path, capsys):
     config.save(config.load(toy.config()), toy_run / "config.yaml")
     assert cli.main(["eval", str(toy_run)]) == 2
     err = capsys.readouterr().err
-    assert "no evaluator for model 'tests.toy:MODEL'" in err and "gn2" in err
+    assert "model 'tests.toy:MODEL' has no evaluation" in err and "gn2" in err
 
     assert cli.main(["eval", str(gn2_run), "--step", "7"]) == 2
     assert "no checkpoint of step 7" in capsys.readouterr().err
