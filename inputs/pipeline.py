@@ -2,7 +2,9 @@
 
 Global batch k of epoch e holds the examples ``perm_e[k*B:(k+1)*B]``; process p of P reads only its
 contiguous slice of that batch. So every process count sees the same global batches in the same order,
-and resuming an iterator at step k continues exactly where an uninterrupted run would be.
+and resuming an iterator at step k continues exactly where an uninterrupted run would be. For files
+compressed in chunks, ``BlockOrder`` (``batched(block=)``) permutes blocks of consecutive examples instead,
+with the same guarantees, so that each touched chunk is decompressed once per batch.
 
 Bucketing (``Buckets``): for sets padded to a fixed length (tracks of a jet), each global batch is padded
 only to the smallest of a few widths that holds its longest example. The width is a function of the
