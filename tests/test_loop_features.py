@@ -88,7 +88,7 @@ def test_every_evaluation_scores_the_same_examples():
 def test_evaluations_score_a_fixed_random_subset_of_all_eval_files(tmp_path):
     """Eval files follow one another (ttbar, then Z'): the evaluated examples come from both, and every
     evaluation (and every run, whatever its seed) reads the same ones."""
-    from smilejax.inputs import ftag_synthetic
+    from smilejax.models.gn2 import make_synthetic as ftag_synthetic
 
     from tests.conftest import TINY_GN2
 
