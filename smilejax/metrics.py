@@ -1,4 +1,6 @@
-"""Metrics: ``metrics.jsonl`` (the record every study reads), Weights & Biases, TensorBoard, and MFU."""
+"""Metrics: ``metrics.jsonl`` (the record every study reads), Weights & Biases and TensorBoard.
+
+The FLOPs and peaks behind MFU are ``smilejax.xla``'s (``xla.step_flops``, ``xla.peak_flops``)."""
 
 from __future__ import annotations
 
@@ -9,73 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.extend
-
 from smilejax.config import Config, LoggingConfig, to_dict
 
 log = logging.getLogger(__name__)
-
-# Dense bf16 peak FLOP/s per device, by jax's device_kind (substring match, first hit wins).
-PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "GH200": 989e12,
-    "A100": 312e12,
-    "A40": 150e12,
-    "L40S": 362e12,
-    "V100": 125e12,
-    "MI250X": 191.5e12,  # per GCD: JAX sees each of the two dies as a device
-    "MI300X": 1307e12,
-    "TPU v4": 275e12,
-    "TPU v5p": 459e12,
-    "TPU v5 lite": 197e12,
-}
-
-
-def peak_flops(device: jax.Device) -> float | None:
-    kind = device.device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
-
-
-def step_flops(lowered, *, devices: int = 1, repeats: int = 1) -> float | None:
-    """FLOPs per device of one step: XLA's cost analysis of the *lowered* (not yet optimised) program,
-    times ``repeats``, divided by the ``devices`` that share its work.
-
-    Not the compiled program's count: XLA's GPU backend turns matrix products into cuBLAS calls that
-    its cost analysis then misses (jax-ml/jax#22249; an H100 GN2 step counted 0.6 of its 2.8 TFLOP).
-    GPU plugins do not analyse lowered programs at all (jax-ml/jax#22713), so there the same HLO is
-    analysed by the CPU backend. A jit-sharded step lowers as the global program (``devices`` = mesh
-    size); a step that is one ``shard_map`` lowers as one device's body (``devices`` = 1). A loop body
-    counts once whatever its trip count, so gradient accumulation passes ``repeats``.
-    Fused kernels behind custom calls (cuDNN attention, Pallas) count nothing, and other loops (chunked
-    attention's query blocks) count once: ``steps.Program.step_flops`` therefore passes the step as the
-    model's plain jnp implementations compute it (``models.kernel_mode.reference``), with all three set.
-    """
-    flops = _lowered_flops(lowered)
-    return flops * repeats / devices if flops else None
-
-
-def _lowered_flops(lowered) -> float | None:
-    def flops_of(cost) -> float | None:
-        if isinstance(cost, list | tuple):
-            cost = cost[0] if cost else None
-        value = (cost or {}).get("flops")
-        return float(value) if value and value > 0 else None
-
-    try:
-        own = flops_of(lowered.cost_analysis())  # None where the backend does not implement it
-    except Exception:
-        own = None
-    if own is not None:
-        return own
-    try:  # the backend's plugin does not analyse HLO: the CPU backend counts the same program
-        from jax._src.lib import _jax
-
-        cpu = jax.extend.backend.get_backend("cpu")
-        return flops_of(_jax.hlo_module_cost_analysis(cpu, lowered.compiler_ir("hlo").as_hlo_module()))
-    except Exception:  # no CPU backend (JAX_PLATFORMS without cpu) or another jaxlib: no MFU
-        return None
 
 
 class MetricsLog:

@@ -23,7 +23,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smilejax import mesh as meshlib
-from smilejax import metrics, optim, registry
+from smilejax import optim, registry, xla
 from smilejax.config import Config, ConfigError
 from smilejax.models import kernel_mode
 from smilejax.models.spec import ModelSpec
@@ -71,7 +71,7 @@ class Program:
         shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
         lowered = self.reference_step.lower(self.abstract_state, shapes)
         devices = 1 if self.manual else self.mesh.size
-        return metrics.step_flops(lowered, devices=devices, repeats=self.grad_accum)
+        return xla.step_flops(lowered, devices=devices, repeats=self.grad_accum)
 
 
 def compute_dtype(cfg: Config) -> jnp.dtype:

@@ -28,16 +28,17 @@ from smilejax import (
     host,
     metrics,
     preemption,
-    profiling,
     registry,
     resume,
     runtime,
     steps,
+    xla,
 )
 from smilejax import mesh as meshlib
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
 from smilejax.inputs.spec import BatchSource
+from smilejax.xla import profile as profiling
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ def train(
     # A run that asks for a trace keeps each step's lowered program, for its traceable compile.
     lowered_steps: dict[tuple, jax.stages.Lowered] = {}
     traceable: dict[tuple, Callable] = {}  # the profiler window's programs (profiling.compile_traceable)
-    peak = metrics.peak_flops(jax.devices()[0])  # None: no MFU, so no FLOPs to count
+    peak = xla.peak_flops(jax.devices()[0])  # None: no MFU, so no FLOPs to count
 
     def compiled_for(state: steps.TrainState, batch: dict) -> tuple[tuple, Callable, float | None]:
         """(the batch's shapes, the step compiled for them, its FLOPs)."""

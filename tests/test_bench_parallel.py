@@ -9,10 +9,12 @@ import sys
 
 import pytest
 
-from smilejax import cli, hlo_text
-from smilejax.bench import _hlo_stats, _scaling_model
-from smilejax.bench._hlo_stats import Collective
+from smilejax import cli
+from smilejax.bench import _scaling_model
 from smilejax.bench._scaling_model import Network
+from smilejax.xla import hlo as hlo_text
+from smilejax.xla import hlo_stats as _hlo_stats
+from smilejax.xla.hlo_stats import Collective
 from tests.conftest import ROOT, cli_env, slurm_env, smilejax_cmd
 
 # A GN2 of a few thousand parameters, fp32 so strategies agree to rounding, jet loss only (a plain mean

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from smilejax.bench import _roofline
+from smilejax.xla import roofline as _roofline
 from tests.conftest import run_cli
 
 # The shape of XLA's GPU output: a fused matmul, a loop with a known trip count, a library GEMM,

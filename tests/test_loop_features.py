@@ -12,6 +12,7 @@ import pytest
 from smilejax import checkpoint, config, metrics, optim, registry, steps, trainer
 from smilejax import mesh as meshlib
 from smilejax.config import OptimizerConfig
+from smilejax.xla import devices
 from tests import toy
 
 
@@ -22,7 +23,7 @@ def _run(tmp_path, **sections):
 
 
 def test_mfu_is_logged_when_the_device_peak_is_known(tmp_path, monkeypatch):
-    monkeypatch.setitem(metrics.PEAK_FLOPS, "cpu", 1e9)
+    monkeypatch.setitem(devices.DEVICES, "cpu", devices.Device("cpu", 1e9, None, 1e9, 2**30))
     _, run_dir = _run(tmp_path)
     records = [r for r in metrics.read(run_dir / "metrics.jsonl") if "loss" in r]
     assert all(0 < r["mfu"] < 1 for r in records)

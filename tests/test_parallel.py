@@ -145,7 +145,7 @@ def test_step_flops_are_the_models_whichever_kernels_run():
     chunked attention and the fused pair kernel count as math attention and the jnp head do. Counted on
     the step itself, the pair kernel (here in Pallas's interpreter: a loop) and the chunked attention's
     loop of query blocks count their loop body once."""
-    from smilejax import metrics
+    from smilejax import xla
     from smilejax.bench import _synthetic
     from smilejax.bench._target import load_config
 
@@ -165,7 +165,7 @@ def test_step_flops_are_the_models_whichever_kernels_run():
         counted[name] = program.step_flops(batch)
         if name != "cudnn":
             lowered = program.train_step.lower(program.abstract_state, batch)
-            on_the_step[name] = metrics.step_flops(lowered)
+            on_the_step[name] = xla.step_flops(lowered)
     assert counted["reference"] == pytest.approx(on_the_step["reference"], rel=1e-9)
     for name in ("cudnn", "chunked", "pallas"):
         assert counted[name] == pytest.approx(counted["reference"], rel=1e-9), name

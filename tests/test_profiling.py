@@ -1,4 +1,4 @@
-"""``smilejax.profiling``: a step's device time by kind of op, model scope and pass, from a real trace."""
+"""``smilejax.xla.profile``: a step's device time by kind of op, model scope and pass, from a real trace."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smilejax import profiling
+from smilejax.xla import profile as profiling
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 

@@ -12,9 +12,10 @@ import numpy as np
 
 from smilejax import mesh as meshlib
 from smilejax import steps
-from smilejax.bench import _hlo_stats, common
+from smilejax.bench import common
 from smilejax.config import Config, ConfigError
 from smilejax.models.spec import ModelSpec
+from smilejax.xla import hlo_stats as _hlo_stats
 
 
 def available() -> str:

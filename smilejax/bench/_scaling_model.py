@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from smilejax.bench._hlo_stats import Collective
+from smilejax.xla.hlo_stats import Collective
 
 
 @dataclasses.dataclass(frozen=True)

@@ -426,8 +426,9 @@ def _scaling_model(
     args: argparse.Namespace, rows: list[dict[str, Any]], platform: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     """The predicted rows and their assumptions; None without a compute time (``_compute_time``)."""
-    from smilejax.bench import _hlo_stats, _scaling_model
+    from smilejax.bench import _scaling_model
     from smilejax.bench._parallel_measure import expand
+    from smilejax.xla import hlo_stats as _hlo_stats
 
     net = _scaling_model.Network(
         gpus_per_node=args.gpus_per_node,

@@ -59,7 +59,7 @@ COLUMNS = [
 
 
 def register(sub) -> None:
-    from smilejax.bench._roofline import TARGETS
+    from smilejax.xla.devices import TARGETS
 
     parser = add_command(
         sub,
@@ -153,8 +153,8 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
     """(totals, breakdown) of ``program``'s step on ``host``'s shapes, compiled for the target."""
     import jax
 
-    from smilejax import profiling
-    from smilejax.bench import _roofline
+    from smilejax.xla import profile as profiling
+    from smilejax.xla import roofline as _roofline
 
     sharding = program.batch_sharding
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
@@ -171,7 +171,7 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
 
 
 def _write_breakdown(out: Path, label: str, title: str, breakdown: dict) -> None:
-    from smilejax import profiling
+    from smilejax.xla import profile as profiling
 
     (out / f"roofline-{label}.json").write_text(json.dumps({"label": title, **breakdown}, indent=2) + "\n")
     intro = "Each kernel's roofline bound in ms per step, and its share of the step's bound."
@@ -184,9 +184,10 @@ def study(args: argparse.Namespace) -> int:
 
     from smilejax import mesh as meshlib
     from smilejax import registry, steps
-    from smilejax.bench import _roofline, _train_jax, common
+    from smilejax.bench import _train_jax, common
     from smilejax.bench._target import load_config
     from smilejax.bench.train_step import plot
+    from smilejax.xla import roofline as _roofline
 
     if args.batch is not None and args.batch < 1:
         raise SystemExit("--batch must be at least 1")

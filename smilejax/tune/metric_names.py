@@ -14,7 +14,7 @@ import difflib
 import jax
 import numpy as np
 
-from smilejax import metrics, registry, steps
+from smilejax import registry, steps, xla
 from smilejax.config import Config
 from smilejax.tune.space import SpaceError
 
@@ -40,7 +40,7 @@ def reported(cfg: Config) -> list[str]:
     """Every metric name a run of ``cfg`` logs (sorted)."""
     losses = loss_metrics(cfg)
     names = {*losses, *LOOP}
-    if metrics.peak_flops(jax.devices()[0]):
+    if xla.peak_flops(jax.devices()[0]):
         names.add(MFU)
     if cfg.run.eval_every > 0:
         names |= {f"eval/{name}" for name in losses}

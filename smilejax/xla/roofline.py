@@ -10,19 +10,21 @@ it. Custom kernels (cuDNN attention, Pallas/Triton) count their bytes only: thei
 HLO.
 
 The bound says where a step's memory traffic goes and how a change moves it, on a machine that has
-no GPU (``smilejax bench roofline`` compiles for one). Real steps take longer: launch gaps, small
-kernels far from peak, caches. On an H100 the measured GN2 step took 1.4-1.7x its bound
-(docs/PERFORMANCE.md).
+no GPU (``smilejax bench roofline`` compiles for one of ``devices.TARGETS``). Real steps take longer:
+launch gaps, small kernels far from peak, caches. On an H100 a measured transformer step took 1.4-1.7x
+its bound (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 
-from smilejax import hlo_text
+from smilejax.xla import hlo
+from smilejax.xla.devices import TARGETS as TARGETS  # the compile targets, re-exported
+from smilejax.xla.devices import Device
+from smilejax.xla.flops import dot_flops
 
 log = logging.getLogger(__name__)
 
@@ -43,122 +45,41 @@ _FREE = {
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _BODY = re.compile(r"body=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"(?:branch_computations=\{([^}]*)\}|(?:true|false)_computation=%?([\w.\-]+))")
-# HLO's "lhs_contracting_dims={1}" and a library call's JSON "lhs_contracting_dimensions":["1"]
-_LHS_CONTRACTING = re.compile(r'lhs_contracting_dim(?:s|ensions)"?[=:]\s*[\[{]?([^\]}]*)')
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """An NVIDIA GPU as XLA's compiler sees it (``gpu_device_info``) and its roofline."""
-
-    description: str  # the device kind JAX reports
-    compute_capability: tuple[int, int]
-    sms: int
-    clock_ghz: float
-    memory_bandwidth: float  # bytes/s (HBM)
-    l2_bytes: int
-    memory_bytes: int
-    shared_memory_per_sm: int
-    shared_memory_per_block_optin: int
-    peak_bf16: float  # dense FLOP/s
-    peak_tf32: float  # float32 matrix products: JAX's default precision runs them as TF32 on NVIDIA GPUs
-
-    def peak(self, precision: str) -> float:
-        return self.peak_bf16 if precision == "bf16" else self.peak_tf32
-
-    def target_config(self) -> str:
-        """XLA's ``GpuTargetConfig`` text proto (what ``--xla_gpu_target_config_filename`` reads)."""
-        major, minor = self.compute_capability
-        return f"""gpu_device_info {{
-  threads_per_block_limit: 1024
-  threads_per_warp: 32
-  shared_memory_per_block: 49152
-  shared_memory_per_core: {self.shared_memory_per_sm}
-  threads_per_core_limit: 2048
-  core_count: {self.sms}
-  fpus_per_core: 128
-  block_dim_limit_x: 2147483647
-  block_dim_limit_y: 65535
-  block_dim_limit_z: 65535
-  memory_bandwidth: {int(self.memory_bandwidth)}
-  l2_cache_size: {self.l2_bytes}
-  clock_rate_ghz: {self.clock_ghz}
-  device_memory_size: {self.memory_bytes}
-  shared_memory_per_block_optin: {self.shared_memory_per_block_optin}
-  cuda_compute_capability {{ major: {major} minor: {minor} }}
-  registers_per_core_limit: 65536
-  registers_per_block_limit: 65536
-}}
-platform_name: "CUDA"
-dnn_version_info {{ major: 9 minor: 8 }}
-runtime_version {{ major: 12 minor: 8 }}
-device_description_str: "{self.description}"
-"""
-
-
-# Vendor data sheets (SXM parts); the peaks are dense tensor-core bf16 and TF32.
-_HOPPER = dict(compute_capability=(9, 0), sms=132, clock_ghz=1.98, l2_bytes=50 * 2**20)
-_HOPPER_SMEM = dict(shared_memory_per_sm=233472, shared_memory_per_block_optin=232448)
-TARGETS = {
-    "h100": Target(
-        "NVIDIA H100 80GB HBM3", **_HOPPER, **_HOPPER_SMEM, memory_bandwidth=3.35e12,
-        memory_bytes=80 * 2**30, peak_bf16=989e12, peak_tf32=494e12,
-    ),
-    "h200": Target(
-        "NVIDIA H200", **_HOPPER, **_HOPPER_SMEM, memory_bandwidth=4.8e12,
-        memory_bytes=141 * 10**9, peak_bf16=989e12, peak_tf32=494e12,
-    ),
-    "a100": Target(
-        "NVIDIA A100-SXM4-80GB", compute_capability=(8, 0), sms=108, clock_ghz=1.41, l2_bytes=40 * 2**20,
-        shared_memory_per_sm=167936, shared_memory_per_block_optin=166912, memory_bandwidth=2.04e12,
-        memory_bytes=80 * 2**30, peak_bf16=312e12, peak_tf32=156e12,
-    ),
-}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    name: str  # the instruction (profiling.hlo_ops names its category, pass and scope)
+    name: str  # the instruction (profile.hlo_ops names its category, pass and scope)
     bytes: int  # read and written per launch
     flops: float  # of its matrix products, per launch
     launches: int  # per step: 1, or a loop's trip count
 
-    def seconds(self, target: Target, peak: float) -> float:
+    def seconds(self, target: Device, peak: float) -> float:
         """The roofline bound of all its launches in a step."""
         return self.launches * max(self.bytes / target.memory_bandwidth, self.flops / peak)
 
 
-def _dot_flops(call: str, result: str, shapes: dict[str, str]) -> float:
-    texts, attrs = hlo_text.operands(call)
-    lhs = hlo_text.dims(shapes.get(hlo_text.operand_name(texts[0]) or "", "")) if texts else []
-    found = _LHS_CONTRACTING.search(attrs)
-    contracting = [int(d) for d in re.findall(r"\d+", found.group(1))] if found else []
-    if not lhs or any(d >= len(lhs) for d in contracting):
-        return 0.0
-    return 2.0 * math.prod(hlo_text.dims(result)) * math.prod(lhs[d] for d in contracting)
-
-
-def _flops(name: str, comps: dict[str, list[hlo_text.Instruction]]) -> float:
+def _flops(name: str, comps: dict[str, list[hlo.Instruction]]) -> float:
     """FLOPs of the matrix products in computation ``name`` and the fusions it calls."""
     body = comps.get(name, [])
     shapes = {n: shape for n, shape, _, _ in body}
     total = 0.0
     for _, shape, opcode, call in body:
         if opcode == "dot":
-            total += _dot_flops(call, shape, shapes)
-        elif opcode == "fusion" and (callee := hlo_text.callee(call)):
+            total += dot_flops(call, shape, shapes)
+        elif opcode == "fusion" and (callee := hlo.callee(call)):
             total += _flops(callee, comps)
     return total
 
 
 def _launch(name: str, shape: str, opcode: str, call: str, shapes: dict[str, str], comps) -> Kernel:
-    texts, _ = hlo_text.operands(call)
-    inputs = {hlo_text.operand_name(t) for t in texts} - {None}
-    moved = hlo_text.shape_bytes(shape) + sum(hlo_text.shape_bytes(shapes.get(n, "")) for n in inputs)
-    if opcode == "fusion" and (callee := hlo_text.callee(call)):
+    texts, _ = hlo.operands(call)
+    inputs = {hlo.operand_name(t) for t in texts} - {None}
+    moved = hlo.shape_bytes(shape) + sum(hlo.shape_bytes(shapes.get(n, "")) for n in inputs)
+    if opcode == "fusion" and (callee := hlo.callee(call)):
         flops = _flops(callee, comps)
-    elif opcode == "dot" or (opcode == "custom-call" and hlo_text.is_matmul_call(call)):
-        flops = _dot_flops(call, shape, shapes)  # a library call's result is (out, workspace): dims of out
+    elif opcode == "dot" or (opcode == "custom-call" and hlo.is_matmul_call(call)):
+        flops = dot_flops(call, shape, shapes)  # a library call's result is (out, workspace): dims of out
     else:
         flops = 0.0
     return Kernel(name, moved, flops, 1)
@@ -166,7 +87,7 @@ def _launch(name: str, shape: str, opcode: str, call: str, shapes: dict[str, str
 
 def kernels(text: str) -> list[Kernel]:
     """Every kernel one execution of the compiled program launches (see the module doc)."""
-    entry, comps = hlo_text.computations(text)
+    entry, comps = hlo.computations(text)
     if entry not in comps:
         raise ValueError("no ENTRY computation in the HLO text")
     out: list[Kernel] = []
@@ -182,7 +103,7 @@ def kernels(text: str) -> list[Kernel]:
                 if not trips:
                     log.warning("roofline: loop %s has no known trip count; its body is counted once", name)
                 walk(_BODY.search(call).group(1), launches * (int(trips.group(1)) if trips else 1))
-            elif opcode == "call" and (callee := hlo_text.callee(call)):
+            elif opcode == "call" and (callee := hlo.callee(call)):
                 walk(callee, launches)
             elif opcode == "conditional":
                 # One branch runs: the costliest bounds it.
@@ -206,7 +127,7 @@ def kernels(text: str) -> list[Kernel]:
     return out
 
 
-def bound(found: list[Kernel], target: Target, precision: str) -> dict[str, float]:
+def bound(found: list[Kernel], target: Device, precision: str) -> dict[str, float]:
     """Totals of a step: kernels, bytes, FLOPs, the roofline time and its memory-bound share."""
     peak = target.peak(precision)
     times = [k.seconds(target, peak) for k in found]
@@ -223,8 +144,8 @@ def bound(found: list[Kernel], target: Target, precision: str) -> dict[str, floa
     }
 
 
-def kernel_times(found: list[Kernel], target: Target, precision: str) -> dict[str, float]:
-    """{kernel: its bound in ns per step}, as ``profiling.summarise`` takes traced times."""
+def kernel_times(found: list[Kernel], target: Device, precision: str) -> dict[str, float]:
+    """{kernel: its bound in ns per step}, as ``profile.summarise`` takes traced times."""
     peak = target.peak(precision)
     times: dict[str, float] = {}
     for k in found:

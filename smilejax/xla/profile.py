@@ -32,9 +32,10 @@ from typing import Any
 
 import jax
 
-from smilejax import hlo_text, plotting, protowire
-from smilejax.hlo_text import COLLECTIVES, instructions
+from smilejax import plotting, protowire
 from smilejax.tables import markdown_table
+from smilejax.xla import hlo
+from smilejax.xla.hlo import COLLECTIVES, instructions
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +104,17 @@ def parse_op_name(op_name: str) -> tuple[str, str, str]:
 def _is_matmul_fusion(call: str) -> bool:
     """A GEMM fusion, by its own attributes: its computation's name or its backend config's kind (not
     its operands or control predecessors, which may name a GEMM fusion that feeds it)."""
-    kind = hlo_text.backend_kind(call)
-    return "gemm" in (hlo_text.callee(call) or "") or "gemm" in kind or kind in ("__cublas", "__ynn_fusion")
+    kind = hlo.backend_kind(call)
+    return "gemm" in (hlo.callee(call) or "") or "gemm" in kind or kind in ("__cublas", "__ynn_fusion")
 
 
 def _category(op: str, call: str) -> str:
     if op == "custom-call":
-        target = hlo_text.custom_call_target(call)
+        target = hlo.custom_call_target(call)
         lowered = target.lower()
         if "fmha" in lowered or "attention" in lowered or "flash" in lowered:
             return "attention (fused)"
-        if hlo_text.is_matmul_call(call):
+        if hlo.is_matmul_call(call):
             return "matmul"
         return f"custom-call {target}"
     if op in ("dot", "convolution"):

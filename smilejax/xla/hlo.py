@@ -1,7 +1,8 @@
-"""XLA's HLO text (``compiled.as_text()``), one instruction per line: what the device really runs.
+"""XLA's HLO text, one instruction per line: ``compiled.as_text()`` (what the device really runs) or
+``lowered.as_text(dialect="hlo")`` (the program before XLA optimises it).
 
-Shared by the communication study (``bench/_hlo_stats``), the device-time breakdown (``profiling``) and
-the roofline study (``bench/_roofline``).
+Shared by the FLOP count (``flops``), the collectives and memory of a step (``hlo_stats``), the
+device-time breakdown (``profile``) and the roofline bound (``roofline``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ COLLECTIVES = (
 )
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
-_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")  # a header: "%name (params) -> shape {"
+# a computation's header: "%name (params) -> shape {", or "name {" in a lowered (unoptimized) module
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*)?\{\s*$")
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
 
 _CALLEE = re.compile(r"\b(?:calls|to_apply)=%?([\w.\-]+)")
@@ -73,6 +75,20 @@ def computations(hlo_text: str) -> tuple[str, dict[str, list[Instruction]]]:
         elif current is not None and (parsed := _parse(line)):
             current.append(parsed)
     return entry, found
+
+
+def roots(hlo_text: str) -> dict[str, str]:
+    """{computation: the name of its ROOT instruction}."""
+    found, current = {}, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line) if not line.startswith(" ") else None
+        if header:
+            current = header.group(2)
+        elif line.startswith("}"):
+            current = None
+        elif current is not None and line.lstrip().startswith("ROOT ") and (parsed := _parse(line)):
+            found[current] = parsed[0]
+    return found
 
 
 def _element_bytes(dtype: str) -> float:

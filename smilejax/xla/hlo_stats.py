@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from smilejax.hlo_text import COLLECTIVES, instructions, operand_name, operands, shape_bytes
+from smilejax.xla.hlo import COLLECTIVES, instructions, operand_name, operands, shape_bytes
 
 _NUM_PARTITIONS = re.compile(r"num_partitions=(\d+)")
 
