@@ -18,7 +18,7 @@ BUDGET_MLPF = [
     "data.element_budget=4096",  # 64 events of <= 64 elements ... 8 of <= 512
     "data.batch_multiple=8",
     "data.read_threads=1",
-    "trainer.precision=fp32",
+    "train.precision=fp32",
     "optimizer.schedule=constant",  # the same learning rates whatever run.steps (resume test)
     "optimizer.warmup=0",
     "run.log_every=1",
