@@ -8,13 +8,17 @@ Python time). Two data-parallel forms share one loss-and-gradient core:
   handles FSDP and tensor parallelism from the same rules;
 - ``shard_map``: each device computes gradients on its batch shard and reduces them explicitly with
   ``lax.pmean``; parameters are replicated, so it is pure data parallelism.
+
+The same core, vmapped over a leading trial axis (``TrialAxis``), trains K trials that differ in traced
+hyperparameters as one program (``tune.vectorised``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +45,8 @@ class TrainState(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """Everything static about one run's model: graph, optimizer, shardings and the steps."""
+    """Everything static about one run's model: graph, optimizer, shardings and the steps. A program of
+    vectorised trials (``TrialAxis``) has the same functions over states with a leading trial axis."""
 
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
@@ -53,25 +58,64 @@ class Program:
     init: Callable[[], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, dict], Metrics]
-    reference_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]]  # for step_flops
+    reference_step: Callable[[TrainState, dict], tuple[TrainState, Metrics]] | None  # for step_flops
     manual: bool = False  # the train step is one shard_map (its lowered form is one device's program)
     grad_accum: int = 1  # microbatches per step, a loop whose body XLA's cost analysis counts once
+    trials: int = 0  # the length of the trial axis (0: a plain run's program, without one)
+    eval_sharding: NamedSharding | None = None  # the eval batches' sharding, when not ``batch_sharding``
 
     @property
     def param_count(self) -> int:
-        return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
+        """Parameters of one model (one trial's, in a program of trials)."""
+        return sum(x.size for x in jax.tree.leaves(self.abstract_state.params)) // max(self.trials, 1)
+
+    @property
+    def eval_batch_sharding(self) -> NamedSharding:
+        return self.eval_sharding or self.batch_sharding
 
     def step_flops(self, batch: dict) -> float | None:
         """FLOPs per device of one training step on ``batch``'s shapes (arrays or ShapeDtypeStructs), for
         MFU: counted on the step as the model's plain jnp implementations compute it
         (``kernel_mode.reference``), so that fused kernels (cuDNN, Pallas), whose FLOPs XLA cannot see, and
         chunked attention's loop count in full, and every implementation gets the same count. A
-        rematerialised model (``model.remat``) counts its recomputed forward too."""
+        rematerialised model (``model.remat``) counts its recomputed forward too. None for a program
+        without a reference step (vectorised trials)."""
+        if self.reference_step is None:
+            return None
         sharding = self.batch_sharding
         shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
         lowered = self.reference_step.lower(self.abstract_state, shapes)
         devices = 1 if self.manual else self.mesh.size
         return xla.step_flops(lowered, devices=devices, repeats=self.grad_accum)
+
+
+Hypers = dict[str, Any]  # a run's values that the program reads as traced arrays (empty for a plain run)
+
+
+def _no_context(model: nnx.Module, h: Hypers) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """What a run's hyperparameters ``h`` decide inside the traced program. A plain run's come from its
+    config (``h`` is empty); vectorised trials read their own row of ``h`` (``tune.vectorised``)."""
+
+    # (h, step) -> the optimizer and the learning rate at that step
+    optimizer: Callable[[Hypers, jax.Array], tuple[optax.GradientTransformation, jax.Array]]
+    seed: Callable[[Hypers], int | jax.Array]  # the model's initial seed (an int or a PRNG key)
+    around_loss: Callable[[nnx.Module, Hypers], contextlib.AbstractContextManager] = _no_context
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialAxis:
+    """K trials in one program: every function is vmapped over a leading trial axis of the train state,
+    each trial reading its row of ``hypers`` (arrays of K rows) through ``knobs``; the axis is sharded
+    over the devices of the mesh given to ``build`` (one axis, ``"trials"``)."""
+
+    knobs: Knobs
+    hypers: Hypers
+    stacked_batches: bool = False  # each trial has its own batch (a leading trial axis); else all share one
 
 
 def compute_dtype(cfg: Config) -> jnp.dtype:
@@ -122,19 +166,100 @@ def _split_microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
-    """The model's program on ``mesh``: sharded init, train step and eval step."""
+class _Core(NamedTuple):
+    """The pure functions of training one model, each taking the run's hyperparameters first."""
+
+    init: Callable[[Hypers], TrainState]
+    grads: Callable  # (h, params, rest, batch) -> loss, metrics, new rest, gradients (microbatches summed)
+    apply: Callable  # (h, state, loss, metrics, rest, grads) -> the next state, the step's values
+    eval: Callable[[Hypers, TrainState, dict], Metrics]
+
+
+def _core(spec: ModelSpec, cfg: Config, graphdef: nnx.GraphDef, knobs: Knobs) -> _Core:
+    def init(h: Hypers) -> TrainState:
+        model = build_model(spec, cfg, knobs.seed(h))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+        tx = knobs.optimizer(h, jnp.zeros((), jnp.int32))[0]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+
+    def loss_and_grads(h: Hypers, params, rest, batch):
+        def loss_of(p):
+            model = nnx.merge(graphdef, p, rest)
+            with knobs.around_loss(model, h):
+                loss, metrics = spec.loss(model, batch)
+            _, _, new_rest = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, nnx.to_pure_dict(new_rest))
+
+        (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        return loss, metrics, new_rest, grads
+
+    def accumulate(h: Hypers, params, rest, batch):
+        k = cfg.train.grad_accum
+        if k == 1:
+            return loss_and_grads(h, params, rest, batch)
+
+        def body(carry, micro):
+            rest, sums = carry
+            loss, metrics, rest, grads = loss_and_grads(h, params, rest, micro)
+            sums = jax.tree.map(jnp.add, sums, (loss, metrics, grads))
+            return (rest, sums), None
+
+        micro = _split_microbatches(batch, k)
+        loss, metrics, _, grads = jax.eval_shape(
+            loss_and_grads, h, params, rest, jax.tree.map(lambda x: x[0], micro)
+        )
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
+        (rest, sums), _ = jax.lax.scan(body, (rest, zeros), micro)
+        loss, metrics, grads = jax.tree.map(lambda s: s / k, sums)
+        return loss, metrics, rest, grads
+
+    @jax.named_scope("optimizer")
+    def apply(h: Hypers, state: TrainState, loss, metrics, rest, grads) -> tuple[TrainState, Metrics]:
+        tx, lr = knobs.optimizer(h, state.step)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {**metrics, "loss": loss, "lr": lr, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, rest, opt_state), out
+
+    def evaluate(h: Hypers, state: TrainState, batch: dict) -> Metrics:
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()
+        with knobs.around_loss(model, h):
+            loss, metrics = spec.loss(model, batch)
+        return {**metrics, "loss": loss}
+
+    return _Core(init, accumulate, apply, evaluate)
+
+
+def build(spec: ModelSpec, cfg: Config, mesh: Mesh, trials: TrialAxis | None = None) -> Program:
+    """The model's program on ``mesh``: sharded init, train step and eval step; with ``trials``, the
+    program of K vectorised trials on a mesh of one axis, ``"trials"``."""
     tx, lr = optim.make(cfg.optimizer, cfg.run.steps)
-    rules = cfg.mesh.rules
     abstract_model = nnx.eval_shape(lambda: build_model(spec, cfg, cfg.run.seed))
     graphdef, abs_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+    if trials is not None:
+        return _trial_program(_core(spec, cfg, graphdef, trials.knobs), trials, graphdef, tx, lr, mesh)
+    knobs = Knobs(optimizer=lambda h, step: (tx, lr(step)), seed=lambda h: cfg.run.seed)
+    return _run_program(_core(spec, cfg, graphdef, knobs), cfg, graphdef, abs_params, tx, lr, mesh)
+
+
+def _run_program(
+    core: _Core,
+    cfg: Config,
+    graphdef: nnx.GraphDef,
+    abs_params: nnx.State,
+    tx: optax.GradientTransformation,
+    lr: optax.Schedule,
+    mesh: Mesh,
+) -> Program:
+    """One run's program: its state sharded by the parameters' logical names, the step ``jit`` or one
+    ``shard_map`` (``train.parallel``)."""
+    rules = cfg.mesh.rules
     param_sharding = _param_shardings(abs_params, mesh, rules)
 
     def init() -> TrainState:
-        model = build_model(spec, cfg, cfg.run.seed)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+        return core.init({})
 
     abstract_state = jax.eval_shape(init)
     state_sharding = _state_shardings(abstract_state, param_sharding, tx, mesh)
@@ -144,53 +269,16 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
     )
     batch_sharding = meshlib.batch_sharding(mesh, rules)
 
-    def loss_and_grads(params, rest, batch):
-        def loss_of(p):
-            model = nnx.merge(graphdef, p, rest)
-            loss, metrics = spec.loss(model, batch)
-            _, _, new_rest = nnx.split(model, nnx.Param, ...)
-            return loss, (metrics, nnx.to_pure_dict(new_rest))
-
-        (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        return loss, metrics, new_rest, grads
-
-    def accumulate(params, rest, batch):
-        k = cfg.train.grad_accum
-        if k == 1:
-            return loss_and_grads(params, rest, batch)
-
-        def body(carry, micro):
-            rest, sums = carry
-            loss, metrics, rest, grads = loss_and_grads(params, rest, micro)
-            sums = jax.tree.map(jnp.add, sums, (loss, metrics, grads))
-            return (rest, sums), None
-
-        micro = _split_microbatches(batch, k)
-        loss, metrics, _, grads = jax.eval_shape(
-            loss_and_grads, params, rest, jax.tree.map(lambda x: x[0], micro)
-        )
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
-        (rest, sums), _ = jax.lax.scan(body, (rest, zeros), micro)
-        loss, metrics, grads = jax.tree.map(lambda s: s / k, sums)
-        return loss, metrics, rest, grads
-
-    @jax.named_scope("optimizer")
-    def apply(state: TrainState, loss, metrics, rest, grads) -> tuple[TrainState, Metrics]:
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        out = {**metrics, "loss": loss, "lr": lr(state.step), "grad_norm": optax.tree.norm(grads)}
-        return TrainState(state.step + 1, params, rest, opt_state), out
-
     def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
-        return apply(state, *accumulate(state.params, state.rest, batch))
+        return core.apply({}, state, *core.grads({}, state.params, state.rest, batch))
 
     batch_axes = tuple(a for a in rules.get("batch", []) if a in mesh.shape)
 
     def shard_map_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
         def local(state, batch):
-            loss, metrics, rest, grads = accumulate(state.params, state.rest, batch)
+            loss, metrics, rest, grads = core.grads({}, state.params, state.rest, batch)
             loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), batch_axes)
-            return apply(state, loss, metrics, rest, grads)
+            return core.apply({}, state, loss, metrics, rest, grads)
 
         return jax.shard_map(
             local,
@@ -212,10 +300,7 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         step_fn = jit_step
 
     def eval_fn(state: TrainState, batch: dict) -> Metrics:
-        model = nnx.merge(graphdef, state.params, state.rest)
-        model.eval()
-        loss, metrics = spec.loss(model, batch)
-        return {**metrics, "loss": loss}
+        return core.eval({}, state, batch)
 
     train_step = jax.jit(
         step_fn,
@@ -245,4 +330,51 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh) -> Program:
         eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
         manual=step_fn is shard_map_step,
         grad_accum=cfg.train.grad_accum,
+    )
+
+
+def _trial_program(
+    core: _Core,
+    trials: TrialAxis,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    lr: optax.Schedule,
+    mesh: Mesh,
+) -> Program:
+    """``core`` vmapped over the trial axis: the state's leading axis, sharded over ``mesh``'s devices."""
+    per_trial = NamedSharding(mesh, PartitionSpec("trials"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    hypers = jax.device_put(trials.hypers, per_trial)
+    batch_axis = 0 if trials.stacked_batches else None
+
+    def init() -> TrainState:
+        return jax.vmap(core.init)(hypers)
+
+    def one_step(h: Hypers, state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        return core.apply(h, state, *core.grads(h, state.params, state.rest, batch))
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        return jax.vmap(one_step, in_axes=(0, 0, batch_axis))(hypers, state, batch)
+
+    def eval_step(state: TrainState, batch: dict) -> Metrics:  # every trial scores the same batches
+        return jax.vmap(core.eval, in_axes=(0, 0, None))(hypers, state, batch)
+
+    shapes = jax.eval_shape(init)
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=per_trial), shapes
+    )
+    return Program(
+        graphdef=graphdef,
+        tx=tx,
+        lr=lr,
+        mesh=mesh,
+        state_sharding=jax.tree.map(lambda _: per_trial, shapes),
+        batch_sharding=per_trial if trials.stacked_batches else replicated,
+        abstract_state=abstract_state,
+        init=jax.jit(init, out_shardings=per_trial),
+        train_step=jax.jit(train_step, donate_argnums=(0,)),
+        eval_step=jax.jit(eval_step),
+        reference_step=None,
+        trials=shapes.step.shape[0],
+        eval_sharding=replicated,
     )

@@ -1,11 +1,12 @@
 """``smilejax train``: one linear recipe from config to checkpoints.
 
-runtime → mesh → input → run dir → model → restore → loggers → loop (hooks every N steps) → summary.
+runtime → mesh → input → run dir → model → restore → callbacks → loop → summary. The loop
+(``smilejax.loop``) only steps the program; logging, evaluation, checkpoints, the profiler, stop
+signals and the NaN stop are its callbacks (``smilejax.callbacks``), which vectorised trials share.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -13,16 +14,15 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from smilejax import (
+    callbacks,
     checkpoint,
     config,
     host,
@@ -35,26 +35,15 @@ from smilejax import (
     xla,
 )
 from smilejax import mesh as meshlib
+from smilejax.callbacks import Callback
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
 from smilejax.inputs.spec import BatchSource
-from smilejax.xla import profile as profiling
+from smilejax.loop import Batches, Loop, to_global  # to_global: also the trainer's API
 
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
-
-
-@dataclasses.dataclass
-class Hook:
-    """Runs ``fn(step)`` after every ``every``-th step (``every <= 0`` disables it)."""
-
-    every: int
-    fn: Callable[[int], None]
-
-    def __call__(self, step: int) -> None:
-        if self.every > 0 and step % self.every == 0:
-            self.fn(step)
 
 
 @dataclasses.dataclass
@@ -72,8 +61,6 @@ class Result:
 
 
 # ---------------------------------------------------------------- helpers
-
-_accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -147,16 +134,6 @@ def make_inputs(
     )
 
 
-def to_global(sharding: jax.sharding.Sharding, local: dict) -> dict:
-    """This process's rows → one global jax.Array per key (each process feeds an equal shard)."""
-
-    def put(x: np.ndarray) -> jax.Array:
-        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, x, shape)
-
-    return {k: put(v) for k, v in local.items()}
-
-
 def check_batch(cfg: Config, mesh) -> None:
     config.check_batch_sizes(
         cfg.data,
@@ -169,20 +146,16 @@ def check_batch(cfg: Config, mesh) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def _shape_label(shapes: tuple) -> str:
-    """A compiled program's batch shapes as a profile names them: the largest-rank array, "4000x24x21"."""
-    return "x".join(map(str, max((shape for _, shape in shapes), key=len)))
-
-
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
     """Mean eval values over the next ``run.eval_steps`` batches (``Evaluation`` makes them the same ones
     each time)."""
-    sums: dict[str, float] = {}
+    sums: dict[str, np.ndarray] = {}
     for _ in range(cfg.run.eval_steps):
-        out = program.eval_step(state, to_global(program.batch_sharding, next(batches)))
-        for k, v in jax.device_get(out).items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    return {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
+        out = program.eval_step(state, to_global(program.eval_batch_sharding, next(batches)))
+        for k, v in jax.device_get(out).items():  # one value per trial in a program of trials
+            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+    means = {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}
 
 
 class Evaluation:
@@ -225,21 +198,70 @@ def summary(result: Result) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def train(
+def _restore(
+    cfg: Config, run_dir: Path, program: steps.Program, ckpt: checkpoint.Checkpointer, iterator, examples: int
+) -> steps.TrainState | None:
+    """The newest readable checkpoint's state (and input position), None when there is none; a resume
+    that the config rules out fails before restoring."""
+    try:
+        if ckpt.steps():
+            resume.check_data(run_dir, cfg, examples)
+        return ckpt.restore(program.abstract_state, iterator)
+    except checkpoint.StateMismatch as mismatch:
+        ckpt.close()
+        raise resume.structure_error(run_dir, cfg, mismatch) from None
+    except BaseException:
+        ckpt.close()
+        raise
+
+
+def _callbacks(
     cfg: Config,
-    *,
-    extra_hooks: tuple[Hook, ...] = (),
-    on_metrics: Callable[[int, dict], None] | None = None,
-) -> Result:
-    """Trains ``cfg``. ``extra_hooks`` run after the built-in ones each step; ``on_metrics(step, values)``
-    sees every record written to ``metrics.jsonl`` (training and ``eval/`` values), on every process."""
-    # ---- runtime
+    run_dir: Path,
+    info: dict,
+    ckpt: checkpoint.Checkpointer,
+    evaluation: Evaluation | None,
+    start: int,
+    resumed: bool,
+    extra: Sequence[Callback],
+) -> tuple[callbacks.LogWindow, callbacks.Evaluate, list[Callback]]:
+    """The run's callbacks in the order the loop calls them; the log window's and evaluation's, which
+    hold the last values, apart as well."""
+    lead = jax.process_index() == 0
+    window = callbacks.LogWindow(cfg.run.log_every, xla.peak_flops(jax.devices()[0]))
+    evaluate = callbacks.Evaluate(evaluation, cfg.run.eval_every if evaluation is not None else 0)
+    run = cfg.run
+    chain: list[Callback] = [
+        callbacks.NanStop(),  # first: a NaN record reaches no other callback
+        window,
+        evaluate,
+        callbacks.Checkpoint(run.checkpoint_every, opened={0: ckpt}),
+        *(
+            [callbacks.Profile(run.profile_at, run.profile_steps, run_dir, lead=lead)]
+            if run.profile_at >= 0
+            else []
+        ),
+        *extra,
+        callbacks.Progress(run.steps, start, lead and cfg.logging.progress),
+        callbacks.Preemption(run.preemption_check_every, run.steps, lead=lead),
+    ]
+    if lead:  # records are written by process 0 only
+        chain.append(
+            callbacks.MetricsFile([metrics.MetricsLog(run_dir / "metrics.jsonl", resume_step=start)])
+        )
+        chain.append(callbacks.Dashboards(metrics.Loggers(cfg, run_dir, info, resume=resumed)))
+    return window, evaluate, chain
+
+
+def train(cfg: Config, *, callbacks: Sequence[Callback] = ()) -> Result:
+    """Trains ``cfg``. ``callbacks`` run after the built-in ones at each point (``callbacks.base``); their
+    ``metrics`` sees every record written to ``metrics.jsonl`` (training and ``eval/`` values), on
+    every process."""
+    # ---- runtime and mesh
     cluster = runtime.initialize()
     lead = jax.process_index() == 0
     run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(run_dir)))
-
-    # ---- mesh
     mesh = meshlib.build_mesh(cfg.mesh)
     check_batch(cfg, mesh)
     if lead:
@@ -248,26 +270,16 @@ def train(
     # ---- input (fails here, before any compilation and before the run directory, on a missing or
     # malformed file)
     train_source = registry.dataset(cfg.data.format).source(cfg.data, "train")
-    batches = iter(make_inputs(cfg, "train", source=train_source))
+    iterator = iter(make_inputs(cfg, "train", source=train_source))
     evaluation = Evaluation(cfg) if cfg.run.eval_every > 0 else None
 
-    # ---- model, run directory and train state (a resume that the config rules out fails before restoring)
+    # ---- model, run directory and train state
     program = steps.build(registry.model(cfg.model.name), cfg, mesh)
     run_dir.mkdir(parents=True, exist_ok=True)  # after the build: a model it refuses leaves no directory
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep=cfg.run.keep_checkpoints)
-    try:
-        if ckpt.steps():
-            resume.check_data(run_dir, cfg, len(train_source))
-        state = ckpt.restore(program.abstract_state, batches)
-    except checkpoint.StateMismatch as mismatch:
-        ckpt.close()
-        raise resume.structure_error(run_dir, cfg, mismatch) from None
-    except BaseException:
-        ckpt.close()
-        raise
+    state = _restore(cfg, run_dir, program, ckpt, iterator, len(train_source))
     resumed = state is not None
-    if not resumed:
-        state = program.init()
+    state = state if resumed else program.init()
     start = int(jax.device_get(state.step))
     info = {**run_info(cfg, program, cluster), "train_examples": len(train_source)}
     if lead:
@@ -279,177 +291,20 @@ def train(
         if resumed:
             log.info("resumed from step %d", start)
 
-    # ---- loggers (process 0 only)
-    record = metrics.MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if lead else None
-    loggers = metrics.Loggers(cfg, run_dir, info, resume=resumed) if lead else None
-
-    def emit(step: int, values: dict) -> None:
-        if on_metrics is not None:
-            on_metrics(step, values)
-        if lead:
-            record.write({"step": step, **values})
-            loggers.log(step, values)
-
-    # ---- compile ahead of time, once per batch shape (bucketed inputs have a few), with its FLOPs for MFU
-    compiled: dict[tuple, tuple[Callable, float | None]] = {}
-    # A run that asks for a trace keeps each step's lowered program, for its traceable compile.
-    lowered_steps: dict[tuple, jax.stages.Lowered] = {}
-    traceable: dict[tuple, Callable] = {}  # the profiler window's programs (profiling.compile_traceable)
-    peak = xla.peak_flops(jax.devices()[0])  # None: no MFU, so no FLOPs to count
-
-    def compiled_for(state: steps.TrainState, batch: dict) -> tuple[tuple, Callable, float | None]:
-        """(the batch's shapes, the step compiled for them, its FLOPs)."""
-        shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
-        if shapes not in compiled:
-            lowered = program.train_step.lower(state, batch)
-            if cfg.run.profile_at >= 0:
-                lowered_steps[shapes] = lowered
-            compiled[shapes] = lowered.compile(), program.step_flops(batch) if peak else None
-        return shapes, *compiled[shapes]
-
-    def traceable_for(shapes: tuple) -> Callable:
-        """The step for ``shapes`` as the profiler window runs it: on a GPU, compiled without CUDA graphs,
-        so that the trace times each kernel (only inside the window: the run's speed is the default's)."""
-        if shapes not in traceable:
-            traceable[shapes] = profiling.compile_traceable(lowered_steps[shapes], compiled[shapes][0])
-        return traceable[shapes]
-
-    first_global = to_global(program.batch_sharding, next(batches))
-    compiled_for(state, first_global)
-
-    # ---- hooks
-    window = {"steps": 0, "samples": 0, "data_s": 0.0, "t0": time.perf_counter(), "sums": None, "flops": 0.0}
-    last: dict = {}
-    last_eval: dict = {}
-
-    def log_hook(step: int) -> None:
-        sums = jax.device_get(window["sums"])
-        elapsed = time.perf_counter() - window["t0"]
-        n = window["steps"]
-        values = {k: float(v) / n for k, v in sums.items()}
-        step_time = elapsed / n
-        values.update(
-            samples_per_s=window["samples"] / elapsed,
-            step_time_s=step_time,
-            data_wait_frac=min(window["data_s"] / elapsed, 1.0),
-        )
-        if window["flops"] and peak:
-            values["mfu"] = window["flops"] / elapsed / peak
-        if not np.isfinite(values["loss"]):
-            raise FloatingPointError(
-                f"loss is {values['loss']} at step {step}; stopping (last checkpoint kept)"
-            )
-        emit(step, values)
-        last.clear()
-        last.update(values)
-        bar.set_postfix(loss=f"{values['loss']:.4g}", samples_s=f"{values['samples_per_s']:.4g}")
-        window.update(steps=0, samples=0, data_s=0.0, t0=time.perf_counter(), sums=None, flops=0.0)
-
-    def eval_hook(step: int) -> None:
-        last_eval.clear()
-        last_eval.update(evaluation(program, state))
-        emit(step, last_eval)
-
-    def checkpoint_hook(step: int) -> None:
-        ckpt.save(state, batches)
-
-    # the profiler window: its first and last step so far, and the batch shapes (programs) it ran
-    tracing = {"on": False, "first": 0, "last": 0, "shapes": set()}
-
-    def begin_profile(first: int) -> None:
-        for shapes in compiled:  # the shapes seen so far compile outside the trace
-            traceable_for(shapes)
-        jax.block_until_ready(state)  # the window holds its own steps only
-        jax.profiler.start_trace(str(run_dir / "profile"))
-        tracing.update(on=True, first=first, last=first - 1, shapes=set())
-
-    def end_profile() -> None:
-        try:
-            jax.block_until_ready(state)
-        finally:
-            jax.profiler.stop_trace()
-            tracing["on"] = False
-        if lead and tracing["shapes"]:  # bucketed batches: one compiled program per width
-            first, last = tracing["first"], tracing["last"]
-            programs = {_shape_label(shapes): traceable[shapes] for shapes in tracing["shapes"]}
-            title = f"training steps {first}-{last}"
-            profiling.write_summary(run_dir / "profile", programs, last - first + 1, title)
-
-    def profile_hook(step: int) -> None:
-        if step == cfg.run.profile_at:
-            begin_profile(step + 1)
-        elif step == cfg.run.profile_at + cfg.run.profile_steps and tracing["on"]:
-            end_profile()
-
-    hooks = [
-        Hook(cfg.run.log_every, log_hook),
-        Hook(cfg.run.eval_every if evaluation is not None else 0, eval_hook),
-        Hook(cfg.run.checkpoint_every, checkpoint_hook),
-        Hook(1 if cfg.run.profile_at >= 0 else 0, profile_hook),
-        *extra_hooks,
-    ]
-
-    # ---- loop
-    watch = preemption.StopWatch(cfg.run.preemption_check_every, announce=lead)
-    bar = tqdm(
-        total=cfg.run.steps,
-        initial=start,
-        disable=not (lead and cfg.logging.progress),
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
+    # ---- the loop
+    window, evaluate, chain = _callbacks(cfg, run_dir, info, ckpt, evaluation, start, resumed, callbacks)
+    count_flops = xla.peak_flops(jax.devices()[0]) is not None  # no peak: no MFU, so no FLOPs to count
+    loop = Loop(
+        cfg, program, Batches(iterator, program.batch_sharding), state, chain, count_flops=count_flops
     )
-    exit_code = 0
-    pending = first_global
-    if cfg.run.profile_at == start:  # profile_at=0: from the first step
-        begin_profile(start + 1)
-    try:
-        for step in range(start + 1, cfg.run.steps + 1):
-            t_data = time.perf_counter()
-            batch = pending if pending is not None else to_global(program.batch_sharding, next(batches))
-            pending = None
-            window["data_s"] += time.perf_counter() - t_data
-            shapes, step_fn, flops = compiled_for(state, batch)
-            if tracing["on"]:
-                tracing["shapes"].add(shapes)
-                tracing["last"] = step
-                step_fn = traceable_for(shapes)
-            state, out = step_fn(state, batch)
-            unknown = flops is None or window["flops"] is None
-            window["flops"] = None if unknown else window["flops"] + flops
-            window["sums"] = out if window["sums"] is None else _accumulate(window["sums"], out)
-            window["steps"] += 1
-            window["samples"] += next(iter(batch.values())).shape[0]
-            for hook in hooks:
-                hook(step)
-            bar.update(1)
-            if step < cfg.run.steps and watch.should_stop(step):
-                exit_code = watch.exit_code
-                if lead:
-                    log.warning("stop requested (%s): checkpointing step %d", watch.requested, step)
-                break
-        if window["steps"]:
-            log_hook(int(jax.device_get(state.step)))
-        ckpt.save(state, batches, wait=True)
-    finally:
-        if tracing["on"]:  # the run ended (finished, preempted, failed) inside the profiler window
-            log.warning("the profiler window ended early, after step %s", tracing["last"])
-            with contextlib.suppress(Exception):  # a failed run's own error matters more
-                end_profile()
-        bar.close()
-        watch.restore()
-        ckpt.wait()
-        ckpt.close()
-        if lead:
-            record.close()
-            loggers.close()
+    loop.run(cfg.run.steps)
     result = Result(
         run_dir=run_dir,
-        step=int(jax.device_get(state.step)),
-        last_metrics=last,
-        exit_code=exit_code,
-        last_eval=last_eval,
+        step=loop.step,
+        last_metrics={k: float(v) for k, v in window.last.items()},
+        exit_code=loop.exit_code,
+        last_eval=dict(evaluate.last),
     )
-    if lead:
+    if lead and loop.finished:  # not after a callback ended it (a pruned trial)
         log.info("%s", summary(result))
     return result

@@ -79,3 +79,21 @@ def test_shape_changing_values_are_refused_with_the_field_named(tmp_path):
     space = spaces.parse({"parameters": {"data.batch_size": {"type": "choice", "values": [8, 16]}}})
     with pytest.raises(VectoriseError, match=r"parameters\.data\.batch_size"):
         vectorised.check_space(space)
+
+
+def test_a_pruned_trial_stops_alone_and_keeps_no_checkpoint(tmp_path):
+    """The tuner's pruning callback ends one trial of a program; the other trains on to its last step."""
+    cfgs = [trial_config(tmp_path / f"vec-{i}", t) for i, t in enumerate(TRIALS[:2])]
+    seen: list[tuple[int, float]] = []
+
+    def prune_at_once(step: int, value: float) -> bool:
+        seen.append((step, value))
+        return True
+
+    kept, pruned = vectorised.train(cfgs, "eval/loss", reports=[None, prune_at_once])
+    assert (kept.state, kept.step) == ("complete", 8) and (pruned.state, pruned.step) == ("pruned", 4)
+    assert pruned.history == seen == [(4, pruned.value)] and [s for s, _ in kept.history] == [4, 8]
+    steps_logged = [r["step"] for r in metrics.read(tmp_path / "vec-1" / "metrics.jsonl")]
+    assert steps_logged == [2, 4, 4]  # nothing after the step it was pruned at
+    assert (tmp_path / "vec-0" / "checkpoints" / "8").is_dir()
+    assert not (tmp_path / "vec-1" / "checkpoints").exists()

@@ -1,10 +1,10 @@
 """One trial = one normal smilejax run (``trainer.train``) in its own run directory.
 
 The trial's config is the study's base config with the trial's values as dotted overrides, its run
-directory ``STUDY_DIR/trial-XXXX`` and its W&B run in the study's group. The run hands each logged
-value of the objective metric to the trial (``trainer.train(on_metrics=...)``), and an extra hook passes
-it to the backend (``report``), which may stop the trial early (pruning) by answering True. Running a
-trial again on the same directory resumes it from its newest checkpoint, as ``smilejax train`` does.
+directory ``STUDY_DIR/trial-XXXX`` and its W&B run in the study's group. A callback of the run's loop
+(``Pruning``, shared with vectorised trials) passes each value of the objective metric to the backend
+(``report``), which may stop the trial early (pruning) by answering True. Running a trial again on the
+same directory resumes it from its newest checkpoint, as ``smilejax train`` does.
 """
 
 from __future__ import annotations
@@ -15,24 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from smilejax import config, metrics, preemption, trainer
+from smilejax.callbacks import Callback, due
 from smilejax.config import Config, ConfigError
 from smilejax.tune.space import Space
+
+if TYPE_CHECKING:
+    from smilejax.loop import Loop
 
 log = logging.getLogger(__name__)
 
 # report(step, value) -> True when the backend wants the trial stopped (pruned).
 Report = Callable[[int, float], bool]
-
-
-class _Stop(Exception):
-    """Raised from the report hook to leave ``train()`` early; its ``finally`` closes the run cleanly."""
-
-    def __init__(self, step: int, pruned: bool):
-        super().__init__(step)
-        self.step, self.pruned = step, pruned
 
 
 @dataclass
@@ -83,6 +79,39 @@ def missing_metric(run_dir: Path, metric: str) -> ConfigError:
     return ConfigError(f"objective metric {metric!r} was never logged in {path}; logged metrics: {listing}")
 
 
+class Pruning(Callback):
+    """Every ``every`` steps, each trial's value of ``metric`` logged at that step goes to its ``report``
+    (kept in ``history``); an answer of True prunes the trial (``pruned``: its step). At a step budget
+    ``stop_at`` the loop halts (``budget_step``), its trials complete."""
+
+    def __init__(self, metric: str, every: int, reports: list[Report | None], stop_at: int | None = None):
+        self.metric, self.every, self.reports, self.stop_at = metric, every, reports, stop_at
+        self.logged: list[dict[int, float]] = [{} for _ in reports]
+        self.history: list[list[tuple[int, float]]] = [[] for _ in reports]
+        self.pruned: dict[int, int] = {}
+        self.budget_step: int | None = None
+
+    def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
+        if self.metric in values:
+            self.logged[trial][step] = float(values[self.metric])
+
+    def step(self, loop: Loop, step: int) -> None:
+        if not due(self.every, step):
+            return
+        for trial in loop.running():
+            value = self.logged[trial].get(step)
+            if value is None or not math.isfinite(value):
+                continue
+            self.history[trial].append((step, value))
+            report = self.reports[trial]
+            if report is not None and report(step, value):
+                self.pruned[trial] = step
+                loop.end_trial(trial, "pruned", step)
+        if self.stop_at is not None and step >= self.stop_at:
+            self.budget_step = step
+            loop.halt()
+
+
 def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int | None = None) -> Outcome:
     """Trains ``cfg`` as one trial. ``stop_at`` ends it after that many steps (a budget) with the full
     run's learning-rate schedule; ``report`` answering True prunes it.
@@ -91,34 +120,17 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
     numerical failure (NaN loss) or any other error of this trial alone gives a ``failed`` outcome.
     """
     run_dir = Path(cfg.run.dir)
-    history: list[tuple[int, float]] = []
     every = report_every(cfg, metric)
+    pruning = Pruning(metric, every, [report], stop_at)
     t0 = time.perf_counter()
-
-    logged: dict[int, float] = {}
-
-    def on_metrics(step: int, values: dict) -> None:
-        if metric in values:
-            logged[step] = float(values[metric])
-
-    def hook(step: int) -> None:
-        value = logged.get(step)
-        if value is not None and math.isfinite(value):
-            history.append((step, value))
-            if report is not None and report(step, value):
-                raise _Stop(step, pruned=True)
-        if stop_at is not None and step >= stop_at:
-            raise _Stop(step, pruned=False)
-
-    hooks = (trainer.Hook(every, hook),) if every > 0 else ()
     state, step, error = "complete", cfg.run.steps, None
     try:
-        result = trainer.train(cfg, extra_hooks=hooks, on_metrics=on_metrics)
+        result = trainer.train(cfg, callbacks=(pruning,) if every > 0 else ())
         step = result.step
         if result.exit_code == preemption.EXIT_INTERRUPTED:  # Ctrl-C: the trial checkpointed, the study stops
             raise KeyboardInterrupt
-    except _Stop as stop:
-        state, step = ("pruned" if stop.pruned else "complete"), stop.step
+        if pruning.pruned:
+            state = "pruned"
     except (ConfigError, FileNotFoundError, KeyboardInterrupt):
         raise
     except Exception as err:  # this trial's failure (NaN, out of memory, ...) ends only this trial
@@ -128,6 +140,7 @@ def run(cfg: Config, metric: str, *, report: Report | None = None, stop_at: int 
     value = None if state == "failed" else last_value(run_dir, metric)
     if state == "complete" and value is None:
         raise missing_metric(run_dir, metric)
+    history = pruning.history[0]
     if state == "pruned" and history:
         value = history[-1][1]
     return Outcome(state, value, step, seconds, run_dir, history, error)

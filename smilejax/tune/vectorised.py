@@ -37,14 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from smilejax import checkpoint, config, metrics, optim, registry, steps
-from smilejax import trainer as training
+from smilejax import callbacks, checkpoint, config, metrics, optim, registry, steps, trainer
 from smilejax.config import Config, ConfigError
+from smilejax.loop import Loop, Trial
 from smilejax.models import kernel_mode
 from smilejax.models.spec import ModelSpec
-from smilejax.tune.objective import Outcome, Report, missing_metric
+from smilejax.tune.objective import Outcome, Pruning, Report, missing_metric, report_every
 from smilejax.tune.space import Space
 
 log = logging.getLogger(__name__)
@@ -215,22 +215,26 @@ def _traced(model: nnx.Module, slots: dict[str, list[Slot]], values: dict[str, j
             setattr(mods[path], attr, value)
 
 
-# ---------------------------------------------------------------- the program
+# ---------------------------------------------------------------- the trial axis
 
 
-@dataclasses.dataclass
-class Program:
-    init: Any
-    step: Any
-    eval: Any
-    hypers: dict[str, jax.Array]
-    trial_sharding: NamedSharding
-    replicated: NamedSharding
-    param_count: int
-    devices: int
+def _varying_slots(spec: ModelSpec, cfg0: Config, varying: dict[str, list]) -> dict[str, list[Slot]]:
+    """For each model field that differs between the trials, where it sits on the built module."""
+    slots: dict[str, list[Slot]] = {}
+    for key, values in varying.items():
+        if key.startswith("model."):
+            other = next(v for v in values if v != values[0])
+            if not isinstance(values[0], float):
+                raise VectoriseError(
+                    f"{key} is not a float field; it cannot differ inside one vectorised program"
+                )
+            slots[key] = model_slots(spec, cfg0, key.removeprefix("model."), float(other))
+    return slots
 
 
-def build(cfgs: list[Config]) -> Program:
+def trial_axis(spec: ModelSpec, cfgs: list[Config]) -> tuple[steps.TrialAxis, Mesh]:
+    """What ``steps.build`` needs to train ``cfgs`` as one program: each trial's values (its learning
+    rate per step, its seed, the traced optimizer and model fields) and the mesh of the trial axis."""
     cfg0, k = cfgs[0], len(cfgs)
     if cfg0.train.grad_accum != 1:
         raise VectoriseError("vectorised trials need train.grad_accum=1")
@@ -240,20 +244,8 @@ def build(cfgs: list[Config]) -> Program:
         raise VectoriseError(
             f"trials differ in {', '.join(bad)}, which cannot differ inside one vectorised program"
         )
-    spec = registry.model(cfg0.model.name)
+    slots = _varying_slots(spec, cfg0, varying)
     total = cfg0.run.steps
-
-    slots: dict[str, list[Slot]] = {}
-    for key, values in varying.items():
-        if key.startswith("model."):
-            field = key.removeprefix("model.")
-            other = next(v for v in values if v != values[0])
-            if not isinstance(values[0], float):
-                raise VectoriseError(
-                    f"{key} is not a float field; it cannot differ inside one vectorised program"
-                )
-            slots[key] = model_slots(spec, cfg0, field, float(other))
-
     # Per-trial values: the learning-rate table and the traced scalars.
     schedules = [optim.schedule(c.optimizer, total) for c in cfgs]
     table = jax.jit(lambda s: jnp.stack([jax.vmap(f)(s) for f in schedules]))(jnp.arange(total + 1))
@@ -265,65 +257,38 @@ def build(cfgs: list[Config]) -> Program:
     for key in slots:
         hypers[key] = np.array([getattr(c.model, key.removeprefix("model.")) for c in cfgs], np.float32)
 
-    def tx_for(h: dict, lr_t) -> optax.GradientTransformation:
+    def optimizer(h: dict, step: jax.Array) -> tuple[optax.GradientTransformation, jax.Array]:
+        lr_t = h["lr"][step]
         traced = {f: h[f"optimizer.{f}"] for f in TRACED_OPTIMIZER_FIELDS if f"optimizer.{f}" in h}
         opt = dataclasses.replace(cfg0.optimizer, schedule="constant", warmup=0.0, lr=lr_t, **traced)
-        return optim.make(opt, total)[0]
+        return optim.make(opt, total)[0], lr_t
 
-    abstract = nnx.eval_shape(lambda: steps.build_model(spec, cfg0, cfg0.run.seed))
-    graphdef, abs_params, _ = nnx.split(abstract, nnx.Param, ...)
-    param_count = sum(x.size for x in jax.tree.leaves(abs_params))
+    @contextlib.contextmanager
+    def around_loss(model: nnx.Module, h: dict) -> Iterator[None]:
+        values = {key: h[key] for key in slots}
+        with _traced(model, slots, values), kernel_mode.portable():  # vmapped: no fused kernels
+            yield
 
-    def init_one(h: dict) -> steps.TrainState:
-        model = steps.build_model(spec, cfg0, jax.random.key(h["seed"]))  # = nnx.Rngs(seed)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
-        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-        opt_state = tx_for(h, h["lr"][0]).init(params)
-        return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=opt_state)
-
-    def model_values(h: dict) -> dict:
-        return {key: h[key] for key in slots}
-
-    def step_one(h: dict, state: steps.TrainState, batch: dict):
-        lr_t = h["lr"][state.step]
-        tx = tx_for(h, lr_t)
-
-        def loss_of(p):
-            model = nnx.merge(graphdef, p, state.rest)
-            with _traced(model, slots, model_values(h)), kernel_mode.portable():  # vmapped: no fused kernels
-                loss, out = spec.loss(model, batch)
-            _, _, new_rest = nnx.split(model, nnx.Param, ...)
-            return loss, (out, nnx.to_pure_dict(new_rest))
-
-        (loss, (out, rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        out = {**out, "loss": loss, "lr": lr_t, "grad_norm": optax.tree.norm(grads)}
-        return steps.TrainState(state.step + 1, params, rest, opt_state), out
-
-    def eval_one(h: dict, state: steps.TrainState, batch: dict):
-        model = nnx.merge(graphdef, state.params, state.rest)
-        model.eval()
-        with _traced(model, slots, model_values(h)), kernel_mode.portable():
-            loss, out = spec.loss(model, batch)
-        return {**out, "loss": loss}
-
+    knobs = steps.Knobs(
+        optimizer=optimizer, seed=lambda h: jax.random.key(h["seed"]), around_loss=around_loss
+    )
     n_dev = math.gcd(k, jax.local_device_count())
     mesh = Mesh(np.asarray(jax.local_devices()[:n_dev]), ("trials",))
-    per_trial = NamedSharding(mesh, PartitionSpec("trials"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    hypers = jax.device_put(hypers, per_trial)
-    batch_axis = None if len({c.run.seed for c in cfgs}) == 1 else 0  # one data stream per seed
-    return Program(
-        init=jax.jit(jax.vmap(init_one), out_shardings=per_trial),
-        step=jax.jit(jax.vmap(step_one, in_axes=(0, 0, batch_axis)), donate_argnums=(1,)),
-        eval=jax.jit(jax.vmap(eval_one, in_axes=(0, 0, None))),
-        hypers=hypers,
-        trial_sharding=per_trial,
-        replicated=replicated,
-        param_count=param_count,
-        devices=n_dev,
-    )
+    stacked = len({c.run.seed for c in cfgs}) > 1  # one data stream per seed
+    return steps.TrialAxis(knobs, hypers, stacked_batches=stacked), mesh
+
+
+_TRACED_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError)
+
+
+@contextlib.contextmanager
+def _traced_errors() -> Iterator[None]:
+    try:
+        yield
+    except _TRACED_ERRORS as err:
+        raise VectoriseError(
+            f"a field that differs between the trials is used in Python control flow: {err}"
+        ) from err
 
 
 # ---------------------------------------------------------------- the loop
@@ -332,149 +297,102 @@ def build(cfgs: list[Config]) -> Program:
 class _Inputs:
     """One input pipeline per distinct seed; batches stacked along the trial axis when seeds differ."""
 
-    def __init__(self, cfgs: list[Config], program: Program):
-        self.program = program
+    def __init__(self, cfgs: list[Config], program: steps.Program):
+        self.sharding = program.batch_sharding
         seeds = [c.run.seed for c in cfgs]
         self.groups = sorted(set(seeds))
         self.of_trial = [self.groups.index(s) for s in seeds]
-        self.iters = [iter(training.make_inputs(cfgs[seeds.index(s)], "train")) for s in self.groups]
+        self.iters = [iter(trainer.make_inputs(cfgs[seeds.index(s)], "train")) for s in self.groups]
 
     def next(self) -> dict:
         batches = [next(it) for it in self.iters]
         if len(batches) == 1:
-            return jax.device_put(batches[0], self.program.replicated)
+            return jax.device_put(batches[0], self.sharding)
         stacked = {key: np.stack([batches[g][key] for g in self.of_trial]) for key in batches[0]}
-        return jax.device_put(stacked, self.program.trial_sharding)
+        return jax.device_put(stacked, self.sharding)
 
-    def iterator_of(self, trial: int):
+    def rows(self, batch: dict) -> int:
+        return next(iter(batch.values())).shape[1 if len(self.iters) > 1 else 0]
+
+    def position(self, trial: int):
         return self.iters[self.of_trial[trial]]
+
+
+def _start_runs(cfgs: list[Config], info: dict) -> list[metrics.MetricsLog]:
+    """Each trial's run directory: its config, run.json, and a fresh metrics.jsonl and checkpoints."""
+    files = []
+    for c in cfgs:
+        d = Path(c.run.dir)
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a retried program starts afresh
+        config.save(c, d / "config.yaml")
+        (d / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        files.append(metrics.MetricsLog(d / "metrics.jsonl", resume_step=0))
+    return files
 
 
 def train(
     cfgs: list[Config], metric: str, *, reports: list[Report | None] | None = None, save: bool = True
 ) -> list[Outcome]:
     """Trains the configs together; one ``Outcome`` per config, in order."""
-    k = len(cfgs)
+    k, cfg0 = len(cfgs), cfgs[0]
     reports = reports or [None] * k
-    cfg0 = cfgs[0]
     t_start = time.perf_counter()
-    program = build(cfgs)
+    spec = registry.model(cfg0.model.name)
+    axis, mesh = trial_axis(spec, cfgs)
+    program = steps.build(spec, cfg0, mesh, trials=axis)
     inputs = _Inputs(cfgs, program)
     # the same batches each time, and for every trial whatever its seed, as sequential runs score them
-    evaluation = training.Evaluation(cfg0) if cfg0.run.eval_every > 0 else None
-
+    evaluation = trainer.Evaluation(cfg0) if cfg0.run.eval_every > 0 else None
     run_dirs = [Path(c.run.dir) for c in cfgs]
     info = {
         "model": cfg0.model.name,
         "param_count": int(program.param_count),
         "device_kind": jax.local_devices()[0].device_kind,
         "platform": jax.local_devices()[0].platform,
-        "vectorised": {"trials": k, "devices": program.devices},
+        "vectorised": {"trials": k, "devices": mesh.size},
         "global_batch": cfg0.data.batch_size,
-        "versions": training.versions(),
+        "versions": trainer.versions(),
     }
-    records = []
-    for c, d in zip(cfgs, run_dirs, strict=True):
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a retried program starts afresh
-        config.save(c, d / "config.yaml")
-        (d / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-        records.append(metrics.MetricsLog(d / "metrics.jsonl", resume_step=0))
+    files = _start_runs(cfgs, info)
+    pruning = Pruning(metric, report_every(cfg0, metric), reports)
 
-    try:
-        state = program.init(program.hypers)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError) as err:
-        raise VectoriseError(
-            f"a field that differs between the trials is used in Python control flow: {err}"
-        ) from err
-    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-    live = ["complete"] * k  # per trial: complete (still training), pruned, failed
-    stopped_at = [cfg0.run.steps] * k
-    history: list[list[tuple[int, float]]] = [[] for _ in range(k)]
-    sums, n, t0 = None, 0, time.perf_counter()
+    def opener(i: int) -> checkpoint.Checkpointer:
+        return checkpoint.Checkpointer(
+            run_dirs[i] / "checkpoints", keep=cfgs[i].run.keep_checkpoints, async_save=False
+        )
 
-    def write(step: int, per_trial: dict[str, np.ndarray]) -> None:
-        for i in range(k):
-            if live[i] != "complete":
-                continue
-            values = {key: float(v[i]) for key, v in per_trial.items()}
-            if "loss" in values and not math.isfinite(values["loss"]):
-                live[i], stopped_at[i] = "failed", step
-                log.warning("trial %s: loss is %s at step %d", run_dirs[i].name, values["loss"], step)
-                continue
-            records[i].write({"step": step, **values})
-            if metric in values and math.isfinite(values[metric]):
-                history[i].append((step, values[metric]))
-                if reports[i] is not None and reports[i](step, values[metric]):
-                    live[i], stopped_at[i] = "pruned", step
-
-    def log_window(step: int) -> None:
-        nonlocal sums, n, t0
-        means = {key: np.asarray(v) / n for key, v in jax.device_get(sums).items()}
-        step_time = (time.perf_counter() - t0) / n
-        means["samples_per_s"] = np.full(k, cfg0.data.batch_size / step_time)
-        means["step_time_s"] = np.full(k, step_time)
-        write(step, means)
-        sums, n, t0 = None, 0, time.perf_counter()
-
-    try:
-        for step in range(1, cfg0.run.steps + 1):
-            try:
-                state, out = program.step(program.hypers, state, inputs.next())
-            except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError) as err:
-                raise VectoriseError(
-                    f"a field that differs between the trials is used in Python control flow: {err}"
-                ) from err
-            sums = out if sums is None else add(sums, out)
-            n += 1
-            if step % cfg0.run.log_every == 0:
-                log_window(step)
-            if evaluation is not None and step % cfg0.run.eval_every == 0:
-                totals, eval_iter = None, evaluation.restart()
-                for _ in range(cfg0.run.eval_steps):
-                    batch = jax.device_put(next(eval_iter), program.replicated)
-                    got = program.eval(program.hypers, state, batch)
-                    totals = got if totals is None else add(totals, got)
-                write(
-                    step,
-                    {
-                        f"eval/{key}": np.asarray(v) / cfg0.run.eval_steps
-                        for key, v in jax.device_get(totals).items()
-                    },
-                )
-            if "complete" not in live:
-                break
-        if n:
-            log_window(int(jax.device_get(state.step)[0]))
-    finally:
-        for r in records:
-            r.close()
+    chain = [
+        callbacks.NanStop([d.name for d in run_dirs]),
+        callbacks.LogWindow(cfg0.run.log_every, peak=None),
+        *([callbacks.Evaluate(evaluation, cfg0.run.eval_every)] if evaluation is not None else []),
+        *([callbacks.Checkpoint(0, opener=opener)] if save else []),  # the final state only
+        pruning,
+        callbacks.Progress(cfg0.run.steps, 0, cfg0.logging.progress),
+        callbacks.MetricsFile(files),
+    ]
+    with _traced_errors():
+        loop = Loop(cfg0, program, inputs, program.init(), chain, trial_axis=k)
+        loop.run(cfg0.run.steps)
     seconds = (time.perf_counter() - t_start) / k  # the program's time, shared by its trials
-
-    if save:
-        for i in range(k):
-            if live[i] == "complete":
-                ckpt = checkpoint.Checkpointer(
-                    run_dirs[i] / "checkpoints", keep=cfgs[i].run.keep_checkpoints, async_save=False
-                )
-                try:
-                    ckpt.save(jax.tree.map(lambda x, i=i: x[i], state), inputs.iterator_of(i), wait=True)
-                finally:
-                    ckpt.close()
     for c, d in zip(cfgs, run_dirs, strict=True):
         _replay(c, d, info)
+    return [
+        _outcome(loop.trials[i], run_dirs[i], metric, pruning.history[i], seconds, cfg0.run.steps)
+        for i in range(k)
+    ]
 
-    outcomes = []
-    for i in range(k):
-        value = None
-        if live[i] != "failed":
-            found = [r[metric] for r in metrics.read(run_dirs[i] / "metrics.jsonl") if metric in r]
-            value = float(found[-1]) if found else None
-            if value is None and live[i] == "complete":
-                raise missing_metric(run_dirs[i], metric)
-        err = "non-finite loss" if live[i] == "failed" else None
-        outcomes.append(Outcome(live[i], value, stopped_at[i], seconds, run_dirs[i], history[i], err))
-    return outcomes
+
+def _outcome(trial: Trial, run_dir: Path, metric: str, history: list, seconds: float, steps_: int) -> Outcome:
+    value = None
+    if trial.state != "failed":
+        found = [r[metric] for r in metrics.read(run_dir / "metrics.jsonl") if metric in r]
+        value = float(found[-1]) if found else None
+        if value is None and trial.state == "complete":
+            raise missing_metric(run_dir, metric)
+    error = "non-finite loss" if trial.state == "failed" else None
+    step = steps_ if trial.stopped_at is None else trial.stopped_at
+    return Outcome(trial.state, value, step, seconds, run_dir, history, error)
 
 
 def _replay(cfg: Config, run_dir: Path, info: dict) -> None:
