@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -96,4 +98,17 @@ def test_a_pruned_trial_stops_alone_and_keeps_no_checkpoint(tmp_path):
     steps_logged = [r["step"] for r in metrics.read(tmp_path / "vec-1" / "metrics.jsonl")]
     assert steps_logged == [2, 4, 4]  # nothing after the step it was pruned at
     assert (tmp_path / "vec-0" / "checkpoints" / "8").is_dir()
+    assert not (tmp_path / "vec-1" / "checkpoints").exists()
+
+
+def test_a_trial_whose_loss_is_not_finite_fails_alone(tmp_path, caplog):
+    """The NaN stop of a vectorised program fails the trial (a plain run raises) and keeps the others."""
+    blown = {**TRIALS[0], "lr": 1e20}  # the updates overflow the outputs: the loss goes non-finite
+    cfgs = [trial_config(tmp_path / f"vec-{i}", t) for i, t in enumerate([TRIALS[0], blown])]
+    good, bad = vectorised.train(cfgs, "eval/loss")
+    assert (good.state, good.step) == ("complete", 8) and good.value is not None
+    assert (bad.state, bad.value, bad.error) == ("failed", None, "non-finite loss") and bad.step < 8
+    assert re.search(rf"trial vec-1: loss is (nan|inf) at step {bad.step}", caplog.text)
+    logged = metrics.read(tmp_path / "vec-1" / "metrics.jsonl")
+    assert all(r["step"] < bad.step for r in logged)  # its non-finite record is not written, nor any later
     assert not (tmp_path / "vec-1" / "checkpoints").exists()
