@@ -64,7 +64,7 @@ def environments() -> list[Env]:
             "venv",
             "3.12",
             # setuptools: the build backend of the editable install (pip --build-constraint takes its pin)
-            ("pip", "setuptools", "-e .[test,serve,pythia,cuda12,rocm]", "jax=={V}", "jaxlib=={V}"),
+            ("pip", "setuptools", "-e .[test,serve,pythia,lfi,cuda12,rocm]", "jax=={V}", "jaxlib=={V}"),
             # The Triton server binary is unpacked from this wheel without its numpy<2 pin
             # (launch/install_triton.sh); a newer wheel bundles another server: move it by hand, tested.
             pinned=("nvidia-pytriton==0.7.0",),
