@@ -1,5 +1,5 @@
 """The protocol buffer wire format, read by hand where a message's schema is not at hand as Python
-(``tf.train.Example`` records in ``inputs/tf_example``, XLA's ``HloModuleProto`` in ``profiling``).
+(``tf.train.Example`` records in ``inputs/tf_example``, XLA's ``HloModuleProto`` in ``xla.profile``).
 
 Each field is a varint key ``number << 3 | wire type``, then a varint (type 0), 8 bytes (1), a varint
 length and that many bytes (2), or 4 bytes (5).
