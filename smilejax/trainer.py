@@ -161,9 +161,10 @@ def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[
 class Evaluation:
     """Every evaluation scores the same held-out batches: the first ``run.eval_steps`` of the eval
     pipeline shuffled with ``SEED``, which restarts from its beginning each time. Shuffled, because the
-    eval files follow one another (ttbar, then Z'), so the first batches of their order would all be of
-    the first file. So the eval values of a resumed run are those of an uninterrupted one, two evaluations
-    of the same parameters agree, and runs and trials with different ``run.seed`` score the same examples."""
+    eval files follow one another (one physics sample after another, say), so the first batches of their
+    order would all be of the first file. So the eval values of a resumed run are those of an
+    uninterrupted one, two evaluations of the same parameters agree, and runs and trials with different
+    ``run.seed`` score the same examples."""
 
     SEED = 0x5EED  # not run.seed: eval values stay comparable between runs that differ only in their seed
 
