@@ -164,3 +164,29 @@ def test_resume_on_files_with_another_number_of_examples_is_refused(tmp_path):
     np.savez(data, x=source.x, y=source.y)  # the files it trained on: it resumes
     result, run_dir = _run(tmp_path, **settings)
     assert result.step == 4 and [r["step"] for r in metrics.read(run_dir / "metrics.jsonl")][-1] == 4
+
+
+def test_a_callback_sees_every_record_and_may_halt_the_run(tmp_path):
+    """``train(cfg, callbacks=...)``: a callback's ``metrics`` gets each record metrics.jsonl gets, and
+    ``loop.halt()`` ends the run at once, without the final log or checkpoint (as pruning does)."""
+    from smilejax.callbacks import Callback
+
+    class HaltAt3(Callback):
+        def __init__(self):
+            self.seen: list[dict] = []
+
+        def metrics(self, loop, trial, step, values):
+            self.seen.append({"step": step, **values})
+
+        def step(self, loop, step):
+            if step == 3:
+                loop.halt()
+
+    spy = HaltAt3()
+    run = {"dir": str(tmp_path / "run"), "steps": 8, "log_every": 2, "eval_every": 2, "checkpoint_every": 2}
+    result = trainer.train(config.load(toy.config(run=run)), callbacks=[spy])
+    assert result.step == 3 and result.exit_code == 0
+    assert spy.seen == metrics.read(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in spy.seen] == [2, 2]  # step 3's window is not flushed
+    saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [2]
