@@ -15,7 +15,7 @@ from smilejax import steps
 from smilejax.bench import common
 from smilejax.config import Config, ConfigError
 from smilejax.models.spec import ModelSpec
-from smilejax.xla import hlo_stats as _hlo_stats
+from smilejax.xla import hlo_stats
 
 
 def available() -> str:
@@ -83,7 +83,7 @@ def measure(
     lowered = program.train_step.lower(state, placed[0])
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    ops = _hlo_stats.collectives(compiled.as_text(), dict(mesh.shape))
+    ops = hlo_stats.collectives(compiled.as_text(), dict(mesh.shape))
 
     losses: list[jax.Array] = []
     feed = iter(placed)
@@ -104,15 +104,15 @@ def measure(
         "step_min_s": timing["min_s"],
         "compile_s": compile_s,
         "flops": program.step_flops(batches[0]),
-        **_hlo_stats.memory(compiled),
-        **_hlo_stats.summarize(ops),
+        **hlo_stats.memory(compiled),
+        **hlo_stats.summarize(ops),
         "ops": aggregate(ops),
         "loss_first": values[0],
         "loss": values[-1],
     }
 
 
-def aggregate(ops: Sequence[_hlo_stats.Collective]) -> list[dict[str, Any]]:
+def aggregate(ops: Sequence[hlo_stats.Collective]) -> list[dict[str, Any]]:
     """Collectives grouped by (kind, group size, axes): count and operand bytes, enough for the scaling
     model."""
     groups: dict[tuple, dict[str, Any]] = {}
@@ -126,10 +126,10 @@ def aggregate(ops: Sequence[_hlo_stats.Collective]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def expand(groups: Sequence[dict[str, Any]]) -> list[_hlo_stats.Collective]:
+def expand(groups: Sequence[dict[str, Any]]) -> list[hlo_stats.Collective]:
     """The inverse of ``aggregate``: ``count`` ops sharing the group's bytes (same totals and count)."""
     return [
-        _hlo_stats.Collective(g["kind"], g["bytes"] // g["count"], g["group_size"], tuple(g.get("axes", ())))
+        hlo_stats.Collective(g["kind"], g["bytes"] // g["count"], g["group_size"], tuple(g.get("axes", ())))
         for g in groups
         for _ in range(g["count"])
     ]

@@ -1,6 +1,6 @@
 """Predicted weak scaling over nodes from a measured step: compute time plus the step's collectives.
 
-The step's collectives (``_hlo_stats.Collective``: kind, full buffer size, group size) are costed with
+The step's collectives (``xla.hlo_stats.Collective``: kind, full buffer size, group size) are costed with
 the alpha-beta model of a hierarchical ring on nodes of ``g`` GPUs (NCCL's layout: rings through
 NVLink inside a node, one network interface per GPU between nodes):
 

@@ -17,8 +17,7 @@ from smilejax import config, registry, runtime, steps, xla
 from smilejax import mesh as meshlib
 from smilejax.bench import _synthetic, common
 from smilejax.config import Config, ConfigError
-from smilejax.xla import hlo as hlo_text
-from smilejax.xla import profile as profiling
+from smilejax.xla import hlo, profile
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def varied_columns(args: argparse.Namespace) -> list[str]:
 def _split_vary(item: str) -> tuple[str, list[str]]:
     """``KEY=V1,V2`` -> (KEY, [V1, V2]); commas inside brackets belong to a value (``[16,16],[32]``)."""
     key, sep, text = item.partition("=")
-    values = hlo_text.split_top_level(text)
+    values = hlo.split_top_level(text)
     if not sep or not key or not values:
         raise SystemExit(f"--vary {item!r}: expected KEY=VALUE1,VALUE2 (e.g. model.remat=false,true)")
     return key, values
@@ -202,7 +201,7 @@ def measure(
         timing = common.time_call(run_steps, warmup=1, repeats=args.repeats)
         label = row_label(cfg, labels, width)
         if args.profile:
-            profiling.profile_steps(
+            profile.profile_steps(
                 lambda program: run_steps(compiled=program, steps=args.profile),
                 lowered,
                 compiled,

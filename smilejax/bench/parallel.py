@@ -15,7 +15,7 @@ Every cell trains from the same initial parameters on the same synthetic global 
 device count all strategies must reach the same loss (checked; exit code 1 when they do not). Weak
 scaling (default) keeps ``--per-device-batch``; ``--global-batch`` keeps the global batch (strong
 scaling). Each cell reports step time, samples/s, efficiency against one device, the compiled step's
-memory per device, and the bytes its collectives move (``_hlo_stats``). A scaling model
+memory per device, and the bytes its collectives move (``smilejax.xla.hlo_stats``). A scaling model
 (``_scaling_model``) then predicts weak scaling from 1 to 64 Perlmutter-like nodes, from a compute time
 that is measured (a GPU study's own step, or ``--step-ms`` from elsewhere) or stated (``--mfu``); on a
 CPU without either it predicts nothing, since a CPU step says nothing of a GPU's.
@@ -428,7 +428,7 @@ def _scaling_model(
     """The predicted rows and their assumptions; None without a compute time (``_compute_time``)."""
     from smilejax.bench import _scaling_model
     from smilejax.bench._parallel_measure import expand
-    from smilejax.xla import hlo_stats as _hlo_stats
+    from smilejax.xla import hlo_stats
 
     net = _scaling_model.Network(
         gpus_per_node=args.gpus_per_node,
@@ -460,7 +460,7 @@ def _scaling_model(
             )
         elif strategy == "dp-jit":  # one device measured: the gradient all-reduce of data parallelism
             grad_bytes = 4 * largest["param_count"]
-            ops = [_hlo_stats.Collective("all-reduce", grad_bytes, 2, ("data",))]
+            ops = [hlo_stats.Collective("all-reduce", grad_bytes, 2, ("data",))]
             sources[strategy] = f"one all-reduce of the fp32 gradients ({grad_bytes / 1e6:.3g} MB), assumed"
         else:
             continue

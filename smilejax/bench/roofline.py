@@ -153,7 +153,7 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
     """(totals, breakdown) of ``program``'s step on ``host``'s shapes, compiled for the target."""
     import jax
 
-    from smilejax.xla import profile as profiling
+    from smilejax.xla import profile
     from smilejax.xla import roofline as _roofline
 
     sharding = program.batch_sharding
@@ -166,16 +166,16 @@ def _bound_case(program, host: dict, target, args) -> tuple[dict[str, Any], dict
     totals = _roofline.bound(found, target, args.precision)
     totals["model_tflop"] = flops / 1e12 if flops else None
     times = _roofline.kernel_times(found, target, args.precision)
-    breakdown = profiling.summarise(times, {}, profiling.hlo_ops(text)[1], steps=1, top=args.top)
+    breakdown = profile.summarise(times, {}, profile.hlo_ops(text)[1], steps=1, top=args.top)
     return totals, breakdown
 
 
 def _write_breakdown(out: Path, label: str, title: str, breakdown: dict) -> None:
-    from smilejax.xla import profile as profiling
+    from smilejax.xla import profile
 
     (out / f"roofline-{label}.json").write_text(json.dumps({"label": title, **breakdown}, indent=2) + "\n")
     intro = "Each kernel's roofline bound in ms per step, and its share of the step's bound."
-    text = profiling.summary_markdown(f"Roofline bound of one step: {title}", intro, breakdown)
+    text = profile.summary_markdown(f"Roofline bound of one step: {title}", intro, breakdown)
     (out / f"roofline-{label}.md").write_text(text)
 
 

@@ -159,6 +159,8 @@ def plot(
     label: Callable[[dict], str] = row_label,
     ylabel: str = "samples / s (one training step)",
 ) -> None:
+    """A bar per row that has ``value`` (JAX blue, PyTorch orange), named by ``label``; the family
+    studies and ``bench roofline`` draw theirs with it too."""
     plt = plotting.pyplot(path)
     if plt is None:
         return
