@@ -1,0 +1,190 @@
+"""Conditional normalising flows in Flax NNX: masked autoregressive flows (MADE networks, Papamakarios et
+al. 2017) with affine or rational-quadratic spline transforms (Durkan et al. 2019), conditioned on a
+context vector (the embedded observation).
+
+A flow maps theta -> z through layers f_L o ... o f_1 (the normalising direction) with a standard normal
+base, so ``log q(theta | c) = log N(z) + sum log|det df_l|``: one network pass per layer. Sampling inverts
+each autoregressive layer one dimension at a time (``dim`` passes per layer). Layers alternate the order
+of the dimensions (reversed every other layer) so that every dimension conditions on every other.
+
+Each layer's MADE network starts with a zero output layer, so a new flow is the identity: it starts at
+the base distribution, which keeps the first steps of training stable. Parameters carry logical axis
+names (``mlp``/``embed`` on hidden widths, replicated tiny axes) like ``models.layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..layers import activation_fn, torch_linear_init
+from . import spline
+
+F32 = jnp.float32
+LOG_2PI = math.log(2.0 * math.pi)
+KINDS = ("maf", "nsf")
+
+
+@dataclasses.dataclass
+class FlowConfig:
+    """kind: ``maf`` (affine autoregressive) or ``nsf`` (rational-quadratic spline autoregressive).
+    layers: transforms; hidden: the MADE's hidden widths; bins and bound: the spline's (nsf only; the
+    spline acts on [-bound, bound], the identity outside, so theta should be standardised)."""
+
+    kind: str = "nsf"
+    layers: int = 5
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+    bins: int = 8
+    bound: float = 5.0
+
+
+def _degrees(dim: int, hidden: Sequence[int]) -> list[np.ndarray]:
+    """MADE degrees: inputs 1..dim, hidden units cycling 1..dim-1 (0 when dim == 1: only the context)."""
+    degrees = [np.arange(1, dim + 1)]
+    for width in hidden:
+        degrees.append(np.arange(width) % max(dim - 1, 1) + (1 if dim > 1 else 0))
+    return degrees
+
+
+class MaskedDense(nnx.Module):
+    """A dense layer whose kernel is multiplied by a fixed 0/1 mask (kept as static degrees, not state)."""
+
+    def __init__(self, mask: np.ndarray, axes: tuple, *, rngs: nnx.Rngs, zero: bool = False):
+        fan_in, fan_out = mask.shape
+        init = nnx.initializers.zeros_init() if zero else torch_linear_init
+        self.kernel = nnx.Param(init(rngs.params(), (fan_in, fan_out), F32), out_sharding=axes)
+        self.bias = nnx.Param(jnp.zeros((fan_out,), F32), out_sharding=(axes[1],))
+        self.mask_rows = tuple(tuple(int(i) for i in np.flatnonzero(col)) for col in mask.T)
+        self.shape = (fan_in, fan_out)
+
+    def mask(self) -> jax.Array:
+        m = np.zeros(self.shape, np.float32)
+        for j, rows in enumerate(self.mask_rows):
+            m[list(rows), j] = 1.0
+        return jnp.asarray(m)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ (self.kernel[...] * self.mask()) + self.bias[...]
+
+
+class MADE(nnx.Module):
+    """Autoregressive network: output block i (``per_dim`` numbers) depends on inputs 1..i-1 and on all of
+    the context. Returns [..., dim, per_dim]."""
+
+    def __init__(
+        self,
+        dim: int,
+        context: int,
+        hidden: Sequence[int],
+        per_dim: int,
+        *,
+        activation: str,
+        rngs: nnx.Rngs,
+    ):
+        self.dim, self.per_dim = dim, per_dim
+        deg = _degrees(dim, hidden)
+        in_deg = np.concatenate([deg[0], np.zeros(context, int)])  # context: degree 0, seen by all
+        axes = ["mlp" if i % 2 == 0 else "embed" for i in range(len(hidden))]
+        layers, prev, prev_axis = [], in_deg, None
+        for i, d in enumerate(deg[1:]):
+            mask = (d[None, :] >= prev[:, None]).astype(np.float32)
+            layers.append(MaskedDense(mask, (prev_axis, axes[i]), rngs=rngs))
+            prev, prev_axis = d, axes[i]
+        out_deg = np.repeat(np.arange(1, dim + 1), per_dim)
+        mask = (out_deg[None, :] > prev[:, None]).astype(np.float32)
+        layers.append(MaskedDense(mask, (prev_axis, None), rngs=rngs, zero=True))
+        self.layers = nnx.List(layers)
+        self.act = activation_fn(activation)
+
+    def __call__(self, theta: jax.Array, context: jax.Array) -> jax.Array:
+        h = jnp.concatenate([theta, context], axis=-1)
+        for layer in self.layers[:-1]:
+            h = self.act(layer(h))
+        out = self.layers[-1](h)
+        return out.reshape(*out.shape[:-1], self.dim, self.per_dim)
+
+
+class Autoregressive(nnx.Module):
+    """One autoregressive layer z_i = g(theta_i; params_i(theta_<i, c)), g affine or a spline."""
+
+    def __init__(self, dim: int, context: int, cfg: FlowConfig, *, reverse: bool, rngs: nnx.Rngs):
+        if cfg.kind not in KINDS:
+            raise ValueError(f"unknown flow kind {cfg.kind!r}; choose from {KINDS}")
+        self.kind, self.bins, self.bound, self.reverse = cfg.kind, cfg.bins, cfg.bound, reverse
+        per_dim = 2 if cfg.kind == "maf" else spline.params_per_dim(cfg.bins)
+        self.made = MADE(dim, context, cfg.hidden, per_dim, activation=cfg.activation, rngs=rngs)
+
+    def _order(self, v: jax.Array) -> jax.Array:
+        return v[..., ::-1] if self.reverse else v
+
+    def _elementwise(self, v: jax.Array, params: jax.Array, *, inverse: bool):
+        if self.kind == "maf":
+            shift, log_scale = params[..., 0], jnp.clip(params[..., 1], -8.0, 8.0)
+            if inverse:
+                return v * jnp.exp(log_scale) + shift, log_scale
+            return (v - shift) * jnp.exp(-log_scale), -log_scale
+        fn = spline.inverse if inverse else spline.forward
+        return fn(v, params, bins=self.bins, bound=self.bound)
+
+    def forward(self, theta: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """theta -> z, and log|det dz/dtheta| [...]: one network pass."""
+        u = self._order(theta)
+        z, logdet = self._elementwise(u, self.made(u, context), inverse=False)
+        return self._order(z), logdet.sum(-1)
+
+    def inverse(self, z: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """z -> theta, and log|det dtheta/dz|: dimension i needs the theta_<i just computed, so ``dim``
+        passes."""
+        zo = self._order(z)
+        u = jnp.zeros_like(zo)
+        logdet = jnp.zeros_like(zo)
+        for i in range(zo.shape[-1]):
+            params = self.made(u, context)[..., i, :]
+            ui, li = self._elementwise(zo[..., i], params, inverse=True)
+            u, logdet = u.at[..., i].set(ui), logdet.at[..., i].set(li)
+        return self._order(u), logdet.sum(-1)
+
+
+class Flow(nnx.Module):
+    """A conditional flow over ``dim`` dimensions given a context of ``context`` numbers."""
+
+    def __init__(self, dim: int, context: int, cfg: FlowConfig, *, rngs: nnx.Rngs):
+        if cfg.layers < 1:
+            raise ValueError(f"a flow needs at least one layer, got flow.layers={cfg.layers}")
+        self.dim = dim
+        self.layers = nnx.List(
+            [Autoregressive(dim, context, cfg, reverse=i % 2 == 1, rngs=rngs) for i in range(cfg.layers)]
+        )
+
+    def forward(self, theta: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """theta [..., dim] -> z, log|det dz/dtheta|."""
+        total = jnp.zeros(theta.shape[:-1], F32)
+        for layer in self.layers:
+            theta, logdet = layer.forward(theta, context)
+            total = total + logdet
+        return theta, total
+
+    def inverse(self, z: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """z [..., dim] -> theta, log|det dtheta/dz|."""
+        total = jnp.zeros(z.shape[:-1], F32)
+        for layer in reversed(self.layers):
+            z, logdet = layer.inverse(z, context)
+            total = total + logdet
+        return z, total
+
+    def log_prob(self, theta: jax.Array, context: jax.Array) -> jax.Array:
+        """log q(theta | context) [...]."""
+        z, logdet = self.forward(theta.astype(F32), context.astype(F32))
+        return -0.5 * jnp.sum(z**2, -1) - 0.5 * self.dim * LOG_2PI + logdet
+
+    def sample(self, key: jax.Array, context: jax.Array) -> jax.Array:
+        """One draw per row of ``context`` [..., C] -> [..., dim]."""
+        z = jax.random.normal(key, (*context.shape[:-1], self.dim), F32)
+        return self.inverse(z, context.astype(F32))[0]
