@@ -26,6 +26,9 @@ width W holds ``budget // W`` events (a multiple of ``data.batch_multiple``), al
 The element count of every event is read once and cached (next to the data when it is writable); that
 first pass checks every event, so a bad record fails before training starts.
 
+Raw inputs (``SPEC.raw``, what exported models take): ``X`` as stored, zero rows padding; the model's
+``mask`` is made inside the exported program as above. ``raw_read`` reads events of a data directory.
+
 Errors name the dataset, config, version, split, record and feature: a version or configuration that is
 not on disk (with the ones that are), a feature layout other than particleflow's, an element type
 other than 1 (track) or 2 (cluster), a class index outside 0..5, NaN or inf in a feature.
@@ -49,7 +52,7 @@ from tqdm import tqdm
 from . import mlpf_format as fmt
 from . import pipeline, tf_example
 from .cache import derived_dir, locked, save_array
-from .spec import Batch, DataConfig, DatasetSpec
+from .spec import ELEMENTS, Batch, DataConfig, DatasetSpec, RawInputs, RawSignature, RawTensor
 
 log = logging.getLogger(__name__)
 
@@ -476,4 +479,50 @@ def from_config(
     return pipeline.batched(src, plan=plan, **options)
 
 
-SPEC = DatasetSpec(name="mlpf_tfds", config=MlpfConfig, source=source, pipeline=from_config)
+# ---------------------------------------------------------------- raw inputs (exported models)
+
+# a column's variable on track rows | on cluster rows (the 17th column is 0 on tracks)
+X_VARIABLES = tuple(
+    t if t == c else f"{t}|{c}" for t, c in zip((*fmt.TRACK_FEATURES, "-"), fmt.CLUSTER_FEATURES, strict=True)
+)
+
+
+def raw_signature(cfg: MlpfConfig) -> RawSignature:
+    """``X`` as stored, elements padded with zero rows; ``mask`` (real elements) is made inside, as the
+    pipeline makes it. The elements stay in the order sent (``data.sort_by_pt`` is not applied)."""
+
+    def prepare(X):
+        return {"X": X, "mask": X[..., 0] != 0}
+
+    x = RawTensor(
+        "X",
+        "float32",
+        (ELEMENTS, fmt.N_X),
+        X_VARIABLES,
+        "the dataset's X per element (column 0: element type 1 track, 2 cluster); rows of zeros pad",
+    )
+    about = {"mask": "mask = X[..., 0] != 0: rows whose element type is 0 are padding"}
+    return RawSignature(inputs=(x,), prepare=prepare, about=about)
+
+
+def _raw_source(cfg: MlpfConfig, path: str) -> MlpfSource:
+    """The evaluation split (``data.eval_split``) of the TFDS data directory ``path``."""
+    return MlpfSource(parts(dataclasses.replace(cfg, path=path, eval_path=None), "eval"), cfg, ["X"])
+
+
+def raw_read(cfg: MlpfConfig, path: str, start: int, n: int) -> Batch:
+    """Events ``start .. start + n`` of the data directory ``path`` (``data.datasets`` and ``data.configs``,
+    evaluation split): ``X`` as stored, padded with zero rows to the longest event read."""
+    src = _raw_source(cfg, path)
+    if not 0 <= start <= len(src) or n < 0:
+        raise ValueError(f"{path}: events {start}..{start + n} are outside its {len(src)} events")
+    events = [ev["X"] for _, _, ev in src.events(np.arange(start, min(start + n, len(src))))]
+    x = np.zeros((len(events), max((len(e) for e in events), default=1), fmt.N_X), np.float32)
+    for i, e in enumerate(events):
+        x[i, : len(e)] = e
+    return {"X": x}
+
+
+RAW = RawInputs(signature=raw_signature, read=raw_read, length=lambda cfg, path: len(_raw_source(cfg, path)))
+
+SPEC = DatasetSpec(name="mlpf_tfds", config=MlpfConfig, source=source, pipeline=from_config, raw=RAW)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+ELEMENTS = "elements"  # the name of a raw input's set axis (tracks, particles): any size in an export
 
 
 @dataclasses.dataclass
@@ -58,6 +59,44 @@ class BatchSource(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class RawTensor:
+    """One input as a client sends it, per example (no batch axis): ``dims`` holds ints and ``ELEMENTS``
+    for the set axis; ``variables`` names the last axis' entries as the files name them."""
+
+    name: str
+    dtype: str  # numpy's name: float32, bool, ...
+    dims: tuple[int | str, ...]
+    variables: tuple[str, ...] = ()
+    about: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSignature:
+    """A run's raw inputs: the tensors, and ``prepare(**raw) -> {model input: array}``, a pure jnp
+    function (it is traced into exported programs) that makes what the pipeline would make from the
+    same examples (masks, normalisation with the run's numbers). ``about``: what an export records."""
+
+    inputs: tuple[RawTensor, ...]
+    prepare: Callable[..., dict[str, Any]]
+    about: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInputs:
+    """The variables as the files store them (names, units), before the pipeline's masks and normalisation.
+
+    signature(cfg) -> RawSignature of a run's data config (reads the run's normalisation where it has one).
+    read(cfg, path, start, n) -> Batch: examples ``start .. start + n`` of the file ``path`` as the
+        signature's arrays (the last batch may be shorter).
+    length(cfg, path) -> int: how many examples ``path`` holds.
+    """
+
+    signature: Callable[[DataConfig], RawSignature]
+    read: Callable[[DataConfig, str, int, int], Batch]
+    length: Callable[[DataConfig, str], int]
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """A module ``smilejax.inputs.<format>`` exposes ``SPEC = DatasetSpec(...)``.
 
@@ -68,6 +107,8 @@ class DatasetSpec:
     model_config(cfg, model_cfg) -> model_cfg: optional; the model config completed with the settings the
         data config decides (``ftag_h5``: class weights from ``data.class_dict``), applied wherever a model
         is built; raises naming the fields when the two sections conflict.
+    raw: optional ``RawInputs``: exported models then take the files' variables and apply the masks and
+        normalisation inside (without it they take the pipeline's batches).
     """
 
     name: str
@@ -75,3 +116,4 @@ class DatasetSpec:
     source: Callable[[DataConfig, str], BatchSource]
     pipeline: Callable | None = None
     model_config: Callable[[DataConfig, Any], Any] | None = None
+    raw: RawInputs | None = None

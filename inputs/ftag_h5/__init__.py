@@ -73,7 +73,8 @@ smilejax.inputs.ftag_h5 FILES`` prints its report).
 
 Modules: ``config`` (``FtagConfig``), ``labels`` (flavours, track origins, class dicts), ``hdf5`` (files,
 datasets, reading rows, track counts), ``norm`` (norm dicts), ``source`` (the reader and the splits),
-``batches`` (the pipeline), ``commands`` (``smilejax data norm|check``).
+``batches`` (the pipeline), ``commands`` (``smilejax data norm|check``), ``raw`` (what exported models
+take: the variables as stored, normalised and masked inside the exported program).
 """
 
 from __future__ import annotations
@@ -100,11 +101,17 @@ from .labels import (
     model_config,
 )
 from .norm import compute_norm_dict, load_norm_dict, write_norm_dict
+from .raw import RAW
 from .source import FtagH5Source, check, compute_class_dict
 from .source import source as _source  # ``source`` stays the submodule: SPEC.source is the function
 
 SPEC = DatasetSpec(
-    name="ftag_h5", config=FtagConfig, source=_source, pipeline=from_config, model_config=model_config
+    name="ftag_h5",
+    config=FtagConfig,
+    source=_source,
+    pipeline=from_config,
+    model_config=model_config,
+    raw=RAW,  # exported models take the files' variables (``raw``)
 )
 
 __all__ = [

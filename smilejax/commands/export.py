@@ -15,6 +15,11 @@ REPO gets, for a model exported as NAME (default: the model's name):
   NAME_onnx/    the same ONNX file run by onnxruntime in the Python backend (servers without ONNX Runtime)
   smilejax_export.json   inputs, outputs, dtypes, the normalisation, versions and the source run
 
+Inputs: where the run's data format declares them (ftag_h5, mlpf_tfds), the variables as the data
+files store them (names and units of the files); the models apply the masks and the run's
+normalisation inside. smilejax_export.json's "raw" lists them; smilejax.serve.client.raw_batch reads
+them from a file. --pipeline-inputs exports the model's own inputs instead (the pipeline's batches).
+
 Each artifact is checked against the in-process model (float32) before it is written. The batch
 dimension is symbolic, and so is the element count (tracks) where the model allows it.
 Serve it with: smilejax serve REPO"""
@@ -41,6 +46,11 @@ def register(sub) -> None:
     parser.add_argument("--name", help="model name in the repository (default: from model.name)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
     parser.add_argument("--fixed-elements", action="store_true", help="keep the element count (axis 1) fixed")
+    parser.add_argument(
+        "--pipeline-inputs",
+        action="store_true",
+        help="take the model's own inputs as the input pipeline makes them, not the files' variables",
+    )
     triton = parser.add_argument_group("Triton scheduling (config.pbtxt)")
     triton.add_argument(
         "--max-batch-size", type=int, default=64, help="largest batch a model runs (default 64)"
@@ -87,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
         options=options,
         step=args.step,
         symbolic_elements=not args.fixed_elements,
+        raw=False if args.pipeline_inputs else None,
     )
     for model, info in meta["models"].items():
         print(f"{args.out}/{model}: {info['format']} on {info['runs_with']}")
+    shapes = [
+        f"{t['name']} {t['dtype']}[{', '.join(map(str, ['batch', *t['dims']]))}]" for t in meta["inputs"]
+    ]
+    kind = "the data files' variables" if meta["raw"] else "the model's own"
+    print(f"inputs ({kind}): {'; '.join(shapes)}")
     return 0

@@ -1,13 +1,18 @@
 """A Triton client (``tritonclient``, HTTP or gRPC) that takes the batches the input pipeline makes.
 
-``Client(url, model).infer(batch)`` sends the model's inputs found in ``batch`` (a pipeline batch
-also holds labels; those stay home) as they are, and returns ``{output: array}``. What the server
-rejects (a wrong shape, dtype, or a missing input) raises ``InferenceError`` with the server's
-message, which names the input.
+``Client(url, model).infer(batch)`` sends the model's inputs found in ``batch`` (other keys, labels
+say, stay home) as they are, and returns ``{output: array}``. What the server rejects (a wrong shape,
+dtype, or a missing input) raises ``InferenceError`` with the server's message, which names the input.
+
+Models exported with raw inputs (the default where the data format declares them) take the variables as
+the data files store them: ``raw_batch(REPO, FILE, n)`` reads ``n`` examples of a file that way, so
+``Client(url, model).infer(raw_batch(REPO, FILE, n))`` scores a file's examples.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from smilejax.serve.server import GRPC_HEADER_PREFIX, KEY_HEADER
 
 CLIENT_HINT = host.pip_install(".[serve]")  # tritonclient[http,grpc]
 PROTOCOLS = ("http", "grpc")
+METADATA = "smilejax_export.json"  # repository.METADATA (not imported: that module imports JAX)
 
 
 class InferenceError(RuntimeError):
@@ -146,3 +152,45 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- raw examples from files
+
+
+def raw_batch(data: Any, path: str | os.PathLike, n: int, *, start: int = 0) -> dict[str, np.ndarray]:
+    """Examples ``start .. start + n`` of the file ``path`` as stored (fewer at its end): the raw inputs of
+    a model exported from the run. ``data``: the run's data config, a model repository (its
+    ``smilejax_export.json`` records the config) or a run directory."""
+    cfg, raw = _raw_format(data)
+    return raw.read(cfg, str(path), int(start), int(n))
+
+
+def raw_length(data: Any, path: str | os.PathLike) -> int:
+    """How many examples the file ``path`` holds (``data`` as for ``raw_batch``)."""
+    cfg, raw = _raw_format(data)
+    return int(raw.length(cfg, str(path)))
+
+
+def _raw_format(data: Any):
+    """(data config, the format's ``RawInputs``) of ``data`` (see ``raw_batch``)."""
+    from smilejax import registry
+
+    if isinstance(data, str | os.PathLike):
+        folder = Path(data)
+        if (folder / METADATA).is_file():
+            section = json.loads((folder / METADATA).read_text())["data"]
+            spec = registry.dataset(section["format"])
+            data = spec.config(**section)
+        elif (folder / "config.yaml").is_file():
+            from smilejax import config
+
+            data = config.load(folder / "config.yaml").data
+        else:
+            raise FileNotFoundError(f"{folder} is neither a model repository ({METADATA}) nor a run folder")
+    spec = registry.dataset(data.format)
+    if spec.raw is None:
+        raise ValueError(
+            f"data format {data.format!r} declares no raw inputs (DatasetSpec.raw): its models take the "
+            "input pipeline's batches"
+        )
+    return data, spec.raw

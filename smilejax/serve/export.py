@@ -5,9 +5,14 @@
   the inputs agree on it) when the model has one and traces with it symbolic. Lowered for CPU and CUDA,
   so a repository made on a laptop serves on a GPU node.
 - ONNX (``jax2onnx``): for Triton's ONNX Runtime backend and experiment software (Athena, CMSSW).
-  Symbolic batch; a symbolic element count only when onnxruntime reproduces the model with it
-  (jax2onnx 0.17 mislabels ``elements + 1`` dims, e.g. after a model appends a token to the set), else
-  the training config's element count.
+  Symbolic batch and element count where onnxruntime reproduces the model with them, else the training
+  config's element count. (jax2onnx 0.17 traces ``jnp.concatenate`` with a rule that gives a
+  concatenation along a symbolic axis the first operand's size: ``elements`` instead of ``elements + 1``
+  where a model appends a token to a set; conversion runs with that rule corrected.)
+
+Inputs: with ``raw``, the variables as the data files store them (the format's ``DatasetSpec.raw``),
+turned into the model's inputs (masks, normalisation with the run's numbers) inside the program;
+without, the model's own inputs, as the input pipeline makes them.
 
 Parameters are constants inside both artifacts (host copies, so the program is single-device), and
 the model is called with its ``input_spec`` names as keyword arguments; outputs are the model's dict
@@ -17,11 +22,12 @@ float32 whatever precision it trained with (a bfloat16 cast inside makes onnxrun
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from smilejax import host
+from smilejax.inputs.spec import ELEMENTS, RawSignature
 from smilejax.models import kernel_mode
 from smilejax.trained import TrainedModel
 
@@ -36,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("stablehlo", "onnx")
 BATCH = "batch"
-ELEMENTS = "elements"
 PLATFORMS = ("cpu", "cuda")
 # Export-time agreement with the in-process model (float32 on both sides).
 RTOL, ATOL = 1e-5, 1e-5
@@ -71,10 +77,16 @@ class Forward:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     element_size: int | None  # the training config's element count when it is symbolic, else None
+    model_inputs: tuple[Tensor, ...] = ()  # with raw inputs: what the model itself takes
+    raw: dict[str, Any] | None = None  # with raw inputs: their record (variables, masks, normalisation)
 
 
-def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
-    """``tm``'s forward pass with its shapes: symbolic batch, and symbolic elements where the model allows."""
+def forward(tm: TrainedModel, *, symbolic_elements: bool = True, raw: bool | None = False) -> Forward:
+    """``tm``'s forward pass with its shapes: symbolic batch, and symbolic elements where the model allows.
+
+    raw: False, the model's own inputs; True, the data files' variables (the format's ``raw`` hook;
+    ExportError without one); None, raw where the format has the hook.
+    """
     graphdef, state = nnx.split(tm.model)
     state = jax.device_get(state)  # host copies: constants of a single-device program
     specs = tm.spec.input_spec(tm.cfg.model, 1)
@@ -85,21 +97,90 @@ def forward(tm: TrainedModel, *, symbolic_elements: bool = True) -> Forward:
             out = nnx.merge(graphdef, state)(**dict(zip(names, args, strict=True)))
         return out if isinstance(out, dict) else {"output": out}
 
-    axes = element_axes(specs, tm.spec.element_axes) if symbolic_elements else {}
-    element_size = next((specs[n].shape[a] for n, a in axes.items()), None)
-    if axes:
+    axes = element_axes(specs, tm.spec.element_axes)
+    size = next((specs[n].shape[a] for n, a in axes.items()), None)
+    templates = [_template(n, s, axes.get(n)) for n, s in specs.items()]
+    model = _shaped(fn, templates, size, symbolic_elements)
+    sig = raw_signature(tm, raw)
+    if sig is None:
+        return model
+    return with_raw(model, sig, size, symbolic_elements)
+
+
+def raw_signature(tm: TrainedModel, raw: bool | None) -> RawSignature | None:
+    """The run's raw signature (see ``forward``'s ``raw``), or None for the model's own inputs."""
+    if raw is False:
+        return None
+    from smilejax import registry
+
+    name = tm.cfg.data.format
+    hook = registry.dataset(name).raw
+    if hook is None:
+        if raw:
+            raise ExportError(f"data format {name!r} declares no raw inputs (DatasetSpec.raw)")
+        log.info("data format %s declares no raw inputs: the export takes the model's own inputs", name)
+        return None
+    try:
+        return hook.signature(tm.cfg.data)
+    except Exception as err:  # the run's normalisation is not readable from here, say
+        raise ExportError(
+            f"the raw inputs of data format {name!r} could not be made ({type(err).__name__}: {err}); "
+            "export the model's own inputs instead (smilejax export --pipeline-inputs)"
+        ) from err
+
+
+def with_raw(model: Forward, sig: RawSignature, size: int | None, symbolic_elements: bool) -> Forward:
+    """``model`` behind ``sig.prepare``: a forward pass of the raw inputs. ``size``: the config's element
+    count, which the raw set axis takes when it cannot stay symbolic."""
+    names = [t.name for t in model.inputs]
+    raw_names = [t.name for t in sig.inputs]
+    if any(ELEMENTS in t.dims for t in sig.inputs) and size is None:
+        raise ExportError(f"raw inputs {raw_names} have a set axis, but the model's inputs have none")
+
+    def fn(*args: jax.Array) -> dict[str, jax.Array]:
+        prepared = sig.prepare(**dict(zip(raw_names, args, strict=True)))
+        missing = [n for n in names if n not in prepared]
+        if missing:
+            raise ExportError(f"the raw inputs' prepare gives {sorted(prepared)}, not the model's {missing}")
+        return model.fn(*(prepared[n] for n in names))
+
+    templates = [Tensor(t.name, t.dtype, tuple(t.dims)) for t in sig.inputs]
+    composed = _shaped(fn, templates, size, symbolic_elements and model.element_size is not None)
+    fixed = {t.name: t for t in composed.inputs}
+    record = {
+        "inputs": [
+            {**fixed[t.name].to_json(), "variables": list(t.variables), "about": t.about} for t in sig.inputs
+        ],
+        **sig.about,
+    }
+    return dataclasses.replace(composed, model_inputs=model.inputs, raw=record)
+
+
+def _template(name: str, spec: jax.ShapeDtypeStruct, axis: int | None) -> Tensor:
+    """``spec`` without its batch axis, its element axis (if any) named ``ELEMENTS``."""
+    dims: list[int | str] = list(spec.shape[1:])
+    if axis is not None:
+        dims[axis - 1] = ELEMENTS
+    return Tensor(name, np.dtype(spec.dtype).name, tuple(dims))
+
+
+def _shaped(fn: Callable, templates: list[Tensor], size: int | None, symbolic: bool) -> Forward:
+    """``fn`` with its inputs' shapes: the element count symbolic where ``fn`` traces so, else ``size``."""
+    if symbolic and any(ELEMENTS in t.dims for t in templates):
         try:
-            jax.eval_shape(fn, *_abstract(specs, axes))
+            out = jax.eval_shape(fn, *_abstract(templates))
+            return _forward(fn, templates, out, size)
+        except ExportError:
+            raise
         except Exception as err:  # the model fixes the element count (a dense layer over it, say)
-            log.info(
-                "the element count stays fixed at %d: tracing it symbolic failed (%s)", element_size, err
-            )
-            axes, element_size = {}, None
-    shapes = _abstract(specs, axes)
-    out = jax.eval_shape(fn, *shapes)
-    inputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in zip(names, shapes, strict=True))
+            log.info("the element count stays fixed at %s: tracing it symbolic failed (%s)", size, err)
+    fixed = [_fix(t, size) for t in templates]
+    return _forward(fn, fixed, jax.eval_shape(fn, *_abstract(fixed)), None)
+
+
+def _forward(fn: Callable, inputs: list[Tensor], out: dict[str, Any], size: int | None) -> Forward:
     outputs = tuple(_tensor(n, s.shape, s.dtype) for n, s in out.items())
-    return Forward(fn=fn, inputs=inputs, outputs=outputs, element_size=element_size)
+    return Forward(fn=fn, inputs=tuple(inputs), outputs=outputs, element_size=size)
 
 
 def element_axes(
@@ -125,15 +206,13 @@ def element_axes(
     return {n: 1 for n in ranked} if len({s.shape[1] for s in ranked.values()}) == 1 else {}
 
 
-def _abstract(specs: dict[str, jax.ShapeDtypeStruct], axes: Mapping[str, int]) -> list[jax.ShapeDtypeStruct]:
+def _abstract(tensors: Sequence[Tensor]) -> list[jax.ShapeDtypeStruct]:
+    """Shapes with a symbolic batch and ``ELEMENTS`` dims symbolic."""
     batch, elements = jax.export.symbolic_shape(f"{BATCH}, {ELEMENTS}")
-    out = []
-    for name, s in specs.items():
-        shape = [batch, *s.shape[1:]]
-        if name in axes:
-            shape[axes[name]] = elements
-        out.append(jax.ShapeDtypeStruct(tuple(shape), s.dtype))
-    return out
+    return [
+        jax.ShapeDtypeStruct((batch, *(elements if d == ELEMENTS else d for d in t.dims)), np.dtype(t.dtype))
+        for t in tensors
+    ]
 
 
 def _tensor(name: str, shape: Sequence[Any], dtype: Any) -> Tensor:
@@ -262,7 +341,7 @@ def to_onnx(fwd: Forward, checker: Checker | None = None, *, opset: int = 21) ->
         # onnx_ir warns about untyped shape constants it leaves out, jax2onnx about Flax's deprecated
         # ``.value``: neither is ours to act on.
         logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-        with jax.disable_jit(), warnings.catch_warnings():
+        with jax.disable_jit(), warnings.catch_warnings(), _concat_shape_rule():
             warnings.simplefilter("ignore", DeprecationWarning)
             return jax2onnx.to_onnx(
                 fwd.fn,
@@ -303,6 +382,43 @@ def to_onnx(fwd: Forward, checker: Checker | None = None, *, opset: int = 21) ->
     proto = convert(False)
     report["max_abs_diff"] = check(proto, False)
     return proto, report
+
+
+@contextlib.contextmanager
+def _concat_shape_rule() -> Iterator[None]:
+    """jax2onnx (0.17) with a correct shape rule for its ``jnp.concatenate`` primitive while it converts.
+
+    Its rule gives a concatenation along a symbolic axis the first operand's size (``elements`` for
+    ``concat([tracks, register])``, not ``elements + 1``); the shapes traced after it are then wrong
+    and onnxruntime fails at the Concat node, or reshapes to the wrong size. The corrected rule sums
+    the operands' sizes, as ``lax.concatenate`` does. Where jax2onnx no longer has that plugin, nothing
+    changes (the ONNX check still guards the result).
+    """
+    try:
+        from jax2onnx.plugins.jax.numpy import concatenate as plugin
+        from jax2onnx.plugins.jax.numpy.concatenate import JnpConcatenatePlugin as cls
+    except ImportError:
+        yield
+        return
+    original = cls.__dict__.get("abstract_eval")
+    if not isinstance(original, staticmethod):
+        yield
+        return
+
+    def abstract_eval(*arrays: Any, dimension: int = 0, axis: int | None = None) -> Any:
+        out = original.__func__(*arrays, dimension=dimension, axis=axis)
+        at = (dimension if axis is None else axis) % len(out.shape)
+        shape = list(out.shape)
+        shape[at] = sum(a.shape[at] for a in arrays)
+        return out.update(shape=tuple(shape))
+
+    cls.abstract_eval = staticmethod(abstract_eval)
+    plugin._CONCAT_PRIM.def_abstract_eval(abstract_eval)
+    try:
+        yield
+    finally:
+        cls.abstract_eval = original
+        plugin._CONCAT_PRIM.def_abstract_eval(original.__func__)
 
 
 def onnx_inputs(fwd: Forward, report: dict[str, Any]) -> tuple[Tensor, ...]:

@@ -8,7 +8,9 @@ Layout for a model exported as NAME (``REPO/smilejax_export.json`` records what 
                            without the ONNX Runtime backend (the one in the nvidia-pytriton wheel)
 
 Every model takes a leading batch dimension (``max_batch_size``), batches concurrent requests
-dynamically, and runs ``instances`` copies of itself (``kind``: auto, cpu, gpu).
+dynamically, and runs ``instances`` copies of itself (``kind``: auto, cpu, gpu). Where the data format
+declares raw inputs, the models take the variables as the data files store them and apply the masks
+and normalisation inside (``smilejax_export.json``'s ``raw`` says how); ``client.raw_batch`` reads them.
 """
 
 from __future__ import annotations
@@ -167,8 +169,13 @@ def build(
     options: TritonOptions = TritonOptions(),
     step: int | None = None,
     symbolic_elements: bool = True,
+    raw: bool | None = None,
 ) -> dict[str, Any]:
-    """Exports ``run_dir``'s model in ``formats`` into the repository ``out``; returns its metadata."""
+    """Exports ``run_dir``'s model in ``formats`` into the repository ``out``; returns its metadata.
+
+    raw: the models take the data files' variables and normalise and mask inside (None: where the data
+    format declares them, ``DatasetSpec.raw``; False: the model's own inputs, as the pipeline makes them).
+    """
     from smilejax import trained
     from smilejax.serve import export
 
@@ -183,7 +190,7 @@ def build(
 
     tm = trained.load(run_dir, step=step)
     name = name or model_name(tm.cfg.model.name)
-    fwd = export.forward(tm, symbolic_elements=symbolic_elements)
+    fwd = export.forward(tm, symbolic_elements=symbolic_elements, raw=raw)
     checker = export.Checker(fwd)
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, dict[str, Any]] = {}
@@ -217,8 +224,12 @@ def build(
         "name": name,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "source_run": {"dir": str(Path(run_dir).resolve()), "step": tm.step, "model": tm.cfg.model.name},
+        # what a client sends: the raw variables (see "raw"), else the model's own inputs
         "inputs": [t.to_json() for t in fwd.inputs],
         "outputs": [t.to_json() for t in fwd.outputs],
+        "model_inputs": [t.to_json() for t in (fwd.model_inputs or fwd.inputs)],
+        # the raw inputs' variables, masks and normalisation; None: the inputs are the model's own
+        "raw": fwd.raw,
         # {input: axis} of the symbolic element count, or None when it is fixed
         "symbolic_dims": {"batch": "axis 0", ELEMENTS: export.element_dims(fwd) or None},
         "element_size": fwd.element_size,
