@@ -105,8 +105,10 @@ LOCAL: dict[str, Callable[[str], Task]] = {"hep_resonance": _hep}
 
 @functools.cache
 def get(name: str) -> Task:
-    """The task called ``name`` (cached: one instance per process)."""
-    return LOCAL[name](name) if name in LOCAL else _from_sbibm(name)
+    """The task called ``name`` (cached: one instance per process). Built eagerly even when first asked
+    for inside a traced function (a model built under ``jit``), so the arrays it holds are constants."""
+    with jax.ensure_compile_time_eval():
+        return LOCAL[name](name) if name in LOCAL else _from_sbibm(name)
 
 
 def names() -> list[str]:
