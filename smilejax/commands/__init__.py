@@ -16,6 +16,7 @@ COMMANDS = (
     "tune",
     "export",
     "serve",
+    "infer",
     "launch",
     "bench",
     "data",

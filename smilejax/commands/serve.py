@@ -15,10 +15,11 @@ Where the server comes from:
                   nvidia-pytriton wheel, unpacked into the venv without touching its numpy)
   HPC / GPU node  NVIDIA's container, which also has the ONNX Runtime backend for the production
                   model, e.g. with Apptainer:
-                    apptainer exec --nv docker://nvcr.io/nvidia/tritonserver:24.10-py3 \\
-                      smilejax serve REPO --host 0.0.0.0
-                  (smilejax, jax[cuda12] and onnxruntime-gpu pip-installed in the container's Python
-                  for the Python-backend models; give Docker --shm-size=1g for the Python backend)
+                    apptainer exec --nv docker://nvcr.io/nvidia/tritonserver:25.01-py3 \\
+                      smilejax serve REPO --host 0.0.0.0 --key-file KEY --grpc-tls-cert ...
+                  (smilejax, jax[cuda12] and onnxruntime-gpu pip-installed for the container's Python,
+                  which must be 3.11 or newer, for the Python-backend models; give Docker
+                  --shm-size=1g for the Python backend; ports, tunnels: docs/SERVING-HPC.md)
 
 Models whose backend the server lacks are left out (the ONNX Runtime one with the wheel's server).
 The server binds to 127.0.0.1 unless --host says otherwise. Across a wide-area network, use TLS on
@@ -26,7 +27,9 @@ gRPC (--grpc-tls-cert/--grpc-tls-key, --grpc-tls-root for mutual TLS) and requir
 (--key-file, or SMILEJAX_SERVE_KEY): clients send it in the header 'smilejax-key' over HTTP and
 'triton-grpc-protocol-smilejax-key' over gRPC (smilejax.serve.client.Client(..., key=...) does).
 Triton receives the key on its command line: keep the host's process list private, or rely on
-mutual TLS. Ctrl-C (or SIGTERM) stops the server cleanly.
+mutual TLS. Model loading, shared memory, traces and logging are refused to every client. Serving
+from an HPC site (ports, SSH tunnels, certificates): docs/SERVING-HPC.md. Ctrl-C (or SIGTERM) stops
+the server cleanly.
 
 exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 Triton or a model failed, 2 bad option, no such REPO, or a
 port in use (named, with the option that moves it)."""
@@ -60,6 +63,17 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only its resolution tells, so warn
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     existing(args.repo, "model repository")
     from pathlib import Path
@@ -72,6 +86,13 @@ def run(args: argparse.Namespace) -> int:
     security = Security(
         tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key, tls_root=args.grpc_tls_root, key=key
     )
+    if key is None and not _loopback(args.host):
+        print(
+            f"smilejax: warning: serving on {args.host} without --key-file (or SMILEJAX_SERVE_KEY): anyone "
+            "who reaches this address can run inference; see docs/SERVING-HPC.md",
+            file=sys.stderr,
+            flush=True,
+        )
     server = TritonServer(
         args.repo,
         host=args.host,

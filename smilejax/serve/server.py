@@ -13,6 +13,9 @@ Security for wide-area serving (Triton's own mechanisms): TLS on gRPC (``tls_cer
 (``key``; clients send it in the header ``smilejax-key`` over HTTP,
 ``triton-grpc-protocol-smilejax-key`` over gRPC; ``smilejax.serve.client.Client(key=...)`` does).
 The key appears in the server's command line, so protect the host's process list, or use mutual TLS.
+The key also guards metadata, statistics and model configs; health stays open. The administrative
+APIs (model loading, shared memory, traces, logging) are restricted with a random key that no client
+is told. Serving from an HPC site: docs/SERVING-HPC.md.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +43,11 @@ from smilejax.serve.repository import METADATA
 log = logging.getLogger(__name__)
 
 KEY_HEADER = "smilejax-key"
+ADMIN_HEADER = "smilejax-admin-key"
+# What the inference key guards (health stays open: readiness probes and tunnels' checks need no key).
+KEYED_APIS = ("inference", "metadata", "model-config", "statistics")
+# Refused to every client: loading models (code the server runs), shared memory, traces and logs.
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # gRPC clients send the key as this prefix + KEY_HEADER
 INSTALL_HINT = (
     "no Triton Inference Server found: run `bash launch/install_triton.sh` (unpacks the server from the "
@@ -154,6 +163,7 @@ class TritonServer:
         self.models, self.skipped = self._choose_models(models)
         self.process: subprocess.Popen | None = None
         self._log: IO | None = None
+        self._admin_key = secrets.token_hex(16)
 
     # ---- set-up
 
@@ -216,10 +226,18 @@ class TritonServer:
             ]
             if sec.tls_root:
                 cmd += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={sec.tls_root}"]
+        # The administrative APIs take a key nobody is told: with explicit model control, a client that
+        # reaches a port could otherwise unload models, or load one whose Python code the server runs.
+        admin = ",".join(ADMIN_APIS)
+        cmd += [
+            f"--http-restricted-api={admin}:{ADMIN_HEADER}={self._admin_key}",
+            f"--grpc-restricted-protocol={admin}:{ADMIN_HEADER}={self._admin_key}",
+        ]
         if sec.key:
+            keyed = ",".join(KEYED_APIS)
             cmd += [
-                f"--http-restricted-api=inference:{KEY_HEADER}={sec.key}",
-                f"--grpc-restricted-protocol=inference:{KEY_HEADER}={sec.key}",
+                f"--http-restricted-api={keyed}:{KEY_HEADER}={sec.key}",
+                f"--grpc-restricted-protocol={keyed}:{KEY_HEADER}={sec.key}",
             ]
         return cmd
 
@@ -257,7 +275,8 @@ class TritonServer:
         out = None
         if self.log_file:
             self._log = out = open(self.log_file, "ab")  # noqa: SIM115 (closed in stop)
-        log.info("starting Triton: %s", " ".join(self.command()).replace(self.security.key or "\0", "***"))
+        shown = " ".join(self.command()).replace(self._admin_key, "***")
+        log.info("starting Triton: %s", shown.replace(self.security.key or "\0", "***"))
         # Its own session: a terminal's Ctrl-C reaches us, and we stop the server in order.
         self.process = subprocess.Popen(
             self.command(),

@@ -1,0 +1,387 @@
+"""Streams a data file through a served model, as CMS's SONIC clients do: ``infer_file(path, ...)``.
+
+- The file's examples are read in order, ``batch_size`` at a time, and sent by ``max_in_flight`` threads,
+  each with its own ``Client``: at most that many requests are in flight, and at most that many
+  batches (plus one being read) are in memory.
+- Transient failures (the server not reachable yet, a connection reset, a timeout, HTTP 502/503/504,
+  gRPC UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED) are retried with exponential backoff and
+  jitter, on a fresh connection; anything else (a bad request: wrong shape, unknown model, a refused
+  key) fails at once with the server's message.
+- Scores go to ``<stem>.scores.h5`` beside the input (or ``out``): one dataset per model output whose
+  row ``i`` is the score of the input's example ``i`` (for an HDF5 file, row ``i`` of its tables).
+
+The file is read as the export takes it (the repository's ``smilejax_export.json`` names the data
+format and its options): the variables as the file stores them for a raw export (``client.raw_batch``;
+the model normalises inside), else the model's own inputs through the run's data format with the
+normalisation the export recorded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from smilejax.serve.client import Client, InferenceError
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".scores.h5"
+TRANSIENT_STATUS = {
+    "502",  # HTTP: a proxy found no server
+    "503",
+    "504",
+    "StatusCode.UNAVAILABLE",  # gRPC: not reachable (yet), connection lost
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.RESOURCE_EXHAUSTED",
+}
+
+TRANSIENT_ERRNO = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT}
+
+
+class Reader(Protocol):
+    """Examples by index (a ``BatchSource``): ``read`` returns the model's inputs (and maybe labels)."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Where the model is served and how to reach it (see ``smilejax.serve.client.Client``)."""
+
+    url: str
+    model: str
+    protocol: str = "grpc"
+    key: str | None = None
+    tls_root: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        for path in (self.tls_root, self.tls_cert, self.tls_key):
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: no such file")
+        if bool(self.tls_cert) != bool(self.tls_key) or (self.tls_cert and not self.tls_root):
+            raise ValueError("a client certificate needs its key and the server's CA (--tls-root)")
+
+    def client(self) -> Client:
+        return Client(
+            self.url,
+            self.model,
+            protocol=self.protocol,
+            key=self.key,
+            tls_root=self.tls_root,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            timeout_s=self.timeout_s,
+        )
+
+
+class InProcess:
+    """The exported run's model run by JAX in this process, in place of a server (same reader, batches
+    and scores file): the baseline a served model's throughput is compared with."""
+
+    url = "in-process"
+
+    def __init__(self, metadata: Mapping[str, Any]):
+        import jax
+
+        from smilejax import trained
+        from smilejax.serve import export
+
+        run = metadata["source_run"]
+        tm = trained.load(run["dir"], step=run.get("step"))
+        # the program the export made: the files' variables in (raw) or the model's own inputs
+        fwd = export.forward(tm, raw=bool(metadata.get("raw")))
+        self.model = str(metadata.get("name", "model"))
+        self._names = [t.name for t in fwd.inputs]
+        self._fn = jax.jit(fwd.fn)
+        self._get = jax.device_get
+
+    def client(self) -> InProcess:
+        return self
+
+    def infer(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._get(self._fn(*(batch[n] for n in self._names)))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """``retries`` more tries per request after a transient failure, waiting ``backoff_s * 2**k`` (at
+    most ``max_backoff_s``, with +-25% jitter so that clients do not retry in step)."""
+
+    retries: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+
+    def wait_s(self, attempt: int) -> float:
+        return min(self.backoff_s * 2**attempt, self.max_backoff_s) * random.uniform(0.75, 1.25)
+
+
+@dataclasses.dataclass
+class Stats:
+    rows: int = 0
+    requests: int = 0
+    retries: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s if self.wall_s else 0.0
+
+
+def transient(err: BaseException) -> bool:
+    """Whether trying again may succeed: the network or an overloaded server, not the request."""
+    if isinstance(err, InferenceError):
+        status = getattr(err.__cause__, "status", None)
+        return callable(status) and str(status()) in TRANSIENT_STATUS
+    # tritonclient's HTTP client lets socket errors through: refused, reset, timed out, unreachable
+    return isinstance(err, (ConnectionError, TimeoutError)) or (
+        isinstance(err, OSError) and err.errno in TRANSIENT_ERRNO
+    )
+
+
+class _Sender:
+    """One ``Client`` per thread; a transient failure drops the thread's connection and retries."""
+
+    def __init__(self, connection: Connection | InProcess, retry: Retry, stats: Stats):
+        self.connection, self.retry, self.stats = connection, retry, stats
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Client | InProcess] = []
+        self.cancelled = threading.Event()
+
+    def _client(self) -> Client | InProcess:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.connection.client()
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def send(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for attempt in range(self.retry.retries + 1):
+            try:
+                out = self._client().infer(batch)
+                with self._lock:
+                    self.stats.requests += 1
+                return out
+            except Exception as err:
+                if not transient(err) or attempt == self.retry.retries or self.cancelled.is_set():
+                    raise
+                wait = self.retry.wait_s(attempt)
+                log.warning("transient failure (%s); retry %d in %.1f s", _message(err), attempt + 1, wait)
+                with self._lock:
+                    self.stats.retries += 1
+                self._local.client = None  # a fresh connection for the next try
+                if self.cancelled.wait(wait):
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for client in self._clients:
+            with contextlib.suppress(Exception):  # closing a connection that already failed
+                client.close()
+
+
+def _message(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def stream(
+    reader: Reader,
+    connection: Connection | InProcess,
+    write: Callable[[int, dict[str, np.ndarray]], None],
+    *,
+    batch_size: int = 256,
+    max_in_flight: int = 4,
+    retry: Retry = Retry(),
+    progress: bool = True,
+) -> Stats:
+    """Sends ``reader``'s examples in order; ``write(first_row, outputs)`` gets each batch's outputs as
+    it completes (in any order). Raises the first request that fails for good (pending ones are dropped)."""
+    if batch_size < 1 or max_in_flight < 1 or retry.retries < 0:
+        raise ValueError(
+            f"batch_size and max_in_flight must be at least 1 and retries at least 0, got {batch_size}, "
+            f"{max_in_flight} and {retry.retries}"
+        )
+    from tqdm import tqdm
+
+    n = len(reader)
+    stats = Stats()
+    sender = _Sender(connection, retry, stats)
+    pending: dict[cf.Future, int] = {}
+    bar = tqdm(total=n, unit="row", disable=not progress, desc=connection.model, smoothing=0.1)
+    t0 = time.perf_counter()
+
+    def finish(done: set[cf.Future]) -> None:
+        for future in done:
+            first = pending.pop(future)
+            out = future.result()  # raises the request's error
+            rows = len(next(iter(out.values())))
+            write(first, out)
+            stats.rows += rows
+            bar.update(rows)
+
+    pool = cf.ThreadPoolExecutor(max_in_flight, thread_name_prefix="infer")
+    try:
+        for first in range(0, n, batch_size):
+            batch = reader.read(np.arange(first, min(first + batch_size, n)))
+            pending[pool.submit(sender.send, batch)] = first
+            if len(pending) >= max_in_flight:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                finish(done)
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            finish(done)
+    finally:
+        sender.cancelled.set()  # threads waiting to retry give up at once
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        sender.close()
+        bar.close()
+        stats.wall_s = time.perf_counter() - t0
+    return stats
+
+
+# ---------------------------------------------------------------- files
+
+
+def scores_path(path: str | Path) -> Path:
+    """``<stem>.scores.h5`` beside ``path`` (a file or a dataset folder)."""
+    path = Path(path)
+    stem = path.stem if path.suffix and not path.is_dir() else path.name
+    return path.with_name(stem + SUFFIX)
+
+
+def file_reader(path: str | Path, metadata: Mapping[str, Any], workdir: Path) -> Reader:
+    """``path``'s examples as the export takes them: the variables as the file stores them for a raw
+    export (``client.raw_batch``), else through the run's data format, configured as the run was and
+    normalised with the numbers the export recorded (written into ``workdir``)."""
+    from smilejax import registry
+
+    data = dict(metadata.get("data") or {})
+    if "format" not in data:
+        raise ValueError("the export's metadata has no data section: re-export the run with smilejax export")
+    spec = registry.dataset(data["format"])
+    if metadata.get("raw"):
+        return _RawReader(spec.config(**data), str(path))
+    fields = {f.name for f in dataclasses.fields(spec.config) if f.init}
+    overrides: dict[str, Any] = {"path": str(path), "eval_path": str(path), "shuffle": False}
+    norm = (metadata.get("normalisation") or {}).get("groups")
+    if norm and "norm_dict" in fields:  # the run's numbers, not ones computed from this file
+        norm_file = workdir / "norm.json"
+        norm_file.write_text(json.dumps(norm))
+        overrides["norm_dict"] = str(norm_file)
+    cfg = spec.config(**{k: v for k, v in {**data, **overrides}.items() if k in fields})
+    return spec.source(cfg, "eval")
+
+
+class _RawReader:
+    """A file's raw examples (``client.raw_batch``) as a ``Reader`` of consecutive examples."""
+
+    def __init__(self, cfg: Any, path: str):
+        from smilejax.serve.client import raw_length
+
+        self.cfg, self.path = cfg, path
+        self._n = raw_length(cfg, path)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        from smilejax.serve.client import raw_batch
+
+        first, n = int(indices[0]), len(indices)
+        if n and int(indices[-1]) != first + n - 1:
+            raise ValueError("the raw reader reads consecutive examples only")
+        return raw_batch(self.cfg, self.path, n, start=first)
+
+
+class ScoresFile:
+    """``<stem>.scores.h5``: datasets made on the first batch, filled by row (batches arrive in any order)."""
+
+    def __init__(self, path: Path, rows: int, attrs: Mapping[str, str]):
+        import h5py
+
+        self.path, self.rows = path, rows
+        self._tmp = path.with_name(path.name + ".partial")
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs.update(dict(attrs))
+
+    def write(self, first: int, outputs: dict[str, np.ndarray]) -> None:
+        for name, array in outputs.items():
+            if name not in self._file:
+                chunk = (min(self.rows, 1024), *array.shape[1:])
+                self._file.create_dataset(
+                    name, shape=(self.rows, *array.shape[1:]), dtype=array.dtype, chunks=chunk
+                )
+            self._file[name][first : first + len(array)] = array
+
+    def close(self, complete: bool) -> None:
+        """Keeps the file only when every row was written; a failed run leaves no partial scores."""
+        self._file.close()
+        if complete:
+            self._tmp.replace(self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+
+def infer_file(
+    path: str | Path,
+    connection: Connection | InProcess,
+    metadata: Mapping[str, Any],
+    *,
+    out: str | Path | None = None,
+    batch_size: int = 256,
+    max_in_flight: int = 4,
+    retry: Retry = Retry(),
+    progress: bool = True,
+) -> tuple[Path, Stats]:
+    """Streams ``path`` through the served model; returns the scores file and the counts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    target = Path(out) if out else scores_path(path)
+    with tempfile.TemporaryDirectory(prefix="smilejax-infer-") as workdir:
+        reader = file_reader(path, metadata, Path(workdir))
+        try:
+            attrs = {"input": str(path.resolve()), "model": connection.model, "server": connection.url}
+            scores = ScoresFile(target, len(reader), attrs)
+            ok = False
+            try:
+                stats = stream(
+                    reader,
+                    connection,
+                    scores.write,
+                    batch_size=batch_size,
+                    max_in_flight=max_in_flight,
+                    retry=retry,
+                    progress=progress,
+                )
+                ok = stats.rows == len(reader)
+            finally:
+                scores.close(ok)
+        finally:
+            getattr(reader, "close", lambda: None)()
+    return target, stats
