@@ -10,7 +10,8 @@ An exported model takes, per jet (names from ``data.jets_name`` / ``data.tracks_
 and makes inside what the pipeline makes from them (``source.FtagH5Source``): each variable
 ``(x - mean) / std`` with the run's norm dict, the jet variables appended to every track, and 0 on the
 slots that are not valid. T is any track count (the file's slots: the pipeline would keep the first
-``data.max_tracks``). ``read`` gives these arrays for rows of one file, labels or not.
+``data.max_tracks``). A NaN on a valid track gives that jet NaN outputs (the pipeline refuses such a
+file: ``data.check_finite``). ``read`` gives these arrays for rows of one file, labels or not.
 """
 
 from __future__ import annotations
