@@ -49,12 +49,19 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         return {k: np.asarray(f[k][...]) for k in KEYS}
 
 
-@functools.cache
 def load(path: str) -> dict[str, np.ndarray]:
-    """theta [N, d] and x [N, D] as float32, checked; raises MalformedFile or FileNotFoundError."""
+    """theta [N, d] and x [N, D] as float32, checked; raises MalformedFile or FileNotFoundError. Read once
+    per process while the file stays the same (the config check, the model config and the source)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"stored simulations {path!r}: no such file")
+    stat = p.stat()
+    return _load(str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, _mtime: int, _size: int) -> dict[str, np.ndarray]:
+    p = Path(path)
     if p.suffix not in SUFFIXES:
         raise MalformedFile(f"{path}: unknown file type {p.suffix!r}; use one of {SUFFIXES}")
     try:
@@ -77,7 +84,8 @@ def load(path: str) -> dict[str, np.ndarray]:
     for name, a in (("theta", theta), ("x", x)):
         bad = ~np.isfinite(a.astype(np.float64)).all(axis=1)
         if bad.any():
-            raise MalformedFile(f"{path}: {name} has {int(bad.sum())} rows with NaN or inf (first: {np.argmax(bad)})")
+            first = int(np.argmax(bad))
+            raise MalformedFile(f"{path}: {name} has {int(bad.sum())} rows with NaN or inf (first: {first})")
     return {"theta": theta.astype(np.float32), "x": x.astype(np.float32)}
 
 

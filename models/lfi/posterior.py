@@ -7,7 +7,8 @@ benchmarks and sequential rounds; nothing here knows about files or meshes.
 inside). Functions are pure JAX: jit or vmap them as you like.
 
 * ``sample(model, x [B, x_dim], n, key) -> [B, n, theta_dim]``: ``n`` posterior draws per observation
-  (NPE: the flow's samples; NRE: importance-resampled prior draws weighted by the learned ratio).
+  (NPE: the flow's samples, by default only those inside the prior's support; NRE: importance-resampled
+  prior draws weighted by the learned ratio).
 * ``log_prob(model, theta [B, theta_dim], x [B, x_dim]) -> [B]``: NPE's log q(theta | x) (normalised);
   NRE's log r(theta, x) + log p(theta) (unnormalised: a constant per x away from the posterior).
 * ``log_ratio(model, theta, x) -> [B]``: NRE's log p(x | theta) / p(x) (classifier logit).
@@ -32,12 +33,25 @@ def is_npe(model) -> bool:
     return hasattr(model, "flow")
 
 
-def sample(model, x: jax.Array, n: int, key: jax.Array) -> jax.Array:
-    """``n`` posterior samples for each observation of ``x`` [B, x_dim] -> [B, n, theta_dim]."""
+def sample(
+    model, x: jax.Array, n: int, key: jax.Array, *, within_prior: bool = True, oversample: int = 4
+) -> jax.Array:
+    """``n`` posterior samples for each observation of ``x`` [B, x_dim] -> [B, n, theta_dim].
+
+    within_prior (NPE): a flow puts some mass outside a bounded prior's support ("leakage"); draw
+    ``oversample * n`` and keep the first ``n`` inside it, as ``sbi`` rejects them (where fewer than
+    ``n`` fall inside, the rest are outside ones). NRE draws from the prior anyway.
+    """
     x = jnp.asarray(x, jnp.float32)
     if x.ndim == 1:
         raise ValueError(f"x must be a batch [B, x_dim]; got shape {x.shape} (use x[None])")
-    return model.sample(x, n, key)
+    log_prior = model.task.log_prior
+    if not (is_npe(model) and within_prior and log_prior is not None):
+        return model.sample(x, n, key)
+    draws = model.sample(x, oversample * n, key)  # [B, m, d]
+    inside = jnp.isfinite(log_prior(draws.reshape(-1, draws.shape[-1]))).reshape(draws.shape[:2])
+    first = jnp.argsort(~inside, axis=1, stable=True)[:, :n]  # inside ones first, in their order
+    return jnp.take_along_axis(draws, first[..., None], axis=1)
 
 
 def log_prob(model, theta: jax.Array, x: jax.Array) -> jax.Array:

@@ -85,7 +85,7 @@ def _from_sbibm(name: str) -> Task:
         prior_sample=lambda key, n: bench.get_prior(key, n),
         simulate=simulate,
         observation=lambda i: np.asarray(bench.get_observation(i), np.float32).reshape(-1),
-        log_prior=prior.log_prob,
+        log_prior=jax.jit(prior.log_prob),  # traced: no out-of-support warning on concrete arrays
         reference_samples=reference,
         true_parameters=lambda i: np.asarray(bench.get_true_parameters(i), np.float32).reshape(-1),
         num_observations=int(bench.num_observations),
