@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import os
@@ -168,6 +169,10 @@ def test_trackml_format_batches(events_dir):
             batch["edge_y"][row, :m], (p[edges[:, 0]] == p[edges[:, 1]]) & (p[edges[:, 0]] > 0)
         )
         assert batch["edge_y"][row, :m].mean() > 0.5
+    truth = trackml.source(dataclasses.replace(cfg, fields=list(trackml.FIELDS)), "train").read(np.array([0]))
+    n = int(truth["true_edge_mask"][0].sum())
+    pairs = truth["true_edges"][0, :n]
+    assert n > 0 and (truth["particle"][0, pairs[:, 0]] == truth["particle"][0, pairs[:, 1]]).all()
     it = iter(trackml.from_config(src, cfg, seed=0, process_index=0, process_count=1))
     shapes = {tuple(next(it)["hits"].shape) for _ in range(4)}
     assert shapes <= {(2, 1024, 7), (2, 4096, 7)}
@@ -245,8 +250,10 @@ def test_data_make_through_the_cli(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pythia8mc") is None, reason="needs pythia8mc")
-def test_pythia_events_with_pileup(tmp_path):
+def test_pythia_events_with_pileup(tmp_path, capfd):
     info = make_events.make(tmp_path, 1, pileup=3, seed=1, kind="pythia", workers=1, progress=False)
+    print("stdout still works")  # one worker runs in this process: Pythia's banner is silenced only there
+    assert "stdout still works" in capfd.readouterr().out
     ev = tcsv.read_event(tmp_path, "event000001000")
     interactions = np.unique(ev["particles"]["particle_id"] >> 28)
     assert interactions.size >= 2 and info["hits_mean"] == len(ev["hits"]) > 500

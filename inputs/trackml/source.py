@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 NODE_FIELDS = ("hits", "hit_mask", "particle", "pt", "eta", "weight")
 EDGE_FIELDS = ("edges", "edge_mask", "edge_y")
-FIELDS = NODE_FIELDS + EDGE_FIELDS
+TRUTH_FIELDS = ("true_edges", "true_edge_mask")  # opt-in: consecutive hits of each particle
+FIELDS = NODE_FIELDS + EDGE_FIELDS + TRUTH_FIELDS
 
 # graph builders by name: (event tables, config) -> [E, 2] hit rows; "module:attr" names any other
 GRAPH_BUILDERS: dict[str, Callable] = {}
@@ -51,13 +53,13 @@ class TrackmlConfig(DataConfig):
     cell_features: bool = True
     graph: str = "module_map"
     module_map: str | None = None
-    module_map_events: int = 100
+    module_map_events: int = 1000
     module_map_margin: float = 0.05
-    node_widths: list[int] = dataclasses.field(default_factory=lambda: [4096, 16384, 65536, 131072])
-    edge_widths: list[int] = dataclasses.field(default_factory=lambda: [32768, 131072, 524288, 2097152])
+    node_widths: list[int] = dataclasses.field(default_factory=lambda: [4096, 16384, 65536, 196608])
+    edge_widths: list[int] = dataclasses.field(default_factory=lambda: [32768, 131072, 1048576, 3145728])
     node_budget: int = 0
     batch_multiple: int = 1
-    fields: list[str] = dataclasses.field(default_factory=lambda: list(FIELDS))
+    fields: list[str] = dataclasses.field(default_factory=lambda: list(NODE_FIELDS + EDGE_FIELDS))
 
     resume_free: ClassVar[frozenset[str]] = DataConfig.resume_free | {"cache_dir"}
 
@@ -203,6 +205,7 @@ class TrackmlSource:
         self.cfg = cfg
         self.fields = tuple(fields or cfg.fields)
         self._graph: Callable | None = None
+        self._digest: str | None = None
         self._levels: np.ndarray | None = None
         self.nodes = np.zeros(len(self.items), np.int64)
         for folder in dict.fromkeys(f for f, _ in self.items):  # one index read per folder
@@ -230,23 +233,26 @@ class TrackmlSource:
         folder, event = self.items[i]
         if self.cfg.graph == "none":
             return np.zeros((0, 2), np.int32)
-        key = json.dumps([self.cfg.graph, self.cfg.module_map, self.cfg.module_map_margin, self._graph_id()])
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        path = tcache.cache_dir(folder, self.cfg.cache_dir) / f"{event}.edges-{digest}.npy"
+        path = tcache.cache_dir(folder, self.cfg.cache_dir) / f"{event}.edges-{self._graph_digest()}.npy"
         stamp = json.dumps(tcache.stamp(folder, event, self.cfg.kinds()))
         meta = path.with_suffix(".json")
         if path.exists() and meta.exists() and meta.read_text() == stamp:
             return np.load(path)
         edges = self.graph(tables or load_event(folder, event, self.cfg))
         save_array(path, edges, f"the candidate edges of {event}")
-        meta.write_text(stamp)
+        with contextlib.suppress(OSError):  # a read-only cache: the edges are made again next time
+            meta.write_text(stamp)
         return edges
 
-    def _graph_id(self) -> str:
-        if self.cfg.graph != "module_map":
-            return ""
-        train = events(self.cfg, "train")[: max(self.cfg.module_map_events, 1)]
-        return json.dumps([[str(f), e] for f, e in train] + [str(self.cfg.module_map)])
+    def _graph_digest(self) -> str:
+        """Names the graph stage (and for a learned module map, its training events) in cache files."""
+        if self._digest is None:
+            key = [self.cfg.graph, self.cfg.module_map, self.cfg.module_map_margin]
+            if self.cfg.graph == "module_map" and not self.cfg.module_map:
+                train = events(self.cfg, "train")[: max(self.cfg.module_map_events, 1)]
+                key.append([[str(f.resolve()), e] for f, e in train])
+            self._digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+        return self._digest
 
     @property
     def levels(self) -> np.ndarray:
@@ -281,6 +287,9 @@ class TrackmlSource:
             "edge_mask": np.zeros((b, e_w), bool),
             "edge_y": np.zeros((b, e_w), bool),
         }
+        if set(TRUTH_FIELDS) & set(self.fields):  # fewer true pairs than hits: node width
+            out["true_edges"] = np.zeros((b, n_w, 2), np.int32)
+            out["true_edge_mask"] = np.zeros((b, n_w), bool)
         for row, i in enumerate(indices.tolist()):
             folder, event = self.items[i]
             t = load_event(folder, event, self.cfg)
@@ -298,6 +307,10 @@ class TrackmlSource:
             out["edge_mask"][row, :m] = True
             p = truth["particle"]
             out["edge_y"][row, :m] = (p[edges[:, 0]] == p[edges[:, 1]]) & (p[edges[:, 0]] > 0)
+            if "true_edges" in out:
+                pairs = mm.true_pairs(t["hits"], p, _vertex(t["particles"]))
+                out["true_edges"][row, : len(pairs)] = pairs
+                out["true_edge_mask"][row, : len(pairs)] = True
         return {k: v for k, v in out.items() if k in self.fields}
 
 

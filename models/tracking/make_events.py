@@ -262,10 +262,16 @@ def write_event(out: str | os.PathLike, number: int, tables: dict, gzip: bool = 
 
 
 def _work(kind, seed, worker, numbers, out, pileup, gzip, messages) -> None:
+    saved = None
     try:
         if kind == "pythia":
+            import sys
+
+            sys.stdout.flush()
+            saved = os.dup(1)  # restored at the end: this may be the main process (one worker)
             devnull = os.open(os.devnull, os.O_WRONLY)  # Pythia's banner: not on the progress bar
             os.dup2(devnull, 1)
+            os.close(devnull)
             from smilejax.generators.pythia import seeds
 
             pythia_seed, rng_seed = seeds(seed, worker)
@@ -283,6 +289,10 @@ def _work(kind, seed, worker, numbers, out, pileup, gzip, messages) -> None:
         messages.put(("done", worker, (len(numbers), time.process_time())))
     except BaseException:
         messages.put(("error", worker, traceback.format_exc()))
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def make(
