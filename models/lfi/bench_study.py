@@ -1,0 +1,364 @@
+"""``smilejax bench train npe-...``: the simulation-based-inference benchmark, smilejax's NPE against `sbi`'s.
+
+For each task (``--tasks``, the benchmark's names; default two_moons, gaussian_linear, slcp,
+bernoulli_glm) and simulation budget (``--budgets``, default 10^3, 10^4, 10^5) the study simulates one
+fixed set of that many pairs (theta, x) from the prior and the task's JAX simulator, with a key fixed by
+task and budget. On that same set, in the same session, for each of ``--seeds`` seeds:
+
+* `sbi` (PyTorch, its own environment: ``sbi_peer``, ``sbi_run.py``) trains its NPE with its own loop
+  (validation-based early stopping on 10% of the set), with the flow smilejax's config names (maf or nsf,
+  width, transforms, bins), the same batch size and learning rate; it runs first, alone on the machine.
+* smilejax trains the config's NPE (``smilejax train``'s trainer, format ``stored_simulations``) for
+  ``--epochs`` passes over the set.
+
+Each then draws ``--posterior-samples`` samples at each of the task's reference observations
+(``--observations``), draws outside the prior's support rejected alike on both sides (as the benchmark's
+NPE does), and the study scores them with the benchmark's C2ST (``c2st``) against the reference
+posterior samples. Rows: per task, budget, implementation and seed, the C2ST mean over observations and
+the wall time to train (simulations in memory; smilejax's includes compilation, its checkpoint and the
+model's standardisation). ``lfi.md`` is the table; ``lfi.png`` the paper's C2ST-against-budget panels
+with the wall time below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from smilejax.bench import common
+from smilejax.config import Config
+
+from . import sbi_peer
+
+log = logging.getLogger(__name__)
+
+TASKS = ("two_moons", "gaussian_linear", "slcp", "bernoulli_glm")
+BUDGETS = (1_000, 10_000, 100_000)
+SIMULATION_KEY = 20_21  # with the task and budget: one fixed set of simulations per (task, budget)
+IMPLS = ("smilejax", "sbi")
+COLUMNS = ["task", "budget", "impl", "seed", "c2st", "c2st_obs_std", "train_s", "steps", "epochs", "note"]
+SUMMARY_COLUMNS = ["task", "budget", "impl", "seeds", "c2st", "c2st_seed_std", "train_s", "train_s_std"]
+NOT_OPTIONS = ("bucket", "torch_modes", "vary", "tracks", "attention")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This study's options of ``smilejax bench train npe-...`` (beside the generic ones)."""
+    group = parser.add_argument_group("npe only: the simulation-based-inference benchmark")
+    group.add_argument("--tasks", default=",".join(TASKS), help="benchmark tasks, comma-separated")
+    group.add_argument(
+        "--budgets",
+        default=",".join(map(str, BUDGETS)),
+        help="simulation budgets (default 1000,10000,100000)",
+    )
+    group.add_argument("--seeds", type=int, default=3, help="trainings per task and budget, each side")
+    group.add_argument("--epochs", type=float, default=100, help="smilejax's passes over the budget")
+    group.add_argument("--posterior-samples", type=int, default=10_000, help="draws per observation (C2ST)")
+    group.add_argument("--observations", default="all", help="reference observations: all, N-M or i,j,k")
+    group.add_argument("--no-sbi", action="store_true", help="smilejax alone (no sbi environment needed)")
+    group.add_argument("--torch-threads", type=int, default=0, help="sbi's torch threads (0: its default)")
+
+
+def _numbers(text: str, what: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 10:
+        raise SystemExit(f"--{what} {text}: expected comma-separated counts of at least 10")
+    return values
+
+
+def _check_options(cfg: Config, args: argparse.Namespace) -> None:
+    wrong = [f"--{k.replace('_', '-')}" for k in NOT_OPTIONS if getattr(args, k, None) not in (None, [], 0)]
+    if wrong:
+        raise SystemExit(f"{', '.join(wrong)}: not an option of bench train {cfg.model.name}")
+    if cfg.model.name != "npe":
+        raise SystemExit(f"the LFI benchmark trains NPE; the config's model is {cfg.model.name!r}")
+    defaults = {
+        "tasks": ",".join(TASKS),
+        "budgets": ",".join(map(str, BUDGETS)),
+        "seeds": 3,
+        "epochs": 100.0,
+        "posterior_samples": 10_000,
+        "observations": "all",
+        "no_sbi": False,
+        "torch_threads": 0,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.seeds < 1 or args.epochs <= 0 or args.posterior_samples < 10:
+        raise SystemExit("--seeds and --epochs must be positive, --posterior-samples at least 10")
+
+
+def simulate(task, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed set of ``budget`` pairs (theta, x) of ``task`` (same key for every seed and side)."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(SIMULATION_KEY), budget), _crc(task.name))
+    seeds = np.asarray(jax.random.randint(key, (budget,), 0, np.iinfo(np.int32).max), np.uint32)
+    theta, x = [], []
+    for start in range(0, budget, 50_000):  # bounded memory for the larger budgets
+        t, s = jax.jit(task.simulate_seeds)(seeds[start : start + 50_000])
+        theta.append(np.asarray(t, np.float32))
+        x.append(np.asarray(s, np.float32).reshape(len(t), -1))
+    return np.concatenate(theta), np.concatenate(x)
+
+
+def _crc(name: str) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def sbi_settings(cfg: Config, args: argparse.Namespace) -> sbi_peer.Settings:
+    """sbi's NPE with smilejax's flow kind, width, depth and bins, batch size and learning rate."""
+    flow = cfg.model.flow
+    return sbi_peer.Settings(
+        density_estimator=flow.kind,
+        hidden_features=int(flow.hidden[0]),
+        num_transforms=int(flow.layers),
+        num_bins=int(getattr(flow, "bins", 10)),
+        training_batch_size=int(args.batch or cfg.data.batch_size),
+        learning_rate=float(cfg.optimizer.lr),
+        num_samples=args.posterior_samples * 2,  # room for the support rejection
+        threads=args.torch_threads,
+    )
+
+
+def train_smilejax(cfg: Config, args, task, budget: int, seed: int, path: Path, tmp: Path):
+    """Trains the config's NPE on the stored set at ``path``; (trained model, wall seconds, steps)."""
+    from smilejax import registry, trained, trainer
+
+    batch = int(args.batch or cfg.data.batch_size)
+    steps = max(1, math.ceil(args.epochs * budget / batch))
+    data_cls = registry.dataset("stored_simulations").config
+    run_dir = tmp / f"smilejax-{task.name}-{budget}-{seed}"
+    run_cfg = dataclasses.replace(
+        cfg,
+        data=data_cls(format="stored_simulations", path=str(path), batch_size=batch, read_threads=1),
+        model=dataclasses.replace(
+            cfg.model, task=task.name, theta_loc=None, theta_scale=None, x_loc=None, x_scale=None
+        ),
+        run=dataclasses.replace(
+            cfg.run,
+            dir=str(run_dir),
+            steps=steps,
+            seed=seed,
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=max(1, steps // 5),
+        ),
+        logging=dataclasses.replace(cfg.logging, wandb="off", tensorboard=False, progress=False),
+        train=dataclasses.replace(cfg.train, precision="fp32"),
+    )
+    start = time.perf_counter()
+    trainer.train(run_cfg)
+    seconds = time.perf_counter() - start
+    return trained.load(run_dir), seconds, steps
+
+
+def score(task, draws: np.ndarray, observations: list[int]) -> list[float]:
+    """C2ST of each observation's draws [K, n, dim] against the reference samples."""
+    from .c2st import c2st
+
+    out = []
+    for k, i in enumerate(observations):
+        reference = task.reference_samples(i)
+        n = min(len(reference), draws.shape[1])
+        out.append(c2st(reference[:n], draws[k][:n]))
+    return out
+
+
+def keep_in_support(task, draws: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` draws of each observation inside the prior's support (draws outside it fill up
+    the rest only when too few are inside)."""
+    from .evaluation import in_support
+
+    ok = in_support(task, draws)
+    order = np.argsort(~ok, axis=1, kind="stable")
+    return np.take_along_axis(draws, order[..., None], axis=1)[:, :n]
+
+
+def _row(task, budget, impl, seed, scores, seconds, **more) -> dict:
+    return {
+        "task": task,
+        "budget": budget,
+        "impl": impl,
+        "seed": seed,
+        "c2st": float(np.mean(scores)),
+        "c2st_obs_std": float(np.std(scores)),
+        "c2st_per_observation": [float(s) for s in scores],
+        "train_s": seconds,
+        **more,
+    }
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    import jax
+
+    from . import tasks as tasklib
+    from .evaluation import parse_observations, posterior_draws, sampler
+
+    _check_options(cfg, args)
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    budgets = _numbers(args.budgets, "budgets")
+    chosen = {name: tasklib.get(name) for name in names}
+    missing = [n for n, t in chosen.items() if t.reference_samples is None]
+    if missing:
+        raise SystemExit(f"--tasks: {', '.join(missing)} have no reference posterior samples")
+    obs = {n: parse_observations(args.observations, t.num_observations) for n, t in chosen.items()}
+    rows, problem, info = [], None, {}
+    with tempfile.TemporaryDirectory(prefix="smilejax-lfi-") as tmp_name:
+        tmp = Path(tmp_name)
+        sets: dict[tuple[str, int], Path] = {}
+        jobs = []
+        for name, task in chosen.items():
+            observed = np.stack([task.observation(i) for i in obs[name]])
+            for budget in budgets:
+                theta, x = simulate(task, budget)
+                sets[(name, budget)] = tmp / f"{name}-{budget}.npz"
+                np.savez(sets[(name, budget)], theta=theta, x=x)
+                jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in range(args.seeds)]
+        if not args.no_sbi:  # first: the machine is sbi's alone
+            try:
+                result = sbi_peer.run(sbi_peer.python(args.torch_python), jobs, sbi_settings(cfg, args), tmp)
+                info = result.info
+                for job in jobs:
+                    name, budget = job.key.rsplit("-", 1)
+                    task, k = chosen[name], (job.key, job.seed)
+                    draws = keep_in_support(task, result.samples[k], args.posterior_samples)
+                    r = result.rows[k]
+                    rows.append(
+                        _row(
+                            name,
+                            int(budget),
+                            "sbi",
+                            job.seed,
+                            score(task, draws, obs[name]),
+                            r["train_s"],
+                            epochs=r["epochs"],
+                            note=f"sbi {info.get('sbi')}, early stopping",
+                        )
+                    )
+                    log.info("sbi %s seed %d: C2ST %.3f", job.key, job.seed, rows[-1]["c2st"])
+            except RuntimeError as err:
+                problem = str(err)
+                log.error("%s", problem)
+        for (name, budget), path in sets.items():
+            task = chosen[name]
+            observed = np.stack([task.observation(i) for i in obs[name]])
+            for seed in range(args.seeds):
+                model, seconds, steps = train_smilejax(cfg, args, task, budget, seed, path, tmp)
+                draw, _ = sampler(model.model)
+                draws, _leak = posterior_draws(
+                    draw, task, observed, args.posterior_samples, jax.random.key(seed)
+                )
+                rows.append(
+                    _row(
+                        name,
+                        budget,
+                        "smilejax",
+                        seed,
+                        score(task, draws, obs[name]),
+                        seconds,
+                        steps=steps,
+                        epochs=args.epochs,
+                        note=f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+                    )
+                )
+                log.info(
+                    "smilejax %s-%d seed %d: C2ST %.3f, %.1f s", name, budget, seed, rows[-1]["c2st"], seconds
+                )
+    table = summarise(rows)
+    extra = {
+        "model": cfg.model.name,
+        "flow": dataclasses.asdict(cfg.model.flow),
+        "embedding": dataclasses.asdict(cfg.model.embedding),
+        "batch": int(args.batch or cfg.data.batch_size),
+        "lr": cfg.optimizer.lr,
+        "epochs": args.epochs,
+        "posterior_samples": args.posterior_samples,
+        "observations": obs,
+        "sbi": info,
+        "summary": table,
+    }
+    if problem:
+        extra["sbi_problem"] = problem
+    notes = [
+        "c2st: mean over the observations of the benchmark's C2ST (0.5: the reference posterior); "
+        "train_s: wall time to train on simulations in memory (smilejax: with compilation).",
+    ]
+    path = common.write_results(args.out, "lfi-runs", rows, columns=COLUMNS, extra=extra)
+    summary_path = common.write_results(
+        args.out, "lfi", table, columns=SUMMARY_COLUMNS, extra=extra, notes=notes
+    )
+    plot(table, summary_path.with_suffix(".png"))
+    log.info("per-seed rows: %s", path)
+    return 1 if problem else 0
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per task, budget and implementation: mean and spread over seeds of C2ST and wall time."""
+    out = []
+    keys = list(dict.fromkeys((r["task"], r["budget"], r["impl"]) for r in rows))
+    for task, budget, impl in keys:
+        mine = [r for r in rows if (r["task"], r["budget"], r["impl"]) == (task, budget, impl)]
+        c2st = np.array([r["c2st"] for r in mine])
+        seconds = np.array([r["train_s"] for r in mine])
+        out.append(
+            {
+                "task": task,
+                "budget": budget,
+                "impl": impl,
+                "seeds": len(mine),
+                "c2st": float(c2st.mean()),
+                "c2st_seed_std": float(c2st.std()),
+                "train_s": float(seconds.mean()),
+                "train_s_std": float(seconds.std()),
+            }
+        )
+    return sorted(out, key=lambda r: (r["task"], r["budget"], r["impl"]))
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """The paper's layout: a panel per task, C2ST against budget (log), one line per implementation with
+    its seed spread; below, the wall time to train."""
+    from smilejax import plotting
+
+    plt = plotting.pyplot(path)
+    if plt is None or not table:
+        return
+    names = list(dict.fromkeys(r["task"] for r in table))
+    colors = {"smilejax": "tab:blue", "sbi": "tab:orange"}
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.4), squeeze=False, sharex=True)
+    for col, name in enumerate(names):
+        for impl in IMPLS:
+            mine = sorted(
+                (r for r in table if r["task"] == name and r["impl"] == impl), key=lambda r: r["budget"]
+            )
+            if not mine:
+                continue
+            b = [r["budget"] for r in mine]
+            kwargs = {"color": colors[impl], "marker": "o", "capsize": 3, "label": impl}
+            axes[0, col].errorbar(b, [r["c2st"] for r in mine], [r["c2st_seed_std"] for r in mine], **kwargs)
+            axes[1, col].errorbar(b, [r["train_s"] for r in mine], [r["train_s_std"] for r in mine], **kwargs)
+        axes[0, col].set_title(name, fontsize=10)
+        axes[0, col].set_ylim(0.45, 1.02)
+        axes[0, col].axhline(0.5, color="0.6", lw=0.8, ls="--")
+        axes[1, col].set_xscale("log")
+        axes[1, col].set_yscale("log")
+        axes[1, col].set_xlabel("simulations")
+    axes[0, 0].set_ylabel("C2ST (0.5 best)")
+    axes[1, 0].set_ylabel("wall time to train [s]")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,104 @@
+"""The LFI benchmark's `sbi` side (its own environment, ``make reference``) and the study end to end.
+
+The sbi environment is required: CI installs it with ``make reference``
+(launch/install_sbi_reference.sh); without it these tests fail naming that command.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from smilejax.models.lfi import bench_study, sbi_peer, tasks
+
+from tests.conftest import ROOT, run_cli
+
+
+def _interpreter():
+    try:
+        return sbi_peer.python(None)
+    except SystemExit as err:
+        pytest.fail(f"{err} (tests/test_lfi_bench.py needs it: `make reference`)")
+
+
+def test_sbi_peer_trains_on_1000_simulations_and_samples_each_observation(tmp_path):
+    task = tasks.get("two_moons")
+    theta, x = bench_study.simulate(task, 1000)
+    assert theta.shape == (1000, 2) and x.shape == (1000, 2)
+    again, _ = bench_study.simulate(task, 1000)
+    np.testing.assert_array_equal(theta, again)  # one fixed set per task and budget
+    observed = np.stack([task.observation(i) for i in (1, 2)])
+    settings = sbi_peer.Settings(
+        density_estimator="maf",
+        hidden_features=20,
+        num_transforms=2,
+        max_num_epochs=15,
+        num_samples=300,
+        threads=1,
+    )
+    jobs = [sbi_peer.Job("two_moons-1000", 0, theta, x, observed)]
+    result = sbi_peer.run(_interpreter(), jobs, settings, tmp_path, timeout=600)
+    assert result.info["sbi"] == "0.27.0" and result.info["torch"].endswith("+cpu")
+    row = result.rows[("two_moons-1000", 0)]
+    assert row["train_s"] > 0 and 1 <= row["epochs"] <= 16 and np.isfinite(row["best_validation_loss"])
+    draws = result.samples[("two_moons-1000", 0)]
+    assert draws.shape == (2, 300, 2) and np.isfinite(draws).all()
+    kept = bench_study.keep_in_support(task, draws, 200)
+    assert kept.shape == (2, 200, 2)
+    # a trained posterior sits near the reference's, far from the prior's spread (uniform on [-1, 1]^2)
+    reference = task.reference_samples(1)
+    assert np.abs(kept[0].mean(0) - reference.mean(0)).max() < 0.25
+
+
+def test_sbi_peer_reports_a_failing_run(tmp_path):
+    jobs = [sbi_peer.Job("bad-10", 0, np.zeros((10, 2)), np.zeros((10, 3)), np.zeros((1, 3)))]
+    settings = sbi_peer.Settings(density_estimator="no-such-flow", max_num_epochs=1, num_samples=5)
+    with pytest.raises(RuntimeError, match="sbi reference failed"):
+        sbi_peer.run(_interpreter(), jobs, settings, tmp_path, timeout=300)
+
+
+def test_bench_train_npe_against_sbi_writes_the_table_and_plot(tmp_path):
+    _interpreter()
+    out = tmp_path / "bench"
+    result = run_cli(
+        "bench",
+        "train",
+        "npe-two-moons",
+        "--tasks",
+        "two_moons",
+        "--budgets",
+        "1000",
+        "--seeds",
+        "1",
+        "--epochs",
+        "5",
+        "--posterior-samples",
+        "200",
+        "--observations",
+        "1",
+        "--out",
+        str(out),
+        timeout=900,
+        SMILEJAX_SBI_REF=str(ROOT / sbi_peer.ENV_DIR),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    record = json.loads((out / "lfi.json").read_text())
+    impls = {r["impl"] for r in record["rows"]}
+    assert impls == {"smilejax", "sbi"}
+    for row in record["rows"]:
+        assert row["task"] == "two_moons" and row["budget"] == 1000 and row["seeds"] == 1
+        assert 0.4 <= row["c2st"] <= 1.0 and row["train_s"] > 0
+    assert record["sbi"]["sbi"] == "0.27.0" and record["flow"]["kind"] == "nsf"
+    runs = json.loads((out / "lfi-runs.json").read_text())["rows"]
+    assert {r["impl"] for r in runs} == {"smilejax", "sbi"} and all(
+        len(r["c2st_per_observation"]) == 1 for r in runs
+    )
+    assert (out / "lfi.png").stat().st_size > 1000 and "| two_moons | 1000 |" in (out / "lfi.md").read_text()
+
+
+def test_bench_train_refuses_what_the_study_cannot_do():
+    result = run_cli("bench", "train", "npe-two-moons", "--budgets", "5", "--no-sbi")
+    assert result.returncode != 0 and "--budgets 5" in result.stderr
+    result = run_cli("bench", "train", "npe-two-moons", "--tasks", "hep_resonance", "--tracks", "3")
+    assert result.returncode != 0 and "--tracks" in result.stderr
