@@ -178,6 +178,22 @@ def test_trackml_format_batches(events_dir):
     assert shapes <= {(2, 1024, 7), (2, 4096, 7)}
 
 
+def test_node_budget_batches_and_too_big_events(events_dir):
+    cfg = trackml.TrackmlConfig(
+        path=str(events_dir), node_widths=[2048, 4096], edge_widths=[8192, 16384], node_budget=8192
+    )
+    assert cfg.global_batch_sizes() == [2, 4]
+    src = trackml.source(cfg, "train")
+    it = iter(trackml.from_config(src, cfg, seed=1, process_index=0, process_count=1))
+    for _ in range(3):
+        batch = next(it)
+        b, n = batch["hit_mask"].shape
+        assert b * n <= cfg.node_budget and (b, n) in {(4, 2048), (2, 4096)}
+    small = trackml.TrackmlConfig(path=str(events_dir), node_widths=[64], edge_widths=[64])
+    with pytest.raises(ValueError, match=r"hits and .* edges do not fit the largest level"):
+        _ = trackml.source(small, "train").levels
+
+
 def test_hits_lie_on_the_surfaces(events_dir):
     t = detector.tables()
     ev = tcsv.read_event(events_dir, _names(events_dir)[3])
