@@ -18,7 +18,7 @@ key                 shape, dtype              content
 ``pt``, ``eta``     [b, N] float32            of the hit's particle at production (0 for noise)
 ``weight``          [b, N] float32            the truth file's weight (the TrackML score's)
 ``edges``           [b, E, 2] int32           candidate edges (hit rows, inner -> outer) from ``data.graph``
-``edge_mask``       [b, E] bool               real edges (the first ones)
+``edge_mask``       [b, E] bool               real edges (the first ones; padded edges are (0, 0))
 ``edge_y``          [b, E] bool               both hits belong to one particle (not noise)
 ``true_edges``      [b, N, 2] int32           opt-in (``data.fields``): consecutive hits of each particle,
                                               ordered by distance from its vertex (metric-learning targets)
