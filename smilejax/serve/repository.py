@@ -213,8 +213,11 @@ def build(
         )
         record("_jax", fwd.inputs, fwd.outputs)
     if "onnx" in formats:
-        proto, reports["onnx"] = export.to_onnx(fwd, checker)
-        inputs, outputs = export.onnx_inputs(fwd, reports["onnx"]), export.onnx_outputs(fwd, reports["onnx"])
+        from smilejax.serve import onnx_export
+
+        proto, reports["onnx"] = onnx_export.to_onnx(fwd, checker)
+        inputs = onnx_export.onnx_inputs(fwd, reports["onnx"])
+        outputs = onnx_export.onnx_outputs(fwd, reports["onnx"])
         blob = proto.SerializeToString()
         for suffix in ("", "_onnx"):
             _write_model(out, name, suffix, blob, inputs, outputs, options)
