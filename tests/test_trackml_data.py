@@ -143,10 +143,26 @@ def test_module_map_finds_the_true_consecutive_pairs(events_dir):
         metrics = mm.edge_metrics(mmap.apply(hits), particle, pairs)
         assert metrics["efficiency"] > 0.95, metrics
         assert metrics["purity"] > 0.5, metrics
+        # triplet cuts (z0 and phi-slope continuity per module triplet): fewer, purer edges
+        both = mm.edge_metrics(mmap.apply(hits, triplets=True), particle, pairs)
+        assert both["efficiency"] > 0.95 and both["purity"] >= metrics["purity"], (both, metrics)
+        assert both["edges"] <= metrics["edges"]
+    # a denser event (pile-up 20): the triplet cuts remove most of the doublets' fakes
+    rng = np.random.default_rng(7)
+    tables = make_events.simulate(rng, make_events.gun(rng, 20))
+    hits, particle, vertex = _truth_inputs(tables)
+    dense = mm.learn([(hits, particle, vertex)])
+    pairs = mm.true_pairs(hits, particle, vertex)
+    doublets = mm.edge_metrics(dense.apply(hits), particle, pairs)
+    triplets = mm.edge_metrics(dense.apply(hits, triplets=True), particle, pairs)
+    assert doublets["efficiency"] > 0.95 and triplets["efficiency"] > 0.95
+    assert triplets["purity"] > doublets["purity"] + 0.03, (triplets, doublets)
     path = mmap.save(events_dir / "map.npz")
     again = mm.ModuleMap.load(path)
     np.testing.assert_array_equal(again.pairs, mmap.pairs)
-    np.testing.assert_array_equal(again.apply(train[0][0]), mmap.apply(train[0][0]))
+    np.testing.assert_array_equal(
+        again.apply(train[0][0], triplets=True), mmap.apply(train[0][0], triplets=True)
+    )
 
 
 def test_trackml_format_batches(events_dir):

@@ -40,16 +40,49 @@ def doublet_features(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: np.ndarray,
     return np.stack([z0, slope, eta[b] - eta[a], dphi], axis=1)
 
 
-def true_pairs(hits: np.ndarray, particle: np.ndarray, vertex: np.ndarray) -> np.ndarray:
-    """[P, 2] consecutive hits of every particle (``particle``: dense index per hit, 0 = noise;
-    ``vertex``: [n_particles + 1, 3] production vertices indexed the same way)."""
+def _ordered(hits: np.ndarray, particle: np.ndarray, vertex: np.ndarray) -> np.ndarray:
+    """Rows of real hits, grouped by particle, each group by distance from the particle's vertex."""
     real = np.flatnonzero(particle > 0)
     p = particle[real]
     pos = np.stack([hits["x"][real], hits["y"][real], hits["z"][real]], 1)
     dist = np.linalg.norm(pos - vertex[p], axis=1)
-    order = real[np.lexsort((dist, p))]
+    return real[np.lexsort((dist, p))]
+
+
+def true_pairs(hits: np.ndarray, particle: np.ndarray, vertex: np.ndarray) -> np.ndarray:
+    """[P, 2] consecutive hits of every particle (``particle``: dense index per hit, 0 = noise;
+    ``vertex``: [n_particles + 1, 3] production vertices indexed the same way)."""
+    order = _ordered(hits, particle, vertex)
     same = particle[order[1:]] == particle[order[:-1]]
     return np.stack([order[:-1][same], order[1:][same]], axis=1)
+
+
+def true_triplets(hits: np.ndarray, particle: np.ndarray, vertex: np.ndarray) -> np.ndarray:
+    """[T, 3] three consecutive hits of one particle."""
+    order = _ordered(hits, particle, vertex)
+    same = (particle[order[2:]] == particle[order[1:-1]]) & (particle[order[1:-1]] == particle[order[:-2]])
+    return np.stack([order[:-2][same], order[1:-1][same], order[2:][same]], axis=1)
+
+
+def triplet_features(x, y, z, a, b, c) -> np.ndarray:
+    """[T, 2] how well the doublets a -> b and b -> c continue each other: the change of z0 and of the
+    phi slope (both constant along an ideal helix from the beam line)."""
+    f1 = doublet_features(x, y, z, a, b)
+    f2 = doublet_features(x, y, z, b, c)
+    return np.stack([f2[:, 0] - f1[:, 0], f2[:, 1] - f1[:, 1]], axis=1)
+
+
+def _triplet_code(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """One int64 per module triplet from dense module indices (-1: a module the map does not know)."""
+    code = (a << 42) | (b << 21) | c
+    return np.where((a < 0) | (b < 0) | (c < 0), -1, code)
+
+
+def _dense(modules: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if modules.size == 0:
+        return np.full(keys.shape, -1, np.int64)
+    i = np.clip(np.searchsorted(modules, keys), 0, modules.size - 1)
+    return np.where(modules[i] == keys, i, -1).astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -58,36 +91,45 @@ class ModuleMap:
     lo: np.ndarray  # [P, 4] feature minima
     hi: np.ndarray  # [P, 4] feature maxima
     events: int = 0
+    modules: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # sorted keys
+    triplets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # sorted codes
+    t_lo: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))  # triplet feature ranges
+    t_hi: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, pairs=self.pairs, lo=self.lo, hi=self.hi, events=self.events)
+        arrays = dataclasses.asdict(self)
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModuleMap:
         with np.load(path) as f:
-            return cls(f["pairs"], f["lo"], f["hi"], int(f["events"]))
+            return cls(**{k: (int(f[k]) if k == "events" else f[k]) for k in f.files})
 
     def __len__(self) -> int:
         return self.pairs.size
 
-    def apply(self, hits: np.ndarray, margin: float = 0.05) -> np.ndarray:
-        """[E, 2] int32 candidate edges (hit rows) of one event."""
-        return apply(self, hits, margin)
+    def apply(self, hits: np.ndarray, margin: float = 0.05, triplets: bool = False) -> np.ndarray:
+        """[E, 2] int32 candidate edges (hit rows) of one event; with ``triplets``, only the edges that
+        form, with another candidate edge through a shared hit, a module triplet seen in training."""
+        edges = apply(self, hits, margin)
+        return filter_triplets(self, hits, edges, margin) if triplets else edges
 
 
 def learn(events) -> ModuleMap:
     """The map of an iterable of (hits, particle, vertex) per event (see ``true_pairs``)."""
-    keys, feats, n = [], [], 0
+    keys, feats, trip, n = [], [], [], 0
     for hits, particle, vertex in events:
         pairs = true_pairs(hits, particle, vertex)
         mk = module_key(hits)
         keys.append((mk[pairs[:, 0]] << 32) | mk[pairs[:, 1]])
         feats.append(doublet_features(hits["x"], hits["y"], hits["z"], pairs[:, 0], pairs[:, 1]))
+        tt = true_triplets(hits, particle, vertex)
+        trip.append((mk[tt], triplet_features(hits["x"], hits["y"], hits["z"], *tt.T)))
         n += 1
     if not keys or sum(k.size for k in keys) == 0:
         raise ValueError("the module map needs training events with particles of at least two hits")
@@ -95,9 +137,67 @@ def learn(events) -> ModuleMap:
     order = np.argsort(key, kind="stable")
     key, feat = key[order], feat[order]
     start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    modules = np.unique(np.r_[key >> 32, key & 0xFFFFFFFF])
+    if modules.size >= 1 << 21:
+        raise ValueError(f"{modules.size} modules: more than the triplet codes hold (2^21)")
+    t = np.concatenate([m for m, _ in trip]).reshape(-1, 3)
+    t_feat = np.concatenate([f for _, f in trip]).reshape(-1, 2)
+    codes = _triplet_code(*(_dense(modules, t[:, k]) for k in range(3)))
+    order = np.argsort(codes, kind="stable")
+    codes, t_feat = codes[order], t_feat[order]
+    t_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, int)
+    t_lo = np.minimum.reduceat(t_feat, t_start, axis=0) if codes.size else np.zeros((0, 2))
+    t_hi = np.maximum.reduceat(t_feat, t_start, axis=0) if codes.size else np.zeros((0, 2))
+    known = codes[t_start] >= 0
     return ModuleMap(
-        key[start], np.minimum.reduceat(feat, start, axis=0), np.maximum.reduceat(feat, start, axis=0), n
+        key[start],
+        np.minimum.reduceat(feat, start, axis=0),
+        np.maximum.reduceat(feat, start, axis=0),
+        n,
+        modules,
+        codes[t_start][known],
+        t_lo[known],
+        t_hi[known],
     )
+
+
+def filter_triplets(mmap: ModuleMap, hits: np.ndarray, edges: np.ndarray, margin: float = 0.05) -> np.ndarray:
+    """The edges a -> b that make a known module triplet with an edge b -> c or z -> a, within that
+    triplet's learned ranges of ``triplet_features`` (widened by ``margin`` of their width). Vectorised:
+    edges are joined on their shared hit in chunks of about ``CHUNK`` edge pairs."""
+    if len(edges) == 0 or mmap.triplets.size == 0:
+        return edges[:0]
+    dense = _dense(mmap.modules, module_key(hits))
+    n = len(hits)
+    into = np.argsort(edges[:, 1], kind="stable")  # edges by their outer hit
+    out_of = np.argsort(edges[:, 0], kind="stable")  # edges by their inner hit
+    n_in = np.bincount(edges[:, 1], minlength=n)
+    n_out = np.bincount(edges[:, 0], minlength=n)
+    first_in, first_out = np.cumsum(n_in) - n_in, np.cumsum(n_out) - n_out
+    per_hit = n_in * n_out
+    keep = np.zeros(len(edges), bool)
+    ends = np.cumsum(per_hit)
+    lo = 0
+    while lo < n:
+        base = ends[lo - 1] if lo else 0
+        hi = max(int(np.searchsorted(ends, base + CHUNK, side="right")), lo + 1)
+        h = np.arange(lo, min(hi, n))
+        k = per_hit[h]
+        mid = np.repeat(h, k)
+        local = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        e1 = into[first_in[mid] + local // n_out[mid]]  # z -> mid
+        e2 = out_of[first_out[mid] + local % n_out[mid]]  # mid -> c
+        code = _triplet_code(dense[edges[e1, 0]], dense[mid], dense[edges[e2, 1]])
+        i = np.clip(np.searchsorted(mmap.triplets, code), 0, mmap.triplets.size - 1)
+        ok = (mmap.triplets[i] == code) & (code >= 0)
+        if mmap.t_lo.shape[0] == mmap.triplets.size:  # maps saved before the ranges existed: modules only
+            f = triplet_features(hits["x"], hits["y"], hits["z"], edges[e1, 0], mid, edges[e2, 1])
+            width = mmap.t_hi[i] - mmap.t_lo[i]
+            ok &= ((f >= mmap.t_lo[i] - margin * width) & (f <= mmap.t_hi[i] + margin * width)).all(1)
+        keep[e1[ok]] = True
+        keep[e2[ok]] = True
+        lo = hi
+    return edges[keep]
 
 
 def apply(mmap: ModuleMap, hits: np.ndarray, margin: float = 0.05) -> np.ndarray:

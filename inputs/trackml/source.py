@@ -39,8 +39,10 @@ class TrackmlConfig(DataConfig):
     """``path``: folders of TrackML event CSVs (comma-separated or a glob); ``eval_path`` likewise, else
     the last ``eval_events`` events (default 10 %, at least 1) of ``path`` are held out.
     ``graph``: candidate edges: ``module_map`` (learned from at most ``module_map_events`` training
-    events, or read from ``module_map`` when that file exists), ``none`` (no edges: a later stage builds
-    them), or ``package.module:function`` / a name in ``GRAPH_BUILDERS`` (``fn(tables, cfg) -> [E, 2]``).
+    events, or read from ``module_map`` when that file exists; ``module_map_triplets``: keep only edges in
+    a learned module triplet within its ranges, as acorn's doublet + triplet map), ``none`` (no edges:
+    a later stage builds them), or ``package.module:function`` / a name in ``GRAPH_BUILDERS``
+    (``fn(tables, cfg) -> [E, 2]``).
     ``node_widths`` / ``edge_widths``: the padded shapes (one compiled shape per level); an event goes to
     the first level holding both its hits and its edges. ``node_budget``: with it, a batch of level k
     holds ``node_budget // node_widths[k]`` events (a multiple of ``batch_multiple``), else ``batch_size``.
@@ -55,6 +57,7 @@ class TrackmlConfig(DataConfig):
     module_map: str | None = None
     module_map_events: int = 1000
     module_map_margin: float = 0.05
+    module_map_triplets: bool = True
     node_widths: list[int] = dataclasses.field(default_factory=lambda: [4096, 16384, 65536, 196608])
     edge_widths: list[int] = dataclasses.field(default_factory=lambda: [32768, 131072, 1048576, 3145728])
     node_budget: int = 0
@@ -181,7 +184,7 @@ def graph_builder(cfg: TrackmlConfig) -> Callable[[dict], np.ndarray]:
         return lambda tables: np.zeros((0, 2), np.int32)
     if cfg.graph == "module_map":
         mmap = module_map_for(cfg)
-        return lambda tables: mmap.apply(tables["hits"], cfg.module_map_margin)
+        return lambda tables: mmap.apply(tables["hits"], cfg.module_map_margin, cfg.module_map_triplets)
     if cfg.graph in GRAPH_BUILDERS:
         fn = GRAPH_BUILDERS[cfg.graph]
     elif ":" in cfg.graph:
@@ -247,7 +250,8 @@ class TrackmlSource:
     def _graph_digest(self) -> str:
         """Names the graph stage (and for a learned module map, its training events) in cache files."""
         if self._digest is None:
-            key = [self.cfg.graph, self.cfg.module_map, self.cfg.module_map_margin]
+            cfg = self.cfg
+            key = [cfg.graph, cfg.module_map, cfg.module_map_margin, cfg.module_map_triplets]
             if self.cfg.graph == "module_map" and not self.cfg.module_map:
                 train = events(self.cfg, "train")[: max(self.cfg.module_map_events, 1)]
                 key.append([[str(f.resolve()), e] for f, e in train])
