@@ -26,7 +26,8 @@ key                 shape, dtype              content
 ==================  ========================  ==========================================================
 
 Graph construction: ``data.graph: module_map`` (``module_map``: the module pairs joined by consecutive
-hits of true particles in training events, with doublet-feature ranges; learned once and cached);
+hits of true particles in training events, with doublet-feature ranges, optionally module triplets
+(``data.module_map_triplets``); learned once and cached);
 ``none``; or a hook ``package.module:function`` / a name registered in ``source.GRAPH_BUILDERS``
 (a metric-learning stage plugs in there). Candidate edges are cached per event and stage.
 Batching: an event goes to the first level that holds both its hits and its edges, so there are

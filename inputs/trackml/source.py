@@ -57,7 +57,7 @@ class TrackmlConfig(DataConfig):
     module_map: str | None = None
     module_map_events: int = 1000
     module_map_margin: float = 0.05
-    module_map_triplets: bool = True
+    module_map_triplets: bool = False
     node_widths: list[int] = dataclasses.field(default_factory=lambda: [4096, 16384, 65536, 196608])
     edge_widths: list[int] = dataclasses.field(default_factory=lambda: [32768, 131072, 1048576, 3145728])
     node_budget: int = 0
