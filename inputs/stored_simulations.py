@@ -1,8 +1,9 @@
 """Stored simulations: (theta, x) pairs in a file, for simulators that are not written in JAX.
 
 A file is ``.npz`` (numpy) or ``.h5``/``.hdf5`` (datasets at the top level) with two arrays of the same
-length N: ``theta`` [N, theta_dim] and ``x`` [N, x_dim] (more axes of x are flattened), numeric and
-finite. ``data.path`` is the training file, ``data.eval_path`` the held-out one (default: the training
+length N: ``theta`` [N, theta_dim] and ``x`` [N, x_dim] (more axes of x are flattened), numeric; theta
+finite, x without inf (NaN in x is a set's padding or a failed simulation, which the loss leaves out).
+``data.path`` is the training file, ``data.eval_path`` the held-out one (default: the training
 file). Everything is checked when the source opens, with an error naming the file and what is wrong.
 
 ``model_config`` completes an LFI model's config from the file: unless given, the standardisation
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +83,15 @@ def _load(path: str, _mtime: int, _size: int) -> dict[str, np.ndarray]:
     if len(theta) != len(x):
         raise MalformedFile(f"{path}: theta has {len(theta)} rows and x {len(x)}; they must pair up")
     x = x.reshape(len(x), -1)
-    for name, a in (("theta", theta), ("x", x)):
-        bad = ~np.isfinite(a.astype(np.float64)).all(axis=1)
+    # NaN in x is allowed: a set's padding, or a simulation that failed (the model's loss drops it)
+    for name, bad in (
+        ("theta", ~np.isfinite(theta.astype(np.float64)).all(axis=1)),
+        ("x", np.isinf(x.astype(np.float64)).any(axis=1)),
+    ):
         if bad.any():
+            what = "NaN or inf" if name == "theta" else "inf"
             first = int(np.argmax(bad))
-            raise MalformedFile(f"{path}: {name} has {int(bad.sum())} rows with NaN or inf (first: {first})")
+            raise MalformedFile(f"{path}: {name} has {int(bad.sum())} rows with {what} (first: {first})")
     return {"theta": theta.astype(np.float32), "x": x.astype(np.float32)}
 
 
@@ -113,8 +119,11 @@ def model_config(cfg: StoredSimulationsConfig, model_cfg: Any) -> Any:
     for name in KEYS:
         a = arrays[name]
         if getattr(model_cfg, f"{name}_loc") is None and getattr(model_cfg, f"{name}_scale") is None:
-            changes[f"{name}_loc"] = [float(v) for v in a.mean(0)]
-            changes[f"{name}_scale"] = [float(v) if v > 1e-6 else 1.0 for v in a.std(0)]
+            with np.errstate(all="ignore"), warnings.catch_warnings():  # an all-NaN column: 0 and 1
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(a, 0), np.nanstd(a, 0)
+            changes[f"{name}_loc"] = [float(v) if np.isfinite(v) else 0.0 for v in mean]
+            changes[f"{name}_scale"] = [float(v) if v > 1e-6 else 1.0 for v in std]
     return dataclasses.replace(model_cfg, **changes) if changes else model_cfg
 
 

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
+from smilejax.models import lfi
 from smilejax.models.lfi import posterior
 from smilejax.models.lfi import tasks as lfi_tasks
 
@@ -174,6 +176,7 @@ def test_stored_simulations_train_with_a_set_embedding(tmp_path):
         ({"theta": np.full((4, 2), np.nan), "x": np.zeros((4, 2))}, "theta has 4 rows with NaN"),
         ({"theta": np.zeros((0, 2)), "x": np.zeros((0, 2))}, "theta is empty"),
         ({"theta": np.array([["a", "b"]]), "x": np.zeros((1, 2))}, "expected numbers"),
+        ({"theta": np.zeros((4, 2)), "x": np.full((4, 2), np.inf)}, "x has 4 rows with inf"),
     ],
 )
 def test_malformed_stored_files_are_named(tmp_path, arrays, message):
@@ -207,3 +210,23 @@ def test_unreadable_or_mismatched_stored_files(tmp_path):
         from smilejax import steps
 
         steps.build_model(registry.model("npe"), cfg, 0)
+
+
+@pytest.mark.parametrize("name", ["npe", "nre"])
+def test_failed_simulations_are_left_out(name):
+    """A simulation that failed (NaN x: an ODE solver that gave up) leaves the loss and its gradient
+    finite and equal to the loss of the others."""
+    spec = registry.model(name)
+    cfg = lfi.LfiConfig(name=name, task="two_moons", standardize=256)
+    with nnx.use_eager_sharding(False):
+        model = spec.build(cfg, rngs=nnx.Rngs(0))
+    theta, x = jax.jit(lfi_tasks.get("two_moons").simulate_seeds)(np.arange(8, dtype=np.uint32))
+    broken = {"theta": theta, "x": x.at[3].set(jnp.nan)}
+    loss, values = spec.loss(model, broken)
+    grads = nnx.grad(lambda m: spec.loss(m, broken)[0])(model)
+    assert np.isfinite(loss) and values["valid"] == 7 / 8
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    if name == "npe":  # per-example terms: the broken row simply drops out
+        kept = np.array([i for i in range(8) if i != 3])
+        expected, _ = spec.loss(model, {"theta": theta[kept], "x": x[kept]})
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)

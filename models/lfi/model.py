@@ -61,6 +61,13 @@ class LfiConfig:
     export_samples: int = 1000
 
 
+def valid_rows(theta: jax.Array, x: jax.Array, *, sets: bool) -> jax.Array:
+    """Rows of a simulation that succeeded: finite theta and x; with a set embedding NaN in x is padding
+    (an element that is not there), so only inf marks a failure."""
+    x_ok = ~jnp.any(jnp.isinf(x), -1) if sets else jnp.all(jnp.isfinite(x), -1)
+    return jnp.all(jnp.isfinite(theta), -1) & x_ok
+
+
 def _moments(cfg: LfiConfig, task: tasklib.Task) -> dict[str, jax.Array]:
     given = {k: getattr(cfg, k) for k in ("theta_loc", "theta_scale", "x_loc", "x_scale")}
     sizes = {"theta": task.theta_dim, "x": task.x_dim}
@@ -68,9 +75,11 @@ def _moments(cfg: LfiConfig, task: tasklib.Task) -> dict[str, jax.Array]:
     if any(v is None for v in given.values()) and cfg.standardize > 0:
         keys = jax.random.split(jax.random.key(STATS_KEY), cfg.standardize)
         theta, x = jax.vmap(task.simulate_one)(keys)
+        ok = valid_rows(theta, x, sets=cfg.embedding.kind == "set")[:, None]  # failed simulations out
         for name, v in (("theta", theta), ("x", x)):
-            std = jnp.nanstd(v, axis=0)
-            out[f"{name}_loc"] = jnp.nanmean(v, axis=0)
+            v = jnp.where(ok, v, jnp.nan)  # NaN entries (failed rows, set padding) do not count
+            mean, std = jnp.nanmean(v, axis=0), jnp.nanstd(v, axis=0)
+            out[f"{name}_loc"] = jnp.where(jnp.isfinite(mean), mean, 0.0)
             out[f"{name}_scale"] = jnp.where(std > 1e-6, std, 1.0)
     for key, value in given.items():
         size = sizes[key.split("_")[0]]
@@ -108,11 +117,18 @@ class _Estimator(nnx.Module):
     def context(self, x: jax.Array) -> jax.Array:
         return self.embed((x.astype(jnp.float32) - self.x_loc[...]) / self.x_scale[...])
 
-    def pairs(self, batch: dict) -> tuple[jax.Array, jax.Array]:
-        """(theta, x) of a batch: simulated from its seeds, or as stored."""
+    def pairs(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(theta, x, valid) of a batch: simulated from its seeds, or as stored. A simulation that failed
+        (NaN or inf: an ODE solver that gave up; ``valid_rows``) is not valid; its row is set to the
+        standardisation's centre so that it stays finite, and the losses leave it out, as ``sbi`` drops
+        such simulations."""
         if "seed" in batch:
-            return self.task.simulate_seeds(batch["seed"])
-        return batch["theta"].astype(jnp.float32), batch["x"].astype(jnp.float32)
+            theta, x = self.task.simulate_seeds(batch["seed"])
+        else:
+            theta, x = batch["theta"].astype(jnp.float32), batch["x"].astype(jnp.float32)
+        valid = valid_rows(theta, x, sets=self.embed.kind == "set")
+        theta = jnp.where(valid[:, None], theta, self.theta_loc[...])
+        return theta, jnp.where(valid[:, None], x, self.x_loc[...]), valid
 
 
 class NPE(_Estimator):
@@ -185,17 +201,22 @@ class NRE(_Estimator):
         return {"log_ratio": self.log_ratio(theta, x)}
 
 
+def _mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def npe_loss(model: NPE, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    theta, x = model.pairs(batch)
-    log_q = model.log_prob(theta, x)
-    return -jnp.mean(log_q), {}
+    """-log q(theta | x), averaged over the valid simulations; ``valid``: their fraction."""
+    theta, x, valid = model.pairs(batch)
+    valid = valid.astype(jnp.float32)
+    return -_mean(model.log_prob(theta, x), valid), {"valid": jnp.mean(valid)}
 
 
 def nre_loss(model: NRE, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Binary cross-entropy of joint pairs (label 1) against marginal pairs (label 0): each x meets the
     theta of another example, by a permutation of the batch drawn from its seeds (or the identity shift
     of one for stored pairs)."""
-    theta, x = model.pairs(batch)
+    theta, x, valid = model.pairs(batch)
     z = (theta - model.theta_loc[...]) / model.theta_scale[...]
     ctx = model.context(x)
     if "seed" in batch:
@@ -203,9 +224,11 @@ def nre_loss(model: NRE, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     else:
         perm = jnp.roll(jnp.arange(theta.shape[0]), 1)
     joint, marginal = model.logits(z, ctx), model.logits(z[perm], ctx)
-    loss = optax.sigmoid_binary_cross_entropy(joint, 1.0) + optax.sigmoid_binary_cross_entropy(marginal, 0.0)
-    accuracy = 0.5 * (jnp.mean(joint > 0) + jnp.mean(marginal < 0))
-    return jnp.mean(loss), {"accuracy": accuracy}
+    w_joint, w_marginal = valid.astype(jnp.float32), (valid & valid[perm]).astype(jnp.float32)
+    loss = _mean(optax.sigmoid_binary_cross_entropy(joint, 1.0), w_joint)
+    loss += _mean(optax.sigmoid_binary_cross_entropy(marginal, 0.0), w_marginal)
+    accuracy = 0.5 * (_mean(joint > 0, w_joint) + _mean(marginal < 0, w_marginal))
+    return loss, {"accuracy": accuracy, "valid": jnp.mean(w_joint)}
 
 
 def build_npe(cfg: LfiConfig, *, rngs: nnx.Rngs, dtype=jnp.float32) -> NPE:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -55,6 +56,9 @@ class Task:
 
 
 def _from_sbibm(name: str) -> Task:
+    # A diffrax solve that gives up (lotka_volterra at some prior draws) returns NaN instead of raising
+    # inside the step; the losses drop such simulations. Read when equinox is first imported.
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
     try:
         import sbibm_jax
     except ImportError as err:
