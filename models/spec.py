@@ -79,13 +79,17 @@ class Bench:
     torch_peer: a PyTorch peer run as a script by another interpreter, imported only in its own process
         (``--help`` gives its arguments); ``torch_config(model_cfg) -> dict`` is its ``--model`` JSON.
     study: module whose ``add_arguments(parser)`` and ``run(cfg, args)`` replace ``bench train``'s generic
-        study for this family (a family with shapes of its own or a reference of its own).
+        study for this family (a family with shapes of its own or a reference of its own); with
+        ``cases(args)`` it also gives ``bench roofline`` its shapes.
+    maker: the maker (``smilejax data make NAME``) of a synthetic set that ``bench input --jets N`` makes
+        and reads when a config names no files.
     """
 
     length_field: str | None = None
     torch_peer: Path | None = None
     torch_config: Callable[[Any], dict] | None = None
     study: str | None = None
+    maker: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

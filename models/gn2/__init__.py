@@ -128,5 +128,6 @@ SPEC = ModelSpec(
         length_field="max_tracks",
         torch_peer=Path(__file__).with_name("torch_peer.py"),
         torch_config=_torch_config,
+        maker="ftag-synthetic",
     ),
 )

@@ -30,7 +30,7 @@ def load(args: argparse.Namespace) -> tuple[Config, int | None]:
     if args.files or cfg.data.path:
         path = ",".join(args.files) if args.files else cfg.data.path
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path)), None
-    maker = getattr(registry.model(cfg.model.name).bench, "maker", None)  # the proposed Bench.maker
+    maker = registry.model(cfg.model.name).bench.maker
     if maker is None:
         if args.jets is not None:
             raise SystemExit(

@@ -3,11 +3,12 @@
 Search: a small model on a synthetic set (the packaged config ``hpo-study`` by default: the same code
 path as the full model at CPU sizes) is tuned by each method over ``--seeds`` seeds with the same trial
 budget: random search (Optuna's sampler, the baseline), Optuna TPE, TPE with ASHA pruning, keras-tuner
-Bayesian optimisation and keras-tuner Hyperband. The objective and parameters are ``SPACE``'s (the
-jet-flavour loss on held-out jets over the learning rate, weight decay and two auxiliary-task loss
-weights). Compute is the training steps the trials spent (pruned and budget-limited trials count what
-they ran). Results: a table of the best objective per method (median over seeds, and at half the
-compute) and a plot of the best-so-far curves.
+Bayesian optimisation and keras-tuner Hyperband. The objective and parameters are the
+study's search space: ``--space``, by default the file a packaged config ships beside it,
+``spaces/<config>.yaml``; hpo-study's tunes the jet-flavour loss over the learning rate, weight decay
+and two auxiliary-task loss weights). Compute is the training steps the trials spent (pruned and
+budget-limited trials count what they ran). Results: a table of the best objective per method (median
+over seeds, and at half the compute) and a plot of the best-so-far curves.
 
 Vectorised: K trials differing in learning rate trained in one ``jit(vmap)`` program
 (``smilejax.tune.vectorised``), end to end (input pipeline, compile, steps, evaluation, a final
@@ -31,15 +32,6 @@ from smilejax.commands.common import OVERRIDES_HELP, add_command
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "hpo-study"  # a packaged config: the sizes of a study that runs on CPUs
-SPACE = {
-    "objective": {"metric": "eval/loss_jet", "mode": "min"},
-    "parameters": {
-        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "scale": "log"},
-        "optimizer.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        "model.origin_weight": {"type": "float", "low": 0.0, "high": 1.0},
-        "model.vertex_weight": {"type": "float", "low": 0.0, "high": 2.0},
-    },
-}
 # method: (backend, algorithm, pruner)
 METHODS = {
     "random": ("optuna", "random", "none"),
@@ -87,6 +79,11 @@ def register(sub) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3, help="repeats of every method (default 3)")
+    parser.add_argument(
+        "--space",
+        metavar="SPACE.yaml",
+        help="search space (default: the packaged config's spaces/<config>.yaml; see docs/HPO.md)",
+    )
     parser.add_argument("--trials", type=int, default=10, help="trial budget per study (default 10)")
     parser.add_argument("--steps", type=int, default=40, help="training steps of a full trial (default 40)")
     parser.add_argument("--eval-every", type=int, default=10, help="steps between evaluations (default 10)")
@@ -129,13 +126,16 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if not args.skip_search:
-        rows, curves = search(args, out)
-        common.write_results(out, "hpo", rows, columns=COLUMNS, extra={"space": SPACE, "trials": args.trials})
         from smilejax.tune import plots
+        from smilejax.tune import space as spaces
 
-        plots.best_vs_compute(
-            curves, out / "hpo.png", metric=SPACE["objective"]["metric"], xlabel="training steps spent"
-        )
+        space_file = space_path(args.config, args.space)
+        space = spaces.load(space_file)
+        rows, curves = search(args, out, space)
+        extra = {"space": str(space_file), "trials": args.trials}
+        common.write_results(out, "hpo", rows, columns=COLUMNS, extra=extra)
+        metric = space.objective.metric
+        plots.best_vs_compute(curves, out / "hpo.png", metric=metric, xlabel="training steps spent")
     ks = [int(k) for k in args.vectorise.split(",") if k.strip()]
     if ks:
         rows, timed = throughput(args, ks)
@@ -153,10 +153,27 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- search quality against compute
 
 
-def search(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
+def space_path(config: str, given: str | None) -> Path:
+    """The study's search space: ``given``, else the one a packaged config ships beside it
+    (``spaces/<config>.yaml`` in its configs package)."""
+    from smilejax import registry
+    from smilejax.config import ConfigError
+
+    if given:
+        return Path(given)
+    packaged = registry.configs().get(config)
+    path = packaged.parent / "spaces" / f"{config}.yaml" if packaged else None
+    if path is None or not path.is_file():
+        raise ConfigError(
+            f"bench hpo: config {config!r} ships no search space (spaces/{config}.yaml beside a packaged "
+            "config); give one with --space SPACE.yaml"
+        )
+    return path
+
+
+def search(args: argparse.Namespace, out: Path, space) -> tuple[list[dict], dict]:
     from tqdm import tqdm
 
-    from smilejax.tune import space as spaces
     from smilejax.tune import study, worker
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -164,7 +181,6 @@ def search(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict]:
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     base = _base(args, args.steps, args.eval_every)
-    space = spaces.parse(copy.deepcopy(SPACE), source="bench hpo space")
     rows, curves = [], {}
     runs = [(m, s) for m in methods for s in range(args.seeds)]
     for method, seed in tqdm(runs, desc="hpo studies", unit="study"):
