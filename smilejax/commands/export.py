@@ -15,7 +15,7 @@ REPO gets, for a model exported as NAME (default: the model's name):
   NAME_onnx/    the same ONNX file run by onnxruntime in the Python backend (servers without ONNX Runtime)
   smilejax_export.json   inputs, outputs, dtypes, the normalisation, versions and the source run
 
-Inputs: where the run's data format declares them (ftag_h5, mlpf_tfds), the variables as the data
+Inputs: where the run's data format declares them (DatasetSpec.raw), the variables as the data
 files store them (names and units of the files); the models apply the masks and the run's
 normalisation inside. smilejax_export.json's "raw" lists them; smilejax.serve.client.raw_batch reads
 them from a file. --pipeline-inputs exports the model's own inputs instead (the pipeline's batches).

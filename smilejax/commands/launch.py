@@ -16,9 +16,9 @@ checkpoints and exits 75, and the job requeues itself (Slurm) or submits its suc
 resumes from the checkpoint until run.steps are done. See docs/HPC.md.
 
 examples:
-  smilejax launch --system perlmutter --nodes 2 --account m1234 gn2 run.dir=$SCRATCH/gn2
-  smilejax launch --system polaris --nodes 4 --account MyProj --queue prod --stage gn2 data.path=...
-  smilejax launch --system perlmutter --nodes 8 --tasks-per-node 1 --dry-run gn2   # one process per node"""
+  smilejax launch --system perlmutter --nodes 2 --account m1234 my-run.yaml run.dir=$SCRATCH/run1
+  smilejax launch --system polaris --nodes 4 --account MyProj --queue prod --stage my-run.yaml data.path=...
+  smilejax launch --system perlmutter --nodes 8 --tasks-per-node 1 --dry-run my-run.yaml   # one process per node"""
 
 
 def register(sub) -> None:
