@@ -18,7 +18,7 @@ resumes from the checkpoint until run.steps are done. See docs/HPC.md.
 examples:
   smilejax launch --system perlmutter --nodes 2 --account m1234 my-run.yaml run.dir=$SCRATCH/run1
   smilejax launch --system polaris --nodes 4 --account MyProj --queue prod --stage my-run.yaml data.path=...
-  smilejax launch --system perlmutter --nodes 8 --tasks-per-node 1 --dry-run my-run.yaml   # one process per node"""
+  smilejax launch --system perlmutter --nodes 8 --tasks-per-node 1 --dry-run run.yaml  # a process per node"""
 
 
 def register(sub) -> None:
