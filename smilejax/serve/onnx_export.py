@@ -3,7 +3,7 @@
 Symbolic batch and element count where onnxruntime reproduces the model with them, else the training
 config's element count. jax2onnx 0.17 traces ``jnp.concatenate`` with a shape rule that gives a
 concatenation along a symbolic axis the first operand's size (``elements`` instead of ``elements + 1``
-where a model appends a token to a set, as GN2 appends its register): conversion runs with that rule
+where a model appends a token to a set, e.g. a register token): conversion runs with that rule
 corrected (``_concat_shape_rule``).
 """
 

@@ -12,7 +12,7 @@ between runs, not with wall time.
 
 Kernels that the trace does not tie to an op (library kernels launched outside XLA's annotations, say)
 are listed by kernel name, so no time is hidden. On a GPU, XLA replays runs of kernels as CUDA graphs
-("command buffers"), which a trace times as one op each: on an H100 a whole GN2 step was one op,
+("command buffers"), which a trace times as one op each: on an H100 a whole training step was one op,
 ``command_buffer_1``. ``profile_steps`` therefore traces the program compiled without them
 (``compile_traceable``), as does the training loop when ``run.profile_at`` asks for a trace.
 """
