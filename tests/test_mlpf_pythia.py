@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from smilejax.inputs import mlpf_format as fmt
+from smilejax.models.mlpf import detector
 from smilejax.models.mlpf import make_pythia as mp
 
 # TFDS's protobuf use warns on every dataset write and read
@@ -83,12 +84,12 @@ def test_elements_tracks_then_clusters_with_their_columns(events):
     assert (trk["radiusOfInnermostHit"] >= 20).all() and np.median(trk["radiusOfInnermostHit"]) == 31.0
     assert (trk["dEdx"] > 0).all() and (trk["time"] >= 0).all()
     # clusters: energy split, position on the calorimeter, et = E sinθ
-    assert (cl["energy"] >= mp.CLUSTER_E_MIN - 1e-6).all()
+    assert (cl["energy"] >= detector.CLUSTER_E_MIN - 1e-6).all()
     parts = cl["energy_ecal"] + cl["energy_hcal"] + cl["energy_other"]
     np.testing.assert_allclose(cl["energy"], parts, rtol=1e-5)
     np.testing.assert_allclose(cl["et"], cl["energy"] * np.sin(cl["iTheta"]), rtol=1e-4, atol=1e-6)
     r = np.hypot(cl["position.x"], cl["position.y"])
-    on_calo = (r > mp.R_ECAL - 50) | (np.abs(cl["position.z"]) > mp.Z_ECAL - 50)
+    on_calo = (r > detector.R_ECAL - 50) | (np.abs(cl["position.z"]) > detector.Z_ECAL - 50)
     assert on_calo.all()
     np.testing.assert_allclose(cl["iTheta"], np.arctan2(r, cl["position.z"]), rtol=1e-4, atol=1e-5)
     assert (cl["num_hits"] >= 1).all() and (cl["sigma_x"] > 0).all()

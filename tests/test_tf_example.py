@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from smilejax.inputs import mlpf_tfds, tf_example
+from smilejax.inputs import mlpf_records, mlpf_tfds, tf_example
 from smilejax.models.mlpf import make_synthetic as mlpf_synthetic
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb
 from tensorflow_datasets.proto import tf_feature_generated_pb2 as pb
@@ -29,9 +29,9 @@ def test_every_event_of_a_dataset_decodes_as_tfds_decodes_it(tmp_path):
     mlpf_synthetic.make(tmp_path, 80, seed=5, config=1, mean_particles=30)
     cfg = mlpf_tfds.MlpfConfig(path=str(tmp_path), configs=[1])
     part = mlpf_tfds.parts(cfg, "train")[0]
-    source = mlpf_tfds._open(part)
+    source = mlpf_records.open_part(part)
     records = list(range(len(source)))
-    ours = mlpf_tfds.decode(part, source, records)
+    ours = mlpf_records.decode(part, source, records)
     theirs = source.__getitems__(records)  # TFDS's NumPy decoder
     assert len(ours) == len(theirs) == 64
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):

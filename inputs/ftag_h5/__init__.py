@@ -102,7 +102,8 @@ from .labels import (
 )
 from .norm import compute_norm_dict, load_norm_dict, write_norm_dict
 from .raw import RAW
-from .source import FtagH5Source, check, compute_class_dict
+from .scans import check, compute_class_dict
+from .source import FtagH5Source
 from .source import source as _source  # ``source`` stays the submodule: SPEC.source is the function
 
 SPEC = DatasetSpec(
