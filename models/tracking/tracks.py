@@ -100,7 +100,7 @@ def match(labels: np.ndarray, particle: np.ndarray) -> dict[str, np.ndarray]:
     pairs, counts = np.unique(np.stack([t, p], 1), axis=0, return_counts=True)
     # majority particle per track: most hits, ties to the lower particle index
     order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))
-    first = order[np.r_[True, pairs[order[1:], 0] != pairs[order[:-1], 0]]]
+    first = order[np.r_[True, pairs[order[1:], 0] != pairs[order[:-1], 0]]] if len(order) else order
     major = np.zeros(n_tracks, np.int64)
     shared = np.zeros(n_tracks, np.int64)
     major[pairs[first, 0]] = pairs[first, 1]
