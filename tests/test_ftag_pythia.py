@@ -10,6 +10,7 @@ from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
 from smilejax.models.gn2 import make_pythia as fp
 from smilejax.models.gn2 import make_synthetic as fs
+from smilejax.models.gn2 import tracker
 
 N_JETS, WORKERS, SEED = 240, 2, 3
 B, C, LIGHT, TAU = range(4)
@@ -135,13 +136,14 @@ def test_parallel_output_is_deterministic_per_worker(tt, tmp_path):
 
 def test_hadron_flavour_from_pdg_ids():
     ids = np.array([511, -521, 5122, 531, 421, -411, 4122, 443, 211, 310, 3122, 2101, 21, 11, 15])
-    np.testing.assert_array_equal(fp._heavy_quark(ids), [5, 5, 5, 5, 4, 4, 4, 4, 2, 3, 3, 0, 0, 0, 0])
+    np.testing.assert_array_equal(tracker.heavy_quark(ids), [5, 5, 5, 5, 4, 4, 4, 4, 2, 3, 3, 0, 0, 0, 0])
 
 
 def test_origin_priority():
-    flags = np.array([0, fp._B, fp._B | fp._C, fp._C, fp._TAU, fp._LONG, fp._B | fp._LONG, fp._TAU | fp._C])
+    tb, tc, tt, tl = tracker.B, tracker.C, tracker.TAU, tracker.LONG
+    flags = np.array([0, tb, tb | tc, tc, tt, tl, tb | tl, tt | tc])
     expected = [fs.PRIMARY, fs.FROM_B, fs.FROM_BC, fs.FROM_C, fs.FROM_TAU, fs.OTHER, fs.FROM_B, fs.FROM_C]
-    np.testing.assert_array_equal(fp._origin(flags), expected)
+    np.testing.assert_array_equal(tracker.origin(flags), expected)
 
 
 def test_vertex_numbering_follows_the_dumper():
@@ -158,12 +160,12 @@ def test_vertex_numbering_follows_the_dumper():
             [0.0, 0.0, 0.0],
         ]
     )
-    np.testing.assert_array_equal(fp._vertex_index(jet, pt, v), [0, 1, 1, 2, 2, 1, 0])
+    np.testing.assert_array_equal(tracker.vertex_index(jet, pt, v), [0, 1, 1, 2, 2, 1, 0])
 
 
 def test_hits_depend_on_the_production_radius():
     r = np.repeat([0.0, 40.0, 100.0, 200.0, 320.0], 200)
-    hits = fp._hits(np.random.default_rng(0), r)
+    hits = tracker.layer_hits(np.random.default_rng(0), r)
     ibl, pix, sct = (
         hits[k].reshape(5, -1)
         for k in ("numberOfInnermostPixelLayerHits", "numberOfPixelHits", "numberOfSCTHits")
@@ -177,7 +179,7 @@ def test_hits_depend_on_the_production_radius():
 
 def test_closest_matches_within_groups():
     # a: 3 objects in events 0, 0, 1; b: jets in events 0, 0, 1 with per-jet cones
-    idx = fp._closest(
+    idx = tracker.closest(
         np.array([0, 0, 1]),
         np.array([0.0, 1.0, 0.0]),
         np.array([0.0, 0.0, 3.1]),
@@ -188,7 +190,9 @@ def test_closest_matches_within_groups():
     )
     np.testing.assert_array_equal(idx, [0, 1, 2])  # the last one across φ = ±π
     assert (
-        fp._closest(np.array([0]), np.zeros(1), np.zeros(1), np.array([1]), np.zeros(1), np.zeros(1), 0.3)[0]
+        tracker.closest(
+            np.array([0]), np.zeros(1), np.zeros(1), np.array([1]), np.zeros(1), np.zeros(1), 0.3
+        )[0]
         == -1
     )
 

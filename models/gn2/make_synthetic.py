@@ -138,7 +138,17 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
     slot = np.arange(t)
     rows, k = np.nonzero(slot[None, :] < n_trk[:, None])  # one entry per track, grouped by jet
     origin = order[np.minimum((k[:, None] >= cum[rows]).sum(-1), 7)]
-    m = rows.size
+    values = _track_values(rng, origin, pt[rows], eta[rows], k - cum[rows, 3])
+    tracks = _place(rng, values, rows, k, n_trk, t)
+    return _jets(rng, pt, eta, flav, n_trk, seed), tracks
+
+
+def _track_values(
+    rng: np.random.Generator, origin: np.ndarray, jpt: np.ndarray, jeta: np.ndarray, other_rank: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every track column (one entry per track) from its origin and its jet's pT and η; ``other_rank``:
+    the track's rank among its jet's OtherSecondary tracks (two share a vertex)."""
+    m = origin.size
 
     f32 = np.float32
 
@@ -157,7 +167,6 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
     def binom(trials, p):
         return sum((uniform() < p) for _ in range(trials)).astype(np.int16)
 
-    jpt, jeta = pt[rows], eta[rows]
     fake = origin == FAKE
     soft = (origin == PILEUP) | fake
 
@@ -218,14 +227,26 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
         # charm decay of a b, 3.. = other secondaries (K0s, conversions ...), two tracks each
         "ftagTruthVertexIndex": np.select(
             [origin == PRIMARY, soft, origin == FROM_BC, origin == OTHER],
-            [0, -1, 2, 3 + (k - cum[rows, 3]) // 2],
+            [0, -1, 2, 3 + other_rank // 2],
             1,
         ),
     }
+    return values
 
+
+def _place(
+    rng: np.random.Generator,
+    values: dict[str, np.ndarray],
+    rows: np.ndarray,
+    k: np.ndarray,
+    n_trk: np.ndarray,
+    t: int,
+) -> np.ndarray:
+    """The [n, t] tracks array: ``values`` of the tracks of jet ``rows``, in slots with random holes."""
     # ---- order each jet's tracks by signed d0 significance (as the dumper does), then punch holes:
     # the jet's tracks keep their order but sit in a random subset of its first n_trk + holes slots
     by_sd0 = np.lexsort((-values["IP3D_signed_d0_significance"], rows))
+    n, slot = n_trk.size, np.arange(t)
     holes = rng.poisson(1.5, n) * (rng.random(n) < 0.6)
     span = np.minimum(n_trk + holes, t)
     pick = np.where(slot[None, :] < span[:, None], rng.random((n, t)), 2.0 + slot[None, :])
@@ -245,7 +266,14 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
     valid = np.zeros((n, t), bool)
     valid[rows, dst] = True
     tracks["valid"] = valid
+    return tracks
 
+
+def _jets(
+    rng: np.random.Generator, pt: np.ndarray, eta: np.ndarray, flav: np.ndarray, n_trk: np.ndarray, seed: int
+) -> np.ndarray:
+    """The ``jets`` structured array."""
+    n = pt.size
     jets = np.zeros(n, JET_DTYPE)
     jets["pt"] = pt
     jets["eta"] = eta
@@ -257,7 +285,7 @@ def generate(n_jets: int, seed: int = 0, max_tracks: int = MAX_TRACKS) -> tuple[
     jets["HadronConeExclTruthLabelID"] = np.asarray(TRUTH_LABEL_ID)[flav]
     jets["flavour_label"] = flav
     jets["eventNumber"] = np.arange(n, dtype=np.int64) + int(seed) * 10_000_000
-    return jets, tracks
+    return jets
 
 
 def make(
