@@ -42,12 +42,13 @@ system:
 	bash launch/install_system_deps.sh
 
 # The PyTorch references, each in its own Python 3.11 env from its lock: particleflow 3.1.0
-# (tests/test_mlpf_parity.py), salt 0.13.0 (tests/test_import_salt.py) and sbi 0.27.0 (the LFI benchmark,
-# tests/test_lfi_bench.py)
+# (tests/test_mlpf_parity.py), salt 0.13.0 (tests/test_import_salt.py), sbi 0.27.0 (the LFI benchmark,
+# tests/test_lfi_bench.py) and torch_geometric 2.8.1 (the tracking GNN's peer, tests/test_tracking_parity.py)
 reference:
 	bash launch/install_mlpf_reference.sh
 	bash launch/install_salt_reference.sh
 	bash launch/install_sbi_reference.sh
+	bash launch/install_pyg_reference.sh
 
 # NVIDIA Triton from the nvidia-pytriton wheel, unpacked into the venv without its numpy<2 pin
 triton: $(STAMP)
@@ -70,4 +71,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .mlpf-ref .salt-ref .sbi-ref
+	rm -rf $(VENV) runs .mlpf-ref .salt-ref .sbi-ref .pyg-ref

@@ -1,0 +1,95 @@
+"""Graph-partitioned IGN (models/tracking/partitioned.py): the edges of each graph split over 8 CPU devices
+give the edge scores and the parameter gradients of the same model on one device, with the node sums
+completed by an all-reduce (replicated nodes) or a reduce-scatter + all-gather (sharded nodes)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, Mesh
+from smilejax.models.tracking import gnn, partitioned
+
+B, N, E = 2, 37, 101  # neither N nor E divides 8: the padding inside must stay out of the result
+
+
+def _model(remat: bool) -> gnn.IGN:
+    cfg = gnn.IGNConfig(hidden=16, n_graph_iters=3, recurrent=False, remat=remat)
+    with nnx.use_eager_sharding(False):
+        return gnn.IGN(cfg, rngs=nnx.Rngs(0))
+
+
+def _graphs():
+    rng = np.random.default_rng(0)
+    pt = rng.exponential(1.0, size=(B, N)).astype(np.float32)
+    return {
+        "hits": jnp.asarray(rng.normal(size=(B, N, 7)), jnp.float32),
+        "hit_mask": jnp.asarray(rng.random((B, N)) < 0.9),
+        "edges": jnp.asarray(rng.integers(0, N, (B, E, 2)), jnp.int32),
+        "edge_mask": jnp.asarray(rng.random((B, E)) < 0.8),
+        "edge_y": jnp.asarray(rng.random((B, E)) < 0.3),
+        "pt": jnp.asarray(pt),
+    }
+
+
+def _loss(forward):
+    """gnn.loss's weighted BCE on the logits of ``forward(model, batch)``."""
+
+    def loss(model, batch):
+        logits = forward(model, batch)
+        mask = batch["edge_mask"]
+        y = gnn.edge_truth(batch)
+        w = jnp.where(y & (gnn.edge_pt(batch) >= 1.0), 2.0, 1.0) * mask
+        bce = jnp.maximum(logits, 0) - logits * y + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+        return jnp.sum(w * bce) / mask.sum()
+
+    return loss
+
+
+def _one_device(model, b):
+    return model(b["hits"], b["hit_mask"], b["edges"], b["edge_mask"])["edge_logits"]
+
+
+@pytest.mark.parametrize(("nodes", "remat"), [("replicated", False), ("sharded", True)])
+def test_eight_devices_match_one(nodes, remat):
+    assert jax.device_count() == 8
+    model, batch = _model(remat), _graphs()
+    mesh = Mesh(np.asarray(jax.devices()), ("graph",), axis_types=(AxisType.Auto,))
+
+    def sharded(model, b):
+        out = partitioned.forward(
+            model, b["hits"], b["hit_mask"], b["edges"], b["edge_mask"], axis="graph", nodes=nodes
+        )
+        return out["edge_logits"]
+
+    with jax.default_device(jax.devices()[0]):
+        ref_logits = nnx.jit(_one_device)(model, batch)
+        ref_loss, ref_grads = nnx.jit(nnx.value_and_grad(_loss(_one_device)))(model, batch)
+    with jax.set_mesh(mesh):
+        logits = nnx.jit(sharded)(model, batch)
+        loss, grads = nnx.jit(nnx.value_and_grad(_loss(sharded)))(model, batch)
+        graphdef, state = nnx.split(model)
+        hlo = jax.jit(lambda s, b: sharded(nnx.merge(graphdef, s), b)).lower(state, batch).compile().as_text()
+    mask = np.asarray(batch["edge_mask"])
+    np.testing.assert_allclose(np.asarray(logits)[mask], np.asarray(ref_logits)[mask], atol=2e-6, rtol=1e-5)
+    assert np.all(np.asarray(logits)[~mask] == 0)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    flat, ref_flat = nnx.to_flat_state(grads), dict(nnx.to_flat_state(ref_grads))
+    assert len(flat) == len(ref_flat)
+    for path, g in flat:
+        want = np.asarray(ref_flat[path].get_value())
+        got = np.asarray(g.get_value())
+        np.testing.assert_allclose(
+            got, want, atol=1e-6 * max(np.abs(want).max(), 1e-3), rtol=1e-4, err_msg=path
+        )
+    # the node exchange is the collective of the chosen form
+    collective = "all-reduce" if nodes == "replicated" else "reduce-scatter"
+    assert collective in hlo
+
+
+def test_needs_the_axis_in_a_mesh():
+    model, b = _model(False), _graphs()
+    with pytest.raises(ValueError, match=r"model\.partition='graph'"):
+        partitioned.forward(model, b["hits"], b["hit_mask"], b["edges"], b["edge_mask"], axis="graph")
