@@ -222,11 +222,24 @@ def test_failed_simulations_are_left_out(name):
         model = spec.build(cfg, rngs=nnx.Rngs(0))
     theta, x = jax.jit(lfi_tasks.get("two_moons").simulate_seeds)(np.arange(8, dtype=np.uint32))
     broken = {"theta": theta, "x": x.at[3].set(jnp.nan)}
-    loss, values = spec.loss(model, broken)
-    grads = nnx.grad(lambda m: spec.loss(m, broken)[0])(model)
+    loss, values = nnx.jit(spec.loss)(model, broken)
+    grads = nnx.jit(nnx.grad(lambda m: spec.loss(m, broken)[0]))(model)
     assert np.isfinite(loss) and values["valid"] == 7 / 8
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     if name == "npe":  # per-example terms: the broken row simply drops out
         kept = np.array([i for i in range(8) if i != 3])
-        expected, _ = spec.loss(model, {"theta": theta[kept], "x": x[kept]})
+        expected, _ = nnx.jit(spec.loss)(model, {"theta": theta[kept], "x": x[kept]})
         np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_within_prior_keeps_draws_inside_the_support():
+    """An untrained NPE (the flow's base, a Gaussian) leaks past two moons' box prior; within_prior=True
+    keeps only draws inside it."""
+    cfg = lfi.LfiConfig(name="npe", task="two_moons", standardize=256)
+    with nnx.use_eager_sharding(False):
+        model = registry.model("npe").build(cfg, rngs=nnx.Rngs(0))
+    x = lfi_tasks.get("two_moons").observation(1)[None]
+    raw = np.asarray(posterior.sample(model, x, 2000, jax.random.key(0)))
+    kept = np.asarray(posterior.sample(model, x, 2000, jax.random.key(0), within_prior=True))
+    assert kept.shape == raw.shape == (1, 2000, 2)
+    assert np.mean(np.abs(raw) > 1) > 0.02 and np.all(np.abs(kept) <= 1)

@@ -7,8 +7,8 @@ benchmarks and sequential rounds; nothing here knows about files or meshes.
 inside). Functions are pure JAX: jit or vmap them as you like.
 
 * ``sample(model, x [B, x_dim], n, key) -> [B, n, theta_dim]``: ``n`` posterior draws per observation
-  (NPE: the flow's samples, by default only those inside the prior's support; NRE: importance-resampled
-  prior draws weighted by the learned ratio).
+  (NPE: the flow's samples, ``within_prior=True`` keeps only those inside the prior's support; NRE:
+  importance-resampled prior draws weighted by the learned ratio).
 * ``log_prob(model, theta [B, theta_dim], x [B, x_dim]) -> [B]``: NPE's log q(theta | x) (normalised);
   NRE's log r(theta, x) + log p(theta) (unnormalised: a constant per x away from the posterior).
 * ``log_ratio(model, theta, x) -> [B]``: NRE's log p(x | theta) / p(x) (classifier logit).
@@ -34,13 +34,14 @@ def is_npe(model) -> bool:
 
 
 def sample(
-    model, x: jax.Array, n: int, key: jax.Array, *, within_prior: bool = True, oversample: int = 4
+    model, x: jax.Array, n: int, key: jax.Array, *, within_prior: bool = False, oversample: int = 4
 ) -> jax.Array:
     """``n`` posterior samples for each observation of ``x`` [B, x_dim] -> [B, n, theta_dim].
 
-    within_prior (NPE): a flow puts some mass outside a bounded prior's support ("leakage"); draw
-    ``oversample * n`` and keep the first ``n`` inside it, as ``sbi`` rejects them (where fewer than
-    ``n`` fall inside, the rest are outside ones). NRE draws from the prior anyway.
+    within_prior (NPE): a flow puts some mass outside a bounded prior's support ("leakage"); with it,
+    draw ``oversample * n`` and keep the first ``n`` inside, as ``sbi`` rejects them (where fewer than
+    ``n`` fall inside, the rest are outside ones). Off by default: the flow's own draws, so that a caller
+    can measure the leakage. NRE draws from the prior anyway.
     """
     x = jnp.asarray(x, jnp.float32)
     if x.ndim == 1:
