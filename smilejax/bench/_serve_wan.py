@@ -12,6 +12,7 @@ sizes and in-flight counts are swept; HTTP has no TLS in Triton, so TLS rows are
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
@@ -28,6 +29,19 @@ log = logging.getLogger(__name__)
 HTTP_PORT, GRPC_PORT = 8000, 8001  # inside a fresh namespace: nothing else listens there
 RELAY_PORTS = {"http": 9000, "grpc": 9001}  # the relay's, on the client namespace's loopback
 SETTINGS = ("model", "protocol", "tls", "batching", "rtt_ms", "bandwidth", "jitter_ms", "loss_pct", "path")
+
+
+@dataclasses.dataclass
+class _Sweep:
+    """What every server of a sweep shares."""
+
+    args: argparse.Namespace
+    pair: netem.NamespacePair
+    links: list[netem.Link]
+    relay_all: bool  # no netem: the relay is on every path
+    certs: dict[str, Path] | None
+    batch_path: Path
+    out: Path
 
 
 def run(args: argparse.Namespace, pipeline_batch: dict[str, np.ndarray], out: Path) -> list[dict[str, Any]]:
@@ -48,13 +62,12 @@ def run(args: argparse.Namespace, pipeline_batch: dict[str, np.ndarray], out: Pa
         log.info(
             "namespaces %s / %s; delay by %s", pair.client, pair.server, "relay" if relay_all else "netem"
         )
+        sweep = _Sweep(args, pair, links, relay_all, certs, batch_path, out)
         for batching, repo in repos.items():
             for tls in args.tls:
                 protocols = args.protocols if tls == "off" else [p for p in args.protocols if p == "grpc"]
                 if protocols:
-                    rows += _one_server(
-                        args, pair, repo, batching, tls, certs, protocols, links, relay_all, batch_path, out
-                    )
+                    rows += _one_server(sweep, repo, batching, tls, protocols)
     return rows
 
 
@@ -107,52 +120,34 @@ def _repositories(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     return repos
 
 
-def _one_server(
-    args, pair, repo, batching, tls, certs, protocols, links, relay_all, batch_path, out
-) -> list[dict]:
+def _one_server(sweep: _Sweep, repo: Path, batching: str, tls: str, protocols: list[str]) -> list[dict]:
+    """One Triton (a batching and TLS setting) in the server namespace, every link swept against it."""
     from smilejax.serve.server import Security, TritonServer
 
+    certs = sweep.certs or {}
     security = (
         Security(tls_cert=str(certs["server.pem"]), tls_key=str(certs["server.key"])) if tls == "on" else None
     )
     server = TritonServer(
         repo,
-        host=pair.server_addr,
+        host=sweep.pair.server_addr,
         http_port=HTTP_PORT,
         grpc_port=GRPC_PORT,
-        models=[m for m in (args.models or "").split(",") if m] or None,
-        binary=args.triton,
+        models=[m for m in (sweep.args.models or "").split(",") if m] or None,
+        binary=sweep.args.triton,
         security=security,
         exit_timeout_s=5,
-        log_file=out / f"triton-batching-{batching.replace(' ', '-')}-tls-{tls}.log",
+        log_file=sweep.out / f"triton-batching-{batching.replace(' ', '-')}-tls-{tls}.log",
     )
     rows = []
-    pair.call_in("server", server.__enter__)  # started from the namespace, Triton lives in it
+    sweep.pair.call_in("server", server.__enter__)  # started from the namespace, Triton lives in it
     try:
-        for link in links:
-            path = pair.shape(link)
-            relay = _start_relay(pair, link) if relay_all else None
+        for link in sweep.links:
+            path = sweep.pair.shape(link)
+            relay = _start_relay(sweep.pair, link) if sweep.relay_all else None
             try:
                 for model in server.models:
                     for protocol in protocols:
-                        if relay:
-                            url = f"127.0.0.1:{RELAY_PORTS[protocol]}"
-                        else:
-                            url = f"{pair.server_addr}:{HTTP_PORT if protocol == 'http' else GRPC_PORT}"
-                        spec = {
-                            "url": url,
-                            "model": model,
-                            "protocol": protocol,
-                            "tls_root": str(certs["ca.pem"]) if tls == "on" else None,
-                            "batches": str(batch_path),
-                            "levels": [
-                                {"in_flight": c, "batch_size": b}
-                                for b in args.batch_size
-                                for c in args.concurrency
-                            ],
-                            "requests": args.requests,
-                            "duration_s": args.duration,
-                        }
                         settings = {
                             "model": model,
                             "protocol": protocol,
@@ -164,7 +159,7 @@ def _one_server(
                             "loss_pct": link.loss_pct,
                             "path": "relay" if relay else path,
                         }
-                        rows += [{**settings, **r} for r in _client_run(pair, spec, out)]
+                        rows += [{**settings, **r} for r in _client_run(sweep, settings)]
             finally:
                 if relay:
                     relay.terminate()
@@ -188,23 +183,40 @@ def _start_relay(pair: netem.NamespacePair, link: netem.Link) -> subprocess.Pope
     return relay
 
 
-def _client_run(pair: netem.NamespacePair, spec: dict, out: Path) -> list[dict]:
-    """The load generator in the client's namespace; a level's time is bounded, so is the whole run."""
+def _client_run(sweep: _Sweep, settings: dict[str, Any]) -> list[dict]:
+    """The load generator in the client's namespace over every request size and in-flight count; each
+    level's time is bounded, so is the whole run."""
+    args, protocol, out = sweep.args, settings["protocol"], sweep.out
+    if settings["path"] == "relay":
+        url = f"127.0.0.1:{RELAY_PORTS[protocol]}"
+    else:
+        url = f"{sweep.pair.server_addr}:{HTTP_PORT if protocol == 'http' else GRPC_PORT}"
+    spec = {
+        "url": url,
+        "model": settings["model"],
+        "protocol": protocol,
+        "tls_root": str(sweep.certs["ca.pem"]) if settings["tls"] == "on" and sweep.certs else None,
+        "batches": str(sweep.batch_path),
+        "levels": [{"in_flight": c, "batch_size": b} for b in args.batch_size for c in args.concurrency],
+        "requests": args.requests,
+        "duration_s": args.duration,
+    }
     specs = out / "specs"
     specs.mkdir(exist_ok=True)
     name = f"{spec['model']}-{spec['protocol']}-{len(list(specs.glob('*.json')))}"
     spec_path, result_path = specs / f"{name}.json", specs / f"{name}.result"
     spec_path.write_text(json.dumps(spec))
     limit = len(spec["levels"]) * (spec["duration_s"] + 120) + 60
-    proc = pair.popen(
-        "client", [sys.executable, "-m", "smilejax.serve.aload", str(spec_path), str(result_path)]
-    )
+    cmd = [sys.executable, "-m", "smilejax.serve.aload", str(spec_path), str(result_path)]
+    proc = sweep.pair.popen("client", cmd)
     try:
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
         raise RuntimeError(f"the load generator ran past {limit:.0f} s ({spec_path})") from None
+    finally:  # also on SIGTERM (SystemExit): no load left running in a namespace about to go
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if rc or not result_path.exists():
         raise RuntimeError(f"the load generator failed (rc={rc}) on {spec_path}")
     rows = json.loads(result_path.read_text())
