@@ -58,6 +58,7 @@ def test_sbi_peer_reports_a_failing_run(tmp_path):
         sbi_peer.run(_interpreter(), jobs, settings, tmp_path, timeout=300)
 
 
+@pytest.mark.timeout(900)
 def test_bench_train_npe_against_sbi_writes_the_table_and_plot(tmp_path):
     _interpreter()
     out = tmp_path / "bench"
@@ -76,6 +77,10 @@ def test_bench_train_npe_against_sbi_writes_the_table_and_plot(tmp_path):
         "--posterior-samples",
         "200",
         "--observations",
+        "1",
+        "--sbi-max-epochs",
+        "20",
+        "--torch-threads",
         "1",
         "--out",
         str(out),

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--observations", default="all", help="reference observations: all, N-M or i,j,k")
     group.add_argument("--no-sbi", action="store_true", help="smilejax alone (no sbi environment needed)")
     group.add_argument("--torch-threads", type=int, default=0, help="sbi's torch threads (0: its default)")
+    group.add_argument(
+        "--sbi-max-epochs", type=int, default=0, help="cap on sbi's epochs (0: early stopping alone)"
+    )
 
 
 def _numbers(text: str, what: str) -> list[int]:
@@ -90,6 +93,7 @@ def _check_options(cfg: Config, args: argparse.Namespace) -> None:
         "observations": "all",
         "no_sbi": False,
         "torch_threads": 0,
+        "sbi_max_epochs": 0,
     }
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -130,6 +134,7 @@ def sbi_settings(cfg: Config, args: argparse.Namespace) -> sbi_peer.Settings:
         learning_rate=float(cfg.optimizer.lr),
         num_samples=args.posterior_samples * 2,  # room for the support rejection
         threads=args.torch_threads,
+        max_num_epochs=args.sbi_max_epochs or sbi_peer.Settings.max_num_epochs,
     )
 
 

@@ -118,6 +118,8 @@ def plot_ranks(
         ax.axhspan(lo, hi, color="0.85", label=f"uniform, {BAND:.0%}")
         ax.axhline(len(ranks) / bins, color="0.5", lw=0.8)
         ax.bar(np.arange(bins), counts[d], width=1.0, color="tab:blue", alpha=0.8)
+        for edge in (lo, hi):  # the band's edges stay visible over the bars
+            ax.axhline(edge, color="0.3", lw=0.8, ls=":")
         ax.set_title(labels[d] if d < len(labels) else f"theta[{d}]", fontsize=9)
         ax.set_xticks([])
         ax.tick_params(labelsize=7)
@@ -148,7 +150,7 @@ def plot_coverage(levels: np.ndarray, empirical: np.ndarray, n: int, path: os.Pa
     ax.set_ylabel("empirical coverage")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"{title}: expected coverage ({n} simulations)", fontsize=9)
+    ax.set_title(f"{title}\nexpected coverage ({n} simulations)", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

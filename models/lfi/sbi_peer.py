@@ -60,6 +60,7 @@ class Settings:
     max_num_epochs: int = 2**31 - 1
     num_samples: int = 10_000
     threads: int = 0  # torch's intra-op threads; 0: torch's default
+    device: str = "auto"  # auto: CUDA where that environment's torch has a GPU, else cpu
 
 
 @dataclasses.dataclass

@@ -7,7 +7,8 @@ reference``, launch/install_sbi_reference.sh), never imported by smilejax (``sbi
 simulations) and ``KEY/observations`` [K, x_dim]. ``jobs.json``: ``{"settings": {...}, "jobs": [{"key":
 KEY, "seed": S}, ...]}``; settings: ``density_estimator`` (maf, nsf), ``hidden_features``,
 ``num_transforms``, ``num_bins``, ``training_batch_size``, ``learning_rate``, ``validation_fraction``,
-``stop_after_epochs``, ``max_num_epochs``, ``num_samples`` (draws per observation), ``threads``.
+``stop_after_epochs``, ``max_num_epochs``, ``num_samples`` (draws per observation), ``threads``,
+``device`` (auto: CUDA where torch has a GPU, else cpu).
 
 Per job: sbi's ``NPE`` (no prior given: sbi's improper empirical prior; the caller applies the task's prior
 support to these draws and smilejax's alike) trains on the simulations with sbi's own loop (z-scored
@@ -30,6 +31,13 @@ from sbi.inference import NPE
 from sbi.neural_nets import posterior_nn
 
 
+def device(setting: str) -> str:
+    """``auto``: CUDA where torch sees a GPU (a CUDA build of torch), else the CPU."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
 def run_job(data: np.lib.npyio.NpzFile, key: str, seed: int, s: dict) -> tuple[dict, np.ndarray]:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -42,7 +50,8 @@ def run_job(data: np.lib.npyio.NpzFile, key: str, seed: int, s: dict) -> tuple[d
         num_transforms=s["num_transforms"],
         num_bins=s.get("num_bins", 10),
     )
-    inference = NPE(density_estimator=builder, show_progress_bars=False)
+    on = device(s.get("device", "auto"))
+    inference = NPE(density_estimator=builder, device=on, show_progress_bars=False)
     start = time.perf_counter()
     inference.append_simulations(theta, x)
     estimator = inference.train(
@@ -58,7 +67,8 @@ def run_job(data: np.lib.npyio.NpzFile, key: str, seed: int, s: dict) -> tuple[d
     start = time.perf_counter()
     with torch.no_grad():
         # [num_samples, K, theta_dim] -> [K, num_samples, theta_dim]
-        draws = estimator.sample((s["num_samples"],), condition=observations).transpose(0, 1)
+        condition = observations.to(on)
+        draws = estimator.sample((s["num_samples"],), condition=condition).transpose(0, 1).cpu()
     sample_s = time.perf_counter() - start
     summary = inference.summary
     row = {
@@ -100,7 +110,7 @@ def main() -> None:
         "sbi": sbi.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": "cpu",
+        "device": device(settings.get("device", "auto")),
         "threads": torch.get_num_threads(),
         "rows": rows,
     }
