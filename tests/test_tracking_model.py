@@ -160,3 +160,52 @@ def test_embedding_loss_pulls_true_pairs_together():
         first = value if first is None else first
     assert value < 0.5 * first
     assert metrics["true_pairs_in_radius"] > 0.9, metrics
+
+
+def test_embedding_trains_through_the_cli_and_builds_graphs(tmp_path):
+    from smilejax.inputs import trackml
+    from smilejax.models.tracking import construction, make_events
+
+    from smilejax import metrics
+    from tests.conftest import run_cli
+
+    make_events.make(tmp_path / "ev", 12, pileup=0, seed=2, kind="synthetic", workers=1, progress=False)
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "tracking-embedding",
+        f"run.dir={run}",
+        f"data.path={tmp_path / 'ev'}",
+        "data.batch_size=8",
+        "data.eval_events=2",
+        "data.node_widths=[1024]",
+        "data.edge_widths=[16]",
+        "data.read_threads=1",
+        "model.emb_hidden=64",
+        "model.nb_layer=2",
+        "model.emb_dim=8",
+        "model.knn=16",
+        "model.random_pairs=512",
+        "run.steps=150",
+        "run.log_every=50",
+        "run.eval_every=0",
+        "run.checkpoint_every=0",
+        "optimizer.lr=3e-3",
+        "logging.progress=false",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rec = {r["step"]: r for r in metrics.read(run / "metrics.jsonl") if "loss" in r}
+    assert rec[150]["loss"] < rec[50]["loss"], rec
+    builder = construction.EmbeddingGraph(run, radius=0.2, knn=16)
+    cfg = trackml.TrackmlConfig(
+        path=str(tmp_path / "ev"), graph="none", fields=list(trackml.FIELDS), eval_events=2
+    )
+    batch = trackml.source(cfg, "eval").read(np.array([0]))
+    n = int(batch["hit_mask"][0].sum())
+    edges = builder.edges(batch["hits"][0, :n])
+    assert edges.ndim == 2 and edges.shape[1] == 2 and (edges < n).all()
+    assert (batch["hits"][0, edges[:, 0], 0] <= batch["hits"][0, edges[:, 1], 0]).all()  # inner -> outer
+    true = batch["true_edges"][0, : int(batch["true_edge_mask"][0].sum())]
+    found = construction.edge_metrics(edges, true, n)
+    assert found["efficiency"] > 0.5, found
