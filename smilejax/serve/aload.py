@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from smilejax.serve.client import key_headers
+
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -47,9 +49,9 @@ def _as_dict(message: Any) -> dict:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
-async def _counts(client: Any, model: str) -> tuple[int, int]:
+async def _counts(client: Any, model: str, headers: dict | None = None) -> tuple[int, int]:
     """(inferences, executions) the server has run for ``model`` so far."""
-    stats = _as_dict(await client.get_inference_statistics(model))["model_stats"][0]
+    stats = _as_dict(await client.get_inference_statistics(model, headers=headers))["model_stats"][0]
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
@@ -63,16 +65,21 @@ async def measure(
     requests: int = 200,
     duration_s: float = 10.0,
     tls_root: str | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
+    """``key``: the inference key of a server that requires one (sent as ``client.Client`` sends it)."""
     if in_flight < 1 or requests < 1 or duration_s <= 0:
         raise ValueError("in_flight and requests must be at least 1, duration_s positive")
     from tritonclient.utils import np_to_triton_dtype
 
     triton, client = _client(url, protocol, in_flight, tls_root)
+    headers = key_headers(protocol, key)
     batch_size = len(next(iter(batch.values())))
     try:
         t0 = time.perf_counter()
-        meta = _as_dict(await asyncio.wait_for(client.get_model_metadata(model), REQUEST_TIMEOUT_S))
+        meta = _as_dict(
+            await asyncio.wait_for(client.get_model_metadata(model, headers=headers), REQUEST_TIMEOUT_S)
+        )
         inputs = []
         for spec in meta["inputs"]:
             if spec["name"] not in batch:
@@ -84,15 +91,17 @@ async def measure(
         outputs = [triton.InferRequestedOutput(t["name"]) for t in meta["outputs"]]
 
         async def infer() -> None:
-            await asyncio.wait_for(client.infer(model, inputs, outputs=outputs), REQUEST_TIMEOUT_S)
+            await asyncio.wait_for(
+                client.infer(model, inputs, outputs=outputs, headers=headers), REQUEST_TIMEOUT_S
+            )
 
         await infer()  # the first answer: connection, handshake, first inference
         first_s = time.perf_counter() - t0
         for _ in range(2):  # open the pool's connections before timing
             await asyncio.gather(*(infer() for _ in range(in_flight)))
-        before = await _counts(client, model)
+        before = await _counts(client, model, headers)
         result = await _run(infer, in_flight, requests, duration_s)
-        after = await _counts(client, model)
+        after = await _counts(client, model, headers)
     finally:
         await client.close()
     inferences, executions = after[0] - before[0], after[1] - before[1]

@@ -27,6 +27,13 @@ PROTOCOLS = ("http", "grpc")
 METADATA = "smilejax_export.json"  # repository.METADATA (not imported: that module imports JAX)
 
 
+def key_headers(protocol: str, key: str | None) -> dict[str, str] | None:
+    """The request headers carrying the inference key: Triton checks it in this header on HTTP, and
+    with its gRPC prefix on gRPC."""
+    header = KEY_HEADER if protocol == "http" else f"{GRPC_HEADER_PREFIX}{KEY_HEADER}"
+    return {header: key} if key else None
+
+
 class InferenceError(RuntimeError):
     """The server refused or failed a request; the message is the server's."""
 
@@ -62,9 +69,7 @@ class Client:
     ):
         self._triton, self._error, self._dtype = _modules(protocol)
         self.model, self.protocol = model, protocol
-        # Triton checks the key in this header on HTTP, and with its gRPC prefix on gRPC.
-        header = KEY_HEADER if protocol == "http" else f"{GRPC_HEADER_PREFIX}{KEY_HEADER}"
-        self.headers = {header: key} if key else None
+        self.headers = key_headers(protocol, key)
         for path in (tls_root, tls_cert, tls_key):
             if path and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
