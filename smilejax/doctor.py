@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import glob
 import importlib
 import importlib.metadata
 import importlib.util
@@ -26,9 +27,11 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from smilejax import host
+from smilejax.doctor_text import text  # noqa: F401  (the report as text: doctor.text)
 
 if TYPE_CHECKING:
     import jax
@@ -49,7 +52,10 @@ VISIBILITY_VARS = (
     "SLURM_GPUS_ON_NODE",
 )
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+PLATFORM_ALIASES = {"gpu": ("cuda", "rocm")}  # what JAX_PLATFORMS=gpu asks for
+BUILTIN_PLATFORMS = {"cpu", "tpu"}  # backends JAX registers without a plugin
 NCCL_SONAME = "libnccl.so.2"
+KFD_NODES = "/sys/class/kfd/kfd/topology/nodes"  # the ROCm kernel driver's CPU and GPU nodes
 PROC_MAPS = Path("/proc/self/maps")  # the files mapped into this process (Linux)
 
 
@@ -95,18 +101,39 @@ def _no_backend(platforms: str) -> str | None:
     """The platforms of ``platforms`` (JAX_PLATFORMS) that JAX has no backend for here, and why. JAX skips
     cuda where it sees no NVIDIA GPU, before looking for the plugin: with nothing left it fails on a bare
     AssertionError."""
-    from jax._src import hardware_utils, xla_bridge
-
     reasons = []
     entries = [e.strip() for e in platforms.split(",") if e.strip()]
-    for name in dict.fromkeys(p for e in entries for p in xla_bridge.expand_platform_alias(e)):
-        if name not in xla_bridge._backend_factories:  # filled from the installed plugins by now
+    have = BUILTIN_PLATFORMS | _plugin_platforms()
+    for name in dict.fromkeys(p for e in entries for p in PLATFORM_ALIASES.get(e, (e,))):
+        if name not in have:
             runtime = {"cuda": "CUDA", "rocm": "ROCm"}.get(name)
             plugin = f" (no {runtime} plugin installed: {INSTALL_PLUGIN[name]})" if runtime else ""
             reasons.append(f"JAX has no {name} backend here{plugin}")
-        elif name == "cuda" and not hardware_utils.has_visible_nvidia_gpu():
+        elif name == "cuda" and not _has_nvidia_gpu():
             reasons.append("JAX skips its cuda backend: this process sees no NVIDIA GPU")
     return f"JAX_PLATFORMS={platforms}: {'; '.join(reasons)}" if reasons else None
+
+
+def _plugin_platforms() -> set[str]:
+    """The platforms of the installed PJRT plugins (the ``jax_plugins`` entry points JAX loads), by the
+    runtime their name carries (``xla_cuda12`` -> cuda)."""
+    names = [e.name for e in importlib.metadata.entry_points(group="jax_plugins")]
+    return {rt for name in names for rt in PLUGINS if rt in name.lower()}
+
+
+def _has_nvidia_gpu() -> bool:
+    """Whether this process sees an NVIDIA GPU as JAX decides it: a device node of the driver (or WSL's)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
+def _amd_gpus() -> int:
+    """AMD GPUs the ROCm kernel driver (KFD) lists: topology nodes with SIMD units (CPU nodes have none)."""
+    count = 0
+    for props in glob.glob(f"{KFD_NODES}/*/properties"):
+        with contextlib.suppress(OSError, ValueError):
+            fields = dict(line.split(None, 1) for line in Path(props).read_text().splitlines() if " " in line)
+            count += int(fields.get("simd_count", "0")) > 0
+    return count
 
 
 def _device(d: jax.Device) -> dict[str, Any]:
@@ -123,11 +150,26 @@ def _device(d: jax.Device) -> dict[str, Any]:
 
 
 def _backend_errors() -> dict[str, str]:
-    """GPU backends that failed quietly (JAX then falls back to the CPU and only logs why)."""
-    from jax._src import xla_bridge
+    """GPU backends that failed quietly (JAX then falls back to the CPU and only logs why): JAX's own
+    message when asked for the devices of a GPU platform it tried, that is one JAX_PLATFORMS allows, with
+    its plugin installed and its GPUs present."""
+    import jax
 
-    errors = getattr(xla_bridge, "_backend_errors", {})
-    return {k: v for k, v in errors.items() if k in GPU_PLATFORMS}  # not TPU's and the like: noise here
+    allowed = {
+        p
+        for e in (jax.config.jax_platforms or "cuda,rocm").split(",")
+        for p in PLATFORM_ALIASES.get(e.strip(), (e.strip(),))
+    }
+    present = {"cuda": _has_nvidia_gpu, "rocm": lambda: _amd_gpus() > 0}
+    errors = {}
+    for name in sorted(_plugin_platforms() & allowed):
+        if not present[name]():
+            continue
+        try:
+            jax.devices(name)
+        except Exception as err:  # JAX's RuntimeError: "Backend 'cuda' failed to initialize: ..."
+            errors[name] = " ".join(str(err).split()) or type(err).__name__
+    return errors
 
 
 # ---------------------------------------------------------------- accelerator stack
@@ -154,18 +196,12 @@ def _accelerator(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _hardware() -> dict[str, Any]:
-    """GPUs the node's drivers expose, whether or not JAX can use them (JAX's own checks)."""
-    from jax._src import hardware_utils
-
-    return {
-        "nvidia": hardware_utils.has_visible_nvidia_gpu(),
-        "amd_gpus": hardware_utils.num_available_amd_gpus(),
-    }
+    """GPUs the node's drivers expose, whether or not JAX can use them (the checks JAX makes)."""
+    return {"nvidia": _has_nvidia_gpu(), "amd_gpus": _amd_gpus()}
 
 
 def _cuda() -> dict[str, Any]:
-    from jax._src.lib import cuda_versions  # the CUDA plugin's version helpers; None without one
-
+    cuda_versions = _cuda_versions()
     out: dict[str, Any] = {}
     if cuda_versions is not None:
         for name, get, fmt in (
@@ -186,6 +222,14 @@ def _cuda() -> dict[str, Any]:
         if (d.metadata["Name"] or "").lower().startswith("nvidia-")
     }
     return out
+
+
+def _cuda_versions() -> ModuleType | None:
+    """The CUDA plugin's version helpers (what JAX reads to check the CUDA libraries); None without one."""
+    for package in ("jax_cuda13_plugin", "jax_cuda12_plugin"):
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(f"{package}._versions")
+    return None
 
 
 def _rocm(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -344,85 +388,3 @@ def _cuda_check_error() -> str | None:
         except Exception as err:  # the check's own message: which library, which version, which minimum
             return " ".join(str(err).split())[:400] or None
     return None
-
-
-# ---------------------------------------------------------------- text
-
-
-def text(rep: Mapping[str, Any]) -> str:
-    """The report as sections of aligned lines, for people (``--json`` prints ``rep`` itself)."""
-    py = rep["python"]
-    lines = [f"smilejax doctor on {rep['host']}: Python {py['version']} ({py['executable']})", ""]
-    packages = ", ".join(f"{p} {v or 'MISSING'}" for p, v in rep["packages"].items())
-    lines += ["packages", _line("", packages), "", "JAX", *_jax_lines(rep["jax"]), ""]
-    lines += ["accelerator", *_accelerator_lines(rep["accelerator"]), ""]
-    launcher = rep["launcher"]
-    lines += ["launcher", _line("", launcher.get("summary") or f"cannot tell: {launcher.get('error')}"), ""]
-    lines += ["features"]
-    for f in rep["features"]:
-        state = "ok" if f["usable"] else "missing"
-        lines.append(f"  {state:<8} {f['name']:<15} {f['purpose']}: {f.get('found') or f.get('why')}")
-        if f["install"]:
-            lines.append(f"  {'':<8} {'':<15} install: {f['install']}")
-    return "\n".join(lines) + "\n"
-
-
-def _line(key: str, value: Any) -> str:
-    return f"  {key:<15} {value}".rstrip() if key else f"  {value}"
-
-
-def _jax_lines(j: Mapping[str, Any]) -> list[str]:
-    if j.get("backend") is None:
-        return [_line("error", j.get("error"))]
-    lines = [
-        _line("backend", f"{j['backend']} ({j['platform_version']})"),
-        _line("JAX_PLATFORMS", j["jax_platforms"] or "(not set: JAX chooses)"),
-        _line(
-            "devices",
-            f"{j['local_device_count']} here, {j['device_count']} in all, {j['process_count']} process(es)",
-        ),
-    ]
-    groups: dict[tuple, list[int]] = {}
-    for d in j["devices"]:
-        key = (d["platform"], d["kind"], d["memory_bytes"], d["compute_capability"])
-        groups.setdefault(key, []).append(d["id"])
-    for (plat, kind, memory, cc), ids in groups.items():
-        mem = f"{memory / 2**30:.1f} GiB for JAX" if memory else "memory not reported"
-        cap = f", compute capability {cc}" if cc else ""
-        lines.append(_line("", f"ids {_ids(ids)}: {plat} {kind}, {mem}{cap}"))
-    for platform_, err in j.get("backend_errors", {}).items():
-        lines.append(_line(f"{platform_} failed", err))
-    return lines
-
-
-def _ids(ids: list[int]) -> str:
-    return f"{ids[0]}-{ids[-1]}" if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)) else str(ids)
-
-
-def _accelerator_lines(acc: Mapping[str, Any]) -> list[str]:
-    plugins = ", ".join(
-        f"{p['package']} {p['version']}" + ("" if p["matches_jaxlib"] else " (does NOT match jaxlib)")
-        for p in acc["plugins"]
-    )
-    lines = [_line("GPU plugins", plugins or f"none (CPU only; for GPUs: {INSTALL_GPU})")]
-    if cuda := acc.get("cuda"):
-        names = {"cuda_runtime": "CUDA", "cuda_built_with": "built with CUDA", "cudnn": "cuDNN"}
-        names |= {"cublas": "cuBLAS", "nccl": "NCCL", "error": "error"}
-        lines.append(_line("CUDA stack", ", ".join(f"{names[k]} {cuda[k]}" for k in names if k in cuda)))
-        if "nccl_library" in cuda:
-            lines.append(_line("NCCL from", cuda["nccl_library"]))
-        wheels = cuda.get("nvidia_packages", {})
-        lines.append(
-            _line("NVIDIA wheels", ", ".join(f"{k} {v}" for k, v in sorted(wheels.items())) or "none")
-        )
-    if rocm := acc.get("rocm"):
-        lines.append(_line("ROCm stack", ", ".join(f"{k} {v}" for k, v in rocm.items() if v)))
-    hw = acc["hardware"]
-    if "error" in hw:
-        lines.append(_line("GPUs on node", f"cannot tell: {hw['error']}"))
-    else:
-        nvidia = "NVIDIA devices present" if hw["nvidia"] else "no NVIDIA device"
-        lines.append(_line("GPUs on node", f"{nvidia}, {hw['amd_gpus']} AMD GPU(s)"))
-    if acc["visible"]:
-        lines.append(_line("visibility", ", ".join(f"{k}={v}" for k, v in acc["visible"].items())))
-    return lines

@@ -13,7 +13,6 @@ import tomllib
 import jax
 import jaxlib
 import pytest
-from jax._src import hardware_utils, xla_bridge
 
 from smilejax import cli, doctor, features, host
 from tests.conftest import ROOT, cli_env, run_cli
@@ -260,12 +259,22 @@ def test_jax_platforms_naming_a_backend_jax_lacks_says_which(monkeypatch):
         "(no ROCm plugin installed: pip install -c launch/locks/venv.txt -e '.[rocm]')"
     )
     # with the plugin, JAX still skips cuda on a node whose NVIDIA GPUs this process cannot see
-    monkeypatch.setitem(xla_bridge._backend_factories, "cuda", xla_bridge._backend_factories["cpu"])
-    monkeypatch.setattr(hardware_utils, "has_visible_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(doctor, "_plugin_platforms", lambda: {"cuda"})
+    monkeypatch.setattr(doctor, "_has_nvidia_gpu", lambda: False)
     assert (
         doctor._no_backend("cuda")
         == "JAX_PLATFORMS=cuda: JAX skips its cuda backend: this process sees no NVIDIA GPU"
     )
+
+
+def test_amd_gpus_are_the_kfd_nodes_with_simd_units(monkeypatch, tmp_path):
+    for node, simds in (("0", 0), ("1", 304), ("2", 304)):  # node 0: the CPU
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "properties").write_text(f"cpu_cores_count 0\nsimd_count {simds}\nlocation_id 1\n")
+    monkeypatch.setattr(doctor, "KFD_NODES", str(tmp_path))
+    assert doctor._amd_gpus() == 2
+    monkeypatch.setattr(doctor, "KFD_NODES", str(tmp_path / "none"))
+    assert doctor._amd_gpus() == 0
 
 
 def test_nccl_version_comes_from_the_nccl_jax_uses(monkeypatch, tmp_path, report):
