@@ -243,7 +243,7 @@ def measure(c: dict, mode: str, width: int, args: argparse.Namespace, device: to
         t0 = time.perf_counter()
         for _ in range(args.steps):
             loss = step()
-        float(loss)
+        float(loss.detach())
         sync()
         times.append((time.perf_counter() - t0) / args.steps)
     ms = float(np.median(times)) * 1e3
