@@ -209,3 +209,15 @@ def test_embedding_trains_through_the_cli_and_builds_graphs(tmp_path):
     true = batch["true_edges"][0, : int(batch["true_edge_mask"][0].sum())]
     found = construction.edge_metrics(edges, true, n)
     assert found["efficiency"] > 0.5, found
+
+
+def test_parameter_contract():
+    from tests.model_contract import checked_parameters
+
+    with nnx.use_eager_sharding(False):
+        for cfg in (gnn.IGNConfig(), dataclasses.replace(CFG, recurrent=False)):
+            model = nnx.eval_shape(lambda cfg=cfg: gnn.build(cfg, rngs=nnx.Rngs(0)))
+            count = checked_parameters(model, largest_unnamed=384)
+            if cfg.hidden == 128:
+                # encoders 18,048 + 49,920; node and edge networks 66,304 each; classifier 66,433
+                assert count == 267_009
