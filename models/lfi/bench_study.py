@@ -207,10 +207,8 @@ def _row(task, budget, impl, seed, scores, seconds, **more) -> dict:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    import jax
-
     from . import tasks as tasklib
-    from .evaluation import parse_observations, posterior_draws, sampler
+    from .evaluation import parse_observations
 
     _check_options(cfg, args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -234,54 +232,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in range(args.seeds)]
         if not args.no_sbi:  # first: the machine is sbi's alone
             try:
-                result = sbi_peer.run(sbi_peer.python(args.torch_python), jobs, sbi_settings(cfg, args), tmp)
-                info = result.info
-                for job in jobs:
-                    name, budget = job.key.rsplit("-", 1)
-                    task, k = chosen[name], (job.key, job.seed)
-                    draws = keep_in_support(task, result.samples[k], args.posterior_samples)
-                    r = result.rows[k]
-                    rows.append(
-                        _row(
-                            name,
-                            int(budget),
-                            "sbi",
-                            job.seed,
-                            score(task, draws, obs[name]),
-                            r["train_s"],
-                            epochs=r["epochs"],
-                            note=f"sbi {info.get('sbi')}, early stopping",
-                        )
-                    )
-                    log.info("sbi %s seed %d: C2ST %.3f", job.key, job.seed, rows[-1]["c2st"])
+                info = sbi_rows(cfg, args, jobs, chosen, obs, tmp, rows)
             except RuntimeError as err:
                 problem = str(err)
                 log.error("%s", problem)
         for (name, budget), path in sets.items():
-            task = chosen[name]
-            observed = np.stack([task.observation(i) for i in obs[name]])
             for seed in range(args.seeds):
-                model, seconds, steps = train_smilejax(cfg, args, task, budget, seed, path, tmp)
-                draw, _ = sampler(model.model)
-                draws, _leak = posterior_draws(
-                    draw, task, observed, args.posterior_samples, jax.random.key(seed)
-                )
-                rows.append(
-                    _row(
-                        name,
-                        budget,
-                        "smilejax",
-                        seed,
-                        score(task, draws, obs[name]),
-                        seconds,
-                        steps=steps,
-                        epochs=args.epochs,
-                        note=f"{jax.device_count()} × {jax.devices()[0].device_kind}",
-                    )
-                )
-                log.info(
-                    "smilejax %s-%d seed %d: C2ST %.3f, %.1f s", name, budget, seed, rows[-1]["c2st"], seconds
-                )
+                rows.append(smilejax_row(cfg, args, chosen[name], budget, seed, path, tmp, obs[name]))
     table = summarise(rows)
     extra = {
         "model": cfg.model.name,
@@ -308,6 +265,44 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     plot(table, summary_path.with_suffix(".png"))
     log.info("per-seed rows: %s", path)
     return 1 if problem else 0
+
+
+def sbi_rows(cfg, args, jobs: list, chosen: dict, obs: dict, tmp: Path, rows: list[dict]) -> dict:
+    """sbi's trainings of every job in one subprocess, scored; appends their rows, returns sbi's info."""
+    result = sbi_peer.run(sbi_peer.python(args.torch_python), jobs, sbi_settings(cfg, args), tmp)
+    for job in jobs:
+        name, budget = job.key.rsplit("-", 1)
+        task, k = chosen[name], (job.key, job.seed)
+        draws = keep_in_support(task, result.samples[k], args.posterior_samples)
+        r = result.rows[k]
+        scores = score(task, draws, obs[name])
+        note = f"sbi {result.info.get('sbi')} ({result.info.get('device')}), early stopping"
+        rows.append(
+            _row(name, int(budget), "sbi", job.seed, scores, r["train_s"], epochs=r["epochs"], note=note)
+        )
+        log.info("sbi %s seed %d: C2ST %.3f", job.key, job.seed, rows[-1]["c2st"])
+    return result.info
+
+
+def smilejax_row(
+    cfg, args, task, budget: int, seed: int, path: Path, tmp: Path, observations: list[int]
+) -> dict:
+    """smilejax's training of one seed on the set at ``path``, scored."""
+    import jax
+
+    from .evaluation import posterior_draws, sampler
+
+    model, seconds, steps = train_smilejax(cfg, args, task, budget, seed, path, tmp)
+    draw, _ = sampler(model.model)
+    observed = np.stack([task.observation(i) for i in observations])
+    draws, _leak = posterior_draws(draw, task, observed, args.posterior_samples, jax.random.key(seed))
+    scores = score(task, draws, observations)
+    note = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
+    row = _row(
+        task.name, budget, "smilejax", seed, scores, seconds, steps=steps, epochs=args.epochs, note=note
+    )
+    log.info("smilejax %s-%d seed %d: C2ST %.3f, %.1f s", task.name, budget, seed, row["c2st"], seconds)
+    return row
 
 
 def summarise(rows: list[dict]) -> list[dict]:
