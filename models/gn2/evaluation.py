@@ -173,8 +173,16 @@ def _plot(
     if origin:
         conf = np.asarray(origin["confusion"])
         title = f"GN2 track origin, step {step}"
+        path = opts.out / "track_origin_confusion.png"
         written.append(
-            plots.confusion_matrix(conf, list(ORIGIN_CLASSES), title, opts.out / "track_origin_confusion.png")
+            plots.confusion_matrix(
+                conf,
+                list(ORIGIN_CLASSES),
+                title,
+                path,
+                xlabel="predicted origin",
+                ylabel="true origin (tracks)",
+            )
         )
     return written
 

@@ -20,6 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from smilejax.plotting import confusion_matrix  # noqa: F401  (re-exported: plots.confusion_matrix)
+from smilejax.plotting import save as _save
+
 from . import flavour
 
 FLAVOUR_COLOURS = {"b": "tab:blue", "c": "tab:orange", "light": "tab:green", "tau": "tab:purple"}
@@ -125,38 +128,3 @@ def discriminant_by_flavour(
     ax.legend(loc="best", fontsize="small", title=info, title_fontsize="small", alignment="left")
     _save(fig, path)
     return fig
-
-
-def confusion_matrix(
-    confusion: np.ndarray,
-    names: list[str],
-    title: str,
-    path: Path,
-    *,
-    xlabel: str = "predicted origin",
-    ylabel: str = "true origin (tracks)",
-) -> Path:
-    """Row-normalised confusion matrix (true class per row), with the fractions written in the cells."""
-    counts = np.asarray(confusion, np.float64)
-    rows = counts.sum(axis=1, keepdims=True)
-    frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    image = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(frac.shape[0]):
-        for j in range(frac.shape[1]):
-            colour = "white" if frac[i, j] > 0.6 else "black"
-            ax.text(j, i, f"{frac[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), [f"{n} ({int(r)})" for n, r in zip(names, rows[:, 0], strict=True)])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path

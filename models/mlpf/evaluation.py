@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -175,8 +176,18 @@ def _write(
     with_jets: bool,
 ) -> list[str]:
     """The plots and per-jet / per-event arrays; returns the file names."""
-    out, step = opts.out, trained.step
-    title = f"MLPF step {step}, {metrics['n_events']} {opts.split} events"
+    out = opts.out
+    title = f"MLPF step {trained.step}, {metrics['n_events']} {opts.split} events"
+    written = _write_particles(out, title, metrics, counts) + _write_met(out, title, metrics, result)
+    if with_jets:
+        written += _write_jets(out, title, metrics, result)
+    return sorted(p.name for p in written)
+
+
+def _write_particles(
+    out: Path, title: str, metrics: dict, counts: dict[str, particles.ClassCounts]
+) -> list[Path]:
+    """Rates per class and vs pT, and a confusion matrix per collection."""
     written = [
         plots.rates(metrics["particles"], f"{title}: elements", out / "particle_rates.png"),
         plots.rates_vs_pt(
@@ -207,6 +218,12 @@ def _write(
                 ylabel="target class (elements)",
             )
         )
+    return written
+
+
+def _write_met(out: Path, title: str, metrics: dict, result: dict[str, np.ndarray]) -> list[Path]:
+    """The missing-pT response and spectrum, and the per-event values."""
+    written = []
     gen = result["genmet"]
     positive = gen > 0
     written.append(
@@ -228,34 +245,35 @@ def _write(
     )
     np.savez_compressed(out / "met.npz", genmet=gen, **{k: result[f"met_{k}"] for k in COLLECTIONS})
     written.append(out / "met.npz")
-    if with_jets:
-        gen_pt = result["gen_pt"]
-        written.append(
-            plots.response_histograms(
-                {k: result[f"jet_pt_{k}"] / gen_pt for k in COLLECTIONS},
-                metrics["jets"],
-                "jet $p_T$ reco / gen (matched, $\\Delta R < 0.1$)",
-                f"{title}, ee-genkt R=0.4, $p_T$ > 5 GeV",
-                out / "jet_response.png",
-            )
+    return written
+
+
+def _write_jets(out: Path, title: str, metrics: dict, result: dict[str, np.ndarray]) -> list[Path]:
+    """The jet-pT response and spectrum, and the per-jet values."""
+    written = []
+    gen_pt = result["gen_pt"]
+    written.append(
+        plots.response_histograms(
+            {k: result[f"jet_pt_{k}"] / gen_pt for k in COLLECTIONS},
+            metrics["jets"],
+            "jet $p_T$ reco / gen (matched, $\\Delta R < 0.1$)",
+            f"{title}, ee-genkt R=0.4, $p_T$ > 5 GeV",
+            out / "jet_response.png",
         )
-        spectra = {"gen": gen_pt, **{k: result[f"jets_{k}"] for k in COLLECTIONS}}
-        top = max(
-            float(np.percentile(np.concatenate(list(spectra.values())), 99)) if gen_pt.size else 0, 10.0
-        )
-        written.append(
-            plots.distributions(
-                spectra, "jet $p_T$ [GeV]", title, out / "jet_pt.png", np.linspace(0, top, 51)
-            )
-        )
-        np.savez_compressed(
-            out / "jets.npz",
-            gen_pt=gen_pt,
-            gen_eta=result["gen_eta"],
-            **{f"pt_{k}": result[f"jet_pt_{k}"] for k in COLLECTIONS},
-        )
-        written.append(out / "jets.npz")
-    return sorted(p.name for p in written)
+    )
+    spectra = {"gen": gen_pt, **{k: result[f"jets_{k}"] for k in COLLECTIONS}}
+    top = max(float(np.percentile(np.concatenate(list(spectra.values())), 99)) if gen_pt.size else 0, 10.0)
+    written.append(
+        plots.distributions(spectra, "jet $p_T$ [GeV]", title, out / "jet_pt.png", np.linspace(0, top, 51))
+    )
+    np.savez_compressed(
+        out / "jets.npz",
+        gen_pt=gen_pt,
+        gen_eta=result["gen_eta"],
+        **{f"pt_{k}": result[f"jet_pt_{k}"] for k in COLLECTIONS},
+    )
+    written.append(out / "jets.npz")
+    return written
 
 
 def summary(metrics: dict) -> str:
