@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import inspect
 import typing
 from functools import cache
@@ -49,14 +48,11 @@ def _sources() -> list[Path]:
 
 
 def _model_configs() -> list[type]:
-    # registry.models() also lists helper modules (pair_mlp, platform): the families are those with a SPEC
-    modules = (importlib.import_module(f"smilejax.models.{name}") for name in registry.models())
-    return [m.SPEC.config for m in modules if hasattr(m, "SPEC")]
+    return [registry.model(name).config for name in registry.models()]
 
 
 def _data_configs() -> list[type]:
-    modules = (importlib.import_module(f"smilejax.inputs.{name}") for name in registry.datasets())
-    return [m.SPEC.config for m in modules if hasattr(m, "SPEC")]
+    return [registry.dataset(name).config for name in registry.datasets()]
 
 
 def _nested(cls: type) -> list[type]:
@@ -102,6 +98,8 @@ def _uses() -> dict[str, set[tuple[str, int]]]:
                 names.append(node.attr)
                 if isinstance(node.value, ast.Attribute):
                     names.append(f"{node.value.attr}.{node.attr}")
+                elif isinstance(node.value, ast.Name):  # run = cfg.run; run.steps
+                    names.append(f"{node.value.id}.{node.attr}")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
                 names.append(node.value)
             for name in names:
