@@ -76,10 +76,9 @@ class AcornMLP(nnx.Module):
 
     def __init__(self, widths, *, layernorm: bool, activation: str, final: bool, rngs, dtype):
         n = len(widths) - 1
-        # logical axes alternate embed -> mlp -> embed; raw hit features and a single logit stay unnamed
-        axes = [("embed", "mlp")[i % 2] for i in range(n + 1)]
-        axes[0] = axes[0] if widths[0] >= 16 else None
-        axes[-1] = axes[-1] if widths[-1] > 1 else None
+        # parameters stay unnamed (replicated): the model is small (267k at acorn's size), and graph-
+        # partitioned training uses the mesh's model axes for the edges, not for the weights
+        axes = [None] * (n + 1)
         self.dense = nnx.List(
             [
                 Dense(widths[i], widths[i + 1], in_axis=axes[i], out_axis=axes[i + 1], rngs=rngs, dtype=dtype)
