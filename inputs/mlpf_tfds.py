@@ -282,15 +282,8 @@ def from_config(
     """Bucketed batches: ``batch_size`` events each, or an element budget (see the module docstring)."""
     shuffle = cfg.shuffle if shuffle is None else shuffle
     widths = pipeline.bucket_widths(cfg.bucket_widths, max(cfg.bucket_widths))
-    options = dict(
-        batch_size=cfg.batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        shuffle=shuffle,
-        read_threads=cfg.read_threads,
-        prefetch=cfg.prefetch,
-        workers=cfg.workers,
+    options = pipeline.config_options(
+        cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
     if cfg.element_budget == 0:
         return pipeline.batched(src, buckets=pipeline.Buckets(widths, src.lengths), **options)

@@ -386,6 +386,23 @@ def bucket_widths(requested: Sequence[int], max_length: int) -> tuple[int, ...]:
     return tuple(sorted({int(w) for w in requested if w < max_length} | {int(max_length)}))
 
 
+def config_options(
+    cfg, *, seed: int, process_index: int, process_count: int, shuffle: bool | None = None
+) -> dict:
+    """The keyword arguments of ``batched`` that a ``DataConfig`` gives (a format's own pipeline adds its
+    buckets, plan or block to them)."""
+    return dict(
+        batch_size=cfg.batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle=cfg.shuffle if shuffle is None else shuffle,
+        read_threads=cfg.read_threads,
+        prefetch=cfg.prefetch,
+        workers=cfg.workers,
+    )
+
+
 def from_config(
     source: BatchSource,
     cfg,
@@ -396,14 +413,7 @@ def from_config(
     shuffle: bool | None = None,
 ) -> grain.IterDataset:
     """``batched`` with the options of a ``DataConfig``."""
-    return batched(
-        source,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        shuffle=cfg.shuffle if shuffle is None else shuffle,
-        read_threads=cfg.read_threads,
-        prefetch=cfg.prefetch,
-        workers=cfg.workers,
+    options = config_options(
+        cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
+    return batched(source, **options)

@@ -76,16 +76,7 @@ def from_config(
     """The per-process pipeline of a config (``DatasetSpec.pipeline``, called as ``pipeline.from_config``)."""
     from .. import pipeline
 
-    return pipeline.batched(
-        source,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        block=shuffle_block(source, cfg),
-        process_index=process_index,
-        process_count=process_count,
-        shuffle=cfg.shuffle if shuffle is None else shuffle,
-        read_threads=cfg.read_threads,
-        prefetch=cfg.prefetch,
-        workers=cfg.workers,
-        buckets=buckets(source, cfg),
+    options = pipeline.config_options(
+        cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
+    return pipeline.batched(source, block=shuffle_block(source, cfg), buckets=buckets(source, cfg), **options)
