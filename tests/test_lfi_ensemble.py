@@ -81,9 +81,10 @@ def test_mixture_log_prob_and_samples(trained_ensemble):
 
 def test_saved_ensemble_loads_as_a_run(trained_ensemble):
     cfg, out, _, ens, _ = trained_ensemble
-    ensemble.save(ens, cfg, out)
+    ensemble.save(ens, cfg, out, step=cfg.run.steps)
     back = trained.load(out)
     assert back.cfg.model.name == ensemble.NAME and back.cfg.model.members == K
+    assert back.step == cfg.run.steps
     task = tasks.get("gaussian_linear")
     x = task.observation(OBSERVATION)[None]
     theta = task.true_parameters(OBSERVATION)[None]
@@ -92,3 +93,11 @@ def test_saved_ensemble_loads_as_a_run(trained_ensemble):
     )
     served = back.model(x, theta, np.zeros(1, np.int32))
     assert served["samples"].shape == (1, cfg.model.export_samples, task.theta_dim)
+
+
+def test_command_line_help():
+    from smilejax import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["data", "ensemble", "--help"])
+    assert exit_.value.code == 0

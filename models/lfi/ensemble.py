@@ -190,9 +190,9 @@ def load(run_dirs: list[str | Path]) -> Ensemble:
     return Ensemble(members)
 
 
-def save(ensemble: Ensemble, cfg: Config, out: str | Path) -> Path:
+def save(ensemble: Ensemble, cfg: Config, out: str | Path, *, step: int = 0) -> Path:
     """Writes ``ensemble`` as the run ``out`` of the model ``lfi_ensemble`` (config.yaml and a checkpoint
-    of step 0), which ``trained.load``, ``smilejax eval`` and ``smilejax export`` read."""
+    of ``step``, the members'), which ``trained.load``, ``smilejax eval`` and ``smilejax export`` read."""
     from smilejax import checkpoint, steps
     from smilejax import mesh as meshlib
 
@@ -205,6 +205,7 @@ def save(ensemble: Ensemble, cfg: Config, out: str | Path) -> Path:
     _, params, rest = nnx.split(ensemble, nnx.Param, ...)
     state = program.init()
     state = state.replace(
+        step=jax.device_put(jnp.asarray(step, jnp.int32), program.state_sharding.step),
         params=jax.device_put(nnx.to_pure_dict(params), program.state_sharding.params),
         rest=jax.device_put(nnx.to_pure_dict(rest), program.state_sharding.rest),
     )
@@ -246,7 +247,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, args.overrides)
     run_dirs = train(cfg, args.members, args.out)
-    out = save(load(run_dirs), cfg, args.out)
+    out = save(load(run_dirs), cfg, args.out, step=cfg.run.steps)
     print(
         f"ensemble of {args.members}: {out}\n  evaluate: smilejax eval {out}\n"
         f"  export:   smilejax export {out}"
