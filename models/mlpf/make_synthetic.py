@@ -67,43 +67,8 @@ def event(rng: np.random.Generator, mean_particles: float = 60.0) -> dict[str, n
     x[:, 2] = eta + np.where(track, 0.0, rng.normal(0, 0.02, n))
     x[:, 3], x[:, 4] = np.sin(phi), np.cos(phi)
     x[:, 5] = np.where(track, p, energy) * res
-    # track columns: chi2, ndf, dEdx, dEdxError, radiusOfInnermostHit, tanLambda, D0, omega, Z0, time
-    trk = np.stack(
-        [
-            rng.chisquare(10, n),
-            np.full(n, 10.0),
-            rng.normal(3, 0.3, n),
-            np.full(n, 0.1),
-            rng.uniform(30, 40, n),
-            np.sinh(eta),
-            rng.normal(0, 0.02, n),
-            charge * 1.5e-3 / np.maximum(pt, 0.1),
-            rng.normal(0, 0.03, n),
-            rng.normal(0, 0.1, n),
-        ],
-        -1,
-    )
-    # cluster columns: position x, y, z, iTheta, energy_ecal, energy_hcal, energy_other, num_hits,
-    # sigma x, y, z
-    share = np.where(ecal, rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.3, n))
-    e_cal = x[:, 5]
-    r = 1500.0
-    cal = np.stack(
-        [
-            r * np.cos(phi),
-            r * np.sin(phi),
-            r * np.sinh(eta),
-            2 * np.arctan(np.exp(-eta)),
-            e_cal * share,
-            e_cal * (1 - share),
-            np.zeros(n),
-            rng.poisson(5 + 3 * np.sqrt(energy)).astype(float),
-            rng.uniform(5, 20, n),
-            rng.uniform(5, 20, n),
-            rng.uniform(5, 20, n),
-        ],
-        -1,
-    )
+    trk = _track_columns(rng, pt, eta, charge)
+    cal = _cluster_columns(rng, x[:, 5], energy, eta, phi, ecal)
     x[track, 6:16] = trk[track]
     x[~track, 6:17] = cal[~track]
 
@@ -130,6 +95,61 @@ def event(rng: np.random.Generator, mean_particles: float = 60.0) -> dict[str, n
         "genjets": np.array(jets, np.float32).reshape(-1, 4),
         "targetjets": np.array(tjets, np.float32).reshape(-1, 4),
     }
+
+
+def _track_columns(
+    rng: np.random.Generator, pt: np.ndarray, eta: np.ndarray, charge: np.ndarray
+) -> np.ndarray:
+    """X's track columns 6..15 of every element (kept on tracks only)."""
+    n = pt.size
+    # track columns: chi2, ndf, dEdx, dEdxError, radiusOfInnermostHit, tanLambda, D0, omega, Z0, time
+    return np.stack(
+        [
+            rng.chisquare(10, n),
+            np.full(n, 10.0),
+            rng.normal(3, 0.3, n),
+            np.full(n, 0.1),
+            rng.uniform(30, 40, n),
+            np.sinh(eta),
+            rng.normal(0, 0.02, n),
+            charge * 1.5e-3 / np.maximum(pt, 0.1),
+            rng.normal(0, 0.03, n),
+            rng.normal(0, 0.1, n),
+        ],
+        -1,
+    )
+
+
+def _cluster_columns(
+    rng: np.random.Generator,
+    e_cal: np.ndarray,
+    energy: np.ndarray,
+    eta: np.ndarray,
+    phi: np.ndarray,
+    ecal: np.ndarray,
+) -> np.ndarray:
+    """X's cluster columns 6..16 of every element (kept on clusters only); ``e_cal`` the measured energy."""
+    n = e_cal.size
+    # cluster columns: position x, y, z, iTheta, energy_ecal, energy_hcal, energy_other, num_hits,
+    # sigma x, y, z
+    share = np.where(ecal, rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.3, n))
+    r = 1500.0
+    return np.stack(
+        [
+            r * np.cos(phi),
+            r * np.sin(phi),
+            r * np.sinh(eta),
+            2 * np.arctan(np.exp(-eta)),
+            e_cal * share,
+            e_cal * (1 - share),
+            np.zeros(n),
+            rng.poisson(5 + 3 * np.sqrt(energy)).astype(float),
+            rng.uniform(5, 20, n),
+            rng.uniform(5, 20, n),
+            rng.uniform(5, 20, n),
+        ],
+        -1,
+    )
 
 
 def _add_noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
