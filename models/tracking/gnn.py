@@ -23,6 +23,8 @@ edge list of one graph; ``interaction_step`` is a pure per-graph function with a
 the node sums (``lax.psum`` over an edge-sharded mesh axis in graph-partitioned training), and the
 batch of events is ``jax.vmap``-ed over it. ``remat: true`` rematerialises each iteration in the
 backward pass (activation memory of one iteration instead of eight).
+``partition: AXIS`` splits each graph's edges over that mesh axis (``partitioned``, the mesh in
+context), with ``partition_nodes`` replicated or sharded.
 
 Loss: binary cross-entropy on edge truth over real edges, weighted (``true_weight`` for true edges
 whose particle has pT >= ``pt_cut``, 1 otherwise). Edge truth: consecutive hits of one particle when
@@ -63,11 +65,19 @@ class IGNConfig:
     true_weight: float = 2.0
     max_nodes: int = 1024  # export example shapes
     max_edges: int = 4096
+    # graph-partitioned training (``partitioned``): the mesh axis the edges of each graph are split over
+    # ("": none, one device per graph) and whether the nodes are replicated or sharded over it
+    partition: str = ""
+    partition_nodes: str = "replicated"
 
     def __post_init__(self):
         if self.n_graph_iters < 1 or self.hidden < 1:
             raise ValueError("model.n_graph_iters and model.hidden must be positive")
         activation_fn(self.hidden_activation)
+        if self.partition_nodes not in ("replicated", "sharded"):
+            raise ValueError(
+                f"model.partition_nodes must be replicated or sharded, not {self.partition_nodes!r}"
+            )
 
 
 class AcornMLP(nnx.Module):
@@ -181,6 +191,10 @@ class IGN(nnx.Module):
         return jnp.where(edge_mask, logit.astype(F32), 0.0)
 
     def __call__(self, hits, hit_mask, edges, edge_mask) -> dict[str, jax.Array]:
+        if self.cfg.partition:  # edges split over a mesh axis (the mesh in context)
+            from . import partitioned
+
+            return partitioned.call(self, hits, hit_mask, edges, edge_mask)
         hits = jnp.where(hit_mask[..., None], hits, 0.0)
         logits = jax.vmap(lambda h, e, m: self.graph(h, e, m))(hits, edges, edge_mask)
         return {"edge_logits": logits, "edge_scores": jax.nn.sigmoid(logits)}
