@@ -74,16 +74,7 @@ def translate(salt: Mapping) -> Translation:
             f"model.model is {kind or 'missing'}, not salt.models.SaltModel: not a salt GN2 config"
         )
 
-    glob = data.get("global_object", "jets")
-    variables = dict(data.get("variables") or {})
-    constituents = [k for k in variables if k != glob and not k.startswith("_")]
-    if "global" in variables or "parameters" in variables or len(constituents) != 1:
-        raise ValueError(
-            f"data.variables has inputs {sorted(variables)}: GN2 takes {glob!r} and one constituent type "
-            "(tracks), without global or parameter inputs"
-        )
-    trk = constituents[0]
-    input_map = dict(data.get("input_map") or {}) or {k: k for k in variables}
+    glob, trk, variables, input_map = _inputs(data)
 
     init = _init_net(model, trk, problems)
     jet_vars = list(variables.get(glob) or []) if init.get("attach_global", True) else []
@@ -94,13 +85,7 @@ def translate(salt: Mapping) -> Translation:
     init_hidden = list(dense.get("hidden_layers") or [n_in * int(dense.get("hidden_dim_scale", 2))])
     embed = int(dense.get("output_size") or n_in)
 
-    # encoder
-    kind, enc = _node(model.get("encoder"))
-    if kind not in ENCODERS:
-        raise ValueError(f"model.encoder is {kind or 'missing'}; GN2 needs salt.models.Transformer")
-    attn = dict(enc.get("attn_kwargs") or {})
-    ff = dict(enc.get("dense_kwargs") or {})
-    _check_encoder(enc, attn, ff, embed, problems)
+    enc, attn, ff = _encoder(model, embed, problems)
     out = int(enc.get("out_dim") or embed)
 
     kind, pool = _node(model.get("pool_net"))
@@ -160,6 +145,32 @@ def translate(salt: Mapping) -> Translation:
         norm_groups={"jets": input_map.get(glob, glob), "tracks": input_map.get(trk, trk)},
         norm_dict=data.get("norm_dict"),
     )
+
+
+def _inputs(data: dict) -> tuple[str, str, dict, dict]:
+    """(jets group, tracks group, data.variables, data.input_map) of salt's data section; one constituent
+    type and no global or parameter inputs, as GN2 takes them."""
+    glob = data.get("global_object", "jets")
+    variables = dict(data.get("variables") or {})
+    constituents = [k for k in variables if k != glob and not k.startswith("_")]
+    if "global" in variables or "parameters" in variables or len(constituents) != 1:
+        raise ValueError(
+            f"data.variables has inputs {sorted(variables)}: GN2 takes {glob!r} and one constituent type "
+            "(tracks), without global or parameter inputs"
+        )
+    input_map = dict(data.get("input_map") or {}) or {k: k for k in variables}
+    return glob, constituents[0], variables, input_map
+
+
+def _encoder(model: dict, embed: int, problems: list[str]) -> tuple[dict, dict, dict]:
+    """salt's Transformer encoder: its arguments, attention and dense arguments (checked)."""
+    kind, enc = _node(model.get("encoder"))
+    if kind not in ENCODERS:
+        raise ValueError(f"model.encoder is {kind or 'missing'}; GN2 needs salt.models.Transformer")
+    attn = dict(enc.get("attn_kwargs") or {})
+    ff = dict(enc.get("dense_kwargs") or {})
+    _check_encoder(enc, attn, ff, embed, problems)
+    return enc, attn, ff
 
 
 def _init_net(model: dict, trk: str, problems: list[str]) -> dict:
