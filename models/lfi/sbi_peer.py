@@ -101,7 +101,8 @@ def run(
     command = [str(interpreter), str(SCRIPT), "--data", str(data), "--jobs", str(spec)]
     command += ["--out", str(out), "--samples", str(samples)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    # cwd: sbi writes its TensorBoard logs (sbi-logs/) into the working directory
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp)
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"sbi reference failed (exit {proc.returncode}):\n{tail}")
