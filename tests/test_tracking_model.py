@@ -4,6 +4,7 @@ remat invariance, and the metric-learning radius search on a toy embedding."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -209,6 +210,12 @@ def test_embedding_trains_through_the_cli_and_builds_graphs(tmp_path):
     true = batch["true_edges"][0, : int(batch["true_edge_mask"][0].sum())]
     found = construction.edge_metrics(edges, true, n)
     assert found["efficiency"] > 0.5, found
+    out = tmp_path / "eval"
+    proc = run_cli("eval", str(run), "--out", str(out), "--split", "train", "--radius", "0.2", "--knn", "16")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_events"] == 8 and m["radius"] == 0.2 and m["efficiency"] > 0.5, m
+    assert (out / "graph_efficiency.png").is_file() and "edges per event" in proc.stdout
 
 
 def test_parameters_float32_replicated_and_counted():

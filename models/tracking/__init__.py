@@ -71,11 +71,37 @@ SPEC = ModelSpec(
     element_axes={"hits": 1, "hit_mask": 1},
 )
 
+
+def _evaluate_embedding(trained, opts) -> dict:
+    from . import embedding_eval
+
+    return embedding_eval.evaluate(trained, opts)
+
+
+def _summary_embedding(metrics: dict) -> str:
+    from . import embedding_eval
+
+    return embedding_eval.summary(metrics)
+
+
+EMBEDDING_EVALUATION = Evaluation(
+    evaluate=_evaluate_embedding,
+    summary=_summary_embedding,
+    options=(
+        Option("--radius", float, None, "search radius in the embedding (default: model.r_train)"),
+        Option("--knn", int, None, "neighbours kept per hit (default: model.knn)"),
+        Option("--pt-cut", float, 1.0, "pT (GeV) of the target particles' efficiency"),
+    ),
+    about="the graphs the embedding builds (radius search on the device) against the true consecutive "
+    "pairs: edge efficiency (all and above --pt-cut, vs pT), purity, edges per event.",
+)
+
 EMBEDDING_SPEC = ModelSpec(
     name="tracking_embedding",
     config=EmbeddingConfig,
     build=embedding.build,
     loss=embedding.loss,
     input_spec=embedding.input_spec,
+    evaluation=EMBEDDING_EVALUATION,
     synthetic_labels=synthetic.embedding_labels,
 )
