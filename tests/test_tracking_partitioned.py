@@ -4,8 +4,6 @@ completed by an all-reduce (replicated nodes) or a reduce-scatter + all-gather (
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,46 +95,22 @@ def test_needs_the_axis_in_a_mesh():
         partitioned.forward(model, b["hits"], b["hit_mask"], b["edges"], b["edge_mask"], axis="graph")
 
 
-@dataclasses.dataclass
-class _SwitchConfig(gnn.IGNConfig):
-    partition: str = ""
-    partition_nodes: str = "replicated"
-
-
-class _SwitchIGN(gnn.IGN):
-    """The config switch as gnn.IGN would carry it: ``model.partition`` routes the call here."""
-
-    def __call__(self, hits, hit_mask, edges, edge_mask):
-        if self.cfg.partition:
-            return partitioned.call(self, hits, hit_mask, edges, edge_mask)
-        return super().__call__(hits, hit_mask, edges, edge_mask)
-
-
-def _switch_spec():
-    from smilejax.models.tracking import SPEC
-
-    if "partition" in {f.name for f in dataclasses.fields(gnn.IGNConfig)}:
-        return SPEC  # the family's own switch
-    build = lambda cfg, *, rngs, dtype: _SwitchIGN(cfg, rngs=rngs, dtype=dtype)  # noqa: E731
-    return dataclasses.replace(SPEC, config=_SwitchConfig, build=build)
-
-
 def test_trains_through_the_framework_step():
     """The framework's train step (steps.build) on a mesh whose ``tensor`` axis partitions the graphs:
-    the losses of three steps equal plain data parallelism's on one device. The mesh is put in context
-    by the caller here (the framework's steps do not do it yet)."""
+    the losses of three steps equal one device's, through the config switch ``model.partition``. The
+    mesh is put in context by the caller here (the framework's steps do not do it yet)."""
+    from smilejax.models.tracking import SPEC as spec
+
     from smilejax import config, steps
     from smilejax import mesh as meshlib
     from smilejax.bench import _synthetic
 
-    spec = _switch_spec()
     overrides = ["model.hidden=16", "model.n_graph_iters=2", "model.max_nodes=64", "model.max_edges=256"]
     overrides += ["model.remat=false", "train.precision=fp32", "data.batch_size=4", "run.steps=3"]
 
     def losses(n: int, mesh: list[str], partition: str = "", nodes: str = "replicated") -> list[float]:
-        cfg = config.load("tracking-ign", [*overrides, *mesh])
-        fields = {**dataclasses.asdict(cfg.model), "partition": partition, "partition_nodes": nodes}
-        cfg.model = spec.config(**fields)
+        switch = [f"model.partition={partition}", f"model.partition_nodes={nodes}"] if partition else []
+        cfg = config.load("tracking-ign", [*overrides, *mesh, *switch])
         devices = meshlib.build_mesh(cfg.mesh, jax.devices()[:n])
         batch = _synthetic.batch(spec, cfg.model, 4, seed=0)
         with jax.set_mesh(devices):
