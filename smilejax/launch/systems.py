@@ -106,10 +106,10 @@ def load(system: str) -> System:
     if not isinstance(tree, dict):
         raise LaunchError(f"system file {path}: the top level must be a mapping of keys")
     tree.setdefault("name", path.stem)
-    from smilejax.config import ConfigError, _build  # the typed builder of the run config
+    from smilejax.typed import ConfigError, build  # the typed builder of the run config
 
     try:
-        sys_ = _build(System, tree, "system")
+        sys_ = build(System, tree, "system")
     except ConfigError as err:
         raise LaunchError(f"system file {path}: {err}") from err
     _check(sys_, path)
