@@ -269,38 +269,11 @@ def _run_program(
     )
     batch_sharding = meshlib.batch_sharding(mesh, rules)
 
-    def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
-        return core.apply({}, state, *core.grads({}, state.params, state.rest, batch))
-
-    batch_axes = tuple(a for a in rules.get("batch", []) if a in mesh.shape)
-
-    def shard_map_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
-        def local(state, batch):
-            loss, metrics, rest, grads = core.grads({}, state.params, state.rest, batch)
-            loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), batch_axes)
-            return core.apply({}, state, loss, metrics, rest, grads)
-
-        return jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(batch_axes)),
-            out_specs=PartitionSpec(),
-            check_vma=False,
-        )(state, batch)
-
-    if cfg.train.parallel == "shard_map":
-        sharded = [a for a in ("fsdp", "tensor") if mesh.shape[a] > 1]
-        if sharded:
-            raise ConfigError(
-                "train.parallel=shard_map is pure data parallelism; set "
-                f"{', '.join(f'mesh.{a}=1' for a in sharded)} or use train.parallel=jit"
-            )
-        step_fn = shard_map_step
-    else:
-        step_fn = jit_step
+    step_fn, manual = _step_fn(core, cfg, mesh)
 
     def eval_fn(state: TrainState, batch: dict) -> Metrics:
-        return core.eval({}, state, batch)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # see jit_step
+            return core.eval({}, state, batch)
 
     train_step = jax.jit(
         step_fn,
@@ -328,9 +301,49 @@ def _run_program(
             reference_fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None)
         ),
         eval_step=jax.jit(eval_fn, in_shardings=(state_sharding, batch_sharding)),
-        manual=step_fn is shard_map_step,
+        manual=manual,
         grad_accum=cfg.train.grad_accum,
     )
+
+
+def _step_fn(core: _Core, cfg: Config, mesh: Mesh) -> tuple[Callable, bool]:
+    """The train step before ``jit``, and whether it is manual: the gradient step as XLA partitions it
+    (``train.parallel=jit``), or one ``shard_map`` that averages per-device gradients (``shard_map``)."""
+    rules = cfg.mesh.rules
+
+    def jit_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        # The mesh in context: a model may split work over a mesh axis itself (a shard_map over the
+        # axis that model.partition names, e.g. a graph's edges), inside the step XLA partitions.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return core.apply({}, state, *core.grads({}, state.params, state.rest, batch))
+
+    batch_axes = tuple(a for a in rules.get("batch", []) if a in mesh.shape)
+
+    def shard_map_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        def local(state, batch):
+            loss, metrics, rest, grads = core.grads({}, state.params, state.rest, batch)
+            loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), batch_axes)
+            return core.apply({}, state, loss, metrics, rest, grads)
+
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(batch_axes)),
+            out_specs=PartitionSpec(),
+            check_vma=False,
+        )(state, batch)
+
+    if cfg.train.parallel == "shard_map":
+        sharded = [a for a in ("fsdp", "tensor") if mesh.shape[a] > 1]
+        if sharded:
+            raise ConfigError(
+                "train.parallel=shard_map is pure data parallelism; set "
+                f"{', '.join(f'mesh.{a}=1' for a in sharded)} or use train.parallel=jit"
+            )
+        step_fn = shard_map_step
+    else:
+        step_fn = jit_step
+    return step_fn, step_fn is shard_map_step
 
 
 def _trial_program(
