@@ -106,7 +106,8 @@ class Ensemble(nnx.Module):
             k_prior, k_pick = jax.random.split(key)
             theta = self.task.prior_sample(k_prior, m)
             w = self.log_ratio(theta, jnp.broadcast_to(xb, (m, xb.shape[-1])))
-            return theta[jax.random.categorical(k_pick, w, shape=(n,))]
+            # choice by the cumulative weights: categorical(shape=(n,)) would draw n x m Gumbel numbers
+            return theta[jax.random.choice(k_pick, m, (n,), p=jax.nn.softmax(w))]
 
         return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
 

@@ -34,13 +34,14 @@ from smilejax.inputs.stored_simulations import StoredSimulationsConfig
 from smilejax import config, trained, trainer
 from smilejax.config import Config
 
-from . import evaluation, tasks
+from . import evaluation, posterior, tasks
 
 log = logging.getLogger(__name__)
 
 QUANTILE = 1e-4  # TSNPE's truncation: the region holding 1 - 1e-4 of the posterior's mass
 THRESHOLD_SAMPLES = 10_000  # posterior draws whose log q set the threshold
 PROPOSALS = 65_536  # prior draws per rejection pass
+NRE_PASSES = 16  # batches of ``THRESHOLD_SAMPLES`` prior draws weighting a ratio estimator's quantile
 MIN_ACCEPTANCE = 1e-4  # below it, the rejection would take too long: fail with the numbers
 
 
@@ -60,12 +61,31 @@ class Round:
 def threshold(
     model, x_o: np.ndarray, key: jax.Array, *, quantile: float = QUANTILE, samples: int = THRESHOLD_SAMPLES
 ) -> float:
-    """The ``quantile`` quantile of log q(theta | x_o) over ``samples`` draws of q(. | x_o)."""
-    draw, density = evaluation.sampler(model)
-    theta = draw(x_o[None], samples, key)[0]
-    log_q = density(theta, np.repeat(x_o[None], samples, axis=0))
-    log_q = log_q[np.isfinite(log_q)]
-    return float(np.quantile(log_q, quantile))
+    """The ``quantile`` quantile of log q(theta | x_o) under q(. | x_o): over ``samples`` draws of an NPE's
+    flow; for a ratio estimator, over prior draws weighted by the ratio (what its importance resampling
+    would draw, without drawing)."""
+    _, density = evaluation.sampler(model)
+    x_rep = np.repeat(x_o[None], samples, axis=0)
+    if posterior.is_npe(model):
+        draw, _ = evaluation.sampler(model)
+        log_q = density(draw(x_o[None], samples, key)[0], x_rep)
+        return float(np.quantile(log_q[np.isfinite(log_q)], quantile))
+    task = tasks.get(model.task_name)
+    log_q, log_w = [], []
+    for k in jax.random.split(key, NRE_PASSES):
+        theta = np.asarray(task.prior_sample(k, samples), np.float32)
+        lq = density(theta, x_rep)
+        log_q.append(lq)
+        log_w.append(lq - np.asarray(task.log_prior(theta)) if task.log_prior is not None else lq)
+    return _weighted_quantile(np.concatenate(log_q), np.concatenate(log_w), quantile)
+
+
+def _weighted_quantile(values: np.ndarray, log_w: np.ndarray, q: float) -> float:
+    ok = np.isfinite(values) & np.isfinite(log_w)
+    values, w = values[ok], np.exp(log_w[ok] - log_w[ok].max())
+    order = np.argsort(values)
+    cdf = np.cumsum(w[order]) / w.sum()
+    return float(values[order][np.searchsorted(cdf, q)])
 
 
 def truncated_prior(
