@@ -164,7 +164,7 @@ class LayerNorm(nnx.Module):
         return y.astype(out_dtype)
 
 
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+def dropout_or_none(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
     # No dropout module (and no RNG state in the model) unless it is used.
     return nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
 
@@ -361,7 +361,7 @@ class SelfAttention(nnx.Module):
         self.out_bias = nnx.Param(
             out_bias_init(rngs.params() if bias_init != "zeros" else None, (embed,), F32)
         )
-        self.dropout = _dropout(dropout, rngs)
+        self.dropout = dropout_or_none(dropout, rngs)
 
     @jax.named_scope("attention")
     def __call__(self, x: jax.Array, valid: jax.Array, queries: jax.Array | None = None) -> jax.Array:
@@ -406,7 +406,7 @@ class FeedForward(nnx.Module):
         self.up = Dense(embed, hidden, in_axis="embed", out_axis="mlp", **dense)
         self.down = Dense(hidden, embed, in_axis="mlp", out_axis="embed", **dense)
         self.act = activation_fn(activation)
-        self.dropout = _dropout(dropout, rngs)
+        self.dropout = dropout_or_none(dropout, rngs)
 
     @jax.named_scope("feed_forward")
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -593,7 +593,7 @@ class MLP(nnx.Module):
         self.activation = activation
         self.act = activation_fn(activation)
         self.final_act = activation_fn(final_activation) if final_activation else None
-        self.dropout = _dropout(dropout, rngs)
+        self.dropout = dropout_or_none(dropout, rngs)
 
     def _drop(self, x: jax.Array) -> jax.Array:
         return self.dropout(x) if self.dropout is not None else x

@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..layers import F32, Axis, Dense, LayerNorm, SelfAttention, _dropout, check_attention_config
+from ..layers import F32, Axis, Dense, LayerNorm, SelfAttention, check_attention_config, dropout_or_none
 
 CLASS_LABELS = (0, 211, 130, 22, 11, 13)  # particleflow's CLIC classes (PDG ids, 0 = no particle)
 MOMENTUM = ("pt", "eta", "sin_phi", "cos_phi", "energy")  # order of ``momentum`` and ytarget[..., 2:7]
@@ -210,7 +210,7 @@ class FFN(nnx.Module):
         self.norm = LayerNorm(width, affine=True, axis="mlp", dtype=dtype)
         self.lin1 = Dense(width, out_dim, in_axis="mlp", out_axis=out_axis, rngs=rngs, dtype=dtype)
         self.act = _ACTIVATIONS[activation]
-        self.dropout = _dropout(dropout, rngs)
+        self.dropout = dropout_or_none(dropout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.norm(self.act(self.lin0(x)))
@@ -240,7 +240,7 @@ class AttentionLayer(nnx.Module):
         self.seq0 = Dense(e, e, in_axis="embed", out_axis="mlp", rngs=rngs, dtype=dtype)
         self.seq2 = Dense(e, e, in_axis="mlp", out_axis="embed", rngs=rngs, dtype=dtype)
         self.act = _ACTIVATIONS[cfg.activation]
-        self.dropout = _dropout(dropout_ff, rngs)
+        self.dropout = dropout_or_none(dropout_ff, rngs)
 
     def __call__(self, x: jax.Array, valid: jax.Array, queries: jax.Array | None = None) -> jax.Array:
         x = x + self.mha(self.norm0(x), valid, queries=queries)
