@@ -79,6 +79,12 @@ def test_second_round_is_narrower_covers_the_truth_and_holds_c2st(runs):
     assert score_two <= score_one + 0.05, (score_two, score_one)
 
 
+def test_refuses_an_earlier_sequence(runs):
+    base, _, _ = runs
+    with pytest.raises(ValueError, match="earlier sequence"):
+        sequential.run(config.load("npe-two-moons", OVERRIDES), 2, 10, OBSERVATION, out=base / "two")
+
+
 def test_command_line_help():
     from smilejax import cli
 

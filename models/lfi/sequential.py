@@ -164,6 +164,8 @@ def run(
         raise ValueError(f"observation {observation}: {task.name} has 1..{task.num_observations}")
     x_o = np.asarray(task.observation(observation), np.float32)
     out = Path(out)
+    if any(out.glob("round-*/checkpoints")):  # a round's run would resume another sequence's training
+        raise ValueError(f"{out} holds the rounds of an earlier sequence; give another --out")
     key = jax.random.key(seed)
     theta_all, x_all, done = (
         np.zeros((0, task.theta_dim), np.float32),
