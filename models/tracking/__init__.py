@@ -7,8 +7,8 @@ trackml-synthetic|trackml-pythia``, see ``makers``).
 
 from __future__ import annotations
 
-from ..spec import Evaluation, ModelSpec, Option
-from . import embedding, gnn, synthetic
+from ..spec import Bench, Evaluation, ModelSpec, Option
+from . import embedding, features, gnn, synthetic
 from .embedding import Embedding, EmbeddingConfig, radius_graph
 from .gnn import IGN, IGNConfig, interaction_step
 
@@ -69,6 +69,8 @@ SPEC = ModelSpec(
     evaluation=EVALUATION,
     synthetic_labels=synthetic.ign_labels,
     element_axes={"hits": 1, "hit_mask": 1},
+    # bench train's PyTorch Geometric peer (.pyg-ref, make reference), on the same synthetic graphs
+    bench=Bench(length_field="max_edges", torch_peer=features.PEER, torch_config=features.torch_config),
 )
 
 
