@@ -31,7 +31,6 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def trained_ensemble(tmp_path_factory):
-    pytest.importorskip("sbibm_jax")
     cfg = config.load("npe-two-moons", OVERRIDES)
     out = tmp_path_factory.mktemp("ensemble")
     records: list[str] = []

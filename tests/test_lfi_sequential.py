@@ -31,7 +31,6 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    pytest.importorskip("sbibm_jax")
     cfg = config.load("npe-two-moons", OVERRIDES)
     base = tmp_path_factory.mktemp("sequential")
     two = sequential.run(cfg, 2, 1000, OBSERVATION, out=base / "two")

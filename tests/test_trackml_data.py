@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import importlib.util
 import os
 import shutil
 
@@ -281,7 +280,6 @@ def test_data_make_through_the_cli(tmp_path):
     assert len(tcsv.read_event(out, "event000001001")["hits"]) > 50
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pythia8mc") is None, reason="needs pythia8mc")
 def test_pythia_events_with_pileup(tmp_path, capfd):
     info = make_events.make(tmp_path, 1, pileup=3, seed=1, kind="pythia", workers=1, progress=False)
     print("stdout still works")  # one worker runs in this process: Pythia's banner is silenced only there
