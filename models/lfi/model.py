@@ -145,23 +145,46 @@ class NPE(_Estimator):
 
     def sample_keys(self, x: jax.Array, n: int, keys: jax.Array) -> jax.Array:
         """``n`` draws per observation [B, n, theta_dim], row b from its own key ``keys[b]``."""
-        ctx = jnp.repeat(self.context(x), n, axis=0)  # [B*n, C], row-major: observation b's n draws
         noise = jax.vmap(lambda k: jax.random.normal(k, (n, self.theta_dim)))(keys)
-        z = self.flow.inverse(noise.reshape(-1, self.theta_dim), ctx)[0]
-        theta = z * self.theta_scale[...] + self.theta_loc[...]
-        return theta.reshape(x.shape[0], n, self.theta_dim)
+        return self.sample_noise(x, noise)
 
     def sample(self, x: jax.Array, n: int, key: jax.Array) -> jax.Array:
         return self.sample_keys(x, n, jax.random.split(key, x.shape[0]))
 
+    def sample_noise(self, x: jax.Array, noise: jax.Array) -> jax.Array:
+        """The flow's draws [B, n, theta_dim] from standard-normal ``noise`` [B, n, theta_dim]."""
+        n = noise.shape[1]
+        ctx = jnp.repeat(self.context(x), n, axis=0)
+        z = self.flow.inverse(noise.reshape(-1, self.theta_dim), ctx)[0]
+        theta = z * self.theta_scale[...] + self.theta_loc[...]
+        return theta.reshape(x.shape[0], n, self.theta_dim)
+
     def __call__(self, x: jax.Array, theta: jax.Array, seed: jax.Array) -> dict[str, jax.Array]:
         """The served forward: ``export_samples`` posterior draws per observation (row b drawn from
-        ``seed[b]``, int32) and log q(theta | x) of the given ``theta``."""
-        keys = jax.vmap(jax.random.key)(seed.astype(jnp.uint32))
-        return {
-            "samples": self.sample_keys(x, self.export_samples, keys),
-            "log_prob": self.log_prob(theta, x),
-        }
+        ``seed[b]``, int32, whatever else shares its batch) and log q(theta | x) of the given ``theta``.
+        The noise is ``counter_normal``'s (integer ops only), so the ONNX artifact draws it too."""
+        noise = counter_normal(seed, self.export_samples, self.theta_dim)
+        return {"samples": self.sample_noise(x, noise), "log_prob": self.log_prob(theta, x)}
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer hash (lowbias32: xor-shift-multiply), uint32 -> uint32."""
+    for mul in (0x7FEB352D, 0x846CA68B):
+        x = (x ^ (x >> 16)) * jnp.uint32(mul)
+    return x ^ (x >> 16)
+
+
+def counter_normal(seed: jax.Array, n: int, d: int) -> jax.Array:
+    """Standard-normal draws [B, n, d], row b a function of ``seed[b]`` alone: a counter-based generator
+    (the hash of (hash(seed), counter), 24-bit uniforms, Box-Muller) in integer and float ops that ONNX
+    has, where jax.random's keys do not convert (jax2onnx 0.17). For the served forward only; training
+    and in-process sampling use jax.random."""
+    counter = jnp.arange(2 * n * d, dtype=jnp.int32).astype(jnp.uint32)
+    bits = _mix32(_mix32(seed.astype(jnp.uint32))[:, None] + counter[None, :])
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + (0.5 / (1 << 24))  # in (0, 1)
+    u1, u2 = u[:, : n * d], u[:, n * d :]
+    z = jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
+    return z.reshape(seed.shape[0], n, d)
 
 
 class NRE(_Estimator):
@@ -193,7 +216,8 @@ class NRE(_Estimator):
             k_prior, k_pick = jax.random.split(key)
             theta = self.task.prior_sample(k_prior, m)
             w = self.log_ratio(theta, jnp.broadcast_to(xb, (m, xb.shape[-1])))
-            return theta[jax.random.categorical(k_pick, w, shape=(n,))]
+            # an index draw of size n, not categorical's [n, m] Gumbel noise (10^4 draws: 10^8 x 64 floats)
+            return theta[jax.random.choice(k_pick, m, (n,), p=jax.nn.softmax(w))]
 
         return jax.vmap(one)(jax.random.split(key, x.shape[0]), x)
 
