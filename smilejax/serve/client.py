@@ -34,6 +34,22 @@ def key_headers(protocol: str, key: str | None) -> dict[str, str] | None:
     return {header: key} if key else None
 
 
+def _grpc_channel_args(triton) -> list[tuple[str, int]]:
+    """tritonclient's default channel options, and a subchannel of this client's own: gRPC otherwise
+    shares one connection per address across clients, so a new client made to retry a lost connection
+    inherits that connection's reconnect backoff (1 s, growing by 1.6x) instead of connecting now."""
+    keepalive = triton.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 class InferenceError(RuntimeError):
     """The server refused or failed a request; the message is the server's."""
 
@@ -80,6 +96,7 @@ class Client:
                 root_certificates=tls_root,
                 private_key=tls_key,
                 certificate_chain=tls_cert,
+                channel_args=_grpc_channel_args(self._triton),
             )
             self._timeout = {"client_timeout": timeout_s}
         else:
