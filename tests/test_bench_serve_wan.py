@@ -41,7 +41,8 @@ def test_namespace_pair_is_made_and_removed_also_after_an_exception(root):
         addr = subprocess.run(["ip", "-n", pair.server, "-o", "addr", "show", "dev", pair.server_dev],
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert f"{pair.server_addr}/30" in addr
-        assert pair.call_in("client", lambda: socket.create_connection) is socket.create_connection
+        here = netem.os.readlink("/proc/thread-self/ns/net")  # call_in runs fn inside the namespace
+        assert pair.call_in("client", netem.os.readlink, "/proc/thread-self/ns/net") != here
     assert leftovers(pair) == []
     with pytest.raises(ZeroDivisionError), netem.NamespacePair() as failed:
         _ = 1 / 0
