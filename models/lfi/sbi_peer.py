@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+from smilejax.models.reference_env import find_python
 
 ENV_VAR = "SMILEJAX_SBI_REF"
 ENV_DIR = ".sbi-ref"
@@ -27,20 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository, in a source checko
 def python(explicit: str | None = None) -> Path:
     """The sbi interpreter: ``explicit`` (``--torch-python``), else ``$SMILEJAX_SBI_REF/bin/python``, else
     ``.sbi-ref/bin/python`` in the repository or the current directory."""
-    if explicit:
-        found = shutil.which(explicit) or explicit
-        if not Path(found).exists():
-            raise SystemExit(f"--torch-python {explicit}: no such interpreter")
-        return Path(found)
-    env = os.environ.get(ENV_VAR)
-    places = [Path(env)] if env else list(dict.fromkeys([ROOT / ENV_DIR, Path.cwd() / ENV_DIR]))
-    for place in places:
-        if (place / "bin" / "python").exists():
-            return place / "bin" / "python"
-    where = f"{ENV_VAR}={env}" if env else " or ".join(str(p) for p in places)
-    raise SystemExit(
-        f"the sbi reference environment is missing (looked for bin/python in {where}): create it with "
-        f"`{INSTALL}` (Python 3.11, sbi 0.27.0), point {ENV_VAR} at it, or run smilejax alone with --no-sbi"
+    return find_python(
+        explicit,
+        env_var=ENV_VAR,
+        env_dir=ENV_DIR,
+        root=ROOT,
+        name="sbi",
+        install=INSTALL,
+        requires="Python 3.11, sbi 0.27.0",
+        alone="run smilejax alone with --no-sbi",
     )
 
 

@@ -12,9 +12,10 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from smilejax.models.reference_env import find_python
 
 from smilejax.config import Config
 
@@ -38,21 +39,17 @@ _PARTICLEFLOW_FIXED = {
 def python(explicit: str | None) -> Path:
     """The reference interpreter: ``--torch-python``, else ``$SMILEJAX_MLPF_REF/bin/python``, else
     ``.mlpf-ref/bin/python`` in the repository or the current directory."""
-    if explicit:
-        found = shutil.which(explicit) or explicit
-        if not Path(found).exists():
-            raise SystemExit(f"--torch-python {explicit}: no such interpreter")
-        return Path(found)
-    env = os.environ.get(ENV_VAR)
-    places = [Path(env)] if env else list(dict.fromkeys([ROOT / ENV_DIR, Path.cwd() / ENV_DIR]))
-    for place in places:
-        if (place / "bin" / "python").exists():
-            return place / "bin" / "python"
-    where = f"{ENV_VAR}={env}" if env else " or ".join(str(p) for p in places)
-    raise SystemExit(
-        f"the particleflow reference environment is missing (looked for bin/python in {where}): create it "
-        f"with `{INSTALL}` (Python 3.11, particleflow 3.1.0; on a GPU machine set MLPF_REF_TORCH to a CUDA "
-        f"build of torch), point {ENV_VAR} at it, or time JAX alone with --impls jax"
+    return find_python(
+        explicit,
+        env_var=ENV_VAR,
+        env_dir=ENV_DIR,
+        root=ROOT,
+        name="particleflow",
+        install=INSTALL,
+        requires=(
+            "Python 3.11, particleflow 3.1.0; on a GPU machine set MLPF_REF_TORCH to a CUDA build of torch"
+        ),
+        alone="time JAX alone with --impls jax",
     )
 
 
