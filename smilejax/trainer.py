@@ -149,10 +149,13 @@ def check_batch(cfg: Config, mesh) -> None:
 def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[dict], cfg: Config) -> dict:
     """Mean eval values over the next ``run.eval_steps`` batches (``Evaluation`` makes them the same ones
     each time)."""
+    outs = [
+        program.eval_step(state, to_global(program.eval_batch_sharding, next(batches)))
+        for _ in range(cfg.run.eval_steps)
+    ]
     sums: dict[str, np.ndarray] = {}
-    for _ in range(cfg.run.eval_steps):
-        out = program.eval_step(state, to_global(program.eval_batch_sharding, next(batches)))
-        for k, v in jax.device_get(out).items():  # one value per trial in a program of trials
+    for out in jax.device_get(outs):  # one fetch, after the steps ran back to back
+        for k, v in out.items():  # one value per trial in a program of trials
             sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
     means = {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
     return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}

@@ -82,14 +82,13 @@ def missing_metric(run_dir: Path, metric: str) -> ConfigError:
 class Pruning(Callback):
     """Every ``every`` steps, each trial's value of ``metric`` logged at that step goes to its ``report``
     (kept in ``history``); an answer of True prunes the trial (``pruned``: its step). At a step budget
-    ``stop_at`` the loop halts (``budget_step``), its trials complete."""
+    ``stop_at`` the loop halts, its trials complete."""
 
     def __init__(self, metric: str, every: int, reports: list[Report | None], stop_at: int | None = None):
         self.metric, self.every, self.reports, self.stop_at = metric, every, reports, stop_at
         self.logged: list[dict[int, float]] = [{} for _ in reports]
         self.history: list[list[tuple[int, float]]] = [[] for _ in reports]
         self.pruned: dict[int, int] = {}
-        self.budget_step: int | None = None
 
     def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
         if self.metric in values:
@@ -108,7 +107,6 @@ class Pruning(Callback):
                 self.pruned[trial] = step
                 loop.end_trial(trial, "pruned", step)
         if self.stop_at is not None and step >= self.stop_at:
-            self.budget_step = step
             loop.halt()
 
 
