@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from smilejax.inputs.cache import cache_root
+from smilejax.inputs.ftag_h5.config import GN2_TRACK_VARS
 
 VERSION = 1
 MAX_TRACKS = 40
@@ -56,30 +57,11 @@ JET_DTYPE = np.dtype(
         ("eventNumber", "i8"),
     ]
 )
-TRACK_FLOATS = (
-    "d0",
-    "z0SinTheta",
-    "dphi",
-    "deta",
-    "qOverP",
-    "IP3D_signed_d0_significance",
-    "IP3D_signed_z0_significance",
-    "phiUncertainty",
-    "thetaUncertainty",
-    "qOverPUncertainty",
-    "pt",
-    "eta",
-)
+# GN2's track inputs (the format's list): its hit counts are stored as integers, the rest as floats; the
+# file also has the tracks' pt and eta and the hole counts
+TRACK_FLOATS = (*(n for n in GN2_TRACK_VARS if not n.startswith("numberOf")), "pt", "eta")
 TRACK_COUNTS = (
-    "numberOfPixelHits",
-    "numberOfSCTHits",
-    "numberOfInnermostPixelLayerHits",
-    "numberOfNextToInnermostPixelLayerHits",
-    "numberOfInnermostPixelLayerSharedHits",
-    "numberOfInnermostPixelLayerSplitHits",
-    "numberOfPixelSharedHits",
-    "numberOfPixelSplitHits",
-    "numberOfSCTSharedHits",
+    *(n for n in GN2_TRACK_VARS if n.startswith("numberOf")),
     "numberOfPixelHoles",
     "numberOfSCTHoles",
 )
