@@ -83,18 +83,10 @@ def build_pipeline(source, cfg: SimulationsConfig, *, seed, process_index, proce
     hashed seeds need none)."""
     shuffle = cfg.shuffle if shuffle is None else shuffle
     order = _Sequential(len(source)) if getattr(source, "endless", False) else None
-    return pipeline.batched(
-        source,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        shuffle=shuffle,
-        read_threads=cfg.read_threads,
-        prefetch=cfg.prefetch,
-        workers=cfg.workers,
-        order=order,
+    options = pipeline.config_options(
+        cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
+    return pipeline.batched(source, order=order, **options)
 
 
 SPEC = DatasetSpec(name="simulations", config=SimulationsConfig, source=SeedSource, pipeline=build_pipeline)

@@ -328,15 +328,8 @@ def from_config(
     """Batches padded to a level each (a few compiled shapes); see ``TrackmlConfig``."""
     shuffle = cfg.shuffle if shuffle is None else shuffle
     levels = tuple(range(1, len(cfg.node_widths) + 1))
-    options = dict(
-        batch_size=cfg.batch_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        shuffle=shuffle,
-        read_threads=cfg.read_threads,
-        prefetch=cfg.prefetch,
-        workers=cfg.workers,
+    options = pipeline.config_options(
+        cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
     if not cfg.node_budget:
         return pipeline.batched(src, buckets=pipeline.Buckets(levels, src.levels), **options)
