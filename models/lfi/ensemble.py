@@ -115,11 +115,18 @@ class Ensemble(nnx.Module):
         """The served forward, as a single estimator's (NPE: samples and log_prob; NRE: log_ratio)."""
         if not self.is_flow:
             return {"log_ratio": self.log_ratio(theta, x)}
-        keys = jax.vmap(jax.random.key)(seed.astype(jnp.uint32))
-        return {
-            "samples": self.sample_keys(x, self.export_samples, keys),
-            "log_prob": self.log_prob(theta, x),
-        }
+        # the single estimator's ONNX-convertible noise (lfimodel.counter_normal), a stream per member
+        n = self.export_samples
+        draws = jnp.stack(
+            [
+                m.sample_noise(x, lfimodel.counter_normal(seed, n, m.theta_dim, stream=i))
+                for i, m in enumerate(self.members)
+            ]
+        )  # [K, B, n, d]
+        u = lfimodel.counter_uniform(seed, n, stream=self.k)  # the stream after the members'
+        pick = jnp.minimum((u * self.k).astype(jnp.int32), self.k - 1)
+        samples = jnp.take_along_axis(draws, pick[None, :, :, None], axis=0)[0]
+        return {"samples": samples, "log_prob": self.log_prob(theta, x)}
 
 
 # ---------------------------------------------------------------- the saved ensemble as a model

@@ -174,14 +174,20 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def counter_normal(seed: jax.Array, n: int, d: int) -> jax.Array:
-    """Standard-normal draws [B, n, d], row b a function of ``seed[b]`` alone: a counter-based generator
-    (the hash of (hash(seed), counter), 24-bit uniforms, Box-Muller) in integer and float ops that ONNX
-    has, where jax.random's keys do not convert (jax2onnx 0.17). For the served forward only; training
-    and in-process sampling use jax.random."""
-    counter = jnp.arange(2 * n * d, dtype=jnp.int32).astype(jnp.uint32)
-    bits = _mix32(_mix32(seed.astype(jnp.uint32))[:, None] + counter[None, :])
-    u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + (0.5 / (1 << 24))  # in (0, 1)
+def counter_uniform(seed: jax.Array, count: int, stream: int = 0) -> jax.Array:
+    """Uniforms in (0, 1) [B, count], row b a function of ``seed[b]`` and ``stream`` alone: a counter-based
+    generator (a hash of the hashed seed and the hashed counter, so no two seeds share a shifted
+    stream; 24-bit uniforms) in integer and float ops that ONNX has, where jax.random's keys do not
+    convert (jax2onnx 0.17). For served forwards only; training and in-process sampling use jax.random."""
+    # streams apart in the counter's high byte (a row draws fewer than 2^24 numbers)
+    counter = jnp.arange(count, dtype=jnp.int32).astype(jnp.uint32) + jnp.uint32(stream << 24)
+    bits = _mix32(_mix32(seed.astype(jnp.uint32))[:, None] ^ _mix32(counter)[None, :])
+    return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24)) + (0.5 / (1 << 24))
+
+
+def counter_normal(seed: jax.Array, n: int, d: int, stream: int = 0) -> jax.Array:
+    """Standard-normal draws [B, n, d] from ``counter_uniform`` (Box-Muller)."""
+    u = counter_uniform(seed, 2 * n * d, stream)
     u1, u2 = u[:, : n * d], u[:, n * d :]
     z = jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
     return z.reshape(seed.shape[0], n, d)
