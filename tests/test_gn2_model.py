@@ -379,7 +379,7 @@ def test_attention_implementations_agree_and_bad_ones_are_named():
 
 
 def test_odd_sets_are_padded_to_an_even_length_for_cudnn_without_changing_attention():
-    from smilejax.models.layers import _math_attention, pad_to_even_length
+    from smilejax.models.attention import _math_attention, pad_to_even_length
 
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 2, 8)), jnp.float32) for _ in range(3))
@@ -395,7 +395,7 @@ def test_cudnn_inputs_pass_jax_s_own_cudnn_shape_checks_at_gn2_shapes():
     """The cuDNN path cannot run off a GPU, so its inputs are checked here with the checks JAX runs
     before calling cuDNN: a shape cuDNN refuses would otherwise show only in a GPU session."""
     from jax._src.cudnn import fused_attention_stablehlo as cudnn
-    from smilejax.models.layers import _math_attention, cudnn_masked_inputs
+    from smilejax.models.attention import _math_attention, cudnn_masked_inputs
 
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(3, 41, 8, 32)), jnp.bfloat16) for _ in range(3))  # 40 + register
@@ -423,21 +423,21 @@ def test_auto_attention_picks_cudnn_where_it_can_run(monkeypatch):
     """``attention="auto"``: cuDNN when tracing for an NVIDIA GPU with bf16/fp16 compute and no attention
     dropout, else chunked (math with dropout); portable programs take chunked, the FLOP-counting
     reference math."""
-    from smilejax.models import kernel_mode, layers
+    from smilejax.models import attention, kernel_mode
 
     chosen = []
     for name in ("_chunked_attention", "_math_attention"):  # recorded, then run
-        real = getattr(layers, name)
-        monkeypatch.setattr(layers, name, lambda *a, _n=name, _f=real: chosen.append(_n) or _f(*a))
+        real = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda *a, _n=name, _f=real: chosen.append(_n) or _f(*a))
     # recorded only: cuDNN cannot run on this CPU
-    monkeypatch.setattr(layers, "_cudnn_attention", lambda *a: chosen.append("_cudnn_attention") or a[0])
+    monkeypatch.setattr(attention, "_cudnn_attention", lambda *a: chosen.append("_cudnn_attention") or a[0])
     q = jnp.ones((2, 6, 2, 8), jnp.bfloat16)
     valid = jnp.ones((2, 6), bool)
 
     def pick(dtype=jnp.bfloat16, dropout=None) -> str:
         chosen.clear()
         x = q.astype(dtype)
-        layers.dot_product_attention(x, x, x, valid, implementation="auto", dropout=dropout)
+        attention.dot_product_attention(x, x, x, valid, implementation="auto", dropout=dropout)
         return chosen[0]
 
     assert pick() == "_chunked_attention"  # this CPU

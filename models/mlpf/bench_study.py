@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from smilejax.models.layers import ATTENTION_IMPLEMENTATIONS, resolve_attention
+from smilejax.models.attention import ATTENTION_IMPLEMENTATIONS, resolve_attention
 
 from smilejax.bench import common
 from smilejax.config import Config, ConfigError
