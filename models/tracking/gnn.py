@@ -19,10 +19,11 @@ style) gives each iteration its own.
 
 Graphs are padded (``edge_mask``, ``hit_mask``): padded edges contribute nothing to the sums, so the
 scores of real edges do not depend on the padding. Message passing is ``jax.ops.segment_sum`` over the
-edge list of one graph; ``interaction_step`` is a pure per-graph function with a ``reduce`` hook for
-the node sums (``lax.psum`` over an edge-sharded mesh axis in graph-partitioned training), and the
-batch of events is ``jax.vmap``-ed over it. ``remat: true`` rematerialises each iteration in the
-backward pass (activation memory of one iteration instead of eight).
+edge list of one graph; ``interaction_step`` is a pure per-graph function with ``reduce`` and ``gather``
+hooks for the node exchange of graph-partitioned training (``partitioned`` passes its ``shard_map``
+collectives and reuses the same step), and the batch of events is ``jax.vmap``-ed over it.
+``remat: true`` rematerialises each iteration in the backward pass (activation memory of one
+iteration instead of eight).
 ``partition: AXIS`` splits each graph's edges over that mesh axis (``partitioned``, the mesh in
 context), with ``partition_nodes`` replicated or sharded.
 
@@ -42,7 +43,8 @@ from flax import nnx
 
 from ..layers import F32, Dense, LayerNorm, activation_fn
 
-Reduce = Callable[[jax.Array], jax.Array]
+Reduce = Callable[[jax.Array], jax.Array]  # node sums of edge shards -> combined
+Gather = Callable[[jax.Array], jax.Array]  # this device's nodes -> all nodes
 
 
 @dataclasses.dataclass
@@ -139,29 +141,37 @@ def interaction_step(
     receivers: jax.Array,
     mask: jax.Array,
     reduce: Reduce | None = None,
+    gather: Gather | None = None,
+    n_nodes: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One residual iteration on one graph: nodes [N, H], edges [E, H], senders/receivers [E], mask [E].
 
-    ``reduce`` combines the node sums of edge shards (e.g. ``lambda a: lax.psum(a, "edges")`` when the
-    edges are split over devices and every device holds all nodes); None: this graph's edges only.
+    Hooks for a graph whose edges are split over devices (``partitioned``): ``reduce`` combines the
+    node sums of the edge shards (``lax.psum`` when every device holds all nodes, ``lax.psum_scatter``
+    when each holds a slice); ``gather`` gives all ``n_nodes`` nodes the edges index from this device's
+    ``nodes`` (``lax.all_gather`` of the slices). None: one device, this graph's edges and nodes.
+    Returns this device's nodes and its edges.
     """
-    agg = aggregate(edges, senders, receivers, mask, nodes.shape[0])
+    agg = aggregate(edges, senders, receivers, mask, n_nodes or nodes.shape[0])
     if reduce is not None:
         agg = reduce(agg)
     new_nodes = nodes + block.node_net(jnp.concatenate([nodes, agg.astype(nodes.dtype)], -1))
-    pair = jnp.concatenate([new_nodes[senders], new_nodes[receivers], edges], -1)
+    every = gather(new_nodes) if gather is not None else new_nodes
+    pair = jnp.concatenate([every[senders], every[receivers], edges], -1)
     return new_nodes, edges + block.edge_net(pair)
 
 
 def pure_step(block: Interaction, remat: bool = False):
-    """``interaction_step`` as ``fn(state, nodes, edges, senders, receivers, mask, reduce=None)`` over the
-    block's ``nnx.State`` (for ``jax.jit`` / ``shard_map``); ``remat`` checkpoints it."""
+    """``interaction_step`` as ``fn(state, nodes, edges, senders, receivers, mask, reduce=None,
+    gather=None, n_nodes=None)`` over the block's ``nnx.State`` (for ``jax.jit`` / ``shard_map``);
+    ``remat`` checkpoints it."""
     graphdef, _ = nnx.split(block)
 
-    def fn(state, nodes, edges, senders, receivers, mask, reduce=None):
-        return interaction_step(nnx.merge(graphdef, state), nodes, edges, senders, receivers, mask, reduce)
+    def fn(state, nodes, edges, senders, receivers, mask, reduce=None, gather=None, n_nodes=None):
+        block = nnx.merge(graphdef, state)
+        return interaction_step(block, nodes, edges, senders, receivers, mask, reduce, gather, n_nodes)
 
-    return jax.checkpoint(fn, static_argnums=(6,)) if remat else fn
+    return jax.checkpoint(fn, static_argnums=(6, 7, 8)) if remat else fn
 
 
 class IGN(nnx.Module):
@@ -177,17 +187,27 @@ class IGN(nnx.Module):
         self.classifier = AcornMLP([3 * h] + [h] * (cfg.classifier_layers - 1) + [1], final=False, **kw)
 
     def graph(
-        self, hits: jax.Array, edges: jax.Array, edge_mask: jax.Array, reduce: Reduce | None = None
+        self,
+        hits: jax.Array,
+        edges: jax.Array,
+        edge_mask: jax.Array,
+        reduce: Reduce | None = None,
+        gather: Gather | None = None,
     ) -> jax.Array:
-        """Edge logits [E] of one graph (hits [N, F], edges [E, 2], edge_mask [E])."""
+        """Edge logits [E] of one graph (hits [N, F], edges [E, 2], edge_mask [E]); ``reduce`` and
+        ``gather``: ``interaction_step``'s hooks (with ``gather``, ``hits`` are this device's nodes)."""
         s, r = edges[:, 0], edges[:, 1]
+        every = gather if gather is not None else (lambda a: a)
         x = self.node_encoder(hits.astype(self.dtype))
-        e = self.edge_encoder(jnp.concatenate([x[s], x[r]], -1))
+        x_all = every(x)
+        e = self.edge_encoder(jnp.concatenate([x_all[s], x_all[r]], -1))
         states = [nnx.split(b)[1] for b in self.blocks]
         step = pure_step(self.blocks[0], self.cfg.remat)
+        n = x_all.shape[0]
         for i in range(self.cfg.n_graph_iters):
-            x, e = step(states[i % len(states)], x, e, s, r, edge_mask, reduce)
-        logit = self.classifier(jnp.concatenate([x[s], x[r], e], -1))[:, 0]
+            x, e = step(states[i % len(states)], x, e, s, r, edge_mask, reduce, gather, n)
+        x_all = every(x)
+        logit = self.classifier(jnp.concatenate([x_all[s], x_all[r], e], -1))[:, 0]
         return jnp.where(edge_mask, logit.astype(F32), 0.0)
 
     def __call__(self, hits, hit_mask, edges, edge_mask) -> dict[str, jax.Array]:

@@ -14,8 +14,9 @@ collectives complete the aggregation:
     device the updated nodes its edges read. Same bytes on the wire as the all-reduce (a reduce-scatter
     plus an all-gather), node work and node-network activations divided by ``k``.
 
-The replicated form is ``gnn.interaction_step`` with its ``reduce`` hook, so both forms compute what
-``IGN.graph`` computes on one device, up to the order of floating-point sums (tests compare scores and
+Both forms are ``IGN.graph`` and ``gnn.interaction_step`` with these collectives as their ``reduce`` and
+``gather`` hooks, so they compute what ``IGN.graph`` computes on one device, up to the order of
+floating-point sums (tests compare scores and
 gradients on 8 CPU devices against 1). Parameters stay replicated; their gradients come back summed
 over the axis by ``shard_map``'s transpose. The batch axis stays under ``jit``'s automatic sharding
 (the shard_map is manual over the partition axis only), so data parallelism composes with it.
@@ -33,11 +34,9 @@ from flax import nnx
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from ..layers import F32
 from .gnn import IGN
 
-Nodes = Literal["replicated", "sharded"]
-NODES = ("replicated", "sharded")
+Nodes = Literal["replicated", "sharded"]  # checked by IGNConfig (model.partition_nodes)
 
 
 def mesh_for(axis: str, mesh=None):
@@ -61,41 +60,6 @@ def _pad(x: jax.Array, axis: int, multiple: int) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _sharded_graph(model: IGN, hits: jax.Array, edges: jax.Array, mask: jax.Array, axis: str) -> jax.Array:
-    """Edge logits of this device's edges; ``hits``: this device's node slice [N/k, F]."""
-    cfg = model.cfg
-    gather = lambda a: lax.all_gather(a, axis, axis=0, tiled=True)  # noqa: E731
-    s, r = edges[:, 0], edges[:, 1]
-    x_own = model.node_encoder(hits.astype(model.dtype))
-    x = gather(x_own)
-    e = model.edge_encoder(jnp.concatenate([x[s], x[r]], -1))
-    graphdef = nnx.split(model.blocks[0])[0]
-    states = [nnx.split(b)[1] for b in model.blocks]
-
-    def step(state, x_own, x, e):
-        block = nnx.merge(graphdef, state)
-        m = jnp.where(mask[:, None], e, 0)
-        agg = jnp.concatenate(
-            [
-                jax.ops.segment_sum(m, r, num_segments=x.shape[0]),
-                jax.ops.segment_sum(m, s, num_segments=x.shape[0]),
-            ],
-            -1,
-        )
-        agg = lax.psum_scatter(agg, axis, scatter_dimension=0, tiled=True)
-        x_own = x_own + block.node_net(jnp.concatenate([x_own, agg.astype(x_own.dtype)], -1))
-        x = gather(x_own)
-        e = e + block.edge_net(jnp.concatenate([x[s], x[r], e], -1))
-        return x_own, x, e
-
-    if cfg.remat:
-        step = jax.checkpoint(step)
-    for i in range(cfg.n_graph_iters):
-        x_own, x, e = step(states[i % len(states)], x_own, x, e)
-    logit = model.classifier(jnp.concatenate([x[s], x[r], e], -1))[:, 0]
-    return jnp.where(mask, logit.astype(F32), 0.0)
-
-
 def forward(
     model: IGN,
     hits: jax.Array,
@@ -112,8 +76,6 @@ def forward(
     hits [B, N, F], hit_mask [B, N], edges [B, E, 2], edge_mask [B, E]; any N and E (padded here to
     multiples of the axis size, the padding masked out). Returns {edge_logits, edge_scores} [B, E].
     """
-    if nodes not in NODES:
-        raise ValueError(f"model.partition_nodes must be one of {NODES}, got {nodes!r}")
     mesh = mesh_for(axis, mesh)
     k = mesh.shape[axis]
     n_edges = edge_mask.shape[1]
@@ -122,15 +84,17 @@ def forward(
     if nodes == "sharded":
         hits = _pad(hits, 1, k)
     graphdef, state = nnx.split(model)
-    reduce = lambda a: lax.psum(a, axis)  # noqa: E731
+    # interaction_step's hooks: the node sums of this device's edges completed over the axis, and (with
+    # sharded nodes) every node the edges read gathered from the slices
+    if nodes == "sharded":
+        reduce = lambda a: lax.psum_scatter(a, axis, scatter_dimension=0, tiled=True)  # noqa: E731
+        gather = lambda a: lax.all_gather(a, axis, axis=0, tiled=True)  # noqa: E731
+    else:
+        reduce, gather = (lambda a: lax.psum(a, axis)), None
 
     def local(state, hits, edges, mask):
         m = nnx.merge(graphdef, state)
-        if nodes == "sharded":
-            one = lambda h, e, k_: _sharded_graph(m, h, e, k_, axis)  # noqa: E731
-        else:
-            one = lambda h, e, k_: m.graph(h, e, k_, reduce)  # noqa: E731
-        return jax.vmap(one)(hits, edges, mask)
+        return jax.vmap(lambda h, e, k_: m.graph(h, e, k_, reduce, gather))(hits, edges, mask)
 
     sharded = P(None, axis)
     logits = jax.shard_map(
@@ -154,5 +118,5 @@ def call(model: IGN, hits, hit_mask, edges, edge_mask) -> dict[str, jax.Array]:
         edges,
         edge_mask,
         axis=cfg.partition,
-        nodes=getattr(cfg, "partition_nodes", "replicated"),
+        nodes=cfg.partition_nodes,
     )
