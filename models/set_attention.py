@@ -1,0 +1,187 @@
+"""Softmax attention over short sets, one fused GPU kernel per pass (Pallas, Triton).
+
+GN2's sets are short (16-40 tracks and a register). Math attention (``models.layers``) stores the
+[B, heads, T, T] scores and softmax weights in float32 and reads them back in the backward pass; cuDNN
+pads odd lengths and turns the key mask into a [B, 1, T, T] bias. Both move several times the bytes of
+q, k and v (``smilejax bench roofline``, docs/PERFORMANCE.md). Here one program per (set, head) keeps
+the whole score block (T padded to a power of two, at most ``MAX_BLOCK``) in registers: the forward
+kernel reads q, k, v and writes the output; the backward kernel recomputes the weights from q and k
+(no residuals but the inputs) and writes dq, dk and dv.
+
+Masking is that of math attention, so values and gradients are equal: a query attends a key iff the
+key is valid and, for packed sets (``segment``: the set each element belongs to, one row holding
+several), both belong to the same segment. Masked scores become ``MASK_VALUE`` in float32, so a query
+with no key to attend gets uniform weights over the row (finite, unused), as in math attention.
+
+``attention`` is the function. Off a GPU the kernels run in Pallas's interpreter (same numbers, slow:
+for tests only). Both kernels are partitioned along the set axis (``pair_mlp``'s partitioning): a jit
+step sharded over devices runs each device's own sets.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from . import kernel_mode
+from .layers import MASK_VALUE
+from .pair_mlp import MIN_BLOCK, _block, _dot, _params, _split_by_set
+
+F32 = jnp.float32
+MAX_BLOCK = 128  # the [block, block] float32 scores live in registers: short sets only
+
+
+def check_supported(length: int, head_dim: int) -> None:
+    """ValueError unless the kernels can run sets of ``length`` elements with heads of ``head_dim``."""
+    if _block(length) > MAX_BLOCK:
+        raise ValueError(
+            f"attention='pallas' is for short sets: at most {MAX_BLOCK} elements (a register, packed "
+            f"jets included), got {length}; use attention='cudnn' or 'chunked'"
+        )
+    if head_dim < MIN_BLOCK or head_dim & (head_dim - 1):
+        raise ValueError(
+            f"attention='pallas' needs a head dimension (embed / heads) that is a power of two >= "
+            f"{MIN_BLOCK} (Triton's tiles), got {head_dim}"
+        )
+
+
+def _rows(block: int, length: int) -> jax.Array:
+    """[block, 1]: True for a row inside the set (the block's rows past ``length`` are out of bounds)."""
+    return jnp.arange(block)[:, None] < length
+
+
+def _load(ref, inside: jax.Array) -> jax.Array:
+    # Rows past the array's end are read masked, with undefined values: zero them (0 * NaN is NaN).
+    return jnp.where(inside, ref[...], 0).astype(ref.dtype)
+
+
+def _weights(length: int, scale: float, q, k, qg_ref, kg_ref) -> tuple[jax.Array, jax.Array]:
+    """(softmax weights [block, block] in float32, the allowed (query, key) pairs)."""
+    s = _dot(q, k, q.dtype, transpose_b=True) * scale
+    qg, kg = qg_ref[...], kg_ref[...]
+    allowed = (qg[:, None] == kg[None, :]) & (kg[None, :] >= 0)
+    s = jnp.where(allowed, s, MASK_VALUE)
+    # Keys past the set's end are no keys at all: zero weight even in a row with no allowed key.
+    s = jnp.where(jnp.arange(s.shape[1])[None, :] < length, s, -jnp.inf)
+    e = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
+    return e / jnp.sum(e, axis=1, keepdims=True), allowed
+
+
+def _forward_kernel(length: int, scale: float, q_ref, k_ref, v_ref, qg_ref, kg_ref, o_ref) -> None:
+    inside = _rows(q_ref.shape[0], length)
+    q, k, v = (_load(r, inside) for r in (q_ref, k_ref, v_ref))
+    p, _ = _weights(length, scale, q, k, qg_ref, kg_ref)
+    o_ref[...] = _dot(p, v, v.dtype).astype(o_ref.dtype)
+
+
+def _backward_kernel(length: int, scale: float, q_ref, k_ref, v_ref, do_ref, qg_ref, kg_ref, *out_refs):
+    dq_ref, dk_ref, dv_ref = out_refs
+    inside = _rows(q_ref.shape[0], length)
+    q, k, v, do = (_load(r, inside) for r in (q_ref, k_ref, v_ref, do_ref))
+    p, allowed = _weights(length, scale, q, k, qg_ref, kg_ref)
+    dt = q.dtype
+    dv_ref[...] = _dot(p, do, dt, transpose_a=True).astype(dv_ref.dtype)
+    dp = _dot(do, v, dt, transpose_b=True)
+    ds = p * (dp - jnp.sum(p * dp, axis=1, keepdims=True))
+    ds = jnp.where(allowed, ds, 0.0) * scale  # a masked score is a constant: no gradient
+    dq_ref[...] = _dot(ds, k, dt).astype(dq_ref.dtype)
+    dk_ref[...] = _dot(ds, q, dt, transpose_a=True).astype(dk_ref.dtype)
+
+
+def _specs(block: int, head_dim: int, arrays: int) -> list[pl.BlockSpec]:
+    """(set b, head h)'s [block, head_dim] rows of ``arrays`` [B, T, H, D] arrays; rows past T are masked."""
+    spec = pl.BlockSpec((None, block, None, head_dim), lambda b, h: (b, 0, h, 0))
+    return [spec] * arrays
+
+
+def _groups(block: int) -> list[pl.BlockSpec]:
+    return [pl.BlockSpec((None, block), lambda b, h: (b, 0))] * 2
+
+
+def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, outputs: int) -> list:
+    q = inputs[0]
+    batch, length, heads, head_dim = q.shape
+    block = _block(length)
+    return pl.pallas_call(
+        functools.partial(kernel, length, 1.0 / head_dim**0.5),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)] * outputs,
+        grid=(batch, heads),
+        in_specs=[*_specs(block, head_dim, len(inputs) - 2), *_groups(block)],
+        out_specs=_specs(block, head_dim, outputs),
+        compiler_params=_params(warps),
+        interpret=interpret,
+        name=name,
+    )(*inputs)
+
+
+def _forward_sets(name: str, interpret: bool, warps: int, q, k, v, qg, kg) -> jax.Array:
+    return _call(_forward_kernel, name, interpret, warps, (q, k, v, qg, kg), 1)[0]
+
+
+def _backward_sets(name: str, interpret: bool, warps: int, q, k, v, do, qg, kg) -> tuple:
+    return tuple(_call(_backward_kernel, name, interpret, warps, (q, k, v, do, qg, kg), 3))
+
+
+_forward_split = _split_by_set(_forward_sets, sets=5)
+_backward_split = _split_by_set(_backward_sets, sets=6)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(interpret: bool, q, k, v, qg, kg) -> jax.Array:
+    return _forward_split("set_attention_forward", interpret, 4, q, k, v, qg, kg)
+
+
+def _fused_fwd(interpret, q, k, v, qg, kg):
+    return _fused(interpret, q, k, v, qg, kg), (q, k, v, qg, kg)
+
+
+def _fused_bwd(interpret, residuals, do):
+    q, k, v, qg, kg = residuals
+    dq, dk, dv = _backward_split("set_attention_backward", interpret, 4, q, k, v, do.astype(q.dtype), qg, kg)
+    return dq, dk, dv, None, None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def groups(
+    valid: jax.Array | None, segment: jax.Array | None, shape: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
+    """(query group, key group) [B, T] int32: a query attends a key iff their groups are equal and the
+    key's is >= 0 (an invalid key's group is -1)."""
+    query = jnp.zeros(shape, jnp.int32) if segment is None else segment.astype(jnp.int32)
+    key = query if valid is None else jnp.where(valid, query, -1)
+    return query, key
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array | None,
+    segment: jax.Array | None = None,
+    *,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Multi-head self-attention of q over k, v, all [B, T, H, D], scale 1/sqrt(D), in q's dtype.
+
+    ``valid`` [B, T] masks keys (None: every key counts); ``segment`` [B, T] int (None: one set per
+    row) restricts each query to the keys of its own segment. ``interpret``: run Pallas's interpreter
+    (default: off a GPU).
+    """
+    if kernel_mode.portable_only():
+        raise ValueError(
+            "attention='pallas': this program asks for portable code (an export, or vectorised trials "
+            "that vmap the model); use attention='math', 'chunked' or 'auto'"
+        )
+    if not (q.shape == k.shape == v.shape):
+        shapes = f"{q.shape}, {k.shape}, {v.shape}"
+        raise ValueError(f"attention='pallas' is self-attention: q, k, v of one shape, got {shapes}")
+    check_supported(q.shape[1], q.shape[3])
+    if interpret is None:
+        interpret = not kernel_mode.nvidia_gpu()
+    qg, kg = groups(valid, segment, q.shape[:2])
+    return _fused(interpret, q, k.astype(q.dtype), v.astype(q.dtype), qg, kg)
