@@ -55,7 +55,8 @@ class Packing:
         return 1.0 - float(self.lengths.sum()) / total if total else 0.0
 
 
-def _check_sizes(slots: int, jets_per_row: int, row_multiple: int) -> None:
+def check_sizes(slots: int, jets_per_row: int, row_multiple: int) -> None:
+    """Raises unless the three sizes of a packing are positive."""
     if slots < 1:
         raise ValueError(f"slots (track slots per packed row) must be at least 1, got {slots}")
     if jets_per_row < 1:
@@ -68,7 +69,7 @@ def plan_rows(lengths: np.ndarray, slots: int, jets_per_row: int, row_multiple: 
     """First-fit decreasing of jets with ``lengths`` tracks into rows of ``slots`` track slots and at
     most ``jets_per_row`` jets; the row count is rounded up to a multiple of ``row_multiple`` (at least
     one multiple). Deterministic: equal lengths keep their index order."""
-    _check_sizes(slots, jets_per_row, row_multiple)
+    check_sizes(slots, jets_per_row, row_multiple)
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or not (lengths.size == 0 or np.issubdtype(lengths.dtype, np.integer)):
         raise ValueError(f"lengths must be a 1-D integer array, got {lengths.dtype} of shape {lengths.shape}")

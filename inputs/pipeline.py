@@ -14,6 +14,12 @@ the same width without talking to each other, and only ``len(widths)`` shapes ar
 into batches of similar length, whose order is then shuffled: random batches of thousands of jets
 almost always contain one long jet, sorted ones mostly fit a small width. Everything stays a
 deterministic function of (seed, epoch, k), so the resumption guarantee above is unchanged.
+
+Packing (``Packed``): instead of padding every example to one width, the examples of a global batch
+share rows of track slots (``inputs.packing``), so padding falls without sorting and the batch stays a
+uniform random sample. Each process packs its own contiguous slice of the global batch (the examples
+it would read unpacked) by first-fit decreasing; every process plans every slice from the length index,
+so all agree on the row count: the largest slice's rows, rounded up to the row multiple.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from . import packing as packing_lib
 from .spec import Batch, BatchSource
 
 
@@ -125,12 +132,59 @@ class Buckets:
         return int(self.widths[int(np.searchsorted(self.widths, longest))])
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq/hash over a length array would be meaningless
+class Packed:
+    """Pack each process's share of a global batch into rows of ``slots`` element slots holding at most
+    ``jets_per_row`` examples (``inputs.packing``).
+
+    lengths: valid elements of every example of the source, by source index (the source's
+        ``read(indices, width=w)`` must return exactly these many valid elements, first, in ``w`` slots).
+    row_multiple: the rows of a global batch are a multiple of it (a multiple of the process count,
+        so that every process feeds an equal number of rows).
+    """
+
+    slots: int
+    jets_per_row: int
+    lengths: np.ndarray
+    row_multiple: int = 1
+
+    def __post_init__(self):
+        packing_lib.check_sizes(self.slots, self.jets_per_row, self.row_multiple)
+        longest = int(self.lengths.max()) if self.lengths.size else 0
+        if longest > self.slots:
+            raise ValueError(
+                f"an example has {longest} elements, more than the {self.slots} slots of a packed row"
+            )
+
+    def plans(self, rows: np.ndarray, process_count: int) -> list[packing_lib.Packing]:
+        """Each process's packing of its slice of the global batch ``rows``, all with the same row count."""
+        if self.row_multiple % process_count:
+            raise ValueError(
+                f"the packed row multiple {self.row_multiple} does not divide over {process_count} processes"
+            )
+        parts = [
+            packing_lib.plan_rows(
+                self.lengths[rows[local_slice(len(rows), p, process_count)]], self.slots, self.jets_per_row
+            )
+            for p in range(process_count)
+        ]
+        per = self.row_multiple // process_count
+        n = -(-max(max(p.used_rows for p in parts), 1) // per) * per
+        return [dataclasses.replace(p, rows=n) for p in parts]
+
+    def width(self, indices: np.ndarray) -> int:
+        """The read width of examples ``indices``: their longest (at least 1)."""
+        return max(int(self.lengths[indices].max()) if indices.size else 0, 1)
+
+
 class _Plan:
     """What the batch plans share: computed batches cached per key for the read threads (the cache and
     its lock are dropped when a plan is pickled into Grain workers), and the padding share."""
 
     buckets: Buckets | None
     per_epoch: int
+    packed: Packed | None = None
+    process_count: int = 1
 
     def _start_cache(self) -> None:
         self._lock = threading.Lock()
@@ -158,27 +212,44 @@ class _Plan:
 
     def padding_fraction(self, steps: int | None = None) -> float:
         """Padded share of the element slots of ``steps`` global batches (default: one epoch), from
-        the bucket lengths alone (nothing is read)."""
+        the bucket or packing lengths alone (nothing is read); packed: of all processes' rows."""
         steps = self.per_epoch if steps is None else steps
-        if self.buckets is None:
-            raise ValueError("padding_fraction needs Buckets (their lengths)")
-        lengths = self.buckets.lengths
+        if self.buckets is None and self.packed is None:
+            raise ValueError("padding_fraction needs Buckets or Packed (their lengths)")
         used = slots = 0
         for step in range(steps):
             rows, width = self(step)
-            used += int(lengths[rows].sum())
-            slots += rows.size * width
+            if self.packed is not None:
+                plans = self.packed.plans(rows, self.process_count)
+                used += int(self.packed.lengths[rows].sum())
+                slots += sum(p.rows for p in plans) * self.packed.slots
+            else:
+                used += int(self.buckets.lengths[rows].sum())
+                slots += rows.size * width
         return 1.0 - used / slots
 
 
 class BatchPlan(_Plan):
     """Which rows (and which width, when bucketed) global batch ``step`` holds; one epoch after another.
+    With ``packed`` (not with buckets), ``packings(step)`` says how ``process_count`` processes pack it.
 
     A pure function of (seed, step), shared by the read threads and picklable into Grain workers.
     """
 
-    def __init__(self, order: Order, batch_size: int, buckets: Buckets | None = None, seed: int = 0):
+    def __init__(
+        self,
+        order: Order,
+        batch_size: int,
+        buckets: Buckets | None = None,
+        seed: int = 0,
+        *,
+        packed: Packed | None = None,
+        process_count: int = 1,
+    ):
+        if packed is not None and buckets is not None:
+            raise ValueError("a batch is either packed or padded to a bucket width, not both")
         self.order, self.batch_size, self.buckets, self.seed = order, batch_size, buckets, seed
+        self.packed, self.process_count = packed, process_count
         self.per_epoch = order.size // batch_size
         if self.per_epoch == 0:
             raise ValueError(f"the dataset has {order.size} examples, fewer than one batch of {batch_size}")
@@ -196,6 +267,12 @@ class BatchPlan(_Plan):
         w, j = divmod(k, self.window)
         batches, widths = self._window(epoch, w)
         return batches[j], int(widths[j])
+
+    def packings(self, step: int) -> list[packing_lib.Packing]:
+        """Every process's packing of global batch ``step`` (needs ``packed``)."""
+        if self.packed is None:
+            raise ValueError("packings needs a plan with Packed")
+        return self.packed.plans(self(step)[0], self.process_count)
 
     def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """The window's batches (sorted by length, then shuffled) and their widths."""
@@ -321,6 +398,7 @@ def batched(
     block: int = 1,
     buckets: Buckets | None = None,
     plan: BudgetPlan | None = None,
+    packed: Packed | None = None,
 ) -> grain.IterDataset:
     """An endless stream of this process's share of each global batch (incomplete last batches dropped).
 
@@ -331,7 +409,11 @@ def batched(
         then return the valid elements first in ``w`` slots. Without ``shuffle`` (evaluation) the bucket
         window is 1, so that the first batches are not a length-biased sample.
         plan: batches of varying size (``BudgetPlan``) instead of ``batch_size``, ``order`` and ``buckets``.
+        packed: pack each process's slice of a global batch into rows (``Packed``; not with buckets or
+        plan): batches carry ``inputs.packing``'s keys, with the same examples as unpacked.
     """
+    if packed is not None and (plan is not None or buckets is not None):
+        raise ValueError("packed batches take neither buckets nor a budget plan")
     if plan is None:
         if order is None and block > 1 and shuffle:
             order = BlockOrder(len(source), block, seed)
@@ -343,13 +425,19 @@ def batched(
         order = order if order is not None else _EpochOrder(len(source), seed, shuffle)
         if buckets is not None and not shuffle and buckets.window > 1:
             buckets = dataclasses.replace(buckets, window=1)
-        plan = BatchPlan(order, batch_size, buckets, seed)
+        plan = BatchPlan(order, batch_size, buckets, seed, packed=packed, process_count=process_count)
     for size in getattr(plan, "sizes", (batch_size,)):
         local_slice(size, process_index, process_count)  # fail now, not in a read thread
+    if packed is not None:
+        packed.plans(np.zeros(0, np.int64), process_count)  # the row multiple's check, now
 
     def read_batch(step: int, _: int) -> Batch:
         rows, width = plan(step)
-        return _read(source, rows[local_slice(len(rows), process_index, process_count)], width)
+        mine = rows[local_slice(len(rows), process_index, process_count)]
+        if packed is None:
+            return _read(source, mine, width)
+        packing = packed.plans(rows, process_count)[process_index]
+        return packing_lib.pack(_read(source, mine, packed.width(mine)), packing)
 
     ds = grain.MapDataset.range(plan.per_epoch).repeat(None).map_with_index(read_batch)
     # Grain keeps at most prefetch_buffer_size batches in flight, so more threads than that would idle.

@@ -47,11 +47,18 @@ class Batches:
 
     def __init__(self, iterator: Any, sharding: jax.sharding.Sharding):
         self.iterator, self.sharding = iterator, sharding
+        self.examples: dict[int, int] = {}  # packed batches' examples, by id of the global batch
 
     def next(self) -> dict:
-        return to_global(self.sharding, next(self.iterator))
+        local = next(self.iterator)
+        batch = to_global(self.sharding, local)
+        if "jet_valid" in local:  # packed sets: a row holds several examples, each process an equal share
+            self.examples = {id(batch): int(local["jet_valid"].sum()) * jax.process_count()}
+        return batch
 
     def rows(self, batch: dict) -> int:
+        if id(batch) in self.examples:
+            return self.examples[id(batch)]
         return next(iter(batch.values())).shape[0]
 
     def position(self, trial: int) -> Any:

@@ -240,3 +240,118 @@ def test_train_runs_over_several_batch_shapes(data, tmp_path):
     labels = {r["op"].rsplit(" [", 1)[1].rstrip("]") for r in summary["top_ops"]}
     assert labels <= {f"64x{w}x21" for w in traced_widths} and labels
     assert {"encoder", "vertex_head"} <= {r["scope"] for r in summary["by_scope"]}
+
+
+# ---------------------------------------------------------------- packed sets (data.pack_tracks)
+
+PACK = dict(bucket_tracks=[], pack_tracks=48, pack_jets=8, pack_row_multiple=4)
+
+
+def _packed_plan(src, cfg, processes: int, seed: int = 5) -> pipeline.BatchPlan:
+    order = pipeline._EpochOrder(len(src), seed, True)
+    return pipeline.BatchPlan(order, BATCH, None, seed, packed=fh.packed(src, cfg), process_count=processes)
+
+
+def test_packed_batches_hold_the_unpacked_jets_once_across_processes(data):
+    cfg = _cfg(data, **PACK)
+    plain_cfg = dataclasses.replace(cfg, pack_tracks=0)
+    src = fh.SPEC.source(cfg, "train")
+    plain = [_stream(src, plain_cfg, p, 2) for p in range(2)]
+    packed = [_stream(src, cfg, p, 2) for p in range(2)]
+    plan = _packed_plan(src, cfg, 2)
+    rows = set()
+    for step in range(8):
+        packings = plan.packings(step)
+        for p in range(2):
+            want, got, packing = next(plain[p]), next(packed[p]), packings[p]
+            assert set(got) == {*want, "segment", "jet_valid"}
+            r = got["valid"].shape[0]
+            rows.add(r)
+            assert r == packing.rows and r % 2 == 0, "each process feeds half of a multiple of 4 rows"
+            assert got["tracks"].shape == (r, 48, 21) and got["flavour"].shape == got["jet_valid"].shape == (
+                r,
+                8,
+            )
+            # every jet of this process's unpacked slice, once, with its values and its tracks in order
+            assert got["jet_valid"].sum() == len(want["flavour"]) == BATCH // 2
+            np.testing.assert_array_equal(got["flavour"][packing.row, packing.slot], want["flavour"])
+            assert got["valid"].sum() == want["valid"].sum()
+            for n in range(BATCH // 2):
+                mine = got["segment"][packing.row[n]] == packing.slot[n]
+                for k in ("tracks", "track_origin", "track_vertex"):
+                    np.testing.assert_array_equal(got[k][packing.row[n]][mine], want[k][n][want["valid"][n]])
+    assert len(rows) <= 3, f"row counts {sorted(rows)}: a few shapes"
+    # one process: the same jets as the two together, in rows of the same multiple
+    one = _stream(src, cfg)
+    first = next(one)
+    assert first["jet_valid"].sum() == BATCH and first["valid"].shape[0] % 4 == 0
+
+
+def test_packed_padding_fraction_and_resumption(data):
+    cfg = _cfg(data, **PACK)
+    src = fh.SPEC.source(cfg, "train")
+    counts = src.track_counts()
+    packed = _packed_plan(src, cfg, 1, seed=0).padding_fraction()
+    assert packed < 0.35 < 1 - counts.mean() / cfg.max_tracks, packed
+    it = _stream(src, cfg, seed=0)
+    got = [next(it)["valid"] for _ in range(len(src) // BATCH)]
+    assert 1 - sum(v.sum() for v in got) / sum(v.size for v in got) == pytest.approx(packed)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(3)]
+    resumed = _stream(fh.SPEC.source(cfg, "train"), cfg, seed=0)
+    resumed.set_state(state)
+    for want in expected:
+        got_batch = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got_batch[k], want[k])
+
+
+def test_evaluation_batches_are_not_packed(data):
+    cfg = _cfg(data, **PACK)
+    src = fh.SPEC.source(cfg, "eval")
+    batch = next(iter(fh.SPEC.pipeline(src, cfg, seed=1, process_index=0, process_count=1, shuffle=True)))
+    assert (
+        "segment" not in batch and batch["valid"].shape == (BATCH, 40) and batch["flavour"].shape == (BATCH,)
+    )
+
+
+def test_loop_counts_the_jets_of_packed_batches(data):
+    import jax
+
+    from smilejax.loop import Batches
+
+    cfg = _cfg(data, **PACK)
+    batches = Batches(
+        _stream(fh.SPEC.source(cfg, "train"), cfg), jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    )
+    batch = batches.next()
+    assert batch["valid"].shape[0] < BATCH and batches.rows(batch) == BATCH
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.pack_tracks=32"],
+            r"pack_tracks=32 track slots per packed row cannot hold a jet of .*max_tracks=40",
+        ),
+        (["data.pack_tracks=-1"], "pack_tracks must be >= 0"),
+        (["data.pack_tracks=48", "data.pack_jets=0"], "pack_jets .* must be >= 1, got 0"),
+        (["data.pack_tracks=48", "data.pack_row_multiple=0"], "pack_row_multiple must be at least 1"),
+        (["data.pack_tracks=48", "data.bucket_tracks=[16]"], "use one"),
+        (["data.pack_tracks=48", "data.bucket_window=4"], "use one"),
+    ],
+)
+def test_bad_packing_config_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load({"model": {"name": "gn2"}, "data": {"format": "ftag_h5"}}, overrides)
+
+
+def test_packed_row_multiple_is_checked_as_a_batch_size():
+    cfg = fh.FtagConfig(batch_size=64, pack_tracks=48, pack_row_multiple=6)
+    assert cfg.global_batch_sizes() == [6, 64]
+    with pytest.raises(ConfigError, match=r"pack_row_multiple .*=6 must be divisible by the batch-sharded"):
+        config.check_batch_sizes(cfg, processes=2, divisor=4, devices="")
+    with pytest.raises(ConfigError, match=r"pack_row_multiple .*=6 is not divisible by the 4 processes"):
+        config.check_batch_sizes(cfg, processes=4, divisor=1, devices="")
+    assert fh.FtagConfig(batch_size=64).global_batch_sizes() == [64]

@@ -84,7 +84,7 @@ import os
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # before h5py opens anything (Lustre)
 
 from ..spec import DatasetSpec
-from .batches import batch_schema, buckets, from_config, shuffle_block
+from .batches import batch_schema, buckets, from_config, packed, shuffle_block
 from .config import GN2_TRACK_VARS, FtagConfig
 from .hdf5 import FileInfo, counts_cache_path, expand_paths, file_track_counts, inspect_file, open_h5
 from .labels import (
@@ -144,6 +144,7 @@ __all__ = [
     "load_norm_dict",
     "model_config",
     "open_h5",
+    "packed",
     "shuffle_block",
     "write_norm_dict",
 ]

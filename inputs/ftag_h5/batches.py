@@ -47,6 +47,21 @@ def buckets(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Buckets | None:
     )
 
 
+def packed(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Packed | None:
+    """The packing ``cfg.pack_tracks`` asks for (None when off, and for every split but "train":
+    evaluation stays unpacked), with the source's track counts."""
+    if not cfg.pack_tracks or getattr(source, "split", "train") != "train":
+        return None
+    from .. import pipeline
+
+    return pipeline.Packed(
+        slots=cfg.pack_tracks,
+        jets_per_row=cfg.pack_jets,
+        lengths=source.track_counts(),
+        row_multiple=cfg.pack_row_multiple,
+    )
+
+
 def shuffle_block(source: FtagH5Source, cfg: FtagConfig) -> int:
     """The block length ``cfg.shuffle_block`` asks for (0 = auto, from the files' compression)."""
     if cfg.shuffle_block < 0:
@@ -73,10 +88,17 @@ def from_config(
     process_count: int,
     shuffle: bool | None = None,
 ) -> grain.IterDataset:
-    """The per-process pipeline of a config (``DatasetSpec.pipeline``, called as ``pipeline.from_config``)."""
+    """The per-process pipeline of a config (``DatasetSpec.pipeline``, called as ``pipeline.from_config``);
+    packed batches (``cfg.pack_tracks``) for the training split only."""
     from .. import pipeline
 
     options = pipeline.config_options(
         cfg, seed=seed, process_index=process_index, process_count=process_count, shuffle=shuffle
     )
-    return pipeline.batched(source, block=shuffle_block(source, cfg), buckets=buckets(source, cfg), **options)
+    return pipeline.batched(
+        source,
+        block=shuffle_block(source, cfg),
+        buckets=buckets(source, cfg),
+        packed=packed(source, cfg),
+        **options,
+    )

@@ -59,6 +59,15 @@ class FtagConfig(DataConfig):
         (1: the same batches as without buckets, each padded to its longest jet; > 1 cuts much more
         padding but makes batches multiplicity-, hence flavour-correlated, which slowed convergence
         per step in a first test). Evaluation always uses 1.
+    pack_tracks: packed training batches (0: off): the jets of a global batch, a uniform random sample as
+        unpacked, share rows of this many track slots (at least ``max_tracks``, so any jet fits), each
+        jet's valid tracks contiguous, with ``segment`` (the jet slot of each track) and per-jet keys
+        ``[rows, pack_jets]`` (see the package doc). Not with ``bucket_tracks``. Evaluation, export and
+        serving stay unpacked. ``batch_size`` stays in jets.
+    pack_jets: jet slots per packed row (at most this many jets share a row).
+    pack_row_multiple: the rows of a packed global batch are rounded up to a multiple of this, so that
+        few shapes compile; it must divide over the processes, the batch-sharded devices and
+        ``train.grad_accum`` (checked as a global batch size).
     """
 
     format: str = "ftag_h5"
@@ -77,6 +86,9 @@ class FtagConfig(DataConfig):
     shuffle_block: int = 0
     bucket_tracks: list[int] = dataclasses.field(default_factory=list)
     bucket_window: int = 1
+    pack_tracks: int = 0
+    pack_jets: int = 16
+    pack_row_multiple: int = 8
 
     resume_free: ClassVar[frozenset[str]] = DataConfig.resume_free | {"check_finite", "norm_max_jets"}
 
@@ -89,3 +101,35 @@ class FtagConfig(DataConfig):
             )
         if self.bucket_window < 1:
             raise ValueError(f"bucket_window must be at least 1 (global batches), got {self.bucket_window}")
+        self._check_packing()
+
+    def _check_packing(self) -> None:
+        if self.pack_tracks < 0:
+            raise ValueError(f"data.pack_tracks must be >= 0 (0: unpacked batches), got {self.pack_tracks}")
+        if not self.pack_tracks:
+            return
+        if self.pack_tracks < self.max_tracks:
+            raise ValueError(
+                f"data.pack_tracks={self.pack_tracks} track slots per packed row cannot hold a jet of "
+                f"data.max_tracks={self.max_tracks} tracks: use at least {self.max_tracks}"
+            )
+        if self.pack_jets < 1:
+            raise ValueError(f"data.pack_jets (jet slots per packed row) must be >= 1, got {self.pack_jets}")
+        if self.pack_row_multiple < 1:
+            raise ValueError(f"data.pack_row_multiple must be at least 1, got {self.pack_row_multiple}")
+        if self.bucket_tracks or self.bucket_window > 1:
+            raise ValueError(
+                "data.pack_tracks (packed rows) and data.bucket_tracks / data.bucket_window (padding to "
+                "bucket widths) are two ways to cut padding: use one (set data.bucket_tracks=[] and "
+                "data.bucket_window=1, or data.pack_tracks=0)"
+            )
+
+    def global_batch_sizes(self) -> list[int]:
+        # packed: the rows of a global batch are multiples of pack_row_multiple; evaluation stays
+        # unpacked, in batches of batch_size jets
+        return sorted({self.batch_size, self.pack_row_multiple}) if self.pack_tracks else [self.batch_size]
+
+    def describe_batch(self, size: int) -> str:
+        if self.pack_tracks and size == self.pack_row_multiple and size != self.batch_size:
+            return "data.pack_row_multiple (the rows of a packed batch are multiples of it)"
+        return "data.batch_size"

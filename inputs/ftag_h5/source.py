@@ -45,6 +45,7 @@ class FtagH5Source:
     """Random access by sorted indices over several files (``BatchSource``), one virtual index.
 
     segments: ``(file index, first row, end row)`` of each file part in this split, in index order.
+    split: which split it reads ("train" or "eval"): only training batches are packed.
     """
 
     def __init__(
@@ -56,7 +57,9 @@ class FtagH5Source:
         *,
         aux: bool,
         norm_source: str = "<dict>",
+        split: str = "train",
     ):
+        self.split = split
         self.files = list(files)
         self.segments = [tuple(int(x) for x in s) for s in segments]
         self.cfg = cfg
@@ -367,4 +370,4 @@ def source(cfg: FtagConfig, split: str = "train") -> FtagH5Source:
         if aux
         else ("absent" if any(i.origin_field is None for i in files) else "present, off by config"),
     )
-    return FtagH5Source(files, segments, cfg, norm, aux=aux, norm_source=norm_source)
+    return FtagH5Source(files, segments, cfg, norm, aux=aux, norm_source=norm_source, split=split)
