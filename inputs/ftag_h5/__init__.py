@@ -63,6 +63,28 @@ but it changes the batches (multiplicity-homogeneous, so flavour-correlated); th
 keeps exactly the batches of an unbucketed run and only trims their padding. On compressed chunked
 files a window > 1 also scatters each batch over the window's chunks (more decompression).
 
+Packing (``cfg.pack_tracks``, e.g. 80, with ``cfg.pack_jets`` jet slots per row): training batches put
+several jets in one row of ``pack_tracks`` track slots (``smilejax.inputs.packing``; first-fit decreasing
+by track count), so padding falls without sorting: the jets of a global batch stay the uniform random
+sample (and each process the same slice of it) that an unpacked run reads, ``batch_size`` stays in jets.
+Each process packs its slice; all agree on the row count R (the fullest slice's rows, rounded up to a
+multiple of ``cfg.pack_row_multiple``, which is checked like a global batch size), so few shapes compile.
+Only the training split is packed; evaluation, export and serving stay unpacked. A packed batch
+(T = ``pack_tracks``, J = ``pack_jets``):
+
+=================  =====================================  ==========================================
+key                shape, dtype                           content
+=================  =====================================  ==========================================
+``tracks``         [R, T, n_track + n_jet] f32            each jet's valid tracks contiguous, in file
+                                                          order; 0 on empty slots
+``valid``          [R, T] bool                            a track in the slot
+``segment``        [R, T] int32                           the track's jet slot 0..J-1, -1 when empty
+``track_origin``   [R, T] int32 (if present)              as unpacked; -1 on empty slots
+``track_vertex``   [R, T] int32 (if present)              as unpacked; -1 on empty slots
+``flavour``        [R, J] int32                           as unpacked; -1 in an empty jet slot
+``jet_valid``      [R, J] bool                            a jet in the slot (a jet may have 0 tracks)
+=================  =====================================  ==========================================
+
 Class weights (``cfg.class_dict``, salt's ``use_class_dict``): ``SPEC.model_config`` puts the class dict's
 ``jets/flavour_label`` and ``tracks/ftagTruthOriginLabel`` weights into the model's ``class_weights`` (the
 jet-flavour and track-origin losses); a model config that gives ``class_weights`` too is an error, as in
@@ -73,8 +95,8 @@ smilejax.inputs.ftag_h5 FILES`` prints its report).
 
 Modules: ``config`` (``FtagConfig``), ``labels`` (flavours, track origins, class dicts), ``hdf5`` (files,
 datasets, reading rows, track counts), ``norm`` (norm dicts), ``source`` (the reader and the splits),
-``batches`` (the pipeline), ``commands`` (``smilejax data norm|check``), ``raw`` (what exported models
-take: the variables as stored, normalised and masked inside the exported program).
+``batches`` (the pipeline: buckets, packing), ``commands`` (``smilejax data norm|check``), ``raw`` (what
+exported models take: the variables as stored, normalised and masked inside the exported program).
 """
 
 from __future__ import annotations
