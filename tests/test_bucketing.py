@@ -310,9 +310,12 @@ def test_evaluation_batches_are_not_packed(data):
     cfg = _cfg(data, **PACK)
     src = fh.SPEC.source(cfg, "eval")
     batch = next(iter(fh.SPEC.pipeline(src, cfg, seed=1, process_index=0, process_count=1, shuffle=True)))
-    assert (
-        "segment" not in batch and batch["valid"].shape == (BATCH, 40) and batch["flavour"].shape == (BATCH,)
-    )
+    assert "segment" not in batch and batch["valid"].shape == (BATCH, 40)
+    assert batch["flavour"].shape == (BATCH,)
+    # predictions over the training split read it in order (shuffle=False): unpacked too
+    src = fh.SPEC.source(cfg, "train")
+    batch = next(iter(fh.SPEC.pipeline(src, cfg, seed=1, process_index=0, process_count=1, shuffle=False)))
+    assert "segment" not in batch and batch["valid"].shape == (BATCH, 40)
 
 
 def test_loop_counts_the_jets_of_packed_batches(data):

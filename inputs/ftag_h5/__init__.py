@@ -69,7 +69,8 @@ by track count), so padding falls without sorting: the jets of a global batch st
 sample (and each process the same slice of it) that an unpacked run reads, ``batch_size`` stays in jets.
 Each process packs its slice; all agree on the row count R (the fullest slice's rows, rounded up to a
 multiple of ``cfg.pack_row_multiple``, which is checked like a global batch size), so few shapes compile.
-Only the training split is packed; evaluation, export and serving stay unpacked. A packed batch
+Only the training stream is packed (the "train" split, unless read in order with ``shuffle=False`` as
+predictions do); evaluation, export and serving stay unpacked. A packed batch
 (T = ``pack_tracks``, J = ``pack_jets``):
 
 =================  =====================================  ==========================================

@@ -47,10 +47,11 @@ def buckets(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Buckets | None:
     )
 
 
-def packed(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Packed | None:
-    """The packing ``cfg.pack_tracks`` asks for (None when off, and for every split but "train":
-    evaluation stays unpacked), with the source's track counts."""
-    if not cfg.pack_tracks or getattr(source, "split", "train") != "train":
+def packed(source: FtagH5Source, cfg: FtagConfig, shuffle: bool | None = None) -> pipeline.Packed | None:
+    """The packing ``cfg.pack_tracks`` asks for, with the source's track counts; None when off, for
+    every split but "train" and for in-order reads (``shuffle=False``: predictions over a split), so
+    that evaluation stays unpacked."""
+    if not cfg.pack_tracks or getattr(source, "split", "train") != "train" or shuffle is False:
         return None
     from .. import pipeline
 
@@ -89,7 +90,7 @@ def from_config(
     shuffle: bool | None = None,
 ) -> grain.IterDataset:
     """The per-process pipeline of a config (``DatasetSpec.pipeline``, called as ``pipeline.from_config``);
-    packed batches (``cfg.pack_tracks``) for the training split only."""
+    packed batches (``cfg.pack_tracks``) for the training split only, unless ``shuffle`` is False."""
     from .. import pipeline
 
     options = pipeline.config_options(
@@ -99,6 +100,6 @@ def from_config(
         source,
         block=shuffle_block(source, cfg),
         buckets=buckets(source, cfg),
-        packed=packed(source, cfg),
+        packed=packed(source, cfg, shuffle),
         **options,
     )
