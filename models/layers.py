@@ -179,7 +179,8 @@ class SelfAttention(nnx.Module):
     masked keys get exactly zero weight; a row with no valid key gets uniform weights (finite, unused).
     ``queries`` (optional, [B, T, embed]) replaces ``x`` as the input of the query projection only.
     ``mask_keys=False`` lets padded elements take part as keys and values (particleflow's MLPF does).
-    ``implementation`` / ``chunk_size``: see ``dot_product_attention``.
+    ``implementation`` / ``chunk_size``: see ``dot_product_attention``; ``segment`` [B, T] (packed sets):
+    attention within a segment only (``models.attention``).
     """
 
     def __init__(
@@ -233,7 +234,13 @@ class SelfAttention(nnx.Module):
         self.dropout = dropout_or_none(dropout, rngs)
 
     @jax.named_scope("attention")
-    def __call__(self, x: jax.Array, valid: jax.Array, queries: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        valid: jax.Array,
+        queries: jax.Array | None = None,
+        segment: jax.Array | None = None,
+    ) -> jax.Array:
         dt = self.dtype
         x = x.astype(dt)
         kernel, bias = self.qkv_kernel[...].astype(dt), self.qkv_bias[...].astype(dt)
@@ -252,6 +259,7 @@ class SelfAttention(nnx.Module):
             implementation=self.implementation,
             chunk_size=self.chunk_size,
             dropout=self.dropout,
+            segment=segment,
         )
         out = jnp.einsum("bqnh,nhe->bqe", out, self.out_kernel[...].astype(dt))
         return out + self.out_bias[...].astype(dt)
@@ -319,13 +327,15 @@ class EncoderLayer(nnx.Module):
             embed, ff, activation=activation, dropout=dropout, bias_init=bias_init, rngs=rngs, dtype=dtype
         )
 
-    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), valid)
+    def __call__(self, x: jax.Array, valid: jax.Array, segment: jax.Array | None = None) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), valid, segment=segment)
         return x + self.ff(self.ff_norm(x))
 
 
-def _layer_forward(layer: EncoderLayer, x: jax.Array, valid: jax.Array) -> jax.Array:
-    return layer(x, valid)
+def _layer_forward(
+    layer: EncoderLayer, x: jax.Array, valid: jax.Array, segment: jax.Array | None
+) -> jax.Array:
+    return layer(x, valid, segment)
 
 
 class Encoder(nnx.Module):
@@ -335,6 +345,11 @@ class Encoder(nnx.Module):
     valid, so that a fully padded set still has something to attend to and pool. ``__call__`` returns
     ``(y, valid)`` with the registers kept at the end of ``y`` and ``valid`` (slice ``[:, :T]`` for the
     original elements). ``remat=True`` rematerialises each layer in the backward pass.
+
+    Packed sets (``segment`` [B, T], the set slot of each element, and ``slot_valid`` [B, J], which of
+    the row's J set slots hold a set): the registers are appended once per set slot (J * registers
+    tokens, slot-major; ``register_segments``), each in its slot's segment and valid iff the slot is,
+    and attention stays within a segment. A set with no valid element still has its registers.
     """
 
     def __init__(
@@ -386,22 +401,41 @@ class Encoder(nnx.Module):
         width = out_dim or embed
         self.norm = LayerNorm(width, affine=affine_norm, dtype=dtype) if final_norm else None
 
-    def __call__(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self,
+        x: jax.Array,
+        valid: jax.Array,
+        segment: jax.Array | None = None,
+        slot_valid: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         x = x.astype(self.dtype)
         valid = valid.astype(bool)
-        if self.num_registers:
-            b = x.shape[0]
+        if (segment is None) != (slot_valid is None):
+            raise ValueError("packed sets need both segment and slot_valid")
+        b = x.shape[0]
+        if self.num_registers and segment is None:
             reg = jnp.broadcast_to(self.registers[...].astype(self.dtype), (b, *self.registers.shape))
             x = jnp.concatenate([x, reg], axis=1)
             valid = jnp.concatenate([valid, jnp.ones((b, self.num_registers), bool)], axis=1)
+        elif self.num_registers:
+            slots = slot_valid.shape[1]
+            reg = jnp.tile(self.registers[...].astype(self.dtype), (slots, 1))  # slot-major
+            x = jnp.concatenate([x, jnp.broadcast_to(reg, (b, *reg.shape))], axis=1)
+            valid = jnp.concatenate([valid, jnp.repeat(slot_valid.astype(bool), self.num_registers, 1)], 1)
+            segment = self.register_segments(segment, slots)
         forward = nnx.remat(_layer_forward) if self.remat else _layer_forward
         for layer in self.layers:
-            x = forward(layer, x, valid)
+            x = forward(layer, x, valid, segment)
         if self.out_proj is not None:
             x = self.out_proj(x)
         if self.norm is not None:
             x = self.norm(x)
         return x, valid
+
+    def register_segments(self, segment: jax.Array, slots: int) -> jax.Array:
+        """``segment`` [B, T] with the segments of the packed registers appended (``__call__``)."""
+        reg = jnp.repeat(jnp.arange(slots, dtype=segment.dtype), self.num_registers)
+        return jnp.concatenate([segment, jnp.broadcast_to(reg, (segment.shape[0], reg.size))], axis=1)
 
 
 def _mlp_axes(n_layers: int, in_axis: Axis, out_axis: Axis) -> list[Axis]:
@@ -521,14 +555,23 @@ class GlobalAttentionPooling(nnx.Module):
     """Weighted sum of the valid elements, weights = masked softmax of a learned linear gate.
 
     Weights are computed in float32; padded elements get weight 0, so a fully padded set pools to 0.
+    Packed sets: ``segment`` [B, T] and ``slots`` J pool each set slot's valid elements -> [B, J, dim].
     """
 
     def __init__(self, dim: int, *, bias_init: str = "zeros", rngs: nnx.Rngs, dtype=F32):
         self.gate = Dense(dim, 1, in_axis="embed", out_axis=None, bias_init=bias_init, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, valid: jax.Array, segment: jax.Array | None = None, *, slots: int = 0
+    ) -> jax.Array:
         valid = valid.astype(bool)
-        scores = jnp.where(valid, self.gate(x)[..., 0].astype(F32), MASK_VALUE)
+        gate = self.gate(x)[..., 0].astype(F32)
+        if segment is None:
+            scores = jnp.where(valid, gate, MASK_VALUE)
+            weights = jnp.where(valid, jax.nn.softmax(scores, axis=-1), 0.0)
+            return jnp.einsum("bt,btd->bd", weights, x.astype(F32)).astype(x.dtype)
+        # [B, J, T]: element t is pooled into slot j
+        valid = valid[:, None, :] & (segment[:, None, :] == jnp.arange(slots)[None, :, None])
+        scores = jnp.where(valid, gate[:, None, :], MASK_VALUE)
         weights = jnp.where(valid, jax.nn.softmax(scores, axis=-1), 0.0)
-        pooled = jnp.einsum("bt,btd->bd", weights, x.astype(F32))
-        return pooled.astype(x.dtype)
+        return jnp.einsum("bjt,btd->bjd", weights, x.astype(F32)).astype(x.dtype)

@@ -212,8 +212,19 @@ class GN2(nnx.Module):
         self.vertex_head = MLP([3 * cfg.out, *hidden, 1], **common)
 
     def __call__(
-        self, tracks: jax.Array, valid: jax.Array, *, tasks: tuple[str, ...] = TASKS
+        self,
+        tracks: jax.Array,
+        valid: jax.Array,
+        *,
+        tasks: tuple[str, ...] = TASKS,
+        segment: jax.Array | None = None,
+        jet_valid: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
+        """``segment`` [R, T] and ``jet_valid`` [R, J]: a packed batch (module docstring); the jet logits
+        are then [R, J, 4] (0 in an empty jet slot) and a pair's logit is 0 unless both tracks are in
+        the same jet."""
+        if (segment is None) != (jet_valid is None):
+            raise ValueError("a packed batch needs both segment and jet_valid")
         valid = valid.astype(bool)
         n_tracks = tracks.shape[1]
         x = jnp.where(valid[..., None], tracks, 0).astype(self.dtype)  # garbage in padding never leaks
@@ -221,29 +232,38 @@ class GN2(nnx.Module):
         with jax.named_scope("init_net"):
             x = self.init_net(x)
         with jax.named_scope("encoder"):
-            x, valid_all = self.encoder(x, valid)  # registers appended at the end
+            x, valid_all = self.encoder(x, valid, segment, jet_valid)  # registers appended at the end
         with jax.named_scope("pooling"):
-            jet = self.pool(x, valid_all)
+            if segment is None:
+                jet = self.pool(x, valid_all)
+            else:
+                slots = jet_valid.shape[1]
+                jet = self.pool(x, valid_all, self.encoder.register_segments(segment, slots), slots=slots)
         trk = x[:, :n_tracks]
+        # the heads' jet context: one per jet [B, out], or each track's own jet's [R, T, out] when packed
+        context = jet if segment is None else jnp.take_along_axis(jet, jnp.maximum(segment, 0)[..., None], 1)
 
         out = {}
         if "jet" in tasks:
             with jax.named_scope("jet_head"):
-                out["jet_logits"] = self.jet_head(jet)
+                logits = self.jet_head(jet)
+                out["jet_logits"] = logits if segment is None else jnp.where(jet_valid[..., None], logits, 0)
         if "origin" in tasks:
             with jax.named_scope("origin_head"):
-                logits = self.origin_head(trk, context=jet)
+                logits = self.origin_head(trk, context=context)
                 out["origin_logits"] = jnp.where(valid[..., None], logits, 0)
         if "vertex" in tasks:
             with jax.named_scope("vertex_head"):
-                ctx, xi, xj = self.vertex_head.project_first(jet, trk, trk)
+                ctx, xi, xj = self.vertex_head.project_first(context, trk, trk)
+                if segment is None:
+                    ctx = ctx[:, None, :]  # the jet's, for every track
                 if self.fused_pairs():
-                    logits = self.vertex_head.finish_pairs(ctx[:, None, :] + xi, xj)
+                    logits = self.vertex_head.finish_pairs(ctx + xi, xj)
                 else:
-                    h = ctx[:, None, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
+                    # a pair in one jet: the context of track i is that of track j
+                    h = ctx[:, :, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
                     logits = self.vertex_head.finish(h)[..., 0]
-                pair_valid = valid[:, :, None] & valid[:, None, :]
-                out["vertex_logits"] = jnp.where(pair_valid, logits, 0)
+                out["vertex_logits"] = jnp.where(_pair_mask(valid, segment), logits, 0)
         return out
 
     def fused_pairs(self) -> bool:
@@ -275,6 +295,12 @@ def _active_tasks(mode: str, batch) -> tuple[str, ...]:
     return ("jet", *(task for task, key in AUX_KEYS.items() if key in batch))
 
 
+def _pair_mask(valid: jax.Array, segment: jax.Array | None) -> jax.Array:
+    """[B, T, T]: both tracks valid (and in the same jet, packed)."""
+    pairs = valid[:, :, None] & valid[:, None, :]
+    return pairs if segment is None else pairs & (segment[:, :, None] == segment[:, None, :])
+
+
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
@@ -302,22 +328,41 @@ def _pair_weights(origin: jax.Array) -> jax.Array:
 
 
 def loss(model: GN2, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The weighted task losses and metrics of a batch, padded or packed (``"segment" in batch``)."""
     tasks = _active_tasks(model.aux_tasks, batch)
     valid = jnp.asarray(batch["valid"]).astype(bool)
-    out = model(batch["tracks"], valid, tasks=tasks)
-    return _task_losses(model, batch, out, tasks, valid)
+    if "segment" not in batch:
+        out = model(batch["tracks"], valid, tasks=tasks)
+        return _task_losses(model, batch, out, tasks, valid)
+    segment = jnp.asarray(batch["segment"]).astype(jnp.int32)
+    jet_valid = jnp.asarray(batch["jet_valid"]).astype(bool)
+    out = model(batch["tracks"], valid, tasks=tasks, segment=segment, jet_valid=jet_valid)
+    return _task_losses(model, batch, out, tasks, valid, segment, jet_valid)
 
 
 @jax.named_scope("loss")
 def _task_losses(
-    model: GN2, batch, out: dict[str, jax.Array], tasks: tuple[str, ...], valid: jax.Array
+    model: GN2,
+    batch,
+    out: dict[str, jax.Array],
+    tasks: tuple[str, ...],
+    valid: jax.Array,
+    segment: jax.Array | None = None,
+    jet_valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Packed (``segment``, ``jet_valid``): jets are the valid jet slots, pairs those within a jet, so
+    every value is the padded batch's with the same jets."""
     w_jet, w_origin, w_vertex = model.task_weights
 
     flavour = jnp.asarray(batch["flavour"]).astype(jnp.int32)
     jet_logits = out["jet_logits"].astype(jnp.float32)
-    loss_jet = _cross_entropy(jet_logits, flavour, jnp.ones_like(valid[:, 0]), model.jet_class_weights)
-    acc_jet = jnp.mean((jnp.argmax(jet_logits, axis=-1) == flavour).astype(jnp.float32))
+    correct = (jnp.argmax(jet_logits, axis=-1) == flavour).astype(jnp.float32)
+    if jet_valid is None:
+        loss_jet = _cross_entropy(jet_logits, flavour, jnp.ones_like(valid[:, 0]), model.jet_class_weights)
+        acc_jet = jnp.mean(correct)
+    else:
+        loss_jet = _cross_entropy(jet_logits, flavour, jet_valid, model.jet_class_weights)
+        acc_jet = _safe_div(jnp.sum(correct * jet_valid), jnp.sum(jet_valid.astype(jnp.float32)))
     metrics = {"loss_jet": loss_jet, "acc_jet": acc_jet}
     total = w_jet * loss_jet
 
@@ -331,7 +376,7 @@ def _task_losses(
     if "vertex" in tasks:
         vertex = jnp.asarray(batch["track_vertex"]).astype(jnp.int32)
         n = vertex.shape[1]
-        pairs = valid[:, :, None] & valid[:, None, :] & ~jnp.eye(n, dtype=bool)
+        pairs = _pair_mask(valid, segment) & ~jnp.eye(n, dtype=bool)
         target = (
             (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0) & (vertex[:, None, :] >= 0)
         )
