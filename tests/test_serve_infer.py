@@ -221,3 +221,53 @@ def test_transient_errors_are_told_from_bad_requests():
     assert transient(ConnectionRefusedError()) and transient(TimeoutError())
     assert not transient(FileNotFoundError("ca.pem")) and not transient(ValueError())
     assert scores_path("/data/jets.h5").as_posix() == "/data/jets.scores.h5"
+
+
+def test_the_in_process_baseline_compiles_every_batch_size_before_the_clock_starts():
+    """A stand-in for ``InProcess`` that compiles (sleeps) on a batch size it has not run: ``stream``
+    warms every size it sends, the short last batch's too, so no compilation lands in the timed part."""
+    from smilejax.serve.stream import batch_shapes, stream
+
+    compile_s = 2.0
+
+    class Rows:
+        def __len__(self) -> int:
+            return ROWS
+
+        def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+            return {"x": np.asarray(indices, np.float32)[:, None]}
+
+    class Compiling:
+        model, url = "toy", "in-process"
+
+        def __init__(self):
+            self.compiled: set[int] = set()
+            self.warmed: list[int] = []
+
+        def client(self):
+            return self
+
+        def warm(self, batch):
+            self.warmed.append(len(batch["x"]))
+            self.infer(batch)
+
+        def infer(self, batch):
+            if len(batch["x"]) not in self.compiled:
+                time.sleep(compile_s)
+                self.compiled.add(len(batch["x"]))
+            return {"y": 2 * batch["x"]}
+
+        def close(self):
+            pass
+
+    model, scores = Compiling(), {}
+    stats = stream(
+        Rows(), model, lambda first, out: scores.update({first: out["y"]}), batch_size=64, max_in_flight=2,
+        progress=False,
+    )  # fmt: skip
+    assert model.warmed == [64, ROWS % 64] and (stats.rows, stats.requests) == (ROWS, 5)
+    assert stats.wall_s < compile_s, stats.wall_s  # nothing compiled once the clock ran
+    got = np.concatenate([scores[k] for k in sorted(scores)])[:, 0]
+    np.testing.assert_array_equal(got, 2 * np.arange(ROWS))
+    assert [len(i) for i in batch_shapes(128, 64)] == [64] and [len(i) for i in batch_shapes(5, 64)] == [5]
+    assert batch_shapes(0, 64) == [] and list(batch_shapes(130, 64)[1]) == [128, 129]

@@ -117,7 +117,8 @@ class InProcess:
         return self
 
     def warm(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Compiles for ``batch``'s shapes before the clock starts (a server compiled when it loaded)."""
+        """Compiles for ``batch``'s shapes before the clock starts (a server compiled when it loaded);
+        ``stream`` warms every batch size it will send (``batch_shapes``)."""
         self.infer(batch)
 
     def infer(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -207,6 +208,15 @@ class _Sender:
                 client.close()
 
 
+def batch_shapes(n: int, batch_size: int) -> list[np.ndarray]:
+    """The indices of one batch of each size that ``stream`` sends for ``n`` examples: the first and,
+    when ``batch_size`` does not divide ``n``, the shorter last one."""
+    firsts = [0] if n else []
+    if n > batch_size and n % batch_size:
+        firsts.append(n - n % batch_size)
+    return [np.arange(first, min(first + batch_size, n)) for first in firsts]
+
+
 def _message(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
@@ -236,8 +246,9 @@ def stream(
     pending: dict[cf.Future, int] = {}
     bar = tqdm(total=n, unit="row", disable=not progress, desc=connection.model, smoothing=0.1)
     warm = getattr(connection, "warm", None)
-    if warm is not None and n:
-        warm(reader.read(np.arange(min(batch_size, n))))
+    if warm is not None:  # every shape compiles before the clock starts, the short last batch's too
+        for indices in batch_shapes(n, batch_size):
+            warm(reader.read(indices))
     t0 = time.perf_counter()
 
     def finish(done: set[cf.Future]) -> None:
