@@ -49,8 +49,10 @@ class Program:
     vectorised trials (``TrialAxis``) has the same functions over states with a leading trial axis."""
 
     graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    lr: optax.Schedule
+    # None in a program of trials: each trial's optimizer and learning rate come from its row of the
+    # hyperparameter tables (``Knobs.optimizer``), not from one config.
+    tx: optax.GradientTransformation | None
+    lr: optax.Schedule | None
     mesh: Mesh
     state_sharding: TrainState
     batch_sharding: NamedSharding
@@ -239,7 +241,7 @@ def build(spec: ModelSpec, cfg: Config, mesh: Mesh, trials: TrialAxis | None = N
     abstract_model = nnx.eval_shape(lambda: build_model(spec, cfg, cfg.run.seed))
     graphdef, abs_params, _ = nnx.split(abstract_model, nnx.Param, ...)
     if trials is not None:
-        return _trial_program(_core(spec, cfg, graphdef, trials.knobs), trials, graphdef, tx, lr, mesh)
+        return _trial_program(_core(spec, cfg, graphdef, trials.knobs), trials, graphdef, mesh)
     knobs = Knobs(optimizer=lambda h, step: (tx, lr(step)), seed=lambda h: cfg.run.seed)
     return _run_program(_core(spec, cfg, graphdef, knobs), cfg, graphdef, abs_params, tx, lr, mesh)
 
@@ -346,47 +348,63 @@ def _step_fn(core: _Core, cfg: Config, mesh: Mesh) -> tuple[Callable, bool]:
     return step_fn, step_fn is shard_map_step
 
 
-def _trial_program(
-    core: _Core,
-    trials: TrialAxis,
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    lr: optax.Schedule,
-    mesh: Mesh,
-) -> Program:
+class _WithTables:
+    """``fn(tables, *args)`` called as ``fn(*args)``. A program of trials passes its hyperparameter tables
+    (a [K, steps + 1] learning-rate table, seeds, traced fields) to its jitted functions as arguments:
+    closed over, they would be compiled into the program as constants, and every set of trials would
+    lower to another program. ``lower`` and the ``compile`` of its result keep the binding, for the loop,
+    which compiles each batch shape itself; other attributes are the wrapped stage's (``as_text``, ...)."""
+
+    def __init__(self, fn: Any, tables: Hypers):
+        self.fn, self.tables = fn, tables
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(self.tables, *args)
+
+    def lower(self, *args: Any) -> _WithTables:
+        return _WithTables(self.fn.lower(self.tables, *args), self.tables)
+
+    def compile(self, *args: Any, **kwargs: Any) -> _WithTables:
+        return _WithTables(self.fn.compile(*args, **kwargs), self.tables)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["fn"], name)
+
+
+def _trial_program(core: _Core, trials: TrialAxis, graphdef: nnx.GraphDef, mesh: Mesh) -> Program:
     """``core`` vmapped over the trial axis: the state's leading axis, sharded over ``mesh``'s devices."""
     per_trial = NamedSharding(mesh, PartitionSpec("trials"))
     replicated = NamedSharding(mesh, PartitionSpec())
     hypers = jax.device_put(trials.hypers, per_trial)
     batch_axis = 0 if trials.stacked_batches else None
 
-    def init() -> TrainState:
-        return jax.vmap(core.init)(hypers)
+    def init(h: Hypers) -> TrainState:
+        return jax.vmap(core.init)(h)
 
     def one_step(h: Hypers, state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
         return core.apply(h, state, *core.grads(h, state.params, state.rest, batch))
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
-        return jax.vmap(one_step, in_axes=(0, 0, batch_axis))(hypers, state, batch)
+    def train_step(h: Hypers, state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        return jax.vmap(one_step, in_axes=(0, 0, batch_axis))(h, state, batch)
 
-    def eval_step(state: TrainState, batch: dict) -> Metrics:  # every trial scores the same batches
-        return jax.vmap(core.eval, in_axes=(0, 0, None))(hypers, state, batch)
+    def eval_step(h: Hypers, state: TrainState, batch: dict) -> Metrics:  # every trial, the same batches
+        return jax.vmap(core.eval, in_axes=(0, 0, None))(h, state, batch)
 
-    shapes = jax.eval_shape(init)
+    shapes = jax.eval_shape(init, hypers)
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=per_trial), shapes
     )
     return Program(
         graphdef=graphdef,
-        tx=tx,
-        lr=lr,
+        tx=None,
+        lr=None,
         mesh=mesh,
         state_sharding=jax.tree.map(lambda _: per_trial, shapes),
         batch_sharding=per_trial if trials.stacked_batches else replicated,
         abstract_state=abstract_state,
-        init=jax.jit(init, out_shardings=per_trial),
-        train_step=jax.jit(train_step, donate_argnums=(0,)),
-        eval_step=jax.jit(eval_step),
+        init=_WithTables(jax.jit(init, out_shardings=per_trial), hypers),
+        train_step=_WithTables(jax.jit(train_step, donate_argnums=(1,)), hypers),
+        eval_step=_WithTables(jax.jit(eval_step), hypers),
         reference_step=None,
         trials=shapes.step.shape[0],
         eval_sharding=replicated,

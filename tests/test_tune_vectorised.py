@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smilejax import config, metrics, trained, trainer
+from smilejax import config, metrics, registry, steps, trained, trainer
 from smilejax.tune import space as spaces
 from smilejax.tune import vectorised
 from smilejax.tune.vectorised import VectoriseError
@@ -110,5 +110,26 @@ def test_a_trial_whose_loss_is_not_finite_fails_alone(tmp_path, caplog):
     assert (bad.state, bad.value, bad.error) == ("failed", None, "non-finite loss") and bad.step < 8
     assert re.search(rf"trial vec-1: loss is (nan|inf) at step {bad.step}", caplog.text)
     logged = metrics.read(tmp_path / "vec-1" / "metrics.jsonl")
-    assert all(r["step"] < bad.step for r in logged)  # its non-finite record is not written, nor any later
+    # its records before the failure are kept; its non-finite record is not written, nor any later
+    assert logged and all(r["step"] < bad.step for r in logged), logged
     assert not (tmp_path / "vec-1" / "checkpoints").exists()
+
+
+def test_other_trials_of_the_same_shapes_lower_to_the_same_program(tmp_path):
+    """The trials' hyperparameter tables (learning rate per step, traced optimizer and model fields) are
+    arguments of the program, not constants compiled into it; the program has no single optimizer."""
+    other = [
+        {"lr": 5e-4, "weight_decay": 0.2, "b2": 0.9, "dropout": 0.25, "seed": 0},
+        {"lr": 7e-3, "weight_decay": 0.05, "b2": 0.98, "dropout": 0.15, "seed": 0},
+    ]
+    texts = []
+    for name, group in (("a", TRIALS[:2]), ("b", other)):
+        cfgs = [trial_config(tmp_path / f"{name}-{i}", t) for i, t in enumerate(group)]
+        spec = registry.model(cfgs[0].model.name)
+        axis, mesh = vectorised.trial_axis(spec, cfgs)
+        assert set(axis.hypers) == {"lr", "seed", "optimizer.weight_decay", "optimizer.b2", "model.dropout"}
+        program = steps.build(spec, cfgs[0], mesh, trials=axis)
+        assert program.tx is None and program.lr is None
+        batch = vectorised._Inputs(cfgs, program).next()
+        texts.append(program.train_step.lower(program.abstract_state, batch).as_text())
+    assert texts[0] == texts[1]

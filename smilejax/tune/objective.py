@@ -81,30 +81,30 @@ def missing_metric(run_dir: Path, metric: str) -> ConfigError:
 
 class Pruning(Callback):
     """Every ``every`` steps, each trial's value of ``metric`` logged at that step goes to its ``report``
-    (kept in ``history``); an answer of True prunes the trial (``pruned``: its step). At a step budget
-    ``stop_at`` the loop halts, its trials complete."""
+    (kept in ``history``); an answer of True prunes the trial (its index joins ``pruned``; the loop keeps
+    the step). At a step budget ``stop_at`` the loop halts, its trials complete."""
 
     def __init__(self, metric: str, every: int, reports: list[Report | None], stop_at: int | None = None):
         self.metric, self.every, self.reports, self.stop_at = metric, every, reports, stop_at
-        self.logged: list[dict[int, float]] = [{} for _ in reports]
+        self.latest: dict[int, tuple[int, float]] = {}  # trial -> (step, value): the last one logged
         self.history: list[list[tuple[int, float]]] = [[] for _ in reports]
-        self.pruned: dict[int, int] = {}
+        self.pruned: set[int] = set()
 
     def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
         if self.metric in values:
-            self.logged[trial][step] = float(values[self.metric])
+            self.latest[trial] = (step, float(values[self.metric]))
 
     def step(self, loop: Loop, step: int) -> None:
         if not due(self.every, step):
             return
         for trial in loop.running():
-            value = self.logged[trial].get(step)
-            if value is None or not math.isfinite(value):
+            logged_at, value = self.latest.get(trial, (None, math.nan))
+            if logged_at != step or not math.isfinite(value):
                 continue
             self.history[trial].append((step, value))
             report = self.reports[trial]
             if report is not None and report(step, value):
-                self.pruned[trial] = step
+                self.pruned.add(trial)
                 loop.end_trial(trial, "pruned", step)
         if self.stop_at is not None and step >= self.stop_at:
             loop.halt()
