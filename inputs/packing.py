@@ -151,10 +151,11 @@ def pack(
     fills = {**FILL, **(fill or {})}
     n_rows, t, j = packing.rows, packing.slots, packing.jets_per_row
 
-    jet_of, src = np.nonzero(valid)  # row-major: each jet's tracks in order
-    start = np.cumsum(lengths) - lengths
-    d_row = packing.row[jet_of]
-    d_slot = packing.offset[jet_of] + (np.arange(jet_of.size) - start[jet_of])
+    # valid tracks in row-major order (each jet's in order) go to flat slot row * T + offset + rank
+    jet_of = np.repeat(np.arange(lengths.size), lengths)
+    rank = np.arange(jet_of.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    dest = packing.row[jet_of].astype(np.int64) * t + packing.offset[jet_of] + rank
+    src = np.flatnonzero(valid.ravel())
     out: dict[str, np.ndarray] = {}
     for k in track_keys:
         v = np.asarray(batch[k])
@@ -162,13 +163,16 @@ def pack(
             raise ValueError(
                 f"track key {k!r} has shape {v.shape}, not [{valid.shape[0]}, {valid.shape[1]}, ...]"
             )
-        o = np.full((n_rows, t, *v.shape[2:]), fills.get(k, 0), v.dtype)
-        o[d_row, d_slot] = v[jet_of, src]
-        out[k] = o
-    out["valid"] = np.zeros((n_rows, t), bool)
-    out["valid"][d_row, d_slot] = True
-    out["segment"] = np.full((n_rows, t), -1, np.int32)
-    out["segment"][d_row, d_slot] = packing.slot[jet_of]
+        o = np.full((n_rows * t, *v.shape[2:]), fills.get(k, 0), v.dtype)
+        # flat take and put: several times faster than a boolean [B, W] mask or index pairs
+        o[dest] = np.take(v.reshape(valid.size, *v.shape[2:]), src, axis=0)
+        out[k] = o.reshape(n_rows, t, *v.shape[2:])
+    out["valid"] = np.zeros(n_rows * t, bool)
+    out["valid"][dest] = True
+    out["valid"] = out["valid"].reshape(n_rows, t)
+    out["segment"] = np.full(n_rows * t, -1, np.int32)
+    out["segment"][dest] = packing.slot[jet_of]
+    out["segment"] = out["segment"].reshape(n_rows, t)
     for k in jet_keys:
         v = np.asarray(batch[k])
         if v.shape[:1] != lengths.shape:
