@@ -8,10 +8,11 @@ the whole score block (T padded to a power of two, at most ``MAX_BLOCK``) in reg
 kernel reads q, k, v and writes the output; the backward kernel recomputes the weights from q and k
 (no residuals but the inputs) and writes dq, dk and dv.
 
-Masking is that of math attention, so values and gradients are equal: a query attends a key iff the
-key is valid and, for packed sets (``segment``: the set each element belongs to, one row holding
-several), both belong to the same segment. Masked scores become ``MASK_VALUE`` in float32, so a query
-with no key to attend gets uniform weights over the row (finite, unused), as in math attention.
+Masking is that of math attention (``models.attention``), so values and gradients are equal: a query
+attends a valid key (``valid``), or, for packed sets (``segment``: the set each element belongs to, one
+row holding several), a key of its own group (``attention.token_groups``: valid elements of one
+segment; the padded elements form a group of their own). Masked scores become ``MASK_VALUE`` in
+float32, so a query with no key to attend gets uniform weights over the row (finite, unused).
 
 ``attention`` is the function. Off a GPU the kernels run in Pallas's interpreter (same numbers, slow:
 for tests only). Both kernels are partitioned along the set axis (``pair_mlp``'s partitioning): a jit
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from . import kernel_mode
-from .layers import MASK_VALUE
+from .attention import MASK_VALUE, token_groups
 from .pair_mlp import MIN_BLOCK, _block, _dot, _params, _split_by_set
 
 F32 = jnp.float32
@@ -61,8 +62,7 @@ def _load(ref, inside: jax.Array) -> jax.Array:
 def _weights(length: int, scale: float, q, k, qg_ref, kg_ref) -> tuple[jax.Array, jax.Array]:
     """(softmax weights [block, block] in float32, the allowed (query, key) pairs)."""
     s = _dot(q, k, q.dtype, transpose_b=True) * scale
-    qg, kg = qg_ref[...], kg_ref[...]
-    allowed = (qg[:, None] == kg[None, :]) & (kg[None, :] >= 0)
+    allowed = qg_ref[...][:, None] == kg_ref[...][None, :]
     s = jnp.where(allowed, s, MASK_VALUE)
     # Keys past the set's end are no keys at all: zero weight even in a row with no allowed key.
     s = jnp.where(jnp.arange(s.shape[1])[None, :] < length, s, -jnp.inf)
@@ -97,7 +97,7 @@ def _specs(block: int, head_dim: int, arrays: int) -> list[pl.BlockSpec]:
     return [spec] * arrays
 
 
-def _groups(block: int) -> list[pl.BlockSpec]:
+def _group_specs(block: int) -> list[pl.BlockSpec]:
     return [pl.BlockSpec((None, block), lambda b, h: (b, 0))] * 2
 
 
@@ -109,7 +109,7 @@ def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, outputs
         functools.partial(kernel, length, 1.0 / head_dim**0.5),
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)] * outputs,
         grid=(batch, heads),
-        in_specs=[*_specs(block, head_dim, len(inputs) - 2), *_groups(block)],
+        in_specs=[*_specs(block, head_dim, len(inputs) - 2), *_group_specs(block)],
         out_specs=_specs(block, head_dim, outputs),
         compiler_params=_params(warps),
         interpret=interpret,
@@ -150,11 +150,12 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 def groups(
     valid: jax.Array | None, segment: jax.Array | None, shape: tuple[int, int]
 ) -> tuple[jax.Array, jax.Array]:
-    """(query group, key group) [B, T] int32: a query attends a key iff their groups are equal and the
-    key's is >= 0 (an invalid key's group is -1)."""
-    query = jnp.zeros(shape, jnp.int32) if segment is None else segment.astype(jnp.int32)
-    key = query if valid is None else jnp.where(valid, query, -1)
-    return query, key
+    """(query groups, key groups) [B, T] int32: a query attends the keys of its group."""
+    if segment is not None:
+        both = token_groups(jnp.ones(shape, bool) if valid is None else valid, segment)
+        return both, both
+    query = jnp.zeros(shape, jnp.int32)
+    return query, (query if valid is None else jnp.where(valid, 0, -1).astype(jnp.int32))
 
 
 def attention(

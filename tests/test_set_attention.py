@@ -4,8 +4,6 @@ an H100 (no GPU needed); its partitioning over devices; the shapes it refuses.""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,22 +11,14 @@ import pytest
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from smilejax.models import kernel_mode, set_attention
-from smilejax.models.attention import MASK_VALUE, dot_product_attention
+from smilejax.models.attention import dot_product_attention
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")  # for lowering
 
 
 def _math(q, k, v, valid, segment):
-    """Math attention with the packed-set mask: query i attends key j iff j is valid and in i's segment."""
-    scores = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores.astype(jnp.float32) / math.sqrt(q.shape[-1])
-    allowed = jnp.ones((q.shape[0], q.shape[1], k.shape[1]), bool)
-    if valid is not None:
-        allowed &= valid[:, None, :]
-    if segment is not None:
-        allowed &= segment[:, :, None] == segment[:, None, :]
-    weights = jax.nn.softmax(jnp.where(allowed[:, None], scores, MASK_VALUE), axis=-1)
-    return jnp.einsum("bnqk,bknh->bqnh", weights.astype(v.dtype), v)
+    """Math attention (``models.attention``), packed sets included."""
+    return dot_product_attention(q, k, v, valid, implementation="math", segment=segment)
 
 
 def _inputs(seed: int, b: int, t: int, heads: int, dim: int, dtype=jnp.float32):
@@ -66,8 +56,7 @@ def test_values_and_gradients_equal_math_attention(t, masking):
     out = fused(q, k, v)
     assert out.shape == q.shape and not bool(jnp.isnan(out).any())
     np.testing.assert_allclose(out, exact(q, k, v), rtol=1e-5, atol=1e-6)
-    if masking == "valid":  # the existing math path (no segments) computes the same rows
-        np.testing.assert_allclose(out, dot_product_attention(q, k, v, valid), rtol=1e-5, atol=1e-6)
+    if masking == "valid":  # a row with no valid key: uniform weights over the row's keys
         np.testing.assert_allclose(out[1], jnp.broadcast_to(v[1].mean(0), out[1].shape), atol=1e-6)
     for got, want in zip(_grads(fused, q, k, v, g), _grads(exact, q, k, v, g), strict=True):
         assert not bool(jnp.isnan(got).any())
