@@ -1,4 +1,5 @@
-"""Shared parts of the Pythia 8 dataset makers: the install check, one Pythia batch as flat numpy arrays,
+"""Shared parts of the Pythia 8 dataset makers: the install check, starting a seeded Pythia, one Pythia batch
+as flat numpy arrays, soft-QCD (minimum-bias) interactions for pile-up and their vertices along the beam line,
 kinematics, pairing by group and per-worker seeds; and the ``pythia`` feature of ``smilejax doctor``.
 
 Imports no generator at module level (``pythia8mc``, ``fastjet``, ``awkward`` are optional: ``.[pythia]``).
@@ -15,6 +16,11 @@ from smilejax import host
 from smilejax.features import Feature, Missing
 
 INSTALL_HINT = host.pip_install(".[pythia]")  # pythia8mc, fastjet
+BEAMS_13TEV = ("Beams:eCM = 13000.",)
+TTBAR = ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on")
+# minimum bias: the inelastic soft-QCD processes (non-diffractive, single and double diffractive)
+SOFT_QCD = ("SoftQCD:nonDiffractive = on", "SoftQCD:singleDiffractive = on", "SoftQCD:doubleDiffractive = on")
+QUIET = ("Print:quiet = on", "Next:numberCount = 0", "Random:setSeed = on")
 
 
 def require_generators() -> None:
@@ -22,6 +28,24 @@ def require_generators() -> None:
     missing = [m for m in ("pythia8mc", "fastjet", "awkward") if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"the Pythia dataset maker needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def start(settings: tuple[str, ...], seed: int):
+    """An initialised ``pythia8mc.Pythia`` with ``settings`` and ``Random:seed = seed`` (1..9e8)."""
+    import pythia8mc
+
+    pythia = pythia8mc.Pythia("", False)
+    for line in (*settings, f"Random:seed = {int(seed)}"):
+        if not pythia.readString(line):
+            raise ValueError(f"Pythia rejected the setting {line!r}")
+    if not pythia.init():
+        raise RuntimeError("Pythia failed to initialise (see its output)")
+    return pythia
+
+
+def beam_spot(rng: np.random.Generator, n: int, sigma_z: float, sigma_xy: float) -> np.ndarray:
+    """[n, 3] interaction vertices (mm) from a Gaussian luminous region centred on the origin."""
+    return np.stack([rng.normal(0, sigma_xy, n), rng.normal(0, sigma_xy, n), rng.normal(0, sigma_z, n)], 1)
 
 
 @dataclasses.dataclass
@@ -62,6 +86,19 @@ def record(events, particle_data, cache: dict[int, tuple[float, float]]) -> Reco
     lut = np.array([cache[i] for i in ids.tolist()]).reshape(-1, 2)
     k = np.searchsorted(ids, flat["id"])
     return Record(event, flat["id"], flat["status"], parent, p, v, lut[k, 0], lut[k, 1], int(counts.size))
+
+
+class MinBias:
+    """Soft-QCD interactions at 13 TeV from their own Pythia (the pile-up of the makers); ``cache`` as in
+    ``record``."""
+
+    def __init__(self, seed: int, cache: dict[int, tuple[float, float]] | None = None):
+        self.pythia = start((*BEAMS_13TEV, *SOFT_QCD, *QUIET), seed)
+        self.cache = {} if cache is None else cache
+
+    def __call__(self, n: int) -> Record:
+        """``n`` interactions as one record (``event`` = 0..n-1, vertices relative to each interaction)."""
+        return record(self.pythia.nextBatch(n), self.pythia.particleData, self.cache)
 
 
 def kinematics(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

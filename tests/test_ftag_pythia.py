@@ -1,5 +1,6 @@
 """The Pythia tt̄ maker: file layout, reading through the ftag_h5 pipeline, physics, truth labels, parallel
-determinism. One small file (~50 events per worker) is shared by the tests."""
+determinism; pile-up and fake tracks, GN2's track selection. Small files (~50 events per worker, and 40
+events with and without pile-up) are shared by the tests."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
 from smilejax.models.gn2 import make_pythia as fp
 from smilejax.models.gn2 import make_synthetic as fs
-from smilejax.models.gn2 import tracker
+from smilejax.models.gn2 import multiplicity, pileup, tracker
 
 N_JETS, WORKERS, SEED = 240, 2, 3
+PU_EVENTS, MU = 40, 60.0  # the pile-up pair: the same tt̄ events with mu = 0 and MU
 B, C, LIGHT, TAU = range(4)
 
 
 @pytest.fixture(scope="module")
 def tt(tmp_path_factory):
-    path = fp.make(tmp_path_factory.mktemp("pythia") / "tt.h5", N_JETS, SEED, workers=WORKERS, progress=False)
+    path = fp.make(
+        tmp_path_factory.mktemp("pythia") / "tt.h5", N_JETS, SEED, workers=WORKERS, pileup=0, progress=False
+    )
     with h5py.File(path, "r", locking=False) as f:
         return path, f["jets"][:], f["tracks"][:], dict(f.attrs)
 
@@ -45,8 +49,9 @@ def test_file_layout_matches_the_synthetic_format(tt):
     t = tracks[valid]
     assert (t["pt"] > 500).all() and (np.abs(t["eta"]) < 2.5).all()
     assert (np.abs(t["d0"]) < 3.5).all() and (np.abs(t["z0SinTheta"]) < 5).all()
-    assert (t["numberOfPixelHits"].astype(int) + t["numberOfSCTHits"] >= 7).all()
+    assert (t["numberOfPixelHits"].astype(int) + t["numberOfSCTHits"] >= 8).all()
     assert (np.hypot(t["dphi"], t["deta"]) < 0.5).all(), "tracks lie in the jet's association cone"
+    assert attrs["pileup"] == 0
     assert (np.abs(jets["eta"]) < 2.5).all() and np.median(jets["pt"]) > 20e3
     assert (jets["abs_eta"] == np.abs(jets["eta"])).all() and (jets["mass"] > 0).all()
     assert set(np.unique(t["ftagTruthOriginLabel"])) <= {2, 3, 4, 5, 6, 7}, "no pileup or fakes generated"
@@ -120,7 +125,7 @@ def test_vertex_indices_group_tracks_by_production_vertex(tt):
 def test_parallel_output_is_deterministic_per_worker(tt, tmp_path):
     """Worker k's jets depend only on (seed, k): a smaller file is the heads of the workers' shares."""
     _, jets, tracks, _ = tt
-    path = fp.make(tmp_path / "small.h5", 60, SEED, workers=WORKERS, progress=False)
+    path = fp.make(tmp_path / "small.h5", 60, SEED, workers=WORKERS, pileup=0, progress=False)
     with h5py.File(path, "r", locking=False) as f:
         small_jets, small_tracks = f["jets"][:], f["tracks"][:]
     share = N_JETS // WORKERS
@@ -129,6 +134,113 @@ def test_parallel_output_is_deterministic_per_worker(tt, tmp_path):
     for name in fs.TRACK_DTYPE.names:  # field by field: NaN padding compares equal
         np.testing.assert_array_equal(small_tracks[name], tracks[name][rows], err_msg=name)
     assert len(np.unique(jets["eventNumber"] // 100_000_000)) == WORKERS
+
+
+# ------------------------------------------------------------------------------------- pile-up and fakes
+
+
+@pytest.fixture(scope="module")
+def pu():
+    """Worker 0's first PU_EVENTS tt̄ events without and with pile-up (mu = MU), made in this process:
+    {mu: (jets, tracks)}, and the pile-up generator's ``MinBias`` under the key "minbias"."""
+    from smilejax.generators.pythia import seeds
+
+    out = {}
+    for mu in (0.0, MU):
+        gen = fp.Generator(*seeds(SEED, 0), pileup=mu)
+        out[mu] = gen.batch(PU_EVENTS)
+        assert gen.events == PU_EVENTS
+    out["minbias"] = gen.minbias
+    return out
+
+
+def test_make_records_the_pileup(tmp_path):
+    path = fp.make(tmp_path / "pu.h5", 20, SEED, workers=1, pileup=5, progress=False)
+    with h5py.File(path, "r", locking=False) as f:
+        assert f.attrs["pileup"] == 5 and f.attrs["pileup_sigma_z_mm"] == pileup.SIGMA_Z
+    assert multiplicity.summary(path)["jets"] == 20
+
+
+def test_pileup_and_fake_tracks_are_made_and_labelled(pu):
+    jets, tracks = pu[MU]
+    valid = tracks["valid"]
+    t = tracks[valid]
+    origin = t["ftagTruthOriginLabel"]
+    n_origin = np.bincount(origin, minlength=8)
+    assert n_origin[fs.PILEUP] >= 20 and n_origin[fs.FAKE] >= 5, n_origin
+    assert n_origin[fs.PRIMARY] > 2 * n_origin[fs.PILEUP], "|z0 sinθ| < 5 mm keeps few pile-up tracks"
+    no_truth = np.isin(origin, (fs.PILEUP, fs.FAKE))
+    assert (t["ftagTruthVertexIndex"][no_truth] == tracker.NO_TRUTH_VERTEX).all()
+    assert (t["ftagTruthVertexIndex"][~no_truth] >= 0).all()
+    # pile-up vertices lie along the beam line, mm to cm from the hard scatter: z0 sinθ is wide
+    z0 = np.abs(t["z0SinTheta"])
+    assert np.median(z0[origin == fs.PILEUP]) > 20 * np.median(z0[origin == fs.PRIMARY])
+    assert np.median(z0[origin == fs.PILEUP]) > 1.0
+    # the jets and their labels come from the hard scatter alone: the same as without pile-up
+    jets0 = pu[0.0][0]
+    for name in ("eta", "flavour_label", "HadronConeExclTruthLabelID", "eventNumber"):
+        np.testing.assert_array_equal(jets[name], jets0[name], err_msg=name)
+
+
+def test_selection_and_cap_hold_on_every_stored_track(pu):
+    for mu in (0.0, MU):
+        jets, tracks = pu[mu]
+        valid = tracks["valid"]
+        n = valid.sum(1)
+        assert (jets["n_tracks"] == n).all() and n.max() <= fs.MAX_TRACKS
+        assert (valid == (np.arange(fs.MAX_TRACKS)[None, :] < n[:, None])).all()
+        abs_sd0 = np.where(valid, np.abs(tracks["IP3D_signed_d0_significance"]), -1)
+        assert (np.diff(abs_sd0, axis=1) <= 0).all(), "sorted by |d0 significance|, descending"
+        t = tracks[valid]
+        assert (t["pt"] > 500).all() and (np.abs(t["eta"]) < 2.5).all(), mu
+        assert (np.abs(t["d0"]) < tracker.D0_MAX).all() and (np.abs(t["z0SinTheta"]) < tracker.Z0_MAX).all()
+        hits = t["numberOfPixelHits"].astype(int) + t["numberOfSCTHits"]
+        shared = t["numberOfPixelSharedHits"].astype(int) + t["numberOfSCTSharedHits"] // 2
+        holes = t["numberOfPixelHoles"].astype(int) + t["numberOfSCTHoles"]
+        assert (hits >= 8).all() and (shared <= 1).all() and (holes <= 2).all()
+        assert (t["numberOfPixelHoles"] <= 1).all()
+        # the association cone is ATLAS's pT-dependent one: at most 0.456 (at 20 GeV)
+        assert (np.hypot(t["dphi"], t["deta"]) < 0.239 + np.exp(-1.22 - 1.64e-5 * 20e3) + 0.01).all()
+
+
+def test_pileup_raises_the_tracks_per_jet(pu):
+    s0, s1 = (
+        multiplicity.summarise(t["valid"].sum(1), t["ftagTruthOriginLabel"][t["valid"]])
+        for _, t in (pu[0.0], pu[MU])
+    )
+    assert s0["origin_share"]["Pileup"] == 0 and s0["origin_share"]["Fake"] == 0
+    assert s1["origin_share"]["Pileup"] > 0.02 and s1["origin_share"]["Fake"] > 0.002, s1
+    assert s1["mean"] > s0["mean"] + 0.5, (s0["mean"], s1["mean"])
+    assert s0["quantiles"]["0.5"] <= s1["quantiles"]["0.5"] and s1["quantiles"]["0.99"] <= fs.MAX_TRACKS
+    assert "tracks per jet: mean" in multiplicity.describe(s1)
+
+
+def test_overlay_spreads_vertices_along_the_beam_line(pu):
+    from smilejax.generators.pythia import kinematics
+
+    rng = np.random.default_rng(0)
+    rec, info = pileup.overlay(rng, pu["minbias"], 40, 25.0)
+    z = info["z"]
+    assert 800 < z.size < 1200 and (np.diff(info["crossing"]) >= 0).all()
+    # z of pile-up minus z of the hard scatter: sigma_z * sqrt(2)
+    assert abs(z.std() / (pileup.SIGMA_Z * np.sqrt(2)) - 1) < 0.15, z.std()
+    assert rec.n_events == 40 and (np.diff(rec.event) >= 0).all() and (rec.charge != 0).all()
+    pt, eta, _ = kinematics(rec.p)
+    assert (pt > pileup.PT_KEEP).all() and (np.abs(eta) < pileup.ETA_KEEP).all()
+    assert np.std(rec.v[:, 2]) > 30 and np.percentile(np.hypot(rec.v[:, 0], rec.v[:, 1]), 50) < 0.05
+
+
+def test_fakes_scale_with_pileup_and_have_wide_impact_parameters():
+    rng = np.random.default_rng(1)
+    jets = {"pt": np.full(2000, 50.0), "eta": rng.uniform(-2, 2, 2000), "phi": rng.uniform(-3, 3, 2000)}
+    assert pileup.fakes(rng, jets, 0.0) is None
+    low, high = (pileup.fakes(rng, jets, mu) for mu in (10.0, 60.0))
+    assert 0.8 < high["jet"].size / (6 * low["jet"].size) < 1.25
+    assert abs(high["jet"].size / 2000 - pileup.FAKES_PER_MU * 60) < 0.1
+    assert np.median(np.abs(high["d0"])) > 0.1 and (np.abs(high["d0"]) > 3.5).any()
+    assert (np.hypot(high["deta"], high["dphi"]) <= 0.239 + np.exp(-1.22 - 1.64e-5 * 50e3) + 1e-9).all()
+    kept = tracker.selected(high)
+    assert 0.05 < kept.mean() < 0.8, kept.mean()
 
 
 # ------------------------------------------------------------------------------------- unit pieces
@@ -211,4 +323,6 @@ def test_bad_arguments(tmp_path):
         fp.make(tmp_path / "x.h5", 0)
     with pytest.raises(ValueError, match="workers"):
         fp.make(tmp_path / "x.h5", 10, workers=0)
+    with pytest.raises(ValueError, match="pileup"):
+        fp.make(tmp_path / "x.h5", 10, pileup=-1)
     assert not list(tmp_path.iterdir()), "nothing written on bad arguments"

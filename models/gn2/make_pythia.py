@@ -5,21 +5,25 @@ atlas-ftag-tools read; MeV and mm), but the physics comes from an event generato
 
 * events: ``pythia8mc`` tt̄ (gg and qq̄) at √s = 13 TeV, Monash tune with MPI, hadronisation and all decays
   of particles with cτ up to metres (K0S, Λ, ... decay in the generator; K0L and charged π/K are stable).
-  Decay vertices are the generator's (mm). The primary vertex is at the origin, no pileup.
+  Decay vertices are the generator's (mm). The hard-scatter vertex is at the origin.
+* pile-up and fake tracks (``pileup``): a Poisson number of mean ``pileup`` (μ) of soft-QCD interactions per
+  event, at vertices spread along the beam line (σz = 42 mm), whose charged particles become tracks
+  labelled Pileup, and fake tracks (random hit combinations) labelled Fake: see ``pileup``. The jets and
+  their labels come from the hard scatter alone. Default μ = 34; ``pileup=0`` makes neither.
 * jets: anti-kt R = 0.4 (``fastjet``) of the visible final state (neutrinos and e/μ without a hadron
   ancestor, e.g. from W decays, are left out), pT > 20 GeV, |η| < 2.5. ``pt`` / ``pt_btagJes`` are the
   truth-jet pT smeared by a jet-energy resolution, ``eta`` / ``eta_btagJes`` the truth η.
 * labels: ``HadronConeExclTruthLabelID`` as ATLAS defines it: weakly decaying b hadrons (pT > 5 GeV) are
   matched to the closest jet within ΔR < 0.3 first (5), then c hadrons (4), then τ leptons (15), else 0;
   ``flavour_label`` 0..3 = b, c, light, τ.
-* tracks and their truth labels: see ``tracker`` (a simple barrel detector, GN2's selection).
+* tracks and their truth labels: see ``tracker`` (a simple barrel detector, GN2's selection, 40 tracks).
 
 Parallel: ``make(path, n_jets, seed, workers)`` starts ``workers`` processes (spawned, so a parent that
 imported JAX is safe); worker k seeds Pythia and numpy from (seed, k), makes its share of the jets into a
 temporary part file and reports progress; the parent shows a tqdm bar of jets and merges the parts, in
 worker order, into one contiguous file (then removes them). The file is the same for the same seed and
 worker count. Spawned workers re-import the main module: call ``make`` from a script under
-``if __name__ == "__main__":``. Speed: about 90 tt̄ events (≈ 430 jets) per CPU-second.
+``if __name__ == "__main__":``. Speed: about 90 tt̄ events (≈ 430 jets) per CPU-second without pile-up.
 """
 
 from __future__ import annotations
@@ -38,8 +42,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 from smilejax.generators import workers as workers_mod
-from smilejax.generators.pythia import Record, kinematics, record, require_generators, seeds
+from smilejax.generators.pythia import (
+    BEAMS_13TEV,
+    QUIET,
+    TTBAR,
+    MinBias,
+    Record,
+    kinematics,
+    record,
+    require_generators,
+    seeds,
+    start,
+)
 
+from . import pileup as pileup_mod
 from . import tracker
 from .make_synthetic import (
     FLAVOUR_NAMES,
@@ -51,15 +67,10 @@ from .make_synthetic import (
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-PYTHIA_SETTINGS = (
-    "Beams:eCM = 13000.",
-    "Top:gg2ttbar = on",
-    "Top:qqbar2ttbar = on",
-    "Print:quiet = on",
-    "Next:numberCount = 0",
-    "Random:setSeed = on",
-)
+VERSION = 2  # 2: pile-up and fake tracks; GN2's selection with >= 8 silicon hits and <= 1 shared module
+PYTHIA_SETTINGS = (*BEAMS_13TEV, *TTBAR, *QUIET)
+# ATLAS's Run 2 luminosity-weighted mean interactions per crossing is about 34 (2015-2018; docs/GN2_DATA.md)
+DEFAULT_PILEUP = 34.0
 BATCH_EVENTS = 20  # events per Pythia batch: the unit of progress (part of the seed -> file mapping)
 JET_PT_MIN, JET_ETA_MAX, JET_R = 20.0, 2.5, 0.4  # GeV
 LABEL_DR, LABEL_PT_MIN = 0.3, 5.0  # GeV
@@ -158,28 +169,33 @@ def _pack(
 
 
 class Generator:
-    """A seeded Pythia tt̄ generator plus the jet/track reconstruction (one per process)."""
+    """A seeded Pythia tt̄ generator plus the jet/track reconstruction (one per process); with ``pileup``
+    (mean interactions per event) > 0 also a minimum-bias generator and a numpy stream of its own for the
+    overlay and the fakes (so ``pileup=0`` draws exactly what it did before pile-up existed)."""
 
-    def __init__(self, seed: int, rng_seed: tuple[int, ...]):
+    def __init__(self, seed: int, rng_seed: tuple[int, ...], pileup: float = 0.0):
         require_generators()
-        import pythia8mc
-
-        self.pythia = pythia8mc.Pythia("", False)
-        for line in (*PYTHIA_SETTINGS, f"Random:seed = {int(seed)}"):
-            if not self.pythia.readString(line):
-                raise ValueError(f"Pythia rejected the setting {line!r}")
-        if not self.pythia.init():
-            raise RuntimeError("Pythia failed to initialise (see its output)")
+        self.pythia = start(PYTHIA_SETTINGS, seed)
         self.rng = np.random.default_rng(list(rng_seed))
         self._cache: dict[int, tuple[float, float]] = {}
         self.events = 0
+        self.pileup = float(pileup)
+        if self.pileup > 0:
+            self.minbias = MinBias((seed * 7 + 3) % 900_000_000 + 1, self._cache)
+            self.pu_rng = np.random.default_rng([*rng_seed, 0x9E1B])
 
     def batch(self, n_events: int = BATCH_EVENTS, first_event: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rec = record(self.pythia.nextBatch(n_events), self.pythia.particleData, self._cache)
         own, above = tracker.ancestry(rec)
         jets = _cluster(rec, above)
         label = _truth_labels(rec, own, jets)
-        trk = tracker.tracks(self.rng, rec, above, jets)
+        if self.pileup > 0:
+            soft, _ = pileup_mod.overlay(self.pu_rng, self.minbias, rec.n_events, self.pileup)
+            both, flags, mask = pileup_mod.combine(rec, above, soft)
+            fakes = pileup_mod.fakes(self.pu_rng, jets, self.pileup)
+            trk = tracker.tracks(self.rng, both, flags, jets, pileup=mask, fakes=fakes)
+        else:
+            trk = tracker.tracks(self.rng, rec, above, jets)
         self.events += rec.n_events
         return _pack(self.rng, jets, label, trk, first_event)
 
@@ -194,13 +210,13 @@ def _append(ds: h5py.Dataset, x: np.ndarray) -> None:
     ds[n:] = x
 
 
-def _work(seed: int, worker: int, n_jets: int, path: str, messages) -> None:
+def _work(seed: int, worker: int, n_jets: int, path: str, pileup: float, messages) -> None:
     """One worker: make ``n_jets`` jets into the part file ``path``, reporting progress on ``messages``."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)  # Pythia/FastJet banners and warnings: not the tqdm bar
         os.dup2(devnull, 1)
         pythia_seed, rng_seed = seeds(seed, worker)
-        gen = Generator(pythia_seed, rng_seed)
+        gen = Generator(pythia_seed, rng_seed, pileup)
         first_event = (seed * 1000 + worker) * 100_000_000
         done = 0
         with h5py.File(path, "w", locking=False) as f:
@@ -244,14 +260,23 @@ def _merge(parts: list[Path], out: Path, n_jets: int, attrs: dict) -> None:
 
 
 def make(
-    path: str | os.PathLike, n_jets: int, seed: int = 0, *, workers: int = 1, progress: bool = True
+    path: str | os.PathLike,
+    n_jets: int,
+    seed: int = 0,
+    *,
+    workers: int = 1,
+    pileup: float = DEFAULT_PILEUP,
+    progress: bool = True,
 ) -> Path:
-    """Generate ``n_jets`` jets from Pythia tt̄ events with ``workers`` processes into one HDF5 file.
+    """Generate ``n_jets`` jets from Pythia tt̄ events with ``workers`` processes into one HDF5 file, with a
+    mean of ``pileup`` minimum-bias interactions overlaid per event (and fake tracks; 0: neither).
 
     The file is written atomically (parts in a temporary folder next to it, merged under a temporary
-    name, then renamed); its attributes record the generator, seed, workers, events and seconds.
+    name, then renamed); its attributes record the generator, seed, workers, pile-up, events and seconds.
     """
-    n_jets, workers, seed = int(n_jets), int(workers), int(seed)
+    n_jets, workers, seed, pileup = int(n_jets), int(workers), int(seed), float(pileup)
+    if not 0 <= pileup <= 1000:
+        raise ValueError(f"pileup must be in [0, 1000], not {pileup}")
     if n_jets < 1:
         raise ValueError(f"n_jets must be at least 1, not {n_jets}")
     if not 1 <= workers < 1000:  # eventNumber holds the worker in 3 digits
@@ -269,7 +294,7 @@ def make(
         shares = workers_mod.shares(n_jets, workers)
         parts = [tmp_dir / f"part-{k:03d}.h5" for k in range(workers)]
         t0 = time.perf_counter()
-        args = {k: (seed, k, n, str(parts[k])) for k, n in enumerate(shares) if n > 0}
+        args = {k: (seed, k, n, str(parts[k]), pileup) for k, n in enumerate(shares) if n > 0}
         events, cpu = workers_mod.run(
             _work, args, n_jets, unit="jet", desc="pythia tt̄", progress=progress, name="ftag-pythia"
         )
@@ -277,6 +302,8 @@ def make(
         attrs = {
             "generator": f"smilejax.models.gn2.make_pythia v{VERSION} (pythia8mc tt̄ 13 TeV, anti-kt 0.4)",
             "seed": seed,
+            "pileup": pileup,  # mean minimum-bias interactions per event (fakes scale with it)
+            "pileup_sigma_z_mm": pileup_mod.SIGMA_Z,
             "workers": workers,
             "n_jets": n_jets,
             "n_events": events,

@@ -11,7 +11,10 @@ from smilejax import host
 from ..spec import Maker
 
 SYNTHETIC_ABOUT = "synthetic ATLAS flavour-tagging jets (numpy only, ~5e4 jets/s)"
-PYTHIA_ABOUT = "ATLAS flavour-tagging jets from Pythia 8 tt̄ events at 13 TeV (~400 jets/s per core)"
+PYTHIA_ABOUT = (
+    "ATLAS flavour-tagging jets from Pythia 8 tt̄ events at 13 TeV with pile-up (~100 jets/s per core)"
+)
+DEFAULT_PILEUP = 34.0  # keep equal to make_pythia.DEFAULT_PILEUP (not imported: this module stays light)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +27,15 @@ def _add_pythia(parser: argparse.ArgumentParser) -> None:
     from smilejax.generators.workers import add_arguments
 
     _add_common(parser)
+    parser.add_argument(
+        "--pileup",
+        type=float,
+        default=DEFAULT_PILEUP,
+        metavar="MU",
+        help=f"mean minimum-bias interactions overlaid per event, with fake tracks (default "
+        f"{DEFAULT_PILEUP:g}, about ATLAS's Run 2 average; 0: neither)",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="also write a histogram of the tracks per jet")
     add_arguments(parser)
 
 
@@ -46,6 +58,15 @@ def _report(path, n_jets: int) -> int:
     return 0
 
 
+def _report_tracks(path, plot: str | None) -> None:
+    from . import multiplicity
+
+    print(multiplicity.describe(multiplicity.summary(path)))
+    if plot:
+        multiplicity.plot({str(path): path}, plot)
+        print(f"wrote {plot}")
+
+
 def _check_jets(args: argparse.Namespace) -> None:
     if args.jets < 1:
         raise ValueError(f"--jets must be at least 1, not {args.jets}")
@@ -62,6 +83,8 @@ def _run_pythia(args: argparse.Namespace) -> int:
     from smilejax.generators.pythia import require_generators
 
     _check_jets(args)
+    if args.pileup < 0:
+        raise ValueError(f"--pileup must be >= 0, not {args.pileup}")
     try:
         require_generators()
     except ImportError as err:
@@ -70,9 +93,16 @@ def _run_pythia(args: argparse.Namespace) -> int:
     from . import make_pythia
 
     path = make_pythia.make(
-        args.out, args.jets, args.seed, workers=args.workers, progress=not args.no_progress
+        args.out,
+        args.jets,
+        args.seed,
+        workers=args.workers,
+        pileup=args.pileup,
+        progress=not args.no_progress,
     )
-    return _report(path, args.jets)
+    code = _report(path, args.jets)
+    _report_tracks(path, args.plot)
+    return code
 
 
 SYNTHETIC = Maker(
@@ -86,8 +116,10 @@ PYTHIA = Maker(
     add_arguments=_add_pythia,
     run=_run_pythia,
     description=(
-        f"{PYTHIA_ABOUT}. Worker k generates its share of the jets from seeds (seed, k) and the parts are "
-        "merged in order, so the file is reproducible for the same --seed and --workers (not across worker "
-        f"counts). Needs: {host.pip_install('.[pythia]')}"
+        f"{PYTHIA_ABOUT}. Pile-up: Poisson(--pileup) soft-QCD interactions per event along the beam line "
+        "(sigma_z 42 mm), their tracks labelled Pileup, and fake tracks labelled Fake; GN2's track selection "
+        "and 40-track cap (docs/GN2_DATA.md). Worker k generates its share of the jets from seeds (seed, k) "
+        "and the parts are merged in order, so the file is reproducible for the same --seed and --workers "
+        f"(not across worker counts). Needs: {host.pip_install('.[pythia]')}"
     ),
 )

@@ -18,17 +18,22 @@ the track truth labels.
     point of closest approach is at φ_track + π/2, z0 at that point. The IP3D significances are
     lifetime-signed: + when the track crosses the jet axis in front of the primary vertex
     (sign of d0·sin(φ_jet - φ) and z0·(η_jet - η)).
-  - selection as GN2's: pT > 0.5 GeV, |η| < 2.5, |d0| < 3.5 mm, |z0 sinθ| < 5 mm, ≥ 7 silicon hits,
-    ≤ 2 silicon holes, ≤ 1 pixel hole. Up to 40 tracks per jet, sorted by |d0|/σ(d0), descending (the
-    dumper's ``absSd0sort``); valid tracks fill the first slots.
+  - selection as GN2's (athena's "r22 default track selection for flavour tagging GN2", e.g.
+    ``DecoratePLIT::passed_r22tracking_cuts``): pT > 0.5 GeV, |η| < 2.5, |d0| < 3.5 mm (from the beam
+    line), |z0 sinθ| < 5 mm (from the hard-scatter vertex), ≥ 8 silicon hits, ≤ 1 shared module (pixel
+    shared hits + SCT shared hits / 2), ≤ 2 silicon holes, ≤ 1 pixel hole. Up to 40 tracks per jet,
+    sorted by |d0|/σ(d0), descending (the dumper's ``absSd0sort``); valid tracks fill the first slots.
+  - pile-up (``pileup``: particles of other interactions, vertices along the beam line) goes through the
+    same detector and selection; fake tracks (``fakes``: already measured) through the selection only.
 
 * track truth: ``ftagTruthOriginLabel`` from the decay ancestry with InDetTrackTruthOriginTool's exclusive
   priority: FromB (a b hadron, no c hadron), FromBC (c hadron from b), FromC, FromTau, OtherSecondary (a
-  long-lived ancestor, cτ > 1 mm: K0S, Λ, Σ, Ξ, Ω), else Primary. No Pileup or Fake tracks here.
+  long-lived ancestor, cτ > 1 mm: K0S, Λ, Σ, Ξ, Ω), else Primary; Pileup and Fake for those tracks.
   ``ftagTruthVertexIndex`` as FlavorTagDiscriminants' TrackTruthDecoratorAlg numbers it, but over each
   jet's selected tracks (salt only compares indices within a jet), in increasing pT: 0 when the
   production vertex is within 0.1 mm of the primary vertex, else the index (1, 2, ...) of the first seen
-  vertex within 0.1 mm, else a new index.
+  vertex within 0.1 mm, else a new index; -2 (the decorator's value for a track without a truth vertex:
+  ATLAS samples keep no pile-up truth) for Pileup and Fake tracks.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from smilejax.generators.pythia import Record, cross, kinematics, wrap
 
-from .make_synthetic import FROM_B, FROM_BC, FROM_C, FROM_TAU, OTHER, PRIMARY
+from .make_synthetic import FAKE, FROM_B, FROM_BC, FROM_C, FROM_TAU, OTHER, PILEUP, PRIMARY
 
 # detector (mm)
 PIXEL_R = np.array([33.25, 50.5, 88.5, 122.5])
@@ -48,7 +53,8 @@ VERTEX_MERGE_MM = 0.1  # TrackTruthDecoratorAlg's truthVertexMergeDistance
 LONG_LIVED_MM = 1.0  # ancestors with a longer cτ make OtherSecondary tracks (cτ of b/c hadrons < 0.5 mm)
 # track selection (GN2)
 TRK_PT_MIN, TRK_ETA_MAX, D0_MAX, Z0_MAX = 0.5, 2.5, 3.5, 5.0
-MIN_SI_HITS, MAX_SI_HOLES, MAX_PIX_HOLES = 7, 2, 1
+MIN_SI_HITS, MAX_SI_SHARED, MAX_SI_HOLES, MAX_PIX_HOLES = 8, 1, 2, 1
+NO_TRUTH_VERTEX = -2  # ftagTruthVertexIndex of a track without a truth vertex (pile-up, fake)
 
 B, C, TAU, LONG, HADRON = 1, 2, 4, 8, 16  # ancestry flags
 
@@ -175,8 +181,55 @@ def vertex_index(jet: np.ndarray, pt: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def tracks(rng, rec: Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Measured, selected tracks of the jets: flat arrays with ``jet`` (index into ``jets``)."""
+def resolution(pt: np.ndarray, sin_t: np.ndarray, lever: np.ndarray) -> dict[str, np.ndarray]:
+    """Track-parameter uncertainties (d0, z0 sinθ in mm; φ, θ in rad) from pT (GeV), sinθ and the lever
+    (radius of the first hit over the IBL's)."""
+    sqrt_s = np.sqrt(sin_t)
+    return {
+        "d0": np.hypot(0.010, 0.070 / (pt * sqrt_s)) * lever,
+        "z0": np.hypot(0.020, 0.090 / (pt * sqrt_s)) * lever,
+        "phi": np.hypot(7e-5, 1.0e-3 / (pt * sqrt_s)),
+        "theta": np.hypot(1.5e-4, 1.0e-3 / pt) * sin_t,
+    }
+
+
+def signed_significances(d0, z0s, sigma_d0, sigma_z0, dphi, deta) -> tuple[np.ndarray, np.ndarray]:
+    """IP3D lifetime-signed d0 and z0 sinθ significances (dphi = φ_trk - φ_jet, deta = η_trk - η_jet)."""
+    sd0 = np.abs(d0) / sigma_d0 * np.where(d0 * np.sin(-dphi) >= 0, 1, -1)
+    sz0 = np.abs(z0s) / sigma_z0 * np.where(z0s * -deta >= 0, 1, -1)
+    return sd0, sz0
+
+
+def selected(values: dict[str, np.ndarray]) -> np.ndarray:
+    """GN2's track selection on measured values (MeV, mm)."""
+    si_hits = values["numberOfPixelHits"] + values["numberOfSCTHits"]
+    shared_modules = values["numberOfPixelSharedHits"] + values["numberOfSCTSharedHits"] // 2
+    return (
+        (values["pt"] > TRK_PT_MIN * 1e3)
+        & (np.abs(values["eta"]) < TRK_ETA_MAX)
+        & (np.abs(values["d0"]) < D0_MAX)
+        & (np.abs(values["z0SinTheta"]) < Z0_MAX)
+        & (si_hits >= MIN_SI_HITS)
+        & (shared_modules <= MAX_SI_SHARED)
+        & (values["numberOfPixelHoles"] + values["numberOfSCTHoles"] <= MAX_SI_HOLES)
+        & (values["numberOfPixelHoles"] <= MAX_PIX_HOLES)
+    )
+
+
+def tracks(
+    rng,
+    rec: Record,
+    above: np.ndarray,
+    jets: dict[str, np.ndarray],
+    *,
+    pileup: np.ndarray | None = None,
+    fakes: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Measured, selected tracks of the jets: flat arrays with ``jet`` (index into ``jets``).
+
+    ``pileup``: per particle of ``rec``, True for particles of pile-up interactions (origin Pileup);
+    ``fakes``: measured fake tracks (the keys of the result but the truth labels), selected like the rest.
+    """
     pt_t, eta_t, phi_t = kinematics(rec.p)
     cand = np.flatnonzero(
         (rec.status > 0) & (rec.charge != 0) & (pt_t > TRK_PT_MIN) & (np.abs(eta_t) < TRK_ETA_MAX + 0.1)
@@ -198,11 +251,8 @@ def tracks(rng, rec: Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> 
     # ---- resolutions (pT in GeV), worse when the first hit is further out
     lever = np.maximum(hits["first_r"] / PIXEL_R[0], 1.0)
     lever = np.where(np.isfinite(lever), lever, 10.0)
-    sqrt_s = np.sqrt(sin_t)
-    sigma_d0 = np.hypot(0.010, 0.070 / (pt * sqrt_s)) * lever
-    sigma_z0 = np.hypot(0.020, 0.090 / (pt * sqrt_s)) * lever
-    sigma_phi = np.hypot(7e-5, 1.0e-3 / (pt * sqrt_s))
-    sigma_theta = np.hypot(1.5e-4, 1.0e-3 / pt) * sin_t
+    sigma = resolution(pt, sin_t, lever)
+    sigma_d0, sigma_z0, sigma_phi, sigma_theta = sigma["d0"], sigma["z0"], sigma["phi"], sigma["theta"]
     p_mev = np.linalg.norm(p[:, :3], axis=1) * 1e3
     qop_true = q / p_mev
     sigma_qop = np.abs(qop_true) * np.hypot(0.012, 5e-4 * pt)
@@ -216,8 +266,7 @@ def tracks(rng, rec: Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> 
     eta_m = -np.log(np.tan(theta_m / 2))
     pt_m = np.sin(theta_m) / np.maximum(np.abs(qop), 1e-12)  # MeV
     jet_eta, jet_phi = jets["eta"][jet], jets["phi"][jet]
-    sd0 = np.abs(d0) / sigma_d0 * np.where(d0 * np.sin(jet_phi - phi_m) >= 0, 1, -1)
-    sz0 = np.abs(z0s) / sigma_z0 * np.where(z0s * (jet_eta - eta_m) >= 0, 1, -1)
+    sd0, sz0 = signed_significances(d0, z0s, sigma_d0, sigma_z0, wrap(phi_m - jet_phi), eta_m - jet_eta)
 
     values = {
         "jet": jet,
@@ -237,16 +286,18 @@ def tracks(rng, rec: Record, above: np.ndarray, jets: dict[str, np.ndarray]) -> 
         **shared(rng, jet, eta_t[cand], phi, r_prod, hits["hit_pix"]),
         "ftagTruthOriginLabel": origin(above[cand]),
     }
-    si_hits = values["numberOfPixelHits"] + values["numberOfSCTHits"]
-    keep = (
-        (pt_m > TRK_PT_MIN * 1e3)
-        & (np.abs(eta_m) < TRK_ETA_MAX)
-        & (np.abs(d0) < D0_MAX)
-        & (np.abs(z0s) < Z0_MAX)
-        & (si_hits >= MIN_SI_HITS)
-        & (values["numberOfPixelHoles"] + values["numberOfSCTHoles"] <= MAX_SI_HOLES)
-        & (values["numberOfPixelHoles"] <= MAX_PIX_HOLES)
-    )
+    if pileup is not None:
+        values["ftagTruthOriginLabel"] = np.where(pileup[cand], PILEUP, values["ftagTruthOriginLabel"])
+    if fakes is not None:  # measured fakes: after the real tracks, same fields
+        n_fake = fakes["jet"].size
+        fakes = {**fakes, "ftagTruthOriginLabel": np.full(n_fake, FAKE)}
+        values = {k: np.concatenate([x, np.asarray(fakes[k]).astype(x.dtype)]) for k, x in values.items()}
+        pt, v = np.r_[pt, np.zeros(n_fake)], np.r_[v, np.zeros((n_fake, 3))]
+    keep = selected(values)
     out = {k: x[keep] for k, x in values.items()}
-    out["ftagTruthVertexIndex"] = vertex_index(jet[keep], pt[keep], v[keep])  # over the selected tracks
+    # over the selected tracks with a truth vertex (numbering as the dumper's, which sees no pile-up truth)
+    truth = ~np.isin(out["ftagTruthOriginLabel"], (PILEUP, FAKE))
+    vertex = np.full(truth.size, NO_TRUTH_VERTEX, np.int64)
+    vertex[truth] = vertex_index(out["jet"][truth], pt[keep][truth], v[keep][truth])
+    out["ftagTruthVertexIndex"] = vertex
     return out

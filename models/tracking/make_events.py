@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from smilejax.generators import pythia
 from smilejax.generators import workers as workers_mod
 from smilejax.inputs.trackml import csv as tcsv
 
@@ -40,14 +41,6 @@ HIT_EFFICIENCY = 0.99
 NOISE_FRACTION = 0.1
 SIGMA_Z, SIGMA_XY = 55.0, 0.0125  # luminous region (mm)
 FIRST_EVENT = 1000
-PYTHIA_TTBAR = ("Beams:eCM = 13000.", "Top:gg2ttbar = on", "Top:qqbar2ttbar = on")
-PYTHIA_SOFT = (
-    "Beams:eCM = 13000.",
-    "SoftQCD:nonDiffractive = on",
-    "SoftQCD:singleDiffractive = on",
-    "SoftQCD:doubleDiffractive = on",
-)
-PYTHIA_COMMON = ("Print:quiet = on", "Next:numberCount = 0", "Random:setSeed = on")
 
 
 @dataclasses.dataclass
@@ -60,7 +53,7 @@ class Particles:
 
 
 def _vertices(rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.stack([rng.normal(0, SIGMA_XY, n), rng.normal(0, SIGMA_XY, n), rng.normal(0, SIGMA_Z, n)], 1)
+    return pythia.beam_spot(rng, n, SIGMA_Z, SIGMA_XY)
 
 
 def gun(rng: np.random.Generator, pileup: float, per_interaction: int = 40) -> Particles:
@@ -76,35 +69,17 @@ def gun(rng: np.random.Generator, pileup: float, per_interaction: int = 40) -> P
 
 
 class PythiaSource:
-    """Pythia 8 tt̄ hard scatters and soft-QCD pile-up (two generators, one per process)."""
+    """Pythia 8 tt̄ hard scatters and soft-QCD pile-up (``generators.pythia``'s ``MinBias``; two generators
+    per process)."""
 
     def __init__(self, seed: int, rng: np.random.Generator):
-        from smilejax.generators.pythia import require_generators
-
-        require_generators()
+        pythia.require_generators()
         self.rng = rng
-        self.hard = self._pythia((*PYTHIA_TTBAR, *PYTHIA_COMMON, f"Random:seed = {seed}"))
-        self.soft = self._pythia(
-            (*PYTHIA_SOFT, *PYTHIA_COMMON, f"Random:seed = {(seed * 7 + 3) % 900_000_000}")
-        )
         self._cache: dict[int, tuple[float, float]] = {}
+        self.hard = pythia.start((*pythia.BEAMS_13TEV, *pythia.TTBAR, *pythia.QUIET), seed)
+        self.soft = pythia.MinBias((seed * 7 + 3) % 900_000_000, self._cache)
 
-    @staticmethod
-    def _pythia(settings):
-        import pythia8mc
-
-        pythia = pythia8mc.Pythia("", False)
-        for line in settings:
-            if not pythia.readString(line):
-                raise ValueError(f"Pythia rejected the setting {line!r}")
-        if not pythia.init():
-            raise RuntimeError("Pythia failed to initialise (see its output)")
-        return pythia
-
-    def _charged(self, pythia, n: int):
-        from smilejax.generators.pythia import record
-
-        rec = record(pythia.nextBatch(n), pythia.particleData, self._cache)
+    def _charged(self, rec: pythia.Record):
         keep = (rec.status > 0) & (rec.charge != 0) & (np.hypot(rec.p[:, 0], rec.p[:, 1]) > PT_MIN)
         p = rec.p[keep]
         mass = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(1), 0))
@@ -112,9 +87,10 @@ class PythiaSource:
 
     def __call__(self, pileup: float) -> Particles:
         n_pu = int(self.rng.poisson(pileup))
-        parts = [self._charged(self.hard, 1)]
+        hard = pythia.record(self.hard.nextBatch(1), self.hard.particleData, self._cache)
+        parts = [self._charged(hard)]
         if n_pu:
-            ev, v, p, q, m = self._charged(self.soft, n_pu)
+            ev, v, p, q, m = self._charged(self.soft(n_pu))
             parts.append((ev + 1, v, p, q, m))
         ev, v, p, q, m = (np.concatenate(x) for x in zip(*parts, strict=True))
         vertex = _vertices(self.rng, 1 + n_pu)[ev] + v
@@ -272,9 +248,7 @@ def _work(kind, seed, worker, numbers, out, pileup, gzip, messages) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)  # Pythia's banner: not on the progress bar
             os.dup2(devnull, 1)
             os.close(devnull)
-            from smilejax.generators.pythia import seeds
-
-            pythia_seed, rng_seed = seeds(seed, worker)
+            pythia_seed, rng_seed = pythia.seeds(seed, worker)
             rng = np.random.default_rng(list(rng_seed))
             source = PythiaSource(pythia_seed, rng)
         t = detector.tables()
