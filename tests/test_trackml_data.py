@@ -193,6 +193,37 @@ def test_trackml_format_batches(events_dir):
     assert shapes <= {(2, 1024, 7), (2, 4096, 7)}
 
 
+def test_edge_counts_are_cached_with_the_event_stamps(events_dir, tmp_path, monkeypatch):
+    """A second open reads the events' edge counts from one file (no event's edges touched); an event
+    whose CSVs changed is counted again, alone; a changed training event (a new module map) recounts all."""
+    names = _names(events_dir)[:4]
+    for name in names:
+        for kind in tcsv.KINDS:
+            shutil.copy(tcsv.event_file(events_dir, name, kind), tmp_path)
+    cfg = trackml.TrackmlConfig(
+        path=str(tmp_path), eval_events=1, node_widths=[1024, 4096], edge_widths=[2048, 16384]
+    )
+    first = trackml.source(cfg, "train")
+    counts = first.edge_counts()
+    assert counts.min() > 0 and counts.tolist() == [len(first.edges_of(i)) for i in range(len(first))]
+
+    built, edges_of = [], trackml.TrackmlSource.edges_of
+    monkeypatch.setattr(
+        trackml.TrackmlSource, "edges_of", lambda self, i, t=None: built.append(i) or edges_of(self, i, t)
+    )
+    np.testing.assert_array_equal(trackml.source(cfg, "train").levels, first.levels)
+    assert built == []  # the counts file alone
+
+    later = tcache.stamp(tmp_path, names[1], tcsv.KINDS)[0][3] + 10**9
+    os.utime(tcsv.event_file(tmp_path, names[1], "cells"), ns=(later, later))  # not a module-map input
+    np.testing.assert_array_equal(trackml.source(cfg, "train").edge_counts(), counts)
+    assert built == [1]
+    built.clear()
+    os.utime(tcsv.event_file(tmp_path, names[0], "hits"), ns=(later, later))  # a module-map input
+    np.testing.assert_array_equal(trackml.source(cfg, "train").edge_counts(), counts)
+    assert built == [0, 1, 2]
+
+
 def test_node_budget_batches_and_too_big_events(events_dir):
     cfg = trackml.TrackmlConfig(
         path=str(events_dir), node_widths=[2048, 4096], edge_widths=[8192, 16384], node_budget=8192

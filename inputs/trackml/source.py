@@ -254,15 +254,42 @@ class TrackmlSource:
             key = [cfg.graph, cfg.module_map, cfg.module_map_margin, cfg.module_map_triplets]
             if self.cfg.graph == "module_map" and not self.cfg.module_map:
                 train = events(self.cfg, "train")[: max(self.cfg.module_map_events, 1)]
-                key.append([[str(f.resolve()), e] for f, e in train])
+                # the training events' stamps too: a changed event relearns the map (module_map_for),
+                # so edges built with the old map must not be read back
+                stamps = [tcache.stamp(f, e, ("hits", "truth", "particles")) for f, e in train]
+                key.append([[str(f.resolve()), e] for f, e in train] + stamps)
             self._digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
         return self._digest
+
+    def edge_counts(self) -> np.ndarray:
+        """Candidate edges per event. The counts are kept per cache folder and graph stage
+        (``edge_counts-<digest>.json``: event -> its CSVs' stamp and its count), so opening the events
+        again reads one file instead of every event's edges; an event missing there, or whose CSVs
+        changed since, is counted (its edges built or read) and written back."""
+        out = np.zeros(len(self), np.int64)
+        if self.cfg.graph == "none":
+            return out
+        for folder in dict.fromkeys(f for f, _ in self.items):
+            path = tcache.cache_dir(folder, self.cfg.cache_dir) / f"edge_counts-{self._graph_digest()}.json"
+            known, fresh = _read_json(path), {}
+            for i in (i for i, (f, _) in enumerate(self.items) if f == folder):
+                event = self.items[i][1]
+                stamp = json.dumps(tcache.stamp(folder, event, self.cfg.kinds()))
+                entry = known.get(event)
+                if entry is not None and entry.get("stamp") == stamp:
+                    out[i] = entry["edges"]
+                else:
+                    out[i] = len(self.edges_of(i))
+                    fresh[event] = {"stamp": stamp, "edges": int(out[i])}
+            if fresh:
+                _merge_json(path, fresh)
+        return out
 
     @property
     def levels(self) -> np.ndarray:
         """The padding level (1-based) of every event, from its hit and edge counts."""
         if self._levels is None:
-            n_edges = np.array([len(self.edges_of(i)) for i in range(len(self))])
+            n_edges = self.edge_counts()
             nw, ew = np.asarray(self.cfg.node_widths), np.asarray(self.cfg.edge_widths)
             level = np.maximum(np.searchsorted(nw, self.nodes), np.searchsorted(ew, n_edges))
             if (level >= nw.size).any():
@@ -316,6 +343,23 @@ class TrackmlSource:
                 out["true_edges"][row, : len(pairs)] = pairs
                 out["true_edge_mask"][row, : len(pairs)] = True
         return {k: v for k, v in out.items() if k in self.fields}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _merge_json(path: Path, entries: dict) -> None:
+    """Adds ``entries`` to the JSON object in ``path`` (under its lock: several processes may count);
+    a read-only cache keeps nothing (the counts are made again next time)."""
+    with contextlib.suppress(OSError), locked(path.with_name(path.name + ".lock")):
+        merged = {**_read_json(path), **entries}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=0))
+        os.replace(tmp, path)
 
 
 def source(cfg: TrackmlConfig, split: str = "train", fields: Sequence[str] | None = None) -> TrackmlSource:
