@@ -72,6 +72,26 @@ class Evaluation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Convergence:
+    """A family's part of ``bench convergence``: the training variants it compares and its quality metric.
+
+    variants: {name: ("key=value", ...)} the default variants, config overrides laid over the study's
+        config (e.g. GN2's ``padded``, ``bucketed``, ``window16``, ``packed``); the first is the reference
+        whose final validation loss the others are timed to.
+    predict(model, batch) -> {name: [jets, ...] array}: traced (jitted by the study) on each held-out
+        batch with the model in eval mode; per-jet outputs and the labels ``quality`` needs.
+    quality(outputs) -> {name: float}: the quality metric from ``predict``'s outputs of every held-out jet,
+        concatenated (GN2: light and c rejection at 77 % b-efficiency), higher is better.
+    headline: the quality value plotted against jets seen and wall time.
+    """
+
+    variants: Mapping[str, tuple[str, ...]]
+    predict: Callable[[nnx.Module, Batch], dict[str, jax.Array]]
+    quality: Callable[[Mapping[str, np.ndarray]], dict[str, float]]
+    headline: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Bench:
     """What the performance studies need beyond the spec (all optional).
 
@@ -83,6 +103,7 @@ class Bench:
         ``cases(args)`` it also gives ``bench roofline`` its shapes.
     maker: the maker (``smilejax data make NAME``) of a synthetic set that ``bench input --jets N`` makes
         and reads when a config names no files.
+    convergence: ``bench convergence``'s variants and quality metric.
     """
 
     length_field: str | None = None
@@ -90,6 +111,7 @@ class Bench:
     torch_config: Callable[[Any], dict] | None = None
     study: str | None = None
     maker: str | None = None
+    convergence: Convergence | None = None
 
 
 @dataclasses.dataclass(frozen=True)

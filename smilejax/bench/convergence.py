@@ -1,0 +1,295 @@
+"""``smilejax bench convergence CONFIG``: training variants from the same seeds on the same sample, judged
+by the quality they reach against jets seen and against training time.
+
+A variant is a named set of config overrides (GN2's: ``padded`` as salt pads every batch to max_tracks,
+``bucketed`` the same batches each padded to its longest jet, ``window16`` jets of 16 batches sorted by
+track count first, ``packed`` several jets per row of track slots); the model family declares its
+defaults and its quality metric (``Bench.convergence``; GN2: light and c rejection at 77 % b-efficiency).
+Every (variant, seed) is one ``smilejax train`` run (``trainer.train``) with ``run.seed`` = seed, so
+variants with the same seed start from the same weights and draw the same jets. Every ``--eval-every``
+steps (and after the last) the run is scored on the same held-out batches (``run.eval_steps`` of them):
+validation loss and the quality metric, with the jets seen and the training seconds so far (steps only,
+blocked before each evaluation: device time on a GPU; evaluations and compilation left out).
+
+Results in --out: ``convergence.json`` (every point and the per-variant summary), ``convergence.md``
+(per variant: final validation loss and quality, mean ± sd over seeds, jets/s, the training time and
+jets to reach the first variant's mean final validation loss) and ``convergence.png`` (validation loss and
+the headline quality against jets seen and against training time, one line per variant, a band over the
+seeds). On CPUs the study runs reduced and says so in every output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import shlex
+import statistics
+from pathlib import Path
+
+from smilejax import plotting
+from smilejax.commands.common import OVERRIDES_HELP, add_command
+
+log = logging.getLogger(__name__)
+
+CPU_MODE = "reduced, CPU"
+
+
+def register(sub) -> None:
+    parser = add_command(
+        sub,
+        "convergence",
+        help="training variants (padded, bucketed, packed, ...) judged by quality vs jets seen and time",
+        description=__doc__,
+    )
+    parser.add_argument("config", metavar="CONFIG", help="packaged config (e.g. gn2) or YAML config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of every variant's config (repeatable; as the positional overrides)",
+    )
+    parser.add_argument(
+        "--variants",
+        help="comma list of the variants to train, the first the reference (default: all the family's, "
+        "in its order; GN2: padded,bucketed,window16,packed)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'NAME KEY=VALUE ...'",
+        help="define (or redefine) a variant, its name and overrides in one quoted argument, e.g. "
+        "--variant 'window4 data.bucket_tracks=[16,24] data.bucket_window=4' (repeatable; name it in "
+        "--variants too when --variants is given)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per variant: run.seed 0..N-1 (default 3)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of every run (default 2000)")
+    parser.add_argument("--eval-every", type=int, default=200, help="steps between evaluations (default 200)")
+    parser.add_argument(
+        "--eval-batches",
+        type=int,
+        help="held-out batches per evaluation (run.eval_steps; default: the config's)",
+    )
+    parser.add_argument("--out", default="bench-results/convergence", help="folder for JSON, table and plot")
+    parser.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------- variants and configs
+
+
+def variants(args: argparse.Namespace, family: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The variants to train, in order: --variants' names among the family's and --variant's."""
+    defined = dict(family)
+    for text in args.variant:
+        name, *overrides = shlex.split(text) or [""]
+        if not name or "=" in name:
+            raise SystemExit(f"bench convergence: --variant {text!r} must start with the variant's name")
+        defined[name] = tuple(overrides)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()] if args.variants else list(defined)
+    unknown = [n for n in names if n not in defined]
+    if unknown:
+        raise SystemExit(
+            f"bench convergence: unknown variant(s) {unknown}; known: {', '.join(defined)} "
+            "(define one with --variant NAME KEY=VALUE ...)"
+        )
+    if not names or len(set(names)) != len(names):
+        raise SystemExit(f"bench convergence: --variants needs distinct names, got {names}")
+    return {n: defined[n] for n in names}
+
+
+def check_keys(tree: dict, chosen: dict[str, tuple[str, ...]], config_name: str) -> None:
+    """Refuses, before any training, a variant that sets a key the config's sections do not have."""
+    from smilejax import config
+
+    known = set(config.field_keys(tree))
+    problems = []
+    for name, overrides in chosen.items():
+        for item in overrides:
+            key = item.partition("=")[0]
+            if key not in known:
+                problems.append(f"variant {name!r} sets {key!r}, which config {config_name!r} does not know")
+    if problems:
+        raise SystemExit(
+            "bench convergence: " + "; ".join(problems) + " (this build's config has no such field: leave "
+            "the variant out of --variants or redefine it with --variant)"
+        )
+
+
+def run_config(args: argparse.Namespace, base: dict, overrides: tuple[str, ...], seed: int, run_dir: Path):
+    """The ``Config`` of one (variant, seed) run."""
+    from smilejax import config
+
+    fixed = [
+        f"run.steps={args.steps}",
+        "run.eval_every=0",  # the probe evaluates, outside the timed steps
+        f"run.log_every={args.eval_every}",
+        "run.checkpoint_every=0",
+        "run.keep_checkpoints=1",
+        f"run.seed={seed}",
+        f"run.dir={run_dir}",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+    ]
+    if args.eval_batches:
+        fixed.append(f"run.eval_steps={args.eval_batches}")
+    return config.load(copy.deepcopy(base), [*fixed, *args.overrides, *args.sets, *overrides])
+
+
+# ---------------------------------------------------------------- the study
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from smilejax import config, registry, trainer
+    from smilejax.bench import _convergence_probe, common
+
+    if args.seeds < 1 or args.steps < 1 or args.eval_every < 1:
+        raise SystemExit("bench convergence: --seeds, --steps and --eval-every must be at least 1")
+    base = config.apply_overrides(config.read_yaml(args.config), [*args.overrides, *args.sets])
+    probe_cfg = config.from_dict(copy.deepcopy(base))
+    spec = registry.model(probe_cfg.model.name)
+    hook = spec.bench.convergence
+    if hook is None:
+        raise SystemExit(f"bench convergence: model family {spec.name!r} declares no convergence hook")
+    chosen = variants(args, hook.variants)
+    check_keys(base, chosen, args.config)
+    mode = CPU_MODE if jax.devices()[0].platform == "cpu" else jax.devices()[0].platform.upper()
+    out = Path(args.out)
+
+    points: list[dict] = []
+    for name, overrides in chosen.items():
+        for seed in range(args.seeds):
+            cfg = run_config(args, base, overrides, seed, out / "runs" / f"{name}-seed{seed}")
+            log.info("bench convergence: %s, seed %d (%s)", name, seed, " ".join(overrides) or "no overrides")
+            probe = _convergence_probe.Probe(cfg, hook, args.eval_every)
+            trainer.train(cfg, callbacks=[probe])
+            points += [{"variant": name, "seed": seed, **p} for p in probe.points]
+
+    rows, target = summarise(points, list(chosen))
+    table = [_table_row(r, quality_keys(points, hook.headline)) for r in rows]
+    notes = [
+        f"mode: {mode}" + (" (a small model and sample on CPUs: no GPU timing)" if mode == CPU_MODE else ""),
+        f"target: {target:.4g}, the mean final validation loss of {next(iter(chosen))!r} over its seeds; "
+        "time/jets to target: the mean over the seeds that reached it (reached: how many)",
+        "train_s: wall seconds of the training steps, blocked before each evaluation (device time on a GPU); "
+        "evaluations and compilation excluded. ± is the standard deviation over seeds.",
+    ]
+    extra = {
+        "mode": mode,
+        "variants": {n: list(o) for n, o in chosen.items()},
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "seeds": args.seeds,
+        "target_val_loss": target,
+        "summary": rows,
+        "points": points,
+    }
+    common.write_results(out, "convergence", table, extra=extra, notes=notes)
+    plot(points, list(chosen), hook.headline, out / "convergence.png", mode)
+    return 0
+
+
+_POINT_KEYS = {"variant", "seed", "step", "jets", "train_s", "compile_s", "eval_s", "val_loss"}
+
+
+def quality_keys(points: list[dict], headline: str) -> list[str]:
+    """The family's quality values of a point (not its errors, not the loss's other ``val_`` terms),
+    the headline first."""
+    keys = [k for k in points[0] if k not in _POINT_KEYS and not k.startswith("val_")]
+    keys = [k for k in keys if not k.endswith("_err")]
+    return list(dict.fromkeys([headline, *keys]))
+
+
+def _runs(points: list[dict], variant: str) -> dict[int, list[dict]]:
+    runs: dict[int, list[dict]] = {}
+    for p in points:
+        if p["variant"] == variant:
+            runs.setdefault(p["seed"], []).append(p)
+    return runs
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(points: list[dict], names: list[str]) -> tuple[list[dict], float]:
+    """Per variant: final values (mean, sd over seeds), jets/s, and the training time and jets to reach
+    the reference's (first variant's) mean final validation loss; and that target."""
+    finals = {n: [run[-1] for run in _runs(points, n).values()] for n in names}
+    target = statistics.fmean(p["val_loss"] for p in finals[names[0]])
+    quality = [k for k in finals[names[0]][0] if k not in _POINT_KEYS and not k.startswith("val_")]
+    quality = [k for k in quality if not k.endswith("_err")]
+    rows = []
+    for name in names:
+        last = finals[name]
+        row: dict = {"variant": name, "seeds": len(last)}
+        for key in ["val_loss", *quality]:
+            row[key], row[f"{key}_sd"] = _mean_sd([p[key] for p in last])
+        row["jets_per_s"], row["jets_per_s_sd"] = _mean_sd([p["jets"] / p["train_s"] for p in last])
+        row["train_s"] = statistics.fmean(p["train_s"] for p in last)
+        row["compile_s"] = statistics.fmean(p["compile_s"] for p in last)
+        runs = _runs(points, name).values()
+        hits = [next((p for p in run if p["val_loss"] <= target), None) for run in runs]
+        reached = [h for h in hits if h is not None]
+        row["reached"] = f"{len(reached)}/{len(hits)}"
+        row["time_to_target_s"] = statistics.fmean(h["train_s"] for h in reached) if reached else None
+        row["jets_to_target"] = statistics.fmean(h["jets"] for h in reached) if reached else None
+        rows.append(row)
+    return rows, target
+
+
+def _table_row(row: dict, quality: list[str]) -> dict:
+    def pm(key: str, digits: str = ".4g") -> str:
+        return f"{row[key]:{digits}} ± {row[key + '_sd']:{digits}}"
+
+    cells = {"variant": row["variant"], "seeds": row["seeds"], "final val loss": pm("val_loss")}
+    cells.update({k: pm(k, ".3g") for k in quality if k in row})
+    cells["jets/s"] = pm("jets_per_s", ".4g")
+    cells["train s"] = row["train_s"]
+    ttt = row["time_to_target_s"]
+    cells["s to target"] = "not reached" if ttt is None else f"{ttt:.4g}"
+    cells["jets to target"] = "" if row["jets_to_target"] is None else f"{row['jets_to_target']:.4g}"
+    cells["reached"] = row["reached"]
+    return cells
+
+
+# ---------------------------------------------------------------- plot
+
+
+def plot(points: list[dict], names: list[str], headline: str, path: Path, mode: str) -> None:
+    """Validation loss and the headline quality against jets seen and training seconds: per variant the
+    mean over seeds, a band from the lowest to the highest seed."""
+    import numpy as np
+
+    plt = plotting.pyplot(path)
+    if plt is None or not points:
+        return
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+    for name in names:
+        runs = list(_runs(points, name).values())
+        n = min(len(r) for r in runs)
+        for row, key in enumerate(("val_loss", headline)):
+            y = np.array([[p[key] for p in r[:n]] for r in runs], np.float64)
+            for col, xkey in enumerate(("jets", "train_s")):
+                x = np.mean([[p[xkey] for p in r[:n]] for r in runs], axis=0)
+                ax = axes[row][col]
+                (line,) = ax.plot(x, y.mean(0), marker=".", label=name)
+                ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
+    for row, key in enumerate(("validation loss", headline)):
+        for col, xlabel in enumerate(("jets seen", "training seconds")):
+            ax = axes[row][col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(key)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    seeds = len({p["seed"] for p in points})
+    fig.suptitle(f"bench convergence ({mode}): mean of {seeds} seed(s), band min-max")
+    plotting.save(fig, path)

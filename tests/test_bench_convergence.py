@@ -1,0 +1,80 @@
+"""``smilejax bench convergence``: a tiny GN2 on a tiny synthetic sample, two variants × two seeds × a few
+steps: its files, its points, identical batches giving identical losses, and the variants it refuses."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import yaml
+from smilejax.inputs import ftag_h5 as fh
+from smilejax.models.gn2 import make_synthetic as fs
+
+from smilejax import cli
+
+STEPS, EVERY, BATCH = 4, 2, 32
+TINY = dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8], aux_tasks="off")
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    d = tmp_path_factory.mktemp("convergence")
+    path = fs.make(d / "s.h5", 1200, seed=1)
+    norm = fh.write_norm_dict(fh.compute_norm_dict(str(path)), d / "norm.yaml")
+    cfg = {
+        "base": "gn2",
+        "data": {"path": str(path), "norm_dict": str(norm), "batch_size": BATCH, "read_threads": 1},
+        "model": TINY,
+        "train": {"precision": "fp32"},
+        "run": {"eval_steps": 3},
+        "optimizer": {"lr": 1e-3, "schedule": "cosine"},
+        "logging": {"wandb": "off"},
+    }
+    cfg_path = d / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    return cfg_path
+
+
+def test_two_variants_two_seeds(tiny_config, tmp_path):
+    out = tmp_path / "out"
+    args = ["bench", "convergence", str(tiny_config), "--variants", "padded,bucketed", "--seeds", "2"]
+    args += ["--steps", str(STEPS), "--eval-every", str(EVERY), "--out", str(out)]
+    assert cli.main(args) == 0
+    written = {p.name for p in out.iterdir()}
+    assert written >= {"convergence.json", "convergence.md", "convergence.png", "runs"}
+    record = json.loads((out / "convergence.json").read_text())
+    assert record["mode"] == "reduced, CPU" and "reduced, CPU" in (out / "convergence.md").read_text()
+    points = record["points"]
+    runs = {
+        (v, s): [p for p in points if (p["variant"], p["seed"]) == (v, s)]
+        for v in ("padded", "bucketed")
+        for s in (0, 1)
+    }
+    for run in runs.values():
+        assert [p["step"] for p in run] == [2, 4]
+        assert [p["jets"] for p in run] == [2 * BATCH, 4 * BATCH]  # monotone in jets seen
+        assert all(b["train_s"] > a["train_s"] > 0 for a, b in itertools.pairwise(run))
+        assert all(np.isfinite(p["val_loss"]) and p["light_rej_77"] >= 1 and p["c_rej_77"] >= 1 for p in run)
+    for seed in (0, 1):
+        # window 1: the same jets in the same batches, only less padding, so the same losses
+        padded, bucketed = runs["padded", seed], runs["bucketed", seed]
+        assert bucketed[0]["val_loss"] == pytest.approx(padded[0]["val_loss"], rel=1e-4)
+        assert bucketed[-1]["val_loss"] == pytest.approx(padded[-1]["val_loss"], rel=1e-4)
+    assert runs["padded", 0][0]["val_loss"] != pytest.approx(runs["padded", 1][0]["val_loss"], rel=1e-4)
+    summary = {r["variant"]: r for r in record["summary"]}
+    assert summary["padded"]["seeds"] == 2 and summary["padded"]["jets_per_s"] > 0
+    target = np.mean([runs["padded", s][-1]["val_loss"] for s in (0, 1)])
+    assert record["target_val_loss"] == pytest.approx(target)
+
+
+def test_refuses_unknown_variants_and_keys(tiny_config, tmp_path):
+    base = ["bench", "convergence", str(tiny_config), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"unknown variant\(s\) \['nope'\]"):
+        cli.main([*base, "--variants", "padded,nope"])
+    unknown_key = r"variant 'odd' sets 'data.no_such_key', which config .* does not know"
+    with pytest.raises(SystemExit, match=unknown_key):
+        odd = "odd data.no_such_key=3 data.bucket_window=2"
+        cli.main([*base, "--variant", odd, "--variants", "padded,odd"])
+    assert not (tmp_path / "runs").exists()  # refused before any training
