@@ -14,7 +14,7 @@ def register(sub) -> None:
     parser = add_command(
         sub,
         "bench",
-        help="performance studies: throughput, scaling, input pipeline, serving",
+        help="performance studies: throughput, scaling, input pipeline, serving, convergence",
         description="Performance studies. Each reports speeds as ratios against a baseline measured in "
         "the same run and writes JSON, a table and plots into --out, with the machine, date and command.",
     )
