@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         "points": points,
     }
     common.write_results(out, "convergence", table, extra=extra, notes=notes)
-    plot(points, list(chosen), hook.headline, out / "convergence.png", mode)
+    plot(points, list(chosen), hook.headline, out / "convergence.png", mode, target)
     return 0
 
 
@@ -264,9 +264,9 @@ def _table_row(row: dict, quality: list[str]) -> dict:
 # ---------------------------------------------------------------- plot
 
 
-def plot(points: list[dict], names: list[str], headline: str, path: Path, mode: str) -> None:
+def plot(points: list[dict], names: list[str], headline: str, path: Path, mode: str, target: float) -> None:
     """Validation loss and the headline quality against jets seen and training seconds: per variant the
-    mean over seeds, a band from the lowest to the highest seed."""
+    mean over seeds, a band from the lowest to the highest seed; the target loss dashed."""
     import numpy as np
 
     plt = plotting.pyplot(path)
@@ -289,6 +289,8 @@ def plot(points: list[dict], names: list[str], headline: str, path: Path, mode: 
             ax.set_xlabel(xlabel)
             ax.set_ylabel(key)
             ax.grid(alpha=0.3)
+            if row == 0:
+                ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
     axes[0][0].legend()
     seeds = len({p["seed"] for p in points})
     fig.suptitle(f"bench convergence ({mode}): mean of {seeds} seed(s), band min-max")
