@@ -126,6 +126,8 @@ def predict(
             net=net,
             nodes=args.nodes,
         ):
+            if args.train_samples:  # one training's hours at this rate (a projection: step time only)
+                r["train_hours"] = args.train_samples / r["samples_per_s"] / 3600
             out.append({"strategy": strategy, **r})
     assumptions = {
         "network": net.describe(),
@@ -135,6 +137,8 @@ def predict(
         "collectives_source": sources,
         "model": "t_step = t_compute + (1 - overlap) * t_comm; see smilejax/bench/_scaling_model.py",
     }
+    if args.train_samples:
+        assumptions["train_samples"] = args.train_samples
     return out, assumptions
 
 
@@ -184,7 +188,7 @@ def write_model(
         out,
         MODEL_STUDY,
         model_rows,
-        columns=MODEL_COLUMNS,
+        columns=MODEL_COLUMNS + (["train_hours"] if "train_samples" in assumptions else []),
         extra={"assumptions": assumptions},
         notes=model_notes(assumptions),
     )
@@ -209,7 +213,7 @@ def model_notes(assumptions: dict[str, Any]) -> list[str]:
     """What a predicted row rests on, written under the table: every number that was not measured."""
     a, net = assumptions, assumptions["network"]
     collectives = "; ".join(f"{s}: {source}" for s, source in a["collectives_source"].items())
-    return [
+    notes = [
         "Predicted, not measured: t_step = t_compute + (1 - overlap) × t_comm, weak scaling "
         "(smilejax/bench/_scaling_model.py).",
         f"t_compute: {a['t_compute_s'] * 1e3:.4g} ms per step at {a['per_gpu_batch']} per GPU; "
@@ -220,6 +224,12 @@ def model_notes(assumptions: dict[str, Any]) -> list[str]:
         f"nodes, {net['overlap']:g} of communication hidden behind compute.",
         f"Collectives per step: {collectives}.",
     ]
+    if "train_samples" in a:
+        notes.append(
+            f"train_hours: {a['train_samples']:.4g} samples (one training) over samples_per_s; step time "
+            "only: no validation, input stalls, compilation or job start."
+        )
+    return notes
 
 
 def _plot(draw, path: Path, *data) -> None:

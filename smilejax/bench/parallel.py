@@ -123,6 +123,13 @@ def register(sub) -> None:
         "--alpha-inter-us", type=float, default=5.0, help="latency per ring step between nodes"
     )
     model.add_argument("--overlap", type=float, default=0.0, help="fraction of communication hidden (0-1)")
+    model.add_argument(
+        "--train-samples",
+        type=float,
+        help="samples one training sees (epochs × training set; salt's GN2 recipe: 40 × 302.75M = "
+        "1.211e10): adds its predicted hours at each node count (step time only; docs/PERFORMANCE.md, "
+        "'GN2: weeks to hours')",
+    )
     parser.set_defaults(run=run)
 
 
