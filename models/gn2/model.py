@@ -39,6 +39,15 @@ Losses (``loss``), averaged in float32:
   without one) or by the number of valid pairs (``"pairs"``: a smaller loss, by matches/pairs, whose
   scale does not depend on how many tracks share vertices); weight 1.5.
 
+Packed batches (``"segment" in batch``; built by ``inputs/packing.py``): R rows of T track slots hold
+several jets each, ``segment`` [R, T] naming each track's jet slot (0..J-1, -1 empty) and ``jet_valid``
+[R, J] the slots that hold a jet; per-jet keys (``flavour``) are [R, J]. Attention stays within a jet
+(``models/attention.py``), the encoder appends the registers once per jet slot, pooling gives [R, J]
+jet embeddings, the origin and vertex heads take each track's own jet embedding as context, and only
+pairs of tracks in one jet are scored. The losses run over the valid jet slots, valid tracks and
+same-jet pairs, so values and gradients are those of the padded batch with the same jets (up to
+float rounding); ``acc_jet`` is the mean over valid jet slots. Evaluation and export stay padded.
+
 Logical axis names: see ``models/layers.py`` (embed / mlp / heads / kv / in, None for class logits).
 """
 
@@ -166,7 +175,7 @@ def portable(cfg: GN2Config) -> GN2Config:
 
 class GN2(nnx.Module):
     """``model(tracks, valid) -> {"jet_logits": [B, 4], "origin_logits": [B, T, 8], "vertex_logits":
-    [B, T, T]}``; ``tasks=`` restricts which heads run."""
+    [B, T, T]}``; ``tasks=`` restricts which heads run; ``segment=``, ``jet_valid=``: a packed batch."""
 
     def __init__(self, cfg: GN2Config, *, rngs: nnx.Rngs, dtype=jnp.float32):
         dtype = jnp.dtype(dtype)
