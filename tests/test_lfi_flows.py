@@ -62,6 +62,24 @@ def test_autoregressive_structure():
     assert np.all(np.abs(np.tril(np.asarray(jac), -1))[np.tril_indices(4, -1)] > 0)
 
 
+def test_masks_are_built_once_as_constants_not_state():
+    """A MaskedDense's mask is made at construction and held as static structure: the flow's state is its
+    kernels and biases only, and a traced forward embeds the mask as a constant."""
+    flow = make_flow("maf", dim=3, context=2, seed=1)
+    layer = flow.layers[0].made.layers[0]
+    assert isinstance(layer.mask, flows.Constant) and layer.mask.array.shape == layer.kernel[...].shape
+    assert not layer.mask.array.flags.writeable
+    # hidden unit j of degree d_j sees inputs of degree <= d_j and all of the context (degree 0)
+    degrees = flows._degrees(3, [16, 16])
+    inputs = np.concatenate([degrees[0], np.zeros(2, int)])
+    np.testing.assert_array_equal(layer.mask.array, degrees[1][None, :] >= inputs[:, None])
+    _, state = nnx.split(flow)
+    names = {path[-1] for path, _ in nnx.to_flat_state(state)}
+    assert names == {"kernel", "bias"}, names
+    graph, _ = nnx.split(flow)
+    assert hash(graph) == hash(nnx.split(make_flow("maf", dim=3, context=2, seed=2))[0])
+
+
 def test_a_new_flow_is_the_identity():
     with nnx.use_eager_sharding(False):
         flow = flows.Flow(2, 3, flows.FlowConfig(kind="nsf", layers=2), rngs=nnx.Rngs(0))

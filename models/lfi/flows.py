@@ -53,25 +53,36 @@ def _degrees(dim: int, hidden: Sequence[int]) -> list[np.ndarray]:
     return degrees
 
 
+class Constant:
+    """A fixed array held by a module as static structure (hashed by its bytes), neither a Param nor other
+    state: it is not trained, not checkpointed, and a trace reads it as a constant."""
+
+    __slots__ = ("_key", "array")
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.array(array, np.float32)
+        self.array.setflags(write=False)
+        self._key = (self.array.shape, self.array.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Constant) and self._key == other._key
+
+
 class MaskedDense(nnx.Module):
-    """A dense layer whose kernel is multiplied by a fixed 0/1 mask (kept as static degrees, not state)."""
+    """A dense layer whose kernel is multiplied by a fixed 0/1 mask, built once (a ``Constant``)."""
 
     def __init__(self, mask: np.ndarray, axes: tuple, *, rngs: nnx.Rngs, zero: bool = False):
         fan_in, fan_out = mask.shape
         init = nnx.initializers.zeros_init() if zero else torch_linear_init
         self.kernel = nnx.Param(init(rngs.params(), (fan_in, fan_out), F32), out_sharding=axes)
         self.bias = nnx.Param(jnp.zeros((fan_out,), F32), out_sharding=(axes[1],))
-        self.mask_rows = tuple(tuple(int(i) for i in np.flatnonzero(col)) for col in mask.T)
-        self.shape = (fan_in, fan_out)
-
-    def mask(self) -> jax.Array:
-        m = np.zeros(self.shape, np.float32)
-        for j, rows in enumerate(self.mask_rows):
-            m[list(rows), j] = 1.0
-        return jnp.asarray(m)
+        self.mask = Constant(mask != 0)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ (self.kernel[...] * self.mask()) + self.bias[...]
+        return x @ (self.kernel[...] * self.mask.array) + self.bias[...]
 
 
 class MADE(nnx.Module):
