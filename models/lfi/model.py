@@ -244,8 +244,16 @@ def npe_loss(model: NPE, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
 
 def nre_loss(model: NRE, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Binary cross-entropy of joint pairs (label 1) against marginal pairs (label 0): each x meets the
-    theta of another example, by a permutation of the batch drawn from its seeds (or the identity shift
-    of one for stored pairs)."""
+    theta of another example, by a permutation of the batch drawn from its seeds (fresh simulations), or
+    the shift by one row for stored pairs.
+
+    The shift is sound for stored pairs because the training pipeline draws each batch as a uniform
+    random sample of the file (a new permutation every epoch, ``data.shuffle``, on by default): the rows
+    are exchangeable, so pairing row i's x with row i-1's theta pairs independent examples, a draw of
+    p(theta) p(x), and over the epochs each x meets many thetas. A random permutation of the rows
+    would add no randomness the batch does not already have, only fixed points (an x meeting its own
+    theta, a joint pair labelled marginal). With ``data.shuffle=false`` the same neighbours would meet in
+    every epoch (and, in a file ordered by theta or by round, correlated ones): keep shuffling on."""
     theta, x, valid = model.pairs(batch)
     z = (theta - model.theta_loc[...]) / model.theta_scale[...]
     ctx = model.context(x)
