@@ -367,8 +367,10 @@ class _WithTables:
     def compile(self, *args: Any, **kwargs: Any) -> _WithTables:
         return _WithTables(self.fn.compile(*args, **kwargs), self.tables)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["fn"], name)
+    def __getattr__(self, name: str) -> Any:  # only for names the instance lacks
+        if "fn" not in self.__dict__:  # half-built (a copy): no recursion through self.fn
+            raise AttributeError(name)
+        return getattr(self.fn, name)
 
 
 def _trial_program(core: _Core, trials: TrialAxis, graphdef: nnx.GraphDef, mesh: Mesh) -> Program:
