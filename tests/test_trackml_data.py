@@ -164,6 +164,23 @@ def test_module_map_finds_the_true_consecutive_pairs(events_dir):
     )
 
 
+def test_sparse_module_pairs_are_widened(events_dir, monkeypatch):
+    """Pairs seen in few training events get the typical width of their layer pair instead of the width
+    0 of one sample: held-out events' true pairs are found far more often, with a few more edges."""
+    tables = [_truth_inputs(tcsv.read_event(events_dir, n)) for n in _names(events_dir)]
+    train, held = tables[:8], tables[8:]
+    wide = mm.learn(train)
+    assert (wide.hi - wide.lo > 0).all()
+    monkeypatch.setattr(mm, "_widened", lambda pairs, lo, hi, counts: (lo, hi))
+    raw = mm.learn(train)
+    np.testing.assert_array_equal(raw.pairs, wide.pairs)
+    assert ((raw.hi - raw.lo) == 0).mean() > 0.3  # most pairs were seen once
+    for m in (raw, wide):
+        m.found = [mm.edge_metrics(m.apply(h), p, mm.true_pairs(h, p, v)) for h, p, v in held]
+    eff = {k: np.mean([f["efficiency"] for f in m.found]) for k, m in (("raw", raw), ("wide", wide))}
+    assert eff["wide"] > 1.5 * eff["raw"], eff
+
+
 def test_trackml_format_batches(events_dir):
     cfg = trackml.TrackmlConfig(
         path=str(events_dir), node_widths=[1024, 4096], edge_widths=[2048, 16384], batch_size=2

@@ -21,6 +21,8 @@ from .features import module_key
 
 FEATURES = ("z0", "phi_slope", "deta", "dphi")
 CHUNK = 4_000_000  # candidate edges evaluated at once (memory)
+VERSION = 2  # of what ``learn`` makes (in the names of cached maps and edges): 2 widens sparse pairs
+SAMPLED = 5  # a module pair seen this often has ranges of its own; fewer: widened (``learn``)
 
 
 def _wrap(dphi: np.ndarray) -> np.ndarray:
@@ -137,6 +139,10 @@ def learn(events) -> ModuleMap:
     order = np.argsort(key, kind="stable")
     key, feat = key[order], feat[order]
     start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[start, key.size])
+    lo, hi = _widened(
+        key[start], np.minimum.reduceat(feat, start, axis=0), np.maximum.reduceat(feat, start, axis=0), counts
+    )
     modules = np.unique(np.r_[key >> 32, key & 0xFFFFFFFF])
     if modules.size >= 1 << 21:
         raise ValueError(f"{modules.size} modules: more than the triplet codes hold (2^21)")
@@ -151,14 +157,35 @@ def learn(events) -> ModuleMap:
     known = codes[t_start] >= 0
     return ModuleMap(
         key[start],
-        np.minimum.reduceat(feat, start, axis=0),
-        np.maximum.reduceat(feat, start, axis=0),
+        lo,
+        hi,
         n,
         modules,
         codes[t_start][known],
         t_lo[known],
         t_hi[known],
     )
+
+
+def _widened(pairs: np.ndarray, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray):
+    """Ranges of module pairs seen fewer than ``SAMPLED`` times, widened to hold any range of the typical
+    width ``w`` that holds what was seen (``[hi - w, lo + w]``). A pair seen once has a range of width 0,
+    which no other event's hits match: with few training events most pairs are such, and the map found
+    a quarter of held-out events' true pairs (40 pile-up-5 events) while it knew 62 % of their module
+    pairs. ``w``: the median width of the well-sampled pairs of the same layer pair, else of all."""
+    width = hi - lo
+    well = counts >= SAMPLED
+    if not well.any():
+        return lo, hi
+    layers = ((pairs >> 48) << 16) | ((pairs & 0xFFFFFFFF) >> 16)  # (volume, layer) of a and of b
+    typical = np.broadcast_to(np.median(width[well], axis=0), width.shape).copy()
+    inverse = np.unique(layers, return_inverse=True)[1]
+    for c in np.unique(inverse[well]):
+        members = inverse == c
+        typical[members] = np.median(width[members & well], axis=0)
+    sparse = ~well[:, None]
+    wide_lo, wide_hi = np.minimum(lo, hi - typical), np.maximum(hi, lo + typical)
+    return np.where(sparse, wide_lo, lo), np.where(sparse, wide_hi, hi)
 
 
 def filter_triplets(mmap: ModuleMap, hits: np.ndarray, edges: np.ndarray, margin: float = 0.05) -> np.ndarray:

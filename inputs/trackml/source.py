@@ -157,7 +157,8 @@ def module_map_for(cfg: TrackmlConfig) -> mm.ModuleMap:
             return mm.ModuleMap.load(path)
     else:
         stamps = [tcache.stamp(f, e, ("hits", "truth", "particles")) for f, e in train]
-        digest = hashlib.sha256(json.dumps([str(train[0][0].resolve()), stamps]).encode()).hexdigest()[:12]
+        key = [str(train[0][0].resolve()), stamps, mm.VERSION]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
         path = tcache.cache_dir(train[0][0], cfg.cache_dir) / f"module_map-{digest}.npz"
     with locked(path.with_name(path.name + ".lock")):
         if path.exists():
@@ -251,7 +252,10 @@ class TrackmlSource:
         """Names the graph stage (and for a learned module map, its training events) in cache files."""
         if self._digest is None:
             cfg = self.cfg
-            key = [cfg.graph, cfg.module_map, cfg.module_map_margin, cfg.module_map_triplets]
+            key = [cfg.graph, cfg.module_map, cfg.module_map_margin, cfg.module_map_triplets, mm.VERSION]
+            given = Path(cfg.module_map).expanduser() if cfg.module_map else None
+            if cfg.graph == "module_map" and given is not None and given.exists():
+                key.append([given.stat().st_size, given.stat().st_mtime_ns])  # a map file replaced
             if self.cfg.graph == "module_map" and not self.cfg.module_map:
                 train = events(self.cfg, "train")[: max(self.cfg.module_map_events, 1)]
                 # the training events' stamps too: a changed event relearns the map (module_map_for),
