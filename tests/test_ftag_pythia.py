@@ -14,7 +14,7 @@ from smilejax.models.gn2 import make_synthetic as fs
 from smilejax.models.gn2 import multiplicity, pileup, tracker
 
 N_JETS, WORKERS, SEED = 240, 2, 3
-PU_EVENTS, MU = 40, 60.0  # the pile-up pair: the same tt̄ events with mu = 0 and MU
+PU_EVENTS, MU = 30, 60.0  # the pile-up pair: the same tt̄ events with mu = 0 and MU
 B, C, LIGHT, TAU = range(4)
 
 
@@ -155,10 +155,10 @@ def pu():
 
 
 def test_make_records_the_pileup(tmp_path):
-    path = fp.make(tmp_path / "pu.h5", 20, SEED, workers=1, pileup=5, progress=False)
+    path = fp.make(tmp_path / "pu.h5", 10, SEED, workers=1, pileup=5, progress=False)
     with h5py.File(path, "r", locking=False) as f:
         assert f.attrs["pileup"] == 5 and f.attrs["pileup_sigma_z_mm"] == pileup.SIGMA_Z
-    assert multiplicity.summary(path)["jets"] == 20
+    assert multiplicity.summary(path)["jets"] == 10
 
 
 def test_pileup_and_fake_tracks_are_made_and_labelled(pu):
