@@ -225,6 +225,7 @@ def summarise(points: list[dict], names: list[str]) -> tuple[list[dict], float]:
     the reference's (first variant's) mean final validation loss; and that target."""
     finals = {n: [run[-1] for run in _runs(points, n).values()] for n in names}
     target = statistics.fmean(p["val_loss"] for p in finals[names[0]])
+    reach = target + 1e-6 * abs(target)  # a run that ends on the target, up to float rounding, reaches it
     quality = [k for k in finals[names[0]][0] if k not in _POINT_KEYS and not k.startswith("val_")]
     quality = [k for k in quality if not k.endswith("_err")]
     rows = []
@@ -237,7 +238,7 @@ def summarise(points: list[dict], names: list[str]) -> tuple[list[dict], float]:
         row["train_s"] = statistics.fmean(p["train_s"] for p in last)
         row["compile_s"] = statistics.fmean(p["compile_s"] for p in last)
         runs = _runs(points, name).values()
-        hits = [next((p for p in run if p["val_loss"] <= target), None) for run in runs]
+        hits = [next((p for p in run if p["val_loss"] <= reach), None) for run in runs]
         reached = [h for h in hits if h is not None]
         row["reached"] = f"{len(reached)}/{len(hits)}"
         row["time_to_target_s"] = statistics.fmean(h["train_s"] for h in reached) if reached else None
