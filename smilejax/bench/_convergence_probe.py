@@ -74,10 +74,12 @@ class Probe(Callback):
             values = self.evaluation(loop.program, loop.state)
             point["val_loss"] = values.pop("eval/loss")
             point.update({"val_" + k.removeprefix("eval/"): v for k, v in values.items()})
-            point.update(self.quality(loop))
+            quality = self.quality(loop)
+            point.update(quality)
             point["eval_s"] = time.perf_counter() - t_eval
             self.points.append(point)
-            loop.emit(step, {"eval/loss": point["val_loss"], "jets_seen": float(self.jets)})
+            record = {"eval/loss": point["val_loss"], **{f"eval/{k}": v for k, v in quality.items()}}
+            loop.emit(step, {**record, "jets_seen": float(self.jets)})  # into metrics.jsonl too
             self._mark()
 
     def quality(self, loop: Loop) -> dict[str, float]:
