@@ -154,11 +154,23 @@ def pu():
     return out
 
 
-def test_make_records_the_pileup(tmp_path):
+def test_make_records_the_pileup_and_the_maker_reports_tracks_per_jet(tmp_path, capsys):
+    import argparse
+
+    from smilejax.models.gn2 import makers
+
     path = fp.make(tmp_path / "pu.h5", 10, SEED, workers=1, pileup=5, progress=False)
     with h5py.File(path, "r", locking=False) as f:
         assert f.attrs["pileup"] == 5 and f.attrs["pileup_sigma_z_mm"] == pileup.SIGMA_Z
     assert multiplicity.summary(path)["jets"] == 10
+    png = tmp_path / "n.png"
+    makers._report_tracks(path, str(png))
+    assert "tracks per jet: mean" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    parser = argparse.ArgumentParser()
+    makers.PYTHIA.add_arguments(parser)
+    args = parser.parse_args(["--out", "x.h5", "--jets", "5"])
+    assert args.pileup == makers.DEFAULT_PILEUP == fp.DEFAULT_PILEUP and args.plot is None
 
 
 def test_pileup_and_fake_tracks_are_made_and_labelled(pu):
