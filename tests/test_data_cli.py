@@ -82,7 +82,7 @@ def test_make_pythia_and_plot(tmp_path):
     out = tmp_path / "tt.h5"
     proc = run_cli(
         "data", "make", "ftag-pythia", "--out", str(out), "--jets", "30", "--workers", "1", "--seed", "5",
-        "--no-progress",
+        "--pileup", "0", "--no-progress",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote 30 jets" in proc.stdout and "with 1 workers" in proc.stdout

@@ -114,7 +114,8 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
     for _ in range(batches):
         local = next(it)
         jax.block_until_ready(to_global(sharding, local))
-        jets += len(next(iter(local.values())))
+        # a packed batch's rows hold several jets each: count its jets, not its rows
+        jets += int(local["jet_valid"].sum()) if "jet_valid" in local else len(next(iter(local.values())))
         mask = _mask(local)
         if mask is not None:
             used += int(mask.sum())
