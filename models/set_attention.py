@@ -54,9 +54,9 @@ def _rows(block: int, length: int) -> jax.Array:
     return jnp.arange(block)[:, None] < length
 
 
-def _load(ref, inside: jax.Array) -> jax.Array:
+def _load(ref, index: tuple, inside: jax.Array) -> jax.Array:
     # Rows past the array's end are read masked, with undefined values: zero them (0 * NaN is NaN).
-    return jnp.where(inside, ref[...], 0).astype(ref.dtype)
+    return jnp.where(inside, ref[index], 0).astype(ref.dtype)
 
 
 def _weights(length: int, scale: float, q, k, qg_ref, kg_ref) -> tuple[jax.Array, jax.Array]:
@@ -70,78 +70,82 @@ def _weights(length: int, scale: float, q, k, qg_ref, kg_ref) -> tuple[jax.Array
     return e / jnp.sum(e, axis=1, keepdims=True), allowed
 
 
-def _forward_kernel(length: int, scale: float, q_ref, k_ref, v_ref, qg_ref, kg_ref, o_ref) -> None:
-    inside = _rows(q_ref.shape[0], length)
-    q, k, v = (_load(r, inside) for r in (q_ref, k_ref, v_ref))
+def _forward_kernel(length: int, scale: float, qkv_ref, qg_ref, kg_ref, o_ref) -> None:
+    inside = _rows(qkv_ref.shape[0], length)
+    q, k, v = (_load(qkv_ref, (slice(None), c, slice(None)), inside) for c in range(3))
     p, _ = _weights(length, scale, q, k, qg_ref, kg_ref)
     o_ref[...] = _dot(p, v, v.dtype).astype(o_ref.dtype)
 
 
-def _backward_kernel(length: int, scale: float, q_ref, k_ref, v_ref, do_ref, qg_ref, kg_ref, *out_refs):
-    dq_ref, dk_ref, dv_ref = out_refs
-    inside = _rows(q_ref.shape[0], length)
-    q, k, v, do = (_load(r, inside) for r in (q_ref, k_ref, v_ref, do_ref))
+def _backward_kernel(length: int, scale: float, qkv_ref, do_ref, qg_ref, kg_ref, dqkv_ref) -> None:
+    inside = _rows(qkv_ref.shape[0], length)
+    q, k, v = (_load(qkv_ref, (slice(None), c, slice(None)), inside) for c in range(3))
+    do = _load(do_ref, (...,), inside)
     p, allowed = _weights(length, scale, q, k, qg_ref, kg_ref)
     dt = q.dtype
-    dv_ref[...] = _dot(p, do, dt, transpose_a=True).astype(dv_ref.dtype)
+    dqkv_ref[:, 2, :] = _dot(p, do, dt, transpose_a=True).astype(dt)
     dp = _dot(do, v, dt, transpose_b=True)
     ds = p * (dp - jnp.sum(p * dp, axis=1, keepdims=True))
     ds = jnp.where(allowed, ds, 0.0) * scale  # a masked score is a constant: no gradient
-    dq_ref[...] = _dot(ds, k, dt).astype(dq_ref.dtype)
-    dk_ref[...] = _dot(ds, q, dt, transpose_a=True).astype(dk_ref.dtype)
+    dqkv_ref[:, 0, :] = _dot(ds, k, dt).astype(dt)
+    dqkv_ref[:, 1, :] = _dot(ds, q, dt, transpose_a=True).astype(dt)
 
 
-def _specs(block: int, head_dim: int, arrays: int) -> list[pl.BlockSpec]:
-    """(set b, head h)'s [block, head_dim] rows of ``arrays`` [B, T, H, D] arrays; rows past T are masked."""
-    spec = pl.BlockSpec((None, block, None, head_dim), lambda b, h: (b, 0, h, 0))
-    return [spec] * arrays
-
-
-def _group_specs(block: int) -> list[pl.BlockSpec]:
-    return [pl.BlockSpec((None, block), lambda b, h: (b, 0))] * 2
-
-
-def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, outputs: int) -> list:
-    q = inputs[0]
-    batch, length, heads, head_dim = q.shape
+def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, out: jax.Array) -> jax.Array:
+    """Kernel over (set b, head h): its [block, 3, D] rows of qkv [B, T, 3, H, D], [block, D] rows of the
+    [B, T, H, D] arrays, [block] of the groups; rows past T are out of bounds (masked)."""
+    qkv = inputs[0]
+    batch, length, _, heads, head_dim = qkv.shape
     block = _block(length)
+    fused = pl.BlockSpec((None, block, 3, None, head_dim), lambda b, h: (b, 0, 0, h, 0))
+    per_head = pl.BlockSpec((None, block, None, head_dim), lambda b, h: (b, 0, h, 0))
+    group = pl.BlockSpec((None, block), lambda b, h: (b, 0))
+    specs = {5: fused, 4: per_head, 2: group}
     return pl.pallas_call(
         functools.partial(kernel, length, 1.0 / head_dim**0.5),
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype)] * outputs,
+        out_shape=out,
         grid=(batch, heads),
-        in_specs=[*_specs(block, head_dim, len(inputs) - 2), *_group_specs(block)],
-        out_specs=_specs(block, head_dim, outputs),
+        in_specs=[specs[x.ndim] for x in inputs],
+        out_specs=specs[len(out.shape)],
         compiler_params=_params(warps),
         interpret=interpret,
         name=name,
     )(*inputs)
 
 
-def _forward_sets(name: str, interpret: bool, warps: int, q, k, v, qg, kg) -> jax.Array:
-    return _call(_forward_kernel, name, interpret, warps, (q, k, v, qg, kg), 1)[0]
+def _warps(length: int) -> int:
+    """Warps per program: the [block, block] float32 blocks spread over more threads past 64 rows."""
+    return 4 if _block(length) <= 64 else 8
 
 
-def _backward_sets(name: str, interpret: bool, warps: int, q, k, v, do, qg, kg) -> tuple:
-    return tuple(_call(_backward_kernel, name, interpret, warps, (q, k, v, do, qg, kg), 3))
+def _forward_sets(name: str, interpret: bool, warps: int, qkv, qg, kg) -> jax.Array:
+    b, t, _, h, d = qkv.shape
+    out = jax.ShapeDtypeStruct((b, t, h, d), qkv.dtype)
+    return _call(_forward_kernel, name, interpret, warps, (qkv, qg, kg), out)
 
 
-_forward_split = _split_by_set(_forward_sets, sets=5)
-_backward_split = _split_by_set(_backward_sets, sets=6)
+def _backward_sets(name: str, interpret: bool, warps: int, qkv, do, qg, kg) -> jax.Array:
+    out = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
+    return _call(_backward_kernel, name, interpret, warps, (qkv, do, qg, kg), out)
+
+
+_forward_split = _split_by_set(_forward_sets, sets=3)
+_backward_split = _split_by_set(_backward_sets, sets=4)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(interpret: bool, q, k, v, qg, kg) -> jax.Array:
-    return _forward_split("set_attention_forward", interpret, 4, q, k, v, qg, kg)
+def _fused(interpret: bool, qkv, qg, kg) -> jax.Array:
+    return _forward_split("set_attention_forward", interpret, _warps(qkv.shape[1]), qkv, qg, kg)
 
 
-def _fused_fwd(interpret, q, k, v, qg, kg):
-    return _fused(interpret, q, k, v, qg, kg), (q, k, v, qg, kg)
+def _fused_fwd(interpret, qkv, qg, kg):
+    return _fused(interpret, qkv, qg, kg), (qkv, qg, kg)
 
 
 def _fused_bwd(interpret, residuals, do):
-    q, k, v, qg, kg = residuals
-    dq, dk, dv = _backward_split("set_attention_backward", interpret, 4, q, k, v, do.astype(q.dtype), qg, kg)
-    return dq, dk, dv, None, None
+    qkv, qg, kg = residuals
+    warps, do = _warps(qkv.shape[1]), do.astype(qkv.dtype)
+    return _backward_split("set_attention_backward", interpret, warps, qkv, do, qg, kg), None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -158,16 +162,16 @@ def groups(
     return query, (query if valid is None else jnp.where(valid, 0, -1).astype(jnp.int32))
 
 
-def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+def self_attention(
+    qkv: jax.Array,
     valid: jax.Array | None,
     segment: jax.Array | None = None,
     *,
     interpret: bool | None = None,
 ) -> jax.Array:
-    """Multi-head self-attention of q over k, v, all [B, T, H, D], scale 1/sqrt(D), in q's dtype.
+    """Multi-head self-attention of the fused projections qkv [B, T, 3, H, D] (q, k, v on axis 2), scale
+    1/sqrt(D): [B, T, H, D] in qkv's dtype, and one dqkv array in the backward pass (no slices of qkv
+    or concatenation of dq, dk, dv for XLA to copy).
 
     ``valid`` [B, T] masks keys (None: every key counts); ``segment`` [B, T] int (None: one set per
     row) restricts each query to the keys of its own segment. ``interpret``: run Pallas's interpreter
@@ -178,11 +182,27 @@ def attention(
             "attention='pallas': this program asks for portable code (an export, or vectorised trials "
             "that vmap the model); use attention='math', 'chunked' or 'auto'"
         )
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"attention='pallas' takes qkv as [B, T, 3, H, D], got {qkv.shape}")
+    check_supported(qkv.shape[1], qkv.shape[4])
+    if interpret is None:
+        interpret = not kernel_mode.nvidia_gpu()
+    qg, kg = groups(valid, segment, qkv.shape[:2])
+    return _fused(interpret, qkv, qg, kg)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    valid: jax.Array | None,
+    segment: jax.Array | None = None,
+    *,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """``self_attention`` of q, k, v [B, T, H, D] (stacked: XLA folds a stack of qkv's own slices)."""
     if not (q.shape == k.shape == v.shape):
         shapes = f"{q.shape}, {k.shape}, {v.shape}"
         raise ValueError(f"attention='pallas' is self-attention: q, k, v of one shape, got {shapes}")
-    check_supported(q.shape[1], q.shape[3])
-    if interpret is None:
-        interpret = not kernel_mode.nvidia_gpu()
-    qg, kg = groups(valid, segment, q.shape[:2])
-    return _fused(interpret, q, k.astype(q.dtype), v.astype(q.dtype), qg, kg)
+    qkv = jnp.stack([q, k.astype(q.dtype), v.astype(q.dtype)], axis=2)
+    return self_attention(qkv, valid, segment, interpret=interpret)

@@ -94,16 +94,17 @@ def test_triton_lowering_for_h100_at_gn2_shapes():
     """Both kernels lower to Triton for an H100 (an abstract device: no GPU needed) at GN2's shapes: 4000
     jets of 24 tracks and a register, 8 heads of 32. XLA's compilation of the Triton modules is checked
     by ``smilejax bench roofline gn2 model.attention=pallas`` (JAX's CUDA plugin, still without a GPU)."""
+    qkv = jax.ShapeDtypeStruct((4000, 25, 3, 8, 32), jnp.bfloat16)
     x = jax.ShapeDtypeStruct((4000, 25, 8, 32), jnp.bfloat16)
     ids = jax.ShapeDtypeStruct((4000, 25), jnp.int32)
 
-    def both(q, k, v, do, qg, kg):
-        out = set_attention._forward_sets("set_attention_forward", False, 4, q, k, v, qg, kg)
-        return out, set_attention._backward_sets("set_attention_backward", False, 4, q, k, v, do, qg, kg)
+    def both(qkv, do, qg, kg):
+        out = set_attention._forward_sets("set_attention_forward", False, 4, qkv, qg, kg)
+        return out, set_attention._backward_sets("set_attention_backward", False, 4, qkv, do, qg, kg)
 
     mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
     with jax.sharding.use_abstract_mesh(mesh):
-        text = jax.jit(both).trace(x, x, x, x, ids, ids).lower(lowering_platforms=("cuda",)).as_text()
+        text = jax.jit(both).trace(qkv, x, ids, ids).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2
     assert 'name = "set_attention_forward"' in text and 'name = "set_attention_backward"' in text
     assert "grid_x = 4000" in text and "grid_y = 8" in text  # one program per (jet, head)
