@@ -7,6 +7,9 @@ rather than T^2 (events of thousands of elements train); ``"cudnn"`` is cuDNN's 
 through ``jax.nn.dot_product_attention`` (NVIDIA GPUs, bfloat16/float16 compute, no attention dropout);
 ``"auto"`` picks ``"cudnn"`` where it can run (tracing for an NVIDIA GPU, ``models.kernel_mode``, with
 bfloat16/float16 compute and no attention dropout), else ``"chunked"`` (``"math"`` with dropout).
+``"pallas"`` (``models.set_attention``) is self-attention over short sets (at most 128 elements, head
+dimension a power of two >= 16, no attention dropout): one fused Triton kernel per pass keeps each
+(set, head)'s scores in registers; off a GPU it runs in Pallas's interpreter (slow: tests only).
 
 Packed sets (several sets in one row of elements): ``segment`` [B, T] gives each element its set's id
 in the row, and a query attends to a key iff both are valid and share a segment, so attention is
@@ -33,7 +36,7 @@ MASK_VALUE = -1e30  # applied to float32 scores only
 F32 = jnp.float32
 
 
-ATTENTION_IMPLEMENTATIONS = ("math", "chunked", "cudnn", "auto")
+ATTENTION_IMPLEMENTATIONS = ("math", "chunked", "cudnn", "pallas", "auto")
 
 
 def check_attention_implementation(implementation: str) -> None:
@@ -166,6 +169,10 @@ def dot_product_attention(
         return _math_attention(q, k, v, valid, dropout, None if groups is None else (groups, groups))
     if implementation == "chunked":
         return _chunked_attention(q, k, v, valid, chunk_size, groups)
+    if implementation == "pallas":  # short sets, fused Triton kernels (imported here: it imports this module)
+        from . import set_attention
+
+        return set_attention.attention(q, k, v, valid, segment)
     return _cudnn_attention(q, k, v, valid, groups)
 
 

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from smilejax.models import kernel_mode, set_attention
+from smilejax.models import gn2, kernel_mode, set_attention
 from smilejax.models.attention import dot_product_attention
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")  # for lowering
@@ -143,3 +144,43 @@ def test_unsupported_shapes_and_portable_programs_are_refused():
     q = jnp.zeros((1, 4, 1, 16))
     with kernel_mode.portable(), pytest.raises(ValueError, match="portable code"):
         set_attention.attention(q, q, q, None)
+
+
+def test_gn2_pallas_attention_equals_math_on_padded_and_packed_batches():
+    """GN2 with ``attention="pallas"`` (the interpreter here): loss, metrics and every gradient equal math
+    attention's on the padded batch, and on the same jets packed several to a row (segment ids)."""
+    from tests.test_gn2_packed import loss_and_grads, packed_batch, padded_batch, tiny_model
+
+    wide = dict(embed=32, init_hidden=[32])  # 2 heads of 16: the kernels' smallest head dimension
+    padded = padded_batch()
+    packed, _ = packed_batch(padded)
+    (loss, metrics), grads = loss_and_grads(tiny_model(**wide), padded)
+    model = tiny_model(**wide, attention="pallas")
+    for batch in (padded, packed):
+        (loss_p, metrics_p), grads_p = loss_and_grads(model, batch)
+        np.testing.assert_allclose(float(loss_p), float(loss), rtol=1e-5)
+        for name in metrics:
+            np.testing.assert_allclose(float(metrics_p[name]), float(metrics[name]), rtol=1e-5, err_msg=name)
+        for (path, want), (_, got) in zip(nnx.to_flat_state(grads), nnx.to_flat_state(grads_p), strict=True):
+            want, got = np.asarray(want.get_value()), np.asarray(got.get_value())
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_gn2_pallas_attention_traces_both_kernels_per_layer_for_an_h100():
+    from tests.test_gn2_packed import padded_batch, tiny_model
+
+    batch = {k: jnp.asarray(v) for k, v in padded_batch().items()}
+    mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
+
+    def kernels(layers: int) -> tuple[int, int]:
+        model = tiny_model(jnp.bfloat16, embed=32, init_hidden=[32], layers=layers, attention="pallas")
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        grad = jax.grad(lambda p: gn2.SPEC.loss(nnx.merge(graphdef, p, rest), batch)[0])
+        with jax.sharding.use_abstract_mesh(mesh):
+            jaxpr = str(jax.make_jaxpr(grad)(params))
+        with kernel_mode.reference():  # the FLOP-counting program: math attention
+            assert "set_attention" not in str(jax.make_jaxpr(grad)(params))
+        return jaxpr.count("set_attention_forward"), jaxpr.count("set_attention_backward")
+
+    one = kernels(1)
+    assert min(one) > 0 and kernels(2) == (2 * one[0], 2 * one[1])  # a forward and a backward per layer
