@@ -81,7 +81,7 @@ def register(sub) -> None:
     )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument(
-        "--attention", help="attention implementations, comma-separated (math, chunked, cudnn)"
+        "--attention", help="attention implementations, comma-separated (math, chunked, cudnn, pallas)"
     )
     parser.add_argument(
         "--vary",
