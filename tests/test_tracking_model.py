@@ -9,6 +9,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from smilejax.models.tracking import embedding, gnn
 
@@ -88,6 +89,38 @@ def test_remat_gives_the_same_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     other = _grads(dataclasses.replace(CFG, recurrent=False))  # one block per iteration
     assert len(jax.tree.leaves(other)) > len(jax.tree.leaves(plain))
+
+
+def _unrolled(model, hits, edges, mask):
+    """IGN.graph's logits with the iterations as a Python loop of interaction_step (the scan's reference)."""
+    s, r = edges[:, 0], edges[:, 1]
+    x = model.node_encoder(hits)
+    e = model.edge_encoder(jnp.concatenate([x[s], x[r]], -1))
+    for i in range(model.cfg.n_graph_iters):
+        x, e = gnn.interaction_step(model.blocks[i % len(model.blocks)], x, e, s, r, mask)
+    return jnp.where(mask, model.classifier(jnp.concatenate([x[s], x[r], e], -1))[:, 0], 0.0)
+
+
+@pytest.mark.parametrize(("recurrent", "remat"), [(True, True), (False, False)])
+def test_scanned_iterations_equal_the_unrolled_loop(recurrent, remat):
+    model = _model(dataclasses.replace(CFG, n_graph_iters=4, recurrent=recurrent, remat=remat))
+    hits, edges = _graph(8, 12, seed=4)
+    mask = np.arange(12) < 10
+    w = jnp.asarray(np.random.default_rng(5).normal(size=12), jnp.float32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def value(fn):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.sum(w * fn(nnx.merge(graphdef, p, rest)))))(params)
+
+    scanned = value(lambda m: m.graph(hits, edges, mask))
+    unrolled = value(lambda m: _unrolled(m, hits, edges, mask))
+    np.testing.assert_allclose(scanned[0], unrolled[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(scanned[1]), jax.tree.leaves(unrolled[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    logits = jax.jit(lambda m: m.graph(hits, edges, mask))(model)
+    np.testing.assert_allclose(logits, _unrolled(model, hits, edges, mask), rtol=1e-5, atol=1e-6)
+    hlo = jax.jit(lambda m: m.graph(hits, edges, mask)).lower(model).as_text()
+    assert "while" in hlo  # one loop in the program, not n_graph_iters copies
 
 
 def test_consecutive_truth_from_true_pairs():

@@ -201,14 +201,26 @@ class IGN(nnx.Module):
         x = self.node_encoder(hits.astype(self.dtype))
         x_all = every(x)
         e = self.edge_encoder(jnp.concatenate([x_all[s], x_all[r]], -1))
-        states = [nnx.split(b)[1] for b in self.blocks]
-        step = pure_step(self.blocks[0], self.cfg.remat)
-        n = x_all.shape[0]
-        for i in range(self.cfg.n_graph_iters):
-            x, e = step(states[i % len(states)], x, e, s, r, edge_mask, reduce, gather, n)
+        x, e = self.iterate(x, e, s, r, edge_mask, reduce, gather, x_all.shape[0])
         x_all = every(x)
         logit = self.classifier(jnp.concatenate([x_all[s], x_all[r], e], -1))[:, 0]
         return jnp.where(edge_mask, logit.astype(F32), 0.0)
+
+    def iterate(self, x, e, senders, receivers, mask, reduce=None, gather=None, n_nodes=None):
+        """The ``n_graph_iters`` iterations as one ``lax.scan`` (traced and compiled once, not unrolled):
+        over the shared block's state (recurrent) or over the blocks' states stacked on a leading axis."""
+        step = pure_step(self.blocks[0], self.cfg.remat)
+        states = [nnx.split(b)[1] for b in self.blocks]
+
+        def body(carry, state):
+            return step(state, *carry, senders, receivers, mask, reduce, gather, n_nodes), None
+
+        if len(states) == 1:  # recurrent: every iteration reads the same weights
+            (x, e), _ = jax.lax.scan(lambda c, _: body(c, states[0]), (x, e), length=self.cfg.n_graph_iters)
+        else:  # stacked per call (a copy of the block weights): the parameter tree keeps one block each
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+            (x, e), _ = jax.lax.scan(body, (x, e), stacked)
+        return x, e
 
     def __call__(self, hits, hit_mask, edges, edge_mask) -> dict[str, jax.Array]:
         if self.cfg.partition:  # edges split over a mesh axis (the mesh in context)
