@@ -162,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     points: list[dict] = []
-    for name, overrides in chosen.items():
-        for seed in range(args.seeds):
+    # seed-major: a seed's variants run back to back, so a drift in the machine's load (a shared node)
+    # falls on every variant alike
+    for seed in range(args.seeds):
+        for name, overrides in chosen.items():
             cfg = run_config(args, base, overrides, seed, out / "runs" / f"{name}-seed{seed}")
             log.info("bench convergence: %s, seed %d (%s)", name, seed, " ".join(overrides) or "no overrides")
             probe = _convergence_probe.Probe(cfg, hook, args.eval_every)
