@@ -88,10 +88,19 @@ def assert_same_loss_and_grads(model: gn2.GN2, padded: dict, packed: dict, rtol:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol, err_msg=str(path))
 
 
-@pytest.mark.parametrize("impl,options", [("math", dict(layers=2)), ("chunked", dict(remat=True))])
+WEIGHTED = dict(
+    class_weights={"jet": [1.0, 2.0, 0.5, 3.0], "origin": [1.0, 0.5, 2.0, 1.0, 1.5, 1.0, 3.0, 1.0]},
+    vertex_loss_norm="pairs",
+)
+
+
+@pytest.mark.parametrize(
+    "impl,options", [("math", dict(layers=2)), ("chunked", dict(remat=True, **WEIGHTED))]
+)
 def test_packed_loss_metrics_and_gradients_equal_padded(impl, options):
     """Two layers (padding must not reach the second layer's keys); chunk 4: the packed rows (12 tracks +
-    6 registers) and the padded jets (8 + 2) both run in blocks, rematerialised per layer."""
+    6 registers) and the padded jets (8 + 2) both run in blocks, rematerialised per layer, with class
+    weights and the vertex loss over all pairs."""
     padded = padded_batch()
     packed, _ = packed_batch(padded)
     assert_same_loss_and_grads(tiny_model(attention=impl, attention_chunk=4, **options), padded, packed)
