@@ -99,6 +99,7 @@ class Loop:
         self.out: dict | None = None  # the last step's values, on the devices
         self.rows, self.data_s, self.flops = 0, 0.0, None  # the last step's examples, data wait, FLOPs
         self.exit_code, self.halted, self.finished = 0, False, False
+        self.stopping = False  # a callback asked to stop after this step (exit_code 0: a clean end)
         self.count_flops = count_flops
         self.compiled: dict[tuple, tuple[Callable, float | None]] = {}
         self.lowered: dict[tuple, jax.stages.Lowered] = {}  # kept for the profiler's traceable compile
@@ -110,7 +111,7 @@ class Loop:
         self.trials[trial] = Trial(state, step)
 
     def stop(self, exit_code: int) -> None:
-        self.exit_code = exit_code
+        self.exit_code, self.stopping = exit_code, True
 
     def halt(self) -> None:
         self.halted = True
@@ -158,7 +159,7 @@ class Loop:
                     callback.step(self, step)
                 if self.halted or not self.running():
                     return
-                if self.exit_code:
+                if self.stopping:
                     break
             for callback in self.callbacks:
                 callback.finish(self)
