@@ -82,6 +82,10 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     parallel: Literal["jit", "shard_map"] = "jit"  # how data parallelism is expressed
     donate: bool = True  # reuse the train state's buffers for the updated state
+    # early stopping (callbacks/early_stop.py): stop after this many evaluations (run.eval_every) without
+    # an eval/loss lower than the best by more than min_delta, and keep the best parameters; 0: off
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from smilejax import (
     xla,
 )
 from smilejax import mesh as meshlib
-from smilejax.callbacks import Callback
+from smilejax.callbacks import Callback, early_stop
 from smilejax.config import Config
 from smilejax.inputs import pipeline as pipelines
 from smilejax.inputs.spec import BatchSource
@@ -239,6 +239,7 @@ def _callbacks(
         callbacks.NanStop(),  # first: a NaN record reaches no other callback
         window,
         evaluate,
+        *early_stop.from_config(cfg),  # before the checkpoint: its finish puts the best state back
         callbacks.Checkpoint(run.checkpoint_every, opened={0: ckpt}),
         *(
             [callbacks.Profile(run.profile_at, run.profile_steps, run_dir, lead=lead)]

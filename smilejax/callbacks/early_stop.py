@@ -1,0 +1,106 @@
+"""Early stopping: a run ends when its validation loss stops improving, and keeps its best parameters.
+
+On a small fixed training set (a simulation budget, a small labelled sample) a fixed step count either
+stops before the model has fit or trains on into over-fitting. ``train.early_stop_patience`` (0: off,
+the default) hands the stop to the validation loss instead, as `sbi`'s NPE trainer does (its
+``stop_after_epochs``): after each evaluation (``run.eval_every``; ``eval/loss`` over the same held-out
+batches each time), a loss lower than the best so far by more than ``train.early_stop_min_delta`` is the
+new best and the train state is copied; after ``patience`` evaluations in a row without one the loop stops
+(the final log and checkpoint still run). However the run ends, its state becomes the best one before the
+final checkpoint, so export and ``smilejax eval`` see the best parameters (sbi likewise loads its best
+validation weights at the end). The step counter is not rewound: the run's last step stays the step it
+stopped at.
+
+A resumed run starts a fresh count and best value (they are not in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from smilejax.callbacks.base import Callback
+from smilejax.typed import ConfigError
+
+if TYPE_CHECKING:
+    from smilejax.config import Config
+    from smilejax.loop import Loop
+
+log = logging.getLogger("smilejax.trainer")
+
+METRIC = "eval/loss"
+
+
+def _copy(state: Any) -> Any:
+    """A copy in new buffers: the next step donates the state's own (``train.donate``)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+
+class EarlyStop(Callback):
+    """Stops the loop after ``patience`` evaluations without a ``metric`` lower than the best by more than
+    ``min_delta``; at the end the loop's state holds the best evaluation's parameters. ``stopped_at``: the
+    step it stopped at (None: the run ran out its steps); ``best_step``, ``best``: the best evaluation."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0, metric: str = METRIC):
+        if patience < 1 or min_delta < 0:
+            raise ValueError(f"early stopping: patience {patience} must be >= 1, min_delta {min_delta} >= 0")
+        self.patience, self.min_delta, self.metric = patience, min_delta, metric
+        self.best = math.inf
+        self.best_step: int | None = None
+        self.best_state: Any = None
+        self.waited = 0
+        self.stopped_at: int | None = None
+
+    def start(self, loop: Loop) -> None:
+        if loop.trial_axis:
+            raise ValueError("early stopping is per run; a program of vectorised trials cannot use it")
+
+    def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
+        value = values.get(self.metric)
+        if value is None or self.stopped_at is not None:
+            return
+        if value < self.best - self.min_delta:
+            self.best, self.best_step, self.waited = value, step, 0
+            self.best_state = _copy(loop.state)
+            return
+        self.waited += 1
+        if self.waited >= self.patience and step < loop.cfg.run.steps:
+            self.stopped_at = step
+            if jax.process_index() == 0:
+                log.info(
+                    "early stop at step %d: %s has not improved on %.5g (step %d) in %d evaluations",
+                    step,
+                    self.metric,
+                    self.best,
+                    self.best_step,
+                    self.waited,
+                )
+            loop.stop(0)
+
+    def finish(self, loop: Loop) -> None:
+        """Before the final checkpoint: the best evaluation's state, at the run's own step."""
+        if self.best_state is not None and self.best_step != loop.step:
+            loop.state = self.best_state.replace(step=loop.state.step)
+            if jax.process_index() == 0:
+                log.info("keeping step %d's parameters (%s %.5g)", self.best_step, self.metric, self.best)
+        self.best_state = None
+
+
+def from_config(cfg: Config) -> list[Callback]:
+    """The run's early stop (a list of none or one) from ``train.early_stop_patience`` and
+    ``train.early_stop_min_delta``; raises ConfigError where the run never evaluates."""
+    patience, min_delta = cfg.train.early_stop_patience, cfg.train.early_stop_min_delta
+    if patience <= 0:
+        return []
+    if cfg.run.eval_every <= 0:
+        raise ConfigError(
+            f"train.early_stop_patience={patience} needs evaluations: set run.eval_every (steps between "
+            "evaluations of eval/loss) to a positive number"
+        )
+    if min_delta < 0:
+        raise ConfigError(f"train.early_stop_min_delta must be >= 0, got {min_delta}")
+    return [EarlyStop(patience, min_delta)]
