@@ -107,3 +107,40 @@ def test_bench_train_refuses_what_the_study_cannot_do():
     assert result.returncode != 0 and "--budgets 5" in result.stderr
     result = run_cli("bench", "train", "npe-two-moons", "--tasks", "hep_resonance", "--tracks", "3")
     assert result.returncode != 0 and "--tracks" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("budget", "held", "steps"), [(1000, 128, 1), (10_000, 1024, 4), (100_000, 9984, 39)]
+)
+def test_validation_split_holds_out_a_tenth_each_example_equally(tmp_path, budget, held, steps):
+    """smilejax's early-stopping split: ~10% held out (a multiple of a quarter batch), disjoint from the
+    training part, repeated to whole evaluation batches with every held-out example equally often."""
+    theta = np.arange(budget, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    path = tmp_path / "sims.npz"
+    np.savez(path, theta=theta, x=theta[:, :1] + 0.5)
+    train, valid, eval_steps = bench_study.split_validation(path, 256, seed=3, tmp=tmp_path)
+    assert eval_steps == steps
+    with np.load(train) as t, np.load(valid) as v:
+        t_ids, v_ids = t["theta"][:, 0].astype(int), v["theta"][:, 0].astype(int)
+        np.testing.assert_array_equal(v["x"][:, 0], v["theta"][:, 0] + 0.5)  # pairs stay pairs
+    assert len(v_ids) == steps * 256 and len(set(v_ids)) == held and len(t_ids) == budget - held
+    assert not set(v_ids) & set(t_ids)
+    assert len(set(np.bincount(v_ids, minlength=budget)[list(set(v_ids))])) == 1
+    (tmp_path / "again").mkdir()
+    again = bench_study.split_validation(path, 256, seed=3, tmp=tmp_path / "again")[1]
+    with np.load(again) as a:
+        np.testing.assert_array_equal(a["theta"][:, 0].astype(int), v_ids)  # fixed by the seed
+
+
+def test_added_runs_join_the_table(tmp_path):
+    rows = [
+        {"task": "two_moons", "budget": 1000, "impl": "sbi", "seed": s, "c2st": c, "train_s": 10.0 + s}
+        for s, c in ((0, 0.6), (1, 0.7))
+    ]
+    path = tmp_path / "lfi-runs.json"
+    path.write_text(json.dumps({"rows": rows}))
+    (table,) = bench_study.summarise(bench_study.added_rows(str(path)))
+    assert table["seeds"] == 2 and abs(table["c2st"] - 0.65) < 1e-9
+    assert abs(table["c2st_seed_std"] - 0.05) < 1e-9
+    with pytest.raises(SystemExit, match=r"not an lfi-runs\.json"):
+        bench_study.added_rows(str(tmp_path / "missing.json"))

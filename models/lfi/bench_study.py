@@ -8,8 +8,14 @@ task and budget. On that same set, in the same session, for each of ``--seeds`` 
 * `sbi` (PyTorch, its own environment: ``sbi_peer``, ``sbi_run.py``) trains its NPE with its own loop
   (validation-based early stopping on 10% of the set), with the flow smilejax's config names (maf or nsf,
   width, transforms, bins), the same batch size and learning rate; it runs first, alone on the machine.
-* smilejax trains the config's NPE (``smilejax train``'s trainer, format ``stored_simulations``) for
-  ``--epochs`` passes over the set.
+* smilejax trains the config's NPE (``smilejax train``'s trainer, format ``stored_simulations``) the
+  same way by default: ``--patience`` 20 (sbi's ``stop_after_epochs``) holds 10% out
+  (``split_validation``), evaluates once per epoch and stops with the best parameters
+  (``train.early_stop_patience``) within at most ``--epochs`` passes; ``--patience 0`` trains
+  ``--epochs`` passes over all of the set.
+
+``--no-smilejax`` / ``--no-sbi`` run one side alone (e.g. sbi started early in the background), and
+``--add-runs`` joins an earlier run's per-seed rows into this table; ``--first-seed`` shifts the seeds.
 
 Each then draws ``--posterior-samples`` samples at each of the task's reference observations
 (``--observations``), draws outside the prior's support rejected alike on both sides (as the benchmark's
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 TASKS = ("two_moons", "gaussian_linear", "slcp", "bernoulli_glm")
 BUDGETS = (1_000, 10_000, 100_000)
 SIMULATION_KEY = 20_21  # with the task and budget: one fixed set of simulations per (task, budget)
+VALIDATION_KEY = 0x7A11  # with the seed: which simulations smilejax holds out for early stopping
+VALIDATION = 0.1  # the held-out fraction, sbi's validation_fraction
 IMPLS = ("smilejax", "sbi")
 COLUMNS = ["task", "budget", "impl", "seed", "c2st", "c2st_obs_std", "train_s", "steps", "epochs", "note"]
 SUMMARY_COLUMNS = ["task", "budget", "impl", "seeds", "c2st", "c2st_seed_std", "train_s", "train_s_std"]
@@ -58,10 +66,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulation budgets (default 1000,10000,100000)",
     )
     group.add_argument("--seeds", type=int, default=3, help="trainings per task and budget, each side")
-    group.add_argument("--epochs", type=float, default=100, help="smilejax's passes over the budget")
+    group.add_argument(
+        "--epochs",
+        type=float,
+        default=100,
+        help="smilejax's passes over the set (at most)",
+    )
+    group.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="smilejax: early stopping after this many epochs without a lower validation loss, on 10%% "
+        "held out, keeping the best parameters, as sbi (its stop_after_epochs); 0: --epochs passes on all",
+    )
     group.add_argument("--posterior-samples", type=int, default=10_000, help="draws per observation (C2ST)")
     group.add_argument("--observations", default="all", help="reference observations: all, N-M or i,j,k")
     group.add_argument("--no-sbi", action="store_true", help="smilejax alone (no sbi environment needed)")
+    group.add_argument("--no-smilejax", action="store_true", help="sbi alone (its side run apart)")
+    group.add_argument("--first-seed", type=int, default=0, help="seeds: first-seed, first-seed+1, ...")
+    group.add_argument(
+        "--add-runs",
+        default="",
+        help="lfi-runs.json files of earlier runs (comma-separated) whose rows join this table",
+    )
     group.add_argument("--torch-threads", type=int, default=0, help="sbi's torch threads (0: its default)")
     group.add_argument(
         "--sbi-max-epochs", type=int, default=0, help="cap on sbi's epochs (0: early stopping alone)"
@@ -89,9 +116,13 @@ def _check_options(cfg: Config, args: argparse.Namespace) -> None:
         "budgets": ",".join(map(str, BUDGETS)),
         "seeds": 3,
         "epochs": 100.0,
+        "patience": 20,
         "posterior_samples": 10_000,
         "observations": "all",
         "no_sbi": False,
+        "no_smilejax": False,
+        "first_seed": 0,
+        "add_runs": "",
         "torch_threads": 0,
         "sbi_max_epochs": 0,
     }
@@ -100,6 +131,10 @@ def _check_options(cfg: Config, args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if args.seeds < 1 or args.epochs <= 0 or args.posterior_samples < 10:
         raise SystemExit("--seeds and --epochs must be positive, --posterior-samples at least 10")
+    if args.patience < 0:
+        raise SystemExit("--patience must be at least 0 (0: no early stopping)")
+    if args.first_seed < 0:
+        raise SystemExit("--first-seed must be at least 0")
 
 
 def simulate(task, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +157,23 @@ def _crc(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
+def _seeds(args: argparse.Namespace) -> range:
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def added_rows(paths: str) -> list[dict]:
+    """The per-seed rows of earlier runs' ``lfi-runs.json`` (a side run apart, a seed added later)."""
+    import json
+
+    rows = []
+    for path in (p.strip() for p in paths.split(",") if p.strip()):
+        try:
+            rows += json.loads(Path(path).read_text())["rows"]
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"--add-runs {path}: not an lfi-runs.json ({err})") from None
+    return rows
+
+
 def sbi_settings(cfg: Config, args: argparse.Namespace) -> sbi_peer.Settings:
     """sbi's NPE with smilejax's flow kind, width, depth and bins, batch size and learning rate."""
     flow = cfg.model.flow
@@ -135,20 +187,59 @@ def sbi_settings(cfg: Config, args: argparse.Namespace) -> sbi_peer.Settings:
         num_samples=args.posterior_samples * 2,  # room for the support rejection
         threads=args.torch_threads,
         max_num_epochs=args.sbi_max_epochs or sbi_peer.Settings.max_num_epochs,
+        stop_after_epochs=args.patience or sbi_peer.Settings.stop_after_epochs,
     )
 
 
+def split_validation(path: Path, batch: int, seed: int, tmp: Path) -> tuple[Path, Path, int]:
+    """The set at ``path`` split as sbi splits it for early stopping: about ``VALIDATION`` of it held out
+    (a random choice per seed; rounded to a multiple of a quarter batch), the rest to train on. The
+    evaluation pipeline reads whole batches only, so the held-out file repeats the held-out examples
+    (each equally often) to a whole number of batches: an evaluation's mean is their mean. Returns the
+    training file, the held-out file and the evaluation batches that cover it once."""
+    with np.load(path) as f:
+        theta, x = f["theta"], f["x"]
+    unit = max(1, batch // 4)
+    held = max(unit, round(VALIDATION * len(theta) / unit) * unit)
+    if len(theta) - held < batch:
+        raise SystemExit(f"a budget of {len(theta)} leaves less than one batch of {batch} to train on")
+    order = np.random.default_rng([VALIDATION_KEY, seed]).permutation(len(theta))
+    rows = math.lcm(held, batch)
+    val = np.tile(order[:held], rows // held)
+    train, valid = tmp / f"{path.stem}-{seed}-train.npz", tmp / f"{path.stem}-{seed}-validation.npz"
+    np.savez(train, theta=theta[order[held:]], x=x[order[held:]])
+    np.savez(valid, theta=theta[val], x=x[val])
+    return train, valid, rows // batch
+
+
 def train_smilejax(cfg: Config, args, task, budget: int, seed: int, path: Path, tmp: Path):
-    """Trains the config's NPE on the stored set at ``path``; (trained model, wall seconds, steps)."""
+    """Trains the config's NPE on the stored set at ``path``; (trained model, wall seconds, steps run,
+    epochs run). With ``--patience``, on 90% of it with early stopping on the rest (``split_validation``,
+    evaluated once per epoch) for at most ``--epochs``; else on all of it for ``--epochs``."""
     from smilejax import registry, trained, trainer
 
     batch = int(args.batch or cfg.data.batch_size)
-    steps = max(1, math.ceil(args.epochs * budget / batch))
     data_cls = registry.dataset("stored_simulations").config
     run_dir = tmp / f"smilejax-{task.name}-{budget}-{seed}"
+    start = time.perf_counter()  # the split is part of training, as sbi's is
+    if args.patience:
+        train_path, eval_path, eval_steps = split_validation(path, batch, seed, tmp)
+        with np.load(train_path) as f:
+            per_epoch = len(f["theta"]) // batch  # the pipeline drops an incomplete last batch
+        every, patience = per_epoch, args.patience
+    else:
+        train_path, eval_path, eval_steps, per_epoch = path, None, 1, budget / batch
+        every, patience = 0, 0
+    steps = max(1, math.ceil(args.epochs * per_epoch))
     run_cfg = dataclasses.replace(
         cfg,
-        data=data_cls(format="stored_simulations", path=str(path), batch_size=batch, read_threads=1),
+        data=data_cls(
+            format="stored_simulations",
+            path=str(train_path),
+            eval_path=str(eval_path) if eval_path else None,
+            batch_size=batch,
+            read_threads=1,
+        ),
         model=dataclasses.replace(
             cfg.model, task=task.name, theta_loc=None, theta_scale=None, x_loc=None, x_scale=None
         ),
@@ -157,17 +248,17 @@ def train_smilejax(cfg: Config, args, task, budget: int, seed: int, path: Path, 
             dir=str(run_dir),
             steps=steps,
             seed=seed,
-            eval_every=0,
+            eval_every=every,
+            eval_steps=eval_steps,
             checkpoint_every=0,
             log_every=max(1, steps // 5),
         ),
         logging=dataclasses.replace(cfg.logging, wandb="off", tensorboard=False, progress=False),
-        train=dataclasses.replace(cfg.train, precision="fp32"),
+        train=dataclasses.replace(cfg.train, precision="fp32", early_stop_patience=patience),
     )
-    start = time.perf_counter()
-    trainer.train(run_cfg)
+    result = trainer.train(run_cfg)
     seconds = time.perf_counter() - start
-    return trained.load(run_dir), seconds, steps
+    return trained.load(run_dir), seconds, result.step, result.step / per_epoch
 
 
 def score(task, draws: np.ndarray, observations: list[int]) -> list[float]:
@@ -229,16 +320,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 theta, x = simulate(task, budget)
                 sets[(name, budget)] = tmp / f"{name}-{budget}.npz"
                 np.savez(sets[(name, budget)], theta=theta, x=x)
-                jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in range(args.seeds)]
+                jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in _seeds(args)]
         if not args.no_sbi:  # first: the machine is sbi's alone
             try:
                 info = sbi_rows(cfg, args, jobs, chosen, obs, tmp, rows)
             except RuntimeError as err:
                 problem = str(err)
                 log.error("%s", problem)
-        for (name, budget), path in sets.items():
-            for seed in range(args.seeds):
+        for (name, budget), path in sets.items() if not args.no_smilejax else ():
+            for seed in _seeds(args):
                 rows.append(smilejax_row(cfg, args, chosen[name], budget, seed, path, tmp, obs[name]))
+    rows += added_rows(args.add_runs)
     table = summarise(rows)
     extra = {
         "model": cfg.model.name,
@@ -292,14 +384,14 @@ def smilejax_row(
 
     from .evaluation import posterior_draws, sampler
 
-    model, seconds, steps = train_smilejax(cfg, args, task, budget, seed, path, tmp)
+    model, seconds, steps, epochs = train_smilejax(cfg, args, task, budget, seed, path, tmp)
     draw, _ = sampler(model.model)
     observed = np.stack([task.observation(i) for i in observations])
     draws, _leak = posterior_draws(draw, task, observed, args.posterior_samples, jax.random.key(seed))
     scores = score(task, draws, observations)
     note = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
     row = _row(
-        task.name, budget, "smilejax", seed, scores, seconds, steps=steps, epochs=args.epochs, note=note
+        task.name, budget, "smilejax", seed, scores, seconds, steps=steps, epochs=round(epochs, 1), note=note
     )
     log.info("smilejax %s-%d seed %d: C2ST %.3f, %.1f s", task.name, budget, seed, row["c2st"], seconds)
     return row
