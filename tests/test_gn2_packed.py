@@ -203,3 +203,30 @@ def test_cudnn_attention_lowers_for_cuda_with_the_segment_mask(monkeypatch):
     assert all("fmhaScaleBiasSoftmax" in c for c in calls)  # the mask, as cuDNN's bias
     # the packed rows (12 tracks + 3 slots x 2 registers = 18, even) enter cuDNN at full length
     assert "tensor<4x18x2x8xbf16>" in text
+
+
+def test_packed_rows_sharded_over_8_devices_equal_one_device():
+    """Rows split over the data axis of 8 devices: the same loss, metrics and gradients as on one device,
+    and nothing gathered (the fused pair head's partitioning by row is tests/test_pair_mlp.py's; its
+    rows input keeps its shape when packed)."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    packed, _ = packing.pack_padded(padded_batch(), SLOTS, JETS_PER_ROW, row_multiple=8)
+    model = tiny_model()
+    (loss, metrics), grads = loss_and_grads(model, packed)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    assert mesh.size == 8
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = {k: jax.device_put(jnp.asarray(v), NamedSharding(mesh, P("data"))) for k, v in packed.items()}
+    step = jax.jit(
+        jax.value_and_grad(lambda p, b: gn2.SPEC.loss(nnx.merge(graphdef, p, rest), b), has_aux=True)
+    )
+    compiled = step.lower(params, batch).compile()
+    assert "all-gather" not in compiled.as_text()
+    (loss8, metrics8), grads8 = compiled(params, batch)
+    np.testing.assert_allclose(float(loss8), float(loss), rtol=1e-5)
+    for name in metrics:
+        np.testing.assert_allclose(float(metrics8[name]), float(metrics[name]), rtol=1e-5, err_msg=name)
+    for got, want in zip(jax.tree.leaves(grads8), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=max(1e-5 * float(jnp.abs(want).max()), 1e-7))
