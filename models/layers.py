@@ -15,6 +15,10 @@ lets padded keys take part, for ports of models that were trained that way, such
 Attention itself (``dot_product_attention`` and its implementations, ``SelfAttention(implementation=...)``)
 is in ``models/attention.py``; its names are re-exported here.
 
+Packed sets (several sets in one row, a ``segment`` id per element): ``SelfAttention``, ``EncoderLayer``
+and ``Encoder`` take ``segment`` (attention within a set; the encoder's registers once per set slot),
+``GlobalAttentionPooling`` pools per set slot -> [B, J, dim].
+
 Numerics: parameters are float32; ``dtype`` is the compute dtype handed to every layer. Attention
 scores, their mask and softmax, LayerNorm statistics and pooling weights are computed in float32
 whatever the compute dtype, and the mask value (-1e30) is only ever applied in float32.
