@@ -24,7 +24,7 @@ class FakeLoop:
 
     def __init__(self, steps_: int):
         self.cfg = types.SimpleNamespace(run=types.SimpleNamespace(steps=steps_))
-        self.trial_axis, self.step, self.stopped = 0, 0, None
+        self.trial_axis, self.step, self.stopped, self.exit_code = 0, 0, None, 0
         self.state = self.at(0, 0.0)
 
     @staticmethod
@@ -32,7 +32,7 @@ class FakeLoop:
         return steps.TrainState(jnp.asarray(step), {"w": jnp.full(3, w)}, {}, {"m": jnp.full(3, -w)})
 
     def stop(self, exit_code: int) -> None:
-        self.stopped = exit_code
+        self.stopped, self.exit_code = exit_code, exit_code
 
 
 def test_counts_evaluations_without_improvement_and_restores_the_best():
@@ -51,6 +51,17 @@ def test_counts_evaluations_without_improvement_and_restores_the_best():
     np.testing.assert_array_equal(loop.state.params["w"], np.full(3, 2.0))  # step 20's parameters
     np.testing.assert_array_equal(loop.state.opt_state["m"], np.full(3, -2.0))  # and optimizer state
     assert int(loop.state.step) == 50  # the step counter is not rewound
+
+
+def test_a_stop_signal_keeps_the_latest_state_for_the_resume():
+    stop = early_stop.EarlyStop(patience=5)
+    loop = FakeLoop(steps_=100)
+    loop.exit_code = 75  # preemption.EXIT_PREEMPTED: the scheduler's signal stopped the loop
+    for step, value in ((10, 1.0), (20, 2.0)):
+        loop.step, loop.state = step, FakeLoop.at(step, float(step))
+        stop.metrics(loop, 0, step, {"eval/loss": value})
+    stop.finish(loop)
+    np.testing.assert_array_equal(loop.state.params["w"], np.full(3, 20.0))
 
 
 def test_patience_running_out_on_the_last_step_is_not_a_stop():

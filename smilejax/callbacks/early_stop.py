@@ -11,7 +11,8 @@ final checkpoint, so export and ``smilejax eval`` see the best parameters (sbi l
 validation weights at the end). The step counter is not rewound: the run's last step stays the step it
 stopped at.
 
-A resumed run starts a fresh count and best value (they are not in the checkpoint).
+A run stopped by a signal (preemption) checkpoints its latest state, not the best, and resumes from it
+with a fresh count and best value (they are not in the checkpoint).
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ class EarlyStop(Callback):
             loop.stop(0)
 
     def finish(self, loop: Loop) -> None:
-        """Before the final checkpoint: the best evaluation's state, at the run's own step."""
-        if self.best_state is not None and self.best_step != loop.step:
+        """Before the final checkpoint: the best evaluation's state, at the run's own step; not when a stop
+        signal ended the loop (the run resumes from its latest state)."""
+        preempted = loop.exit_code != 0 and self.stopped_at is None
+        if self.best_state is not None and self.best_step != loop.step and not preempted:
             loop.state = self.best_state.replace(step=loop.state.step)
             if jax.process_index() == 0:
                 log.info("keeping step %d's parameters (%s %.5g)", self.best_step, self.metric, self.best)
