@@ -101,9 +101,12 @@ def _unrolled(model, hits, edges, mask):
     return jnp.where(mask, model.classifier(jnp.concatenate([x[s], x[r], e], -1))[:, 0], 0.0)
 
 
-@pytest.mark.parametrize(("recurrent", "remat"), [(True, True), (False, False)])
-def test_scanned_iterations_equal_the_unrolled_loop(recurrent, remat):
-    model = _model(dataclasses.replace(CFG, n_graph_iters=4, recurrent=recurrent, remat=remat))
+@pytest.mark.parametrize(
+    ("recurrent", "remat", "unroll"), [(True, True, 1), (False, False, 1), (True, False, 2)]
+)
+def test_scanned_iterations_equal_the_unrolled_loop(recurrent, remat, unroll):
+    cfg = dataclasses.replace(CFG, n_graph_iters=4, recurrent=recurrent, remat=remat, scan_unroll=unroll)
+    model = _model(cfg)
     hits, edges = _graph(8, 12, seed=4)
     mask = np.arange(12) < 10
     w = jnp.asarray(np.random.default_rng(5).normal(size=12), jnp.float32)
