@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/PERFORMANCE.md, on one GPU of a node, in one go.
 #
-#   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input (default: all four, in order)
+#   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input convergence (default: all, in order)
 #
 #   gn2    `smilejax bench train gn2`: one training step, padded to 40 tracks and bucketed (16, 24), per
 #          attention implementation (math, cudnn) and vertex head (xla, pallas: the fused pair kernel),
@@ -10,6 +10,9 @@
 #          3.1.0 itself (eager, torch.compile) on the same batches
 #   loop   `smilejax train gn2`: the whole training loop on the synthetic set, bucketed, with input
 #   input  `smilejax bench input gn2`: jets/s from HDF5 to device-ready batches with up to 16 cores
+#   convergence  `smilejax bench convergence gn2`: the batching variants (padded as salt, bucketed,
+#          window16, packed) trained from the same seeds on one sample, validation loss and light/c
+#          rejection at 77 % b-efficiency against jets seen and device time
 #
 # Each part writes its results under OUT/PART and its log to OUT/PART.log, and goes on to the next
 # part if one fails (the exit status is then 1). Settings, from the environment:
@@ -26,13 +29,17 @@
 #   LOOP_STEPS (150), LOOP_THREADS (16), LOOP_SETTINGS (default: the attention and varied fields of the
 #                fastest bucketed row of the gn2 part, as KEY=VALUE overrides)
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
-#   GN2_OVERRIDES, MLPF_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU smoke run)
+#   CONV_DATA (default: a synthetic set of CONV_JETS (1000000) jets made first in OUT/convergence-data);
+#                CONV_VARIANTS (padded,bucketed,window16,packed), CONV_SEEDS (2), CONV_STEPS (600),
+#                CONV_EVAL_EVERY (100), CONV_EVAL_BATCHES (5); CONV_SETTINGS (default: as LOOP_SETTINGS)
+#   GN2_OVERRIDES, MLPF_OVERRIDES, CONV_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU
+#                smoke run)
 set -uo pipefail
 
-OUT=${1:?usage: bash launch/bench_gpu.sh OUT [gn2|mlpf|loop|input ...]}
+OUT=${1:?usage: bash launch/bench_gpu.sh OUT [gn2|mlpf|loop|input|convergence ...]}
 shift
 PARTS=("$@")
-[ ${#PARTS[@]} -gt 0 ] || PARTS=(gn2 mlpf loop input)
+[ ${#PARTS[@]} -gt 0 ] || PARTS=(gn2 mlpf loop input convergence)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -96,13 +103,32 @@ part_input() {
     --batches "${INPUT_BATCHES:-50}" --out "$OUT/input"
 }
 
+part_convergence() {
+  # Every variant from the same seeds on one sample (the file's last 10 % held out for evaluation).
+  local data=${CONV_DATA:-}
+  if [ -z "$data" ]; then
+    data="$OUT/convergence-data/train.h5"
+    [ -f "$data" ] || "$PY" -m smilejax data make ftag-synthetic --out "$data" --jets "${CONV_JETS:-1000000}" \
+      --seed 1 || return 1
+  fi
+  local settings
+  read -r -a settings <<<"${CONV_SETTINGS:-${LOOP_SETTINGS:-$(fastest_gn2_settings)}}"
+  echo "settings: ${settings[*]}"
+  "$PY" -m smilejax bench convergence gn2 "${GN2_OVR[@]}" "data.path=$data" \
+    "data.read_threads=${LOOP_THREADS:-16}" "${settings[@]}" "${CONV_OVR[@]}" \
+    --variants "${CONV_VARIANTS:-padded,bucketed,window16,packed}" --seeds "${CONV_SEEDS:-2}" \
+    --steps "${CONV_STEPS:-600}" --eval-every "${CONV_EVAL_EVERY:-100}" \
+    --eval-batches "${CONV_EVAL_BATCHES:-5}" --out "$OUT/convergence"
+}
+
 read -r -a LOOP_OVERRIDES <<<"${LOOP_OVERRIDES:-}"
+read -r -a CONV_OVR <<<"${CONV_OVERRIDES:-}"
 status=0
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 for part in "${PARTS[@]}"; do
   if ! declare -F "part_$part" >/dev/null; then
-    echo "bench_gpu: unknown part '$part' (gn2, mlpf, loop, input)" >&2
+    echo "bench_gpu: unknown part '$part' (gn2, mlpf, loop, input, convergence)" >&2
     exit 2
   fi
   echo "=== $part $(date -u +%FT%TZ)"
