@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import Bench, Evaluation, Imported, ModelSpec, Option
+from .convergence import CONVERGENCE
 from .model import (
     AUX_KEYS,
     GN2,
@@ -129,5 +130,6 @@ SPEC = ModelSpec(
         torch_peer=Path(__file__).with_name("torch_peer.py"),
         torch_config=_torch_config,
         maker="ftag-synthetic",
+        convergence=CONVERGENCE,
     ),
 )
