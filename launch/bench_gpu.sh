@@ -19,7 +19,7 @@
 #   PY           Python with smilejax and JAX (default python3)
 #   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
 #   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
-#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
+#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn,pallas); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
 #   GN2_VARY (model.vertex_kernel=xla,pallas): the gn2 part's --vary ("" for none)
 #   PROFILE_STEPS (3): gn2 and mlpf trace this many more steps per JAX row and write where the device
 #                time goes (OUT/PART/profile-*.md/.png; 0: no trace)
@@ -60,7 +60,7 @@ part_gn2() {
   local vary=()
   [ -n "$GN2_VARY" ] && vary=(--vary "$GN2_VARY")
   "$PY" -m smilejax bench train gn2 "${GN2_OVR[@]}" --batch "${GN2_BATCH:-4000}" --tracks 40 \
-    --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn}" "${vary[@]}" --precision bf16 \
+    --bucket "${GN2_BUCKET_ARGS[@]}" --attention "${GN2_ATTENTION:-math,cudnn,pallas}" "${vary[@]}" --precision bf16 \
     --steps "$STEPS" --repeats "$REPEATS" --profile "${PROFILE_STEPS:-3}" "${torch[@]}" --out "$OUT/gn2"
 }
 

@@ -101,7 +101,7 @@ def variants(args: argparse.Namespace, family: dict[str, tuple[str, ...]]) -> di
     if unknown:
         raise SystemExit(
             f"bench convergence: unknown variant(s) {unknown}; known: {', '.join(defined)} "
-            "(define one with --variant NAME KEY=VALUE ...)"
+            "(define one with --variant 'NAME KEY=VALUE ...')"
         )
     if not names or len(set(names)) != len(names):
         raise SystemExit(f"bench convergence: --variants needs distinct names, got {names}")
