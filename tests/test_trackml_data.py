@@ -171,7 +171,7 @@ def test_sparse_module_pairs_are_widened(events_dir, monkeypatch):
     train, held = tables[:8], tables[8:]
     wide = mm.learn(train)
     assert (wide.hi - wide.lo > 0).all()
-    monkeypatch.setattr(mm, "_widened", lambda pairs, lo, hi, counts: (lo, hi))
+    monkeypatch.setattr(mm, "_widened", lambda lo, hi, counts, groups: (lo, hi))
     raw = mm.learn(train)
     np.testing.assert_array_equal(raw.pairs, wide.pairs)
     assert ((raw.hi - raw.lo) == 0).mean() > 0.3  # most pairs were seen once

@@ -21,7 +21,7 @@ from .features import module_key
 
 FEATURES = ("z0", "phi_slope", "deta", "dphi")
 CHUNK = 4_000_000  # candidate edges evaluated at once (memory)
-VERSION = 3  # of what ``learn`` makes (in the names of cached maps and edges): 3 widens ranges by counts
+VERSION = 4  # of what ``learn`` makes (in the names of cached maps and edges): 4 widens ranges by counts
 SAMPLED = 5  # a module pair seen this often has ranges of its own; fewer: widened (``learn``)
 
 
@@ -140,8 +140,9 @@ def learn(events) -> ModuleMap:
     key, feat = key[order], feat[order]
     start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     counts = np.diff(np.r_[start, key.size])
+    layers = ((key[start] >> 48) << 16) | ((key[start] & 0xFFFFFFFF) >> 16)  # (volume, layer) of a and b
     lo, hi = _widened(
-        key[start], np.minimum.reduceat(feat, start, axis=0), np.maximum.reduceat(feat, start, axis=0), counts
+        np.minimum.reduceat(feat, start, axis=0), np.maximum.reduceat(feat, start, axis=0), counts, layers
     )
     modules = np.unique(np.r_[key >> 32, key & 0xFFFFFFFF])
     if modules.size >= 1 << 21:
@@ -154,6 +155,7 @@ def learn(events) -> ModuleMap:
     t_start = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, int)
     t_lo = np.minimum.reduceat(t_feat, t_start, axis=0) if codes.size else np.zeros((0, 2))
     t_hi = np.maximum.reduceat(t_feat, t_start, axis=0) if codes.size else np.zeros((0, 2))
+    t_lo, t_hi = _widened(t_lo, t_hi, np.diff(np.r_[t_start, codes.size]), np.zeros(t_start.size, np.int64))
     known = codes[t_start] >= 0
     return ModuleMap(
         key[start],
@@ -167,10 +169,11 @@ def learn(events) -> ModuleMap:
     )
 
 
-def _widened(pairs: np.ndarray, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray):
-    """Ranges of module pairs widened by how often the pair was seen. Fewer than ``SAMPLED`` times: to
-    hold any range of the typical width ``w`` that holds what was seen (``[hi - w, lo + w]``; ``w``: the
-    median width of the well-sampled pairs of the same layer pair, else of all). More: by the expected
+def _widened(lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, groups: np.ndarray):
+    """Ranges of module pairs (or triplets) widened by how often they were seen. Fewer than ``SAMPLED``
+    times: to hold any range of the typical width ``w`` that holds what was seen (``[hi - w, lo + w]``;
+    ``w``: the median width of the well-sampled ones of the same group (doublets: layer pair), else of
+    all). More: by the expected
     gap ``(hi - lo) / (n - 1)`` on each side. Why: a pair seen once has a range of width 0, which no other
     event's hits match, and n samples of a range cover a new one only with probability (n-1)/(n+1). With
     few training events most pairs are sparse: a map from 40 pile-up-5 events knew 62 % of held-out
@@ -179,9 +182,8 @@ def _widened(pairs: np.ndarray, lo: np.ndarray, hi: np.ndarray, counts: np.ndarr
     well = counts >= SAMPLED
     if not well.any():
         return lo, hi
-    layers = ((pairs >> 48) << 16) | ((pairs & 0xFFFFFFFF) >> 16)  # (volume, layer) of a and of b
     typical = np.broadcast_to(np.median(width[well], axis=0), width.shape).copy()
-    inverse = np.unique(layers, return_inverse=True)[1]
+    inverse = np.unique(groups, return_inverse=True)[1]
     for c in np.unique(inverse[well]):
         members = inverse == c
         typical[members] = np.median(width[members & well], axis=0)
