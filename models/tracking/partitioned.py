@@ -14,10 +14,10 @@ collectives complete the aggregation:
     device the updated nodes its edges read. Same bytes on the wire as the all-reduce (a reduce-scatter
     plus an all-gather), node work and node-network activations divided by ``k``.
 
-Both forms are ``IGN.graph`` and ``gnn.interaction_step`` with these collectives as their ``reduce`` and
-``gather`` hooks, so they compute what ``IGN.graph`` computes on one device, up to the order of
-floating-point sums (tests compare scores and
-gradients on 8 CPU devices against 1). Parameters stay replicated; their gradients come back summed
+Both forms are ``IGN.graph`` and ``gnn.interaction_step`` (scanned over the iterations) with these
+collectives as their ``reduce`` and ``gather`` hooks, so they compute what ``IGN.graph`` computes on one
+device, up to the order of floating-point sums (tests compare scores and gradients on 8 CPU devices
+against 1). Parameters stay replicated; their gradients come back summed
 over the axis by ``shard_map``'s transpose. The batch axis stays under ``jit``'s automatic sharding
 (the shard_map is manual over the partition axis only), so data parallelism composes with it.
 
