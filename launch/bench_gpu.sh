@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/PERFORMANCE.md, on one GPU of a node, in one go.
 #
-#   bash launch/bench_gpu.sh OUT [PART ...]      PART: gn2 mlpf loop input convergence (default: all, in order)
+#   bash launch/bench_gpu.sh OUT [PART ...]    PART: gn2 mlpf loop input convergence (default: all, in order)
 #
 #   gn2    `smilejax bench train gn2`: one training step, padded to 40 tracks and bucketed (16, 24), per
-#          attention implementation (math, cudnn) and vertex head (xla, pallas: the fused pair kernel),
-#          against the PyTorch peer (eager, torch.compile)
+#          attention implementation (math, cudnn, pallas: fused short sets) and vertex head (xla, pallas:
+#          the fused pair kernel), against the PyTorch peer (eager, torch.compile)
 #   mlpf   `smilejax bench train mlpf`: the CLIC model (chunked, cudnn attention) against particleflow
 #          3.1.0 itself (eager, torch.compile) on the same batches
 #   loop   `smilejax train gn2`: the whole training loop on the synthetic set, bucketed, with input
@@ -19,7 +19,8 @@
 #   PY           Python with smilejax and JAX (default python3)
 #   TORCH_PY     Python with torch for GN2's PyTorch peer (default $PY; "" skips it)
 #   MLPF_REF_PY  Python with torch and particleflow 3.1.0 (default: the bench's own lookup, .mlpf-ref)
-#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn,pallas); GN2_BUCKETS ("16 24"); GN2_TORCH_MODES (eager,compile)
+#   STEPS, REPEATS (30, 2); GN2_ATTENTION (math,cudnn,pallas); GN2_BUCKETS ("16 24");
+#   GN2_TORCH_MODES (eager,compile)
 #   GN2_VARY (model.vertex_kernel=xla,pallas): the gn2 part's --vary ("" for none)
 #   PROFILE_STEPS (3): gn2 and mlpf trace this many more steps per JAX row and write where the device
 #                time goes (OUT/PART/profile-*.md/.png; 0: no trace)

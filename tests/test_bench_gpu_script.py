@@ -14,6 +14,8 @@ SMALL_GN2 = "model.embed=16 model.init_hidden=[16] model.layers=1 model.heads=2 
 
 
 def test_bench_gpu_script_runs_every_part(tmp_path):
+    """The four parts that time steps, the loop and input (convergence, the slowest on CPUs, is tested
+    alone below, each test within the suite's timeout)."""
     env = cli_env(
         1,
         PY=sys.executable,
@@ -38,7 +40,7 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
     )
     out = tmp_path / "bench"
     done = subprocess.run(
-        ["bash", "launch/bench_gpu.sh", str(out)],
+        ["bash", "launch/bench_gpu.sh", str(out), "gn2", "mlpf", "loop", "input"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -67,3 +69,39 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
     assert "bucket_window: 16" in (out / "loop" / "config.yaml").read_text()
     assert "data.bucket_window=16" in json.loads((out / "input" / "input.json").read_text())["command"]
     assert json.loads((out / "input" / "input.json").read_text())["rows"][0]["jets_per_s"] > 0
+
+
+def test_bench_gpu_script_convergence_part(tmp_path):
+    env = cli_env(
+        1,
+        PY=sys.executable,
+        GN2_OVERRIDES=SMALL_GN2 + " model.head_hidden=[16] model.aux_tasks=off",
+        LOOP_SETTINGS="model.attention=math",  # no gn2 part ran to pick the fastest settings
+        LOOP_THREADS="1",
+        CONV_JETS="1000",
+        CONV_VARIANTS="padded,bucketed",
+        CONV_SEEDS="1",
+        CONV_STEPS="2",
+        CONV_EVAL_EVERY="1",
+        CONV_EVAL_BATCHES="1",
+        CONV_OVERRIDES="data.batch_size=32",
+    )
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        ["bash", "launch/bench_gpu.sh", str(out), "convergence"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "=== convergence: exit 0" in done.stdout
+    assert "settings: model.attention=math" in (out / "convergence.log").read_text()
+    # both variants, an evaluation after each step, on the synthetic set the part made first
+    conv = json.loads((out / "convergence" / "convergence.json").read_text())
+    assert [(p["variant"], p["jets"]) for p in conv["points"]] == [
+        (v, j) for v in ("padded", "bucketed") for j in (32, 64)
+    ]
+    assert (out / "convergence-data" / "train.h5").exists() and conv["mode"] == "reduced, CPU"
+    assert "data.bucket_tracks=[16,24]" in " ".join(conv["variants"]["bucketed"])
