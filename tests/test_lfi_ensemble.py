@@ -115,8 +115,8 @@ def _small_ensemble(tmp_path):
         [
             "model.standardize=256",
             "model.export_samples=32",
-            "model.embedding={kind: mlp, hidden: [16], out: 8}",
-            "model.flow={kind: nsf, layers: 2, hidden: [16, 16], bins: 4}",
+            "model.embedding={kind: mlp, hidden: [8], out: 4}",
+            "model.flow={kind: maf, layers: 2, hidden: [8, 8]}",
         ],
     )
     members = []
