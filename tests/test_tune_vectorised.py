@@ -133,3 +133,13 @@ def test_other_trials_of_the_same_shapes_lower_to_the_same_program(tmp_path):
         batch = vectorised._Inputs(cfgs, program).next()
         texts.append(program.train_step.lower(program.abstract_state, batch).as_text())
     assert texts[0] == texts[1]
+
+
+def test_seed_groups_whose_batches_differ_in_shape_are_refused():
+    # bucketed or packed inputs pick each step's shape from that seed's jets: stacking them cannot work
+    inputs = object.__new__(vectorised._Inputs)
+    inputs.sharding = None
+    inputs.of_trial = [0, 1]
+    inputs.iters = [iter([{"x": np.zeros((8, 16))}]), iter([{"x": np.zeros((8, 24))}])]
+    with pytest.raises(ValueError, match="one shape from every seed's input, got 2 shapes"):
+        inputs.next()

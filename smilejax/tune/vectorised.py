@@ -308,6 +308,13 @@ class _Inputs:
         batches = [next(it) for it in self.iters]
         if len(batches) == 1:
             return jax.device_put(batches[0], self.sharding)
+        shapes = {tuple(np.shape(b[key]) for key in sorted(b)) for b in batches}
+        if len(shapes) > 1:  # e.g. packed sets: each seed's batch packs into its own number of rows
+            raise ValueError(
+                "vectorised trials with different run.seed values need batches of one shape from every "
+                f"seed's input, got {len(shapes)} shapes (bucketed or packed batches vary their shape "
+                "per step); give the trials one seed or turn bucketing and packing off"
+            )
         stacked = {key: np.stack([batches[g][key] for g in self.of_trial]) for key in batches[0]}
         return jax.device_put(stacked, self.sharding)
 
