@@ -196,3 +196,10 @@ def pack_padded(
 def unpack_jets(values: np.ndarray, packing: Packing) -> np.ndarray:
     """Per-jet values of packed rows (``[R, J, ...]``, numpy or JAX) in the jets' order (``[B, ...]``)."""
     return values[packing.row, packing.slot]
+
+
+def examples(batch: Mapping[str, Any]) -> int:
+    """How many examples (jets) ``batch`` holds: a packed batch's valid jet slots, else its rows."""
+    if "jet_valid" in batch:
+        return int(np.asarray(batch["jet_valid"]).sum())
+    return len(next(iter(batch.values())))

@@ -40,6 +40,11 @@ class DataConfig:
         must divide over the processes, the batch-sharded devices and the gradient-accumulation steps."""
         return [self.batch_size]
 
+    def microbatch_problem(self) -> str | None:
+        """Why this input's batches cannot be split into equal microbatches (``train.grad_accum``), or
+        None: each microbatch's loss is a mean over its own examples, so they must hold equal shares."""
+        return None
+
     def with_batch_size(self, batch_size: int) -> DataConfig:
         """This config yielding fixed batches of ``batch_size`` examples (evaluation, serving benchmarks)."""
         return dataclasses.replace(self, batch_size=batch_size)

@@ -304,6 +304,8 @@ def _value_problems(sections: dict[str, Any]) -> list[str]:
             for size in data.global_batch_sizes()
             if size % train.grad_accum
         ]
+    if data is not None and train is not None and train.grad_accum > 1 and (why := data.microbatch_problem()):
+        problems.append(f"train.grad_accum={train.grad_accum}: {why}")
     if optimizer is not None and optimizer.lr <= 0:
         problems.append(f"optimizer.lr must be positive, got {optimizer.lr}")
     if data is not None and model is not None:

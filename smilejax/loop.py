@@ -19,6 +19,7 @@ import numpy as np
 from smilejax import steps
 from smilejax.callbacks.base import Callback
 from smilejax.config import Config
+from smilejax.inputs import packing
 
 
 def to_global(sharding: jax.sharding.Sharding, local: dict) -> dict:
@@ -47,13 +48,13 @@ class Batches:
 
     def __init__(self, iterator: Any, sharding: jax.sharding.Sharding):
         self.iterator, self.sharding = iterator, sharding
-        self.examples: dict[int, int] = {}  # packed batches' examples, by id of the global batch
+        self.examples: dict[int, int] = {}  # the last batch's examples, by id of the global batch
 
     def next(self) -> dict:
         local = next(self.iterator)
         batch = to_global(self.sharding, local)
-        if "jet_valid" in local:  # packed sets: a row holds several examples, each process an equal share
-            self.examples = {id(batch): int(local["jet_valid"].sum()) * jax.process_count()}
+        # a packed row holds several examples; every process holds an equal share of them
+        self.examples = {id(batch): packing.examples(local) * jax.process_count()}
         return batch
 
     def rows(self, batch: dict) -> int:
@@ -146,6 +147,8 @@ class Loop:
             for callback in self.callbacks:
                 callback.start(self)
             for step in range(self.step + 1, last_step + 1):
+                if self.stopping:  # asked after the last step (or by a callback's start: nothing to train)
+                    break
                 t_data = time.perf_counter()
                 batch = pending if pending is not None else self.inputs.next()
                 pending = None
@@ -159,8 +162,6 @@ class Loop:
                     callback.step(self, step)
                 if self.halted or not self.running():
                     return
-                if self.stopping:
-                    break
             for callback in self.callbacks:
                 callback.finish(self)
             self.finished = True

@@ -14,7 +14,7 @@ from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
 from smilejax.models.gn2 import make_synthetic as fs
 
-from smilejax import config
+from smilejax import config, trainer
 from smilejax.config import ConfigError
 from tests.conftest import run_cli
 
@@ -388,8 +388,33 @@ def test_train_runs_on_packed_batches(data, tmp_path):
         assert r["samples_per_s"] * r["step_time_s"] == pytest.approx(64)
     evals = [r for r in records if "eval/loss" in r]  # the unpacked evaluation stream
     assert evals and all(np.isfinite(r["eval/loss"]) for r in evals)
-    # the steps saw packed rows: 64 jets of ~8 tracks in 16 rows of 48 slots (one shape, one compile)
-    src = fh.SPEC.source(_cfg(data, batch_size=64, **{**PACK, "pack_row_multiple": 8}), "train")
-    order = pipeline._EpochOrder(len(src), 0, True)
-    plan = pipeline.BatchPlan(order, 64, None, 0, packed=fh.packed(src, src.cfg), process_count=1)
-    assert [p.rows for k in range(4) for p in plan.packings(k)] == [16] * 4
+    # the inputs this config gives the trainer are packed rows: 64 jets of ~8 tracks in 16 rows of 48
+    # slots (one shape, one compile); its evaluation inputs stay unpacked
+    loaded = config.load(str(cfg_path))
+    train_batches = iter(trainer.make_inputs(loaded, "train"))
+    for _ in range(4):
+        batch = next(train_batches)
+        assert batch["valid"].shape == (16, 48) and batch["flavour"].shape == (16, 8)
+        assert int(batch["jet_valid"].sum()) == 64
+    assert "segment" not in next(iter(trainer.make_inputs(loaded, "eval")))
+
+
+def test_packing_refuses_gradient_accumulation():
+    with pytest.raises(ConfigError, match=r"train.grad_accum=2: data.pack_tracks: .* use train.grad_accum=1"):
+        config.load(
+            {"model": {"name": "gn2"}, "data": {"format": "ftag_h5", "pack_tracks": 48}},
+            ["train.grad_accum=2"],
+        )
+
+
+def test_evaluation_reads_the_same_jets_whatever_the_training_window(data):
+    # a convergence study compares runs of different bucket windows on their first N eval batches: those
+    # must be the same jets (only padded differently), so evaluation never sorts a window
+    def first_jets(window: int) -> np.ndarray:
+        cfg = _cfg(data, bucket_window=window)
+        it = _stream(fh.SPEC.source(cfg, "eval"), cfg)
+        batches = [next(it) for _ in range(3)]
+        # one number per jet, whatever its padded width: the sum of its valid tracks' inputs
+        return np.concatenate([np.sort((b["tracks"] * b["valid"][..., None]).sum((1, 2))) for b in batches])
+
+    np.testing.assert_array_equal(first_jets(4), first_jets(1))

@@ -67,8 +67,9 @@ Packing (``cfg.pack_tracks``, e.g. 80, with ``cfg.pack_jets`` jet slots per row)
 several jets in one row of ``pack_tracks`` track slots (``smilejax.inputs.packing``; first-fit decreasing
 by track count), so padding falls without sorting: the jets of a global batch stay the uniform random
 sample (and each process the same slice of it) that an unpacked run reads, ``batch_size`` stays in jets.
-Each process packs its slice; all agree on the row count R (the fullest slice's rows, rounded up to a
-multiple of ``cfg.pack_row_multiple``, which is checked like a global batch size), so few shapes compile.
+Each process packs its slice; all agree on the row count R per process (the fullest slice's rows, rounded
+up so that the global batch's rows, R × processes, are a multiple of ``cfg.pack_row_multiple``, which is
+checked like a global batch size), so few shapes compile.
 Only the training stream is packed (the "train" split, unless read in order with ``shuffle=False`` as
 predictions do); evaluation, export and serving stay unpacked. A packed batch
 (T = ``pack_tracks``, J = ``pack_jets``):

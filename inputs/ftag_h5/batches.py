@@ -35,15 +35,18 @@ def batch_schema(cfg: FtagConfig, aux: bool = True) -> dict[str, tuple[tuple, np
 
 
 def buckets(source: FtagH5Source, cfg: FtagConfig) -> pipeline.Buckets | None:
-    """The track buckets ``cfg.bucket_tracks`` asks for (None when empty), with the source's counts."""
+    """The track buckets ``cfg.bucket_tracks`` asks for (None when empty), with the source's counts.
+    Only the "train" split sorts ``cfg.bucket_window`` batches together: evaluation keeps window 1, so
+    its first N batches are the same jets whatever the training's window (only their padding differs)."""
     if not cfg.bucket_tracks:
         return None
     from .. import pipeline
 
+    train = getattr(source, "split", None) == "train"
     return pipeline.Buckets(
         widths=pipeline.bucket_widths(cfg.bucket_tracks, source.max_tracks),
         lengths=source.track_counts(),
-        window=cfg.bucket_window,
+        window=cfg.bucket_window if train else 1,
     )
 
 
@@ -51,7 +54,7 @@ def packed(source: FtagH5Source, cfg: FtagConfig, shuffle: bool | None = None) -
     """The packing ``cfg.pack_tracks`` asks for, with the source's track counts; None when off, for
     every split but "train" and for in-order reads (``shuffle=False``: predictions over a split), so
     that evaluation stays unpacked."""
-    if not cfg.pack_tracks or getattr(source, "split", "train") != "train" or shuffle is False:
+    if not cfg.pack_tracks or getattr(source, "split", None) != "train" or shuffle is False:
         return None
     from .. import pipeline
 
@@ -60,6 +63,8 @@ def packed(source: FtagH5Source, cfg: FtagConfig, shuffle: bool | None = None) -
         jets_per_row=cfg.pack_jets,
         lengths=source.track_counts(),
         row_multiple=cfg.pack_row_multiple,
+        # the schema's per-track keys (their shape starts with max_tracks), never guessed per batch
+        track_keys=tuple(k for k, (shape, _) in batch_schema(cfg).items() if shape[:1] == (cfg.max_tracks,)),
     )
 
 

@@ -66,8 +66,8 @@ class FtagConfig(DataConfig):
         serving stay unpacked. ``batch_size`` stays in jets.
     pack_jets: jet slots per packed row (at most this many jets share a row).
     pack_row_multiple: the rows of a packed global batch are rounded up to a multiple of this, so that
-        few shapes compile; it must divide over the processes, the batch-sharded devices and
-        ``train.grad_accum`` (checked as a global batch size).
+        few shapes compile; it must divide over the processes and the batch-sharded devices (checked as
+        a global batch size). Packing needs ``train.grad_accum=1``.
     """
 
     format: str = "ftag_h5"
@@ -128,6 +128,14 @@ class FtagConfig(DataConfig):
         # packed: the rows of a global batch are multiples of pack_row_multiple; evaluation stays
         # unpacked, in batches of batch_size jets
         return sorted({self.batch_size, self.pack_row_multiple}) if self.pack_tracks else [self.batch_size]
+
+    def microbatch_problem(self) -> str | None:
+        if self.pack_tracks:
+            return (
+                "data.pack_tracks: the rows of a packed batch hold unequal numbers of jets, so averaging "
+                "per-microbatch means would weigh jets unequally; use train.grad_accum=1 with packing"
+            )
+        return None
 
     def describe_batch(self, size: int) -> str:
         if self.pack_tracks and size == self.pack_row_multiple and size != self.batch_size:

@@ -45,7 +45,8 @@ class FtagH5Source:
     """Random access by sorted indices over several files (``BatchSource``), one virtual index.
 
     segments: ``(file index, first row, end row)`` of each file part in this split, in index order.
-    split: which split it reads ("train" or "eval"): only training batches are packed.
+    split: which split it reads ("train" or "eval"; None: none, e.g. a scan of a file): only the "train"
+        split is packed and sorts bucket windows.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class FtagH5Source:
         *,
         aux: bool,
         norm_source: str = "<dict>",
-        split: str = "train",
+        split: str | None = None,
     ):
         self.split = split
         self.files = list(files)

@@ -15,6 +15,7 @@ import psutil
 from smilejax import config, host, registry, runtime
 from smilejax import mesh as meshlib
 from smilejax.config import Config
+from smilejax.inputs import packing
 from smilejax.inputs import pipeline as pipelines
 from smilejax.trainer import to_global
 
@@ -114,8 +115,7 @@ def measure(cfg: Config, *, threads: int, workers: int, batches: int) -> dict:
     for _ in range(batches):
         local = next(it)
         jax.block_until_ready(to_global(sharding, local))
-        # a packed batch's rows hold several jets each: count its jets, not its rows
-        jets += int(local["jet_valid"].sum()) if "jet_valid" in local else len(next(iter(local.values())))
+        jets += packing.examples(local)
         mask = _mask(local)
         if mask is not None:
             used += int(mask.sum())

@@ -41,6 +41,7 @@ from jax.sharding import Mesh
 
 from smilejax import callbacks, checkpoint, config, metrics, optim, registry, steps, trainer
 from smilejax.config import Config, ConfigError
+from smilejax.inputs import packing
 from smilejax.loop import Loop, Trial
 from smilejax.models import kernel_mode
 from smilejax.models.spec import ModelSpec
@@ -302,10 +303,12 @@ class _Inputs:
         seeds = [c.run.seed for c in cfgs]
         self.groups = sorted(set(seeds))
         self.of_trial = [self.groups.index(s) for s in seeds]
+        self.examples = 0  # the last batch's, one trial's
         self.iters = [iter(trainer.make_inputs(cfgs[seeds.index(s)], "train")) for s in self.groups]
 
     def next(self) -> dict:
         batches = [next(it) for it in self.iters]
+        self.examples = packing.examples(batches[0]) * jax.process_count()  # one trial's (a group's)
         if len(batches) == 1:
             return jax.device_put(batches[0], self.sharding)
         shapes = {tuple(np.shape(b[key]) for key in sorted(b)) for b in batches}
@@ -319,7 +322,7 @@ class _Inputs:
         return jax.device_put(stacked, self.sharding)
 
     def rows(self, batch: dict) -> int:
-        return next(iter(batch.values())).shape[1 if len(self.iters) > 1 else 0]
+        return self.examples
 
     def position(self, trial: int):
         return self.iters[self.of_trial[trial]]
