@@ -239,7 +239,7 @@ def _callbacks(
         callbacks.NanStop(),  # first: a NaN record reaches no other callback
         window,
         evaluate,
-        *early_stop.from_config(cfg),  # before the checkpoint: its finish puts the best state back
+        *early_stop.from_config(cfg, run_dir),  # before the checkpoint: the last step saves the best state
         callbacks.Checkpoint(run.checkpoint_every, opened={0: ckpt}),
         *(
             [callbacks.Profile(run.profile_at, run.profile_steps, run_dir, lead=lead)]

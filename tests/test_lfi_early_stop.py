@@ -26,6 +26,7 @@ class FakeLoop:
         self.cfg = types.SimpleNamespace(run=types.SimpleNamespace(steps=steps_))
         self.trial_axis, self.step, self.stopped, self.exit_code = 0, 0, None, 0
         self.state = self.at(0, 0.0)
+        self.emitted: list[tuple[int, dict]] = []
 
     @staticmethod
     def at(step: int, w: float) -> steps.TrainState:
@@ -33,6 +34,9 @@ class FakeLoop:
 
     def stop(self, exit_code: int) -> None:
         self.stopped, self.exit_code = exit_code, exit_code
+
+    def emit(self, step: int, values: dict) -> None:
+        self.emitted.append((step, values))
 
 
 def test_counts_evaluations_without_improvement_and_restores_the_best():
@@ -47,10 +51,14 @@ def test_counts_evaluations_without_improvement_and_restores_the_best():
         if loop.stopped is not None:
             break
     assert loop.stopped == 0 and stop.stopped_at == 50 and stop.best_step == 20 and stop.best == 2.0
-    stop.finish(loop)
+    stop.step(loop, 50)  # the last step: the best state goes in before that step's checkpoint
     np.testing.assert_array_equal(loop.state.params["w"], np.full(3, 2.0))  # step 20's parameters
     np.testing.assert_array_equal(loop.state.opt_state["m"], np.full(3, -2.0))  # and optimizer state
     assert int(loop.state.step) == 50  # the step counter is not rewound
+    # the kept state's value is the run's last eval record
+    assert loop.emitted == [(50, {"eval/loss": 2.0, "early_stop/best_step": 20.0})]
+    stop.finish(loop)  # kept once
+    assert len(loop.emitted) == 1
 
 
 def test_a_stop_signal_keeps_the_latest_state_for_the_resume():
@@ -62,6 +70,7 @@ def test_a_stop_signal_keeps_the_latest_state_for_the_resume():
         stop.metrics(loop, 0, step, {"eval/loss": value})
     stop.finish(loop)
     np.testing.assert_array_equal(loop.state.params["w"], np.full(3, 20.0))
+    assert loop.emitted == []
 
 
 def test_patience_running_out_on_the_last_step_is_not_a_stop():
@@ -102,7 +111,7 @@ def sims(tmp_path_factory):
     return folder
 
 
-def _train(sims, run_dir, *overrides: str) -> tuple[trainer.Result, dict[int, float]]:
+def _train(sims, run_dir, *overrides: str) -> tuple[trainer.Result, list[tuple[int, float]]]:
     tree = yaml.safe_load(registry.configs()["npe-two-moons"].read_text())
     tree["data"] = {
         "format": "stored_simulations",
@@ -118,7 +127,7 @@ def _train(sims, run_dir, *overrides: str) -> tuple[trainer.Result, dict[int, fl
             "run.log_every=4",
             "run.eval_every=4",
             f"run.eval_steps={EVAL // BATCH}",  # the whole eval file, each example once
-            "run.checkpoint_every=0",
+            "run.checkpoint_every=4",  # also at the stop's step: that checkpoint must hold the best state
             "logging.progress=false",
             "optimizer.lr=3e-3",
             "model.embedding={kind: mlp, hidden: [16], out: 8}",
@@ -127,7 +136,7 @@ def _train(sims, run_dir, *overrides: str) -> tuple[trainer.Result, dict[int, fl
         ],
     )
     result = trainer.train(cfg)
-    evals = {r["step"]: r["eval/loss"] for r in metrics.read(run_dir / "metrics.jsonl") if "eval/loss" in r}
+    evals = [(r["step"], r["eval/loss"]) for r in metrics.read(run_dir / "metrics.jsonl") if "eval/loss" in r]
     return result, evals
 
 
@@ -147,14 +156,23 @@ def test_a_run_whose_validation_loss_stops_improving_stops_and_keeps_the_best(si
     result, evals = _train(
         sims, run, "run.steps=400", "train.early_stop_patience=2", "train.early_stop_min_delta=1e9"
     )
-    assert result.exit_code == 0 and result.step == 12 and sorted(evals) == [4, 8, 12]
+    assert result.exit_code == 0 and result.step == 12
+    # evaluations at 4, 8, 12, then the kept state's record at 12: step 4's value
+    assert [step for step, _ in evals] == [4, 8, 12, 12] and evals[-1][1] == evals[0][1]
+    assert abs(evals[2][1] - evals[0][1]) > 1e-3  # the parameters did change after step 4
+    assert result.last_eval["eval/loss"] == pytest.approx(evals[0][1])
     assert trained.load(run).step == 12
-    assert abs(evals[12] - evals[4]) > 1e-3  # the parameters did change after step 4
-    np.testing.assert_allclose(_eval_loss(run, sims), evals[4], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_eval_loss(run, sims), evals[0][1], rtol=1e-4, atol=1e-4)
+    # run again: the run stopped, so it trains no further and its checkpoint stays the best
+    again, evals_again = _train(
+        sims, run, "run.steps=400", "train.early_stop_patience=2", "train.early_stop_min_delta=1e9"
+    )
+    assert again.exit_code == 0 and again.step == 12 and evals_again == evals
+    np.testing.assert_allclose(_eval_loss(run, sims), evals[0][1], rtol=1e-4, atol=1e-4)
 
 
 def test_off_by_default_trains_out_and_keeps_the_last_parameters(sims, tmp_path):
     run = tmp_path / "plain"
     result, evals = _train(sims, run, "run.steps=12")
-    assert result.exit_code == 0 and result.step == 12 and sorted(evals) == [4, 8, 12]
-    np.testing.assert_allclose(_eval_loss(run, sims), evals[12], rtol=1e-4, atol=1e-4)
+    assert result.exit_code == 0 and result.step == 12 and [step for step, _ in evals] == [4, 8, 12]
+    np.testing.assert_allclose(_eval_loss(run, sims), evals[-1][1], rtol=1e-4, atol=1e-4)

@@ -6,19 +6,23 @@ the default) hands the stop to the validation loss instead, as `sbi`'s NPE train
 ``stop_after_epochs``): after each evaluation (``run.eval_every``; ``eval/loss`` over the same held-out
 batches each time), a loss lower than the best so far by more than ``train.early_stop_min_delta`` is the
 new best and the train state is copied; after ``patience`` evaluations in a row without one the loop stops
-(the final log and checkpoint still run). However the run ends, its state becomes the best one before the
-final checkpoint, so export and ``smilejax eval`` see the best parameters (sbi likewise loads its best
-validation weights at the end). The step counter is not rewound: the run's last step stays the step it
-stopped at.
+(the final log and checkpoint still run). When the run ends, by the stop or by running out its steps, its
+state becomes the best one within that last step, before that step's checkpoint, so the checkpoint,
+export and ``smilejax eval`` see the best parameters (sbi likewise loads its best validation weights at the
+end), and a record ``{eval/loss: best, early_stop/best_step}`` makes the best value the run's last
+(what ``Result.last_eval``, the run summary and a tuner read). The step counter is not rewound.
 
-A run stopped by a signal (preemption) checkpoints its latest state, not the best, and resumes from it
-with a fresh count and best value (they are not in the checkpoint).
+``early_stop.json`` in the run directory marks a run that stopped early: run again, it trains no further.
+A run ended by a stop signal (preemption) or a non-finite loss checkpoints its latest state, not the best,
+and a resumed run counts its evaluations and best value afresh (the best state is not checkpointed).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smilejax.trainer")
 
 METRIC = "eval/loss"
+MARKER = "early_stop.json"
 
 
 def _copy(state: Any) -> Any:
@@ -44,25 +49,37 @@ def _copy(state: Any) -> Any:
 class EarlyStop(Callback):
     """Stops the loop after ``patience`` evaluations without a ``metric`` lower than the best by more than
     ``min_delta``; at the end the loop's state holds the best evaluation's parameters. ``stopped_at``: the
-    step it stopped at (None: the run ran out its steps); ``best_step``, ``best``: the best evaluation."""
+    step it stopped at (None: the run ran out its steps); ``best_step``, ``best``: the best evaluation.
+    ``run_dir``: where ``early_stop.json`` marks a stopped run (None: not marked)."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0, metric: str = METRIC):
+    def __init__(
+        self, patience: int, min_delta: float = 0.0, metric: str = METRIC, run_dir: Path | None = None
+    ):
         if patience < 1 or min_delta < 0:
             raise ValueError(f"early stopping: patience {patience} must be >= 1, min_delta {min_delta} >= 0")
         self.patience, self.min_delta, self.metric = patience, min_delta, metric
+        self.marker = None if run_dir is None else Path(run_dir) / MARKER
         self.best = math.inf
         self.best_step: int | None = None
         self.best_state: Any = None
         self.waited = 0
         self.stopped_at: int | None = None
+        self.kept = False
 
     def start(self, loop: Loop) -> None:
         if loop.trial_axis:
             raise ValueError("early stopping is per run; a program of vectorised trials cannot use it")
+        if self.marker is not None and self.marker.exists():  # this run already stopped: train no further
+            done = json.loads(self.marker.read_text())
+            self.stopped_at, self.kept = done["stopped_at"], True
+            log.info(
+                "early stopping ended this run at step %d (%s); nothing to train", self.stopped_at, MARKER
+            )
+            loop.stop(0)
 
     def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
         value = values.get(self.metric)
-        if value is None or self.stopped_at is not None:
+        if value is None or self.stopped_at is not None or self.kept:
             return
         if value < self.best - self.min_delta:
             self.best, self.best_step, self.waited = value, step, 0
@@ -82,18 +99,34 @@ class EarlyStop(Callback):
                 )
             loop.stop(0)
 
+    def step(self, loop: Loop, step: int) -> None:
+        # the run's last step: the best state goes in now, before this step's checkpoint saves the state
+        # (a checkpoint of the step already saved is never rewritten)
+        if step == self.stopped_at or step == loop.cfg.run.steps:
+            self._keep_best(loop)
+
     def finish(self, loop: Loop) -> None:
-        """Before the final checkpoint: the best evaluation's state, at the run's own step; not when a stop
-        signal ended the loop (the run resumes from its latest state)."""
-        preempted = loop.exit_code != 0 and self.stopped_at is None
-        if self.best_state is not None and self.best_step != loop.step and not preempted:
+        """Not when a stop signal ended the loop (the run resumes from its latest state)."""
+        if loop.exit_code == 0 or self.stopped_at is not None:
+            self._keep_best(loop)
+        self.best_state = None
+
+    def _keep_best(self, loop: Loop) -> None:
+        if self.kept:
+            return
+        self.kept = True
+        if self.best_state is not None and self.best_step != loop.step:
             loop.state = self.best_state.replace(step=loop.state.step)
             if jax.process_index() == 0:
                 log.info("keeping step %d's parameters (%s %.5g)", self.best_step, self.metric, self.best)
         self.best_state = None
+        if self.best_step is not None:
+            loop.emit(loop.step, {self.metric: self.best, "early_stop/best_step": float(self.best_step)})
+        if self.stopped_at is not None and self.marker is not None and jax.process_index() == 0:
+            self.marker.write_text(json.dumps({"stopped_at": self.stopped_at, "best_step": self.best_step}))
 
 
-def from_config(cfg: Config) -> list[Callback]:
+def from_config(cfg: Config, run_dir: Path | None = None) -> list[Callback]:
     """The run's early stop (a list of none or one) from ``train.early_stop_patience`` and
     ``train.early_stop_min_delta``; raises ConfigError where the run never evaluates."""
     patience, min_delta = cfg.train.early_stop_patience, cfg.train.early_stop_min_delta
@@ -106,4 +139,4 @@ def from_config(cfg: Config) -> list[Callback]:
         )
     if min_delta < 0:
         raise ConfigError(f"train.early_stop_min_delta must be >= 0, got {min_delta}")
-    return [EarlyStop(patience, min_delta)]
+    return [EarlyStop(patience, min_delta, run_dir=run_dir)]

@@ -23,3 +23,8 @@ class Evaluate(Callback):
         if due(self.every, step):
             self.last = self.evaluation(loop.program, loop.state)
             loop.emit(step, self.last)
+
+    def metrics(self, loop: Loop, trial: int, step: int, values: dict[str, float]) -> None:
+        # a later record of these values replaces them (early stopping's kept state: its best eval/loss)
+        if not loop.trial_axis:
+            self.last.update({k: v for k, v in values.items() if k in self.last})
