@@ -56,8 +56,11 @@ def check_attention_config(attention: str, attention_chunk: int) -> None:
         raise ValueError(f"attention_chunk must be >= 1, got {attention_chunk}")
 
 
-def token_groups(valid: jax.Array, segment: jax.Array) -> jax.Array:
-    """[B, T] int32: each element's segment, and -1 for every padded one (its own group)."""
+def token_groups(valid: jax.Array | None, segment: jax.Array) -> jax.Array:
+    """[B, T] int32: each element's segment, and -1 for every padded one (its own group; ``valid`` None:
+    none is padded)."""
+    if valid is None:
+        return segment.astype(jnp.int32)
     return jnp.where(valid.astype(bool), segment.astype(jnp.int32), -1)
 
 
@@ -164,7 +167,7 @@ def dot_product_attention(
             raise ValueError(
                 f"segment {segment.shape} needs a self-attention of [B, T], got q {q.shape}, k {k.shape}"
             )
-        groups = token_groups(jnp.ones(segment.shape, bool) if valid is None else valid, segment)
+        groups = token_groups(valid, segment)
     if implementation == "math":
         return _math_attention(q, k, v, valid, dropout, None if groups is None else (groups, groups))
     if implementation == "chunked":

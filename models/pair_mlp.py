@@ -20,23 +20,16 @@ backend (Mosaic GPU replaces it): the kernels work with JAX 0.11 and 0.12.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.experimental.pallas import triton as plt
-from jax.interpreters.mlir import ir
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from . import kernel_mode
+from .pallas_common import F32, MIN_BLOCK, block_size, compiler_params, dot, split_by_set
 
-F32 = jnp.float32
 ACTIVATIONS = ("relu", "silu")
-MIN_BLOCK = 16  # Triton's smallest matrix-product dimension
 
 
 def _act(name: str, z: jax.Array) -> jax.Array:
@@ -51,18 +44,12 @@ def _act_grad(name: str, z: jax.Array, g: jax.Array) -> jax.Array:
     return g * s * (1.0 + z * (1.0 - s))
 
 
-def _dot(a: jax.Array, b: jax.Array, dtype, *, transpose_a: bool = False, transpose_b: bool = False):
-    """``a @ b`` with inputs in ``dtype`` (the compute dtype) and a float32 result."""
-    dims = (((0,) if transpose_a else (1,), (1,) if transpose_b else (0,)), ((), ()))
-    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, preferred_element_type=F32)
-
-
 def _layers(name: str, u: jax.Array, v: jax.Array, ws, bs, dtype) -> tuple[list, list]:
     """Pre-activations and activations of every layer for the pairs (one row i, all j)."""
     pre = [u + v]
     hs = [_act(name, pre[0])]
     for w, b in zip(ws, bs, strict=True):
-        pre.append(_dot(hs[-1], w, dtype) + b[None, :])
+        pre.append(dot(hs[-1], w, dtype) + b[None, :])
         hs.append(_act(name, pre[-1]))
     return pre, hs
 
@@ -101,9 +88,9 @@ def _backward_kernel(rows: int, name: str, n: int, u_ref, v_ref, gt_ref, *refs) 
         dws, dbs = list(dws), list(dbs)
         for k in reversed(range(n)):
             dz = _act_grad(name, pre[k + 1], dh)
-            dws[k] = dws[k] + _dot(hs[k], dz, dtype, transpose_a=True)
+            dws[k] = dws[k] + dot(hs[k], dz, dtype, transpose_a=True)
             dbs[k] = dbs[k] + jnp.sum(dz, axis=0)
-            dh = _dot(dz, ws[k], dtype, transpose_b=True)
+            dh = dot(dz, ws[k], dtype, transpose_b=True)
         dpre = _act_grad(name, pre[0], dh)
         du_ref[pl.ds(i, 1), :] = jnp.sum(dpre, axis=0)[None, :].astype(du_ref.dtype)
         return dv + dpre, tuple(dws), tuple(dbs), dwl
@@ -120,11 +107,6 @@ def _backward_kernel(rows: int, name: str, n: int, u_ref, v_ref, gt_ref, *refs) 
         ref[...] = value
 
 
-def _block(n: int) -> int:
-    """The padded set length: a power of two (Triton's tiles), at least ``MIN_BLOCK``."""
-    return max(MIN_BLOCK, 1 << (n - 1).bit_length())
-
-
 def _whole(x: jax.Array) -> pl.BlockSpec:
     zeros = (0,) * x.ndim
     return pl.BlockSpec(x.shape, lambda b: zeros)
@@ -136,14 +118,10 @@ def _per_set(*shape: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, *shape), lambda b: (b, *zeros))
 
 
-def _params(num_warps: int) -> plt.CompilerParams:
-    return plt.CompilerParams(num_warps=num_warps, num_stages=1)
-
-
 def _forward_sets(name: str, interpret: bool, n: int, u, v, *weights) -> jax.Array:
     """The logits [B, T, T] of every set; ``weights``: n kernels, n biases, the last kernel."""
     batch, rows, width = u.shape
-    block = _block(rows)
+    block = block_size(rows)
     v = jnp.pad(v, ((0, 0), (0, block - rows), (0, 0)))  # padded columns: sliced off below
     out = pl.pallas_call(
         functools.partial(_forward_kernel, rows, name, n),
@@ -151,7 +129,7 @@ def _forward_sets(name: str, interpret: bool, n: int, u, v, *weights) -> jax.Arr
         grid=(batch,),
         in_specs=[_per_set(rows, width), _per_set(block, width), *map(_whole, weights)],
         out_specs=_per_set(rows, block),
-        compiler_params=_params(4),
+        compiler_params=compiler_params(4),
         interpret=interpret,
         name="pair_mlp_forward",
     )(u, v, *weights)
@@ -161,7 +139,7 @@ def _forward_sets(name: str, interpret: bool, n: int, u, v, *weights) -> jax.Arr
 def _backward_sets(name: str, interpret: bool, n: int, u, v, g, *weights) -> tuple[jax.Array, ...]:
     """(du, dv, each set's share of every weight gradient), all float32 and led by the set axis."""
     batch, rows, width = u.shape
-    block = _block(rows)
+    block = block_size(rows)
     pad = ((0, 0), (0, block - rows), (0, 0))
     v = jnp.pad(v, pad)
     # Zero gradients in the padded columns: those pairs add nothing to any gradient.
@@ -185,58 +163,15 @@ def _backward_sets(name: str, interpret: bool, n: int, u, v, g, *weights) -> tup
             _per_set(block, width),
             *(_per_set(*w.shape) for w in weights),
         ],
-        compiler_params=_params(8),
+        compiler_params=compiler_params(8),
         interpret=interpret,
         name="pair_mlp_backward",
     )(u, v, gt, *weights)
     return (du, dv[:, :rows], *parts)
 
 
-def _split_by_set(fn, sets: int):
-    """``fn(name, interpret, n, *arrays)``, its first ``sets`` arrays and every result led by the set axis,
-    made partitionable: in a jit step sharded over devices along that axis, each device runs the kernel
-    on its own sets (XLA cannot split a custom kernel itself: it would gather the whole batch onto every
-    device). The weights are replicated; no other axis may be sharded."""
-    split = custom_partitioning(fn, static_argnums=(0, 1, 2))
-
-    def shardings(mesh, arg_shapes, result_shape):
-        spec = arg_shapes[0].sharding.spec
-        axis = spec[0] if len(spec) else None
-
-        def led(x):
-            return NamedSharding(mesh, P(axis, *([None] * (len(x.shape) - 1))))
-
-        args = tuple(led(x) if i < sets else NamedSharding(mesh, P()) for i, x in enumerate(arg_shapes))
-        return args, jax.tree.map(led, result_shape)
-
-    def partition(name, interpret, n, mesh, arg_shapes, result_shape):
-        args, results = shardings(mesh, arg_shapes, result_shape)
-        return mesh, functools.partial(fn, name, interpret, n), results, args
-
-    def infer(name, interpret, n, mesh, arg_shapes, result_shape):
-        return shardings(mesh, arg_shapes, result_shape)[1]
-
-    def rule(name, interpret, n, mesh, operand_types, result_types):
-        # Shardy's rule: the set axis "s" may be sharded; every other dimension is a factor of its own
-        # that must stay whole.
-        whole = (f"f{i}" for i in itertools.count())
-
-        def dims(types, led: int) -> list[list[str]]:
-            ranks = [len(ir.RankedTensorType(t).shape) for t in types]
-            return [
-                ["s" if i < led and d == 0 else next(whole) for d in range(r)] for i, r in enumerate(ranks)
-            ]
-
-        args, outs = dims(operand_types, sets), dims(result_types, len(result_types))
-        text = ", ".join(map(" ".join, args)) + " -> " + ", ".join(map(" ".join, outs))
-        return text, {"need_replication_factors": tuple(f for d in args + outs for f in d if f != "s")}
-
-    split.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
-    return split
-
-
-_forward_split = _split_by_set(_forward_sets, sets=2)
-_backward_split = _split_by_set(_backward_sets, sets=3)
+_forward_split = split_by_set(_forward_sets, sets=2)
+_backward_split = split_by_set(_backward_sets, sets=3)
 
 
 def _forward(name: str, interpret: bool, u, v, ws, bs, wl) -> jax.Array:

@@ -1,6 +1,6 @@
 """Softmax attention over short sets, one fused GPU kernel per pass (Pallas, Triton).
 
-GN2's sets are short (16-40 tracks and a register). Math attention (``models.layers``) stores the
+GN2's sets are short (16-40 tracks and a register). Math attention (``models.attention``) stores the
 [B, heads, T, T] scores and softmax weights in float32 and reads them back in the backward pass; cuDNN
 pads odd lengths and turns the key mask into a [B, 1, T, T] bias. Both move several times the bytes of
 q, k and v (``smilejax bench roofline``, docs/PERFORMANCE.md). Here one program per (set, head) keeps
@@ -29,15 +29,14 @@ from jax.experimental import pallas as pl
 
 from . import kernel_mode
 from .attention import MASK_VALUE, token_groups
-from .pair_mlp import MIN_BLOCK, _block, _dot, _params, _split_by_set
+from .pallas_common import MIN_BLOCK, block_size, compiler_params, dot, split_by_set
 
-F32 = jnp.float32
 MAX_BLOCK = 128  # the [block, block] float32 scores live in registers: short sets only
 
 
 def check_supported(length: int, head_dim: int) -> None:
     """ValueError unless the kernels can run sets of ``length`` elements with heads of ``head_dim``."""
-    if _block(length) > MAX_BLOCK:
+    if block_size(length) > MAX_BLOCK:
         raise ValueError(
             f"attention='pallas' is for short sets: at most {MAX_BLOCK} elements (a register, packed "
             f"jets included), got {length}; use attention='cudnn' or 'chunked'"
@@ -61,7 +60,7 @@ def _load(ref, index: tuple, inside: jax.Array) -> jax.Array:
 
 def _weights(length: int, scale: float, q, k, qg_ref, kg_ref) -> tuple[jax.Array, jax.Array]:
     """(softmax weights [block, block] in float32, the allowed (query, key) pairs)."""
-    s = _dot(q, k, q.dtype, transpose_b=True) * scale
+    s = dot(q, k, q.dtype, transpose_b=True) * scale
     allowed = qg_ref[...][:, None] == kg_ref[...][None, :]
     s = jnp.where(allowed, s, MASK_VALUE)
     # Keys past the set's end are no keys at all: zero weight even in a row with no allowed key.
@@ -74,7 +73,7 @@ def _forward_kernel(length: int, scale: float, qkv_ref, qg_ref, kg_ref, o_ref) -
     inside = _rows(qkv_ref.shape[0], length)
     q, k, v = (_load(qkv_ref, (slice(None), c, slice(None)), inside) for c in range(3))
     p, _ = _weights(length, scale, q, k, qg_ref, kg_ref)
-    o_ref[...] = _dot(p, v, v.dtype).astype(o_ref.dtype)
+    o_ref[...] = dot(p, v, v.dtype).astype(o_ref.dtype)
 
 
 def _backward_kernel(length: int, scale: float, qkv_ref, do_ref, qg_ref, kg_ref, dqkv_ref) -> None:
@@ -83,12 +82,12 @@ def _backward_kernel(length: int, scale: float, qkv_ref, do_ref, qg_ref, kg_ref,
     do = _load(do_ref, (...,), inside)
     p, allowed = _weights(length, scale, q, k, qg_ref, kg_ref)
     dt = q.dtype
-    dqkv_ref[:, 2, :] = _dot(p, do, dt, transpose_a=True).astype(dt)
-    dp = _dot(do, v, dt, transpose_b=True)
+    dqkv_ref[:, 2, :] = dot(p, do, dt, transpose_a=True).astype(dt)
+    dp = dot(do, v, dt, transpose_b=True)
     ds = p * (dp - jnp.sum(p * dp, axis=1, keepdims=True))
     ds = jnp.where(allowed, ds, 0.0) * scale  # a masked score is a constant: no gradient
-    dqkv_ref[:, 0, :] = _dot(ds, k, dt).astype(dt)
-    dqkv_ref[:, 1, :] = _dot(ds, q, dt, transpose_a=True).astype(dt)
+    dqkv_ref[:, 0, :] = dot(ds, k, dt).astype(dt)
+    dqkv_ref[:, 1, :] = dot(ds, q, dt, transpose_a=True).astype(dt)
 
 
 def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, out: jax.Array) -> jax.Array:
@@ -96,7 +95,7 @@ def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, out: ja
     [B, T, H, D] arrays, [block] of the groups; rows past T are out of bounds (masked)."""
     qkv = inputs[0]
     batch, length, _, heads, head_dim = qkv.shape
-    block = _block(length)
+    block = block_size(length)
     fused = pl.BlockSpec((None, block, 3, None, head_dim), lambda b, h: (b, 0, 0, h, 0))
     per_head = pl.BlockSpec((None, block, None, head_dim), lambda b, h: (b, 0, h, 0))
     group = pl.BlockSpec((None, block), lambda b, h: (b, 0))
@@ -107,7 +106,7 @@ def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, out: ja
         grid=(batch, heads),
         in_specs=[specs[x.ndim] for x in inputs],
         out_specs=specs[len(out.shape)],
-        compiler_params=_params(warps),
+        compiler_params=compiler_params(warps),
         interpret=interpret,
         name=name,
     )(*inputs)
@@ -115,7 +114,7 @@ def _call(kernel, name: str, interpret: bool, warps: int, inputs: tuple, out: ja
 
 def _warps(length: int) -> int:
     """Warps per program: the [block, block] float32 blocks spread over more threads past 64 rows."""
-    return 4 if _block(length) <= 64 else 8
+    return 4 if block_size(length) <= 64 else 8
 
 
 def _forward_sets(name: str, interpret: bool, warps: int, qkv, qg, kg) -> jax.Array:
@@ -129,8 +128,8 @@ def _backward_sets(name: str, interpret: bool, warps: int, qkv, do, qg, kg) -> j
     return _call(_backward_kernel, name, interpret, warps, (qkv, do, qg, kg), out)
 
 
-_forward_split = _split_by_set(_forward_sets, sets=3)
-_backward_split = _split_by_set(_backward_sets, sets=4)
+_forward_split = split_by_set(_forward_sets, sets=3)
+_backward_split = split_by_set(_backward_sets, sets=4)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -156,7 +155,7 @@ def groups(
 ) -> tuple[jax.Array, jax.Array]:
     """(query groups, key groups) [B, T] int32: a query attends the keys of its group."""
     if segment is not None:
-        both = token_groups(jnp.ones(shape, bool) if valid is None else valid, segment)
+        both = token_groups(valid, segment)
         return both, both
     query = jnp.zeros(shape, jnp.int32)
     return query, (query if valid is None else jnp.where(valid, 0, -1).astype(jnp.int32))

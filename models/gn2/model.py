@@ -249,8 +249,14 @@ class GN2(nnx.Module):
                 slots = jet_valid.shape[1]
                 jet = self.pool(x, valid_all, self.encoder.register_segments(segment, slots), slots=slots)
         trk = x[:, :n_tracks]
-        # the heads' jet context: one per jet [B, out], or each track's own jet's [R, T, out] when packed
-        context = jet if segment is None else jnp.take_along_axis(jet, jnp.maximum(segment, 0)[..., None], 1)
+
+        def per_track(ctx: jax.Array) -> jax.Array:
+            """A head's projected jet context [B, H] or, packed, [R, J, H], for each track: [B|R, T|1, H].
+            Packed, the jets are projected before the gather (J rows, not T), with one dropout mask per jet
+            as unpacked."""
+            if segment is None:
+                return ctx[:, None, :]
+            return jnp.take_along_axis(ctx, jnp.maximum(segment, 0)[..., None], 1)
 
         out = {}
         if "jet" in tasks:
@@ -259,13 +265,16 @@ class GN2(nnx.Module):
                 out["jet_logits"] = logits if segment is None else jnp.where(jet_valid[..., None], logits, 0)
         if "origin" in tasks:
             with jax.named_scope("origin_head"):
-                logits = self.origin_head(trk, context=context)
+                if segment is None:
+                    logits = self.origin_head(trk, context=jet)
+                else:
+                    ctx, xt = self.origin_head.project_first(jet, trk)
+                    logits = self.origin_head.finish(per_track(ctx) + xt)
                 out["origin_logits"] = jnp.where(valid[..., None], logits, 0)
         if "vertex" in tasks:
             with jax.named_scope("vertex_head"):
-                ctx, xi, xj = self.vertex_head.project_first(context, trk, trk)
-                if segment is None:
-                    ctx = ctx[:, None, :]  # the jet's, for every track
+                ctx, xi, xj = self.vertex_head.project_first(jet, trk, trk)
+                ctx = per_track(ctx)
                 if self.fused_pairs():
                     logits = self.vertex_head.finish_pairs(ctx + xi, xj)
                 else:
