@@ -31,9 +31,12 @@ def require_generators() -> None:
 
 
 def start(settings: tuple[str, ...], seed: int):
-    """An initialised ``pythia8mc.Pythia`` with ``settings`` and ``Random:seed = seed`` (1..9e8)."""
+    """An initialised ``pythia8mc.Pythia`` with ``settings`` and ``Random:seed = seed`` (1..9e8; Pythia
+    would take 0 as "seed from the clock", so a reproducible run refuses it)."""
     import pythia8mc
 
+    if not 1 <= int(seed) <= 900_000_000:
+        raise ValueError(f"Pythia's Random:seed must be in 1..900000000 (0 seeds from the clock), got {seed}")
     pythia = pythia8mc.Pythia("", False)
     for line in (*settings, f"Random:seed = {int(seed)}"):
         if not pythia.readString(line):
@@ -93,7 +96,8 @@ class MinBias:
     ``record``."""
 
     def __init__(self, seed: int, cache: dict[int, tuple[float, float]] | None = None):
-        self.pythia = start((*BEAMS_13TEV, *SOFT_QCD, *QUIET), seed)
+        """``seed``: the hard-scatter generator's; the soft-QCD generator draws from its own seed."""
+        self.pythia = start((*BEAMS_13TEV, *SOFT_QCD, *QUIET), (seed * 7 + 3) % 900_000_000 + 1)
         self.cache = {} if cache is None else cache
 
     def __call__(self, n: int) -> Record:

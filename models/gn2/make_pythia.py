@@ -181,7 +181,7 @@ class Generator:
         self.events = 0
         self.pileup = float(pileup)
         if self.pileup > 0:
-            self.minbias = MinBias((seed * 7 + 3) % 900_000_000 + 1, self._cache)
+            self.minbias = MinBias(seed, self._cache)
             self.pu_rng = np.random.default_rng([*rng_seed, 0x9E1B])
 
     def batch(self, n_events: int = BATCH_EVENTS, first_event: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -50,11 +50,11 @@ def describe(s: dict) -> str:
 
 def plot(files: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
     """Histogram (fraction of jets) of tracks per jet, one step line per labelled file."""
-    import matplotlib
+    from smilejax import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot(out)
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.arange(MAX_TRACKS + 2) - 0.5
     for label, path in files.items():
@@ -63,6 +63,4 @@ def plot(files: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
     ax.set_xlabel("selected tracks per jet")
     ax.set_ylabel("fraction of jets")
     ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    plotting.save(fig, out)

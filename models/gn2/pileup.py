@@ -120,7 +120,7 @@ def fakes(rng: np.random.Generator, jets: dict[str, np.ndarray], mu: float) -> d
     if m == 0:
         return None
     jet = np.repeat(np.arange(n.size), n)
-    cone = 0.239 + np.exp(-1.22 - 1.64e-5 * jets["pt"][jet] * 1e3)
+    cone = tracker.association_cone(jets["pt"][jet])
     r, a = cone * np.sqrt(rng.random(m)), rng.uniform(-np.pi, np.pi, m)
     deta, dphi = r * np.cos(a), r * np.sin(a)
     eta = jets["eta"][jet] + deta

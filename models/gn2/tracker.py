@@ -63,6 +63,11 @@ B, C, TAU, LONG, HADRON = 1, 2, 4, 8, 16  # ancestry flags
 # event record: one Pythia batch as flat numpy arrays
 
 
+def association_cone(jet_pt_gev: np.ndarray) -> np.ndarray:
+    """ATLAS's pT-dependent track-to-jet association cone (ΔR): 0.45 at 20 GeV, 0.26 at 200 GeV."""
+    return 0.239 + np.exp(-1.22 - 1.64e-5 * np.asarray(jet_pt_gev) * 1e3)
+
+
 def heavy_quark(pid: np.ndarray) -> np.ndarray:
     """The heaviest quark of a hadron's PDG id (0 for non-hadrons and diquarks)."""
     a = np.abs(pid)
@@ -234,7 +239,7 @@ def tracks(
     cand = np.flatnonzero(
         (rec.status > 0) & (rec.charge != 0) & (pt_t > TRK_PT_MIN) & (np.abs(eta_t) < TRK_ETA_MAX + 0.1)
     )
-    cone = 0.239 + np.exp(-1.22 - 1.64e-5 * jets["pt"] * 1e3)
+    cone = association_cone(jets["pt"])
     jet = closest(rec.event[cand], eta_t[cand], phi_t[cand], jets["event"], jets["eta"], jets["phi"], cone)
     cand, jet = cand[jet >= 0], jet[jet >= 0]
     m = cand.size

@@ -77,7 +77,7 @@ class PythiaSource:
         self.rng = rng
         self._cache: dict[int, tuple[float, float]] = {}
         self.hard = pythia.start((*pythia.BEAMS_13TEV, *pythia.TTBAR, *pythia.QUIET), seed)
-        self.soft = pythia.MinBias((seed * 7 + 3) % 900_000_000, self._cache)
+        self.soft = pythia.MinBias(seed, self._cache)
 
     def _charged(self, rec: pythia.Record):
         keep = (rec.status > 0) & (rec.charge != 0) & (np.hypot(rec.p[:, 0], rec.p[:, 1]) > PT_MIN)
