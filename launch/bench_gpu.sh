@@ -12,7 +12,8 @@
 #   input  `smilejax bench input gn2`: jets/s from HDF5 to device-ready batches with up to 16 cores
 #   convergence  `smilejax bench convergence gn2`: the batching variants (padded as salt, bucketed,
 #          window16, packed) trained from the same seeds on one sample, validation loss and light/c
-#          rejection at 77 % b-efficiency against jets seen and device time
+#          rejection at 77 % b-efficiency against jets seen and device time, with the PyTorch peer
+#          (torch.compile) trained on the padded variant's batches
 #
 # Each part writes its results under OUT/PART and its log to OUT/PART.log, and goes on to the next
 # part if one fails (the exit status is then 1). Settings, from the environment:
@@ -32,7 +33,9 @@
 #   INPUT_JETS (400000); INPUT_THREADS (4,16); INPUT_WORKERS (0,8,16)
 #   CONV_DATA (default: a synthetic set of CONV_JETS (1000000) jets made first in OUT/convergence-data);
 #                CONV_VARIANTS (padded,bucketed,window16,packed), CONV_SEEDS (2), CONV_STEPS (600),
-#                CONV_EVAL_EVERY (100), CONV_EVAL_BATCHES (5); CONV_SETTINGS (default: as LOOP_SETTINGS)
+#                CONV_EVAL_EVERY (100), CONV_EVAL_BATCHES (5); CONV_SETTINGS (default: as LOOP_SETTINGS);
+#                CONV_TORCH_MODES (compile): the PyTorch peer (TORCH_PY) trained on the padded variant's
+#                batches as variants torch-MODE, the reference of the time-to-target ratio ("" skips it)
 #   GN2_OVERRIDES, MLPF_OVERRIDES, CONV_OVERRIDES  extra KEY=VALUE overrides (small models for a CPU
 #                smoke run)
 set -uo pipefail
@@ -112,11 +115,13 @@ part_convergence() {
     [ -f "$data" ] || "$PY" -m smilejax data make ftag-synthetic --out "$data" --jets "${CONV_JETS:-1000000}" \
       --seed 1 || return 1
   fi
-  local settings
+  local settings torch=()
   read -r -a settings <<<"${CONV_SETTINGS:-${LOOP_SETTINGS:-$(fastest_gn2_settings)}}"
   echo "settings: ${settings[*]}"
+  local modes=${CONV_TORCH_MODES-compile}
+  [ -n "$TORCH_PY" ] && [ -n "$modes" ] && torch=(--torch --torch-modes "$modes" --torch-python "$TORCH_PY")
   "$PY" -m smilejax bench convergence gn2 "${GN2_OVR[@]}" "data.path=$data" \
-    "data.read_threads=${LOOP_THREADS:-16}" "${settings[@]}" "${CONV_OVR[@]}" \
+    "data.read_threads=${LOOP_THREADS:-16}" "${settings[@]}" "${CONV_OVR[@]}" "${torch[@]}" \
     --variants "${CONV_VARIANTS:-padded,bucketed,window16,packed}" --seeds "${CONV_SEEDS:-2}" \
     --steps "${CONV_STEPS:-600}" --eval-every "${CONV_EVAL_EVERY:-100}" \
     --eval-batches "${CONV_EVAL_BATCHES:-5}" --out "$OUT/convergence"

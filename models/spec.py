@@ -72,6 +72,33 @@ class Evaluation:
 
 
 @dataclasses.dataclass(frozen=True)
+class TorchTraining:
+    """A family's PyTorch reference line in ``bench convergence --torch``: its peer trained on the very
+    batches the study's first variant sees.
+
+    script: run by the reference interpreter as ``script --work DIR --mode compile|eager``. DIR holds
+        ``run.json`` (``model``: ``Bench.torch_config`` with ``options``, ``lr``: the learning rate of
+        every step, ``optimizer``, ``steps``, ``eval_every``, ``precision``, ``batch_size``),
+        ``train_KEY.npy`` [steps, ...] and ``eval_KEY.npy`` [eval batches, ...] for each of ``keys``, and
+        ``weights.npz``; the script writes ``points.json`` (``torch``, ``device``, ``points``: step, jets,
+        train_s, compile_s, eval_s, val_loss) and, per point, ``eval-STEP.npz`` with the outputs of
+        ``Convergence.predict`` for ``quality``.
+    python(explicit) -> the reference interpreter (``explicit``: ``--torch-python``); a SystemExit naming
+        the environment when it is missing.
+    keys: the batch keys the script reads.
+    options(model_cfg) -> the loss settings laid over ``Bench.torch_config`` (task weights, ...).
+    weights(model) -> {peer state_dict name: array}: the model's parameters as the peer names them, so
+        both start from the same weights.
+    """
+
+    script: Path
+    python: Callable[[str | None], Path]
+    keys: tuple[str, ...]
+    options: Callable[[Any], dict]
+    weights: Callable[[nnx.Module], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Convergence:
     """A family's part of ``bench convergence``: the training variants it compares and its quality metric.
 
@@ -83,12 +110,14 @@ class Convergence:
     quality(outputs) -> {name: float}: the quality metric from ``predict``'s outputs of every held-out jet,
         concatenated (GN2: light and c rejection at 77 % b-efficiency), higher is better.
     headline: the quality value plotted against jets seen and wall time.
+    torch: the PyTorch reference line (``--torch``), optional.
     """
 
     variants: Mapping[str, tuple[str, ...]]
     predict: Callable[[nnx.Module, Batch], dict[str, jax.Array]]
     quality: Callable[[Mapping[str, np.ndarray]], dict[str, float]]
     headline: str
+    torch: TorchTraining | None = None
 
 
 @dataclasses.dataclass(frozen=True)

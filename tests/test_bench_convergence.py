@@ -53,14 +53,14 @@ def test_two_variants_two_seeds(tiny_config, tmp_path):
         for s in (0, 1)
     }
     for run in runs.values():
-        assert [p["step"] for p in run] == [2, 4]
-        assert [p["jets"] for p in run] == [2 * BATCH, 4 * BATCH]  # monotone in jets seen
-        assert all(b["train_s"] > a["train_s"] > 0 for a, b in itertools.pairwise(run))
+        assert [p["step"] for p in run] == [0, 2, 4]  # the initial weights' point first
+        assert [p["jets"] for p in run] == [0, 2 * BATCH, 4 * BATCH]  # monotone in jets seen
+        assert run[0]["train_s"] == 0 and all(b["train_s"] > a["train_s"] for a, b in itertools.pairwise(run))
         assert all(np.isfinite(p["val_loss"]) and p["light_rej_77"] >= 1 and p["c_rej_77"] >= 1 for p in run)
     for seed in (0, 1):
         # window 1: the same jets in the same batches, only less padding, so the same losses
         padded, bucketed = runs["padded", seed], runs["bucketed", seed]
-        assert bucketed[0]["val_loss"] == pytest.approx(padded[0]["val_loss"], rel=1e-4)
+        assert bucketed[1]["val_loss"] == pytest.approx(padded[1]["val_loss"], rel=1e-4)
         assert bucketed[-1]["val_loss"] == pytest.approx(padded[-1]["val_loss"], rel=1e-4)
     assert runs["padded", 0][0]["val_loss"] != pytest.approx(runs["padded", 1][0]["val_loss"], rel=1e-4)
     summary = {r["variant"]: r for r in record["summary"]}
@@ -79,3 +79,39 @@ def test_refuses_unknown_variants_and_keys(tiny_config, tmp_path):
         odd = "odd data.no_such_key=3 data.bucket_window=2"
         cli.main([*base, "--variant", odd, "--variants", "padded,odd"])
     assert not (tmp_path / "runs").exists()  # refused before any training
+
+
+def test_torch_reference_line(tiny_config, tmp_path):
+    """--torch: the PyTorch peer (eager: torch.compile would take minutes on this CPU) trains on the padded
+    variant's batches from its initial weights, with all three losses: the same validation losses at the
+    same steps, its points in the same JSON and table."""
+    out = tmp_path / "out"
+    args = ["bench", "convergence", str(tiny_config), "model.aux_tasks=auto", "--variants", "padded"]
+    args += ["--seeds", "1", "--steps", str(STEPS), "--eval-every", str(EVERY), "--out", str(out)]
+    assert cli.main([*args, "--torch", "--torch-modes", "eager"]) == 0
+    record = json.loads((out / "convergence.json").read_text())
+    runs = {v: [p for p in record["points"] if p["variant"] == v] for v in ("padded", "torch-eager")}
+    jax_run, torch_run = runs["padded"], runs["torch-eager"]
+    assert [p["step"] for p in torch_run] == [p["step"] for p in jax_run] == [0, 2, 4]
+    assert [p["jets"] for p in torch_run] == [p["jets"] for p in jax_run] == [0, 2 * BATCH, 4 * BATCH]
+    assert torch_run[0]["train_s"] == 0 and all(
+        b["train_s"] > a["train_s"] for a, b in itertools.pairwise(torch_run)
+    )
+    # step 0: the same weights on the same held-out batches; then the same batches, AdamW and schedule
+    assert torch_run[0]["val_loss"] == pytest.approx(jax_run[0]["val_loss"], rel=1e-5)
+    for t, j in zip(torch_run[1:], jax_run[1:], strict=True):
+        assert t["val_loss"] == pytest.approx(j["val_loss"], rel=1e-3)
+        assert t["light_rej_77"] >= 1 and t["c_rej_77"] >= 1
+    summary = {r["variant"]: r for r in record["summary"]}
+    assert summary["torch-eager"]["reached"] == "1/1" and summary["torch-eager"]["jets_per_s"] > 0
+    assert record["torch"] and record["torch_device"] == "cpu"
+    assert "torch-eager" in (out / "convergence.md").read_text()
+    assert not list((out / "runs").glob("torch-seed0/*.npy"))  # the batch files are gone
+
+
+def test_torch_needs_its_environment(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMILEJAX_SALT_REF", str(tmp_path / "no-env"))
+    args = ["bench", "convergence", str(tiny_config), "--torch", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"salt reference environment is missing .*make reference"):
+        cli.main(args)
+    assert not (tmp_path / "out" / "runs").exists()

@@ -85,6 +85,7 @@ def test_bench_gpu_script_convergence_part(tmp_path):
         CONV_EVAL_EVERY="1",
         CONV_EVAL_BATCHES="1",
         CONV_OVERRIDES="data.batch_size=32",
+        CONV_TORCH_MODES="",  # the PyTorch line: tests/test_bench_convergence.py
     )
     out = tmp_path / "bench"
     done = subprocess.run(
@@ -101,7 +102,7 @@ def test_bench_gpu_script_convergence_part(tmp_path):
     # both variants, an evaluation after each step, on the synthetic set the part made first
     conv = json.loads((out / "convergence" / "convergence.json").read_text())
     assert [(p["variant"], p["jets"]) for p in conv["points"]] == [
-        (v, j) for v in ("padded", "bucketed") for j in (32, 64)
+        (v, j) for v in ("padded", "bucketed") for j in (0, 32, 64)
     ]
     assert (out / "convergence-data" / "train.h5").exists() and conv["mode"] == "reduced, CPU"
     assert "data.bucket_tracks=[16,24]" in " ".join(conv["variants"]["bucketed"])

@@ -1,17 +1,22 @@
-"""GN2's part of ``smilejax bench convergence``: the batching variants it compares and its quality metric,
-light and c rejection at the 77 % b-efficiency working point (D_b with ATLAS GN2v01's fractions)."""
+"""GN2's part of ``smilejax bench convergence``: the batching variants it compares, its quality metric,
+light and c rejection at the 77 % b-efficiency working point (D_b with ATLAS GN2v01's fractions), and its
+PyTorch reference line (``--torch``: ``torch_train.py`` in the salt reference environment)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from ..spec import Convergence
+from ..reference_env import find_python
+from ..spec import Convergence, TorchTraining
 from . import flavour
-from .model import JET_CLASSES
+from .features import SALT_REF_DIR, SALT_REF_VAR
+from .model import JET_CLASSES, GN2Config
 
 WORKING_POINT = 0.77
 FC, FTAU = 0.2, 0.01  # the default fractions of ``smilejax eval`` (ATLAS GN2v01)
@@ -55,4 +60,77 @@ def quality(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
     return result
 
 
-CONVERGENCE = Convergence(variants=VARIANTS, predict=predict, quality=quality, headline="light_rej_77")
+def _torch_python(explicit: str | None) -> Path:
+    """The interpreter of the salt reference environment (it has torch)."""
+    return find_python(
+        explicit,
+        env_var=SALT_REF_VAR,
+        env_dir=SALT_REF_DIR,
+        root=Path(__file__).resolve().parents[2],
+        name="salt",
+        install="make reference` (or `bash launch/install_salt_reference.sh [ENV_DIR]`",
+        requires="torch; on a GPU machine a CUDA build of it",
+        alone="leave out --torch",
+    )
+
+
+def _torch_options(cfg: GN2Config) -> dict:
+    """The loss settings of ``torch_peer.loss_fn`` (the network's come from ``Bench.torch_config``)."""
+    if cfg.dropout:
+        raise SystemExit("bench convergence --torch: the PyTorch peer has no dropout; set model.dropout=0")
+    loss = {
+        "aux_tasks": cfg.aux_tasks,
+        "task_weights": [cfg.jet_weight, cfg.origin_weight, cfg.vertex_weight],
+        "vertex_origin_weighting": cfg.vertex_origin_weighting,
+        "vertex_loss_norm": cfg.vertex_loss_norm,
+        "class_weights": dict(cfg.class_weights or {}),
+    }
+    return {"loss": loss}
+
+
+def _peer_name(path: tuple) -> str:
+    """The peer's ``state_dict`` name of our parameter at ``path`` (``torch_peer.GN2``)."""
+    names = [str(p) for p in path]
+    leaf = "weight" if names[-1] in ("kernel", "qkv_kernel", "out_kernel") else "bias"
+    match names:
+        case ["encoder", "layers", i, "attn", "qkv_kernel" | "qkv_bias"]:
+            return f"layers.{i}.qkv.{leaf}"
+        case ["encoder", "layers", i, "attn", _]:
+            return f"layers.{i}.out.{leaf}"
+        case ["encoder", "layers", i, "ff", part, _]:
+            return f"layers.{i}.ff.{0 if part == 'up' else 2}.{leaf}"
+        case ["encoder", "registers"]:
+            return "registers"
+        case ["encoder", "out_proj", _]:
+            return f"out_proj.{leaf}"
+        case ["pool", "gate", _]:
+            return f"gate.{leaf}"
+        case [("init_net" | "jet_head" | "origin_head" | "vertex_head") as net, "layers", i, _]:
+            return f"{net}.layers.{i}.{leaf}"
+    raise KeyError(f"no PyTorch peer name for GN2 parameter {'.'.join(names)}")
+
+
+def torch_weights(model: nnx.Module) -> dict[str, np.ndarray]:
+    """GN2's parameters as the peer's ``state_dict``: [in, out] kernels transposed to PyTorch's [out, in],
+    the q/k/v kernel [E, 3, H, D] and output kernel [H, D, E] flattened to the peer's [3E, E] and [E, E]."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        x = np.asarray(var.get_value(), np.float32)
+        name = _peer_name(path)
+        if name.endswith("weight"):
+            x = (x.reshape(-1, x.shape[-1]) if path[-1] == "out_kernel" else x.reshape(x.shape[0], -1)).T
+        out[name] = np.ascontiguousarray(x.reshape(-1) if name.endswith("bias") else x)
+    return out
+
+
+TORCH = TorchTraining(
+    script=Path(__file__).with_name("torch_train.py"),
+    python=_torch_python,
+    keys=("tracks", "valid", "flavour", "track_origin", "track_vertex"),
+    options=_torch_options,
+    weights=torch_weights,
+)
+
+CONVERGENCE = Convergence(
+    variants=VARIANTS, predict=predict, quality=quality, headline="light_rej_77", torch=TORCH
+)

@@ -29,6 +29,7 @@ from torch import nn
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 HEAVY_FLAVOUR = (3, 4, 5)  # fromB, fromBC, fromC
 FAKE = 1
+TASKS = ("jet", "origin", "vertex")
 
 
 class MLP(nn.Module):
@@ -90,9 +91,10 @@ class GN2(nn.Module):
         self.origin_head = MLP([2 * c["out"], *hidden, c["origin_classes"]], act)
         self.vertex_head = MLP([3 * c["out"], *hidden, 1], act)
 
-    def forward(self, tracks: torch.Tensor, valid: torch.Tensor):
+    def forward(self, tracks: torch.Tensor, valid: torch.Tensor, tasks: tuple[str, ...] = TASKS):
+        """(jet, origin, vertex) logits; None for a head not in ``tasks``."""
         b, t, _ = tracks.shape
-        x = self.init_net(tracks * valid[..., None])
+        x = self.init_net(torch.where(valid[..., None], tracks, 0))  # padding may hold anything (NaN)
         reg = self.registers.expand(b, -1, -1).to(x.dtype)
         x = torch.cat([x, reg], 1)
         valid_all = torch.cat([valid, valid.new_ones(b, reg.shape[1])], 1)
@@ -105,31 +107,73 @@ class GN2(nn.Module):
         jet = torch.einsum("bt,btd->bd", weights, x.float()).to(x.dtype)
         trk = x[:, :t]
         jet_logits = self.jet_head(jet)
-        c, h = self.origin_head.project_first(jet, trk)
-        origin_logits = self.origin_head.finish(h + c[:, None])
-        c, xi, xj = self.vertex_head.project_first(jet, trk, trk)
-        vertex_logits = self.vertex_head.finish(c[:, None, None] + xi[:, :, None] + xj[:, None, :])[..., 0]
+        origin_logits = vertex_logits = None
+        if "origin" in tasks:
+            c, h = self.origin_head.project_first(jet, trk)
+            origin_logits = self.origin_head.finish(h + c[:, None])
+        if "vertex" in tasks:
+            c, xi, xj = self.vertex_head.project_first(jet, trk, trk)
+            pairs = c[:, None, None] + xi[:, :, None] + xj[:, None, :]
+            vertex_logits = self.vertex_head.finish(pairs)[..., 0]
         return jet_logits, origin_logits, vertex_logits
 
 
-def loss_fn(model: GN2, batch: dict) -> torch.Tensor:
+# smilejax GN2Config's loss fields (``torch_train.py`` passes a run's own)
+LOSS_DEFAULTS = {
+    "tasks": list(TASKS),
+    "task_weights": [1.0, 0.5, 1.5],
+    "vertex_origin_weighting": True,
+    "vertex_loss_norm": "matches",
+    "class_weights": {},
+}
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+
+def _cross_entropy(logits, labels, mask, class_weights) -> torch.Tensor:
+    """Mean CE over ``mask`` and labels in range; with class weights, sum(w_y * l) / sum(w_y)."""
+    n = logits.shape[-1]
+    mask = mask & (labels >= 0) & (labels < n)
+    safe = torch.where(mask, labels, 0)
+    nll = F.cross_entropy(logits.float().reshape(-1, n), safe.reshape(-1), reduction="none")
+    w = mask.float().reshape(-1)
+    if class_weights:
+        w = w * torch.tensor(class_weights, device=logits.device)[safe.reshape(-1)]
+    return _safe_div((w * nll).sum(), w.sum())
+
+
+def loss_fn(model: GN2, batch: dict, options: dict | None = None) -> torch.Tensor:
     """As ``smilejax.models.gn2.model.loss``: jet CE + 0.5 origin CE + 1.5 weighted vertex BCE over pairs,
-    divided by the matching pairs (salt's normalisation)."""
+    divided by the matching pairs (salt's normalisation); ``options`` (``LOSS_DEFAULTS``'s keys) as a
+    GN2Config sets them."""
+    o = {**LOSS_DEFAULTS, **(options or {})}
+    tasks, (w_jet, w_origin, w_vertex), cw = tuple(o["tasks"]), o["task_weights"], o["class_weights"]
     valid = batch["valid"]
-    jet_logits, origin_logits, vertex_logits = model(batch["tracks"], valid)
-    loss_jet = F.cross_entropy(jet_logits.float(), batch["flavour"])
-    origin = batch["track_origin"]
-    loss_origin = F.cross_entropy(origin_logits.float()[valid], origin[valid])
-    vertex = batch["track_vertex"]
-    t = vertex.shape[1]
-    eye = torch.eye(t, dtype=torch.bool, device=vertex.device)
-    pairs = valid[:, :, None] & valid[:, None, :] & ~eye
-    target = (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0)
-    w = torch.isin(origin, torch.tensor(HEAVY_FLAVOUR, device=origin.device)).int() - (origin == FAKE).int()
-    weight = (1 + (w[:, :, None] & w[:, None, :])).float() * pairs
-    bce = F.binary_cross_entropy_with_logits(vertex_logits.float(), target.float(), reduction="none")
-    loss_vertex = (weight * bce).sum() / (pairs & target).sum().clamp(min=1)
-    return loss_jet + 0.5 * loss_origin + 1.5 * loss_vertex
+    jet_logits, origin_logits, vertex_logits = model(batch["tracks"], valid, tasks)
+    flavour = batch["flavour"]
+    loss = w_jet * _cross_entropy(
+        jet_logits, flavour, torch.ones_like(flavour, dtype=torch.bool), cw.get("jet")
+    )
+    origin = batch.get("track_origin")
+    if "origin" in tasks:
+        loss = loss + w_origin * _cross_entropy(origin_logits, origin, valid, cw.get("origin"))
+    if "vertex" in tasks:
+        vertex = batch["track_vertex"]
+        t = vertex.shape[1]
+        eye = torch.eye(t, dtype=torch.bool, device=vertex.device)
+        pairs = valid[:, :, None] & valid[:, None, :] & ~eye
+        target = (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0)
+        weight = pairs.float()
+        if o["vertex_origin_weighting"] and origin is not None:
+            heavy = torch.isin(origin, torch.tensor(HEAVY_FLAVOUR, device=origin.device)).int()
+            w = heavy - (origin == FAKE).int()
+            weight = weight * (1 + (w[:, :, None] & w[:, None, :])).float()
+        bce = F.binary_cross_entropy_with_logits(vertex_logits.float(), target.float(), reduction="none")
+        norm = pairs & target if o["vertex_loss_norm"] == "matches" else pairs
+        loss = loss + w_vertex * _safe_div((weight * bce).sum(), norm.sum().float())
+    return loss
 
 
 def synthetic_batch(batch: int, width: int, features: int, device: torch.device, seed: int = 0) -> dict:

@@ -1,5 +1,5 @@
-"""The callback of ``bench convergence``: every ``every`` steps, validation loss and the family's quality
-metric on the same held-out batches, with the jets seen and the training seconds so far.
+"""The callback of ``bench convergence``: at step 0 and every ``every`` steps, validation loss and the
+family's quality metric on the same held-out batches, with the jets seen and the training seconds so far.
 
 Training seconds are wall time of the steps only: the loop is blocked on its state before each
 evaluation (so on a GPU they are the device's time, dispatch included), and the evaluations and every
@@ -55,7 +55,9 @@ class Probe(Callback):
         self._predict = None
 
     def start(self, loop: Loop) -> None:
-        self._mark()  # after the first batch shape's compilation
+        # after the first batch shape's compilation: the initial weights' point (step 0 unless resumed),
+        # then the clock starts
+        self._record(loop, loop.step)
 
     def _mark(self) -> None:
         self._t0, self._c0 = time.perf_counter(), _compile_s[0]
@@ -69,18 +71,22 @@ class Probe(Callback):
             compiled = _compile_s[0] - self._c0
             self.compile_s += compiled
             self.train_s += time.perf_counter() - self._t0 - compiled
-            point = {"step": step, "jets": self.jets, "train_s": self.train_s, "compile_s": self.compile_s}
-            t_eval = time.perf_counter()
-            values = self.evaluation(loop.program, loop.state)
-            point["val_loss"] = values.pop("eval/loss")
-            point.update({"val_" + k.removeprefix("eval/"): v for k, v in values.items()})
-            quality = self.quality(loop)
-            point.update(quality)
-            point["eval_s"] = time.perf_counter() - t_eval
-            self.points.append(point)
-            record = {"eval/loss": point["val_loss"], **{f"eval/{k}": v for k, v in quality.items()}}
-            loop.emit(step, {**record, "jets_seen": float(self.jets)})  # into metrics.jsonl too
-            self._mark()
+            self._record(loop, step)
+
+    def _record(self, loop: Loop, step: int) -> None:
+        """The point of ``step``: evaluations, then the clock restarts."""
+        point = {"step": step, "jets": self.jets, "train_s": self.train_s, "compile_s": self.compile_s}
+        t_eval = time.perf_counter()
+        values = self.evaluation(loop.program, loop.state)
+        point["val_loss"] = values.pop("eval/loss")
+        point.update({"val_" + k.removeprefix("eval/"): v for k, v in values.items()})
+        quality = self.quality(loop)
+        point.update(quality)
+        point["eval_s"] = time.perf_counter() - t_eval
+        self.points.append(point)
+        record = {"eval/loss": point["val_loss"], **{f"eval/{k}": v for k, v in quality.items()}}
+        loop.emit(step, {**record, "jets_seen": float(self.jets)})  # into metrics.jsonl too
+        self._mark()
 
     def quality(self, loop: Loop) -> dict[str, float]:
         """The family's quality metric over the held-out batches of the validation loss."""

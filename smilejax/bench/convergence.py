@@ -6,8 +6,9 @@ A variant is a named set of config overrides (GN2's: ``padded`` as salt pads eve
 track count first, ``packed`` several jets per row of track slots); the model family declares its
 defaults and its quality metric (``Bench.convergence``; GN2: light and c rejection at 77 % b-efficiency).
 Every (variant, seed) is one ``smilejax train`` run (``trainer.train``) with ``run.seed`` = seed, so
-variants with the same seed start from the same weights and draw the same jets. Every ``--eval-every``
-steps (and after the last) the run is scored on the same held-out batches (``run.eval_steps`` of them):
+variants with the same seed start from the same weights and draw the same jets. Before the first step,
+every ``--eval-every`` steps and after the last, the run is scored on the same held-out batches
+(``run.eval_steps`` of them):
 validation loss and the quality metric, with the jets seen and the training seconds so far (steps only,
 blocked before each evaluation: device time on a GPU; evaluations and compilation left out).
 
@@ -16,6 +17,11 @@ Results in --out: ``convergence.json`` (every point and the per-variant summary)
 jets to reach the first variant's mean final validation loss) and ``convergence.png`` (validation loss and
 the headline quality against jets seen and against training time, one line per variant, a band over the
 seeds). On CPUs the study runs reduced and says so in every output.
+
+``--torch`` adds the family's PyTorch peer (``Convergence.torch``; GN2: ``models/gn2/torch_train.py`` in
+the salt reference environment) as variants ``torch-compile`` / ``torch-eager``: per seed it trains on the
+first variant's very batches, from that run's initial weights, with its AdamW settings and learning rate
+at every step, and is scored on the same held-out batches at the same steps (``_convergence_torch``).
 """
 
 from __future__ import annotations
@@ -82,6 +88,22 @@ def register(sub) -> None:
         "reference itself reaches it before its last, flat, evaluations)",
     )
     parser.add_argument("--out", default="bench-results/convergence", help="folder for JSON, table and plot")
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="add the family's PyTorch peer as a variant per --torch-modes ('torch-compile'): trained on the "
+        "first variant's very batches, from its initial weights, with its optimizer and learning rate "
+        "at every step, evaluated on the same held-out batches; run first, before JAX takes the device. "
+        "Needs the family's reference environment (GN2: .salt-ref, `make reference`; or --torch-python)",
+    )
+    parser.add_argument(
+        "--torch-modes",
+        default="compile",
+        help="with --torch: comma list of compile (torch.compile) and eager (default compile)",
+    )
+    parser.add_argument(
+        "--torch-python", help="with --torch: the interpreter with torch (default: the family's)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -165,10 +187,24 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"bench convergence: model family {spec.name!r} declares no convergence hook")
     chosen = variants(args, hook.variants)
     check_keys(base, chosen, args.config)
-    mode = CPU_MODE if jax.devices()[0].platform == "cpu" else jax.devices()[0].platform.upper()
     out = Path(args.out)
 
     points: list[dict] = []
+    torch_points, torch_about = [], {}
+    if args.torch:  # before JAX touches the device (_convergence_torch)
+        from smilejax.bench import _convergence_torch
+
+        torch_modes = _convergence_torch.modes(args.torch_modes)
+        reference = next(iter(chosen.values()))
+
+        def reference_config(seed: int, run_dir: Path):
+            return run_config(args, base, reference, seed, run_dir)
+
+        torch_points, torch_about = _convergence_torch.run(
+            spec, torch_modes, args.torch_python, args.seeds, args.eval_every, reference_config, out
+        )
+    mode = CPU_MODE if jax.devices()[0].platform == "cpu" else jax.devices()[0].platform.upper()
+
     # seed-major: a seed's variants run back to back, so a drift in the machine's load (a shared node)
     # falls on every variant alike
     for seed in range(args.seeds):
@@ -179,8 +215,14 @@ def run(args: argparse.Namespace) -> int:
             trainer.train(cfg, callbacks=[probe])
             points += [{"variant": name, "seed": seed, **p} for p in probe.points]
 
+    points += torch_points
     settings = {"steps": args.steps, "eval_every": args.eval_every, "seeds": args.seeds}
     settings["tolerance"] = args.tolerance
+    if args.torch:
+        first = next(iter(chosen))
+        for m in torch_modes:  # listed after the JAX variants; trained on the first one's batches
+            chosen[f"torch-{m}"] = (f"PyTorch peer, torch {m}, on the batches of {first!r}",)
+        settings.update(torch_about)
     report(out, points, chosen, hook.headline, mode, settings)
     return 0
 
@@ -210,6 +252,15 @@ def report(
         "train_s: wall seconds of the training steps, blocked before each evaluation (device time on a GPU); "
         "evaluations and compilation excluded. ± is the standard deviation over seeds.",
     ]
+    if "torch" in settings:
+        notes.append(
+            f"torch-*: the PyTorch peer (torch {settings['torch']} on {settings['torch_device']}) trained "
+            f"on the batches of {next(iter(chosen))!r} (the same jets in the same order, moved to the "
+            "device before training), from the same initial weights, with the same AdamW settings and "
+            "learning rate at every step, scored on the same held-out batches; its train_s: synchronised "
+            "wall seconds of its steps, its compilation (a first forward and backward pass) and "
+            "evaluations excluded"
+        )
     extra = {
         "mode": mode,
         "variants": {n: list(o) for n, o in chosen.items()},
