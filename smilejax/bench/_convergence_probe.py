@@ -48,8 +48,6 @@ class Probe(Callback):
 
         self.cfg, self.hook, self.every = cfg, hook, every
         self.evaluation = trainer.Evaluation(cfg)  # the same held-out batches at every evaluation
-        # a packed batch's rows are not its jets: its size in jets is the config's
-        self.packed = getattr(cfg.data, "pack_tracks", 0) > 0
         self.points: list[dict] = []
         self.jets, self.train_s, self.compile_s = 0, 0.0, 0.0
         self._predict = None
@@ -63,7 +61,7 @@ class Probe(Callback):
         self._t0, self._c0 = time.perf_counter(), _compile_s[0]
 
     def step(self, loop: Loop, step: int) -> None:
-        self.jets += self.cfg.data.batch_size if self.packed else loop.rows
+        self.jets += loop.rows  # examples (a packed batch's jets, not its rows)
         if due(self.every, step) or step == self.cfg.run.steps:
             if self.points and self.points[-1]["step"] == step:
                 return

@@ -30,6 +30,7 @@ import argparse
 import copy
 import logging
 import shlex
+import shutil
 import statistics
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def run_config(args: argparse.Namespace, base: dict, overrides: tuple[str, ...],
     """The ``Config`` of one (variant, seed) run."""
     from smilejax import config
 
-    fixed = [
+    fixed = [  # after the user's overrides: the probe's timing and a fresh run depend on them
         f"run.steps={args.steps}",
         "run.eval_every=0",  # the probe evaluates, outside the timed steps
         f"run.log_every={args.eval_every}",
@@ -162,10 +163,11 @@ def run_config(args: argparse.Namespace, base: dict, overrides: tuple[str, ...],
         f"run.dir={run_dir}",
         "logging.progress=false",
         "logging.tensorboard=false",
+        "train.early_stop_patience=0",  # every variant trains all its steps
     ]
     if args.eval_batches:
         fixed.append(f"run.eval_steps={args.eval_batches}")
-    return config.load(copy.deepcopy(base), [*fixed, *args.overrides, *args.sets, *overrides])
+    return config.load(copy.deepcopy(base), [*args.overrides, *args.sets, *overrides, *fixed])
 
 
 # ---------------------------------------------------------------- the study
@@ -209,10 +211,14 @@ def run(args: argparse.Namespace) -> int:
     # falls on every variant alike
     for seed in range(args.seeds):
         for name, overrides in chosen.items():
-            cfg = run_config(args, base, overrides, seed, out / "runs" / f"{name}-seed{seed}")
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # a rerun into the same --out trains afresh
+            cfg = run_config(args, base, overrides, seed, run_dir)
             log.info("bench convergence: %s, seed %d (%s)", name, seed, " ".join(overrides) or "no overrides")
             probe = _convergence_probe.Probe(cfg, hook, args.eval_every)
-            trainer.train(cfg, callbacks=[probe])
+            result = trainer.train(cfg, callbacks=[probe])
+            if result.exit_code:  # a stop signal (preemption): no more runs, nothing half reported
+                raise SystemExit(result.exit_code)
             points += [{"variant": name, "seed": seed, **p} for p in probe.points]
 
     points += torch_points
