@@ -6,11 +6,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from smilejax import metrics
 from tests.conftest import ROOT, cli_env
 
 SMALL_GN2 = "model.embed=16 model.init_hidden=[16] model.layers=1 model.heads=2 model.ff=32 model.out=8"
+
+
+def run_parts(out: Path, env: dict, *parts: str) -> subprocess.CompletedProcess:
+    """``launch/bench_gpu.sh OUT PARTS``, asserted to succeed."""
+    done = subprocess.run(
+        ["bash", "launch/bench_gpu.sh", str(out), *parts],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    return done
 
 
 def test_bench_gpu_script_runs_every_part(tmp_path):
@@ -39,15 +54,7 @@ def test_bench_gpu_script_runs_every_part(tmp_path):
         INPUT_BATCHES="3",
     )
     out = tmp_path / "bench"
-    done = subprocess.run(
-        ["bash", "launch/bench_gpu.sh", str(out), "gn2", "mlpf", "loop", "input"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    done = run_parts(out, env, "gn2", "mlpf", "loop", "input")
     for part in ("gn2", "mlpf", "loop", "input"):
         assert f"=== {part}: exit 0" in done.stdout and (out / f"{part}.log").exists()
 
@@ -88,15 +95,7 @@ def test_bench_gpu_script_convergence_part(tmp_path):
         CONV_TORCH_MODES="",  # the PyTorch line: tests/test_bench_convergence.py
     )
     out = tmp_path / "bench"
-    done = subprocess.run(
-        ["bash", "launch/bench_gpu.sh", str(out), "convergence"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    done = run_parts(out, env, "convergence")
     assert "=== convergence: exit 0" in done.stdout
     assert "settings: model.attention=math" in (out / "convergence.log").read_text()
     # both variants, an evaluation after each step, on the synthetic set the part made first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,21 +201,14 @@ def test_bad_bucket_config_names_the_key(value, message):
         config.load(tree(), ["data.bucket_window=0"])
 
 
-def test_train_runs_over_several_batch_shapes(data, tmp_path):
+def _train_tiny_gn2(data, tmp_path, name: str, run: dict, data_options: dict) -> tuple[list[dict], Path]:
+    """``smilejax train`` of a tiny GN2 on ``data`` (2 devices): its metrics records and its config file."""
     path, norm = data
     run_dir = tmp_path / "run"
     cfg = {
-        "run": {"steps": 6, "log_every": 1, "checkpoint_every": 0, "dir": str(run_dir)}
-        | {"profile_at": 1, "profile_steps": 5},
-        "data": {
-            "format": "ftag_h5",
-            "path": str(path),
-            "norm_dict": str(norm),
-            "batch_size": 64,
-            "bucket_tracks": [8, 12],
-            "bucket_window": 4,
-            "read_threads": 1,
-        },
+        "run": {"checkpoint_every": 0, "dir": str(run_dir), **run},
+        "data": {"format": "ftag_h5", "path": str(path), "norm_dict": str(norm), "read_threads": 1}
+        | data_options,
         "model": {
             "name": "gn2",
             **dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8]),
@@ -222,11 +216,23 @@ def test_train_runs_over_several_batch_shapes(data, tmp_path):
         "optimizer": {"lr": 1e-3},
         "logging": {"wandb": "off", "tensorboard": False, "progress": False},
     }
-    cfg_path = tmp_path / "gn2-bucketed.yaml"
+    cfg_path = tmp_path / f"gn2-{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     done = run_cli("train", str(cfg_path), devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, cfg_path
+
+
+def test_train_runs_over_several_batch_shapes(data, tmp_path):
+    run_dir = tmp_path / "run"
+    records, _ = _train_tiny_gn2(
+        data,
+        tmp_path,
+        "bucketed",
+        {"steps": 6, "log_every": 1, "profile_at": 1, "profile_steps": 5},
+        {"batch_size": 64, "bucket_tracks": [8, 12], "bucket_window": 4},
+    )
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) for r in records)
     # the steps above saw more than one width (the pipeline's plan for the same seed says which)
@@ -362,25 +368,13 @@ def test_packed_row_multiple_is_checked_as_a_batch_size():
 
 def test_train_runs_on_packed_batches(data, tmp_path):
     """``smilejax train`` of a tiny GN2 on packed batches (2 devices): finite losses, jets counted."""
-    path, norm = data
-    run_dir = tmp_path / "run"
-    cfg = {
-        "run": {"steps": 4, "log_every": 1, "checkpoint_every": 0, "eval_every": 2, "eval_steps": 1}
-        | {"dir": str(run_dir)},
-        "data": {"format": "ftag_h5", "path": str(path), "norm_dict": str(norm), "batch_size": 64}
-        | {"pack_tracks": 48, "pack_jets": 8, "pack_row_multiple": 8, "read_threads": 1},
-        "model": {
-            "name": "gn2",
-            **dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8]),
-        },
-        "optimizer": {"lr": 1e-3},
-        "logging": {"wandb": "off", "tensorboard": False, "progress": False},
-    }
-    cfg_path = tmp_path / "gn2-packed.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    done = run_cli("train", str(cfg_path), devices=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records, cfg_path = _train_tiny_gn2(
+        data,
+        tmp_path,
+        "packed",
+        {"steps": 4, "log_every": 1, "eval_every": 2, "eval_steps": 1},
+        {"batch_size": 64, "pack_tracks": 48, "pack_jets": 8, "pack_row_multiple": 8},
+    )
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 5))
     assert all(np.isfinite(r["loss"]) for r in train)

@@ -194,6 +194,12 @@ def synthetic_batch(batch: int, width: int, features: int, device: torch.device,
     return {k: v.to(device) for k, v in out.items()}
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings end here)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def measure(model_cfg: dict, mode: str, width: int, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = GN2(model_cfg).to(device)
@@ -210,16 +216,12 @@ def measure(model_cfg: dict, mode: str, width: int, args, device: torch.device) 
         opt.step()
         return loss
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         loss = step()
-    sync()
+    sync(device)
     warmup_s = time.perf_counter() - t0
     if not math.isfinite(float(loss.detach())):
         raise FloatingPointError(f"torch {mode} width {width}: loss is {float(loss.detach())}")
@@ -228,7 +230,7 @@ def measure(model_cfg: dict, mode: str, width: int, args, device: torch.device) 
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
-        sync()
+        sync(device)
         times.append((time.perf_counter() - t0) / args.steps)
     per_step = sorted(times)[len(times) // 2]
     return {

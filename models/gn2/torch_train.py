@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the peer next to this script, not a package
-from torch_peer import GN2, loss_fn
+from torch_peer import GN2, loss_fn, sync
 
 KEYS = ("tracks", "valid", "flavour", "track_origin", "track_vertex")
 
@@ -101,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run["precision"] == "bf16")
     batch_size, steps, every = run["batch_size"], run["steps"], run["eval_every"]
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def evaluate() -> tuple[float, dict[str, np.ndarray]]:
         model.eval()
         losses, log_probs = [], []
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = compute(model, at(train, 0))
     loss.backward()
     opt.zero_grad(set_to_none=True)
-    sync()
+    sync(device)
     compile_s = time.perf_counter() - t0
 
     points, train_s, t_mark = [], 0.0, time.perf_counter()
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg["clip_norm"])
             opt.step()
         if step == 0 or step % every == 0 or step == steps:
-            sync()
+            sync(device)
             if step:
                 train_s += time.perf_counter() - t_mark
             t_eval = time.perf_counter()

@@ -25,16 +25,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MODES = ("compile", "eager")
-
-
-def modes(text: str) -> list[str]:
-    chosen = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in chosen if m not in MODES]
-    if bad or not chosen:
-        raise SystemExit(f"bench convergence: --torch-modes {text!r}: choose from {', '.join(MODES)}")
-    return chosen
-
 
 def run(
     spec,

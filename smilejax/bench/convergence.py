@@ -35,11 +35,12 @@ import statistics
 from pathlib import Path
 
 from smilejax import plotting
-from smilejax.commands.common import OVERRIDES_HELP, add_command
+from smilejax.commands.common import OVERRIDES_HELP, add_command, choice_list
 
 log = logging.getLogger(__name__)
 
 CPU_MODE = "reduced, CPU"
+TORCH_MODES = ("compile", "eager")  # of the PyTorch reference line (--torch)
 
 
 def register(sub) -> None:
@@ -51,14 +52,6 @@ def register(sub) -> None:
     )
     parser.add_argument("config", metavar="CONFIG", help="packaged config (e.g. gn2) or YAML config")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override of every variant's config (repeatable; as the positional overrides)",
-    )
     parser.add_argument(
         "--variants",
         help="comma list of the variants to train, the first the reference (default: all the family's, "
@@ -99,7 +92,8 @@ def register(sub) -> None:
     )
     parser.add_argument(
         "--torch-modes",
-        default="compile",
+        type=choice_list(TORCH_MODES),
+        default=["compile"],
         help="with --torch: comma list of compile (torch.compile) and eager (default compile)",
     )
     parser.add_argument(
@@ -167,7 +161,7 @@ def run_config(args: argparse.Namespace, base: dict, overrides: tuple[str, ...],
     ]
     if args.eval_batches:
         fixed.append(f"run.eval_steps={args.eval_batches}")
-    return config.load(copy.deepcopy(base), [*args.overrides, *args.sets, *overrides, *fixed])
+    return config.load(copy.deepcopy(base), [*args.overrides, *overrides, *fixed])
 
 
 # ---------------------------------------------------------------- the study
@@ -181,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.steps < 1 or args.eval_every < 1:
         raise SystemExit("bench convergence: --seeds, --steps and --eval-every must be at least 1")
-    base = config.apply_overrides(config.read_yaml(args.config), [*args.overrides, *args.sets])
+    base = config.apply_overrides(config.read_yaml(args.config), args.overrides)
     probe_cfg = config.from_dict(copy.deepcopy(base))
     spec = registry.model(probe_cfg.model.name)
     hook = spec.bench.convergence
@@ -196,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.torch:  # before JAX touches the device (_convergence_torch)
         from smilejax.bench import _convergence_torch
 
-        torch_modes = _convergence_torch.modes(args.torch_modes)
+        torch_modes = args.torch_modes
         reference = next(iter(chosen.values()))
 
         def reference_config(seed: int, run_dir: Path):
