@@ -115,3 +115,49 @@ def test_torch_needs_its_environment(tiny_config, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"salt reference environment is missing .*make reference"):
         cli.main(args)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def _points(variant: str, curves: dict[int, list[float]], every: int = 50) -> list[dict]:
+    """Constructed evaluation points of ``variant``: one validation-loss curve per seed."""
+    return [
+        {"variant": variant, "seed": seed, "step": k * every, "jets": k * every * 100, "train_s": float(k),
+         "compile_s": 0.0, "eval_s": 0.0, "val_loss": loss, "light_rej_77": 10.0}
+        for seed, curve in curves.items()
+        for k, loss in enumerate(curve)
+    ]  # fmt: skip
+
+
+def test_curve_within_seed_spread():
+    """max |Δloss| / seed sd on constructed curves: the reference's seed sd is 0.2 at every evaluation."""
+    from smilejax.bench import _convergence_spread as spread
+    from smilejax.bench import convergence
+
+    padded = {0: [4.0, 3.0, 2.0], 1: [4.2, 3.2, 2.2], 2: [4.4, 3.4, 2.4]}
+    close = {s: [c[0], c[1] + 0.05, c[2] + 0.1] for s, c in padded.items()}  # Δ 0, 0.05, 0.1
+    far = {s: [c[0], c[1] - 0.1, c[2] + 0.3] for s, c in padded.items()}  # Δ 0, 0.1, 0.3
+    points = _points("padded", padded) + _points("close", close) + _points("far", far)
+    got = spread.spread(points, "padded", "close")
+    assert got["max_ratio"] == pytest.approx(0.5) and got["max_delta"] == pytest.approx(0.1)
+    assert got["at_step"] == 100 and got["within"] is True and got["evaluations"] == 3
+    got = spread.spread(points, "padded", "far")
+    assert got["max_ratio"] == pytest.approx(1.5) and got["at_step"] == 100 and got["within"] is False
+    assert spread.spread(points, "padded", "padded")["max_ratio"] == 0.0
+    # a paired difference: one seed off by 0.3, the others not, is a mean Δ of 0.1 (ratio 0.5)
+    one_off = {s: [c[0], c[1], c[2] + (0.3 if s == 2 else 0.0)] for s, c in padded.items()}
+    got = spread.spread(points + _points("one_off", one_off), "padded", "one_off")
+    assert got["max_ratio"] == pytest.approx(0.5) and got["within"] is True
+    # the curves end at the shortest run; a point without spread counts 0 only where Δ is 0 too
+    same_start = {s: [4.0, *c[1:]] for s, c in padded.items()}
+    moved = {s: [4.01, *c[1:2]] for s, c in padded.items()}
+    got = spread.spread(_points("a", same_start) + _points("b", moved), "a", "b")
+    assert got["evaluations"] == 2 and got["max_ratio"] == float("inf") and got["within"] is False
+    # one seed: no spread, no verdict, but the largest |Δ|
+    got = spread.spread(_points("padded", {0: [4.0, 3.0]}) + _points("v", {0: [4.0, 3.25]}), "padded", "v")
+    assert got["max_ratio"] is None and got["within"] is None and got["max_delta"] == pytest.approx(0.25)
+
+    # the bench's summary and table carry it
+    rows, _ = convergence.summarise(points, ["padded", "close", "far"], tolerance=0.005)
+    cells = {r["variant"]: convergence._table_row(r, ["light_rej_77"]) for r in rows}
+    assert cells["close"]["max |Δloss| / seed sd"] == "0.5 (step 100)"
+    assert [cells[v]["within spread"] for v in ("padded", "close", "far")] == ["yes", "yes", "no"]
+    assert rows[2]["curve_max_delta"] == pytest.approx(0.3) and rows[2]["within_spread"] is False

@@ -14,7 +14,10 @@ blocked before each evaluation: device time on a GPU; evaluations and compilatio
 
 Results in --out: ``convergence.json`` (every point and the per-variant summary), ``convergence.md``
 (per variant: final validation loss and quality, mean ± sd over seeds, jets/s, the training time and
-jets to reach the first variant's mean final validation loss) and ``convergence.png`` (validation loss and
+jets to reach the first variant's final validation loss with the same seed, and whether its validation
+loss curve equals the first variant's within seed spread: the largest |difference of the means over
+seeds| over the first variant's seed standard deviation at any evaluation, at most 1;
+``_convergence_spread``) and ``convergence.png`` (validation loss and
 the headline quality against jets seen and against training time, one line per variant, a band over the
 seeds). On CPUs the study runs reduced and says so in every output.
 
@@ -35,6 +38,7 @@ import statistics
 from pathlib import Path
 
 from smilejax import plotting
+from smilejax.bench import _convergence_spread
 from smilejax.commands.common import OVERRIDES_HELP, add_command, choice_list
 
 log = logging.getLogger(__name__)
@@ -251,6 +255,10 @@ def report(
         "s/jets to target: the mean over the seeds that reached theirs (reached: how many)",
         "train_s: wall seconds of the training steps, blocked before each evaluation (device time on a GPU); "
         "evaluations and compilation excluded. ± is the standard deviation over seeds.",
+        f"max |Δloss| / seed sd: at each evaluation (the same step and jets in every variant), |mean val "
+        f"loss over seeds - {next(iter(chosen))!r}'s| (= |mean paired per-seed difference|) over "
+        f"{next(iter(chosen))!r}'s seed sd there, the largest, at its step; within spread: yes when it is "
+        f"<= {_convergence_spread.LIMIT:g} (n/a: one seed, no spread)",
     ]
     if "torch" in settings:
         notes.append(
@@ -320,6 +328,9 @@ def summarise(points: list[dict], names: list[str], tolerance: float) -> tuple[l
         row["reached"] = f"{len(reached)}/{len(hits)}"
         row["time_to_target_s"] = statistics.fmean(h["train_s"] for h in reached) if reached else None
         row["jets_to_target"] = statistics.fmean(h["jets"] for h in reached) if reached else None
+        curve = _convergence_spread.spread(points, names[0], name)  # the loss curve against the reference's
+        row["curve_max_delta"], row["curve_ratio"] = curve["max_delta"], curve["max_ratio"]
+        row["curve_at_step"], row["within_spread"] = curve["at_step"], curve["within"]
         rows.append(row)
     return rows, targets
 
@@ -343,6 +354,10 @@ def _table_row(row: dict, quality: list[str]) -> dict:
     cells["s to target"] = "not reached" if ttt is None else f"{ttt:.4g}"
     cells["jets to target"] = "" if row["jets_to_target"] is None else f"{row['jets_to_target']:.4g}"
     cells["reached"] = row["reached"]
+    ratio, within = row.get("curve_ratio"), row.get("within_spread")
+    at = f" (step {row['curve_at_step']})"
+    cells["max |Δloss| / seed sd"] = "n/a (1 seed)" if ratio is None else f"{ratio:.3g}{at}"
+    cells["within spread"] = "n/a" if within is None else ("yes" if within else "no")
     return cells
 
 
