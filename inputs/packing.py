@@ -15,7 +15,9 @@ Packed batch (R rows, T = ``slots``, J = ``jets_per_row``):
 
 First-fit decreasing over identical lengths is vectorised: the jets of one track count go to the open
 rows in order, each taking as many as fit, then to new rows. So the plan costs one numpy pass per
-distinct track count (at most ``slots + 1``), not a Python step per jet.
+distinct track count (at most ``slots + 1``), not a Python step per jet. ``count_rows`` runs the same
+passes for many batches at once but keeps only the rows' fill: the row count of every process's slice,
+which all processes need to agree on a shape, without placing the other processes' jets.
 """
 
 from __future__ import annotations
@@ -114,6 +116,56 @@ def plan_rows(lengths: np.ndarray, slots: int, jets_per_row: int, row_multiple: 
         n_rows += n_new
     rows = -(-max(n_rows, 1) // row_multiple) * row_multiple
     return Packing(row, offset, slot, lengths.astype(np.int32), rows, int(slots), int(jets_per_row))
+
+
+def count_rows(lengths: np.ndarray, slots: int, jets_per_row: int) -> np.ndarray:
+    """``plan_rows(lengths[s], slots, jets_per_row).used_rows`` for every batch ``s`` of ``lengths``
+    ``[S, n]`` (int64 ``[S]``), all batches at once: the row count alone, for agreeing on a shape.
+
+    The same first-fit decreasing, by track count from the longest: the ``k`` jets of one count fill
+    the open rows in order, each to its room, then new rows of ``per_new`` jets each. Only the tracks and
+    jets per row are kept (no per-jet placement), in ``[S, width]`` arrays, so the Python loop runs once
+    per distinct track count for all ``S`` batches together."""
+    check_sizes(slots, jets_per_row, 1)
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 2 or not (lengths.size == 0 or np.issubdtype(lengths.dtype, np.integer)):
+        raise ValueError(f"lengths must be a 2-D integer array, got {lengths.dtype} of shape {lengths.shape}")
+    s, n = lengths.shape
+    if s == 0:
+        return np.zeros(0, np.int64)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > slots):
+        raise ValueError(f"track counts must be in 0..{slots} (the track slots of a row)")
+    key = (np.arange(s)[:, None] * (slots + 1) + lengths).ravel()
+    hist = np.bincount(key, minlength=s * (slots + 1)).reshape(s, slots + 1)  # jets per (batch, count)
+    # a lower bound on the rows (grown when a batch needs more)
+    width = max(1, -(-n // jets_per_row), -(-int(lengths.sum(1).max(initial=0)) // slots)) + 1
+    used = np.zeros((s, width), np.int64)  # tracks per row
+    count = np.zeros((s, width), np.int64)  # jets per row
+    n_rows = np.zeros(s, np.int64)
+    for size in np.flatnonzero(hist.any(0))[::-1].tolist():
+        k = hist[:, size]
+        col = np.arange(used.shape[1])
+        room = jets_per_row - count
+        if size:
+            room = np.minimum(room, (slots - used) // size)
+        cap = np.where(col < n_rows[:, None], room, 0)
+        before = np.cumsum(cap, 1) - cap
+        taken = np.clip(k[:, None] - before, 0, cap)
+        per_new = min(jets_per_row, slots // size) if size else jets_per_row
+        extra = np.maximum(k - cap.sum(1), 0)
+        n_new = -(-extra // per_new)
+        need = int((n_rows + n_new).max())
+        if need > used.shape[1]:  # grow the row axis
+            grow = max(need, 2 * used.shape[1]) - used.shape[1]
+            used, count, taken = (np.pad(a, ((0, 0), (0, grow))) for a in (used, count, taken))
+            col = np.arange(used.shape[1])
+        ahead = col - n_rows[:, None]  # new row index, from each batch's first new row
+        new = (ahead >= 0) & (ahead < n_new[:, None])
+        taken = taken + np.where(new, np.minimum(per_new, extra[:, None] - ahead * per_new), 0)
+        used += taken * size
+        count += taken
+        n_rows += n_new
+    return n_rows
 
 
 def split_keys(batch: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:

@@ -3,8 +3,8 @@
 Every process reads its contiguous slice of each global batch, the same global batches in the same order
 for any process count, so resuming at step k continues exactly where an uninterrupted run would be.
 
-The batch plans (orders, buckets, packing, element budgets) are in ``inputs.plans``; their names are
-re-exported here.
+The batch plans (buckets, packing, element budgets) are in ``inputs.plans``, the epoch orders in
+``inputs.orders``; their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import grain
 import numpy as np
 
 from . import packing as packing_lib
+from .orders import BlockOrder, Order, _EpochOrder
 from .plans import (  # noqa: F401  (re-exported: the pipeline's public names)
     BatchPlan,
-    BlockOrder,
     Buckets,
     BudgetPlan,
-    Order,
     Packed,
-    _EpochOrder,
     budget_sizes,
     local_slice,
 )
@@ -86,14 +84,14 @@ def batched(
     for size in getattr(plan, "sizes", (batch_size,)):
         local_slice(size, process_index, process_count)  # fail now, not in a read thread
     if packed is not None:
-        packed.plans(np.zeros(0, np.int64), process_count)  # the row multiple's check, now
+        packed.check_processes(process_count)  # the row multiple's check, now
 
     def read_batch(step: int, _: int) -> Batch:
         rows, width = plan(step)
         mine = rows[local_slice(len(rows), process_index, process_count)]
         if packed is None:
             return _read(source, mine, width)
-        packing = packed.plans(rows, process_count)[process_index]
+        packing = packed.plan(rows, process_index, process_count)
         batch = _read(source, mine, packed.width(mine))
         if packed.track_keys is None:
             return packing_lib.pack(batch, packing)

@@ -4,8 +4,8 @@ epoch holds, and how they are padded or packed; every process computes the same 
 Global batch k of epoch e holds the examples ``perm_e[k*B:(k+1)*B]``; process p of P reads only its
 contiguous slice of that batch. So every process count sees the same global batches in the same order,
 and resuming an iterator at step k continues exactly where an uninterrupted run would be. For files
-compressed in chunks, ``BlockOrder`` (``batched(block=)``) permutes blocks of consecutive examples instead,
-with the same guarantees, so that each touched chunk is decompressed once per batch.
+compressed in chunks, ``orders.BlockOrder`` (``batched(block=)``) permutes blocks of consecutive examples
+instead, with the same guarantees, so that each touched chunk is decompressed once per batch.
 
 Bucketing (``Buckets``): for sets padded to a fixed length (tracks of a jet), each global batch is padded
 only to the smallest of a few widths that holds its longest example. The width is a function of the
@@ -19,9 +19,11 @@ deterministic function of (seed, epoch, k), so the resumption guarantee above is
 Packing (``Packed``): instead of padding every example to one width, the examples of a global batch
 share rows of track slots (``inputs.packing``), so padding falls without sorting and the batch stays a
 uniform random sample. Each process packs its own contiguous slice of the global batch (the examples
-it would read unpacked) by first-fit decreasing; every process plans every slice from the length index,
-so all agree on the row count: the largest slice's rows, rounded up so that the global batch's rows
-(per process × processes) are a multiple of the row multiple.
+it would read unpacked) by first-fit decreasing. All agree on the row count: the largest slice's rows,
+rounded up so that the global batch's rows (per process × processes) are a multiple of the row
+multiple. Every process computes it from the length index: it places its own slice's jets and only
+counts the rows of the others' slices (``packing.count_rows``, all in one vectorised pass), which
+costs about as much as its own plan whatever the process count.
 """
 
 from __future__ import annotations
@@ -29,78 +31,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from . import packing as packing_lib
-
-
-class Order(Protocol):
-    """The example order of each epoch: ``rows(epoch, lo, hi)`` are its positions lo..hi-1."""
-
-    size: int  # positions per epoch
-
-    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray: ...
-
-
-class _EpochOrder:
-    """Per-epoch permutations, computed once per epoch and shared by the read threads."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.size = n
-        self._lock = threading.Lock()
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __getstate__(self) -> dict:  # Grain worker processes get a copy without the lock
-        return {"n": self.n, "seed": self.seed, "shuffle": self.shuffle}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n)
-        with self._lock:
-            if epoch not in self._cache:
-                self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
-                self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            return self._cache[epoch]
-
-    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
-        return np.arange(lo, hi) if not self.shuffle else self(epoch)[lo:hi]
-
-
-class BlockOrder:
-    """Per-epoch order of blocks of ``block`` consecutive examples, plus a random start offset.
-
-    The epoch's example order is ``offset + perm[i // block] * block + i % block``: a permutation of
-    ``n_blocks * block`` rows, so global batches, process slices and resumption behave exactly as with the
-    per-example order. For files compressed in chunks, where every scattered read decompresses its whole
-    chunk: a batch then holds runs of neighbouring examples. No lock (it pickles into Grain workers):
-    concurrent threads at worst compute the same deterministic permutation twice.
-    """
-
-    def __init__(self, n: int, block: int, seed: int):
-        self.n, self.block, self.seed = n, block, seed
-        self.n_blocks = n // block
-        self.size = self.n_blocks * block  # positions per epoch (Order)
-        self._cache: dict[int, tuple[np.ndarray, int]] = {}
-
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, int]:
-        got = self._cache.get(epoch)
-        if got is None:
-            rng = np.random.default_rng([self.seed, epoch, 0xB10C])
-            spare = self.n - self.n_blocks * self.block
-            got = rng.permutation(self.n_blocks), int(rng.integers(0, spare + 1))
-            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1} | {epoch: got}
-        return got
-
-    def rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
-        perm, offset = self._epoch(epoch)
-        pos = np.arange(lo, hi)
-        return offset + perm[pos // self.block] * self.block + pos % self.block
+from .orders import Order
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq/hash over a length array would be meaningless
@@ -159,20 +95,50 @@ class Packed:
                 f"an example has {longest} elements, more than the {self.slots} slots of a packed row"
             )
 
-    def plans(self, rows: np.ndarray, process_count: int) -> list[packing_lib.Packing]:
-        """Each process's packing of its slice of the global batch ``rows``, all with the same row count."""
+    def check_processes(self, process_count: int) -> None:
+        """Raises unless the row multiple divides over ``process_count`` processes."""
         if self.row_multiple % process_count:
             raise ValueError(
                 f"the packed row multiple {self.row_multiple} does not divide over {process_count} processes"
             )
-        parts = [
-            packing_lib.plan_rows(
-                self.lengths[rows[local_slice(len(rows), p, process_count)]], self.slots, self.jets_per_row
-            )
-            for p in range(process_count)
-        ]
+
+    def _slices(self, rows: np.ndarray, process_count: int) -> np.ndarray:
+        """The lengths of each process's contiguous slice of the global batch ``rows``: ``[P, n]``."""
+        self.check_processes(process_count)
+        local_slice(len(rows), 0, process_count)  # equal slices, or the usual error
+        return self.lengths[rows].reshape(process_count, -1)
+
+    def _rounded(self, used_rows: int, process_count: int) -> int:
+        """Rows per process: the fullest slice's (at least 1), rounded up so that all processes' rows
+        are a multiple of ``row_multiple``."""
         per = self.row_multiple // process_count
-        n = -(-max(max(p.used_rows for p in parts), 1) // per) * per
+        return -(-max(used_rows, 1) // per) * per
+
+    def row_count(self, rows: np.ndarray, process_count: int) -> int:
+        """The rows every process feeds for the global batch ``rows`` (row counts only, no placement)."""
+        counts = packing_lib.count_rows(self._slices(rows, process_count), self.slots, self.jets_per_row)
+        return self._rounded(int(counts.max(initial=0)), process_count)
+
+    def plan(self, rows: np.ndarray, process_index: int, process_count: int) -> packing_lib.Packing:
+        """Process ``process_index``'s packing of its slice of the global batch ``rows``, with the row
+        count all processes agree on: its own first-fit plan, and only the row counts of the others'
+        slices (``packing.count_rows``, all slices in one pass), not their placements."""
+        lengths = self._slices(rows, process_count)
+        own = packing_lib.plan_rows(lengths[process_index], self.slots, self.jets_per_row)
+        others = np.delete(lengths, process_index, axis=0)
+        most = max(
+            own.used_rows, int(packing_lib.count_rows(others, self.slots, self.jets_per_row).max(initial=0))
+        )
+        return dataclasses.replace(own, rows=self._rounded(most, process_count))
+
+    def plans(self, rows: np.ndarray, process_count: int) -> list[packing_lib.Packing]:
+        """Each process's packing of its slice of the global batch ``rows``, all with the same row count
+        (every slice placed: for checks and reports; a process packs with ``plan``)."""
+        parts = [
+            packing_lib.plan_rows(lengths, self.slots, self.jets_per_row)
+            for lengths in self._slices(rows, process_count)
+        ]
+        n = self._rounded(max(p.used_rows for p in parts), process_count)
         return [dataclasses.replace(p, rows=n) for p in parts]
 
     def width(self, indices: np.ndarray) -> int:
@@ -223,9 +189,9 @@ class _Plan:
         for step in range(steps):
             rows, width = self(step)
             if self.packed is not None:
-                plans = self.packed.plans(rows, self.process_count)
                 used += int(self.packed.lengths[rows].sum())
-                slots += sum(p.rows for p in plans) * self.packed.slots
+                per_process = self.packed.row_count(rows, self.process_count)
+                slots += per_process * self.process_count * self.packed.slots
             else:
                 used += int(self.buckets.lengths[rows].sum())
                 slots += rows.size * width
@@ -276,6 +242,12 @@ class BatchPlan(_Plan):
         if self.packed is None:
             raise ValueError("packings needs a plan with Packed")
         return self.packed.plans(self(step)[0], self.process_count)
+
+    def packing(self, step: int, process_index: int) -> packing_lib.Packing:
+        """Process ``process_index``'s packing of global batch ``step`` (``Packed.plan``)."""
+        if self.packed is None:
+            raise ValueError("packing needs a plan with Packed")
+        return self.packed.plan(self(step)[0], process_index, self.process_count)
 
     def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """The window's batches (sorted by length, then shuffled) and their widths."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from smilejax.inputs import ftag_h5 as fh
-from smilejax.inputs import pipeline
+from smilejax.inputs import packing, pipeline
 from smilejax.models.gn2 import make_synthetic as fs
 
 from smilejax import config, trainer
@@ -310,6 +310,73 @@ def test_packed_padding_fraction_and_resumption(data):
         got_batch = next(resumed)
         for k in want:
             np.testing.assert_array_equal(got_batch[k], want[k])
+
+
+def _all_slices_reference(src, packed: pipeline.Packed, rows: np.ndarray, p: int, processes: int) -> dict:
+    """Process ``p``'s packed batch as the pipeline made it before ``packing.count_rows``: every slice
+    placed by ``plan_rows``, rows per process the fullest slice's rounded up to the multiple's share."""
+    slices = rows.reshape(processes, -1)
+    plans = [packing.plan_rows(packed.lengths[s], packed.slots, packed.jets_per_row) for s in slices]
+    per = packed.row_multiple // processes
+    n = -(-max(max(q.used_rows for q in plans), 1) // per) * per
+    batch = pipeline._read(src, slices[p], max(int(packed.lengths[slices[p]].max()), 1))
+    track_keys = [k for k in packed.track_keys if k in batch and k != "valid"]
+    jet_keys = [k for k in batch if k != "valid" and k not in track_keys]
+    mine = dataclasses.replace(plans[p], rows=n)
+    return packing.pack(batch, mine, track_keys=track_keys, jet_keys=jet_keys), plans[p].used_rows, n
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_packed_batches_equal_the_every_slice_plan_bitwise(data, processes):
+    """Each process places only its own jets and counts the others' rows (``count_rows``): its batches
+    are bitwise those of placing every slice, including steps where another slice sets the row count,
+    across an epoch boundary, and after resuming mid-epoch."""
+    # one row per process per multiple, so that the fullest slice's own count matters
+    cfg = _cfg(data, **{**PACK, "pack_row_multiple": processes})
+    src = fh.SPEC.source(cfg, "train")
+    packed, plan = fh.packed(src, cfg), _packed_plan(src, cfg, processes)
+    steps = plan.per_epoch + 2
+    others_set_it = 0
+    for p in range(processes):
+        it = _stream(src, cfg, p, processes)
+        for step in range(steps):
+            got = next(it)
+            want, own_rows, n = _all_slices_reference(src, packed, plan(step)[0], p, processes)
+            per = cfg.pack_row_multiple // processes
+            others_set_it += n > -(-max(own_rows, 1) // per) * per
+            assert got.keys() == want.keys()
+            for k in want:
+                assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+                np.testing.assert_array_equal(got[k], want[k], err_msg=f"{k} at step {step}, process {p}")
+        if p == processes - 1:  # resume the last process mid-epoch
+            it = _stream(src, cfg, p, processes)
+            for _ in range(3):
+                next(it)
+            state = json.loads(json.dumps(it.get_state()))
+            resumed = _stream(fh.SPEC.source(cfg, "train"), cfg, p, processes)
+            resumed.set_state(state)
+            for step in range(3, 6):
+                got = next(resumed)
+                want = _all_slices_reference(src, packed, plan(step)[0], p, processes)[0]
+                for k in want:
+                    np.testing.assert_array_equal(got[k], want[k])
+    assert others_set_it, "no step where another process's slice needed more rows: the check is vacuous"
+
+
+def test_packed_plan_of_one_process_equals_its_share_of_all(data):
+    cfg = _cfg(data, **{**PACK, "pack_row_multiple": 8})
+    src = fh.SPEC.source(cfg, "train")
+    plan = _packed_plan(src, cfg, 4)
+    for step in range(6):
+        every = plan.packings(step)
+        assert plan.packed.row_count(plan(step)[0], 4) == every[0].rows
+        for p in range(4):
+            mine = plan.packing(step, p)
+            assert mine.rows == every[p].rows
+            for f in ("row", "offset", "slot", "lengths"):
+                np.testing.assert_array_equal(getattr(mine, f), getattr(every[p], f))
+    with pytest.raises(ValueError, match="row multiple 8 does not divide over 3 processes"):
+        plan.packed.plan(plan(0)[0][:99], 0, 3)
 
 
 def test_evaluation_batches_are_not_packed(data):

@@ -88,6 +88,26 @@ def test_plan_matches_a_per_jet_first_fit():
         assert (p.row[j], p.offset[j], p.slot[j]) == (r, off, s)
 
 
+def test_count_rows_agrees_with_the_placing_plan():
+    """``count_rows`` of many slices at once equals ``plan_rows(...).used_rows`` of each: random track
+    counts and sizes, empty jets, one-jet rows, full rows, no jets."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        slots, jets_per_row = int(rng.integers(1, 70)), int(rng.integers(1, 20))
+        lengths = np.minimum(
+            rng.poisson(rng.uniform(0, slots), (int(rng.integers(1, 6)), rng.integers(0, 120))), slots
+        )
+        want = [packing.plan_rows(x, slots, jets_per_row).used_rows for x in lengths]
+        assert packing.count_rows(lengths, slots, jets_per_row).tolist() == want
+    assert packing.count_rows(np.full((2, 7), 5), 5, 3).tolist() == [7, 7]  # a full row per jet
+    assert packing.count_rows(np.zeros((3, 0), np.int64), 8, 2).tolist() == [0, 0, 0]
+    assert packing.count_rows(np.zeros((0, 4), np.int64), 8, 2).shape == (0,)
+    with pytest.raises(ValueError, match=r"track counts must be in 0..8"):
+        packing.count_rows(np.array([[9]]), 8, 2)
+    with pytest.raises(ValueError, match="2-D integer"):
+        packing.count_rows(np.array([1, 2]), 8, 2)
+
+
 def test_pack_moves_every_track_and_jet_once():
     b = _batch(300, 40)
     out, p = packing.pack_padded(b, slots=64, jets_per_row=12, row_multiple=4)
