@@ -3,10 +3,17 @@ on this machine, which has no GPU (JAX's CUDA plugin from ``make gpu-compiler``)
 
 from __future__ import annotations
 
+import argparse
 import json
 
+import h5py
+import numpy as np
 import pytest
+from smilejax.inputs import packing
 
+from smilejax import registry
+from smilejax.bench import _packed_cases
+from smilejax.bench._target import load_config
 from smilejax.xla import roofline as _roofline
 from tests.conftest import run_cli
 
@@ -123,15 +130,27 @@ SMALL_GN2 = [
 
 def test_gn2_bounds_for_an_h100_without_a_gpu(tmp_path):
     out = tmp_path / "roofline"
-    args = ["--batch", "64", "--tracks", "16", "--bucket", "8", "--out", str(out)]
+    args = ["--batch", "64", "--tracks", "16", "--bucket", "8", "--pack", "16:4", "--out", str(out)]
     variants = ["--attention", "cudnn", "--vary", "model.vertex_kernel=xla,pallas"]
-    done = run_cli("bench", "roofline", "gn2", *SMALL_GN2, *variants, *args, devices=1, timeout=600)
+    done = run_cli("bench", "roofline", "gn2", *SMALL_GN2, *variants, *args, devices=1, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "roofline.json").read_text())
     assert record["target"]["description"] == "NVIDIA H100 80GB HBM3"
     assert record["command"].startswith("smilejax bench roofline gn2")
-    rows = {(r["attention"], r["vertex_kernel"], r["tracks"]): r for r in record["rows"]}
+    packed = {r["vertex_kernel"]: r for r in record["rows"] if r["padding"] == "packed"}
+    unpacked = [r for r in record["rows"] if r["padding"] != "packed"]
+    rows = {(r["attention"], r["vertex_kernel"], r["tracks"]): r for r in unpacked}
     assert len(rows) == 4 and all(r["bound_ms"] > 0 and r["kernels"] > 10 for r in rows.values())
+    # packed rows (16 slots, 4 jets each) of the same 64 jets: cuDNN's segment mask and the fused pair
+    # kernel compiled for the H100; jets/s count jets, not rows; fewer slots padded, fewer bytes moved
+    for kernel, row in packed.items():
+        padded = rows[("cudnn", kernel, 16)]
+        assert row["rows"] % 8 == 0 and row["rows"] < 64 and row["jets_per_row"] == 4
+        assert row["samples_per_s_bound"] == pytest.approx(64 / (row["bound_ms"] / 1e3))
+        assert row["pad_fraction"] < padded["pad_fraction"] and row["gb_per_step"] < padded["gb_per_step"]
+        assert row["vs_first"] == pytest.approx(packed["xla"]["bound_ms"] / row["bound_ms"])
+    assert set(packed) == {"xla", "pallas"}
+    assert (out / "roofline-gn2-cudnn-pallas-packed16x4.md").exists()
     for tracks in (8, 16):
         xla, fused = rows[("cudnn", "xla", tracks)], rows[("cudnn", "pallas", tracks)]
         # the fused pair kernel never stores the [B, T, T, width] activations
@@ -169,3 +188,70 @@ def test_mlpf_bound_and_a_missing_compiler(tmp_path):
     assert (
         done.returncode != 0 and "no JAX CUDA plugin in" in done.stderr and "make gpu-compiler" in done.stderr
     )
+
+
+# Track counts of a tiny ftag_h5 file: 40 jets, the longest 11 tracks (8-track buckets cannot hold it).
+FILE_LENGTHS = [11, 0, 1, 2, 3, 4, 5, 6, 7, 8] * 4
+
+
+def ftag_lengths_file(path, lengths=FILE_LENGTHS, field="valid"):
+    """An ftag_h5-shaped file whose jets hold ``lengths`` valid tracks (only what the bench reads)."""
+    tracks = np.zeros((len(lengths), 40), dtype=[(field, bool), ("d0", "f4")])
+    tracks[field] = np.arange(40) < np.asarray(lengths)[:, None]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("tracks", data=tracks)
+    return str(path)
+
+
+def test_packed_cases_hold_the_same_jets_as_the_padded_and_bucket_rows(tmp_path):
+    path = ftag_lengths_file(tmp_path / "jets.h5")
+    cfg = load_config("gn2", [*SMALL_GN2, "model.max_tracks=16"])
+    spec = registry.model("gn2")
+    args = argparse.Namespace(
+        tracks=None, bucket=[8, 12], pack=[(12, 4), (16, 2)], pack_row_multiple=8, lengths_from=path
+    )
+    padded_cfg, cases = _packed_cases.cases(cfg, spec, args, 30)
+    assert padded_cfg.model.max_tracks == 16
+    columns = [c for c, _ in cases]
+    assert [(c["tracks"], c["padding"]) for c in columns] == [
+        (12, "bucket"),  # the smallest bucket that holds the drawn longest jet (11)
+        (16, "padded"),
+        (12, "packed"),
+        (16, "packed"),
+    ]
+    assert columns[1]["note"] == "30 jets of jets.h5, the longest 11 tracks"
+    bucket, padded, packed, packed2 = (h for _, h in cases)
+    drawn = padded["valid"].sum(1)
+    # 30 of the file's 40 jets, drawn without replacement: each count at most as often as in the file
+    assert len(drawn) == 30 and all((drawn == n).sum() <= FILE_LENGTHS.count(n) for n in set(drawn))
+    np.testing.assert_array_equal(bucket["valid"].sum(1), drawn)
+    assert (padded["track_origin"][~padded["valid"]] == -1).all()  # labels follow the masks
+    assert padded["tracks"].shape == (30, 16, 21) and bucket["tracks"].shape == (30, 12, 21)
+    # packed: every drawn track in a slot, 30 jets, rows a multiple of 8, the model's keys
+    assert set(packed) == {*padded, "segment", "jet_valid"}
+    assert packed["tracks"].shape[1:] == (12, 21) and len(packed["tracks"]) % 8 == 0
+    assert packed["jet_valid"].shape[1] == 4 and packed2["jet_valid"].shape[1] == 2
+    assert packing.examples(packed) == packing.examples(packed2) == 30
+    assert packed["valid"].sum() == packed2["valid"].sum() == drawn.sum()
+    fraction = _packed_cases.padding_columns(packed)
+    assert fraction["rows"] == len(packed["valid"])
+    assert fraction["pad_fraction"] == 1 - drawn.sum() / packed["valid"].size
+    assert _packed_cases.padding_columns(padded)["pad_fraction"] == 1 - drawn.sum() / (30 * 16)
+
+    # the same draw every time; clear errors
+    again = _packed_cases.cases(cfg, spec, args, 30)[1][1][1]
+    np.testing.assert_array_equal(again["valid"], padded["valid"])
+    too_small = argparse.Namespace(**{**vars(args), "pack": [(10, 4)]})
+    with pytest.raises(SystemExit, match="longest jet has 11 tracks, more than 10 slots"):
+        _packed_cases.cases(cfg, spec, too_small, 30)
+    with pytest.raises(SystemExit, match="more jets than --lengths-from"):
+        _packed_cases.cases(cfg, spec, args, 41)
+    short = argparse.Namespace(**{**vars(args), "tracks": 8, "bucket": []})
+    with pytest.raises(SystemExit, match="more than the padded length 8"):
+        _packed_cases.cases(cfg, spec, short, 30)
+    no_valid = ftag_lengths_file(tmp_path / "other.h5", field="mask")
+    with pytest.raises(SystemExit, match="not an ftag_h5 file"):
+        _packed_cases.cases(cfg, spec, argparse.Namespace(**{**vars(args), "lengths_from": no_valid}), 30)
+    with pytest.raises(argparse.ArgumentTypeError, match="SLOTS:JETS"):
+        _packed_cases.pack_sizes("64x16")
+    assert _packed_cases.pack_sizes("48:12, 64:16") == [(48, 12), (64, 16)]

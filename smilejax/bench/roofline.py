@@ -6,7 +6,7 @@ device without one. The optimized program is then read kernel by kernel: the byt
 the FLOPs of its matrix products bound its time from below, max(bytes / bandwidth, FLOPs / peak),
 summed over the step. It predicts, it does not measure: it says how many kernels a step launches, how
 many GB it moves, which model scope and pass moves them (forward, backward, optimizer), and how a change
-(--attention, --vary, --bucket) moves the bound. Measured steps take longer (1.4-1.7x the bound for a
+(--attention, --vary, --bucket, --pack) moves the bound. Measured steps take longer (1.4-1.7x the bound for a
 transformer step on an H100, docs/PERFORMANCE.md): compare bounds with each other, and measure with
 `bench train` on the GPU. Custom kernels (cuDNN attention, Pallas) count their memory traffic only.
 
@@ -17,6 +17,10 @@ Writes roofline.json/.md/.png and, per row, roofline-<row>.md (by kind of op, by
 the costliest kernels).
 
   smilejax bench roofline MODEL --bucket 16 24 --attention math,cudnn --vary model.remat=false,true
+
+Packed rows (``--pack SLOTS:JETS``: several jets share a row of track slots, ``inputs.packing``) and rows
+holding a real sample's jets (``--lengths-from FILE``: padded, bucket and packed rows of the same
+--batch jets drawn from an ftag_h5 file): ``_packed_cases``. Samples/s count jets, not packed rows.
 
 A family with a study of its own (``bench.study``) whose module offers ``cases`` bounds the shapes that
 study times; its options are listed here once MODEL names it (``smilejax bench roofline MODEL --help``).
@@ -34,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from smilejax.bench import _packed_cases
 from smilejax.commands.common import OVERRIDES_HELP, add_command
 
 log = logging.getLogger(__name__)
@@ -43,8 +48,7 @@ _CHILD_ARGS = "SMILEJAX_ROOFLINE_ARGS"
 COLUMNS = [
     "target",
     "attention",
-    "tracks",
-    "padding",
+    *_packed_cases.PAD_COLUMNS,
     "elements",
     "events",
     "kernels",
@@ -90,6 +94,7 @@ def register(sub) -> None:
         help="bound every value of a config field (repeatable; every combination, with --attention too): "
         "--vary model.remat=false,true",
     )
+    _packed_cases.add_arguments(parser)
     parser.add_argument("--top", type=int, default=15, help="costliest kernels listed per row (default 15)")
     parser.add_argument("--out", default="bench-results/roofline", help="results folder")
     parser.set_defaults(run=run, extend=_extend)
@@ -138,9 +143,11 @@ def _cases(cfg, spec, args: argparse.Namespace) -> tuple[Any, list[tuple[dict[st
 
     study = importlib.import_module(spec.bench.study) if spec.bench.study else None
     if study is not None and hasattr(study, "cases"):  # a study of its own has shapes of its own
-        if args.bucket:
-            raise SystemExit(f"--bucket: not an option of bench roofline {cfg.model.name}")
+        if args.bucket or args.pack or args.lengths_from:
+            raise SystemExit(f"--bucket/--pack/--lengths-from: not for bench roofline {cfg.model.name}")
         return cfg, study.cases(args)
+    if args.pack or args.lengths_from:  # packed rows, or the shapes of a sample's jets
+        return _packed_cases.cases(cfg, spec, args, args.batch or 4000)
     padded_cfg, by_length = _train_jax.length_batches(cfg, spec, args, args.batch or 4000)
     if by_length[0][0] is None:  # no known set length
         return cfg, [({}, host) for _, host in by_length]
@@ -187,6 +194,7 @@ def study(args: argparse.Namespace) -> int:
     from smilejax.bench import _train_jax, common
     from smilejax.bench._target import load_config
     from smilejax.bench.train_step import plot
+    from smilejax.inputs import packing
     from smilejax.xla import roofline as _roofline
 
     if args.batch is not None and args.batch < 1:
@@ -208,7 +216,8 @@ def study(args: argparse.Namespace) -> int:
         program = steps.build(spec, padded, meshlib.build_mesh(variant.mesh, devices=topology.devices))
         for columns, host in cases:
             row = {"impl": "jax", "mode": "bound", "target": args.target, **settings, **columns}
-            label = _train_jax.row_label(variant, labels, *(v for k, v in columns.items() if k != "padding"))
+            row.update(_packed_cases.padding_columns(host))
+            label = _train_jax.row_label(variant, labels, *_shape_label(columns))
             log.info("roofline %s: compiling for %s", label, target.description)
             try:
                 totals, breakdown = _bound_case(program, host, target, args)
@@ -217,10 +226,10 @@ def study(args: argparse.Namespace) -> int:
                 rows.append({**row, "note": f"failed: {type(err).__name__}: {str(err)[:160]}"})
                 failed += 1
                 continue
-            samples = len(next(iter(host.values())))  # the batch's leading axis
+            samples = packing.examples(host)  # jets, not packed rows
             rows.append({**row, **totals, "samples_per_s_bound": samples / (totals["bound_ms"] / 1e3)})
             _write_breakdown(out, label, f"{label} on {target.description}", breakdown)
-    _add_ratios(rows, ["tracks", "elements", "events"])
+    _add_ratios(rows, ["tracks", "padding", "jets_per_row", "elements", "events"])
     varied = _train_jax.varied_columns(args)
     present = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     columns = present[:2] + varied + present[2:]
@@ -234,11 +243,18 @@ def study(args: argparse.Namespace) -> int:
         label=lambda r: (
             " ".join(str(r[k]) for k in ("attention", *varied) if r.get(k) is not None)
             + "\n"
-            + " ".join(str(r[k]) for k in ("tracks", "elements", "events") if r.get(k) is not None)
+            + " ".join(str(v) for v in _shape_label(r))
         ),
         ylabel="samples / s at the roofline bound",
     )
     return 1 if failed else 0
+
+
+def _shape_label(columns: dict[str, Any]) -> list[object]:
+    """A row's shape in its file name: ``24``, ``packed64x16``, ``256-128``."""
+    if columns.get("padding") == "packed":
+        return [f"packed{columns['tracks']}x{columns['jets_per_row']}"]
+    return [columns[k] for k in ("tracks", "elements", "events") if columns.get(k) is not None]
 
 
 def _add_ratios(rows: list[dict], shape_keys: list[str]) -> None:
