@@ -24,6 +24,7 @@ from tests.test_export import (
     pipeline_batch,
     raw_and_pipeline,
 )
+from tests.test_serve_stop import sigint_ignored
 
 INSTALL = "bash launch/install_triton.sh"
 
@@ -206,8 +207,8 @@ def test_serve_cli_with_grpc_tls_and_a_required_key_stops_on_ctrl_c(served, tmp_
     http, grpc = free_port(), free_port()
     args = ["--models", "gn2_onnx", "--http-port", str(http), "--grpc-port", str(grpc), "--exit-timeout", "5"]
     args += ["--grpc-tls-cert", cert, "--grpc-tls-key", key, "--key-file", str(tmp_path / "key")]
-    proc = subprocess.Popen(
-        smilejax_cmd("serve", str(root / "repo"), *args),
+    proc = subprocess.Popen(  # SIGINT ignored at start, as in CI's one failure (see test_serve_stop)
+        sigint_ignored(smilejax_cmd("serve", str(root / "repo"), *args)),
         env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -240,14 +241,19 @@ def test_serve_cli_with_grpc_tls_and_a_required_key_stops_on_ctrl_c(served, tmp_
             assert r.status == 200  # health stays open: only inference needs the key
 
         proc.send_signal(signal.SIGINT)
-        try:  # serve stops Triton within exit_timeout + 15 s, or kills it
-            code = proc.wait(timeout=90)
+        try:  # serve kills Triton at the latest 5 + 15 + 5 s after SIGINT (exit timeout, graces)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             printed = "".join(lines)[-3000:]
-            pytest.fail(f"smilejax serve did not exit within 90 s of Ctrl-C; it printed:\n{printed}")
+            pytest.fail(f"smilejax serve did not exit within 60 s of Ctrl-C; it printed:\n{printed}")
         assert code == 0, "".join(lines)[-3000:]
         reader.join(timeout=10)
-        assert any(line.startswith("stopped (Triton exit code 0)") for line in lines), "".join(lines)[-3000:]
+        printed = "".join(lines)
+        assert "stopping Triton (SIGINT; if it still runs, SIGTERM after 20 s and SIGKILL after 25 s)" in (
+            printed
+        )
+        # Triton ended on SIGINT itself: nothing was escalated
+        assert "stopped (Triton exit code 0)" in printed and "process group" not in printed, printed[-3000:]
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
     finally:

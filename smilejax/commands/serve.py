@@ -29,7 +29,8 @@ gRPC (--grpc-tls-cert/--grpc-tls-key, --grpc-tls-root for mutual TLS) and requir
 Triton receives the key on its command line: keep the host's process list private, or rely on
 mutual TLS. Model loading, shared memory, traces and logging are refused to every client. Serving
 from an HPC site (ports, SSH tunnels, certificates): docs/SERVING-HPC.md. Ctrl-C (or SIGTERM) stops
-the server cleanly.
+the server cleanly: Triton has --exit-timeout seconds for the requests in flight, then 15 s to unload
+its models; a server still running then gets SIGTERM, and SIGKILL 5 s later (both said on stderr).
 
 exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 Triton or a model failed, 2 bad option, no such REPO, or a
 port in use (named, with the option that moves it)."""
@@ -111,13 +112,17 @@ def run(args: argparse.Namespace) -> int:
     def terminate(signum, frame):  # SIGTERM (scheduler, docker stop) stops like Ctrl-C
         raise KeyboardInterrupt
 
+    def stopping(signum, frame):  # a second signal must not cut the bounded stop short
+        # os.write: print here could re-enter a print the signal interrupted.
+        os.write(2, f"already stopping Triton (killed {server.stop_seconds():g} s after SIGINT)\n".encode())
+
+    # Both set here, not left to Python: a process started in the background by a non-interactive shell
+    # (nohup ... &, as CI may run the tests) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt for it, so Ctrl-C would never stop the server.
+    signal.signal(signal.SIGINT, terminate)
     signal.signal(signal.SIGTERM, terminate)
     try:
-        server.start()
-    except PortBusy as err:
-        print(f"smilejax: error: {err}; choose another with --{err.endpoint}-port", file=sys.stderr)
-        return 2
-    try:
+        server.start()  # inside the try: a signal the moment Triton exists still stops it
         server.wait_ready(args.ready_timeout)
         tls = " (TLS)" if security.tls_cert else ""
         print(
@@ -128,13 +133,25 @@ def run(args: argparse.Namespace) -> int:
         code = server.process.wait()
         print(f"Triton exited with code {code}", file=sys.stderr)
         return 1
+    except PortBusy as err:
+        print(f"smilejax: error: {err}; choose another with --{err.endpoint}-port", file=sys.stderr)
+        return 2
     except (RuntimeError, TimeoutError) as err:  # the server or a model failed to start
         print(f"smilejax: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("stopping Triton", flush=True)
+        signal.signal(signal.SIGINT, stopping)
+        signal.signal(signal.SIGTERM, stopping)
+        term_s = server.exit_timeout_s + server.stop_grace_s
+        print(
+            f"stopping Triton (SIGINT; if it still runs, SIGTERM after {term_s:g} s and SIGKILL after "
+            f"{server.stop_seconds():g} s)",
+            flush=True,
+        )
         code = server.stop()
         print(f"stopped (Triton exit code {code})", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGINT, stopping)  # an error's stop is bounded and uninterrupted too
+        signal.signal(signal.SIGTERM, stopping)
         server.stop()

@@ -20,6 +20,7 @@ is told. Serving from an HPC site: docs/SERVING-HPC.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -129,7 +130,7 @@ def backends_of(binary: Path) -> set[str]:
 
 class TritonServer:
     """``with TritonServer(repo, http_port=..., grpc_port=...) as server:`` starts, waits until the
-    models are ready, and stops the server at the end (SIGINT, then SIGKILL after ``exit_timeout_s``)."""
+    models are ready, and stops the server at the end (``stop``: SIGINT, then SIGTERM and SIGKILL)."""
 
     def __init__(
         self,
@@ -143,6 +144,8 @@ class TritonServer:
         binary: str | os.PathLike | None = None,
         security: Security | None = None,
         exit_timeout_s: int = 30,
+        stop_grace_s: float = 15,  # after exit_timeout_s, for unloading the models: then SIGTERM
+        kill_grace_s: float = 5,  # after SIGTERM: then SIGKILL
         log_file: str | os.PathLike | None = None,  # None: the server logs to this process's output
         log_verbose: int = 0,
     ):
@@ -158,6 +161,7 @@ class TritonServer:
         )
         self.security = security or Security()
         self.exit_timeout_s = exit_timeout_s
+        self.stop_grace_s, self.kill_grace_s = stop_grace_s, kill_grace_s
         self.log_file = Path(log_file) if log_file else None
         self.log_verbose = log_verbose
         self.models, self.skipped = self._choose_models(models)
@@ -313,22 +317,51 @@ class TritonServer:
             return f"; its log ({self.log_file}) ends:\n" + self.log_file.read_text(errors="replace")[-chars:]
         return ""
 
+    def stop_seconds(self) -> float:
+        """The longest ``stop`` waits before it sends SIGKILL."""
+        return self.exit_timeout_s + self.stop_grace_s + self.kill_grace_s
+
     def stop(self) -> int | None:
-        """SIGINT (Triton waits up to ``exit_timeout_s`` for requests in flight), then SIGKILL."""
+        """Stops the server and returns its exit code, in bounded time: SIGINT (Triton finishes the
+        requests in flight for up to ``exit_timeout_s``, then unloads its models); if it is still running
+        ``stop_grace_s`` after that, SIGTERM to its process group (Triton and its Python backend's
+        stubs); ``kill_grace_s`` later, SIGKILL to the group. Each escalation is logged."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=self.exit_timeout_s + 15)
-            except subprocess.TimeoutExpired:
-                log.warning("Triton did not stop within %d s; killing it", self.exit_timeout_s + 15)
-                self.process.kill()
-                self.process.wait()
-        if self._log:
-            self._log.close()
-            self._log = None
+        try:
+            self._signal_until_stopped()
+        finally:
+            if self._log:
+                self._log.close()
+                self._log = None
         return self.process.returncode
+
+    def _signal_until_stopped(self) -> None:
+        proc = self.process
+        waits = {
+            signal.SIGINT: self.exit_timeout_s + self.stop_grace_s,
+            signal.SIGTERM: self.kill_grace_s,
+            signal.SIGKILL: 10.0,  # only a process stuck in the kernel outlives this
+        }
+        previous = None
+        for sig, wait_s in waits.items():
+            if proc.poll() is not None:
+                return
+            if previous is None:
+                proc.send_signal(sig)
+            else:
+                log.warning(
+                    "Triton (pid %d) did not stop within %g s of %s; sending %s to its process group",
+                    proc.pid, waits[previous], previous.name, sig.name,
+                )  # fmt: skip
+                # Its own session (start_new_session): the group is Triton and its backends' stubs.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=wait_s)
+            previous = sig
+        if proc.poll() is None:
+            log.error("Triton (pid %d) outlived SIGKILL by %g s; leaving it", proc.pid, waits[signal.SIGKILL])
 
     def __enter__(self) -> TritonServer:
         self.start()

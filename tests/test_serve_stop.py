@@ -1,0 +1,151 @@
+"""Stopping the server is bounded: Triton gets SIGINT, then SIGTERM and SIGKILL to its process group
+(stubs included) when it outlives the grace periods, each escalation logged; ``smilejax serve`` stops on
+Ctrl-C even when it was started with SIGINT ignored (a background job of a non-interactive shell, as
+CI's ``nohup ... &`` starts the tests). Stand-in tritonservers, so seconds."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+
+import psutil
+import pytest
+
+from smilejax.serve.server import TritonServer
+from tests.conftest import ROOT, cli_env, free_port, smilejax_cmd, wait_for
+
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
+# A stand-in tritonserver: answers Triton's readiness probe on --http-port, notes the signals it gets in
+# the file `events` beside it and exits on the first; with STUBBORN set, it ignores them and starts a
+# child that ignores them too (as a hung Python-backend stub would), which writes its pid in `child`.
+FAKE = """\
+import http.server, os, signal, subprocess, sys, threading
+from pathlib import Path
+
+here = Path(sys.argv[0]).parent
+def note(signum, frame):
+    with open(here / "events", "a") as f:
+        f.write(signal.Signals(signum).name + "\\n")
+    if not os.environ.get("STUBBORN"):
+        os._exit(0)
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, note)
+CHILD = (
+    "import os, signal, sys, time\\n"
+    "for s in (signal.SIGINT, signal.SIGTERM):\\n"
+    "    signal.signal(s, signal.SIG_IGN)\\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\\n"
+    "time.sleep(600)\\n"
+)
+if os.environ.get("STUBBORN"):
+    subprocess.Popen([sys.executable, "-c", CHILD, str(here / "child")])
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+
+port = int(next(a for a in sys.argv if a.startswith("--http-port=")).split("=")[1])
+server = http.server.HTTPServer(("127.0.0.1", port), Ready)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+(here / "started").touch()
+while True:
+    signal.pause()
+"""
+
+
+@pytest.fixture
+def fake_triton(tmp_path):
+    """A model repository and the stand-in tritonserver; returns (repo, binary, its folder)."""
+    (tmp_path / "repo" / "toy").mkdir(parents=True)
+    (tmp_path / "repo" / "toy" / "config.pbtxt").write_text('name: "toy"\n')
+    binary = tmp_path / "triton" / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    binary.write_text(f"#!{sys.executable}\n{FAKE}")
+    binary.chmod(0o755)
+    return tmp_path / "repo", binary, binary.parent
+
+
+def sigint_ignored(cmd: list[str]) -> list[str]:
+    """``cmd`` started with SIGINT ignored, as a background job of a non-interactive shell starts
+    (``nohup make test &``, without ``timeout``, which resets it)."""
+    return ["bash", "-c", "trap '' INT; exec \"$@\"", "serve", *cmd]
+
+
+def _events(folder) -> list[str]:
+    path = folder / "events"
+    return path.read_text().split() if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by init
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_server_that_ends_on_sigint_gets_nothing_else(fake_triton, caplog):
+    repo, binary, folder = fake_triton
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), binary=binary, exit_timeout_s=1)
+    with caplog.at_level(logging.WARNING, logger="smilejax.serve.server"), server:  # waits for readiness
+        pass
+    assert server.process.returncode == 0 and _events(folder) == ["SIGINT"]
+    assert caplog.records == []
+
+
+def test_a_server_ignoring_sigint_and_sigterm_is_killed_with_its_children(fake_triton, caplog, monkeypatch):
+    repo, binary, folder = fake_triton
+    monkeypatch.setenv("STUBBORN", "1")
+    server = TritonServer(
+        repo, http_port=free_port(), grpc_port=free_port(), binary=binary,
+        exit_timeout_s=0, stop_grace_s=0.5, kill_grace_s=0.5,
+    )  # fmt: skip
+    server.start()
+    try:
+        wait_for(lambda: (folder / "child").exists() and (folder / "started").exists(), 60, "the stand-in")
+        child = int((folder / "child").read_text())
+        with caplog.at_level(logging.WARNING, logger="smilejax.serve.server"):
+            assert server.stop() == -signal.SIGKILL
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert _events(folder) == ["SIGINT", "SIGTERM"]  # SIGTERM went to the group, SIGKILL ended it
+    messages = [r.getMessage() for r in caplog.records]
+    pid = server.process.pid
+    assert messages == [
+        f"Triton (pid {pid}) did not stop within 0.5 s of SIGINT; sending SIGTERM to its process group",
+        f"Triton (pid {pid}) did not stop within 0.5 s of SIGTERM; sending SIGKILL to its process group",
+    ]
+    wait_for(lambda: _gone(child), 30, "the stand-in's child to be killed with it")
+
+
+def test_serve_stops_on_ctrl_c_even_when_started_with_sigint_ignored(fake_triton):
+    repo, binary, folder = fake_triton
+    http = free_port()
+    args = ["--triton", str(binary), "--http-port", str(http), "--grpc-port", str(free_port())]
+    proc = subprocess.Popen(
+        sigint_ignored(smilejax_cmd("serve", str(repo), *args, "--exit-timeout", "1")),
+        env=cli_env(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(line.startswith("ready:") for line in lines), 120, "serve to be ready", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    reader.join(timeout=10)
+    printed = "".join(lines)
+    assert "stopping Triton (SIGINT; if it still runs, SIGTERM after 16 s and SIGKILL after 21 s)" in printed
+    assert "stopped (Triton exit code 0)" in printed and _events(folder) == ["SIGINT"]
