@@ -11,6 +11,19 @@ checkpoints, the profiler, stop signals and pruning are objects it calls, in the
 - ``finish`` after the last step of a run that ran out its steps or was stopped by a signal (not after a
   failure, nor after a callback halted it);
 - ``close`` always, in reverse order, as the loop ends.
+
+Two rules the built-in callbacks rely on:
+
+- **The last record of a value is the run's value.** ``loop.emit`` hands a record to every callback in
+  order; a later record of the same key supersedes an earlier one. ``Evaluate.last`` takes a later
+  record of its ``eval/`` keys, and ``Result.last_eval``, the run summary and the tuners read ``last``.
+  So a callback that leaves the run in another state than the one last evaluated must emit that state's
+  values: early stopping emits its best ``eval/loss`` when it swaps the best state in (only the loss:
+  the other ``eval/`` values in ``last`` stay the last evaluation's).
+- **A callback may replace ``loop.state`` in ``step``**, keeping its step counter; the callbacks after
+  it see the new state at that step. So one that swaps the state sits before ``Checkpoint`` (the run's
+  last checkpoint saves the swapped state; a step already saved is never rewritten), and a state kept
+  for later is copied first (the next step donates the current state's buffers).
 """
 
 from __future__ import annotations
