@@ -144,3 +144,20 @@ def test_added_runs_join_the_table(tmp_path):
     assert abs(table["c2st_seed_std"] - 0.05) < 1e-9
     with pytest.raises(SystemExit, match=r"not an lfi-runs\.json"):
         bench_study.added_rows(str(tmp_path / "missing.json"))
+
+
+def test_early_stopped_runs_keep_the_peak_learning_rate():
+    """With early stopping the run's length is unknown, so smilejax trains at a constant learning rate
+    (sbi's Adam at a fixed rate): a cosine over the --epochs cap barely decays before the stop. Without
+    it, the config's schedule stands."""
+    from smilejax import config, optim
+
+    cfg = config.load("npe-two-moons")
+    assert cfg.optimizer.schedule == "cosine" and cfg.optimizer.warmup > 0
+    stopped = bench_study._optimizer(cfg, patience=20)
+    _, lr = optim.make(stopped, total_steps=3000)
+    assert [float(lr(s)) for s in (0, 10, 2999)] == [cfg.optimizer.lr] * 3
+    assert stopped.clip_norm == cfg.optimizer.clip_norm == 5.0  # sbi's clip_max_norm
+    assert bench_study._optimizer(cfg, patience=0) is cfg.optimizer
+    # the spline covers +-3 of the standardised theta, as sbi's tail bound; past it, linear tails
+    assert cfg.model.flow.bound == 3.0

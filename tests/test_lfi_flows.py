@@ -62,6 +62,18 @@ def test_autoregressive_structure():
     assert np.all(np.abs(np.tril(np.asarray(jac), -1))[np.tril_indices(4, -1)] > 0)
 
 
+@pytest.mark.parametrize("dim", [1, 2, 4])
+def test_every_output_of_a_made_sees_the_context(dim):
+    """The first dimension's transform too depends on the observation (units of degree 0 feed it): with
+    hidden degrees from 1 up, output 1 was a constant bias in every layer, blind to x."""
+    flow = make_flow("nsf", dim=dim, context=3, seed=9)
+    made = flow.layers[0].made
+    theta = jax.random.normal(jax.random.key(10), (dim,))
+    ctx = jax.random.normal(jax.random.key(11), (3,))
+    jac = jax.jacfwd(lambda c: made(theta, c))(ctx)  # [dim, per_dim, 3 context]
+    assert np.all(np.abs(np.asarray(jac)).sum(axis=(1, 2)) > 0)
+
+
 def test_masks_are_built_once_as_constants_not_state():
     """A MaskedDense's mask is made at construction and held as static structure: the flow's state is its
     kernels and biases only, and a traced forward embeds the mask as a constant."""

@@ -242,10 +242,21 @@ def train_smilejax(cfg: Config, args, task, budget: int, seed: int, path: Path, 
         ),
         logging=dataclasses.replace(cfg.logging, wandb="off", tensorboard=False, progress=False),
         train=dataclasses.replace(cfg.train, precision="fp32", early_stop_patience=patience),
+        optimizer=_optimizer(cfg, patience),
     )
     result = trainer.train(run_cfg)
     seconds = time.perf_counter() - start
     return trained.load(run_dir), seconds, result.step, result.step / per_epoch
+
+
+def _optimizer(cfg: Config, patience: int):
+    """The config's optimizer; with early stopping at its peak learning rate throughout, as sbi trains:
+    a warm-up and decay spread over the ``--epochs`` cap would follow a clock that the stop ignores (a
+    run stopped at epoch 140 of 1000 never decays). On two_moons at 10^3 this gave a lower held-out loss
+    (-2.61 against -2.56, seed 0)."""
+    if not patience:
+        return cfg.optimizer
+    return dataclasses.replace(cfg.optimizer, schedule="constant", warmup=0.0)
 
 
 def score(task, draws: np.ndarray, observations: list[int]) -> list[float]:

@@ -46,10 +46,12 @@ class FlowConfig:
 
 
 def _degrees(dim: int, hidden: Sequence[int]) -> list[np.ndarray]:
-    """MADE degrees: inputs 1..dim, hidden units cycling 1..dim-1 (0 when dim == 1: only the context)."""
+    """MADE degrees: inputs 1..dim, hidden units cycling 0..dim-1. A unit of degree 0 sees the context
+    alone; without such units the first output of every layer (degree 1, fed by units of degree < 1)
+    would be a constant, its transform blind to the observation."""
     degrees = [np.arange(1, dim + 1)]
     for width in hidden:
-        degrees.append(np.arange(width) % max(dim - 1, 1) + (1 if dim > 1 else 0))
+        degrees.append(np.arange(width) % dim)
     return degrees
 
 
