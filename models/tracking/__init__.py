@@ -44,6 +44,11 @@ def _check(values) -> None:
         raise ValueError(f"--score-cut must be in [0, 1), not {cut}")
     if values["min_hits"] < 1:
         raise ValueError(f"--min-hits must be at least 1, not {values['min_hits']}")
+    if values["min_track_length"] < 1:
+        raise ValueError(f"--min-track-length must be at least 1, not {values['min_track_length']}")
+    bridge = values["bridge"]
+    if bridge is not None and (values["builder"] != "walk" or not 0 <= bridge < 1):
+        raise ValueError(f"--bridge needs --builder walk and a score in [0, 1), not {bridge}")
 
 
 EVALUATION = Evaluation(
@@ -53,11 +58,14 @@ EVALUATION = Evaluation(
         Option("--score-cut", float, None, "edge score cut of track building (default: model.edge_cut)"),
         Option("--builder", str, "cc", "track builder: cc (connected components) or walk (walk-through)"),
         Option("--min-hits", int, 3, "hits of the shortest track kept, and of a reconstructable particle"),
+        Option("--bridge", float, None, "walk: weakest edge crossed once when none above the cut is left"),
+        Option("--min-track-length", int, 5, "acorn's columns: hits of the shortest track counted"),
     ),
     check=_check,
     about="edge efficiency and purity of the Interaction GNN, tracks built from its scores (connected "
     "components or walk-through), track efficiency, fake and duplicate rates (pT > model.pt_cut and all, "
-    "binned in pT and eta) and the TrackML score.",
+    "binned in pT and eta), the TrackML score, and acorn's efficiency, fake and duplicate rates (ATLAS, "
+    "one-way and two-way matching).",
 )
 
 SPEC = ModelSpec(

@@ -1,10 +1,13 @@
 """``smilejax eval RUN`` for the edge classifier: edge efficiency and purity, track building, track
 efficiency, fake and duplicate rates for pT > ``pt_cut`` and all pT, binned in pT and eta, and the
-TrackML score (definitions: ``tracks``).
+TrackML score (definitions: ``tracks``), and the track efficiency, fake and duplicate rates with acorn's
+published definitions for its three matching styles (``matching``: ATLAS, one-way, two-way; tracks of at
+least ``--min-track-length`` hits, targets pT >= 1 GeV, >= 3 hits, |eta| <= 4).
 
 Edge truth: consecutive hits of one particle (the batch's ``true_edges``; evaluation reads them);
 "target" edges and particles have pT above the model's ``pt_cut``. Options: ``--score-cut`` (default:
-the model's ``edge_cut``), ``--builder cc|walk``, ``--min-hits``.
+the model's ``edge_cut``), ``--builder cc|walk``, ``--bridge`` (walk: the weakest edge it may cross
+once when no edge above the cut is left), ``--min-hits``, ``--min-track-length`` (acorn's columns).
 
 Files in ``opts.out``: ``track_efficiency.png`` (vs pT and eta), ``fake_duplicate.png`` (vs pT and eta),
 ``edge_scores.png`` (score distributions of true and false edges), ``tracking.npz`` (per particle and
@@ -22,7 +25,7 @@ from smilejax.evaluation import EvalOptions, predict
 from smilejax.plotting import pyplot
 from smilejax.trained import TrainedModel
 
-from . import tracks
+from . import matching, tracks
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +52,22 @@ def consecutive_truth(edges: np.ndarray, true_edges: np.ndarray, n_hits: int) ->
     return (nxt[edges[:, 0]] == edges[:, 1]) | (nxt[edges[:, 1]] == edges[:, 0])
 
 
-def event_tracks(event: dict, scores: np.ndarray, cut: float, builder: str, min_hits: int) -> dict:
-    """One event's track building and matching: per-particle and per-track arrays and its score."""
+def event_tracks(
+    event: dict,
+    scores: np.ndarray,
+    cut: float,
+    builder: str,
+    min_hits: int,
+    bridge: float | None = None,
+    min_track_length: int = 5,
+) -> dict:
+    """One event's track building and matching: per-particle and per-track arrays, its score and
+    acorn's counts per matching style (``acorn``)."""
     n = int(event["hit_mask"].sum())
     m = int(event["edge_mask"].sum())
     edges = event["edges"][:m]
     particle = event["particle"][:n].astype(np.int64)
-    labels = tracks.build(builder, n, edges, scores[:m], cut, min_hits)
+    labels = tracks.build(builder, n, edges, scores[:m], cut, min_hits, bridge)
     mt = tracks.match(labels, particle)
     pt_of = np.zeros(mt["n_particle"].size)
     eta_of = np.zeros(mt["n_particle"].size)
@@ -75,6 +87,12 @@ def event_tracks(event: dict, scores: np.ndarray, cut: float, builder: str, min_
         "track_fake": mt["fake"],
         "track_duplicate": mt["duplicate"],
         "score": tracks.trackml_score(labels, particle, event["weight"][:n]),
+        "acorn": {
+            style: matching.event(
+                labels, particle, pt_of, eta_of, style=style, min_track_length=min_track_length
+            )
+            for style in matching.STYLES
+        },
     }
 
 
@@ -123,6 +141,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     cut = opts.model.get("score_cut")
     cut = cfg.edge_cut if cut is None else cut
     builder, min_hits = opts.model.get("builder", "cc"), opts.model.get("min_hits", 3)
+    bridge, min_length = opts.model.get("bridge"), opts.model.get("min_track_length", 5)
+    acorn = {style: dict.fromkeys(matching.COUNTS, 0) for style in matching.STYLES}
     src = predict.source(trained, opts.split)
     n_max = predict.available(src, trained.cfg.data.batch_size)
     if n_max == 0:
@@ -150,8 +170,11 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
             edge["passed_target"] += int((passed & tgt).sum())
             hist_true += np.histogram(s[y], 50, (0, 1))[0]
             hist_false += np.histogram(s[~y], 50, (0, 1))[0]
-            res = event_tracks(ev, out["edge_scores"][row], cut, builder, min_hits)
+            res = event_tracks(ev, out["edge_scores"][row], cut, builder, min_hits, bridge, min_length)
             scores_list.append(res.pop("score"))
+            for style, counts in res.pop("acorn").items():
+                for k in matching.COUNTS:
+                    acorn[style][k] += counts[k]
             gathered.add(**res)
     g = gathered.join()
     metrics = {
@@ -159,6 +182,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
         "score_cut": cut,
         "builder": builder,
         "min_hits": min_hits,
+        "bridge": bridge,
+        "min_track_length": min_length,
         "edges": {
             "efficiency": edge["passed_true"] / max(edge["true"], 1),
             f"efficiency_pt>{cfg.pt_cut:g}": edge["passed_target"] / max(edge["target"], 1),
@@ -167,6 +192,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
             "passed": edge["passed"],
         },
         "tracks": summarise(g, cfg.pt_cut),
+        "acorn": {style: matching.rates(c) for style, c in acorn.items()},
         "trackml_score": float(np.mean(scores_list)),
     }
     metrics["files"] = _plots(opts, metrics, g, hist_true, hist_false)
@@ -233,5 +259,11 @@ def summary(metrics: dict) -> str:
         rows.append(
             f"{name:>8}: efficiency {t['track_efficiency']:.3f}  fake {t['fake_rate']:.3f}  "
             f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks)"
+        )
+    for style, t in metrics.get("acorn", {}).items():
+        rows.append(
+            f"acorn {style:>7}: efficiency {t['track_efficiency']:.3f}  fake {t['fake_rate']:.4f}  "
+            f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks of "
+            f">= {metrics['min_track_length']} hits)"
         )
     return "\n".join(rows)

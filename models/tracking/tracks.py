@@ -5,7 +5,10 @@ Builders (one event; ``labels[i]`` is hit i's track, -1 for a hit on no track):
 * ``connected_components``: the connected components of the edges scoring above the cut (Exa.TrkX);
 * ``walkthrough``: from every hit with no incoming edge above the cut (inner to outer), follow the
   highest-scoring outgoing edge above the cut to a hit not yet used, layer by layer, until none is left;
-  then again from the hits still unused (acorn's walk-through, greedy variant).
+  then again from the hits still unused (acorn's walk-through, greedy variant). With ``bridge`` (a
+  score below the cut), a walk with no edge above the cut left may cross one weaker edge (above
+  ``bridge``) to a free hit that goes on with an edge above the cut: a true edge the classifier scored
+  low no longer splits the track in two.
 
 Tracks with fewer than ``min_hits`` hits are dropped.
 
@@ -53,39 +56,59 @@ def connected_components(
 
 
 def walkthrough(
-    n_hits: int, edges: np.ndarray, scores: np.ndarray, cut: float, min_hits: int = 3
+    n_hits: int,
+    edges: np.ndarray,
+    scores: np.ndarray,
+    cut: float,
+    min_hits: int = 3,
+    bridge: float | None = None,
 ) -> np.ndarray:
-    sel = scores > cut
+    low = cut if bridge is None else min(bridge, cut)
+    sel = scores > low
     e, s = edges[sel], scores[sel]
     order = np.lexsort((-s, e[:, 0]))  # by sender, best score first
     e, s = e[order], s[order]
+    strong = s > cut
     start = np.searchsorted(e[:, 0], np.arange(n_hits + 1))
     has_in = np.zeros(n_hits, bool)
-    has_in[e[:, 1]] = True
+    has_in[e[strong, 1]] = True
     labels = np.full(n_hits, -1, np.int64)
     track = 0
     seeds = np.r_[np.flatnonzero(~has_in), np.flatnonzero(has_in)]
     for seed in seeds.tolist():
-        if labels[seed] >= 0 or start[seed] == start[seed + 1]:
+        if labels[seed] >= 0 or not strong[start[seed] : start[seed + 1]].any():
             continue
         v = seed
         labels[v] = track
         while True:
-            nxt = e[start[v] : start[v + 1], 1]
-            free = nxt[labels[nxt] < 0]
-            if free.size == 0:
-                break
-            v = int(free[0])
+            nxt, ok = e[start[v] : start[v + 1], 1], strong[start[v] : start[v + 1]]
+            free = ok & (labels[nxt] < 0)
+            if free.any():
+                v = int(nxt[np.argmax(free)])
+            else:
+                v = -1 if bridge is None else _bridge(nxt[~ok & (labels[nxt] < 0)], e, strong, start, labels)
+                if v < 0:
+                    break
             labels[v] = track
         track += 1
     return _finish(labels, min_hits)
 
 
-def build(builder: str, n_hits, edges, scores, cut, min_hits=3) -> np.ndarray:
+def _bridge(weak: np.ndarray, e, strong, start, labels) -> int:
+    """The first (best-scored) of ``weak``, v's free hits over an edge below the cut, that goes on with
+    an edge above the cut to a free hit; -1 if none does."""
+    for u in weak.tolist():
+        nxt = e[start[u] : start[u + 1], 1]
+        if (strong[start[u] : start[u + 1]] & (labels[nxt] < 0)).any():
+            return u
+    return -1
+
+
+def build(builder: str, n_hits, edges, scores, cut, min_hits=3, bridge: float | None = None) -> np.ndarray:
     if builder == "cc":
         return connected_components(n_hits, edges, scores, cut, min_hits)
     if builder == "walk":
-        return walkthrough(n_hits, edges, scores, cut, min_hits)
+        return walkthrough(n_hits, edges, scores, cut, min_hits, bridge)
     raise ValueError(f"unknown track builder {builder!r}; choose from {BUILDERS}")
 
 
