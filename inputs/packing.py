@@ -250,6 +250,12 @@ def unpack_jets(values: np.ndarray, packing: Packing) -> np.ndarray:
     return values[packing.row, packing.slot]
 
 
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    """Whether ``batch`` is packed rows (``pack``'s output), so that code outside a family can refuse
+    packed batches without naming the family's keys."""
+    return "segment" in batch and "jet_valid" in batch
+
+
 def examples(batch: Mapping[str, Any]) -> int:
     """How many examples (jets) ``batch`` holds: a packed batch's valid jet slots, else its rows."""
     if "jet_valid" in batch:

@@ -86,7 +86,9 @@ class TorchTraining:
     python(explicit) -> the reference interpreter (``explicit``: ``--torch-python``); a SystemExit naming
         the environment when it is missing.
     keys: the batch keys the script reads.
-    options(model_cfg) -> the loss settings laid over ``Bench.torch_config`` (task weights, ...).
+    options(model_cfg, batch) -> the loss settings laid over ``Bench.torch_config`` (task weights, the
+        trained tasks, ...); ``batch``: the first training batch as written (``keys``), so that what the
+        family decides from a batch's keys (GN2's auxiliary tasks) is decided by the family, not the script.
     weights(model) -> {peer state_dict name: array}: the model's parameters as the peer names them, so
         both start from the same weights.
     """
@@ -94,7 +96,7 @@ class TorchTraining:
     script: Path
     python: Callable[[str | None], Path]
     keys: tuple[str, ...]
-    options: Callable[[Any], dict]
+    options: Callable[[Any, Mapping[str, np.ndarray]], dict]
     weights: Callable[[nnx.Module], dict[str, np.ndarray]]
 
 

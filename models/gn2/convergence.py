@@ -16,7 +16,7 @@ from ..reference_env import find_python
 from ..spec import Convergence, TorchTraining
 from . import flavour
 from .features import SALT_REF_DIR, SALT_REF_VAR
-from .model import JET_CLASSES, GN2Config
+from .model import JET_CLASSES, GN2Config, _active_tasks
 
 WORKING_POINT = 0.77
 FC, FTAU = 0.2, 0.01  # the default fractions of ``smilejax eval`` (ATLAS GN2v01)
@@ -74,12 +74,13 @@ def _torch_python(explicit: str | None) -> Path:
     )
 
 
-def _torch_options(cfg: GN2Config) -> dict:
-    """The loss settings of ``torch_peer.loss_fn`` (the network's come from ``Bench.torch_config``)."""
+def _torch_options(cfg: GN2Config, batch: Mapping[str, np.ndarray]) -> dict:
+    """The loss settings of ``torch_peer.loss_fn`` (the network's come from ``Bench.torch_config``),
+    with the tasks GN2 trains on ``batch``'s keys (``aux_tasks``)."""
     if cfg.dropout:
         raise SystemExit("bench convergence --torch: the PyTorch peer has no dropout; set model.dropout=0")
     loss = {
-        "aux_tasks": cfg.aux_tasks,
+        "tasks": list(_active_tasks(cfg.aux_tasks, batch)),
         "task_weights": [cfg.jet_weight, cfg.origin_weight, cfg.vertex_weight],
         "vertex_origin_weighting": cfg.vertex_origin_weighting,
         "vertex_loss_norm": cfg.vertex_loss_norm,

@@ -7,15 +7,16 @@ smilejax)::
     .salt-ref/bin/python models/gn2/torch_train.py --work DIR --mode compile
 
 DIR (written by ``smilejax.bench._convergence_torch``): ``run.json`` (model and loss settings, the
-learning rate of every step, AdamW's settings, steps, eval_every, precision), ``train_KEY.npy``
-[steps, B, ...] and ``eval_KEY.npy`` [batches, B, ...] (the study's first variant's padded batches, in
-its order), ``weights.npz`` (smilejax's initial parameters under the peer's names). Every batch is
-moved to the device once, before training (the peer gets its batches for free). Writes
-``points.json``: at step 0, every ``eval_every`` steps and the last, the jets seen, the training
-seconds (steps only, synchronised before each evaluation; the compilation, a first forward and
-backward pass on batch 0 whose gradients are dropped, timed apart as ``compile_s``), the validation
-loss (mean over the held-out batches, as smilejax's) and ``eval-STEP.npz`` (per-jet flavour
-log-probabilities and labels, as ``models/gn2/convergence.predict``).
+trained tasks among them as smilejax chose them, the learning rate of every step, AdamW's settings,
+steps, eval_every, precision), ``train_KEY.npy`` [steps, B, ...] and ``eval_KEY.npy`` [batches, B, ...]
+(the study's first variant's padded batches, in its order), ``weights.npz`` (smilejax's initial
+parameters under the peer's names). Every batch is moved to the device once, before training (the peer
+gets its batches for free). Writes ``points.json``: at step 0, every ``eval_every`` steps and the last,
+the jets seen, the training seconds (steps only, synchronised before each evaluation; the compilation,
+a first forward and backward pass on batch 0 whose gradients are dropped, timed apart as
+``compile_s``), the validation loss (mean over the held-out batches, as smilejax's; one forward pass
+per batch gives it and the jet logits) and ``eval-STEP.npz`` (per-jet flavour log-probabilities and
+labels, as ``models/gn2/convergence.predict``).
 """
 
 from __future__ import annotations
@@ -46,17 +47,6 @@ def load(work: Path, split: str, device: torch.device) -> dict[str, torch.Tensor
             x = torch.from_numpy(np.load(path))
             out[key] = (x.bool() if key == "valid" else x if x.is_floating_point() else x.long()).to(device)
     return out
-
-
-def tasks(aux_tasks: str, batches: dict[str, torch.Tensor]) -> list[str]:
-    """The trained heads, as smilejax's ``aux_tasks`` chooses them from the batch keys."""
-    aux = {"origin": "track_origin", "vertex": "track_vertex"}
-    if aux_tasks == "off":
-        return ["jet"]
-    missing = [key for key in aux.values() if key not in batches]
-    if aux_tasks == "on" and missing:
-        raise ValueError(f"aux_tasks='on' needs batch keys {missing}, which the batches lack")
-    return ["jet", *(task for task, key in aux.items() if key in batches)]
 
 
 def at(batches: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
@@ -91,13 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         fused=device.type == "cuda",
     )
     train, held_out = load(work, "train", device), load(work, "eval", device)
-    options = dict(run["model"]["loss"])
-    options["tasks"] = tasks(options.pop("aux_tasks"), train)
+    options = run["model"]["loss"]  # the tasks included: smilejax chose them from the batch keys
 
     def compute(model: GN2, batch: dict) -> torch.Tensor:
         return loss_fn(model, batch, options)
 
-    compute = torch.compile(compute, dynamic=False) if args.mode == "compile" else compute
+    def score(model: GN2, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and jet logits of one forward pass: ``loss_fn`` calls the model it is given once,
+        here a stand-in that returns this pass's outputs."""
+        outputs = model(batch["tracks"], batch["valid"], tuple(options["tasks"]))
+        return loss_fn(lambda *_: outputs, batch, options), outputs[0]
+
+    if args.mode == "compile":
+        compute, score = (torch.compile(f, dynamic=False) for f in (compute, score))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=run["precision"] == "bf16")
     batch_size, steps, every = run["batch_size"], run["steps"], run["eval_every"]
 
@@ -106,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         losses, log_probs = [], []
         with torch.no_grad(), autocast:
             for i in range(held_out["valid"].shape[0]):
-                batch = at(held_out, i)
-                losses.append(float(compute(model, batch)))
-                jet_logits = model(batch["tracks"], batch["valid"], ("jet",))[0]
+                loss, jet_logits = score(model, at(held_out, i))
+                losses.append(float(loss))
                 log_probs.append(F.log_softmax(jet_logits.float(), -1).cpu().numpy())
         model.train()
         flavour = held_out["flavour"].reshape(-1).cpu().numpy()

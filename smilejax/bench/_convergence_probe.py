@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from smilejax.callbacks.base import Callback, due
+from smilejax.inputs import packing
 from smilejax.loop import to_global
 
 if TYPE_CHECKING:
@@ -75,10 +76,9 @@ class Probe(Callback):
         """The point of ``step``: evaluations, then the clock restarts."""
         point = {"step": step, "jets": self.jets, "train_s": self.train_s, "compile_s": self.compile_s}
         t_eval = time.perf_counter()
-        values = self.evaluation(loop.program, loop.state)
+        values, quality = self.evaluate(loop)
         point["val_loss"] = values.pop("eval/loss")
         point.update({"val_" + k.removeprefix("eval/"): v for k, v in values.items()})
-        quality = self.quality(loop)
         point.update(quality)
         point["eval_s"] = time.perf_counter() - t_eval
         self.points.append(point)
@@ -86,9 +86,8 @@ class Probe(Callback):
         loop.emit(step, {**record, "jets_seen": float(self.jets)})  # into metrics.jsonl too
         self._mark()
 
-    def quality(self, loop: Loop) -> dict[str, float]:
-        """The family's quality metric over the held-out batches of the validation loss."""
-        program = loop.program
+    def _predictor(self, program) -> Any:
+        """The family's ``predict`` with the model in eval mode, jitted once."""
         if self._predict is None:
             graphdef, predict = program.graphdef, self.hook.predict
 
@@ -98,14 +97,27 @@ class Probe(Callback):
                 return predict(model, batch)
 
             self._predict = jax.jit(forward)
+        return self._predict
+
+    def evaluate(self, loop: Loop) -> tuple[dict[str, float], dict[str, float]]:
+        """The eval values (means over the held-out batches, summed as ``trainer.evaluate`` sums them)
+        and the family's quality metric, from one read of each held-out batch: both run on the same
+        batch on the devices."""
+        program, state = loop.program, loop.state
+        predict = self._predictor(program)
         batches = self.evaluation.restart()
-        outs = []
+        scores, outs = [], []
         for _ in range(self.cfg.run.eval_steps):
             batch = next(batches)
-            if "segment" in batch:
+            if packing.is_packed(batch):
                 raise ValueError("bench convergence: held-out batches are packed; they must stay unpacked")
             batch = to_global(program.eval_batch_sharding, batch)
-            outs.append(self._predict(loop.state.params, loop.state.rest, batch))
-        gathered = jax.device_get(outs)
-        joined = {k: np.concatenate([o[k] for o in gathered]) for k in gathered[0]}
-        return {k: float(v) for k, v in self.hook.quality(joined).items()}
+            scores.append(program.eval_step(state, batch))
+            outs.append(predict(state.params, state.rest, batch))
+        scores, outs = jax.device_get((scores, outs))  # one fetch, after every batch ran
+        values = {
+            f"eval/{k}": float(sum(np.asarray(s[k], np.float64) for s in scores) / len(scores))
+            for k in scores[0]
+        }
+        joined = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        return values, {k: float(v) for k, v in self.hook.quality(joined).items()}

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smilejax.inputs import packing
+
 log = logging.getLogger(__name__)
 
 
@@ -83,12 +85,13 @@ def run(
 # ---------------------------------------------------------------- the child: batches, weights, settings
 
 
-def _write(work: Path, split: str, batches: Iterator[dict], count: int, keys: tuple[str, ...]) -> None:
-    """``count`` batches as ``SPLIT_KEY.npy`` [count, ...] for each of ``keys`` the batches have."""
+def _write(work: Path, split: str, batches: Iterator[dict], count: int, keys: tuple[str, ...]) -> dict:
+    """``count`` batches as ``SPLIT_KEY.npy`` [count, ...] for each of ``keys`` the batches have; returns
+    the first batch as written (those keys)."""
     files: dict[str, np.ndarray] = {}
     for i in range(count):
         batch = next(batches)
-        if "segment" in batch:
+        if packing.is_packed(batch):
             raise SystemExit("bench convergence --torch: the first variant's batches are packed; it must pad")
         for key in [k for k in keys if k in batch] if i == 0 else files:
             x = np.asarray(batch[key])
@@ -103,6 +106,7 @@ def _write(work: Path, split: str, batches: Iterator[dict], count: int, keys: tu
             files[key][i] = x
     for f in files.values():
         f.flush()
+    return {k: f[0] for k, f in files.items()}
 
 
 def prepare(work: Path, eval_every: int) -> None:
@@ -112,7 +116,7 @@ def prepare(work: Path, eval_every: int) -> None:
     cfg = config.load(work / "config.yaml")
     spec = registry.model(cfg.model.name)
     hook = spec.bench.convergence.torch
-    _write(work, "train", iter(trainer.make_inputs(cfg, "train")), cfg.run.steps, hook.keys)
+    first = _write(work, "train", iter(trainer.make_inputs(cfg, "train")), cfg.run.steps, hook.keys)
     _write(work, "eval", trainer.Evaluation(cfg).restart(), cfg.run.eval_steps, hook.keys)
     model = steps.build_model(spec, cfg, cfg.run.seed)  # the initial weights of the JAX run with this seed
     np.savez(work / "weights.npz", **hook.weights(model))
@@ -120,7 +124,7 @@ def prepare(work: Path, eval_every: int) -> None:
     schedule = optim.schedule(cfg.optimizer, cfg.run.steps)
     o = cfg.optimizer
     settings = {
-        "model": {**spec.bench.torch_config(model_cfg), **hook.options(model_cfg)},
+        "model": {**spec.bench.torch_config(model_cfg), **hook.options(model_cfg, first)},
         "lr": [float(schedule(i)) for i in range(cfg.run.steps)],
         "optimizer": {
             "b1": o.b1,
