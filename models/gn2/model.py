@@ -21,23 +21,7 @@ the same function as salt's concatenation but never builds the [B, T, T, 384] pa
 Padded tracks (``valid == False``; holes allowed) are zeroed on input, never attended to nor pooled,
 and their per-track / per-pair outputs are set to 0.
 
-Losses (``loss``), averaged in float32:
-
-* jet: cross-entropy over jets, with optional class weights (PyTorch's weighted mean); jets with a
-  negative label are ignored;
-* origin: cross-entropy over valid tracks with a label >= 0 (salt ignores -1 and masks -2), optional
-  class weights; weight 0.5. Class weights come from ``class_weights``, which the ``ftag_h5`` format
-  fills from its ``data.class_dict`` (salt's ``use_class_dict``);
-* vertex: binary cross-entropy over all ordered pairs (i, j), i != j, of valid tracks; the target is 1
-  when both tracks carry the same vertex index and that index is >= 0 (salt's definition). When
-  ``track_origin`` is present the pair weight is salt's: with ``w = [origin in {fromB, fromBC, fromC}]
-  - [origin == fake]`` per track, a pair weighs ``1 + (w_i & w_j)`` (a bitwise and, as in salt: two
-  heavy-flavour tracks, or one heavy-flavour and one fake, weigh 2; two fakes 0; all other pairs 1; a
-  track of origin -2 keeps its pairs, with w = 0, as in salt, whose origin mask does not reach the
-  vertexing task). The weighted sum is divided, as salt's ``VertexingTask`` does, by the number of
-  matching pairs (``vertex_loss_norm="matches"``, default; 0 rather than salt's inf or NaN for a batch
-  without one) or by the number of valid pairs (``"pairs"``: a smaller loss, by matches/pairs, whose
-  scale does not depend on how many tracks share vertices); weight 1.5.
+Losses: ``models/gn2/losses.py`` (``loss``, re-exported here).
 
 Packed batches (``"segment" in batch``; built by ``inputs/packing.py``): R rows of T track slots hold
 several jets each, ``segment`` [R, T] naming each track's jet slot (0..J-1, -1 empty) and ``jet_valid``
@@ -59,21 +43,15 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from .. import kernel_mode, pair_mlp
 from ..layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
+from .losses import loss  # noqa: F401 (re-exported: the model's loss, as before)
+from .tasks import AUX_KEYS, JET_CLASSES, ORIGIN_CLASSES, TASKS, pair_mask  # noqa: F401 (re-exported)
+from .tasks import active_tasks as _active_tasks  # noqa: F401 (its old name here, which convergence imports)
 
 log = logging.getLogger(__name__)
-
-JET_CLASSES = ("b", "c", "light", "tau")
-ORIGIN_CLASSES = ("pileup", "fake", "primary", "fromB", "fromBC", "fromC", "fromTau", "otherSecondary")
-TASKS = ("jet", "origin", "vertex")
-AUX_KEYS = {"origin": "track_origin", "vertex": "track_vertex"}
-
-_FAKE = ORIGIN_CLASSES.index("fake")
-_HEAVY_FLAVOUR = tuple(ORIGIN_CLASSES.index(c) for c in ("fromB", "fromBC", "fromC"))
 
 
 @dataclasses.dataclass
@@ -281,7 +259,7 @@ class GN2(nnx.Module):
                     # a pair in one jet: the context of track i is that of track j
                     h = ctx[:, :, None, :] + xi[:, :, None, :] + xj[:, None, :, :]
                     logits = self.vertex_head.finish(h)[..., 0]
-                out["vertex_logits"] = jnp.where(_pair_mask(valid, segment), logits, 0)
+                out["vertex_logits"] = jnp.where(pair_mask(valid, segment), logits, 0)
         return out
 
     def fused_pairs(self) -> bool:
@@ -300,116 +278,6 @@ class GN2(nnx.Module):
 
 def build(cfg: GN2Config, *, rngs: nnx.Rngs, dtype=jnp.float32) -> GN2:
     return GN2(cfg, rngs=rngs, dtype=dtype)
-
-
-def _active_tasks(mode: str, batch) -> tuple[str, ...]:
-    if mode == "off":
-        return ("jet",)
-    if mode == "on":
-        for key in AUX_KEYS.values():
-            if key not in batch:
-                raise ValueError(f"aux_tasks='on' needs batch key {key!r}, which the batch lacks")
-        return TASKS
-    return ("jet", *(task for task, key in AUX_KEYS.items() if key in batch))
-
-
-def _pair_mask(valid: jax.Array, segment: jax.Array | None) -> jax.Array:
-    """[B, T, T]: both tracks valid (and in the same jet, packed)."""
-    pairs = valid[:, :, None] & valid[:, None, :]
-    return pairs if segment is None else pairs & (segment[:, :, None] == segment[:, None, :])
-
-
-def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-
-
-def _cross_entropy(
-    logits: jax.Array, labels: jax.Array, mask: jax.Array, class_weights: tuple[float, ...] | None
-) -> jax.Array:
-    """Mean cross-entropy over ``mask``; with class weights, PyTorch's sum(w_y * l) / sum(w_y)."""
-    n = logits.shape[-1]
-    labels = labels.astype(jnp.int32)
-    mask = mask & (labels >= 0) & (labels < n)
-    safe = jnp.where(mask, labels, 0)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
-    w = mask.astype(jnp.float32)
-    if class_weights is not None:
-        w = w * jnp.asarray(class_weights, jnp.float32)[safe]
-    return _safe_div(jnp.sum(w * nll), jnp.sum(w))
-
-
-def _pair_weights(origin: jax.Array) -> jax.Array:
-    """salt's VertexingTask.get_weights: 1 + (w_i & w_j), w = [heavy flavour] - [fake] (bitwise and)."""
-    hf = jnp.isin(origin, jnp.asarray(_HEAVY_FLAVOUR)).astype(jnp.int32)
-    w = hf - (origin == _FAKE).astype(jnp.int32)
-    return (1 + jnp.bitwise_and(w[:, :, None], w[:, None, :])).astype(jnp.float32)
-
-
-def loss(model: GN2, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The weighted task losses and metrics of a batch, padded or packed (``"segment" in batch``)."""
-    tasks = _active_tasks(model.aux_tasks, batch)
-    valid = jnp.asarray(batch["valid"]).astype(bool)
-    if "segment" not in batch:
-        out = model(batch["tracks"], valid, tasks=tasks)
-        return _task_losses(model, batch, out, tasks, valid)
-    segment = jnp.asarray(batch["segment"]).astype(jnp.int32)
-    jet_valid = jnp.asarray(batch["jet_valid"]).astype(bool)
-    out = model(batch["tracks"], valid, tasks=tasks, segment=segment, jet_valid=jet_valid)
-    return _task_losses(model, batch, out, tasks, valid, segment, jet_valid)
-
-
-@jax.named_scope("loss")
-def _task_losses(
-    model: GN2,
-    batch,
-    out: dict[str, jax.Array],
-    tasks: tuple[str, ...],
-    valid: jax.Array,
-    segment: jax.Array | None = None,
-    jet_valid: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Packed (``segment``, ``jet_valid``): jets are the valid jet slots, pairs those within a jet, so
-    every value is the padded batch's with the same jets."""
-    w_jet, w_origin, w_vertex = model.task_weights
-
-    flavour = jnp.asarray(batch["flavour"]).astype(jnp.int32)
-    jet_logits = out["jet_logits"].astype(jnp.float32)
-    correct = (jnp.argmax(jet_logits, axis=-1) == flavour).astype(jnp.float32)
-    if jet_valid is None:
-        loss_jet = _cross_entropy(jet_logits, flavour, jnp.ones_like(valid[:, 0]), model.jet_class_weights)
-        acc_jet = jnp.mean(correct)
-    else:
-        loss_jet = _cross_entropy(jet_logits, flavour, jet_valid, model.jet_class_weights)
-        acc_jet = _safe_div(jnp.sum(correct * jet_valid), jnp.sum(jet_valid.astype(jnp.float32)))
-    metrics = {"loss_jet": loss_jet, "acc_jet": acc_jet}
-    total = w_jet * loss_jet
-
-    if "origin" in tasks:
-        loss_origin = _cross_entropy(
-            out["origin_logits"], jnp.asarray(batch["track_origin"]), valid, model.origin_class_weights
-        )
-        metrics["loss_origin"] = loss_origin
-        total = total + w_origin * loss_origin
-
-    if "vertex" in tasks:
-        vertex = jnp.asarray(batch["track_vertex"]).astype(jnp.int32)
-        n = vertex.shape[1]
-        pairs = _pair_mask(valid, segment) & ~jnp.eye(n, dtype=bool)
-        target = (
-            (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0) & (vertex[:, None, :] >= 0)
-        )
-        bce = optax.sigmoid_binary_cross_entropy(
-            out["vertex_logits"].astype(jnp.float32), target.astype(jnp.float32)
-        )
-        weight = pairs.astype(jnp.float32)
-        if model.vertex_origin_weighting and "track_origin" in batch:
-            weight = weight * _pair_weights(jnp.asarray(batch["track_origin"]).astype(jnp.int32))
-        norm = pairs & target if model.vertex_loss_norm == "matches" else pairs
-        loss_vertex = _safe_div(jnp.sum(weight * bce), jnp.sum(norm.astype(jnp.float32)))
-        metrics["loss_vertex"] = loss_vertex
-        total = total + w_vertex * loss_vertex
-
-    return total.astype(jnp.float32), metrics
 
 
 def input_spec(cfg: GN2Config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
