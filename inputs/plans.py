@@ -22,8 +22,9 @@ uniform random sample. Each process packs its own contiguous slice of the global
 it would read unpacked) by first-fit decreasing. All agree on the row count: the largest slice's rows,
 rounded up so that the global batch's rows (per process × processes) are a multiple of the row
 multiple. Every process computes it from the length index: it places its own slice's jets and only
-counts the rows of the others' slices (``packing.count_rows``, all in one vectorised pass), which
-costs about as much as its own plan whatever the process count.
+counts the rows of the others' slices (``packing.count_rows``, all in one vectorised pass per track
+count), not a placement of every slice per process: at 16 processes (global batch 4000 jets) the
+count costs about as much as placing its own slice.
 """
 
 from __future__ import annotations
