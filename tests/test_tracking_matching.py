@@ -102,3 +102,16 @@ def test_event_tracks_reports_acorn_counts_per_style():
 
 def _groups(labels: np.ndarray) -> set[frozenset[int]]:
     return {frozenset(np.flatnonzero(labels == t).tolist()) for t in range(labels.max(initial=-1) + 1)}
+
+
+def test_eval_options_default_to_acorns_length_and_refuse_a_bridge_without_walk():
+    from smilejax.models.tracking import EVALUATION
+
+    from smilejax.evaluation import family_options
+
+    values = family_options(EVALUATION, {"builder": "walk", "bridge": 0.1})
+    assert (values["min_track_length"], values["bridge"]) == (5, 0.1)
+    with pytest.raises(ValueError, match="--bridge needs --builder walk"):
+        family_options(EVALUATION, {"bridge": 0.1})  # the default builder is cc
+    with pytest.raises(ValueError, match="--min-track-length"):
+        family_options(EVALUATION, {"min_track_length": 0})
