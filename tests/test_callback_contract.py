@@ -59,6 +59,6 @@ def test_early_stop_swaps_the_best_state_in_and_its_loss_becomes_the_last():
     loop = _run([evaluate, stop, Recorder()])
     assert int(loop.state.w) == 2 and int(loop.state.step) == 3, "step 2's parameters, step counter kept"
     assert evaluate.last["eval/loss"] == 0.5 and stop.best_step == 2
-    assert evaluate.last["eval/acc"] == 0.1 * 3  # only the loss is re-emitted (base.py says so)
-    assert records[-1] == (3, {"eval/loss": 0.5, "early_stop/best_step": 2.0})
+    assert evaluate.last["eval/acc"] == 0.1 * 2  # every eval/ value of the best evaluation, not the last's
+    assert records[-1] == (3, {"eval/loss": 0.5, "eval/acc": 0.1 * 2, "early_stop/best_step": 2.0})
     assert [r[1]["eval/loss"] for r in records] == [1.0, 0.5, 0.8, 0.5]

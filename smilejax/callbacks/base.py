@@ -18,8 +18,7 @@ Two rules the built-in callbacks rely on:
   order; a later record of the same key supersedes an earlier one. ``Evaluate.last`` takes a later
   record of its ``eval/`` keys, and ``Result.last_eval``, the run summary and the tuners read ``last``.
   So a callback that leaves the run in another state than the one last evaluated must emit that state's
-  values: early stopping emits its best ``eval/loss`` when it swaps the best state in (only the loss:
-  the other ``eval/`` values in ``last`` stay the last evaluation's).
+  values: early stopping emits its best evaluation's ``eval/`` values when it swaps the best state in.
 - **A callback may replace ``loop.state`` in ``step``**, keeping its step counter; the callbacks after
   it see the new state at that step. So one that swaps the state sits before ``Checkpoint`` (the run's
   last checkpoint saves the swapped state; a step already saved is never rewritten), and a state kept

@@ -9,8 +9,8 @@ new best and the train state is copied; after ``patience`` evaluations in a row 
 (the final log and checkpoint still run). When the run ends, by the stop or by running out its steps, its
 state becomes the best one within that last step, before that step's checkpoint, so the checkpoint,
 export and ``smilejax eval`` see the best parameters (sbi likewise loads its best validation weights at the
-end), and a record ``{eval/loss: best, early_stop/best_step}`` makes the best value the run's last
-(what ``Result.last_eval``, the run summary and a tuner read). The step counter is not rewound.
+end), and a record of the best evaluation's ``eval/`` values with ``early_stop/best_step`` makes them the
+run's last (what ``Result.last_eval``, the run summary and a tuner read). The step counter is not rewound.
 
 ``early_stop.json`` in the run directory marks a run that stopped early: run again, it trains no further.
 A run ended by a stop signal (preemption) or a non-finite loss checkpoints its latest state, not the best,
@@ -62,6 +62,7 @@ class EarlyStop(Callback):
         self.best = math.inf
         self.best_step: int | None = None
         self.best_state: Any = None
+        self.best_values: dict[str, float] = {}  # the best evaluation's eval/ values, re-emitted at the end
         self.waited = 0
         self.stopped_at: int | None = None
         self.kept = False
@@ -83,6 +84,7 @@ class EarlyStop(Callback):
             return
         if value < self.best - self.min_delta:
             self.best, self.best_step, self.waited = value, step, 0
+            self.best_values = {k: v for k, v in values.items() if k.startswith("eval/")}
             self.best_state = _copy(loop.state)
             return
         self.waited += 1
@@ -121,7 +123,8 @@ class EarlyStop(Callback):
                 log.info("keeping step %d's parameters (%s %.5g)", self.best_step, self.metric, self.best)
         self.best_state = None
         if self.best_step is not None:
-            loop.emit(loop.step, {self.metric: self.best, "early_stop/best_step": float(self.best_step)})
+            best = {**self.best_values, self.metric: self.best, "early_stop/best_step": float(self.best_step)}
+            loop.emit(loop.step, best)
         if self.stopped_at is not None and self.marker is not None and jax.process_index() == 0:
             self.marker.write_text(json.dumps({"stopped_at": self.stopped_at, "best_step": self.best_step}))
 
