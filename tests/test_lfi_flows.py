@@ -14,9 +14,11 @@ from smilejax.models.lfi import embedding, flows, spline
 KINDS = ("maf", "nsf")
 
 
-def make_flow(kind: str, dim: int, context: int, *, jitter: float = 0.3, seed: int = 0) -> flows.Flow:
+def make_flow(
+    kind: str, dim: int, context: int, *, jitter: float = 0.3, seed: int = 0, linear: bool = False
+) -> flows.Flow:
     """A flow whose parameters are moved off their identity start, so every piece is exercised."""
-    cfg = flows.FlowConfig(kind=kind, layers=3, hidden=[16, 16], bins=6, bound=4.0)
+    cfg = flows.FlowConfig(kind=kind, layers=3, hidden=[16, 16], bins=6, bound=4.0, linear=linear)
     with nnx.use_eager_sharding(False):
         flow = flows.Flow(dim, context, cfg, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(flow)
@@ -50,6 +52,24 @@ def test_log_det_is_the_jacobians(kind):
     sign, expected = jnp.linalg.slogdet(jac)
     assert np.all(np.asarray(sign) > 0)  # monotone in each autoregressive step
     np.testing.assert_allclose(logdet, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lu_linear_layers_invert_and_their_log_det_is_the_jacobians():
+    flow = make_flow("nsf", dim=3, context=2, jitter=0.1, seed=12, linear=True)
+    assert sum(isinstance(layer, flows.LinearLU) for layer in flow.layers) == 3
+    theta = jax.random.normal(jax.random.key(13), (32, 3))
+    ctx = jax.random.normal(jax.random.key(14), (32, 2))
+    z, logdet = nnx.jit(lambda f, t, c: f.forward(t, c))(flow, theta, ctx)
+    back, inv_logdet = nnx.jit(lambda f, t, c: f.inverse(t, c))(flow, z, ctx)
+    np.testing.assert_allclose(back, theta, atol=2e-4, rtol=2e-4)
+    np.testing.assert_allclose(inv_logdet, -logdet, atol=2e-4, rtol=2e-4)
+    jac = jax.jit(jax.vmap(jax.jacfwd(lambda t, c: flow.forward(t[None], c[None])[0][0])))(theta, ctx)
+    np.testing.assert_allclose(logdet, jnp.linalg.slogdet(jac)[1], atol=1e-4, rtol=1e-4)
+    lu = flow.layers[1]
+    assert np.abs(np.asarray(lu._factors()[0] @ lu._factors()[1]) - np.eye(3)).max() > 0.05  # mixes
+    with nnx.use_eager_sharding(False):
+        fresh = flows.LinearLU(3)
+    np.testing.assert_allclose(fresh.forward(theta, ctx)[0], theta)  # starts at the identity
 
 
 def test_autoregressive_structure():

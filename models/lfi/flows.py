@@ -43,6 +43,7 @@ class FlowConfig:
     activation: str = "relu"
     bins: int = 8
     bound: float = 5.0
+    linear: bool = False  # a learned invertible linear map after each layer (LU, identity at start)
 
 
 def _degrees(dim: int, hidden: Sequence[int]) -> list[np.ndarray]:
@@ -165,6 +166,43 @@ class Autoregressive(nnx.Module):
         return self._order(u), logdet.sum(-1)
 
 
+class LinearLU(nnx.Module):
+    """z = W theta + b with W = L U (L unit lower-triangular, U upper-triangular with diagonal exp(s)):
+    mixes the dimensions, which alternating autoregressive orders alone do not rotate. log|det| = sum(s).
+    Starts at the identity. The inverse is two triangular substitutions, one row at a time (``dim`` is
+    small), in plain array ops that an exported forward keeps."""
+
+    def __init__(self, dim: int):
+        zeros = nnx.initializers.zeros_init()
+        self.dim = dim
+        self.lower = nnx.Param(zeros(None, (dim, dim), F32), out_sharding=(None, None))
+        self.upper = nnx.Param(zeros(None, (dim, dim), F32), out_sharding=(None, None))
+        self.log_diag = nnx.Param(jnp.zeros((dim,), F32), out_sharding=(None,))
+        self.bias = nnx.Param(jnp.zeros((dim,), F32), out_sharding=(None,))
+
+    def _factors(self) -> tuple[jax.Array, jax.Array]:
+        eye = jnp.eye(self.dim, dtype=F32)
+        lower = jnp.tril(self.lower[...], -1) + eye
+        upper = jnp.triu(self.upper[...], 1) + eye * jnp.exp(self.log_diag[...])
+        return lower, upper
+
+    def forward(self, theta: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lower, upper = self._factors()
+        z = theta @ (lower @ upper).T + self.bias[...]
+        return z, jnp.broadcast_to(jnp.sum(self.log_diag[...]), theta.shape[:-1])
+
+    def inverse(self, z: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lower, upper = self._factors()
+        y = z - self.bias[...]
+        v = jnp.zeros_like(y)  # L v = y, forward substitution (unit diagonal)
+        for i in range(self.dim):
+            v = v.at[..., i].set(y[..., i] - v @ lower[i])
+        theta = jnp.zeros_like(v)  # U theta = v, backward substitution
+        for i in reversed(range(self.dim)):
+            theta = theta.at[..., i].set((v[..., i] - theta @ upper[i]) * jnp.exp(-self.log_diag[i]))
+        return theta, jnp.broadcast_to(-jnp.sum(self.log_diag[...]), z.shape[:-1])
+
+
 class Flow(nnx.Module):
     """A conditional flow over ``dim`` dimensions given a context of ``context`` numbers."""
 
@@ -172,9 +210,12 @@ class Flow(nnx.Module):
         if cfg.layers < 1:
             raise ValueError(f"a flow needs at least one layer, got flow.layers={cfg.layers}")
         self.dim = dim
-        self.layers = nnx.List(
-            [Autoregressive(dim, context, cfg, reverse=i % 2 == 1, rngs=rngs) for i in range(cfg.layers)]
-        )
+        layers: list[nnx.Module] = []
+        for i in range(cfg.layers):
+            layers.append(Autoregressive(dim, context, cfg, reverse=i % 2 == 1, rngs=rngs))
+            if cfg.linear and dim > 1:
+                layers.append(LinearLU(dim))
+        self.layers = nnx.List(layers)
 
     def forward(self, theta: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
         """theta [..., dim] -> z, log|det dz/dtheta|."""
