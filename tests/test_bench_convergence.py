@@ -159,5 +159,5 @@ def test_curve_within_seed_spread():
     rows, _ = convergence.summarise(points, ["padded", "close", "far"], tolerance=0.005)
     cells = {r["variant"]: convergence._table_row(r, ["light_rej_77"]) for r in rows}
     assert cells["close"]["max |Δloss| / seed sd"] == "0.5 (step 100)"
-    assert [cells[v]["within spread"] for v in ("padded", "close", "far")] == ["yes", "yes", "no"]
+    assert [cells[v]["within spread"] for v in ("padded", "close", "far")] == ["reference", "yes", "no"]
     assert rows[2]["curve_max_delta"] == pytest.approx(0.3) and rows[2]["within_spread"] is False

@@ -256,9 +256,9 @@ def report(
         "train_s: wall seconds of the training steps, blocked before each evaluation (device time on a GPU); "
         "evaluations and compilation excluded. ± is the standard deviation over seeds.",
         f"max |Δloss| / seed sd: at each evaluation (the same step and jets in every variant), |mean val "
-        f"loss over seeds - {next(iter(chosen))!r}'s| (= |mean paired per-seed difference|) over "
-        f"{next(iter(chosen))!r}'s seed sd there, the largest, at its step; within spread: yes when it is "
-        f"<= {_convergence_spread.LIMIT:g} (n/a: one seed, no spread)",
+        f"loss over seeds - that of {next(iter(chosen))!r}| (= |mean paired per-seed difference|) over "
+        f"the seed sd of {next(iter(chosen))!r} there, the largest, at its step; within spread: yes when it "
+        f"is <= {_convergence_spread.LIMIT:g} (n/a: one seed, no spread)",
     ]
     if "torch" in settings:
         notes.append(
@@ -331,6 +331,7 @@ def summarise(points: list[dict], names: list[str], tolerance: float) -> tuple[l
         curve = _convergence_spread.spread(points, names[0], name)  # the loss curve against the reference's
         row["curve_max_delta"], row["curve_ratio"] = curve["max_delta"], curve["max_ratio"]
         row["curve_at_step"], row["within_spread"] = curve["at_step"], curve["within"]
+        row["reference"] = names[0]
         rows.append(row)
     return rows, targets
 
@@ -358,6 +359,8 @@ def _table_row(row: dict, quality: list[str]) -> dict:
     at = f" (step {row['curve_at_step']})"
     cells["max |Δloss| / seed sd"] = "n/a (1 seed)" if ratio is None else f"{ratio:.3g}{at}"
     cells["within spread"] = "n/a" if within is None else ("yes" if within else "no")
+    if row["variant"] == row.get("reference"):  # its own curve: nothing to compare
+        cells["max |Δloss| / seed sd"] = cells["within spread"] = "reference"
     return cells
 
 
