@@ -329,9 +329,8 @@ def summarise(points: list[dict], names: list[str], tolerance: float) -> tuple[l
         row["time_to_target_s"] = statistics.fmean(h["train_s"] for h in reached) if reached else None
         row["jets_to_target"] = statistics.fmean(h["jets"] for h in reached) if reached else None
         curve = _convergence_spread.spread(points, names[0], name)  # the loss curve against the reference's
-        row["curve_max_delta"], row["curve_ratio"] = curve["max_delta"], curve["max_ratio"]
+        row.update(curve_max_delta=curve["max_delta"], curve_ratio=curve["max_ratio"], reference=names[0])
         row["curve_at_step"], row["within_spread"] = curve["at_step"], curve["within"]
-        row["reference"] = names[0]
         rows.append(row)
     return rows, targets
 
@@ -392,6 +391,7 @@ def plot(points: list[dict], names: list[str], headline: str, path: Path, mode: 
             ax.set_xlabel(xlabel)
             ax.set_ylabel(key)
             ax.grid(alpha=0.3)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))  # jets: 1e4, not overlapping digits
             if row == 0:
                 ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
     axes[0][0].legend()
