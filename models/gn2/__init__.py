@@ -1,7 +1,12 @@
 """GN2, ATLAS's transformer jet-flavour tagger, as a smilejax model family (``SPEC``, entry-point group
 ``smilejax.models``).
 
-* ``model``: the network, its losses and config (``GN2``, ``GN2Config``; re-exported here);
+* ``model``: the network and its config (``GN2``, ``GN2Config``; re-exported here); ``losses``: the
+  task losses of a padded or packed batch; ``tasks``: the classes, auxiliary tasks and which a batch
+  trains; ``convergence``: the variants of
+  ``bench convergence``; ``torch_train``: the PyTorch peer's training for its reference line;
+* ``make_pythia``, ``pileup``, ``tracker``, ``multiplicity``: the Pythia sample with pile-up (``smilejax
+  data make ftag-pythia``);
 * ``salt`` (``salt_config``, ``salt_weights``): ``smilejax import salt``, salt's GN2 as a run;
 * ``evaluation`` (``flavour``, ``ip_baseline``, ``tracks``, ``plots``): ``smilejax eval``'s flavour tagging
   against an impact-parameter baseline, track origin and vertexing;
