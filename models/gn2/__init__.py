@@ -3,8 +3,8 @@
 
 * ``model``: the network and its config (``GN2``, ``GN2Config``; re-exported here); ``losses``: the
   task losses of a padded or packed batch; ``tasks``: the classes, auxiliary tasks and which a batch
-  trains; ``convergence``: the variants of
-  ``bench convergence``; ``torch_train``: the PyTorch peer's training for its reference line;
+  trains; ``convergence``: the variants of ``bench convergence``; ``torch_train``: the PyTorch peer's
+  training for its reference line;
 * ``make_pythia``, ``pileup``, ``tracker``, ``multiplicity``: the Pythia sample with pile-up (``smilejax
   data make ftag-pythia``);
 * ``salt`` (``salt_config``, ``salt_weights``): ``smilejax import salt``, salt's GN2 as a run;
