@@ -8,8 +8,8 @@ commit 02a0c57e) and ``track_building_stage.py`` (``tracking_efficiency``, commi
   tracks count nowhere.
 * Matching styles: ``ATLAS`` (acorn's default): a pair matches when purity > 1/2, and the particle
   counts as reconstructed by it; ``one_way``: the track is matched by purity > 1/2, the particle
-  reconstructed by eff > 1/2; ``two_way``: both > 1/2 for both (the matching of the Exa.TrkX TrackML
-  paper's code and of the issue).
+  reconstructed by eff > 1/2; ``two_way``: both > 1/2 for both (the matching of the Exa.TrkX group's
+  TrackML script, exatrkx-iml2020 ``eval_reco_trkx.py``, and of the issue).
 * Target (reconstructable) particles: pT >= ``pt_min``, at least ``min_particle_hits`` hits (acorn's
   ``nhits: [3, inf]``), |eta| <= ``eta_max`` (4). acorn's ``primary`` and ``pdgId not in (11, -11)`` need
   columns the TrackML format does not have; the generator makes no secondaries, so ``primary`` holds.
