@@ -161,3 +161,4 @@ def test_early_stopped_runs_keep_the_peak_learning_rate():
     assert bench_study._optimizer(cfg, patience=0) is cfg.optimizer
     # the spline covers +-3 of the standardised theta, as sbi's tail bound; past it, linear tails
     assert cfg.model.flow.bound == 3.0
+    assert cfg.model.embedding.kind == "none"  # the flow sees the standardised x, as sbi's does
