@@ -153,11 +153,17 @@ def evaluate(program: steps.Program, state: steps.TrainState, batches: Iterator[
         program.eval_step(state, to_global(program.eval_batch_sharding, next(batches)))
         for _ in range(cfg.run.eval_steps)
     ]
+    return eval_means(jax.device_get(outs))  # one fetch, after the steps ran back to back
+
+
+def eval_means(outs: list[dict]) -> dict:
+    """``eval/`` means of fetched eval-step outputs, summed in float64 (one value per trial in a program
+    of trials: an array)."""
     sums: dict[str, np.ndarray] = {}
-    for out in jax.device_get(outs):  # one fetch, after the steps ran back to back
-        for k, v in out.items():  # one value per trial in a program of trials
+    for out in outs:
+        for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
-    means = {f"eval/{k}": v / cfg.run.eval_steps for k, v in sums.items()}
+    means = {f"eval/{k}": v / len(outs) for k, v in sums.items()}
     return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}
 
 

@@ -56,6 +56,9 @@ def test_styles_differ_on_a_particle_split_in_halves_and_short_tracks_count_with
     # both halves are pure: reconstructed, one duplicate; particle 2's 3-hit track is too short
     counts = (atlas["reconstructed"], atlas["duplicates"], atlas["tracks"], atlas["matched_tracks"])
     assert counts == (1, 1, 2, 2)
+    # one_way: both tracks are matched (pure) but neither holds more than half of particle 1's hits
+    one = matching.event(labels, particle, pt, eta, style="one_way")
+    assert (one["reconstructed"], one["duplicates"], one["tracks"], one["matched_tracks"]) == (0, 0, 2, 2)
     two = matching.event(labels, particle, pt, eta, style="two_way")
     assert (two["reconstructed"], two["tracks"], two["matched_tracks"]) == (0, 2, 0)  # 5/10 is not > 1/2
     short = matching.event(labels, particle, pt, eta, style="two_way", min_track_length=3)

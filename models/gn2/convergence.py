@@ -16,7 +16,8 @@ from ..reference_env import find_python
 from ..spec import Convergence, TorchTraining
 from . import flavour
 from .features import SALT_REF_DIR, SALT_REF_VAR
-from .model import JET_CLASSES, GN2Config, _active_tasks
+from .model import JET_CLASSES, GN2Config
+from .tasks import active_tasks
 
 WORKING_POINT = 0.77
 FC, FTAU = 0.2, 0.01  # the default fractions of ``smilejax eval`` (ATLAS GN2v01)
@@ -80,7 +81,7 @@ def _torch_options(cfg: GN2Config, batch: Mapping[str, np.ndarray]) -> dict:
     if cfg.dropout:
         raise SystemExit("bench convergence --torch: the PyTorch peer has no dropout; set model.dropout=0")
     loss = {
-        "tasks": list(_active_tasks(cfg.aux_tasks, batch)),
+        "tasks": list(active_tasks(cfg.aux_tasks, batch)),
         "task_weights": [cfg.jet_weight, cfg.origin_weight, cfg.vertex_weight],
         "vertex_origin_weighting": cfg.vertex_origin_weighting,
         "vertex_loss_norm": cfg.vertex_loss_norm,

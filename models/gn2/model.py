@@ -49,7 +49,6 @@ from .. import kernel_mode, pair_mlp
 from ..layers import MLP, Encoder, GlobalAttentionPooling, check_attention_config
 from .losses import loss  # noqa: F401 (re-exported: the model's loss, as before)
 from .tasks import AUX_KEYS, JET_CLASSES, ORIGIN_CLASSES, TASKS, pair_mask  # noqa: F401 (re-exported)
-from .tasks import active_tasks as _active_tasks  # noqa: F401 (its old name here, which convergence imports)
 
 log = logging.getLogger(__name__)
 

@@ -115,9 +115,8 @@ class Probe(Callback):
             scores.append(program.eval_step(state, batch))
             outs.append(predict(state.params, state.rest, batch))
         scores, outs = jax.device_get((scores, outs))  # one fetch, after every batch ran
-        values = {
-            f"eval/{k}": float(sum(np.asarray(s[k], np.float64) for s in scores) / len(scores))
-            for k in scores[0]
-        }
+        from smilejax import trainer
+
+        values = trainer.eval_means(scores)  # summed as trainer.evaluate sums them
         joined = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         return values, {k: float(v) for k, v in self.hook.quality(joined).items()}

@@ -35,7 +35,7 @@ def spread(points: list[dict], reference: str, variant: str, key: str = "val_los
     steps = [p["step"] for p in points if p["variant"] == reference and p["seed"] == min(ref, default=0)]
     n = min((len(c) for c in [*ref.values(), *var.values()]), default=0)
     result: dict = {"max_delta": None, "max_ratio": None, "at_step": None, "within": None, "evaluations": n}
-    if n == 0 or not var:
+    if n == 0 or not var or not ref:
         return result
     deltas, ratios = [], []
     for k in range(n):

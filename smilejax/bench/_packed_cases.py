@@ -126,7 +126,9 @@ def batch_with_lengths(spec, model_cfg: Any, lengths: np.ndarray, seed: int = 0)
 
 def padding_columns(host: dict[str, np.ndarray]) -> dict[str, Any]:
     """``pad_fraction`` (track slots without a track) of a batch, and a packed batch's ``rows``."""
-    out: dict[str, Any] = {"rows": len(host["segment"])} if "segment" in host else {}
+    from smilejax.inputs import packing
+
+    out: dict[str, Any] = {"rows": len(host["valid"])} if packing.is_packed(host) else {}
     valid = host.get("valid")
     if valid is not None and valid.dtype == bool and valid.ndim == 2:
         out["pad_fraction"] = 1.0 - float(valid.sum()) / valid.size
