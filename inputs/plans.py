@@ -23,8 +23,7 @@ it would read unpacked) by first-fit decreasing. All agree on the row count: the
 rounded up so that the global batch's rows (per process × processes) are a multiple of the row
 multiple. Every process computes it from the length index: it places its own slice's jets and only
 counts the rows of the others' slices (``packing.count_rows``, all in one vectorised pass per track
-count), not a placement of every slice per process: at 16 processes (global batch 4000 jets) the
-count costs about as much as placing its own slice.
+count), not a placement of every slice per process, whose cost grew with the process count.
 """
 
 from __future__ import annotations
