@@ -82,6 +82,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def synthetic_ftag(folder: Path, jets: int, seed: int) -> tuple[Path, Path]:
+    """A synthetic ftag_h5 file of ``jets`` jets under ``folder`` and its norm dict: (file, norm dict)."""
+    from smilejax.inputs import ftag_h5 as fh
+    from smilejax.models.gn2 import make_synthetic as fs
+
+    path = fs.make(folder / "s.h5", jets, seed=seed)
+    return path, fh.write_norm_dict(fh.compute_norm_dict(str(path)), folder / "norm.yaml")
+
+
+def stand_in_triton(folder: Path, script: str) -> tuple[Path, Path]:
+    """A model repository of one model and a stand-in ``tritonserver`` under ``folder`` running ``script``
+    (its whole text, ``#!`` line included): (repository, binary)."""
+    (folder / "repo" / "toy").mkdir(parents=True)
+    (folder / "repo" / "toy" / "config.pbtxt").write_text('name: "toy"\n')
+    binary = folder / "triton" / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    binary.write_text(script)
+    binary.chmod(0o755)
+    return folder / "repo", binary
+
+
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

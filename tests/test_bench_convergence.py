@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pytest
 import yaml
-from smilejax.inputs import ftag_h5 as fh
-from smilejax.models.gn2 import make_synthetic as fs
 
 from smilejax import cli
+from tests.conftest import synthetic_ftag
 
 STEPS, EVERY, BATCH = 4, 2, 32
 TINY = dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8], aux_tasks="off")
@@ -21,8 +20,7 @@ TINY = dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hi
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     d = tmp_path_factory.mktemp("convergence")
-    path = fs.make(d / "s.h5", 1200, seed=1)
-    norm = fh.write_norm_dict(fh.compute_norm_dict(str(path)), d / "norm.yaml")
+    path, norm = synthetic_ftag(d, 1200, seed=1)
     cfg = {
         "base": "gn2",
         "data": {"path": str(path), "norm_dict": str(norm), "batch_size": BATCH, "read_threads": 1},

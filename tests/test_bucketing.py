@@ -13,11 +13,10 @@ import pytest
 import yaml
 from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
-from smilejax.models.gn2 import make_synthetic as fs
 
 from smilejax import config
 from smilejax.config import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, synthetic_ftag
 
 N_JETS, BATCH = 3000, 100
 WIDTHS = [8, 12, 16]
@@ -26,10 +25,7 @@ TRACK_KEYS = ("tracks", "valid", "track_origin", "track_vertex")
 
 def make_data(tmp_path_factory) -> tuple[Path, Path]:
     """A synthetic ftag file of N_JETS jets and its norm dict (shared with test_packed_batches)."""
-    d = tmp_path_factory.mktemp("bucket")
-    path = fs.make(d / "s.h5", N_JETS, seed=1)
-    norm = fh.write_norm_dict(fh.compute_norm_dict(str(path)), d / "norm.yaml")
-    return path, norm
+    return synthetic_ftag(tmp_path_factory.mktemp("bucket"), N_JETS, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import packing
 from smilejax.models.gn2 import convergence as gn2_convergence
-from smilejax.models.gn2 import make_synthetic as fs
 from smilejax.models.gn2.model import GN2Config
 
 from smilejax import config, registry, trainer
 from smilejax.bench import _convergence_probe
 from smilejax.callbacks.base import Callback
 from smilejax.loop import to_global
+from tests.conftest import synthetic_ftag
+from tests.test_bench_convergence import TINY
 
-TINY = dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8], aux_tasks="off")
 EVAL_STEPS, EVERY, STEPS = 3, 2, 4
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("probe")
-    path = fs.make(d / "s.h5", 900, seed=2)
-    norm = fh.write_norm_dict(fh.compute_norm_dict(str(path)), d / "norm.yaml")
+    path, norm = synthetic_ftag(d, 900, seed=2)
     tree = {
         "base": "gn2",
         "data": {"path": str(path), "norm_dict": str(norm), "batch_size": 32, "read_threads": 1},

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from smilejax.serve.server import PortBusy, TritonServer, check_port
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, stand_in_triton
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
@@ -24,13 +24,8 @@ def taken():
 @pytest.fixture
 def fake_triton(tmp_path):
     """A model repository and a stand-in tritonserver that records whether it was ever started."""
-    (tmp_path / "repo" / "toy").mkdir(parents=True)
-    (tmp_path / "repo" / "toy" / "config.pbtxt").write_text('name: "toy"\n')
-    binary = tmp_path / "triton" / "bin" / "tritonserver"
-    binary.parent.mkdir(parents=True)
-    binary.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
-    binary.chmod(0o755)
-    return tmp_path / "repo", binary, tmp_path / "started"
+    repo, binary = stand_in_triton(tmp_path, f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
+    return repo, binary, tmp_path / "started"
 
 
 def test_check_port_names_a_taken_port(taken):

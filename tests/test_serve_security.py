@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from smilejax import trained
-from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, wait_for
+from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, stand_in_triton, wait_for
 from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch
 
 KEY = "s3cret-key"
@@ -243,14 +243,9 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_the_ca(exported, p
 
 def test_serving_beyond_loopback_without_a_key_warns(tmp_path):
     """A stand-in tritonserver that exits at once: the warning comes before it starts."""
-    (tmp_path / "repo" / "toy").mkdir(parents=True)
-    (tmp_path / "repo" / "toy" / "config.pbtxt").write_text('name: "toy"\n')
-    binary = tmp_path / "triton" / "bin" / "tritonserver"
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\nexit 3\n")
-    binary.chmod(0o755)
+    repo, binary = stand_in_triton(tmp_path, "#!/bin/sh\nexit 3\n")
     ports = ["--http-port", str(free_port()), "--grpc-port", str(free_port())]
-    wide = run_cli("serve", str(tmp_path / "repo"), "--triton", str(binary), "--host", "0.0.0.0", *ports)
+    wide = run_cli("serve", str(repo), "--triton", str(binary), "--host", "0.0.0.0", *ports)
     assert "warning: serving on 0.0.0.0 without --key-file" in wide.stderr, wide.stderr[-2000:]
-    local = run_cli("serve", str(tmp_path / "repo"), "--triton", str(binary), *ports)
+    local = run_cli("serve", str(repo), "--triton", str(binary), *ports)
     assert "warning" not in local.stderr, local.stderr[-2000:]

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from smilejax.serve.server import TritonServer
-from tests.conftest import ROOT, cli_env, free_port, smilejax_cmd, wait_for
+from tests.conftest import ROOT, cli_env, free_port, smilejax_cmd, stand_in_triton, wait_for
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
@@ -64,13 +64,8 @@ while True:
 @pytest.fixture
 def fake_triton(tmp_path):
     """A model repository and the stand-in tritonserver; returns (repo, binary, its folder)."""
-    (tmp_path / "repo" / "toy").mkdir(parents=True)
-    (tmp_path / "repo" / "toy" / "config.pbtxt").write_text('name: "toy"\n')
-    binary = tmp_path / "triton" / "bin" / "tritonserver"
-    binary.parent.mkdir(parents=True)
-    binary.write_text(f"#!{sys.executable}\n{FAKE}")
-    binary.chmod(0o755)
-    return tmp_path / "repo", binary, binary.parent
+    repo, binary = stand_in_triton(tmp_path, f"#!{sys.executable}\n{FAKE}")
+    return repo, binary, binary.parent
 
 
 def sigint_ignored(cmd: list[str]) -> list[str]:
