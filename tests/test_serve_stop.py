@@ -1,11 +1,13 @@
 """Stopping the server is bounded: Triton gets SIGINT, then SIGTERM and SIGKILL to its process group
 (stubs included) when it outlives the grace periods, each escalation logged; ``smilejax serve`` stops on
 Ctrl-C even when it was started with SIGINT ignored (a background job of a non-interactive shell, as
-CI's ``nohup ... &`` starts the tests). Stand-in tritonservers, so seconds."""
+CI's ``nohup ... &`` starts the tests); a SIGKILLed ``smilejax serve`` takes Triton with it (Linux).
+Stand-in tritonservers, so seconds."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import threading
 import psutil
 import pytest
 
+from smilejax.serve.parent_death import with_parent_death
 from smilejax.serve.server import TritonServer
 from tests.conftest import ROOT, cli_env, free_port, smilejax_cmd, stand_in_triton, wait_for
 
@@ -144,3 +147,55 @@ def test_serve_stops_on_ctrl_c_even_when_started_with_sigint_ignored(fake_triton
     printed = "".join(lines)
     assert "stopping Triton (SIGINT; if it still runs, SIGTERM after 16 s and SIGKILL after 21 s)" in printed
     assert "stopped (Triton exit code 0)" in printed and _events(folder) == ["SIGINT"]
+
+
+def test_a_killed_serve_takes_triton_with_it(fake_triton):
+    """``smilejax serve`` SIGKILLed (a cancelled job, the OOM killer) has no chance to stop Triton: the
+    kernel sends Triton SIGTERM (prctl PR_SET_PDEATHSIG), so it does not keep the GPU and the ports."""
+    repo, binary, folder = fake_triton
+    args = ["--triton", str(binary), "--http-port", str(free_port()), "--grpc-port", str(free_port())]
+    proc = subprocess.Popen(
+        smilejax_cmd("serve", str(repo), *args), env=cli_env(1), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    triton = None
+    try:
+        wait_for(lambda: any(line.startswith("ready:") for line in lines), 120, "serve to be ready", proc)
+        (triton,) = psutil.Process(proc.pid).children()
+        assert triton.cmdline()[1] == str(binary)  # the launcher exec'd the stand-in, keeping its pid
+        proc.kill()
+        proc.wait(timeout=30)
+        wait_for(lambda: _gone(triton.pid), 10, "the stand-in to exit after serve was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if triton is not None and not _gone(triton.pid):
+            triton.kill()
+    assert _events(folder) == ["SIGTERM"]
+
+
+def test_the_launcher_sets_the_death_signal_and_refuses_an_orphan(tmp_path):
+    # PR_GET_PDEATHSIG (2) in the exec'd program: the signal survived exec.
+    get = "import ctypes; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s)); print(s.value)"
+    shown = subprocess.run(with_parent_death([sys.executable, "-c", get]), capture_output=True, text=True)
+    assert shown.returncode == 0 and int(shown.stdout) == signal.SIGTERM, shown.stderr
+    # The parent died between fork and prctl: the launcher's parent is no longer the pid it was given.
+    marker = tmp_path / "ran"
+    launcher = with_parent_death(["/usr/bin/touch", str(marker)])
+    orphan = subprocess.run([*launcher[:4], "1", *launcher[5:]], capture_output=True, text=True)
+    assert orphan.returncode == 1 and "exited before /usr/bin/touch started" in orphan.stderr
+    assert not marker.exists()
+    assert subprocess.run(launcher).returncode == 0 and marker.exists()
+
+
+def test_a_child_started_from_another_thread_is_not_tied_to_it():
+    """PDEATHSIG fires when the forking *thread* ends: a thread-started Triton would die with its thread."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(cmd=with_parent_death(["tritonserver", "-x"])))
+    thread.start()
+    thread.join()
+    assert box["cmd"] == ["tritonserver", "-x"]
+    assert with_parent_death(["tritonserver"])[-2:] == [str(os.getpid()), "tritonserver"]

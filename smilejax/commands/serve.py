@@ -31,6 +31,8 @@ mutual TLS. Model loading, shared memory, traces and logging are refused to ever
 from an HPC site (ports, SSH tunnels, certificates): docs/SERVING-HPC.md. Ctrl-C (or SIGTERM) stops
 the server cleanly: Triton has --exit-timeout seconds for the requests in flight, then 15 s to unload
 its models; a server still running then gets SIGTERM, and SIGKILL 5 s later (both said on stderr).
+If smilejax serve itself is killed (SIGKILL, the OOM killer, a cancelled job), Linux sends Triton
+SIGTERM (prctl PR_SET_PDEATHSIG), so it does not keep the GPU and the ports; elsewhere it keeps running.
 
 exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 Triton or a model failed, 2 bad option, no such REPO, or a
 port in use (named, with the option that moves it)."""

@@ -39,6 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from smilejax.serve.parent_death import with_parent_death
 from smilejax.serve.repository import METADATA
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def backends_of(binary: Path) -> set[str]:
 
 class TritonServer:
     """``with TritonServer(repo, http_port=..., grpc_port=...) as server:`` starts, waits until the
-    models are ready, and stops the server at the end (``stop``: SIGINT, then SIGTERM and SIGKILL)."""
+    models are ready, and stops the server at the end (``stop``: SIGINT, then SIGTERM and SIGKILL). On
+    Linux, a server started from the main thread also gets SIGTERM if this process is killed."""
 
     def __init__(
         self,
@@ -281,9 +283,11 @@ class TritonServer:
             self._log = out = open(self.log_file, "ab")  # noqa: SIM115 (closed in stop)
         shown = " ".join(self.command()).replace(self._admin_key, "***")
         log.info("starting Triton: %s", shown.replace(self.security.key or "\0", "***"))
-        # Its own session: a terminal's Ctrl-C reaches us, and we stop the server in order.
+        # Its own session: a terminal's Ctrl-C reaches us, and we stop the server in order. Tied to this
+        # process's life (Linux, started from the main thread): if we are killed (SIGKILL, OOM), Triton
+        # gets SIGTERM rather than holding the GPU and the ports; see smilejax.serve.parent_death.
         self.process = subprocess.Popen(
-            self.command(),
+            with_parent_death(self.command()),
             env=self.env(),
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
