@@ -6,6 +6,7 @@ A flow maps theta -> z through layers f_L o ... o f_1 (the normalising direction
 base, so ``log q(theta | c) = log N(z) + sum log|det df_l|``: one network pass per layer. Sampling inverts
 each autoregressive layer one dimension at a time (``dim`` passes per layer). Layers alternate the order
 of the dimensions (reversed every other layer) so that every dimension conditions on every other.
+``conditioner: coupling`` builds coupling layers instead (``models.lfi.coupling``): one pass each way.
 
 Each layer's MADE network starts with a zero output layer, so a new flow is the identity: it starts at
 the base distribution, which keeps the first steps of training stable. Parameters carry logical axis
@@ -25,17 +26,21 @@ from flax import nnx
 
 from ..layers import activation_fn, torch_linear_init
 from . import spline
+from .coupling import Coupling
 
 F32 = jnp.float32
 LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("maf", "nsf")
+CONDITIONERS = ("made", "coupling")
 
 
 @dataclasses.dataclass
 class FlowConfig:
-    """kind: ``maf`` (affine autoregressive) or ``nsf`` (rational-quadratic spline autoregressive).
-    layers: transforms; hidden: the MADE's hidden widths; bins and bound: the spline's (nsf only; the
-    spline acts on [-bound, bound], the identity outside, so theta should be standardised)."""
+    """kind: ``maf`` (affine) or ``nsf`` (rational-quadratic spline) transforms. conditioner: ``made``
+    (autoregressive: hidden are the MADE's hidden widths) or ``coupling`` (alternating half masks with
+    residual-network conditioners, ``models.lfi.coupling``: len(hidden) blocks of width hidden[0]; with
+    ``linear: true`` the layout of sbi's ``nsf``). layers: transforms; bins and bound: the spline's (nsf
+    only; the spline acts on [-bound, bound], the identity outside, so theta should be standardised)."""
 
     kind: str = "nsf"
     layers: int = 5
@@ -44,6 +49,7 @@ class FlowConfig:
     bins: int = 8
     bound: float = 5.0
     linear: bool = False  # a learned invertible linear map after each layer (LU, identity at start)
+    conditioner: str = "made"
 
 
 def _degrees(dim: int, hidden: Sequence[int]) -> list[np.ndarray]:
@@ -132,20 +138,14 @@ class Autoregressive(nnx.Module):
         if cfg.kind not in KINDS:
             raise ValueError(f"unknown flow kind {cfg.kind!r}; choose from {KINDS}")
         self.kind, self.bins, self.bound, self.reverse = cfg.kind, cfg.bins, cfg.bound, reverse
-        per_dim = 2 if cfg.kind == "maf" else spline.params_per_dim(cfg.bins)
+        per_dim = spline.elementwise_params(cfg.kind, cfg.bins)
         self.made = MADE(dim, context, cfg.hidden, per_dim, activation=cfg.activation, rngs=rngs)
 
     def _order(self, v: jax.Array) -> jax.Array:
         return v[..., ::-1] if self.reverse else v
 
     def _elementwise(self, v: jax.Array, params: jax.Array, *, inverse: bool):
-        if self.kind == "maf":
-            shift, log_scale = params[..., 0], jnp.clip(params[..., 1], -8.0, 8.0)
-            if inverse:
-                return v * jnp.exp(log_scale) + shift, log_scale
-            return (v - shift) * jnp.exp(-log_scale), -log_scale
-        fn = spline.inverse if inverse else spline.forward
-        return fn(v, params, bins=self.bins, bound=self.bound)
+        return spline.elementwise(self.kind, v, params, bins=self.bins, bound=self.bound, invert=inverse)
 
     def forward(self, theta: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:
         """theta -> z, and log|det dz/dtheta| [...]: one network pass."""
@@ -209,10 +209,17 @@ class Flow(nnx.Module):
     def __init__(self, dim: int, context: int, cfg: FlowConfig, *, rngs: nnx.Rngs):
         if cfg.layers < 1:
             raise ValueError(f"a flow needs at least one layer, got flow.layers={cfg.layers}")
+        if cfg.conditioner not in CONDITIONERS:
+            raise ValueError(f"unknown flow.conditioner {cfg.conditioner!r}; choose from {CONDITIONERS}")
+        if cfg.kind not in KINDS:
+            raise ValueError(f"unknown flow kind {cfg.kind!r}; choose from {KINDS}")
         self.dim = dim
         layers: list[nnx.Module] = []
         for i in range(cfg.layers):
-            layers.append(Autoregressive(dim, context, cfg, reverse=i % 2 == 1, rngs=rngs))
+            if cfg.conditioner == "coupling":
+                layers.append(Coupling(dim, context, cfg, parity=i % 2, rngs=rngs))
+            else:
+                layers.append(Autoregressive(dim, context, cfg, reverse=i % 2 == 1, rngs=rngs))
             if cfg.linear and dim > 1:
                 layers.append(LinearLU(dim))
         self.layers = nnx.List(layers)

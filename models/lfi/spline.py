@@ -21,6 +21,25 @@ MIN_DERIVATIVE = 1e-3
 SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
 
 
+def elementwise(
+    kind: str, v: jax.Array, params: jax.Array, *, bins: int, bound: float, invert: bool
+) -> tuple[jax.Array, jax.Array]:
+    """A flow layer's per-dimension transform of ``v`` [...] with ``params`` [..., P] and its log|det|
+    [...]: ``maf`` affine (P = 2: shift, log-scale), ``nsf`` this spline (P = ``params_per_dim``)."""
+    if kind == "maf":
+        shift, log_scale = params[..., 0], jnp.clip(params[..., 1], -8.0, 8.0)
+        if invert:
+            return v * jnp.exp(log_scale) + shift, log_scale
+        return (v - shift) * jnp.exp(-log_scale), -log_scale
+    fn = inverse if invert else forward
+    return fn(v, params, bins=bins, bound=bound)
+
+
+def elementwise_params(kind: str, bins: int) -> int:
+    """Numbers per transformed dimension that ``elementwise`` takes for ``kind``."""
+    return 2 if kind == "maf" else params_per_dim(bins)
+
+
 def params_per_dim(bins: int) -> int:
     """Unconstrained numbers per transformed dimension: K widths, K heights, K-1 inner derivatives."""
     return 3 * bins - 1
