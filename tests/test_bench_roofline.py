@@ -14,6 +14,7 @@ from smilejax.inputs import packing
 from smilejax import registry
 from smilejax.bench import _packed_cases
 from smilejax.bench._target import load_config
+from smilejax.config import ConfigError
 from smilejax.xla import roofline as _roofline
 from tests.conftest import run_cli
 
@@ -196,7 +197,7 @@ def test_packed_cases_hold_the_same_jets_as_the_padded_and_bucket_rows(tmp_path)
     cfg = load_config("gn2", [*SMALL_GN2, "model.max_tracks=16"])
     spec = registry.model("gn2")
     args = argparse.Namespace(
-        tracks=None, bucket=[8, 12], pack=[(12, 4), (16, 2)], pack_row_multiple=8, lengths_from=path
+        model="gn2", overrides=[], tracks=None, bucket=[8, 12], pack=[(12, 4), (16, 2)], lengths_from=path
     )
     padded_cfg, cases = _packed_cases.cases(cfg, spec, args, 30)
     assert padded_cfg.model.max_tracks == 16
@@ -217,7 +218,7 @@ def test_packed_cases_hold_the_same_jets_as_the_padded_and_bucket_rows(tmp_path)
     assert padded["tracks"].shape == (30, 16, 21) and bucket["tracks"].shape == (30, 12, 21)
     # packed: every drawn track in a slot, 30 jets, rows a multiple of 8, the model's keys
     assert set(packed) == {*padded, "segment", "jet_valid"}
-    assert packed["tracks"].shape[1:] == (12, 21) and len(packed["tracks"]) % 8 == 0
+    assert packed["tracks"].shape[1:] == (12, 21) and len(packed["tracks"]) % 8 == 0  # gn2's ftag_h5: 8
     assert packed["jet_valid"].shape[1] == 4 and packed2["jet_valid"].shape[1] == 2
     assert packing.examples(packed) == packing.examples(packed2) == 30
     assert packed["valid"].sum() == packed2["valid"].sum() == drawn.sum()
@@ -226,9 +227,20 @@ def test_packed_cases_hold_the_same_jets_as_the_padded_and_bucket_rows(tmp_path)
     assert fraction["pad_fraction"] == 1 - drawn.sum() / packed["valid"].size
     assert _packed_cases.padding_columns(padded)["pad_fraction"] == 1 - drawn.sum() / (30 * 16)
 
-    # the same draw every time; clear errors
+    # the same draw every time; data.pack_row_multiple read from the config with the overrides
     again = _packed_cases.cases(cfg, spec, args, 30)[1][1][1]
     np.testing.assert_array_equal(again["valid"], padded["valid"])
+    thirds = argparse.Namespace(**{**vars(args), "overrides": ["data.pack_row_multiple=3"]})
+    rows = len(_packed_cases.cases(cfg, spec, thirds, 30)[1][2][1]["valid"])
+    assert rows == -(-packing.plan_rows(drawn, 12, 4).rows // 3) * 3 and rows % 8 != 0
+    overrides = ["data.pack_row_multiple=3", "data.batch_size=8", "model.x=1", "data=1"]
+    assert _packed_cases.own_data_overrides(overrides) == ["data.pack_row_multiple=3"]
+    nope = argparse.Namespace(**{**vars(args), "overrides": ["data.pack_row_multiple=0"]})
+    with pytest.raises(SystemExit, match=r"data\.pack_row_multiple=0: row_multiple must be at least 1"):
+        _packed_cases.cases(cfg, spec, nope, 30)
+    with pytest.raises(ConfigError, match="pack_row_multipl"):  # checked against gn2's own format, ftag_h5
+        _packed_cases.data_config("gn2", ["data.pack_row_multipl=3"])
+    # clear errors
     too_small = argparse.Namespace(**{**vars(args), "pack": [(10, 4)]})
     with pytest.raises(SystemExit, match="longest jet has 11 tracks, more than 10 slots"):
         _packed_cases.cases(cfg, spec, too_small, 30)
@@ -248,7 +260,8 @@ def test_packed_cases_hold_the_same_jets_as_the_padded_and_bucket_rows(tmp_path)
 def test_a_packed_row_of_a_files_jets_bound_for_an_h100(tmp_path):
     out = tmp_path / "roofline"
     path = ftag_lengths_file(tmp_path / "jets.h5")
-    args = ["model.max_tracks=16", "--batch", "32", "--lengths-from", path, "--pack", "16:4"]
+    args = ["model.max_tracks=16", "data.pack_row_multiple=3", "--batch", "32", "--lengths-from", path]
+    args += ["--pack", "16:4"]
     args += ["--attention", "math", "--out", str(out)]
     done = run_cli("bench", "roofline", "gn2", *SMALL_GN2, *args, devices=1, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -259,8 +272,10 @@ def test_a_packed_row_of_a_files_jets_bound_for_an_h100(tmp_path):
         "packed",
         16,
     )
-    # the same 32 jets: jets/s count jets, not the packed rows (a multiple of 8)
-    assert packed["rows"] % 8 == 0 and packed["rows"] < 32 and packed["jets_per_row"] == 4
+    # the same 32 jets: jets/s count jets, not the packed rows (a multiple of the override's 3)
+    drawn = _packed_cases.draw(np.array(FILE_LENGTHS), 32, path)
+    assert packed["rows"] == packing.plan_rows(drawn, 16, 4, 3).rows and packed["rows"] % 3 == 0
+    assert packed["rows"] < 32 and packed["jets_per_row"] == 4
     for row in (padded, packed):
         assert row["samples_per_s_bound"] == pytest.approx(32 / (row["bound_ms"] / 1e3))
     assert packed["pad_fraction"] < padded["pad_fraction"] and packed["gb_per_step"] < padded["gb_per_step"]

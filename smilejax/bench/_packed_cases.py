@@ -10,7 +10,11 @@ counts, leading slots first, as the bucketed and packed reads lay them out:
 - bucket: the batch at the smallest ``--bucket`` length that holds its longest jet (what the bucketed
   loop without a window pads it to); none when that is the padded length;
 - packed (``--pack SLOTS:JETS``): the batch packed by ``inputs.packing`` (first-fit decreasing, rows
-  rounded up to ``--pack-row-multiple``, as ``data.pack_row_multiple`` rounds them in training).
+  rounded up to a multiple of ``data.pack_row_multiple``, as in training).
+
+The step is built with a synthetic data section (``_target.load_config``), which has no packing fields:
+``data.pack_row_multiple`` is read from the config's own data section (its format's default, or a
+``data.pack_row_multiple=N`` override), loaded apart (``data_config``).
 
 Without ``--lengths-from`` the packed rows pack the synthetic padded batch (random track counts).
 """
@@ -55,14 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SLOTS:JETS",
         help="packed rows too: SLOTS track slots holding at most JETS jets each (repeatable or "
-        "comma-separated: 48:12,64:16); the jets/s count jets, not rows",
-    )
-    parser.add_argument(
-        "--pack-row-multiple",
-        type=int,
-        default=8,
-        metavar="N",
-        help="packed rows rounded up to a multiple of N (data.pack_row_multiple; default 8)",
+        "comma-separated: 48:12,64:16), the rows rounded up to a multiple of the config's "
+        "data.pack_row_multiple (an override sets it); the jets/s count jets, not rows",
     )
     parser.add_argument(
         "--lengths-from",
@@ -70,6 +68,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an ftag_h5 file: every row holds --batch of its jets (drawn at random), with their track "
         "counts; a bucket row pads them to the smallest --bucket that holds the longest",
     )
+
+
+def own_data_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of data fields that only the config's own data format has (such as
+    ``data.pack_row_multiple``): the synthetic data section the step is built with lacks them."""
+    from smilejax.inputs.spec import DataConfig
+
+    generic = {f.name for f in dataclasses.fields(DataConfig)}
+
+    def own(item: str) -> bool:
+        section, _, key = item.partition("=")[0].partition(".")
+        return section == "data" and bool(key) and key.split(".")[0] not in generic
+
+    return [o for o in overrides if own(o)]
+
+
+def data_config(model: str, overrides: list[str]) -> Any:
+    """MODEL's data section in its own format, the overrides applied (validated as training would)."""
+    from smilejax import config
+    from smilejax.bench import _target
+
+    return config.load(_target._tree(model), overrides).data
+
+
+def row_multiple(args: argparse.Namespace) -> int:
+    """``data.pack_row_multiple`` of the config ``args.model`` with ``args.overrides``."""
+    data = data_config(args.model, args.overrides)
+    multiple = getattr(data, "pack_row_multiple", None)
+    if multiple is None:
+        raise SystemExit(f"--pack: data format {data.format!r} does not pack (no data.pack_row_multiple)")
+    return multiple
 
 
 @functools.cache
@@ -136,7 +165,8 @@ def padding_columns(host: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def packed_case(padded: dict[str, np.ndarray], slots: int, jets: int, multiple: int) -> tuple[dict, dict]:
-    """(row columns, packed host batch) of the padded batch ``padded`` in rows of ``slots`` slots."""
+    """(row columns, packed host batch) of the padded batch ``padded`` in rows of ``slots`` slots, the
+    row count rounded up to a multiple of ``multiple``."""
     from smilejax.inputs import packing
 
     lengths = padded["valid"].sum(1)
@@ -148,13 +178,14 @@ def packed_case(padded: dict[str, np.ndarray], slots: int, jets: int, multiple: 
     try:
         plan = packing.plan_rows(lengths, slots, jets, multiple)
     except ValueError as err:
-        raise SystemExit(f"--pack {slots}:{jets} --pack-row-multiple {multiple}: {err}") from None
+        raise SystemExit(f"--pack {slots}:{jets} data.pack_row_multiple={multiple}: {err}") from None
     return {"tracks": slots, "padding": "packed", "jets_per_row": jets}, packing.pack(padded, plan)
 
 
 def cases(cfg, spec, args: argparse.Namespace, batch: int) -> tuple[Any, list[tuple[dict, dict]]]:
     """``cfg`` at the padded length and (row columns, host batch) of the padded row, the bucket rows
-    and the packed rows (module doc), the same jets in every row."""
+    and the packed rows (module doc), the same jets in every row. ``args``: the command's (``model``
+    and ``overrides`` give ``data.pack_row_multiple``)."""
     from smilejax.bench import _synthetic, _train_jax
 
     field, padded, widths = _train_jax.lengths(cfg, args)
@@ -186,6 +217,7 @@ def cases(cfg, spec, args: argparse.Namespace, batch: int) -> tuple[Any, list[tu
     full = rows[-1][1]  # the padded batch: the one packed
     if args.pack and "valid" not in full:
         raise SystemExit(f"--pack: model {cfg.model.name!r}'s batches have no 'valid' mask to pack by")
+    multiple = row_multiple(args) if args.pack else 1
     for slots, jets in args.pack:
-        out.append(packed_case(full, slots, jets, args.pack_row_multiple))
+        out.append(packed_case(full, slots, jets, multiple))
     return dataclasses.replace(cfg, model=at(padded)), out

@@ -199,7 +199,12 @@ def study(args: argparse.Namespace) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise SystemExit("--batch must be at least 1")
-    cfg = load_config(args.model, args.overrides)
+    # The step's config has a synthetic data section: overrides of the config's own data format's fields
+    # (data.pack_row_multiple, read by the packed rows) are checked against that format instead.
+    own = _packed_cases.own_data_overrides(args.overrides)
+    if own:
+        _packed_cases.data_config(args.model, args.overrides)
+    cfg = load_config(args.model, [o for o in args.overrides if o not in own])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=args.precision))
     spec = registry.model(cfg.model.name)
     target = _roofline.TARGETS[args.target]
