@@ -6,12 +6,15 @@ The sbi environment is required: CI installs it with ``make reference``
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 import pytest
-from smilejax.models.lfi import bench_study, sbi_peer, tasks
+import yaml
+from smilejax.models.lfi import bench_options, bench_study, sbi_peer, tasks
 
+from smilejax.bench import _target
 from tests.conftest import ROOT, run_cli
 
 
@@ -144,6 +147,81 @@ def test_added_runs_join_the_table(tmp_path):
     assert abs(table["c2st_seed_std"] - 0.05) < 1e-9
     with pytest.raises(SystemExit, match=r"not an lfi-runs\.json"):
         bench_study.added_rows(str(tmp_path / "missing.json"))
+
+
+def test_the_table_lists_per_seed_values_and_keeps_labelled_variants_apart():
+    """Per seed, in seed order whatever order the rows came in: C2ST and epochs ("?" for an older row
+    without them); a labelled smilejax variant (--label) is its own row, never pooled with smilejax."""
+    rows = [
+        {
+            "task": "slcp",
+            "budget": 10,
+            "impl": "smilejax",
+            "seed": 1,
+            "c2st": 0.7,
+            "train_s": 2.0,
+            "epochs": 30.5,
+        },
+        {"task": "slcp", "budget": 10, "impl": "smilejax", "seed": 0, "c2st": 0.6, "train_s": 1.0},
+        {
+            "task": "slcp",
+            "budget": 10,
+            "impl": "smilejax",
+            "variant": "maf",
+            "seed": 0,
+            "c2st": 0.9,
+            "train_s": 3.0,
+        },
+    ]
+    plain, labelled = bench_study.summarise(rows)
+    assert plain["impl"] == "smilejax" and plain["seeds"] == 2 and abs(plain["c2st"] - 0.65) < 1e-9
+    assert plain["c2st_per_seed"] == "0.600, 0.700" and plain["epochs_per_seed"] == "?, 30"
+    assert labelled["impl"] == "smilejax (maf)" and labelled["seeds"] == 1 and labelled["c2st"] == 0.9
+    (one,) = bench_study.per_observation([{**rows[0], "c2st_per_observation": [0.61, 0.7894]}])
+    assert one["per_observation"] == "0.610, 0.789"
+
+
+def test_config_for_trains_a_task_with_its_own_config_on_both_sides(tmp_path, monkeypatch):
+    """--config-for TASK=CONFIG: that task's config (with the run's overrides) on smilejax's side, and
+    sbi's flow built from it: one sbi subprocess per distinct flow."""
+    tree = yaml.safe_load((ROOT / "models/lfi/configs/npe-two-moons.yaml").read_text())
+    tree["model"]["flow"]["hidden"] = [32, 32]
+    own = tmp_path / "wide.yaml"
+    own.write_text(yaml.safe_dump(tree))
+    cfg = _target.load_config("npe-two-moons", ["optimizer.lr=2e-3"])
+    args = argparse.Namespace(config_for=f"gaussian_linear={own}", overrides=["optimizer.lr=2e-3"])
+    cfgs = bench_options.task_configs(cfg, args, ["two_moons", "gaussian_linear"])
+    assert cfgs["two_moons"] is cfg and cfgs["gaussian_linear"].model.flow.hidden == [32, 32]
+    assert cfgs["gaussian_linear"].optimizer.lr == 2e-3  # the run's overrides apply to it too
+    for bad, match in (("slcp=" + str(own), "not among --tasks"), ("gaussian_linear", "TASK=CONFIG")):
+        with pytest.raises(SystemExit, match=match):
+            bench_options.task_configs(cfg, argparse.Namespace(config_for=bad), ["gaussian_linear"])
+
+    calls = []
+
+    def fake_run(interpreter, jobs, settings, tmp):
+        calls.append((settings.hidden_features, sorted(j.key for j in jobs)))
+        dims = {j.key: tasks.get(j.key.rsplit("-", 1)[0]).reference_samples(1).shape[1] for j in jobs}
+        draws = {(j.key, j.seed): np.zeros((1, 20, dims[j.key]), np.float32) for j in jobs}
+        rows = {k: {"train_s": 1.0, "epochs": 3} for k in draws}
+        return sbi_peer.Result(info={"sbi": "fake"}, rows=rows, samples=draws)
+
+    monkeypatch.setattr(sbi_peer, "run", fake_run)
+    monkeypatch.setattr(sbi_peer, "python", lambda explicit: "python")
+    monkeypatch.setattr(bench_study, "score", lambda task, draws, observations: [0.5] * len(observations))
+    run_args = argparse.Namespace(torch_python=None, posterior_samples=10, batch=None, torch_threads=1)
+    run_args.sbi_max_epochs, run_args.patience = 0, 20
+    names = ("two_moons-10", "gaussian_linear-10", "two_moons-20")
+    jobs = [sbi_peer.Job(k, 0, None, None, None) for k in names]
+    chosen = {n: tasks.get(n) for n in ("two_moons", "gaussian_linear")}
+    rows = []
+    info = bench_study.sbi_rows(cfgs, run_args, jobs, chosen, {n: [1] for n in chosen}, tmp_path, rows)
+    assert calls == [(64, ["two_moons-10", "two_moons-20"]), (32, ["gaussian_linear-10"])]
+    assert info == {"sbi": "fake"} and [(r["task"], r["budget"], r["epochs"]) for r in rows] == [
+        ("two_moons", 10, 3),
+        ("two_moons", 20, 3),
+        ("gaussian_linear", 10, 3),
+    ]
 
 
 def test_early_stopped_runs_keep_the_peak_learning_rate():

@@ -15,14 +15,17 @@ task and budget. On that same set, in the same session, for each of ``--seeds`` 
   ``--epochs`` passes over all of the set.
 
 ``--no-smilejax`` / ``--no-sbi`` run one side alone (e.g. sbi started early in the background), and
-``--add-runs`` joins an earlier run's per-seed rows into this table; ``--first-seed`` shifts the seeds.
+``--add-runs`` joins an earlier run's per-seed rows into this table; ``--first-seed`` shifts the seeds;
+``--label`` names this run's smilejax variant (its rows stay apart from other smilejax rows);
+``--config-for TASK=CONFIG`` trains a task with another config, both sides (``bench_options``).
 
 Each then draws ``--posterior-samples`` samples at each of the task's reference observations
 (``--observations``), draws outside the prior's support rejected alike on both sides (as the benchmark's
 NPE does), and the study scores them with the benchmark's C2ST (``c2st``) against the reference
 posterior samples. Rows: per task, budget, implementation and seed, the C2ST mean over observations and
 the wall time to train (simulations in memory; smilejax's includes compilation, its checkpoint and the
-model's standardisation). ``lfi.md`` is the table; ``lfi.png`` the paper's C2ST-against-budget panels
+model's standardisation). ``lfi.md`` is the table (with the per-seed C2ST and epochs), ``lfi-runs.md``
+the per-seed rows (with the C2ST per observation); ``lfi.png`` the paper's C2ST-against-budget panels
 with the wall time below.
 """
 
@@ -42,99 +45,30 @@ from smilejax.bench import common
 from smilejax.config import Config
 
 from . import sbi_peer
-from .bench_report import added_rows, plot, summarise
+from .bench_options import add_arguments as add_arguments  # the CLI asks the study module for it
+from .bench_options import check, numbers, task_configs
+from .bench_report import added_rows, per_observation, plot, summarise
 
 log = logging.getLogger(__name__)
 
-TASKS = ("two_moons", "gaussian_linear", "slcp", "bernoulli_glm")
-BUDGETS = (1_000, 10_000, 100_000)
 SIMULATION_KEY = 20_21  # with the task and budget: one fixed set of simulations per (task, budget)
 VALIDATION_KEY = 0x7A11  # with the seed: which simulations smilejax holds out for early stopping
 VALIDATION = 0.1  # the held-out fraction, sbi's validation_fraction
-COLUMNS = ["task", "budget", "impl", "seed", "c2st", "c2st_obs_std", "train_s", "steps", "epochs", "note"]
-SUMMARY_COLUMNS = ["task", "budget", "impl", "seeds", "c2st", "c2st_seed_std", "train_s", "train_s_std"]
-NOT_OPTIONS = ("bucket", "torch_modes", "vary", "tracks", "attention")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """This study's options of ``smilejax bench train npe-...`` (beside the generic ones)."""
-    group = parser.add_argument_group("npe only: the simulation-based-inference benchmark")
-    group.add_argument("--tasks", default=",".join(TASKS), help="benchmark tasks, comma-separated")
-    group.add_argument(
-        "--budgets",
-        default=",".join(map(str, BUDGETS)),
-        help="simulation budgets (default 1000,10000,100000)",
-    )
-    group.add_argument("--seeds", type=int, default=3, help="trainings per task and budget, each side")
-    group.add_argument(
-        "--epochs",
-        type=float,
-        default=100,
-        help="smilejax's passes over the set (at most)",
-    )
-    group.add_argument(
-        "--patience",
-        type=int,
-        default=20,
-        help="smilejax: early stopping after this many epochs without a lower validation loss, on 10%% "
-        "held out, keeping the best parameters, as sbi (its stop_after_epochs); 0: --epochs passes on all",
-    )
-    group.add_argument("--posterior-samples", type=int, default=10_000, help="draws per observation (C2ST)")
-    group.add_argument("--observations", default="all", help="reference observations: all, N-M or i,j,k")
-    group.add_argument("--no-sbi", action="store_true", help="smilejax alone (no sbi environment needed)")
-    group.add_argument("--no-smilejax", action="store_true", help="sbi alone (its side run apart)")
-    group.add_argument("--first-seed", type=int, default=0, help="seeds: first-seed, first-seed+1, ...")
-    group.add_argument(
-        "--add-runs",
-        default="",
-        help="lfi-runs.json files of earlier runs (comma-separated) whose rows join this table",
-    )
-    group.add_argument("--torch-threads", type=int, default=0, help="sbi's torch threads (0: its default)")
-    group.add_argument(
-        "--sbi-max-epochs", type=int, default=0, help="cap on sbi's epochs (0: early stopping alone)"
-    )
-
-
-def _numbers(text: str, what: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 10:
-        raise SystemExit(f"--{what} {text}: expected comma-separated counts of at least 10")
-    return values
-
-
-def _check_options(cfg: Config, args: argparse.Namespace) -> None:
-    wrong = [f"--{k.replace('_', '-')}" for k in NOT_OPTIONS if getattr(args, k, None) not in (None, [], 0)]
-    if wrong:
-        raise SystemExit(f"{', '.join(wrong)}: not an option of bench train {cfg.model.name}")
-    if cfg.model.name != "npe":
-        raise SystemExit(f"the LFI benchmark trains NPE; the config's model is {cfg.model.name!r}")
-    defaults = {
-        "tasks": ",".join(TASKS),
-        "budgets": ",".join(map(str, BUDGETS)),
-        "seeds": 3,
-        "epochs": 100.0,
-        "patience": 20,
-        "posterior_samples": 10_000,
-        "observations": "all",
-        "no_sbi": False,
-        "no_smilejax": False,
-        "first_seed": 0,
-        "add_runs": "",
-        "torch_threads": 0,
-        "sbi_max_epochs": 0,
-    }
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.seeds < 1 or args.epochs <= 0 or args.posterior_samples < 10:
-        raise SystemExit("--seeds and --epochs must be positive, --posterior-samples at least 10")
-    if args.patience < 0:
-        raise SystemExit("--patience must be at least 0 (0: no early stopping)")
-    if args.first_seed < 0:
-        raise SystemExit("--first-seed must be at least 0")
+COLUMNS = [
+    "task",
+    "budget",
+    "impl",
+    "variant",
+    "seed",
+    "c2st",
+    "per_observation",
+    "train_s",
+    "steps",
+    "epochs",
+]
+COLUMNS += ["note"]
+SUMMARY_COLUMNS = ["task", "budget", "impl", "seeds", "c2st", "c2st_seed_std", "c2st_per_seed"]
+SUMMARY_COLUMNS += ["epochs_per_seed", "train_s", "train_s_std"]
 
 
 def simulate(task, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,9 +233,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from . import tasks as tasklib
     from .evaluation import parse_observations
 
-    _check_options(cfg, args)
+    check(cfg, args)
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    budgets = _numbers(args.budgets, "budgets")
+    budgets = numbers(args.budgets, "budgets")
+    cfgs = task_configs(cfg, args, names)
     chosen = {name: tasklib.get(name) for name in names}
     missing = [n for n, t in chosen.items() if t.reference_samples is None]
     if missing:
@@ -321,13 +256,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in _seeds(args)]
         if not args.no_sbi:  # first: the machine is sbi's alone
             try:
-                info = sbi_rows(cfg, args, jobs, chosen, obs, tmp, rows)
+                info = sbi_rows(cfgs, args, jobs, chosen, obs, tmp, rows)
             except RuntimeError as err:
                 problem = str(err)
                 log.error("%s", problem)
         for (name, budget), path in sets.items() if not args.no_smilejax else ():
             for seed in _seeds(args):
-                rows.append(smilejax_row(cfg, args, chosen[name], budget, seed, path, tmp, obs[name]))
+                rows.append(smilejax_row(cfgs[name], args, chosen[name], budget, seed, path, tmp, obs[name]))
     rows += added_rows(args.add_runs)
     table = summarise(rows)
     extra = {
@@ -342,13 +277,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "sbi": info,
         "summary": table,
     }
+    if args.config_for:  # the tasks that trained with another config, both sides
+        extra["config_for"] = {
+            n: {"flow": dataclasses.asdict(c.model.flow), "embedding": dataclasses.asdict(c.model.embedding)}
+            for n, c in cfgs.items()
+            if c is not cfg
+        }
     if problem:
         extra["sbi_problem"] = problem
     notes = [
         "c2st: mean over the observations of the benchmark's C2ST (0.5: the reference posterior); "
         "train_s: wall time to train on simulations in memory (smilejax: with compilation).",
     ]
-    path = common.write_results(args.out, "lfi-runs", rows, columns=COLUMNS, extra=extra)
+    path = common.write_results(args.out, "lfi-runs", per_observation(rows), columns=COLUMNS, extra=extra)
     summary_path = common.write_results(
         args.out, "lfi", table, columns=SUMMARY_COLUMNS, extra=extra, notes=notes
     )
@@ -357,9 +298,23 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if problem else 0
 
 
-def sbi_rows(cfg, args, jobs: list, chosen: dict, obs: dict, tmp: Path, rows: list[dict]) -> dict:
-    """sbi's trainings of every job in one subprocess, scored; appends their rows, returns sbi's info."""
-    result = sbi_peer.run(sbi_peer.python(args.torch_python), jobs, sbi_settings(cfg, args), tmp)
+def sbi_rows(cfgs: dict, args, jobs: list, chosen: dict, obs: dict, tmp: Path, rows: list[dict]) -> dict:
+    """sbi's trainings of every job, one subprocess per distinct flow (tasks' configs, ``--config-for``),
+    scored; appends their rows, returns sbi's info."""
+    groups: dict[sbi_peer.Settings, list] = {}
+    for job in jobs:
+        groups.setdefault(sbi_settings(cfgs[job.key.rsplit("-", 1)[0]], args), []).append(job)
+    interpreter, info = sbi_peer.python(args.torch_python), {}
+    for settings, group in groups.items():
+        result = sbi_peer.run(interpreter, group, settings, tmp)
+        rows += _sbi_scored(result, args, group, chosen, obs)
+        info = result.info  # versions and device: the same for every group
+    return info
+
+
+def _sbi_scored(result: sbi_peer.Result, args, jobs: list, chosen: dict, obs: dict) -> list[dict]:
+    """Rows of sbi's trained ``jobs``: their draws kept in the prior's support and scored."""
+    rows = []
     for job in jobs:
         name, budget = job.key.rsplit("-", 1)
         task, k = chosen[name], (job.key, job.seed)
@@ -371,7 +326,7 @@ def sbi_rows(cfg, args, jobs: list, chosen: dict, obs: dict, tmp: Path, rows: li
             _row(name, int(budget), "sbi", job.seed, scores, r["train_s"], epochs=r["epochs"], note=note)
         )
         log.info("sbi %s seed %d: C2ST %.3f", job.key, job.seed, rows[-1]["c2st"])
-    return result.info
+    return rows
 
 
 def smilejax_row(
@@ -388,8 +343,9 @@ def smilejax_row(
     draws, _leak = posterior_draws(draw, task, observed, args.posterior_samples, jax.random.key(seed))
     scores = score(task, draws, observations)
     note = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
-    row = _row(
-        task.name, budget, "smilejax", seed, scores, seconds, steps=steps, epochs=round(epochs, 1), note=note
-    )
+    more = {"steps": steps, "epochs": round(epochs, 1), "note": note}
+    if args.label:  # a variant apart (another flow, embedding): its own rows in the table
+        more["variant"] = args.label
+    row = _row(task.name, budget, "smilejax", seed, scores, seconds, **more)
     log.info("smilejax %s-%d seed %d: C2ST %.3f, %.1f s", task.name, budget, seed, row["c2st"], seconds)
     return row
