@@ -49,6 +49,10 @@ def _check(values) -> None:
     bridge = values["bridge"]
     if bridge is not None and (values["builder"] != "walk" or not 0 <= bridge < 1):
         raise ValueError(f"--bridge needs --builder walk and a score in [0, 1), not {bridge}")
+    if values.get("merge") not in (None, "pieces", "hits"):
+        raise ValueError(f"--merge must be pieces or hits, not {values['merge']!r}")
+    if not values.get("merge_sigma", 2.0) > 0:
+        raise ValueError(f"--merge-sigma must be positive, not {values['merge_sigma']}")
 
 
 EVALUATION = Evaluation(
@@ -59,6 +63,8 @@ EVALUATION = Evaluation(
         Option("--builder", str, "cc", "track builder: cc (connected components) or walk (walk-through)"),
         Option("--min-hits", int, 3, "hits of the shortest track kept, and of a reconstructable particle"),
         Option("--bridge", float, None, "walk: weakest edge crossed once when none above the cut is left"),
+        Option("--merge", str, None, "join track pieces one helix fits: pieces, or hits (also free hits)"),
+        Option("--merge-sigma", float, 2.0, "--merge: tolerances (hit resolution and scattering) allowed"),
         Option("--min-track-length", int, 5, "acorn's columns: hits of the shortest track counted"),
     ),
     check=_check,

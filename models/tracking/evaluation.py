@@ -7,7 +7,9 @@ least ``--min-track-length`` hits, targets pT >= 1 GeV, >= 3 hits, |eta| <= 4).
 Edge truth: consecutive hits of one particle (the batch's ``true_edges``; evaluation reads them);
 "target" edges and particles have pT above the model's ``pt_cut``. Options: ``--score-cut`` (default:
 the model's ``edge_cut``), ``--builder cc|walk``, ``--bridge`` (walk: the weakest edge it may cross
-once when no edge above the cut is left), ``--min-hits``, ``--min-track-length`` (acorn's columns).
+once when no edge above the cut is left), ``--merge pieces|hits`` (join the builder's pieces that one
+helix fits within ``--merge-sigma`` tolerances; ``hits`` also attaches hits on no track: ``merge``),
+``--min-hits``, ``--min-track-length`` (acorn's columns).
 
 Files in ``opts.out``: ``track_efficiency.png`` (vs pT and eta), ``fake_duplicate.png`` (vs pT and eta),
 ``edge_scores.png`` (score distributions of true and false edges), ``tracking.npz`` (per particle and
@@ -26,6 +28,8 @@ from smilejax.plotting import pyplot
 from smilejax.trained import TrainedModel
 
 from . import matching, tracks
+from .merge import MergeConfig, positions
+from .merge import config as merge_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ def event_tracks(
     min_hits: int,
     bridge: float | None = None,
     min_track_length: int = 5,
+    merge: MergeConfig | None = None,
 ) -> dict:
     """One event's track building and matching: per-particle and per-track arrays, its score and
     acorn's counts per matching style (``acorn``)."""
@@ -67,7 +72,8 @@ def event_tracks(
     m = int(event["edge_mask"].sum())
     edges = event["edges"][:m]
     particle = event["particle"][:n].astype(np.int64)
-    labels = tracks.build(builder, n, edges, scores[:m], cut, min_hits, bridge)
+    xyz = positions(event["hits"][:n]) if merge is not None else None
+    labels = tracks.build(builder, n, edges, scores[:m], cut, min_hits, bridge, merge, xyz)
     mt = tracks.match(labels, particle)
     pt_of = np.zeros(mt["n_particle"].size)
     eta_of = np.zeros(mt["n_particle"].size)
@@ -142,6 +148,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     cut = cfg.edge_cut if cut is None else cut
     builder, min_hits = opts.model.get("builder", "cc"), opts.model.get("min_hits", 3)
     bridge, min_length = opts.model.get("bridge"), opts.model.get("min_track_length", 5)
+    mode, n_sigma = opts.model.get("merge"), opts.model.get("merge_sigma", MergeConfig.n_sigma)
+    merge = merge_config(mode, n_sigma)
     acorn = {style: dict.fromkeys(matching.COUNTS, 0) for style in matching.STYLES}
     src = predict.source(trained, opts.split)
     n_max = predict.available(src, trained.cfg.data.batch_size)
@@ -170,7 +178,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
             edge["passed_target"] += int((passed & tgt).sum())
             hist_true += np.histogram(s[y], 50, (0, 1))[0]
             hist_false += np.histogram(s[~y], 50, (0, 1))[0]
-            res = event_tracks(ev, out["edge_scores"][row], cut, builder, min_hits, bridge, min_length)
+            res = event_tracks(ev, out["edge_scores"][row], cut, builder, min_hits, bridge, min_length, merge)
             scores_list.append(res.pop("score"))
             for style, counts in res.pop("acorn").items():
                 for k in matching.COUNTS:
@@ -183,6 +191,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
         "builder": builder,
         "min_hits": min_hits,
         "bridge": bridge,
+        "merge": mode,
+        "merge_sigma": n_sigma,
         "min_track_length": min_length,
         "edges": {
             "efficiency": edge["passed_true"] / max(edge["true"], 1),
@@ -251,7 +261,9 @@ def summary(metrics: dict) -> str:
     rows = [
         f"TrackML score {metrics['trackml_score']:.3f}   "
         f"edges: efficiency {metrics['edges']['efficiency']:.3f}"
-        f" purity {metrics['edges']['purity']:.3f}   ({metrics['builder']}, cut {metrics['score_cut']:g})"
+        f" purity {metrics['edges']['purity']:.3f}   ({metrics['builder']}, cut {metrics['score_cut']:g}"
+        + ("" if metrics.get("merge") is None else f", --merge {metrics['merge']} {metrics['merge_sigma']:g}")
+        + ")"
     ]
     for name, t in metrics["tracks"].items():
         if name == "binned":

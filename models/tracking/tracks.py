@@ -31,6 +31,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _cc
 
+from .merge import MergeConfig
+from .merge import merge as merge_pieces
+
 BUILDERS = ("cc", "walk")
 
 
@@ -104,12 +107,32 @@ def _bridge(weak: np.ndarray, e, strong, start, labels) -> int:
     return -1
 
 
-def build(builder: str, n_hits, edges, scores, cut, min_hits=3, bridge: float | None = None) -> np.ndarray:
+def build(
+    builder: str,
+    n_hits,
+    edges,
+    scores,
+    cut,
+    min_hits=3,
+    bridge: float | None = None,
+    merge: MergeConfig | None = None,
+    xyz: np.ndarray | None = None,
+) -> np.ndarray:
+    """One event's track labels; with ``merge`` (needs ``xyz``, hits' x, y, z in mm) the builder's
+    pieces of any length are first joined where one helix fits them (``merge.merge``), then tracks
+    shorter than ``min_hits`` are dropped."""
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown track builder {builder!r}; choose from {BUILDERS}")
+    if merge is not None and xyz is None:
+        raise ValueError("merging track pieces needs the hits' positions (xyz)")
+    keep = 1 if merge is not None else min_hits
     if builder == "cc":
-        return connected_components(n_hits, edges, scores, cut, min_hits)
-    if builder == "walk":
-        return walkthrough(n_hits, edges, scores, cut, min_hits, bridge)
-    raise ValueError(f"unknown track builder {builder!r}; choose from {BUILDERS}")
+        labels = connected_components(n_hits, edges, scores, cut, keep)
+    else:
+        labels = walkthrough(n_hits, edges, scores, cut, keep, bridge)
+    if merge is None:
+        return labels
+    return _finish(merge_pieces(labels, xyz, merge), min_hits)
 
 
 def match(labels: np.ndarray, particle: np.ndarray) -> dict[str, np.ndarray]:
