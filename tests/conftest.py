@@ -103,6 +103,32 @@ def stand_in_triton(folder: Path, script: str) -> tuple[Path, Path]:
     return folder / "repo", binary
 
 
+FTAG_JETS = (3000, 2000)  # jets of ftag_files' s1.h5 and s2.h5
+
+
+@pytest.fixture(scope="module")
+def ftag_files(tmp_path_factory) -> Path:
+    """A folder of two synthetic ftag_h5 files (GN2's maker): s1.h5 (FTAG_JETS[0] jets, seed 1) and s2.h5
+    (FTAG_JETS[1] jets, seed 2)."""
+    from smilejax.models.gn2 import make_synthetic as fs
+
+    d = tmp_path_factory.mktemp("ftag")
+    fs.make(d / "s1.h5", FTAG_JETS[0], seed=1)
+    fs.make(d / "s2.h5", FTAG_JETS[1], seed=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ftag_mock(tmp_path_factory) -> str:
+    """A 1500-jet file from atlas-ftag-tools' mock writer (ATLAS's own writer of the format)."""
+    from ftag import mock
+
+    path = tmp_path_factory.mktemp("mock") / "mock.h5"
+    fname, f = mock.get_mock_file(num_jets=1500, fname=str(path))
+    f.close()
+    return fname
+
+
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
-import shutil
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import yaml
-from flax import nnx
 from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
 from smilejax.models.gn2 import make_synthetic as fs
 
+from tests.conftest import FTAG_JETS
+
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
-N1, N2 = 3000, 2000
+N1, N2 = FTAG_JETS
 TRUTH_ID_TO_FLAVOUR = {5: 0, 4: 1, 0: 2, 15: 3}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ftag")
-    fs.make(d / "s1.h5", N1, seed=1)
-    fs.make(d / "s2.h5", N2, seed=2)
-    return d
-
-
-@pytest.fixture(scope="module")
-def mock_path(tmp_path_factory):
-    from ftag import mock  # atlas-ftag-tools: ATLAS's own writer of this format
-
-    path = tmp_path_factory.mktemp("mock") / "mock.h5"
-    fname, f = mock.get_mock_file(num_jets=1500, fname=str(path))
-    f.close()
-    return fname
 
 
 def _cfg(path, **kw) -> fh.FtagConfig:
@@ -76,8 +56,8 @@ def _assert_contract(batch, b, t, f, aux):
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def test_synthetic_through_pipeline(data_dir):
-    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+def test_synthetic_through_pipeline(ftag_files):
+    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
     assert len(src) == N1 - round(0.1 * N1)
     batch = _first_batch(src)
     _assert_contract(batch, 64, 40, 21, aux=True)
@@ -87,13 +67,13 @@ def test_synthetic_through_pipeline(data_dir):
     assert (valid != prefix).any(axis=1).any(), "holes in the masks must be kept"
 
 
-def test_values_match_file(data_dir, tmp_path):
-    norm = fh.compute_norm_dict(str(data_dir / "s1.h5"), max_jets=2000)
-    cfg = _cfg(data_dir / "s1.h5", norm_dict=str(fh.write_norm_dict(norm, tmp_path / "norm.yaml")))
+def test_values_match_file(ftag_files, tmp_path):
+    norm = fh.compute_norm_dict(str(ftag_files / "s1.h5"), max_jets=2000)
+    cfg = _cfg(ftag_files / "s1.h5", norm_dict=str(fh.write_norm_dict(norm, tmp_path / "norm.yaml")))
     src = fh.SPEC.source(cfg, "train")
     rows = np.array([0, 1, 2, 7, 100, 101, 1500, 2600])
     batch = src.read(rows)
-    jets, tracks = _file(data_dir / "s1.h5")
+    jets, tracks = _file(ftag_files / "s1.h5")
     jets, tracks = jets[rows], tracks[rows]
     np.testing.assert_array_equal(batch["valid"], tracks["valid"])
     np.testing.assert_array_equal(batch["flavour"], jets["flavour_label"])
@@ -116,8 +96,8 @@ def test_values_match_file(data_dir, tmp_path):
     np.testing.assert_array_equal(src.read(shuffled)["tracks"], batch["tracks"][::-1])
 
 
-def test_normalisation_zero_mean_unit_std(data_dir):
-    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+def test_normalisation_zero_mean_unit_std(ftag_files):
+    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
     batch = src.read(np.arange(len(src)))
     x, v = batch["tracks"], batch["valid"]
     trk = x[v][:, :19].astype(np.float64)
@@ -129,15 +109,15 @@ def test_normalisation_zero_mean_unit_std(data_dir):
     np.testing.assert_allclose(jet.std(0), 1, atol=1e-3)
 
 
-def test_mock_file_from_atlas_ftag_tools(mock_path, caplog):
+def test_mock_file_from_atlas_ftag_tools(ftag_mock, caplog):
     with caplog.at_level(logging.INFO, logger=fh.__name__):
-        src = fh.SPEC.source(_cfg(mock_path, eval_fraction=0.0), "train")
+        src = fh.SPEC.source(_cfg(ftag_mock, eval_fraction=0.0), "train")
     assert "track truth labels absent" in caplog.text
     assert len(src) == 1500
     batch = _first_batch(src, batch_size=100)
     _assert_contract(batch, 100, 40, 21, aux=False)
     assert "track_origin" not in batch and "track_vertex" not in batch
-    jets, tracks = _file(mock_path)
+    jets, tracks = _file(ftag_mock)
     rows = np.arange(0, 1500, 7)
     got = src.read(rows)
     np.testing.assert_array_equal(
@@ -148,43 +128,43 @@ def test_mock_file_from_atlas_ftag_tools(mock_path, caplog):
     assert np.isfinite(src.read(np.arange(1500))["tracks"]).all()
 
     with pytest.raises(ValueError, match="aux_labels=on") as err:
-        fh.SPEC.source(_cfg(mock_path, aux_labels="on"), "train")
-    assert mock_path in str(err.value) and "ftagTruthOriginLabel" in str(err.value)
+        fh.SPEC.source(_cfg(ftag_mock, aux_labels="on"), "train")
+    assert ftag_mock in str(err.value) and "ftagTruthOriginLabel" in str(err.value)
 
 
-def test_aux_labels_off_and_on(data_dir):
-    off = fh.SPEC.source(_cfg(data_dir / "s1.h5", aux_labels="off"), "train")
+def test_aux_labels_off_and_on(ftag_files):
+    off = fh.SPEC.source(_cfg(ftag_files / "s1.h5", aux_labels="off"), "train")
     assert set(off.read(np.arange(4))) == {"tracks", "valid", "flavour"}
-    on = fh.SPEC.source(_cfg(data_dir / "s1.h5", aux_labels="on"), "train")
+    on = fh.SPEC.source(_cfg(ftag_files / "s1.h5", aux_labels="on"), "train")
     assert "track_origin" in on.read(np.arange(4))
 
 
-def test_glob_and_comma_list_of_two_files(data_dir):
-    glob_src = fh.SPEC.source(_cfg(data_dir / "s*.h5", eval_fraction=0.0), "train")
+def test_glob_and_comma_list_of_two_files(ftag_files):
+    glob_src = fh.SPEC.source(_cfg(ftag_files / "s*.h5", eval_fraction=0.0), "train")
     assert len(glob_src) == N1 + N2
-    comma = f"{data_dir / 's1.h5'},{data_dir / 's2.h5'}"
+    comma = f"{ftag_files / 's1.h5'},{ftag_files / 's2.h5'}"
     comma_src = fh.SPEC.source(_cfg(comma, eval_fraction=0.0), "train")
     assert len(comma_src) == N1 + N2
     rows = np.array([0, N1 - 1, N1, N1 + N2 - 1])
     a, b = glob_src.read(rows), comma_src.read(rows)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    _, t2 = _file(data_dir / "s2.h5")
+    _, t2 = _file(ftag_files / "s2.h5")
     np.testing.assert_array_equal(a["valid"][2:], t2["valid"][[0, N2 - 1]])
     # held-out tail of every file for eval; train and eval partition the files
-    train = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "train")
-    ev = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "eval")
+    train = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "train")
+    ev = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "eval")
     assert len(ev) == round(0.1 * N1) + round(0.1 * N2)
     assert len(train) + len(ev) == N1 + N2
     assert [s[1:] for s in ev.segments] == [(N1 - 300, N1), (N2 - 200, N2)]
     # an explicit eval_path: the whole training files train
-    explicit = _cfg(data_dir / "s1.h5", eval_path=str(data_dir / "s2.h5"))
+    explicit = _cfg(ftag_files / "s1.h5", eval_path=str(ftag_files / "s2.h5"))
     assert len(fh.SPEC.source(explicit, "train")) == N1
     assert len(fh.SPEC.source(explicit, "eval")) == N2
 
 
-def test_same_global_batches_for_one_and_two_processes(data_dir):
-    src = fh.SPEC.source(_cfg(data_dir / "s*.h5"), "train")
+def test_same_global_batches_for_one_and_two_processes(ftag_files):
+    src = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "train")
     one = iter(pipeline.batched(src, batch_size=128, seed=7))
     parts = [
         iter(pipeline.batched(src, batch_size=128, seed=7, process_index=p, process_count=2))
@@ -197,8 +177,8 @@ def test_same_global_batches_for_one_and_two_processes(data_dir):
             np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
 
 
-def test_source_pickles_without_handles(data_dir):
-    src = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train")
+def test_source_pickles_without_handles(ftag_files):
+    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
     rows = np.arange(10, 50)
     before = src.read(rows)
     clone = pickle.loads(pickle.dumps(src))
@@ -207,11 +187,11 @@ def test_source_pickles_without_handles(data_dir):
         np.testing.assert_array_equal(before[k], after[k])
 
 
-def test_max_tracks_cut_and_pad(data_dir, tmp_path):
-    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+def test_max_tracks_cut_and_pad(ftag_files, tmp_path):
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
 
     def read(max_tracks):
-        cfg = _cfg(data_dir / "s1.h5", max_tracks=max_tracks, norm_dict=norm)
+        cfg = _cfg(ftag_files / "s1.h5", max_tracks=max_tracks, norm_dict=norm)
         return fh.SPEC.source(cfg, "train").read(np.arange(8))
 
     short, full, long = read(20), read(40), read(48)
@@ -221,305 +201,10 @@ def test_max_tracks_cut_and_pad(data_dir, tmp_path):
     np.testing.assert_array_equal(long["tracks"][:, :40], full["tracks"])
 
 
-def test_explicit_flavour_field(data_dir):
-    auto = fh.SPEC.source(_cfg(data_dir / "s1.h5"), "train").read(np.arange(200))
-    pdg = fh.SPEC.source(_cfg(data_dir / "s1.h5", flavour_label="HadronConeExclTruthLabelID"), "train")
+def test_explicit_flavour_field(ftag_files):
+    auto = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train").read(np.arange(200))
+    pdg = fh.SPEC.source(_cfg(ftag_files / "s1.h5", flavour_label="HadronConeExclTruthLabelID"), "train")
     np.testing.assert_array_equal(pdg.read(np.arange(200))["flavour"], auto["flavour"])
-
-
-# ---------------------------------------------------------------------------- norm and class dicts
-
-
-def test_norm_dict_cached_and_roundtrip(data_dir, tmp_path, monkeypatch):
-    cfg = _cfg(data_dir / "s1.h5")
-    fh.SPEC.source(cfg, "train")
-    cached = list(data_dir.glob("norm_dict.smilejax-*.yaml"))
-    assert cached, "the computed norm dict is cached next to the data"
-
-    def fail(*a, **k):
-        raise AssertionError("recomputed although cached")
-
-    monkeypatch.setattr(fh.source, "compute_norm_dict", fail)
-    fh.SPEC.source(cfg, "eval")  # eval uses the training part's cached normalisation
-    monkeypatch.undo()
-
-    norm = fh.compute_norm_dict(str(data_dir / "s1.h5"), cfg, max_jets=1000)
-    assert set(norm) == {"jets", "tracks"} and set(norm["tracks"]) == set(cfg.track_vars)
-    path = fh.write_norm_dict(norm, tmp_path / "norm.yaml")
-    assert fh.load_norm_dict(path) == norm
-    (tmp_path / "norm.json").write_text(json.dumps(norm))
-    src = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=str(tmp_path / "norm.json")), "train")
-    assert np.isfinite(src.read(np.arange(10))["tracks"]).all()
-    # a norm dict without a needed variable
-    del norm["tracks"]["qOverP"]
-    fh.write_norm_dict(norm, tmp_path / "partial.yaml")
-    with pytest.raises(ValueError, match="qOverP") as err:
-        fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=str(tmp_path / "partial.yaml")), "train")
-    assert "partial.yaml" in str(err.value)
-
-
-def test_class_weights_salt_format(data_dir, tmp_path):
-    # the layout salt's use_class_dict reads and umami-preprocessing writes
-    salt_dict = {
-        "jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
-        "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]},
-    }
-    path = tmp_path / "class_dict.yaml"
-    path.write_text(yaml.safe_dump(salt_dict))
-    w = fh.class_weights(str(path))
-    assert w.dtype == np.float32 and w.tolist() == pytest.approx([1.0, 1.73, 1.08, 9.5])
-    origin = fh.class_weights(path, "tracks", "ftagTruthOriginLabel", n_classes=8)
-    assert origin.shape == (8,)
-    with pytest.raises(ValueError, match="ftagTruthVertexIndex"):
-        fh.class_weights(path, "tracks", "ftagTruthVertexIndex")
-    with pytest.raises(ValueError, match="not 4"):
-        fh.class_weights(path, "tracks", "ftagTruthOriginLabel", n_classes=4)
-
-    computed = fh.compute_class_dict(str(data_dir / "s1.h5"))
-    flav = np.array(computed["jets"]["flavour_label"])
-    _, tracks = _file(data_dir / "s1.h5")
-    assert flav.min() == 1.0 and flav.argmax() == 3, "tau jets are the rarest"
-    counts = np.bincount(tracks["ftagTruthOriginLabel"][tracks["valid"]], minlength=8)
-    orig = np.array(computed["tracks"]["ftagTruthOriginLabel"])
-    assert orig.argmin() == counts.argmax() == 2, "primary tracks are the most common"
-    np.testing.assert_allclose(orig, np.round(counts.max() / counts, 2), rtol=1e-2)
-
-
-SALT_CLASS_DICT = {
-    "jets": {"flavour_label": [1.0, 1.73, 1.08, 9.5]},
-    "tracks": {"ftagTruthOriginLabel": [3.96, 104.05, 1.0, 8.32, 5.98, 10.22, 1.0, 21.54]},
-}
-
-
-def test_class_dict_gives_the_model_its_class_weights(data_dir, tmp_path, caplog):
-    """``data.class_dict`` is read as salt's ``use_class_dict``: the jet-flavour and track-origin loss
-    weights of the model that the framework builds; a model config with ``class_weights`` too is refused."""
-    from smilejax import config, registry, steps
-
-    path = tmp_path / "class_dict.yaml"
-    path.write_text(yaml.safe_dump(SALT_CLASS_DICT))
-    small = ["model.embed=16", "model.init_hidden=[16]", "model.layers=1", "model.heads=2", "model.ff=16"]
-    small += ["model.out=8", "model.head_hidden=[8]"]
-    cfg = config.load("gn2", [f"data.class_dict={path}", *small])
-    assert cfg.model.class_weights is None  # the run's config keeps naming the file
-    with nnx.use_eager_sharding(False):
-        model = steps.build_model(registry.model("gn2"), cfg, 0)
-    np.testing.assert_allclose(model.jet_class_weights, SALT_CLASS_DICT["jets"]["flavour_label"], rtol=1e-6)
-    np.testing.assert_allclose(
-        model.origin_class_weights, SALT_CLASS_DICT["tracks"]["ftagTruthOriginLabel"], rtol=1e-6
-    )
-    expected = {"jet": SALT_CLASS_DICT["jets"]["flavour_label"]}
-    expected["origin"] = SALT_CLASS_DICT["tracks"]["ftagTruthOriginLabel"]
-    assert steps.model_config(cfg).class_weights == expected  # the values as written
-    # without a class dict, the model's own class_weights (or none)
-    assert steps.model_config(config.load("gn2")).class_weights is None
-    with pytest.raises(ValueError, match=r"data.class_dict \(.*\) and model.class_weights both give"):
-        steps.model_config(
-            config.load("gn2", [f"data.class_dict={path}", "model.class_weights={jet: [1,1,1,1]}"])
-        )
-    # a class dict of the jets only weighs the jet loss only
-    jets_only = tmp_path / "jets_only.json"
-    jets_only.write_text(json.dumps({"jets": SALT_CLASS_DICT["jets"]}))
-    assert set(fh.model_config(_cfg(None, class_dict=str(jets_only)), cfg.model).class_weights) == {"jet"}
-    # a missing class dict: refused when reading data (training, evaluation); a model built elsewhere
-    # (an export on another machine) goes without the weights, which only the loss uses
-    nope = str(tmp_path / "nope.yaml")
-    with pytest.raises(FileNotFoundError, match=r"data.class_dict: .*nope\.yaml: no such class dict"):
-        fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=nope), "train")
-    with caplog.at_level(logging.WARNING, logger=fh.__name__):
-        assert fh.model_config(_cfg(None, class_dict=nope), cfg.model) is cfg.model
-    assert "nope.yaml is not here" in caplog.text
-    path.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0]}}))
-    with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
-        fh.model_config(_cfg(None, class_dict=str(path)), cfg.model)
-    with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
-        fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=str(path)), "train")
-
-    # the weights follow the file's class order, which must be the model's b, c, light, tau
-    swapped = tmp_path / "swapped.h5"
-    shutil.copy(data_dir / "s1.h5", swapped)
-    with h5py.File(swapped, "r+", locking=False) as f:
-        assert list(f["jets"].attrs["flavour_label"]) == ["bjets", "cjets", "ujets", "taujets"]
-        f["jets"].attrs["flavour_label"] = ["cjets", "bjets", "ujets", "taujets"]
-    path.write_text(yaml.safe_dump(SALT_CLASS_DICT))
-    assert len(fh.SPEC.source(_cfg(data_dir / "s1.h5", class_dict=str(path)), "train")) > 0
-    with pytest.raises(ValueError, match=r"lists its classes as \['c', 'b', 'light', 'tau'\]"):
-        fh.SPEC.source(_cfg(swapped, class_dict=str(path)), "train")
-
-
-def test_origin_labels_salt_ignores_are_read(data_dir, tmp_path):
-    """A track origin of -2 (salt masks it) or -1 (salt's ignore index) on a valid track is kept in the
-    batch, where GN2's loss leaves it out (tests/test_gn2_model.py); other values are still refused."""
-    _, tracks = _file(data_dir / "s1.h5")
-    slots = [int(np.argmax(tracks["valid"][row])) for row in (3, 5)]
-
-    def mark(t):
-        t["ftagTruthOriginLabel"][3, slots[0]] = -2
-        t["ftagTruthOriginLabel"][5, slots[1]] = -1
-        return t
-
-    path = _rewrite(data_dir / "s1.h5", tmp_path / "ignored.h5", edit_tracks=mark)
-    assert fh.check(path)[path]["aux"]
-    batch = fh.SPEC.source(_cfg(path), "train").read(np.arange(8))
-    assert batch["valid"][3, slots[0]] and batch["track_origin"][3, slots[0]] == -2
-    assert batch["valid"][5, slots[1]] and batch["track_origin"][5, slots[1]] == -1
-    valid = tracks["valid"][:8]
-    np.testing.assert_array_equal(
-        batch["track_origin"][valid], mark(tracks)["ftagTruthOriginLabel"][:8][valid]
-    )
-    # class weights count the labelled tracks only
-    counts = fh.compute_class_dict(path)["tracks"]["ftagTruthOriginLabel"]
-    assert len(counts) == 8 and min(counts) == 1.0
-
-    def minus_three(t):
-        t["ftagTruthOriginLabel"][3, slots[0]] = -3
-        return t
-
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "minus3.h5", edit_tracks=minus_three)
-    with pytest.raises(
-        ValueError, match=r"ftagTruthOriginLabel = -3 at row 3 .* nor an ignored label \(-1, -2\)"
-    ):
-        fh.check(bad)
-
-
-# --------------------------------------------------------------------------------------- bad inputs
-
-
-def _rewrite(src, dst, edit_jets=None, edit_tracks=None, drop=None):
-    jets, tracks = _file(src)
-    jets = edit_jets(jets) if edit_jets else jets
-    tracks = edit_tracks(tracks) if edit_tracks else tracks
-    with h5py.File(dst, "w", locking=False) as f:
-        if drop != "jets":
-            f.create_dataset("jets", data=jets)
-        if drop != "tracks":
-            f.create_dataset("tracks", data=tracks)
-    return str(dst)
-
-
-def _retype(arr, field, dtype):
-    new = np.dtype([(n, dtype if n == field else arr.dtype[n]) for n in arr.dtype.names])
-    out = np.zeros(arr.shape, new)
-    for n in arr.dtype.names:
-        out[n] = arr[n].astype(new[n]) if n != field else arr[n].astype(dtype)
-    return out
-
-
-def test_missing_file_and_glob(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.h5"):
-        fh.SPEC.source(_cfg(tmp_path / "nope.h5"), "train")
-    with pytest.raises(FileNotFoundError, match=r"none\*\.h5"):
-        fh.SPEC.source(_cfg(tmp_path / "none*.h5"), "train")
-
-
-def test_missing_dataset(data_dir, tmp_path):
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "no_tracks.h5", drop="tracks")
-    with pytest.raises(ValueError, match="'tracks'") as err:
-        fh.SPEC.source(_cfg(bad), "train")
-    assert bad in str(err.value)
-
-
-def test_missing_variable_lists_close_names(data_dir):
-    with pytest.raises(ValueError, match="d0_sig") as err:
-        fh.SPEC.source(_cfg(data_dir / "s1.h5", track_vars=["d0_sig"]), "train")
-    msg = str(err.value)
-    assert str(data_dir / "s1.h5") in msg and "'tracks'" in msg
-    with pytest.raises(ValueError, match="close names") as err:
-        fh.SPEC.source(_cfg(data_dir / "s1.h5", track_vars=["numberOfPixelHit"]), "train")
-    assert "numberOfPixelHits" in str(err.value)
-
-
-def test_wrong_dtype(data_dir, tmp_path):
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "str_d0.h5", edit_tracks=lambda t: _retype(t, "d0", "S8"))
-    with pytest.raises(ValueError, match="tracks/d0 has dtype") as err:
-        fh.SPEC.source(_cfg(bad), "train")
-    assert bad in str(err.value)
-    bad = _rewrite(
-        data_dir / "s1.h5", tmp_path / "float_valid.h5", edit_tracks=lambda t: _retype(t, "valid", "f4")
-    )
-    with pytest.raises(ValueError, match="tracks/valid has dtype") as err:
-        fh.SPEC.source(_cfg(bad), "train")
-    assert bad in str(err.value)
-
-
-def test_truncated_and_corrupt_file(data_dir, tmp_path):
-    trunc = tmp_path / "trunc.h5"
-    shutil.copy(data_dir / "s1.h5", trunc)
-    os.truncate(trunc, os.path.getsize(trunc) // 2)
-    with pytest.raises(ValueError, match="truncated") as err:
-        fh.SPEC.source(_cfg(trunc), "train")
-    assert str(trunc) in str(err.value)
-    garbage = tmp_path / "garbage.h5"
-    shutil.copy(data_dir / "s1.h5", garbage)
-    with open(garbage, "r+b") as f:
-        f.write(b"\0" * 4096)
-    with pytest.raises(ValueError, match="not a readable HDF5 file") as err:
-        fh.SPEC.source(_cfg(garbage), "train")
-    assert str(garbage) in str(err.value)
-
-
-def test_nan_and_inf_in_inputs(data_dir, tmp_path):
-    _, tracks = _file(data_dir / "s1.h5")
-    slot = int(np.argmax(tracks["valid"][5]))
-
-    def nan_d0(t):
-        t["d0"][5, slot] = np.nan
-        return t
-
-    def inf_pt(j):
-        j["pt_btagJes"][9] = np.inf
-        return j
-
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "nan.h5", edit_tracks=nan_d0)
-    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
-    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
-    src.read(np.arange(0, 5))  # rows before the bad one read fine
-    with pytest.raises(ValueError, match=r"tracks/d0 at row 5") as err:
-        src.read(np.arange(0, 64))
-    assert bad in str(err.value) and "rows 0..63" in str(err.value)
-    with pytest.raises(ValueError, match="tracks/d0 at row 5"):
-        fh.check(bad)
-    with pytest.raises(ValueError, match="tracks/d0") as err:  # computing the norm dict sees it too
-        fh.SPEC.source(_cfg(bad), "train")
-    assert bad in str(err.value)
-
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "inf.h5", edit_jets=inf_pt)
-    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
-    with pytest.raises(ValueError, match="jets/pt_btagJes at row 9") as err:
-        src.read(np.array([3, 9, 11]))
-    assert bad in str(err.value)
-
-
-def test_bad_labels(data_dir, tmp_path):
-    def bad_truth(j):
-        j["HadronConeExclTruthLabelID"][12] = 7
-        return j
-
-    # rewritten without the class-name attribute on flavour_label: auto picks HadronConeExclTruthLabelID
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "label.h5", edit_jets=bad_truth)
-    src = fh.SPEC.source(_cfg(bad, aux_labels="off"), "train")
-    with pytest.raises(ValueError, match="HadronConeExclTruthLabelID = 7 at row 12") as err:
-        src.read(np.arange(10, 20))
-    assert bad in str(err.value)
-
-    def bad_origin(t):
-        slot = int(np.argmax(t["valid"][3]))
-        t["ftagTruthOriginLabel"][3, slot] = 9
-        return t
-
-    bad = _rewrite(data_dir / "s1.h5", tmp_path / "origin.h5", edit_tracks=bad_origin)
-    with pytest.raises(ValueError, match="ftagTruthOriginLabel = 9 at row 3") as err:
-        fh.check(bad)
-    assert bad in str(err.value)
-
-
-def test_check_reports(data_dir, mock_path):
-    report = fh.check(f"{data_dir / 's1.h5'},{mock_path}")
-    s1 = report[str(data_dir / "s1.h5")]
-    jets, tracks = _file(data_dir / "s1.h5")
-    assert s1["jets"] == N1 and s1["tracks"] == int(tracks["valid"].sum()) and s1["aux"]
-    assert s1["flavours"] == np.bincount(jets["flavour_label"], minlength=4).tolist()
-    assert report[mock_path]["aux"] is False
 
 
 # ---------------------------------------------------------------------------------- synthetic maker
@@ -546,8 +231,8 @@ def _auc(sig, bkg):
     return (ranks[: sig.size].sum() - sig.size * (sig.size + 1) / 2) / (sig.size * bkg.size)
 
 
-def test_synthetic_physics(data_dir):
-    jets, tracks = _file(data_dir / "s1.h5")
+def test_synthetic_physics(ftag_files):
+    jets, tracks = _file(ftag_files / "s1.h5")
     flav, valid = jets["flavour_label"], tracks["valid"]
     sd0 = np.where(valid, tracks["IP3D_signed_d0_significance"], -np.inf)
     auc = _auc(sd0.max(1)[flav == 0], sd0.max(1)[flav == 2])
@@ -579,10 +264,10 @@ def test_block_order_is_a_permutation_of_blocks():
     np.testing.assert_array_equal(pipeline.BlockOrder(1050, 100, 3).rows(0, 300, 400), rows[300:400])
 
 
-def test_compressed_chunked_files(data_dir, tmp_path):
+def test_compressed_chunked_files(ftag_files, tmp_path):
     lzf = fs.make(tmp_path / "s1_lzf.h5", N1, seed=1, compression="lzf", chunk_jets=100)
-    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
-    plain_src = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=norm), "train")
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
+    plain_src = fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=norm), "train")
     cfg = _cfg(lzf, norm_dict=norm, batch_size=200)
     src = fh.SPEC.source(cfg, "train")
     assert src.files[0].chunk_rows == 100 and plain_src.files[0].chunk_rows == 0
@@ -605,26 +290,26 @@ def test_compressed_chunked_files(data_dir, tmp_path):
     assert len(np.unique(seen, axis=0)) == len(seen), "an epoch reads every jet at most once"
 
 
-def test_lz4_file_as_atlas_ftag_tools_writes_it(data_dir, tmp_path):
+def test_lz4_file_as_atlas_ftag_tools_writes_it(ftag_files, tmp_path):
     import hdf5plugin
 
-    jets, tracks = _file(data_dir / "s1.h5")
+    jets, tracks = _file(ftag_files / "s1.h5")
     path = tmp_path / "lz4.h5"
     with h5py.File(path, "w", locking=False) as f:
         f.create_dataset("jets", data=jets, chunks=True, **hdf5plugin.LZ4())
         f.create_dataset("tracks", data=tracks, chunks=(100, 40), **hdf5plugin.LZ4())
-    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(data_dir / "s1.h5")), tmp_path / "n.yaml"))
+    norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
     src = fh.SPEC.source(_cfg(path, norm_dict=norm, eval_fraction=0.0), "train")
-    ref = fh.SPEC.source(_cfg(data_dir / "s1.h5", norm_dict=norm, eval_fraction=0.0), "train")
+    ref = fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=norm, eval_fraction=0.0), "train")
     assert src.files[0].chunk_rows == 100
     rows = np.sort(np.random.default_rng(0).choice(N1, 300, replace=False))
     for k, v in src.read(rows).items():
         np.testing.assert_array_equal(v, ref.read(rows)[k])
 
 
-def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, tmp_path, monkeypatch):
+def test_uncompressed_files_are_read_through_a_memory_map(ftag_files, ftag_mock, tmp_path, monkeypatch):
     # Other writers' layouts: float16 and big-endian fields, as well as atlas-ftag-tools' mock file.
-    jets, tracks = _file(data_dir / "s1.h5")
+    jets, tracks = _file(ftag_files / "s1.h5")
     kinds = {"d0": ">f4", "z0SinTheta": "f2", "numberOfPixelHits": ">i2"}
     odd = tmp_path / "odd.h5"
     with h5py.File(odd, "w", locking=False) as f:
@@ -633,7 +318,7 @@ def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, t
             "tracks", data=tracks.astype([(n, kinds.get(n, tracks.dtype[n])) for n in tracks.dtype.names])
         )
     lzf = fs.make(tmp_path / "lzf.h5", 500, seed=3, compression="lzf", chunk_jets=100)
-    for path, mapped in ((data_dir / "s1.h5", True), (odd, True), (mock_path, True), (lzf, False)):
+    for path, mapped in ((ftag_files / "s1.h5", True), (odd, True), (ftag_mock, True), (lzf, False)):
         with fh.open_h5(str(path)) as f:
             assert (fh.hdf5._mapped(f["tracks"]) is not None) == mapped, path
         cfg = _cfg(path, eval_fraction=0.0, norm_dict=str(tmp_path / f"{Path(path).stem}-norm.yaml"))
@@ -648,7 +333,7 @@ def test_uncompressed_files_are_read_through_a_memory_map(data_dir, mock_path, t
     # the maps a process keeps are bounded (each holds a file descriptor): the oldest goes
     monkeypatch.setattr(fh.hdf5, "_MAPPED", {})
     monkeypatch.setattr(fh.hdf5, "_MAPPED_MAX", 1)
-    for path in (data_dir / "s1.h5", odd):
+    for path in (ftag_files / "s1.h5", odd):
         with fh.open_h5(str(path)) as f:
             assert fh.hdf5._mapped(f["tracks"])[:5].tobytes() == f["tracks"][:5].tobytes()  # padding is NaN
         assert [key[1] for key in fh.hdf5._MAPPED] == [str(path)]
