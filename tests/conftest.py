@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -101,6 +102,40 @@ def stand_in_triton(folder: Path, script: str) -> tuple[Path, Path]:
     binary.write_text(script)
     binary.chmod(0o755)
     return folder / "repo", binary
+
+
+@pytest.fixture
+def toy_cfg(tmp_path) -> Path:
+    """A toy config file whose global batch (64) fits 32 GPUs."""
+    import yaml
+
+    from tests import toy
+
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(toy.config(data={"batch_size": 64})))
+    return path
+
+
+@pytest.fixture
+def stubs(tmp_path, monkeypatch) -> Path:
+    """A bin folder first on PATH, where tests put stand-ins of scheduler commands; each call is logged."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder
+
+
+def stub(folder: Path, name: str, body: str) -> Path:
+    """``name`` appends its arguments to ``folder/name.calls`` then runs ``body``."""
+    path = folder / name
+    path.write_text(f'#!/bin/bash\necho "$*" >> {folder}/{name}.calls\n{textwrap.dedent(body)}\n')
+    path.chmod(0o755)
+    return path
+
+
+def calls(folder: Path, name: str) -> list[str]:
+    log = folder / f"{name}.calls"
+    return log.read_text().splitlines() if log.exists() else []
 
 
 FTAG_JETS = (3000, 2000)  # jets of ftag_files' s1.h5 and s2.h5
