@@ -122,3 +122,27 @@ def test_clean_drops_a_foreign_hit_so_the_pieces_merge():
     assert _groups(merge.merge(labels, xyz)) == _groups(labels)  # no helix fits piece 1
     cleaned = merge.merge(labels, xyz, merge.MergeConfig(clean=1))
     assert _groups(cleaned) == {frozenset(set(range(10)) - {7})} and cleaned[7] == -1
+
+
+def test_event_tracks_merges_from_the_hit_features():
+    from smilejax.models.tracking import evaluation
+
+    xyz = helix(1.2, 1, -0.7, 0.6)
+    r, phi = np.hypot(xyz[:, 0], xyz[:, 1]), np.arctan2(xyz[:, 1], xyz[:, 0])
+    event = {  # one particle of 10 hits, padded to 12 hits and 11 edges
+        "hits": np.r_[np.stack([r / 1000, phi / np.pi, xyz[:, 2] / 1000], 1), np.zeros((2, 3))],
+        "hit_mask": np.arange(12) < 10,
+        "edges": np.r_[np.stack([np.arange(9), np.arange(1, 10)], 1), np.zeros((2, 2), int)],
+        "edge_mask": np.arange(11) < 9,
+        "particle": np.r_[np.ones(10, int), 0, 0],
+        "pt": np.r_[np.full(10, 1.2), 0, 0],
+        "eta": np.r_[np.full(10, 0.5), 0, 0],
+        "weight": np.r_[np.full(10, 0.1), 0, 0],
+    }
+    scores = np.r_[np.full(4, 0.9), 0.1, np.full(4, 0.9), 0, 0]
+    plain = evaluation.event_tracks(event, scores, 0.5, "walk", 3)
+    joined = evaluation.event_tracks(event, scores, 0.5, "walk", 3, merge=merge.config("pieces"))
+    # two pieces of 5: both two-way fakes; merged: one matched track
+    assert (plain["acorn"]["two_way"]["tracks"], plain["acorn"]["two_way"]["matched_tracks"]) == (2, 0)
+    assert (joined["acorn"]["two_way"]["tracks"], joined["acorn"]["two_way"]["matched_tracks"]) == (1, 1)
+    assert joined["score"] == pytest.approx(1.0)
