@@ -16,7 +16,8 @@ particle is a fake. ``merge`` joins pieces end to start when one helix fits both
   which grows as 1 / pT;
 * pairs that pass are taken best first (largest residual / tolerance plus gap / ``max_gap``, so a
   near piece wins between equal fits), each end and each start once per round; merged pieces are
-  fitted again in the next round, until a round merges nothing or ``rounds`` have run;
+  fitted again in the next round, until a round merges nothing or ``rounds`` have run (a chain
+  A -> B -> C joined in one round is not refitted as a whole before it is kept);
 * with ``clean`` (first), a piece of 4 hits or more that no helix fits loses its worst hit, up to
   ``clean`` times (a foreign hit the walk picked up would block every merge of the piece);
 * with ``free_hits``, hits on no piece (cleaned ones too) take part as one-hit pieces, joined only to
@@ -161,7 +162,7 @@ def _round(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig) -> bool:
     scored = []
     for ia, ib in cands:
         q = quality(cfg, xyz[np.r_[members[int(ids[ia])], members[int(ids[ib])]]])
-        if q <= 1.0:  # the nearest start first (the next layer's piece), then the better fit
+        if q <= 1.0:  # best fit first; the gap term lets the nearer of two equal fits win
             scored.append((q + float(np.linalg.norm(xyz[last[ia]] - xyz[first[ib]])) / cfg.max_gap, ia, ib))
     used_end, used_start, merged = set(), set(), False
     root = {int(t): int(t) for t in ids}
