@@ -146,3 +146,12 @@ def test_event_tracks_merges_from_the_hit_features():
     assert (plain["acorn"]["two_way"]["tracks"], plain["acorn"]["two_way"]["matched_tracks"]) == (2, 0)
     assert (joined["acorn"]["two_way"]["tracks"], joined["acorn"]["two_way"]["matched_tracks"]) == (1, 1)
     assert joined["score"] == pytest.approx(1.0)
+
+
+def test_the_screen_in_blocks_finds_the_same_pairs(monkeypatch):
+    xyz = np.r_[helix(0.8, 1, 0.4, 0.3), helix(2.0, -1, 2.5, -0.4), helix(0.5, 1, -2.0, 1.0)]
+    labels = np.repeat(np.arange(9), [3, 3, 4] * 3)  # three pieces per helix
+    whole = merge.merge(labels, xyz)
+    assert len(_groups(whole)) == 3
+    monkeypatch.setattr(merge, "SCREEN_BLOCK", 2)
+    np.testing.assert_array_equal(merge.merge(labels, xyz), whole)

@@ -33,6 +33,7 @@ from smilejax.inputs.trackml.features import PITCH, SCALES
 
 from .detector import MM_PER_GEV
 
+SCREEN_BLOCK = 1024  # pieces A screened at once
 LONG_STRIP = PITCH[17]  # the coarsest module type: (across, along) the strip, mm
 
 
@@ -201,13 +202,20 @@ def _near(cfg: MergeConfig, points: np.ndarray, fits: list) -> np.ndarray:
 
 def _screen(cfg: MergeConfig, xyz, r, fits: list, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     """[k, 2] piece pairs (A, B) where B starts outside A's end, within the gap, near A's helix (a
-    one-hit A has no helix of its own: near B's helix, back at A's hit)."""
+    one-hit A has no helix of its own: near B's helix, back at A's hit). Rows of A in blocks of
+    ``SCREEN_BLOCK``, so memory grows as pieces x block, not pieces^2 (time still as pieces^2)."""
     single = first == last
-    near = np.where(single[:, None], _near(cfg, xyz[last], fits), _near(cfg, xyz[first], fits).T)
-    gap = np.linalg.norm(xyz[last][:, None] - xyz[first][None], axis=2)
     size = np.array([f["dxy"].size for f in fits])
-    # a one-hit piece joins only a piece with a helix of its own (three hits or more)
-    lone = (single[:, None] & (size[None] < 3)) | (single[None] & (size[:, None] < 3))
-    ok = (r[first][None] > r[last][:, None]) & (gap <= cfg.max_gap) & near & ~lone
-    np.fill_diagonal(ok, False)
-    return np.argwhere(ok)
+    out = []
+    for lo in range(0, len(fits), SCREEN_BLOCK):
+        a = np.arange(lo, min(lo + SCREEN_BLOCK, len(fits)))
+        near = np.where(
+            single[a, None], _near(cfg, xyz[last[a]], fits), _near(cfg, xyz[first], fits[lo : a[-1] + 1]).T
+        )
+        gap = np.linalg.norm(xyz[last[a]][:, None] - xyz[first][None], axis=2)
+        # a one-hit piece joins only a piece with a helix of its own (three hits or more)
+        lone = (single[a, None] & (size[None] < 3)) | (single[None] & (size[a, None] < 3))
+        ok = (r[first][None] > r[last[a]][:, None]) & (gap <= cfg.max_gap) & near & ~lone
+        ok[np.arange(a.size), a] = False
+        out.append(np.argwhere(ok) + np.array([lo, 0]))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
