@@ -10,7 +10,8 @@ Builders (one event; ``labels[i]`` is hit i's track, -1 for a hit on no track):
   ``bridge``) to a free hit that goes on with an edge above the cut: a true edge the classifier scored
   low no longer splits the track in two.
 
-Tracks with fewer than ``min_hits`` hits are dropped.
+With ``merge`` (``build``; ``merge.py``), the builder's pieces are then joined where one helix fits
+them. Tracks with fewer than ``min_hits`` hits are dropped (after merging).
 
 Matching (``match``): a track *matches* its majority particle when more than half of the track's hits
 are that particle's and more than half of the particle's hits are on the track (two-way 50 %). Over
