@@ -97,6 +97,8 @@ def plot(table: list[dict], path: Path) -> None:
         axes[0, col].set_ylim(0.45, 1.02)
         axes[0, col].axhline(0.5, color="0.6", lw=0.8, ls="--")
         axes[1, col].set_xscale("log")
+        budgets = [r["budget"] for r in table if r["task"] == name]
+        axes[1, col].set_xlim(min(budgets) / 2, max(budgets) * 2)  # a single budget gets a visible range
         axes[1, col].set_yscale("log")
         axes[1, col].set_xlabel("simulations")
     axes[0, 0].set_ylabel("C2ST (0.5 best)")
