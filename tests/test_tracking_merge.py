@@ -113,6 +113,8 @@ def test_eval_options_name_the_merge_modes():
         family_options(EVALUATION, {"merge": "tracks"})
     with pytest.raises(ValueError, match="--merge-sigma must be positive"):
         family_options(EVALUATION, {"merge": "pieces", "merge_sigma": 0.0})
+    with pytest.raises(ValueError, match="--merge-sigma needs --merge"):
+        family_options(EVALUATION, {"merge_sigma": 3.0})
 
 
 def test_clean_drops_a_foreign_hit_so_the_pieces_merge():

@@ -8,7 +8,7 @@ trackml-synthetic|trackml-pythia``, see ``makers``).
 from __future__ import annotations
 
 from ..spec import Bench, Evaluation, ModelSpec, Option
-from . import embedding, features, gnn, synthetic
+from . import embedding, features, gnn, merge, synthetic
 from .embedding import Embedding, EmbeddingConfig, radius_graph
 from .gnn import IGN, IGNConfig, interaction_step
 
@@ -49,10 +49,13 @@ def _check(values) -> None:
     bridge = values["bridge"]
     if bridge is not None and (values["builder"] != "walk" or not 0 <= bridge < 1):
         raise ValueError(f"--bridge needs --builder walk and a score in [0, 1), not {bridge}")
-    if values.get("merge") not in (None, "pieces", "hits"):
-        raise ValueError(f"--merge must be pieces or hits, not {values['merge']!r}")
-    if not values.get("merge_sigma", 2.0) > 0:
-        raise ValueError(f"--merge-sigma must be positive, not {values['merge_sigma']}")
+    mode, n_sigma = values.get("merge"), values.get("merge_sigma", merge.MergeConfig.n_sigma)
+    if mode not in (None, *merge.MODES):
+        raise ValueError(f"--merge must be {' or '.join(merge.MODES)}, not {mode!r}")
+    if not n_sigma > 0:
+        raise ValueError(f"--merge-sigma must be positive, not {n_sigma}")
+    if mode is None and n_sigma != merge.MergeConfig.n_sigma:
+        raise ValueError("--merge-sigma needs --merge pieces or --merge hits")
 
 
 EVALUATION = Evaluation(
@@ -64,7 +67,12 @@ EVALUATION = Evaluation(
         Option("--min-hits", int, 3, "hits of the shortest track kept, and of a reconstructable particle"),
         Option("--bridge", float, None, "walk: weakest edge crossed once when none above the cut is left"),
         Option("--merge", str, None, "join track pieces one helix fits: pieces, or hits (also free hits)"),
-        Option("--merge-sigma", float, 2.0, "--merge: tolerances (hit resolution and scattering) allowed"),
+        Option(
+            "--merge-sigma",
+            float,
+            merge.MergeConfig.n_sigma,
+            "--merge: tolerances (hit resolution and scattering) allowed",
+        ),
         Option("--min-track-length", int, 5, "acorn's columns: hits of the shortest track counted"),
     ),
     check=_check,
