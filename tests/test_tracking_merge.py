@@ -6,6 +6,8 @@ import pytest
 from smilejax.models.tracking import merge, tracks
 from smilejax.models.tracking.detector import MM_PER_GEV
 
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
+
 RADII = np.array([32.0, 72.0, 116.0, 172.0, 260.0, 360.0, 500.0, 660.0, 820.0, 1020.0])  # barrel layers
 
 
