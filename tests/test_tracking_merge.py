@@ -106,7 +106,7 @@ def test_eval_options_name_the_merge_modes():
     from smilejax.evaluation import family_options
 
     values = family_options(EVALUATION, {"builder": "walk", "merge": "hits"})
-    assert (values["merge"], values["merge_sigma"]) == ("hits", 2.0)
+    assert (values["merge"], values["merge_sigma"]) == ("hits", merge.MergeConfig.n_sigma)
     assert family_options(EVALUATION, {})["merge"] is None  # off by default
     cfg = merge.config("hits", 2.5)
     assert (cfg.n_sigma, cfg.free_hits, cfg.clean) == (2.5, True, 2)
