@@ -127,8 +127,8 @@ def _points(variant: str, curves: dict[int, list[float]], every: int = 50) -> li
 
 def test_curve_within_seed_spread():
     """max |Δloss| / seed sd on constructed curves: the reference's seed sd is 0.2 at every evaluation."""
+    from smilejax.bench import _convergence_report as convergence
     from smilejax.bench import _convergence_spread as spread
-    from smilejax.bench import convergence
 
     padded = {0: [4.0, 3.0, 2.0], 1: [4.2, 3.2, 2.2], 2: [4.4, 3.4, 2.4]}
     close = {s: [c[0], c[1] + 0.05, c[2] + 0.1] for s, c in padded.items()}  # Δ 0, 0.05, 0.1

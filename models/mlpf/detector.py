@@ -1,5 +1,5 @@
 """The fast, parametrised CLIC-like detector behind ``make_pythia``'s events (its targets and the PF
-baseline: ``pf_targets``, also reached from here as ``detector.targets`` and ``detector.candidates``).
+baseline: ``pf_targets``).
 
 * detector (CLIC-like, B = 4 T along z, mm, GeV, ns):
 
@@ -289,14 +289,3 @@ def clusters(rng: np.random.Generator, dep: Arrays) -> Arrays:
     event = np.zeros(k, np.int64)
     event[cluster[inside]] = dep["event"][inside]
     return dict(event=event, X=X, energy=energy, e_ecal=e_ecal, theta=theta, eta=eta, phi=phi)
-
-
-def __getattr__(name: str):
-    """What moved to ``pf_targets`` (``targets``, ``candidates``, the PF baseline's constants), still
-    reached from here; imported on first use, since ``pf_targets`` imports this module."""
-    if not name.startswith("_"):
-        from . import pf_targets
-
-        if hasattr(pf_targets, name):
-            return getattr(pf_targets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

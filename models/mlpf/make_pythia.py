@@ -51,7 +51,7 @@ from smilejax.generators import workers as workers_mod
 from smilejax.generators.pythia import Record, kinematics, record, require_generators, seeds
 from smilejax.inputs import mlpf_format as fmt
 
-from . import detector
+from . import detector, pf_targets
 
 log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
@@ -154,8 +154,8 @@ def _events(rng: np.random.Generator, rec: Record) -> list[Arrays]:
     trk = detector.tracks(rng, vis["event"], vis["p"], vis["v"], vis["charge"])
     dep = detector.deposits(rng, vis["event"], vis["pid"], vis["p"], vis["v"], vis["charge"])
     cl = detector.clusters(rng, dep)
-    y_trk, y_cl = detector.targets(vis, trk, dep, cl)
-    c_trk, c_cl = detector.candidates(rng, trk, dep, cl, vis["pid"][trk["idx"]])
+    y_trk, y_cl = pf_targets.targets(vis, trk, dep, cl)
+    c_trk, c_cl = pf_targets.candidates(rng, trk, dep, cl, vis["pid"][trk["idx"]])
 
     # tracks then clusters within each event
     m = trk["event"].size

@@ -36,14 +36,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from smilejax.bench._convergence_report import (  # noqa: F401 (summarise, plot...: their old paths)
-    CPU_MODE,
-    _table_row,
-    plot,
-    quality_keys,
-    report,
-    summarise,
-)
+from smilejax.bench._convergence_report import CPU_MODE, report
 from smilejax.commands.common import OVERRIDES_HELP, add_command, choice_list
 
 log = logging.getLogger(__name__)
