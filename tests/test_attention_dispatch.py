@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_gn2_model import TOL, forward, make_batch, small_cfg, small_model
+from tests.helpers_gn2 import TOL, forward, make_batch, small_cfg, small_model
 
 
 def test_attention_implementations_agree_and_bad_ones_are_named():

@@ -12,9 +12,9 @@ import yaml
 
 from smilejax import cli
 from tests.conftest import synthetic_ftag
+from tests.helpers_gn2 import CONVERGENCE_TINY
 
 STEPS, EVERY, BATCH = 4, 2, 32
-TINY = dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8], aux_tasks="off")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tiny_config(tmp_path_factory):
     cfg = {
         "base": "gn2",
         "data": {"path": str(path), "norm_dict": str(norm), "batch_size": BATCH, "read_threads": 1},
-        "model": TINY,
+        "model": CONVERGENCE_TINY,
         "train": {"precision": "fp32"},
         "run": {"eval_steps": 3},
         "optimizer": {"lr": 1e-3, "schedule": "cosine"},

@@ -6,26 +6,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from smilejax.inputs import ftag_h5 as fh
 from smilejax.inputs import pipeline
 
 from smilejax import config
 from smilejax.config import ConfigError
-from tests.conftest import run_cli, synthetic_ftag
+from tests.helpers_ftag import BATCH, WIDTHS, bucket_cfg, bucket_stream, make_data, train_tiny_gn2
 
-N_JETS, BATCH = 3000, 100
-WIDTHS = [8, 12, 16]
 TRACK_KEYS = ("tracks", "valid", "track_origin", "track_vertex")
-
-
-def make_data(tmp_path_factory) -> tuple[Path, Path]:
-    """A synthetic ftag file of N_JETS jets and its norm dict (shared with test_packed_batches)."""
-    return synthetic_ftag(tmp_path_factory.mktemp("bucket"), N_JETS, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +24,8 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory)
 
 
-def _cfg(data, **kw) -> fh.FtagConfig:
-    path, norm = data
-    base = dict(path=str(path), norm_dict=str(norm), batch_size=BATCH, bucket_tracks=WIDTHS, read_threads=2)
-    return fh.FtagConfig(**{**base, **kw})
-
-
-def _stream(src, cfg, process_index=0, process_count=1, seed=5):
-    build = fh.SPEC.pipeline
-    return iter(build(src, cfg, seed=seed, process_index=process_index, process_count=process_count))
-
-
 def test_track_counts_match_the_file_and_are_cached(data):
-    cfg = _cfg(data)
+    cfg = bucket_cfg(data)
     src = fh.SPEC.source(cfg, "train")
     counts = src.track_counts()
     with fh.open_h5(str(data[0])) as f:
@@ -77,11 +57,11 @@ def test_counts_and_norm_dict_read_in_several_chunks(data, tmp_path, monkeypatch
 
 
 def test_every_process_gets_the_same_bucket_and_the_same_global_batch(data):
-    cfg = _cfg(data, bucket_window=4)
+    cfg = bucket_cfg(data, bucket_window=4)
     src = fh.SPEC.source(cfg, "train")
     counts = src.track_counts()
-    one = _stream(src, cfg)
-    two = [_stream(src, cfg, p, 2) for p in range(2)]
+    one = bucket_stream(src, cfg)
+    two = [bucket_stream(src, cfg, p, 2) for p in range(2)]
     widths = []
     for _ in range(len(src) // BATCH):
         whole, halves = next(one), [next(it) for it in two]
@@ -102,7 +82,7 @@ def test_every_process_gets_the_same_bucket_and_the_same_global_batch(data):
 
 
 def test_jets_keep_every_valid_track_in_order(data):
-    cfg = _cfg(data)
+    cfg = bucket_cfg(data)
     src = fh.SPEC.source(cfg, "train")
     rows = np.arange(0, 600, 3)
     full = src.read(rows)  # the file's slots, holes kept
@@ -121,10 +101,10 @@ def test_jets_keep_every_valid_track_in_order(data):
 
 
 def test_default_window_keeps_the_unbucketed_batches(data):
-    cfg = _cfg(data)
+    cfg = bucket_cfg(data)
     assert cfg.bucket_window == 1
     src = fh.SPEC.source(cfg, "train")
-    bucketed, plain = _stream(src, cfg), _stream(src, dataclasses.replace(cfg, bucket_tracks=[]))
+    bucketed, plain = bucket_stream(src, cfg), bucket_stream(src, dataclasses.replace(cfg, bucket_tracks=[]))
     for _ in range(6):
         b, p = next(bucketed), next(plain)
         assert b["valid"].shape[1] <= p["valid"].shape[1] == 40
@@ -135,14 +115,14 @@ def test_default_window_keeps_the_unbucketed_batches(data):
 
 
 def test_resuming_from_a_saved_iterator_state_continues_identically(data):
-    cfg = _cfg(data, bucket_window=4)
+    cfg = bucket_cfg(data, bucket_window=4)
     src = fh.SPEC.source(cfg, "train")
-    it = _stream(src, cfg)
+    it = bucket_stream(src, cfg)
     for _ in range(6):  # into the second window
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # what the checkpoint stores
     expected = [next(it) for _ in range(5)]
-    resumed = _stream(fh.SPEC.source(cfg, "train"), cfg)
+    resumed = bucket_stream(fh.SPEC.source(cfg, "train"), cfg)
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
@@ -152,7 +132,7 @@ def test_resuming_from_a_saved_iterator_state_continues_identically(data):
 
 
 def test_padding_fraction_drops(data):
-    cfg = _cfg(data)
+    cfg = bucket_cfg(data)
     src = fh.SPEC.source(cfg, "train")
     counts = src.track_counts()
     widths = pipeline.bucket_widths(WIDTHS, cfg.max_tracks)
@@ -169,14 +149,14 @@ def test_padding_fraction_drops(data):
     assert padded >= per_batch > sorted_4 > sorted_16
     assert sorted_16 < 0.5 * padded, (padded, per_batch, sorted_4, sorted_16)
     # what the pipeline yields agrees with the plan
-    it = _stream(src, dataclasses.replace(cfg, bucket_window=16), seed=0)
+    it = bucket_stream(src, dataclasses.replace(cfg, bucket_window=16), seed=0)
     got = [next(it)["valid"] for _ in range(len(src) // BATCH)]
     measured = 1 - sum(v.sum() for v in got) / sum(v.size for v in got)
     assert measured == pytest.approx(sorted_16)
 
 
 def test_evaluation_batches_are_not_sorted(data):
-    cfg = _cfg(data, bucket_window=16)
+    cfg = bucket_cfg(data, bucket_window=16)
     src = fh.SPEC.source(cfg, "eval")
     first = next(iter(fh.SPEC.pipeline(src, cfg, seed=1, process_index=0, process_count=1, shuffle=False)))
     plain = src.read(np.arange(BATCH))
@@ -202,32 +182,9 @@ def test_bad_bucket_config_names_the_key(value, message):
         config.load(tree(), ["data.bucket_window=0"])
 
 
-def _train_tiny_gn2(data, tmp_path, name: str, run: dict, data_options: dict) -> tuple[list[dict], Path]:
-    """``smilejax train`` of a tiny GN2 on ``data`` (2 devices): its metrics records and its config file."""
-    path, norm = data
-    run_dir = tmp_path / "run"
-    cfg = {
-        "run": {"checkpoint_every": 0, "dir": str(run_dir), **run},
-        "data": {"format": "ftag_h5", "path": str(path), "norm_dict": str(norm), "read_threads": 1}
-        | data_options,
-        "model": {
-            "name": "gn2",
-            **dict(embed=16, init_hidden=[16], layers=1, heads=2, ff=32, out=8, head_hidden=[8]),
-        },
-        "optimizer": {"lr": 1e-3},
-        "logging": {"wandb": "off", "tensorboard": False, "progress": False},
-    }
-    cfg_path = tmp_path / f"gn2-{name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    done = run_cli("train", str(cfg_path), devices=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return records, cfg_path
-
-
 def test_train_runs_over_several_batch_shapes(data, tmp_path):
     run_dir = tmp_path / "run"
-    records, _ = _train_tiny_gn2(
+    records, _ = train_tiny_gn2(
         data,
         tmp_path,
         "bucketed",
@@ -237,7 +194,7 @@ def test_train_runs_over_several_batch_shapes(data, tmp_path):
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) for r in records)
     # the steps above saw more than one width (the pipeline's plan for the same seed says which)
-    src = fh.SPEC.source(_cfg(data, batch_size=64, bucket_tracks=[8, 12], bucket_window=4), "train")
+    src = fh.SPEC.source(bucket_cfg(data, batch_size=64, bucket_tracks=[8, 12], bucket_window=4), "train")
     plan = pipeline.BatchPlan(pipeline._EpochOrder(len(src), 0, True), 64, fh.buckets(src, src.cfg), 0)
     assert len({plan(k)[1] for k in range(6)}) > 1
     # steps 2-6 were profiled: each op of the breakdown names the program (batch shape) it ran in
@@ -253,8 +210,8 @@ def test_evaluation_reads_the_same_jets_whatever_the_training_window(data):
     # a convergence study compares runs of different bucket windows on their first N eval batches: those
     # must be the same jets (only padded differently), so evaluation never sorts a window
     def first_jets(window: int) -> np.ndarray:
-        cfg = _cfg(data, bucket_window=window)
-        it = _stream(fh.SPEC.source(cfg, "eval"), cfg)
+        cfg = bucket_cfg(data, bucket_window=window)
+        it = bucket_stream(fh.SPEC.source(cfg, "eval"), cfg)
         batches = [next(it) for _ in range(3)]
         # one number per jet, whatever its padded width: the sum of its valid tracks' inputs
         return np.concatenate([np.sort((b["tracks"] * b["valid"][..., None]).sum((1, 2))) for b in batches])

@@ -18,7 +18,7 @@ from smilejax.bench import _convergence_probe
 from smilejax.callbacks.base import Callback
 from smilejax.loop import to_global
 from tests.conftest import synthetic_ftag
-from tests.test_bench_convergence import TINY
+from tests.helpers_gn2 import CONVERGENCE_TINY
 
 EVAL_STEPS, EVERY, STEPS = 3, 2, 4
 
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     tree = {
         "base": "gn2",
         "data": {"path": str(path), "norm_dict": str(norm), "batch_size": 32, "read_threads": 1},
-        "model": TINY,
+        "model": CONVERGENCE_TINY,
         "train": {"precision": "fp32"},
         "optimizer": {"lr": 1e-3},
         "logging": {"wandb": "off", "progress": False, "tensorboard": False},

@@ -16,20 +16,12 @@ from smilejax.inputs import pipeline
 from smilejax.models.gn2 import make_synthetic as fs
 
 from tests.conftest import FTAG_JETS
+from tests.helpers_ftag import ftag_cfg, jets_and_tracks
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
 N1, N2 = FTAG_JETS
 TRUTH_ID_TO_FLAVOUR = {5: 0, 4: 1, 0: 2, 15: 3}
-
-
-def _cfg(path, **kw) -> fh.FtagConfig:
-    return fh.FtagConfig(path=str(path), **kw)
-
-
-def _file(path):
-    with fh.open_h5(str(path)) as f:
-        return f["jets"][:], f["tracks"][:]
 
 
 def _first_batch(src, batch_size=64, seed=0, **kw):
@@ -57,7 +49,7 @@ def _assert_contract(batch, b, t, f, aux):
 
 
 def test_synthetic_through_pipeline(ftag_files):
-    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
+    src = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5"), "train")
     assert len(src) == N1 - round(0.1 * N1)
     batch = _first_batch(src)
     _assert_contract(batch, 64, 40, 21, aux=True)
@@ -69,11 +61,11 @@ def test_synthetic_through_pipeline(ftag_files):
 
 def test_values_match_file(ftag_files, tmp_path):
     norm = fh.compute_norm_dict(str(ftag_files / "s1.h5"), max_jets=2000)
-    cfg = _cfg(ftag_files / "s1.h5", norm_dict=str(fh.write_norm_dict(norm, tmp_path / "norm.yaml")))
+    cfg = ftag_cfg(ftag_files / "s1.h5", norm_dict=str(fh.write_norm_dict(norm, tmp_path / "norm.yaml")))
     src = fh.SPEC.source(cfg, "train")
     rows = np.array([0, 1, 2, 7, 100, 101, 1500, 2600])
     batch = src.read(rows)
-    jets, tracks = _file(ftag_files / "s1.h5")
+    jets, tracks = jets_and_tracks(ftag_files / "s1.h5")
     jets, tracks = jets[rows], tracks[rows]
     np.testing.assert_array_equal(batch["valid"], tracks["valid"])
     np.testing.assert_array_equal(batch["flavour"], jets["flavour_label"])
@@ -97,7 +89,7 @@ def test_values_match_file(ftag_files, tmp_path):
 
 
 def test_normalisation_zero_mean_unit_std(ftag_files):
-    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
+    src = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5"), "train")
     batch = src.read(np.arange(len(src)))
     x, v = batch["tracks"], batch["valid"]
     trk = x[v][:, :19].astype(np.float64)
@@ -111,13 +103,13 @@ def test_normalisation_zero_mean_unit_std(ftag_files):
 
 def test_mock_file_from_atlas_ftag_tools(ftag_mock, caplog):
     with caplog.at_level(logging.INFO, logger=fh.__name__):
-        src = fh.SPEC.source(_cfg(ftag_mock, eval_fraction=0.0), "train")
+        src = fh.SPEC.source(ftag_cfg(ftag_mock, eval_fraction=0.0), "train")
     assert "track truth labels absent" in caplog.text
     assert len(src) == 1500
     batch = _first_batch(src, batch_size=100)
     _assert_contract(batch, 100, 40, 21, aux=False)
     assert "track_origin" not in batch and "track_vertex" not in batch
-    jets, tracks = _file(ftag_mock)
+    jets, tracks = jets_and_tracks(ftag_mock)
     rows = np.arange(0, 1500, 7)
     got = src.read(rows)
     np.testing.assert_array_equal(
@@ -128,43 +120,43 @@ def test_mock_file_from_atlas_ftag_tools(ftag_mock, caplog):
     assert np.isfinite(src.read(np.arange(1500))["tracks"]).all()
 
     with pytest.raises(ValueError, match="aux_labels=on") as err:
-        fh.SPEC.source(_cfg(ftag_mock, aux_labels="on"), "train")
+        fh.SPEC.source(ftag_cfg(ftag_mock, aux_labels="on"), "train")
     assert ftag_mock in str(err.value) and "ftagTruthOriginLabel" in str(err.value)
 
 
 def test_aux_labels_off_and_on(ftag_files):
-    off = fh.SPEC.source(_cfg(ftag_files / "s1.h5", aux_labels="off"), "train")
+    off = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", aux_labels="off"), "train")
     assert set(off.read(np.arange(4))) == {"tracks", "valid", "flavour"}
-    on = fh.SPEC.source(_cfg(ftag_files / "s1.h5", aux_labels="on"), "train")
+    on = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", aux_labels="on"), "train")
     assert "track_origin" in on.read(np.arange(4))
 
 
 def test_glob_and_comma_list_of_two_files(ftag_files):
-    glob_src = fh.SPEC.source(_cfg(ftag_files / "s*.h5", eval_fraction=0.0), "train")
+    glob_src = fh.SPEC.source(ftag_cfg(ftag_files / "s*.h5", eval_fraction=0.0), "train")
     assert len(glob_src) == N1 + N2
     comma = f"{ftag_files / 's1.h5'},{ftag_files / 's2.h5'}"
-    comma_src = fh.SPEC.source(_cfg(comma, eval_fraction=0.0), "train")
+    comma_src = fh.SPEC.source(ftag_cfg(comma, eval_fraction=0.0), "train")
     assert len(comma_src) == N1 + N2
     rows = np.array([0, N1 - 1, N1, N1 + N2 - 1])
     a, b = glob_src.read(rows), comma_src.read(rows)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    _, t2 = _file(ftag_files / "s2.h5")
+    _, t2 = jets_and_tracks(ftag_files / "s2.h5")
     np.testing.assert_array_equal(a["valid"][2:], t2["valid"][[0, N2 - 1]])
     # held-out tail of every file for eval; train and eval partition the files
-    train = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "train")
-    ev = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "eval")
+    train = fh.SPEC.source(ftag_cfg(ftag_files / "s*.h5"), "train")
+    ev = fh.SPEC.source(ftag_cfg(ftag_files / "s*.h5"), "eval")
     assert len(ev) == round(0.1 * N1) + round(0.1 * N2)
     assert len(train) + len(ev) == N1 + N2
     assert [s[1:] for s in ev.segments] == [(N1 - 300, N1), (N2 - 200, N2)]
     # an explicit eval_path: the whole training files train
-    explicit = _cfg(ftag_files / "s1.h5", eval_path=str(ftag_files / "s2.h5"))
+    explicit = ftag_cfg(ftag_files / "s1.h5", eval_path=str(ftag_files / "s2.h5"))
     assert len(fh.SPEC.source(explicit, "train")) == N1
     assert len(fh.SPEC.source(explicit, "eval")) == N2
 
 
 def test_same_global_batches_for_one_and_two_processes(ftag_files):
-    src = fh.SPEC.source(_cfg(ftag_files / "s*.h5"), "train")
+    src = fh.SPEC.source(ftag_cfg(ftag_files / "s*.h5"), "train")
     one = iter(pipeline.batched(src, batch_size=128, seed=7))
     parts = [
         iter(pipeline.batched(src, batch_size=128, seed=7, process_index=p, process_count=2))
@@ -178,7 +170,7 @@ def test_same_global_batches_for_one_and_two_processes(ftag_files):
 
 
 def test_source_pickles_without_handles(ftag_files):
-    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train")
+    src = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5"), "train")
     rows = np.arange(10, 50)
     before = src.read(rows)
     clone = pickle.loads(pickle.dumps(src))
@@ -191,7 +183,7 @@ def test_max_tracks_cut_and_pad(ftag_files, tmp_path):
     norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
 
     def read(max_tracks):
-        cfg = _cfg(ftag_files / "s1.h5", max_tracks=max_tracks, norm_dict=norm)
+        cfg = ftag_cfg(ftag_files / "s1.h5", max_tracks=max_tracks, norm_dict=norm)
         return fh.SPEC.source(cfg, "train").read(np.arange(8))
 
     short, full, long = read(20), read(40), read(48)
@@ -202,8 +194,8 @@ def test_max_tracks_cut_and_pad(ftag_files, tmp_path):
 
 
 def test_explicit_flavour_field(ftag_files):
-    auto = fh.SPEC.source(_cfg(ftag_files / "s1.h5"), "train").read(np.arange(200))
-    pdg = fh.SPEC.source(_cfg(ftag_files / "s1.h5", flavour_label="HadronConeExclTruthLabelID"), "train")
+    auto = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5"), "train").read(np.arange(200))
+    pdg = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", flavour_label="HadronConeExclTruthLabelID"), "train")
     np.testing.assert_array_equal(pdg.read(np.arange(200))["flavour"], auto["flavour"])
 
 
@@ -217,7 +209,7 @@ def test_default_dataset_made_once(tmp_path, monkeypatch):
     ev = fs.default_dataset(tmp_path, split="eval")
     mtime = os.path.getmtime(train)
     assert fs.default_dataset(tmp_path) == train and os.path.getmtime(train) == mtime
-    assert len(fh.SPEC.source(_cfg(train, eval_fraction=0.0), "train")) == 20_000
+    assert len(fh.SPEC.source(ftag_cfg(train, eval_fraction=0.0), "train")) == 20_000
     monkeypatch.setenv("SMILEJAX_CACHE", str(tmp_path))
     cfg = fh.FtagConfig()  # path None: the default set, its own eval file
     assert len(fh.SPEC.source(cfg, "train")) == 20_000
@@ -232,7 +224,7 @@ def _auc(sig, bkg):
 
 
 def test_synthetic_physics(ftag_files):
-    jets, tracks = _file(ftag_files / "s1.h5")
+    jets, tracks = jets_and_tracks(ftag_files / "s1.h5")
     flav, valid = jets["flavour_label"], tracks["valid"]
     sd0 = np.where(valid, tracks["IP3D_signed_d0_significance"], -np.inf)
     auc = _auc(sd0.max(1)[flav == 0], sd0.max(1)[flav == 2])
@@ -267,15 +259,15 @@ def test_block_order_is_a_permutation_of_blocks():
 def test_compressed_chunked_files(ftag_files, tmp_path):
     lzf = fs.make(tmp_path / "s1_lzf.h5", N1, seed=1, compression="lzf", chunk_jets=100)
     norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
-    plain_src = fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=norm), "train")
-    cfg = _cfg(lzf, norm_dict=norm, batch_size=200)
+    plain_src = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", norm_dict=norm), "train")
+    cfg = ftag_cfg(lzf, norm_dict=norm, batch_size=200)
     src = fh.SPEC.source(cfg, "train")
     assert src.files[0].chunk_rows == 100 and plain_src.files[0].chunk_rows == 0
     rows = np.array([1, 2, 3, 250, 1999, 2500])
     for k, v in src.read(rows).items():
         np.testing.assert_array_equal(v, plain_src.read(rows)[k])
     assert fh.shuffle_block(src, cfg) == 100 and fh.shuffle_block(plain_src, cfg) == 1
-    assert fh.shuffle_block(src, _cfg(lzf, shuffle_block=1)) == 1
+    assert fh.shuffle_block(src, ftag_cfg(lzf, shuffle_block=1)) == 1
 
     # block order through the spec's pipeline: same global batches for 1 and 2 processes
     one = iter(fh.SPEC.pipeline(src, cfg, seed=5, process_index=0, process_count=1))
@@ -293,14 +285,14 @@ def test_compressed_chunked_files(ftag_files, tmp_path):
 def test_lz4_file_as_atlas_ftag_tools_writes_it(ftag_files, tmp_path):
     import hdf5plugin
 
-    jets, tracks = _file(ftag_files / "s1.h5")
+    jets, tracks = jets_and_tracks(ftag_files / "s1.h5")
     path = tmp_path / "lz4.h5"
     with h5py.File(path, "w", locking=False) as f:
         f.create_dataset("jets", data=jets, chunks=True, **hdf5plugin.LZ4())
         f.create_dataset("tracks", data=tracks, chunks=(100, 40), **hdf5plugin.LZ4())
     norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
-    src = fh.SPEC.source(_cfg(path, norm_dict=norm, eval_fraction=0.0), "train")
-    ref = fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=norm, eval_fraction=0.0), "train")
+    src = fh.SPEC.source(ftag_cfg(path, norm_dict=norm, eval_fraction=0.0), "train")
+    ref = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", norm_dict=norm, eval_fraction=0.0), "train")
     assert src.files[0].chunk_rows == 100
     rows = np.sort(np.random.default_rng(0).choice(N1, 300, replace=False))
     for k, v in src.read(rows).items():
@@ -309,7 +301,7 @@ def test_lz4_file_as_atlas_ftag_tools_writes_it(ftag_files, tmp_path):
 
 def test_uncompressed_files_are_read_through_a_memory_map(ftag_files, ftag_mock, tmp_path, monkeypatch):
     # Other writers' layouts: float16 and big-endian fields, as well as atlas-ftag-tools' mock file.
-    jets, tracks = _file(ftag_files / "s1.h5")
+    jets, tracks = jets_and_tracks(ftag_files / "s1.h5")
     kinds = {"d0": ">f4", "z0SinTheta": "f2", "numberOfPixelHits": ">i2"}
     odd = tmp_path / "odd.h5"
     with h5py.File(odd, "w", locking=False) as f:
@@ -321,7 +313,7 @@ def test_uncompressed_files_are_read_through_a_memory_map(ftag_files, ftag_mock,
     for path, mapped in ((ftag_files / "s1.h5", True), (odd, True), (ftag_mock, True), (lzf, False)):
         with fh.open_h5(str(path)) as f:
             assert (fh.hdf5._mapped(f["tracks"]) is not None) == mapped, path
-        cfg = _cfg(path, eval_fraction=0.0, norm_dict=str(tmp_path / f"{Path(path).stem}-norm.yaml"))
+        cfg = ftag_cfg(path, eval_fraction=0.0, norm_dict=str(tmp_path / f"{Path(path).stem}-norm.yaml"))
         fh.write_norm_dict(fh.compute_norm_dict(str(path)), cfg.norm_dict)
         rows = np.sort(np.random.default_rng(1).choice(len(fh.SPEC.source(cfg, "train")), 300, replace=False))
         got = fh.SPEC.source(cfg, "train").read(rows, width=40)

@@ -17,7 +17,7 @@ from flax import nnx
 from smilejax.inputs import ftag_h5 as fh
 
 from tests.conftest import FTAG_JETS
-from tests.test_ftag_h5 import _cfg, _file
+from tests.helpers_ftag import ftag_cfg, jets_and_tracks
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
 
 def test_norm_dict_cached_and_roundtrip(ftag_files, tmp_path, monkeypatch):
-    cfg = _cfg(ftag_files / "s1.h5")
+    cfg = ftag_cfg(ftag_files / "s1.h5")
     fh.SPEC.source(cfg, "train")
     cached = list(ftag_files.glob("norm_dict.smilejax-*.yaml"))
     assert cached, "the computed norm dict is cached next to the data"
@@ -43,13 +43,13 @@ def test_norm_dict_cached_and_roundtrip(ftag_files, tmp_path, monkeypatch):
     path = fh.write_norm_dict(norm, tmp_path / "norm.yaml")
     assert fh.load_norm_dict(path) == norm
     (tmp_path / "norm.json").write_text(json.dumps(norm))
-    src = fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=str(tmp_path / "norm.json")), "train")
+    src = fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", norm_dict=str(tmp_path / "norm.json")), "train")
     assert np.isfinite(src.read(np.arange(10))["tracks"]).all()
     # a norm dict without a needed variable
     del norm["tracks"]["qOverP"]
     fh.write_norm_dict(norm, tmp_path / "partial.yaml")
     with pytest.raises(ValueError, match="qOverP") as err:
-        fh.SPEC.source(_cfg(ftag_files / "s1.h5", norm_dict=str(tmp_path / "partial.yaml")), "train")
+        fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", norm_dict=str(tmp_path / "partial.yaml")), "train")
     assert "partial.yaml" in str(err.value)
 
 
@@ -72,7 +72,7 @@ def test_class_weights_salt_format(ftag_files, tmp_path):
 
     computed = fh.compute_class_dict(str(ftag_files / "s1.h5"))
     flav = np.array(computed["jets"]["flavour_label"])
-    _, tracks = _file(ftag_files / "s1.h5")
+    _, tracks = jets_and_tracks(ftag_files / "s1.h5")
     assert flav.min() == 1.0 and flav.argmax() == 3, "tau jets are the rarest"
     counts = np.bincount(tracks["ftagTruthOriginLabel"][tracks["valid"]], minlength=8)
     orig = np.array(computed["tracks"]["ftagTruthOriginLabel"])
@@ -115,20 +115,20 @@ def test_class_dict_gives_the_model_its_class_weights(ftag_files, tmp_path, capl
     # a class dict of the jets only weighs the jet loss only
     jets_only = tmp_path / "jets_only.json"
     jets_only.write_text(json.dumps({"jets": SALT_CLASS_DICT["jets"]}))
-    assert set(fh.model_config(_cfg(None, class_dict=str(jets_only)), cfg.model).class_weights) == {"jet"}
+    assert set(fh.model_config(ftag_cfg(None, class_dict=str(jets_only)), cfg.model).class_weights) == {"jet"}
     # a missing class dict: refused when reading data (training, evaluation); a model built elsewhere
     # (an export on another machine) goes without the weights, which only the loss uses
     nope = str(tmp_path / "nope.yaml")
     with pytest.raises(FileNotFoundError, match=r"data.class_dict: .*nope\.yaml: no such class dict"):
-        fh.SPEC.source(_cfg(ftag_files / "s1.h5", class_dict=nope), "train")
+        fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", class_dict=nope), "train")
     with caplog.at_level(logging.WARNING, logger=fh.__name__):
-        assert fh.model_config(_cfg(None, class_dict=nope), cfg.model) is cfg.model
+        assert fh.model_config(ftag_cfg(None, class_dict=nope), cfg.model) is cfg.model
     assert "nope.yaml is not here" in caplog.text
     path.write_text(yaml.safe_dump({"jets": {"flavour_label": [1.0, 2.0, 3.0]}}))
     with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
-        fh.model_config(_cfg(None, class_dict=str(path)), cfg.model)
+        fh.model_config(ftag_cfg(None, class_dict=str(path)), cfg.model)
     with pytest.raises(ValueError, match=r"flavour_label = .* is not 4 finite weights"):
-        fh.SPEC.source(_cfg(ftag_files / "s1.h5", class_dict=str(path)), "train")
+        fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", class_dict=str(path)), "train")
 
     # the weights follow the file's class order, which must be the model's b, c, light, tau
     swapped = tmp_path / "swapped.h5"
@@ -137,15 +137,15 @@ def test_class_dict_gives_the_model_its_class_weights(ftag_files, tmp_path, capl
         assert list(f["jets"].attrs["flavour_label"]) == ["bjets", "cjets", "ujets", "taujets"]
         f["jets"].attrs["flavour_label"] = ["cjets", "bjets", "ujets", "taujets"]
     path.write_text(yaml.safe_dump(SALT_CLASS_DICT))
-    assert len(fh.SPEC.source(_cfg(ftag_files / "s1.h5", class_dict=str(path)), "train")) > 0
+    assert len(fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", class_dict=str(path)), "train")) > 0
     with pytest.raises(ValueError, match=r"lists its classes as \['c', 'b', 'light', 'tau'\]"):
-        fh.SPEC.source(_cfg(swapped, class_dict=str(path)), "train")
+        fh.SPEC.source(ftag_cfg(swapped, class_dict=str(path)), "train")
 
 
 def test_origin_labels_salt_ignores_are_read(ftag_files, tmp_path):
     """A track origin of -2 (salt masks it) or -1 (salt's ignore index) on a valid track is kept in the
     batch, where GN2's loss leaves it out (tests/test_gn2_model.py); other values are still refused."""
-    _, tracks = _file(ftag_files / "s1.h5")
+    _, tracks = jets_and_tracks(ftag_files / "s1.h5")
     slots = [int(np.argmax(tracks["valid"][row])) for row in (3, 5)]
 
     def mark(t):
@@ -155,7 +155,7 @@ def test_origin_labels_salt_ignores_are_read(ftag_files, tmp_path):
 
     path = _rewrite(ftag_files / "s1.h5", tmp_path / "ignored.h5", edit_tracks=mark)
     assert fh.check(path)[path]["aux"]
-    batch = fh.SPEC.source(_cfg(path), "train").read(np.arange(8))
+    batch = fh.SPEC.source(ftag_cfg(path), "train").read(np.arange(8))
     assert batch["valid"][3, slots[0]] and batch["track_origin"][3, slots[0]] == -2
     assert batch["valid"][5, slots[1]] and batch["track_origin"][5, slots[1]] == -1
     valid = tracks["valid"][:8]
@@ -181,7 +181,7 @@ def test_origin_labels_salt_ignores_are_read(ftag_files, tmp_path):
 
 
 def _rewrite(src, dst, edit_jets=None, edit_tracks=None, drop=None):
-    jets, tracks = _file(src)
+    jets, tracks = jets_and_tracks(src)
     jets = edit_jets(jets) if edit_jets else jets
     tracks = edit_tracks(tracks) if edit_tracks else tracks
     with h5py.File(dst, "w", locking=False) as f:
@@ -202,38 +202,38 @@ def _retype(arr, field, dtype):
 
 def test_missing_file_and_glob(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.h5"):
-        fh.SPEC.source(_cfg(tmp_path / "nope.h5"), "train")
+        fh.SPEC.source(ftag_cfg(tmp_path / "nope.h5"), "train")
     with pytest.raises(FileNotFoundError, match=r"none\*\.h5"):
-        fh.SPEC.source(_cfg(tmp_path / "none*.h5"), "train")
+        fh.SPEC.source(ftag_cfg(tmp_path / "none*.h5"), "train")
 
 
 def test_missing_dataset(ftag_files, tmp_path):
     bad = _rewrite(ftag_files / "s1.h5", tmp_path / "no_tracks.h5", drop="tracks")
     with pytest.raises(ValueError, match="'tracks'") as err:
-        fh.SPEC.source(_cfg(bad), "train")
+        fh.SPEC.source(ftag_cfg(bad), "train")
     assert bad in str(err.value)
 
 
 def test_missing_variable_lists_close_names(ftag_files):
     with pytest.raises(ValueError, match="d0_sig") as err:
-        fh.SPEC.source(_cfg(ftag_files / "s1.h5", track_vars=["d0_sig"]), "train")
+        fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", track_vars=["d0_sig"]), "train")
     msg = str(err.value)
     assert str(ftag_files / "s1.h5") in msg and "'tracks'" in msg
     with pytest.raises(ValueError, match="close names") as err:
-        fh.SPEC.source(_cfg(ftag_files / "s1.h5", track_vars=["numberOfPixelHit"]), "train")
+        fh.SPEC.source(ftag_cfg(ftag_files / "s1.h5", track_vars=["numberOfPixelHit"]), "train")
     assert "numberOfPixelHits" in str(err.value)
 
 
 def test_wrong_dtype(ftag_files, tmp_path):
     bad = _rewrite(ftag_files / "s1.h5", tmp_path / "str_d0.h5", edit_tracks=lambda t: _retype(t, "d0", "S8"))
     with pytest.raises(ValueError, match="tracks/d0 has dtype") as err:
-        fh.SPEC.source(_cfg(bad), "train")
+        fh.SPEC.source(ftag_cfg(bad), "train")
     assert bad in str(err.value)
     bad = _rewrite(
         ftag_files / "s1.h5", tmp_path / "float_valid.h5", edit_tracks=lambda t: _retype(t, "valid", "f4")
     )
     with pytest.raises(ValueError, match="tracks/valid has dtype") as err:
-        fh.SPEC.source(_cfg(bad), "train")
+        fh.SPEC.source(ftag_cfg(bad), "train")
     assert bad in str(err.value)
 
 
@@ -242,19 +242,19 @@ def test_truncated_and_corrupt_file(ftag_files, tmp_path):
     shutil.copy(ftag_files / "s1.h5", trunc)
     os.truncate(trunc, os.path.getsize(trunc) // 2)
     with pytest.raises(ValueError, match="truncated") as err:
-        fh.SPEC.source(_cfg(trunc), "train")
+        fh.SPEC.source(ftag_cfg(trunc), "train")
     assert str(trunc) in str(err.value)
     garbage = tmp_path / "garbage.h5"
     shutil.copy(ftag_files / "s1.h5", garbage)
     with open(garbage, "r+b") as f:
         f.write(b"\0" * 4096)
     with pytest.raises(ValueError, match="not a readable HDF5 file") as err:
-        fh.SPEC.source(_cfg(garbage), "train")
+        fh.SPEC.source(ftag_cfg(garbage), "train")
     assert str(garbage) in str(err.value)
 
 
 def test_nan_and_inf_in_inputs(ftag_files, tmp_path):
-    _, tracks = _file(ftag_files / "s1.h5")
+    _, tracks = jets_and_tracks(ftag_files / "s1.h5")
     slot = int(np.argmax(tracks["valid"][5]))
 
     def nan_d0(t):
@@ -267,7 +267,7 @@ def test_nan_and_inf_in_inputs(ftag_files, tmp_path):
 
     bad = _rewrite(ftag_files / "s1.h5", tmp_path / "nan.h5", edit_tracks=nan_d0)
     norm = str(fh.write_norm_dict(fh.compute_norm_dict(str(ftag_files / "s1.h5")), tmp_path / "n.yaml"))
-    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
+    src = fh.SPEC.source(ftag_cfg(bad, norm_dict=norm), "train")
     src.read(np.arange(0, 5))  # rows before the bad one read fine
     with pytest.raises(ValueError, match=r"tracks/d0 at row 5") as err:
         src.read(np.arange(0, 64))
@@ -275,11 +275,11 @@ def test_nan_and_inf_in_inputs(ftag_files, tmp_path):
     with pytest.raises(ValueError, match="tracks/d0 at row 5"):
         fh.check(bad)
     with pytest.raises(ValueError, match="tracks/d0") as err:  # computing the norm dict sees it too
-        fh.SPEC.source(_cfg(bad), "train")
+        fh.SPEC.source(ftag_cfg(bad), "train")
     assert bad in str(err.value)
 
     bad = _rewrite(ftag_files / "s1.h5", tmp_path / "inf.h5", edit_jets=inf_pt)
-    src = fh.SPEC.source(_cfg(bad, norm_dict=norm), "train")
+    src = fh.SPEC.source(ftag_cfg(bad, norm_dict=norm), "train")
     with pytest.raises(ValueError, match="jets/pt_btagJes at row 9") as err:
         src.read(np.array([3, 9, 11]))
     assert bad in str(err.value)
@@ -292,7 +292,7 @@ def test_bad_labels(ftag_files, tmp_path):
 
     # rewritten without the class-name attribute on flavour_label: auto picks HadronConeExclTruthLabelID
     bad = _rewrite(ftag_files / "s1.h5", tmp_path / "label.h5", edit_jets=bad_truth)
-    src = fh.SPEC.source(_cfg(bad, aux_labels="off"), "train")
+    src = fh.SPEC.source(ftag_cfg(bad, aux_labels="off"), "train")
     with pytest.raises(ValueError, match="HadronConeExclTruthLabelID = 7 at row 12") as err:
         src.read(np.arange(10, 20))
     assert bad in str(err.value)
@@ -311,7 +311,7 @@ def test_bad_labels(ftag_files, tmp_path):
 def test_check_reports(ftag_files, ftag_mock):
     report = fh.check(f"{ftag_files / 's1.h5'},{ftag_mock}")
     s1 = report[str(ftag_files / "s1.h5")]
-    jets, tracks = _file(ftag_files / "s1.h5")
+    jets, tracks = jets_and_tracks(ftag_files / "s1.h5")
     assert s1["jets"] == FTAG_JETS[0] and s1["tracks"] == int(tracks["valid"].sum()) and s1["aux"]
     assert s1["flavours"] == np.bincount(jets["flavour_label"], minlength=4).tolist()
     assert report[ftag_mock]["aux"] is False

@@ -20,50 +20,10 @@ from smilejax.inputs import ftag_h5 as fh
 from smilejax.models import gn2
 from smilejax.models.spec import ModelSpec
 
+from tests.helpers_gn2 import TOL, B, T, forward, make_batch, small_cfg, small_model
 from tests.model_contract import checked_parameters
 
 SALT_GN2_PARAMS = 2_339_150  # salt's configs/GN2/GN2.yaml as built by salt.models.SaltModel
-
-SMALL = dict(
-    track_features=21,
-    max_tracks=10,
-    embed=32,
-    init_hidden=[32],
-    layers=2,
-    heads=4,
-    ff=64,
-    out=16,
-    head_hidden=[16, 8],
-)
-TOL = dict(rtol=1e-5, atol=1e-5)
-B, T = 4, 10
-
-
-def small_cfg(**kw) -> gn2.GN2Config:
-    return gn2.GN2Config(**{**SMALL, **kw})
-
-
-def _init(cfg: gn2.GN2Config, dtype):
-    return nnx.split(gn2.SPEC.build(cfg, rngs=nnx.Rngs(0), dtype=dtype))
-
-
-@functools.cache
-def _small_state():
-    """Parameters of the small config, initialised as the framework does (one jitted init)."""
-    with nnx.use_eager_sharding(False):
-        return jax.jit(lambda: _init(small_cfg(), jnp.float32)[1])()
-
-
-def small_model(dtype=jnp.float32, **kw) -> gn2.GN2:
-    """A small GN2; options that keep parameter shapes (aux_tasks, weights, remat, dtype) share params."""
-    with nnx.use_eager_sharding(False):
-        graphdef, _ = nnx.eval_shape(lambda: _init(small_cfg(**kw), dtype))
-    return nnx.merge(graphdef, _small_state())
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tracks, valid):
-    return nnx.merge(graphdef, state)(tracks, valid)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -79,27 +39,8 @@ def _value_and_grad(graphdef, params, rest, batch):
     return jax.value_and_grad(f)(params)
 
 
-def forward(model, tracks, valid) -> dict[str, np.ndarray]:
-    out = _forward(*nnx.split(model), jnp.asarray(tracks), jnp.asarray(valid))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
 def loss(model, batch):
     return _loss(*nnx.split(model), {k: jnp.asarray(v) for k, v in batch.items()})
-
-
-def make_batch(seed: int, b: int = B, t: int = T, labels: bool = True) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    n_valid = rng.integers(2, t + 1, size=b)
-    n_valid[0] = t  # one full jet
-    valid = np.arange(t)[None, :] < n_valid[:, None]
-    tracks = rng.normal(size=(b, t, 21)).astype(np.float32)
-    tracks[~valid] = 0.0
-    batch = {"tracks": tracks, "valid": valid, "flavour": rng.integers(0, 4, size=b).astype(np.int32)}
-    if labels:
-        batch["track_origin"] = np.where(valid, rng.integers(0, 8, size=(b, t)), -1).astype(np.int32)
-        batch["track_vertex"] = np.where(valid, rng.integers(-1, 3, size=(b, t)), -1).astype(np.int32)
-    return batch
 
 
 def test_spec_contract():

@@ -13,60 +13,16 @@ from flax import nnx
 from smilejax.inputs import packing
 from smilejax.models import attention, gn2
 
-TINY = dict(
-    track_features=21,
-    max_tracks=8,
-    embed=16,
-    init_hidden=[16],
-    layers=1,
-    heads=2,
-    ff=32,
-    out=8,
-    registers=2,  # two per jet: their slot-major order in a row is exercised
-    head_hidden=[16],
-    aux_tasks="on",
+from tests.helpers_gn2 import (
+    JETS_PER_ROW,
+    LENGTHS,
+    SLOTS,
+    TINY,
+    loss_and_grads,
+    packed_batch,
+    padded_batch,
+    tiny_model,
 )
-LENGTHS = [8, 0, 3, 5, 1, 6]  # a full jet and a jet without tracks
-SLOTS, JETS_PER_ROW = 12, 3
-
-
-def padded_batch(seed: int = 0) -> dict[str, np.ndarray]:
-    """Jets of ``LENGTHS`` tracks in 8 slots, one with a hole (valid False inside the jet)."""
-    rng = np.random.default_rng(seed)
-    b, t = len(LENGTHS), TINY["max_tracks"]
-    valid = np.arange(t)[None, :] < np.asarray(LENGTHS)[:, None]
-    valid[3, 1] = False  # a hole
-    tracks = np.where(valid[..., None], rng.normal(size=(b, t, 21)), 0).astype(np.float32)
-    return {
-        "tracks": tracks,
-        "valid": valid,
-        "flavour": np.array([0, 1, 2, 3, 0, 2], np.int32),
-        "track_origin": np.where(valid, rng.integers(0, 8, size=(b, t)), -1).astype(np.int32),
-        "track_vertex": np.where(valid, rng.integers(-1, 3, size=(b, t)), -1).astype(np.int32),
-    }
-
-
-def packed_batch(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], packing.Packing]:
-    """Rounded to 4 rows: two filled (one with all 12 slots used), two empty."""
-    packed, plan = packing.pack_padded(batch, SLOTS, JETS_PER_ROW, row_multiple=4)
-    assert plan.rows == 4 and plan.used_rows == 2 and not packed["valid"][2:].any()
-    assert packed["valid"].sum(1).max() == SLOTS and packed["segment"].shape == (4, SLOTS)
-    return packed, plan
-
-
-def tiny_model(dtype=jnp.float32, **kw) -> gn2.GN2:
-    with nnx.use_eager_sharding(False):
-        return gn2.SPEC.build(gn2.GN2Config(**{**TINY, **kw}), rngs=nnx.Rngs(1), dtype=dtype)
-
-
-def loss_and_grads(model: gn2.GN2, batch: dict[str, np.ndarray]):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
-
-    def f(p):
-        return gn2.SPEC.loss(nnx.merge(graphdef, p, rest), batch)
-
-    return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
 
 def assert_same_loss_and_grads(model: gn2.GN2, padded: dict, packed: dict, rtol: float = 1e-5) -> None:

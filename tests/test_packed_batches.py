@@ -13,14 +13,12 @@ from smilejax.inputs import packing, pipeline
 
 from smilejax import config, trainer
 from smilejax.config import ConfigError
-from tests import test_bucketing as tb
-
-BATCH = tb.BATCH
+from tests.helpers_ftag import BATCH, bucket_cfg, bucket_stream, make_data, train_tiny_gn2
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return tb.make_data(tmp_path_factory)
+    return make_data(tmp_path_factory)
 
 
 PACK = dict(bucket_tracks=[], pack_tracks=48, pack_jets=8, pack_row_multiple=4)
@@ -32,11 +30,11 @@ def _packed_plan(src, cfg, processes: int, seed: int = 5) -> pipeline.BatchPlan:
 
 
 def test_packed_batches_hold_the_unpacked_jets_once_across_processes(data):
-    cfg = tb._cfg(data, **PACK)
+    cfg = bucket_cfg(data, **PACK)
     plain_cfg = dataclasses.replace(cfg, pack_tracks=0)
     src = fh.SPEC.source(cfg, "train")
-    plain = [tb._stream(src, plain_cfg, p, 2) for p in range(2)]
-    packed = [tb._stream(src, cfg, p, 2) for p in range(2)]
+    plain = [bucket_stream(src, plain_cfg, p, 2) for p in range(2)]
+    packed = [bucket_stream(src, cfg, p, 2) for p in range(2)]
     plan = _packed_plan(src, cfg, 2)
     rows = set()
     for step in range(8):
@@ -61,23 +59,23 @@ def test_packed_batches_hold_the_unpacked_jets_once_across_processes(data):
                     np.testing.assert_array_equal(got[k][packing.row[n]][mine], want[k][n][want["valid"][n]])
     assert len(rows) <= 3, f"row counts {sorted(rows)}: a few shapes"
     # one process: the same jets as the two together, in rows of the same multiple
-    one = tb._stream(src, cfg)
+    one = bucket_stream(src, cfg)
     first = next(one)
     assert first["jet_valid"].sum() == BATCH and first["valid"].shape[0] % 4 == 0
 
 
 def test_packed_padding_fraction_and_resumption(data):
-    cfg = tb._cfg(data, **PACK)
+    cfg = bucket_cfg(data, **PACK)
     src = fh.SPEC.source(cfg, "train")
     counts = src.track_counts()
     packed = _packed_plan(src, cfg, 1, seed=0).padding_fraction()
     assert packed < 0.35 < 1 - counts.mean() / cfg.max_tracks, packed
-    it = tb._stream(src, cfg, seed=0)
+    it = bucket_stream(src, cfg, seed=0)
     got = [next(it)["valid"] for _ in range(len(src) // BATCH)]
     assert 1 - sum(v.sum() for v in got) / sum(v.size for v in got) == pytest.approx(packed)
     state = json.loads(json.dumps(it.get_state()))
     expected = [next(it) for _ in range(3)]
-    resumed = tb._stream(fh.SPEC.source(cfg, "train"), cfg, seed=0)
+    resumed = bucket_stream(fh.SPEC.source(cfg, "train"), cfg, seed=0)
     resumed.set_state(state)
     for want in expected:
         got_batch = next(resumed)
@@ -107,13 +105,13 @@ def test_packed_batches_equal_the_every_slice_plan_bitwise(data, processes):
     are bitwise those of placing every slice, including steps where another slice sets the row count,
     across an epoch boundary, and after resuming mid-epoch."""
     # one row per process per multiple, so that the fullest slice's own count matters
-    cfg = tb._cfg(data, **{**PACK, "pack_row_multiple": processes})
+    cfg = bucket_cfg(data, **{**PACK, "pack_row_multiple": processes})
     src = fh.SPEC.source(cfg, "train")
     packed, plan = fh.packed(src, cfg), _packed_plan(src, cfg, processes)
     steps = plan.per_epoch + 2
     others_set_it = 0
     for p in range(processes):
-        it = tb._stream(src, cfg, p, processes)
+        it = bucket_stream(src, cfg, p, processes)
         for step in range(steps):
             got = next(it)
             want, own_rows, n = _all_slices_reference(src, packed, plan(step)[0], p, processes)
@@ -124,11 +122,11 @@ def test_packed_batches_equal_the_every_slice_plan_bitwise(data, processes):
                 assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
                 np.testing.assert_array_equal(got[k], want[k], err_msg=f"{k} at step {step}, process {p}")
         if p == processes - 1:  # resume the last process mid-epoch
-            it = tb._stream(src, cfg, p, processes)
+            it = bucket_stream(src, cfg, p, processes)
             for _ in range(3):
                 next(it)
             state = json.loads(json.dumps(it.get_state()))
-            resumed = tb._stream(fh.SPEC.source(cfg, "train"), cfg, p, processes)
+            resumed = bucket_stream(fh.SPEC.source(cfg, "train"), cfg, p, processes)
             resumed.set_state(state)
             for step in range(3, 6):
                 got = next(resumed)
@@ -139,7 +137,7 @@ def test_packed_batches_equal_the_every_slice_plan_bitwise(data, processes):
 
 
 def test_packed_plan_of_one_process_equals_its_share_of_all(data):
-    cfg = tb._cfg(data, **{**PACK, "pack_row_multiple": 8})
+    cfg = bucket_cfg(data, **{**PACK, "pack_row_multiple": 8})
     src = fh.SPEC.source(cfg, "train")
     plan = _packed_plan(src, cfg, 4)
     for step in range(6):
@@ -155,7 +153,7 @@ def test_packed_plan_of_one_process_equals_its_share_of_all(data):
 
 
 def test_evaluation_batches_are_not_packed(data):
-    cfg = tb._cfg(data, **PACK)
+    cfg = bucket_cfg(data, **PACK)
     src = fh.SPEC.source(cfg, "eval")
     batch = next(iter(fh.SPEC.pipeline(src, cfg, seed=1, process_index=0, process_count=1, shuffle=True)))
     assert "segment" not in batch and batch["valid"].shape == (BATCH, 40)
@@ -171,9 +169,9 @@ def test_loop_counts_the_jets_of_packed_batches(data):
 
     from smilejax.loop import Batches
 
-    cfg = tb._cfg(data, **PACK)
+    cfg = bucket_cfg(data, **PACK)
     batches = Batches(
-        tb._stream(fh.SPEC.source(cfg, "train"), cfg), jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        bucket_stream(fh.SPEC.source(cfg, "train"), cfg), jax.sharding.SingleDeviceSharding(jax.devices()[0])
     )
     batch = batches.next()
     assert batch["valid"].shape[0] < BATCH and batches.rows(batch) == BATCH
@@ -210,7 +208,7 @@ def test_packed_row_multiple_is_checked_as_a_batch_size():
 
 def test_train_runs_on_packed_batches(data, tmp_path):
     """``smilejax train`` of a tiny GN2 on packed batches (2 devices): finite losses, jets counted."""
-    records, cfg_path = tb._train_tiny_gn2(
+    records, cfg_path = train_tiny_gn2(
         data,
         tmp_path,
         "packed",

@@ -14,7 +14,7 @@ from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedShar
 from jax.sharding import PartitionSpec as P
 from smilejax.models import gn2, kernel_mode, pair_mlp
 
-from tests.test_gn2_model import SMALL, make_batch
+from tests.helpers_gn2 import SMALL, make_batch
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")  # for lowering
 

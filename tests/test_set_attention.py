@@ -149,7 +149,7 @@ def test_unsupported_shapes_and_portable_programs_are_refused():
 def test_gn2_pallas_attention_equals_math_on_padded_and_packed_batches():
     """GN2 with ``attention="pallas"`` (the interpreter here): loss, metrics and every gradient equal math
     attention's on the padded batch, and on the same jets packed several to a row (segment ids)."""
-    from tests.test_gn2_packed import loss_and_grads, packed_batch, padded_batch, tiny_model
+    from tests.helpers_gn2 import loss_and_grads, packed_batch, padded_batch, tiny_model
 
     wide = dict(embed=32, init_hidden=[32])  # 2 heads of 16: the kernels' smallest head dimension
     padded = padded_batch()
@@ -167,7 +167,7 @@ def test_gn2_pallas_attention_equals_math_on_padded_and_packed_batches():
 
 
 def test_gn2_pallas_attention_traces_both_kernels_per_layer_for_an_h100():
-    from tests.test_gn2_packed import padded_batch, tiny_model
+    from tests.helpers_gn2 import padded_batch, tiny_model
 
     batch = {k: jnp.asarray(v) for k, v in padded_batch().items()}
     mesh = AbstractMesh((1,), ("x",), axis_types=(AxisType.Explicit,), abstract_device=H100)
