@@ -175,6 +175,12 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.02)
 
 
+def sigint_ignored(cmd: list[str]) -> list[str]:
+    """``cmd`` started with SIGINT ignored, as a background job of a non-interactive shell starts
+    (``nohup make test &``, without ``timeout``, which resets it)."""
+    return ["bash", "-c", "trap '' INT; exec \"$@\"", "serve", *cmd]
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -12,68 +12,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from smilejax.inputs import pipeline
 from smilejax.inputs.spec import DatasetSpec, RawInputs, RawSignature, RawTensor
 
-from smilejax import config, host, registry, trained, trainer
+from smilejax import config, registry, trained, trainer
 from tests import toy
 from tests.conftest import run_cli
+from tests.helpers_serve import (
+    SERVE_HINT,
+    assert_equal_outputs,
+    eval_file,
+    model_outputs,
+    raw_and_pipeline,
+)
 
 try:
     import onnxruntime
 except ImportError:
     onnxruntime = None
-
-SERVE_HINT = host.pip_install(".[serve]")  # jax2onnx, onnx, onnxruntime, tritonclient
-
-
-def pipeline_batch(tm, size: int) -> dict[str, np.ndarray]:
-    """``size`` evaluation jets as the input pipeline makes them."""
-    source = registry.dataset(tm.cfg.data.format).source(tm.cfg.data, "eval")
-    return next(iter(pipeline.batched(source, batch_size=size, seed=0, shuffle=False, read_threads=1)))
-
-
-def model_outputs(tm, tracks: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    return jax.device_get(tm.model(jnp.asarray(tracks), jnp.asarray(valid)))
-
-
-def eval_file(tm) -> str:
-    """The file the run's evaluation split reads (the synthetic set's eval file)."""
-    from smilejax.inputs import ftag_h5
-
-    assert tm.cfg.data.path is None and tm.cfg.data.eval_path is None
-    from smilejax.models.gn2 import make_synthetic
-
-    return ftag_h5.expand_paths(make_synthetic.default_dataset(split="eval"))[0]
-
-
-def raw_and_pipeline(tm, size: int, tracks: int) -> tuple[dict, dict]:
-    """The first ``size`` evaluation jets read from the file as stored (raw inputs) and as the pipeline
-    makes them, both cut or padded to ``tracks`` slots (raw padding: NaN, not valid)."""
-    from smilejax.serve.client import raw_batch
-
-    raw = raw_batch(tm.cfg.data, eval_file(tm), size)
-    batch = pipeline_batch(tm, size)
-    raw = {
-        "jets": raw["jets"],
-        "tracks": _slots(raw["tracks"], tracks, np.nan),
-        "valid": _slots(raw["valid"], tracks, False),
-    }
-    pipe = {"tracks": _slots(batch["tracks"], tracks, 0.0), "valid": _slots(batch["valid"], tracks, False)}
-    return raw, pipe
-
-
-def _slots(a: np.ndarray, n: int, fill) -> np.ndarray:
-    if a.shape[1] >= n:
-        return np.ascontiguousarray(a[:, :n])
-    pad = np.full((a.shape[0], n - a.shape[1], *a.shape[2:]), fill, a.dtype)
-    return np.concatenate([a, pad], axis=1)
-
-
-def assert_equal_outputs(got: dict, expected: dict) -> None:
-    assert set(got) == set(expected)
-    for name, ref in expected.items():
-        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.fixture(scope="module")

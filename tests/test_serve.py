@@ -4,7 +4,6 @@ for bad requests, a concurrent load without failures, TLS + a required key, and 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -15,44 +14,16 @@ import numpy as np
 import pytest
 
 from smilejax import trained
-from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, wait_for
-from tests.test_export import (
-    SERVE_HINT,
+from tests.conftest import ROOT, cli_env, free_port, run_cli, sigint_ignored, smilejax_cmd, wait_for
+from tests.helpers_serve import (
     assert_equal_outputs,
+    client,
     eval_file,
     model_outputs,
     pipeline_batch,
     raw_and_pipeline,
+    triton_serving,
 )
-from tests.test_serve_stop import sigint_ignored
-
-INSTALL = "bash launch/install_triton.sh"
-
-
-@contextlib.contextmanager
-def triton_serving(run_dir, root, options):
-    """A Triton server on free local ports over a repository exported from ``run_dir``; it must stop
-    cleanly. Fails (never skips) when Triton or the serving packages are missing."""
-    try:
-        from smilejax.serve import repository
-        from smilejax.serve.server import TritonServer, find_binary
-
-        find_binary()
-    except ImportError as err:
-        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
-    except FileNotFoundError as err:
-        pytest.fail(f"{err} (CI: {INSTALL})")
-    repository.build(run_dir, root / "repo", options=options)
-    server = TritonServer(
-        root / "repo",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        exit_timeout_s=5,
-        log_file=root / "triton.log",
-    )
-    with server:
-        yield server
-    assert server.process.returncode == 0, (root / "triton.log").read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +35,6 @@ def served(tmp_path_factory, tiny_gn2_run):
     options = repository.TritonOptions(max_batch_size=32, max_queue_delay_us=20_000, kind="cpu")
     with triton_serving(tiny_gn2_run, root, options) as server:
         yield server, trained.load(tiny_gn2_run), root
-
-
-def client(server, model: str, protocol: str, **kwargs):
-    from smilejax.serve.client import Client
-
-    return Client(
-        server.http_url if protocol == "http" else server.grpc_url, model, protocol=protocol, **kwargs
-    )
 
 
 def raw_jets(tm, size: int) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import pytest
 
 from smilejax import registry, trained
 from tests.conftest import free_port, run_cli
-from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs
+from tests.helpers_serve import SERVE_HINT, assert_equal_outputs, model_outputs
 
 MODEL = "gn2_onnx"  # onnxruntime in the Python backend: the wheel's server runs it
 ROWS = 300

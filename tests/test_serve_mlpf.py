@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from smilejax import trained
-from tests.test_export import assert_equal_outputs
-from tests.test_serve import client, triton_serving
+from tests.helpers_serve import assert_equal_outputs, client, triton_serving
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from smilejax import trained
 from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, stand_in_triton, wait_for
-from tests.test_export import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch
+from tests.helpers_serve import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch
 
 KEY = "s3cret-key"
 MODEL = "gn2_onnx"  # onnxruntime in the Python backend: the wheel's server runs it

@@ -18,7 +18,7 @@ import pytest
 
 from smilejax.serve.parent_death import with_parent_death
 from smilejax.serve.server import TritonServer
-from tests.conftest import ROOT, cli_env, free_port, smilejax_cmd, stand_in_triton, wait_for
+from tests.conftest import ROOT, cli_env, free_port, sigint_ignored, smilejax_cmd, stand_in_triton, wait_for
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
@@ -69,12 +69,6 @@ def fake_triton(tmp_path):
     """A model repository and the stand-in tritonserver; returns (repo, binary, its folder)."""
     repo, binary = stand_in_triton(tmp_path, f"#!{sys.executable}\n{FAKE}")
     return repo, binary, binary.parent
-
-
-def sigint_ignored(cmd: list[str]) -> list[str]:
-    """``cmd`` started with SIGINT ignored, as a background job of a non-interactive shell starts
-    (``nohup make test &``, without ``timeout``, which resets it)."""
-    return ["bash", "-c", "trap '' INT; exec \"$@\"", "serve", *cmd]
 
 
 def _events(folder) -> list[str]:
