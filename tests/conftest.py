@@ -138,6 +138,18 @@ def calls(folder: Path, name: str) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+LAUNCH = ROOT / "launch"
+
+
+def launch(capsys, *args: str) -> tuple[int, str, str]:
+    """``smilejax launch ARGS`` in this process: (exit code, stdout, stderr)."""
+    from smilejax import cli  # here, not at the top: conftest loads for every test
+
+    code = cli.main(["launch", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 FTAG_JETS = (3000, 2000)  # jets of ftag_files' s1.h5 and s2.h5
 
 

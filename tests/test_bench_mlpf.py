@@ -14,10 +14,8 @@ import pytest
 from smilejax.models import mlpf
 from smilejax.models.mlpf import bench_study, peer, synthetic
 
-from tests import test_mlpf_parity as parity
 from tests.conftest import run_cli
-
-REF_ENV = parity.REF_ENV
+from tests.helpers_mlpf import REF_ENV
 
 TINY = ["model.num_convs=1", "model.num_heads=2", "model.head_dim=4"]
 FAST = ["--steps", "2", "--repeats", "1", "--warmup", "2"]

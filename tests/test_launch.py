@@ -8,23 +8,12 @@ import subprocess
 import pytest
 import yaml
 
-from smilejax import cli
 from smilejax.launch import job as jobs
 from smilejax.launch import systems
 from smilejax.launch.systems import LaunchError
-from tests.conftest import ROOT, calls, stub
+from tests.conftest import LAUNCH, calls, launch, stub
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
-
-LAUNCH = ROOT / "launch"
-
-
-def launch(capsys, *args: str) -> tuple[int, str, str]:
-    """``smilejax launch ARGS`` in this process: (exit code, stdout, stderr)."""
-    code = cli.main(["launch", *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 # ---------------------------------------------------------------- rendered scripts
 

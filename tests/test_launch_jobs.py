@@ -22,8 +22,7 @@ from smilejax.launch import stage, systems
 from smilejax.launch.systems import LaunchError
 from smilejax.preemption import EXIT_PREEMPTED
 from tests import toy
-from tests.conftest import calls, stub
-from tests.test_launch import LAUNCH, launch
+from tests.conftest import LAUNCH, calls, launch, stub
 
 pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +30,10 @@ from smilejax.models import mlpf
 from smilejax.models.mlpf import peer
 
 from tests.conftest import ROOT, run_reference
+from tests.helpers_mlpf import INSTALL, REF_ENV
 from tests.mlpf_reference.events import random_events
 
-REF_ENV = Path(os.environ.get(peer.ENV_VAR) or ROOT / peer.ENV_DIR)
 REF_SCRIPT = ROOT / "tests" / "mlpf_reference" / "run_reference.py"
-INSTALL = "bash launch/install_mlpf_reference.sh"
 CLIC_PARAMS = 3_250_450
 RTOL = 1e-5
 # LLVM -O0 for the test programs: the same XLA graph, half the CPU compile time

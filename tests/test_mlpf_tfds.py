@@ -22,7 +22,7 @@ from smilejax.models.mlpf import make_synthetic as mlpf_synthetic
 from smilejax import config
 from smilejax.config import ConfigError
 from tests.conftest import ROOT
-from tests.test_mlpf_parity import INSTALL, REF_ENV
+from tests.helpers_mlpf import INSTALL, REF_ENV
 
 NAME = "clic_edm_qq_pf"
 
