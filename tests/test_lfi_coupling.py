@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 from smilejax.models.lfi import coupling, flows
 
-from tests.test_lfi_flows import make_flow
+from tests.helpers_lfi import make_flow
+
+pytestmark = pytest.mark.unit  # make test-fast runs it: one device, seconds
 
 
 @pytest.mark.parametrize("parity", [0, 1])
