@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from smilejax.models.lfi import bench_options, bench_study, sbi_peer, tasks
+from smilejax.models.lfi import bench_draws, bench_options, bench_study, sbi_peer, tasks
 
 from smilejax.bench import _target
 from tests.conftest import ROOT, run_cli
@@ -208,8 +208,9 @@ def test_config_for_trains_a_task_with_its_own_config_on_both_sides(tmp_path, mo
 
     monkeypatch.setattr(sbi_peer, "run", fake_run)
     monkeypatch.setattr(sbi_peer, "python", lambda explicit: "python")
-    monkeypatch.setattr(bench_study, "score", lambda task, draws, observations: [0.5] * len(observations))
+    monkeypatch.setattr(bench_draws, "score", lambda task, draws, observation: 0.5)
     run_args = argparse.Namespace(torch_python=None, posterior_samples=10, batch=None, torch_threads=1)
+    run_args.out = tmp_path / "out"
     run_args.sbi_max_epochs, run_args.patience = 0, 20
     names = ("two_moons-10", "gaussian_linear-10", "two_moons-20")
     jobs = [sbi_peer.Job(k, 0, None, None, None) for k in names]
@@ -240,3 +241,42 @@ def test_early_stopped_runs_keep_the_peak_learning_rate():
     # the spline covers +-3 of the standardised theta, as sbi's tail bound; past it, linear tails
     assert cfg.model.flow.bound == 3.0
     assert cfg.model.embedding.kind == "none"  # the flow sees the standardised x, as sbi's does
+
+
+@pytest.mark.unit
+def test_a_run_stopped_while_scoring_is_finished_from_its_saved_draws(tmp_path, monkeypatch):
+    """Draws are saved before the C2ST and each score as it ends; --rescore OUT scores only what is
+    missing (here observation 2, after a stop during it) and writes the tables, training nothing."""
+    task = tasks.get("two_moons")
+    draws = np.stack([task.reference_samples(i)[:40] for i in (1, 2)])
+    meta = {"task": "two_moons", "budget": 10, "impl": "smilejax", "variant": "a b", "seed": 0}
+    meta["train_s"] = 2.0
+    record = bench_draws.save(tmp_path, meta, draws, [1, 2])
+    assert record.name == "smilejax-a_b-two_moons-10-0.json"
+    scored = []
+
+    def stopped_at_the_second(task, draws, observation):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append(observation)
+        return 0.61
+
+    monkeypatch.setattr(bench_draws, "score", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench_draws.finish(record)
+    assert json.loads((tmp_path / "draws" / "smilejax-a_b-two_moons-10-0.o1.c2st").read_text()) == {
+        "c2st": 0.61
+    }  # the first score kept
+    (alone,) = bench_draws.rescored(tmp_path, "1")  # --observations 1: that one, already scored
+    assert alone["c2st_per_observation"] == [0.61] and alone["c2st"] == 0.61
+    monkeypatch.undo()
+    args = argparse.Namespace(rescore=str(tmp_path), out=str(tmp_path / "table"), batch=None, overrides=[])
+    assert bench_study.run(_target.load_config("npe-two-moons", []), args) == 0
+    (row,) = json.loads((tmp_path / "table" / "lfi-runs.json").read_text())["rows"]
+    # observation 1 kept its saved score; observation 2 scored now, by the benchmark's C2ST on the
+    # reference's own samples (near 0.5: their first 40 against the first 40)
+    assert row["c2st_per_observation"][0] == 0.61 and 0.3 <= row["c2st_per_observation"][1] <= 0.7
+    assert row["c2st"] == pytest.approx(np.mean(row["c2st_per_observation"])) and row["variant"] == "a b"
+    assert "| two_moons | 10 | smilejax (a b) |" in (tmp_path / "table" / "lfi.md").read_text()
+    with pytest.raises(SystemExit, match="no saved draws"):
+        bench_draws.rescored(tmp_path / "table")

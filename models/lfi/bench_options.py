@@ -24,6 +24,7 @@ DEFAULTS = {
     "add_runs": "",
     "label": "",
     "config_for": "",
+    "rescore": "",
     "torch_threads": 0,
     "sbi_max_epochs": 0,
 }
@@ -67,6 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TASK=CONFIG,...",
         help="train TASK with another config (packaged name or YAML, the same KEY=VALUE overrides "
         "applied), both sides; other tasks use MODEL's",
+    )
+    group.add_argument(
+        "--rescore",
+        default="",
+        metavar="DIR",
+        help="train nothing: score the posterior draws an earlier run saved in DIR/draws (its --out) "
+        "where it had not (a run stopped while scoring) and write the tables; with --observations, "
+        "those only (several at once: one observation each)",
     )
     group.add_argument("--torch-threads", type=int, default=0, help="sbi's torch threads (0: its default)")
     group.add_argument(

@@ -18,6 +18,8 @@ task and budget. On that same set, in the same session, for each of ``--seeds`` 
 ``--add-runs`` joins an earlier run's per-seed rows into this table; ``--first-seed`` shifts the seeds;
 ``--label`` names this run's smilejax variant (its rows stay apart from other smilejax rows);
 ``--config-for TASK=CONFIG`` trains a task with another config, both sides (``bench_options``).
+Each run's draws are saved in ``OUT/draws`` before scoring and each score as it ends (``bench_draws``):
+``--rescore OUT`` finishes a run stopped while scoring, without training.
 
 Each then draws ``--posterior-samples`` samples at each of the task's reference observations
 (``--observations``), draws outside the prior's support rejected alike on both sides (as the benchmark's
@@ -44,7 +46,7 @@ import numpy as np
 from smilejax.bench import common
 from smilejax.config import Config
 
-from . import sbi_peer
+from . import bench_draws, sbi_peer
 from .bench_options import add_arguments as add_arguments  # the CLI asks the study module for it
 from .bench_options import check, numbers, task_configs
 from .bench_report import added_rows, per_observation, plot, summarise
@@ -193,18 +195,6 @@ def _optimizer(cfg: Config, patience: int):
     return dataclasses.replace(cfg.optimizer, schedule="constant", warmup=0.0)
 
 
-def score(task, draws: np.ndarray, observations: list[int]) -> list[float]:
-    """C2ST of each observation's draws [K, n, dim] against the reference samples."""
-    from .c2st import c2st
-
-    out = []
-    for k, i in enumerate(observations):
-        reference = task.reference_samples(i)
-        n = min(len(reference), draws.shape[1])
-        out.append(c2st(reference[:n], draws[k][:n]))
-    return out
-
-
 def keep_in_support(task, draws: np.ndarray, n: int) -> np.ndarray:
     """The first ``n`` draws of each observation inside the prior's support (draws outside it fill up
     the rest only when too few are inside)."""
@@ -215,18 +205,9 @@ def keep_in_support(task, draws: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(draws, order[..., None], axis=1)[:, :n]
 
 
-def _row(task, budget, impl, seed, scores, seconds, **more) -> dict:
-    return {
-        "task": task,
-        "budget": budget,
-        "impl": impl,
-        "seed": seed,
-        "c2st": float(np.mean(scores)),
-        "c2st_obs_std": float(np.std(scores)),
-        "c2st_per_observation": [float(s) for s in scores],
-        "train_s": seconds,
-        **more,
-    }
+def _meta(task: str, budget: int, impl: str, seed: int, seconds: float, **more) -> dict:
+    """A run's row before scoring (``bench_draws.row`` adds the C2ST)."""
+    return {"task": task, "budget": budget, "impl": impl, "seed": seed, "train_s": seconds, **more}
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -242,27 +223,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if missing:
         raise SystemExit(f"--tasks: {', '.join(missing)} have no reference posterior samples")
     obs = {n: parse_observations(args.observations, t.num_observations) for n, t in chosen.items()}
-    rows, problem, info = [], None, {}
-    with tempfile.TemporaryDirectory(prefix="smilejax-lfi-") as tmp_name:
-        tmp = Path(tmp_name)
-        sets: dict[tuple[str, int], Path] = {}
-        jobs = []
-        for name, task in chosen.items():
-            observed = np.stack([task.observation(i) for i in obs[name]])
-            for budget in budgets:
-                theta, x = simulate(task, budget)
-                sets[(name, budget)] = tmp / f"{name}-{budget}.npz"
-                np.savez(sets[(name, budget)], theta=theta, x=x)
-                jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in _seeds(args)]
-        if not args.no_sbi:  # first: the machine is sbi's alone
-            try:
-                info = sbi_rows(cfgs, args, jobs, chosen, obs, tmp, rows)
-            except RuntimeError as err:
-                problem = str(err)
-                log.error("%s", problem)
-        for (name, budget), path in sets.items() if not args.no_smilejax else ():
-            for seed in _seeds(args):
-                rows.append(smilejax_row(cfgs[name], args, chosen[name], budget, seed, path, tmp, obs[name]))
+    if args.rescore:  # an earlier run's saved draws, scored where they are not yet: nothing trains
+        rows, problem, info = bench_draws.rescored(args.rescore, args.observations), None, {}
+    else:
+        rows, problem, info = _trained_rows(cfgs, args, budgets, chosen, obs)
     rows += added_rows(args.add_runs)
     table = summarise(rows)
     extra = {
@@ -273,7 +237,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "lr": cfg.optimizer.lr,
         "epochs": args.epochs,
         "posterior_samples": args.posterior_samples,
-        "observations": obs,
+        "observations": f"as saved in {args.rescore}" if args.rescore else obs,
         "sbi": info,
         "summary": table,
     }
@@ -298,6 +262,32 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if problem else 0
 
 
+def _trained_rows(cfgs: dict, args, budgets: list[int], chosen: dict, obs: dict) -> tuple:
+    """Both sides' trainings on each task's fixed sets, scored: (rows, sbi's failure or None, sbi's info)."""
+    rows, problem, info = [], None, {}
+    with tempfile.TemporaryDirectory(prefix="smilejax-lfi-") as tmp_name:
+        tmp = Path(tmp_name)
+        sets: dict[tuple[str, int], Path] = {}
+        jobs = []
+        for name, task in chosen.items():
+            observed = np.stack([task.observation(i) for i in obs[name]])
+            for budget in budgets:
+                theta, x = simulate(task, budget)
+                sets[(name, budget)] = tmp / f"{name}-{budget}.npz"
+                np.savez(sets[(name, budget)], theta=theta, x=x)
+                jobs += [sbi_peer.Job(f"{name}-{budget}", s, theta, x, observed) for s in _seeds(args)]
+        if not args.no_sbi:  # first: the machine is sbi's alone
+            try:
+                info = sbi_rows(cfgs, args, jobs, chosen, obs, tmp, rows)
+            except RuntimeError as err:
+                problem = str(err)
+                log.error("%s", problem)
+        for (name, budget), path in sets.items() if not args.no_smilejax else ():
+            for seed in _seeds(args):
+                rows.append(smilejax_row(cfgs[name], args, chosen[name], budget, seed, path, tmp, obs[name]))
+    return rows, problem, info
+
+
 def sbi_rows(cfgs: dict, args, jobs: list, chosen: dict, obs: dict, tmp: Path, rows: list[dict]) -> dict:
     """sbi's trainings of every job, one subprocess per distinct flow (tasks' configs, ``--config-for``),
     scored; appends their rows, returns sbi's info."""
@@ -320,11 +310,9 @@ def _sbi_scored(result: sbi_peer.Result, args, jobs: list, chosen: dict, obs: di
         task, k = chosen[name], (job.key, job.seed)
         draws = keep_in_support(task, result.samples[k], args.posterior_samples)
         r = result.rows[k]
-        scores = score(task, draws, obs[name])
         note = f"sbi {result.info.get('sbi')} ({result.info.get('device')}), early stopping"
-        rows.append(
-            _row(name, int(budget), "sbi", job.seed, scores, r["train_s"], epochs=r["epochs"], note=note)
-        )
+        meta = _meta(name, int(budget), "sbi", job.seed, r["train_s"], epochs=r["epochs"], note=note)
+        rows.append(bench_draws.finish(bench_draws.save(args.out, meta, draws, obs[name])))
         log.info("sbi %s seed %d: C2ST %.3f", job.key, job.seed, rows[-1]["c2st"])
     return rows
 
@@ -341,11 +329,11 @@ def smilejax_row(
     draw, _ = sampler(model.model)
     observed = np.stack([task.observation(i) for i in observations])
     draws, _leak = posterior_draws(draw, task, observed, args.posterior_samples, jax.random.key(seed))
-    scores = score(task, draws, observations)
     note = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
     more = {"steps": steps, "epochs": round(epochs, 1), "note": note}
     if args.label:  # a variant apart (another flow, embedding): its own rows in the table
         more["variant"] = args.label
-    row = _row(task.name, budget, "smilejax", seed, scores, seconds, **more)
+    meta = _meta(task.name, budget, "smilejax", seed, seconds, **more)
+    row = bench_draws.finish(bench_draws.save(args.out, meta, np.asarray(draws), observations))
     log.info("smilejax %s-%d seed %d: C2ST %.3f, %.1f s", task.name, budget, seed, row["c2st"], seconds)
     return row
