@@ -16,7 +16,8 @@ import threading
 import psutil
 import pytest
 
-from smilejax.serve.parent_death import with_parent_death
+from smilejax.serve import server as server_module
+from smilejax.serve.parent_death import LAUNCH_FAILED, MARKER, with_parent_death
 from smilejax.serve.server import TritonServer
 from tests.conftest import ROOT, cli_env, free_port, sigint_ignored, smilejax_cmd, stand_in_triton, wait_for
 
@@ -180,9 +181,34 @@ def test_the_launcher_sets_the_death_signal_and_refuses_an_orphan(tmp_path):
     marker = tmp_path / "ran"
     launcher = with_parent_death(["/usr/bin/touch", str(marker)])
     orphan = subprocess.run([*launcher[:4], "1", *launcher[5:]], capture_output=True, text=True)
-    assert orphan.returncode == 1 and "exited before /usr/bin/touch started" in orphan.stderr
+    assert orphan.returncode == LAUNCH_FAILED and "exited before /usr/bin/touch started" in orphan.stderr
     assert not marker.exists()
     assert subprocess.run(launcher).returncode == 0 and marker.exists()
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_launcher_that_does_not_start_triton_names_its_reason_first(
+    fake_triton, tmp_path, monkeypatch, capfd, logged
+):
+    """The launcher refuses (its parent's pid is one that has exited, as when the parent dies before
+    prctl): the error starts with the launcher's reason, not with "Triton exited with code 1"."""
+    repo, binary, folder = fake_triton
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    real = server_module.with_parent_death
+    monkeypatch.setattr(server_module, "with_parent_death", lambda cmd: [*real(cmd)[:4], str(gone.pid), *cmd])
+    log_file = tmp_path / "triton.log" if logged else None
+    ports = dict(http_port=free_port(), grpc_port=free_port())
+    server = TritonServer(repo, **ports, binary=binary, log_file=log_file)
+    with pytest.raises(RuntimeError) as err, server:
+        pass
+    if logged:
+        reason = f"parent {gone.pid} exited before {binary} started; not starting it"
+    else:  # the launcher's line went to our stderr
+        reason = "the parent-death launcher failed; its reason went to stderr"
+        assert f"{MARKER}parent {gone.pid} exited before {binary} started" in capfd.readouterr().err
+    assert str(err.value).startswith(f"Triton was not started: {reason} (launcher exit code {LAUNCH_FAILED})")
+    assert server.process.returncode == LAUNCH_FAILED and _events(folder) == []  # the stand-in never ran
 
 
 def test_a_child_started_from_another_thread_is_not_tied_to_it():

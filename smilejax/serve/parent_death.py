@@ -11,6 +11,10 @@ applies only to a child started from the main thread (whose exit is the process'
 back unchanged from any other thread (e.g. the WAN bench starts Triton from a thread that entered a
 network namespace and then ends). Elsewhere than Linux there is no such call: ``cmd`` comes back
 unchanged and a killed parent leaves its child running.
+
+When the launcher cannot start ``cmd`` (the parent already gone, prctl or exec failing) it exits with
+``LAUNCH_FAILED`` after one stderr line starting with ``MARKER``; ``launch_error`` turns that into the
+reason, so the caller's error names it rather than reporting the command's own failure.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import threading
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LAUNCH_FAILED = 125  # the launcher's own exit code (as env/timeout/docker use 125-127); Triton exits 0 or 1
+MARKER = "parent-death launcher: "
 
 
 def supported() -> bool:
@@ -35,20 +41,37 @@ def with_parent_death(cmd: list[str]) -> list[str]:
     return [sys.executable, "-I", "-S", __file__, str(os.getpid()), *cmd]
 
 
+def launch_error(returncode: int | None, output: str | None) -> str | None:
+    """Why the launcher did not start its command, when ``returncode`` says it did not (else None):
+    the last ``MARKER`` line of ``output`` (the child's stderr, e.g. a log file), or where to look."""
+    if returncode != LAUNCH_FAILED:
+        return None
+    reasons = [line[len(MARKER) :] for line in (output or "").splitlines() if line.startswith(MARKER)]
+    if reasons:
+        return reasons[-1]
+    return "the parent-death launcher failed; its reason went to stderr"
+
+
+def _fail(reason: str) -> int:
+    print(MARKER + reason, file=sys.stderr, flush=True)
+    return LAUNCH_FAILED
+
+
 def _launch(parent: int, cmd: list[str]) -> int:
     import ctypes
     import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        print(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}", file=sys.stderr)
-        return 1
+        reason = os.strerror(ctypes.get_errno())
+        return _fail(f"prctl(PR_SET_PDEATHSIG) failed: {reason}; not starting {cmd[0]}")
     if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
-        print(f"parent {parent} exited before {cmd[0]} started; not starting it", file=sys.stderr)
-        return 1
-    os.execv(cmd[0], cmd)  # keeps the death signal (cleared only for set-uid/set-gid binaries)
-    return 1  # not reached
+        return _fail(f"parent {parent} exited before {cmd[0]} started; not starting it")
+    try:
+        os.execv(cmd[0], cmd)  # keeps the death signal (cleared only for set-uid/set-gid binaries)
+    except OSError as err:
+        return _fail(f"cannot run {cmd[0]}: {err.strerror}")
+    return LAUNCH_FAILED  # not reached
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from smilejax.serve.parent_death import with_parent_death
+from smilejax.serve.parent_death import launch_error, with_parent_death
 from smilejax.serve.repository import METADATA
 
 log = logging.getLogger(__name__)
@@ -309,17 +309,26 @@ class TritonServer:
             if self.process is None:
                 raise RuntimeError("the server is not started")
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Triton exited with code {self.process.returncode} before it was ready{self._tail()}"
-                )
+                code = self.process.returncode
+                # the launcher's reason first: otherwise it reads as Triton's own failure
+                reason = launch_error(code, self._log_text())
+                if reason is not None:
+                    raise RuntimeError(
+                        f"Triton was not started: {reason} (launcher exit code {code}){self._tail()}"
+                    )
+                raise RuntimeError(f"Triton exited with code {code} before it was ready{self._tail()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Triton was not ready after {timeout_s:.0f} s{self._tail()}")
             time.sleep(0.2)
 
-    def _tail(self, chars: int = 4000) -> str:
+    def _log_text(self) -> str | None:
         if self.log_file and self.log_file.exists():
-            return f"; its log ({self.log_file}) ends:\n" + self.log_file.read_text(errors="replace")[-chars:]
-        return ""
+            return self.log_file.read_text(errors="replace")
+        return None
+
+    def _tail(self, chars: int = 4000) -> str:
+        text = self._log_text()
+        return "" if text is None else f"; its log ({self.log_file}) ends:\n" + text[-chars:]
 
     def stop_seconds(self) -> float:
         """The longest ``stop`` waits before it sends SIGKILL."""
