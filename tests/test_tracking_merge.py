@@ -159,3 +159,76 @@ def test_the_screen_in_blocks_finds_the_same_pairs(monkeypatch):
     assert len(_groups(whole)) == 3
     monkeypatch.setattr(merge, "SCREEN_BLOCK", 2)
     np.testing.assert_array_equal(merge.merge(labels, xyz), whole)
+
+
+def test_a_joint_fit_of_lower_pt_than_its_pieces_keeps_their_tolerance():
+    # two 2 GeV particles of opposite charge, 20 mrad apart: A's two pixel hits, then B's next two
+    a, b = helix(2.0, 1, 0.4, 0.3)[:2], helix(2.0, -1, 0.42, 0.3)[2:4]
+    xyz, labels = np.r_[a, b], np.r_[0, 0, 1, 1]
+    cfg = merge.MergeConfig()
+    joint = merge.helix_fit(xyz)["pt"]
+    pieces = np.array([merge.helix_fit(a)["pt"], merge.helix_fit(b)["pt"]])
+    np.testing.assert_allclose(pieces, [2.0, 2.0], rtol=1e-6)
+    assert joint < 0.6  # the joint circle bends to reach both: its own scattering term is > 3x wider
+    assert merge.quality(cfg, xyz) <= 1.0  # within the tolerance at the joint fit's own pT
+    floor = merge.pair_pt(pieces, np.array([2, 2]))
+    assert floor == pytest.approx(2.0) and merge.quality(cfg, xyz, floor) > 1.5
+    assert _groups(merge.merge(labels, xyz, cfg)) == _groups(labels)
+    # one particle's pieces of the same sizes still join, at 2 GeV and at 0.5 GeV
+    for pt in (2.0, 0.5):
+        assert len(_groups(merge.merge(labels, helix(pt, 1, 0.4, 0.3)[:4], cfg))) == 1
+    # a one-hit piece has no pT of its own: the floor is the other piece's
+    assert merge.pair_pt(np.array([0.01, 3.0]), np.array([1, 5])) == pytest.approx(3.0)
+
+
+def test_relabelling_joins_pieces_under_the_innermost_label():
+    # three helices in 9 pieces with scattered, gapped labels, hits shuffled; hit 30 is on no track
+    rng = np.random.default_rng(5)
+    xyz = np.r_[helix(0.8, 1, 0.4, 0.3), helix(2.0, -1, 2.5, -0.4), helix(0.5, 1, -2.0, 1.0), [[0, 0, 0]]]
+    piece = [40, 40, 40, 7, 7, 7, 23, 23, 23, 23]  # helix 1: inner to outer
+    piece += [3, 3, 3, 91, 91, 91, 12, 12, 12, 12]  # helix 2
+    piece += [55, 55, 55, 8, 8, 8, 60, 60, 60, 60]  # helix 3
+    perm = rng.permutation(31)
+    labels = np.r_[piece, -1][perm]
+    merged = merge.merge(labels, xyz[perm])
+    # each helix's hits take its innermost piece's label; the hit on no track stays off
+    expected = np.r_[[40] * 10, [3] * 10, [55] * 10, -1][perm]
+    np.testing.assert_array_equal(merged, expected)
+    ids, members = merge.groups(labels)
+    assert ids.tolist() == [3, 7, 8, 12, 23, 40, 55, 60, 91]
+    assert all(np.all(np.diff(m) > 0) and np.all(labels[m] == t) for t, m in zip(ids, members, strict=True))
+    assert sum(m.size for m in members) == 30
+
+
+def test_track_pt_is_the_helix_fit_of_each_tracks_hits():
+    xyz = np.r_[helix(0.8, 1, 0.4, 0.3), helix(2.0, -1, 2.5, -0.4)[:4]]
+    labels = np.r_[np.full(10, 1), np.full(4, 0)]
+    np.testing.assert_allclose(merge.track_pt(labels, xyz), [2.0, 0.8], rtol=1e-6)
+    pt = merge.track_pt(np.r_[labels, -1, 2], np.r_[xyz, [[1, 1, 1], [9, 9, 9]]], min_hits=5)
+    assert np.isnan(pt[0]) and pt[1] == pytest.approx(0.8) and np.isnan(pt[2])  # fewer than 5 hits
+
+
+def test_event_tracks_fits_each_tracks_pt_from_the_hits():
+    from smilejax.models.tracking import evaluation
+
+    # a 0.5 GeV particle whose walk breaks in two 5-hit pieces, and a 3 GeV helix of 6 hits that holds
+    # 3 hits of particle 2 and 3 of particle 3 (a fake of high fitted pT)
+    xyz = np.r_[helix(0.5, 1, 0.4, 0.3), helix(3.0, -1, 2.0, -0.5)[:6]]
+    particle = np.array([1] * 10 + [2] * 3 + [3] * 3)
+    r, phi = np.hypot(xyz[:, 0], xyz[:, 1]), np.arctan2(xyz[:, 1], xyz[:, 0])
+    edges = np.array([(i, i + 1) for i in range(9)] + [(i, i + 1) for i in range(10, 15)])
+    scores = np.full(len(edges), 0.9)
+    scores[4] = 0.1  # particle 1's walk stops after 5 hits
+    event = {
+        "hits": np.stack([r / 1000, phi / np.pi, xyz[:, 2] / 1000], 1),
+        "hit_mask": np.ones(16, bool),
+        "edges": edges,
+        "edge_mask": np.ones(len(edges), bool),
+        "particle": particle,
+        "pt": np.array([0.0, 0.5, 3.0, 3.0])[particle],
+        "eta": np.zeros(16),
+        "weight": np.full(16, 1 / 16),
+    }
+    two = evaluation.event_tracks(event, scores, 0.5, "walk", 3)["acorn"]["two_way"]
+    assert (two["tracks"], two["matched_tracks"]) == (3, 0)  # two halves and the mixed track
+    assert (two["tracks_reco_pt"], two["matched_tracks_reco_pt"]) == (1, 0)  # only the 3 GeV fake

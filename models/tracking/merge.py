@@ -10,7 +10,8 @@ particle is a fake. ``merge`` joins pieces end to start when one helix fits both
   ``max_gap`` mm of it, and A's helix passes it within three times the tolerance (a cheap screen);
 * the pair is merged when the joint fit's largest residuals stay within the tolerance: in xy (distance
   from the circle) n_sigma * sqrt(sigma_xy^2 + (scatter / pT)^2), in (s, z) (distance from the line)
-  n_sigma * sqrt(sigma_z^2 + (scatter / pT)^2), pT from the joint circle's radius in the 2 T field.
+  n_sigma * sqrt(sigma_z^2 + (scatter / pT)^2), pT from the joint circle's radius in the 2 T field but
+  never below the pieces' own fitted pT (``pair_pt``), so a bad joint fit cannot widen its own tolerance.
   sigma_xy and sigma_z are the detector's coarsest hit resolutions (long strips: pitch / sqrt(12),
   35 um across, 3.1 mm along the strip); ``scatter`` (mm GeV) is the spread multiple scattering adds,
   which grows as 1 / pT;
@@ -103,9 +104,44 @@ def tolerance(cfg: MergeConfig, pt) -> tuple:
     )
 
 
-def quality(cfg: MergeConfig, p: np.ndarray) -> float:
-    """Largest residual / tolerance of one helix through ``p``: <= 1 passes."""
-    return _worst(cfg, p)[0]
+def quality(cfg: MergeConfig, p: np.ndarray, pt_floor: float = 0.0) -> float:
+    """Largest residual / tolerance of one helix through ``p``: <= 1 passes. The tolerance takes the
+    helix's pT or ``pt_floor``, the larger (``pair_pt``)."""
+    return _worst(cfg, p, pt_floor)[0]
+
+
+def pair_pt(pt: np.ndarray, size: np.ndarray) -> float:
+    """The pT floor of the tolerance of a joint fit of pieces of fitted ``pt`` and ``size`` hits: the
+    smallest pT of the pieces of two hits or more.
+
+    A joint fit of two particles' pieces bends to reach both and can come out at a lower pT than
+    either, which would widen its own tolerance (the scattering term grows as 1 / pT); the floor keeps
+    it at least as tight as the pieces' own fits. The smaller of the pieces' pT, not the larger: a
+    short piece's pT is poorly measured (scattering, a lever arm of a few layers), and the larger of
+    two estimates would tighten true joins by that piece's error. A one-hit piece has no pT of its own
+    (the circle through the beam line and one point is just the smallest that reaches it); the screen
+    pairs it only with a piece of three hits or more, so every pair has a piece that counts."""
+    ok = size >= 2
+    return float(pt[ok].min()) if ok.any() else 0.0
+
+
+def groups(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The track labels >= 0 (ascending) and each one's hit indices (ascending): one stable sort,
+    not one scan of the hits per track."""
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    ids, start = np.unique(labels[order], return_index=True)
+    return ids, (np.split(order, start[1:]) if order.size else [])
+
+
+def track_pt(labels: np.ndarray, xyz: np.ndarray, min_hits: int = 1) -> np.ndarray:
+    """Per track label 0..T-1: the pT (GeV) of the helix ``merge`` fits through its hits (the
+    reconstructed pT); NaN for tracks of fewer than ``min_hits`` hits (not fitted)."""
+    out = np.full(int(labels.max(initial=-1)) + 1, np.nan)
+    for t, hits in zip(*groups(labels), strict=True):
+        if hits.size >= min_hits:
+            out[t] = helix_fit(xyz[hits])["pt"]
+    return out
 
 
 def merge(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig | None = None) -> np.ndarray:
@@ -126,19 +162,19 @@ def merge(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig | None = None) -
     return labels
 
 
-def _worst(cfg: MergeConfig, p: np.ndarray) -> tuple[float, int]:
+def _worst(cfg: MergeConfig, p: np.ndarray, pt_floor: float = 0.0) -> tuple[float, int]:
     """Largest residual / tolerance of the helix through ``p`` and the point that has it."""
     f = helix_fit(p)
-    tol_xy, tol_z = tolerance(cfg, f["pt"])
+    tol_xy, tol_z = tolerance(cfg, max(f["pt"], pt_floor))
     q = np.maximum(np.abs(f["dxy"]) / tol_xy, np.abs(f["dz"]) / tol_z)
     return float(q.max()), int(np.argmax(q))
 
 
 def _clean(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig) -> None:
     """Pieces of 4 hits or more that no helix fits lose their worst hit, up to ``clean`` times."""
-    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-    for t in ids[counts >= 4]:
-        hits = np.flatnonzero(labels == t)
+    for hits in groups(labels)[1]:
+        if hits.size < 4:
+            continue
         for _ in range(cfg.clean):
             q, k = _worst(cfg, xyz[hits])
             if q <= 1.0 or hits.size <= 3:
@@ -155,14 +191,17 @@ def _round(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig) -> bool:
     if ids.size < 2:
         return False
     order = on[np.lexsort((r[on], labels[on]))]
-    members = {int(t): order[labels[order] == t] for t in ids}  # inner to outer
-    fits = [helix_fit(xyz[members[int(t)]]) for t in ids]
-    first = np.array([members[int(t)][0] for t in ids])
-    last = np.array([members[int(t)][-1] for t in ids])
+    sorted_labels = labels[order]
+    lo, hi = np.searchsorted(sorted_labels, ids, "left"), np.searchsorted(sorted_labels, ids, "right")
+    members = [order[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]  # inner to outer
+    fits = [helix_fit(xyz[m]) for m in members]
+    first, last = order[lo], order[hi - 1]
+    pt, size = np.array([f["pt"] for f in fits]), hi - lo
     cands = _screen(cfg, xyz, r, fits, first, last)
     scored = []
-    for ia, ib in cands:
-        q = quality(cfg, xyz[np.r_[members[int(ids[ia])], members[int(ids[ib])]]])
+    for ia, ib in cands.tolist():
+        pair = [ia, ib]
+        q = quality(cfg, xyz[np.r_[members[ia], members[ib]]], pair_pt(pt[pair], size[pair]))
         if q <= 1.0:  # best fit first; the gap term lets the nearer of two equal fits win
             scored.append((q + float(np.linalg.norm(xyz[last[ia]] - xyz[first[ib]])) / cfg.max_gap, ia, ib))
     used_end, used_start, merged = set(), set(), False
@@ -175,10 +214,9 @@ def _round(labels: np.ndarray, xyz: np.ndarray, cfg: MergeConfig) -> bool:
         a, b = _find(root, int(ids[ia])), _find(root, int(ids[ib]))
         root[b] = a
         merged = True
-    for t in ids:
-        top = _find(root, int(t))
-        if top != t:
-            labels[labels == t] = top
+    lut = np.arange(int(labels.max()) + 1)  # label -> its merged track's label, one gather for all hits
+    lut[ids] = [_find(root, t) for t in ids.tolist()]
+    labels[on] = lut[labels[on]]
     return merged
 
 
