@@ -111,6 +111,11 @@ def test_tiny_trains_and_evaluates(tiny_run, tmp_path):
     assert m["builder"] == "walk" and m["score_cut"] == 0.4 and m["n_events"] == 8
     assert 0 <= m["trackml_score"] <= 1 and 0 <= m["edges"]["purity"] <= 1
     assert {"all", "pt>1"} <= set(m["tracks"]) and "efficiency_vs_pt" in m["tracks"]["binned"]
+    # the fake rate of tracks of fitted pT > 1 GeV: a column beside acorn's, of no more tracks
+    for style in ("ATLAS", "two_way"):
+        a = m["acorn"][style]
+        assert 0 <= a["fake_rate_reco_pt>1"] <= 1 and a["tracks_reco_pt"] <= a["tracks"]
+    assert "fitted pT > 1:" in proc.stdout
     for name in ("track_efficiency.png", "fake_duplicate.png", "edge_scores.png", "tracking.npz"):
         assert (out / name).is_file(), name
     assert "TrackML score" in proc.stdout

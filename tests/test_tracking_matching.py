@@ -118,3 +118,22 @@ def test_eval_options_default_to_acorns_length_and_refuse_a_bridge_without_walk(
         family_options(EVALUATION, {"bridge": 0.1})  # the default builder is cc
     with pytest.raises(ValueError, match="--min-track-length"):
         family_options(EVALUATION, {"min_track_length": 0})
+
+
+def test_fake_rate_of_tracks_above_a_fitted_pt_is_a_column_beside_acorns():
+    # particle 1 (pT 0.5, 10 hits) split in halves, tracks 0 and 1, fitted 0.45 and 0.55 GeV;
+    # track 2: 3 hits of particle 2 and 3 of particle 3 (a fake), fitted 3 GeV; track 3: all 6 of particle 4
+    particle = np.array([1] * 10 + [2] * 3 + [3] * 3 + [4] * 6)
+    labels = np.array([0] * 5 + [1] * 5 + [2] * 6 + [3] * 6)
+    pt, eta = np.array([0.0, 0.5, 2.0, 2.0, 2.0]), np.zeros(5)
+    fitted = np.array([0.45, 0.55, 3.0, 2.0])
+    two = matching.event(labels, particle, pt, eta, style="two_way", track_pt=fitted)
+    # two_way: both halves are fakes (5/10); above 1 GeV only tracks 2 (fake) and 3 (matched) count
+    assert (two["tracks"], two["matched_tracks"]) == (4, 1)
+    assert (two["tracks_reco_pt"], two["matched_tracks_reco_pt"]) == (2, 1)
+    rates = matching.rates(two)
+    assert rates["fake_rate"] == pytest.approx(0.75) and rates["fake_rate_reco_pt>1"] == pytest.approx(0.5)
+    atlas = matching.rates(matching.event(labels, particle, pt, eta, track_pt=fitted))
+    assert atlas["fake_rate"] == pytest.approx(0.25) and atlas["fake_rate_reco_pt>1"] == pytest.approx(0.5)
+    # without fitted pT the column is absent, not zero
+    assert "fake_rate_reco_pt>1" not in matching.rates(matching.event(labels, particle, pt, eta))

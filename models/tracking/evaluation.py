@@ -2,7 +2,9 @@
 efficiency, fake and duplicate rates for pT > ``pt_cut`` and all pT, binned in pT and eta, and the
 TrackML score (definitions: ``tracks``), and the track efficiency, fake and duplicate rates with acorn's
 published definitions for its three matching styles (``matching``: ATLAS, one-way, two-way; tracks of at
-least ``--min-track-length`` hits, targets pT >= 1 GeV, >= 3 hits, |eta| <= 4).
+least ``--min-track-length`` hits, targets pT >= 1 GeV, >= 3 hits, |eta| <= 4), with an added column
+beside acorn's fake rate over all tracks: the fake rate of the tracks whose reconstructed pT (the
+helix ``merge`` fits through their hits) is above 1 GeV (``fake_rate_reco_pt>1``; ``matching``).
 
 Edge truth: consecutive hits of one particle (the batch's ``true_edges``; evaluation reads them);
 "target" edges and particles have pT above the model's ``pt_cut``. Options: ``--score-cut`` (default:
@@ -28,7 +30,7 @@ from smilejax.plotting import pyplot
 from smilejax.trained import TrainedModel
 
 from . import matching, tracks
-from .merge import MergeConfig, positions
+from .merge import MergeConfig, positions, track_pt
 from .merge import config as merge_config
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,16 @@ def event_tracks(
     merge: MergeConfig | None = None,
 ) -> dict:
     """One event's track building and matching: per-particle and per-track arrays, its score and
-    acorn's counts per matching style (``acorn``)."""
+    acorn's counts per matching style (``acorn``; with the hits' features, ``event["hits"]``, also
+    the counts of tracks by their fitted pT)."""
     n = int(event["hit_mask"].sum())
     m = int(event["edge_mask"].sum())
     edges = event["edges"][:m]
     particle = event["particle"][:n].astype(np.int64)
-    xyz = positions(event["hits"][:n]) if merge is not None else None
+    xyz = positions(event["hits"][:n]) if "hits" in event else None
     labels = tracks.build(builder, n, edges, scores[:m], cut, min_hits, bridge, merge, xyz)
+    # reconstructed pT of the tracks acorn counts (matchable), from merge's helix fit
+    reco_pt = None if xyz is None else track_pt(labels, xyz, min_track_length)
     mt = tracks.match(labels, particle)
     pt_of = np.zeros(mt["n_particle"].size)
     eta_of = np.zeros(mt["n_particle"].size)
@@ -95,7 +100,13 @@ def event_tracks(
         "score": tracks.trackml_score(labels, particle, event["weight"][:n]),
         "acorn": {
             style: matching.event(
-                labels, particle, pt_of, eta_of, style=style, min_track_length=min_track_length
+                labels,
+                particle,
+                pt_of,
+                eta_of,
+                style=style,
+                min_track_length=min_track_length,
+                track_pt=reco_pt,
             )
             for style in matching.STYLES
         },
@@ -150,7 +161,8 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     bridge, min_length = opts.model.get("bridge"), opts.model.get("min_track_length", 5)
     mode, n_sigma = opts.model.get("merge"), opts.model.get("merge_sigma", MergeConfig.n_sigma)
     merge = merge_config(mode, n_sigma)
-    acorn = {style: dict.fromkeys(matching.COUNTS, 0) for style in matching.STYLES}
+    summed = (*matching.COUNTS, *matching.RECO_PT_COUNTS)
+    acorn = {style: dict.fromkeys(summed, 0) for style in matching.STYLES}
     src = predict.source(trained, opts.split)
     n_max = predict.available(src, trained.cfg.data.batch_size)
     if n_max == 0:
@@ -181,7 +193,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
             res = event_tracks(ev, out["edge_scores"][row], cut, builder, min_hits, bridge, min_length, merge)
             scores_list.append(res.pop("score"))
             for style, counts in res.pop("acorn").items():
-                for k in matching.COUNTS:
+                for k in summed:
                     acorn[style][k] += counts[k]
             gathered.add(**res)
     g = gathered.join()
@@ -273,9 +285,11 @@ def summary(metrics: dict) -> str:
             f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks)"
         )
     for style, t in metrics.get("acorn", {}).items():
+        reco = [k for k in t if k.startswith("fake_rate_reco_pt>")]
         rows.append(
             f"acorn {style:>7}: efficiency {t['track_efficiency']:.3f}  fake {t['fake_rate']:.4f}  "
-            f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks of "
+            + "".join(f"(fitted pT > {k[18:]}: {t[k]:.4f} of {t['tracks_reco_pt']})  " for k in reco)
+            + f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks of "
             f">= {metrics['min_track_length']} hits)"
         )
     return "\n".join(rows)
