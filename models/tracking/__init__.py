@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from ..spec import Bench, Evaluation, ModelSpec, Option
 from . import embedding, features, gnn, synthetic
+from . import filter as edge_filter
 from .embedding import Embedding, EmbeddingConfig, radius_graph
+from .filter import Filter, FilterConfig
 from .gnn import IGN, IGNConfig, interaction_step
 
 __all__ = [
     "EMBEDDING_SPEC",
+    "FILTER_SPEC",
     "IGN",
     "SPEC",
     "Embedding",
     "EmbeddingConfig",
+    "Filter",
+    "FilterConfig",
     "IGNConfig",
     "interaction_step",
     "radius_graph",
@@ -132,4 +137,48 @@ EMBEDDING_SPEC = ModelSpec(
     input_spec=embedding.input_spec,
     evaluation=EMBEDDING_EVALUATION,
     synthetic_labels=synthetic.embedding_labels,
+)
+
+
+def _evaluate_filter(trained, opts) -> dict:
+    from . import filter_eval
+
+    return filter_eval.evaluate(trained, opts)
+
+
+def _summary_filter(metrics: dict) -> str:
+    from . import filter_eval
+
+    return filter_eval.summary(metrics)
+
+
+def _cuts(text: str) -> tuple[float, ...]:
+    try:
+        cuts = tuple(float(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise ValueError(f"--cuts takes comma-separated scores, not {text!r}") from None
+    if not cuts or not all(0 <= c < 1 for c in cuts):
+        raise ValueError(f"--cuts must be scores in [0, 1), not {text!r}")
+    return cuts
+
+
+FILTER_EVALUATION = Evaluation(
+    evaluate=_evaluate_filter,
+    summary=_summary_filter,
+    options=(
+        Option("--cuts", _cuts, None, "comma-separated score cuts (default: 0.01-0.9 and model.edge_cut)"),
+    ),
+    about="the filter's scores on the candidate edges of its graph stage, per score cut: edge efficiency "
+    "(true edges kept, all and pT > model.pt_cut), purity of the kept edges, kept fraction and edges per "
+    "event.",
+)
+
+FILTER_SPEC = ModelSpec(
+    name="tracking_filter",
+    config=FilterConfig,
+    build=edge_filter.build,
+    loss=edge_filter.loss,
+    input_spec=edge_filter.input_spec,
+    evaluation=FILTER_EVALUATION,
+    synthetic_labels=synthetic.ign_labels,  # the same candidate edges and truth as the GNN's
 )

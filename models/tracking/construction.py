@@ -7,8 +7,13 @@ The embedding and the radius search run on the device (``embedding.radius_graph`
 neighbour lists, queries in chunks); events are padded to a multiple of 1024 hits so a few shapes
 compile. Edges come back inner -> outer (by the hit's radius), each pair once.
 
+``data.graph: smilejax.models.tracking.construction:filtered_graph`` applies a trained edge filter
+(``tracking-filter``, the run named by ``$SMILEJAX_TRACKING_FILTER``) to the candidate edges of the graph
+stage that run trained on (its own ``data.graph`` and module-map settings) and keeps the edges scoring
+above ``$SMILEJAX_TRACKING_FILTER_CUT`` (default: the run's ``edge_cut``).
+
 Note: the trackml format caches candidate edges per graph stage by ``data.graph`` and the module-map
-settings, not by the run: use a fresh ``data.cache_dir`` when the run or the radius changes.
+settings, not by the run: use a fresh ``data.cache_dir`` when the run, the radius or the cut changes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from . import embedding
 
 PAD = 1024
+EDGE_PAD = 8192  # the filter's edges are padded to a multiple of this (a few compiled shapes)
+FILTER_FAMILY = "tracking_filter"
 
 
 class EmbeddingGraph:
@@ -80,6 +87,94 @@ def embedding_graph(tables: dict, data_cfg) -> np.ndarray:
     return _from_environment()(tables, data_cfg)
 
 
+class FilteredGraph:
+    """``fn(tables, data_cfg) -> [E, 2]``: the candidate edges of the graph stage ``run_dir`` (a trained
+    ``tracking_filter`` run) trained on, those its filter scores above ``cut`` (default the run's
+    ``edge_cut``)."""
+
+    def __init__(self, run_dir: str | Path, cut: float | None = None):
+        from smilejax.inputs.trackml.source import graph_builder
+
+        from smilejax import config, registry, trained
+
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{run_dir} is not a smilejax run directory (no config.yaml): filtered_graph needs a run of "
+                "smilejax train tracking-filter"
+            )
+        family = registry.model(config.load(path).model.name).name  # before the (slower) model load
+        if family != FILTER_FAMILY:
+            raise ValueError(
+                f"{run_dir} is a run of {family}, not of {FILTER_FAMILY} (smilejax train tracking-filter): "
+                "filtered_graph needs a trained edge filter"
+            )
+        self.trained = trained.load(run_dir)
+        self.cut = self.trained.cfg.model.edge_cut if cut is None else cut
+        if not 0 <= self.cut < 1:
+            raise ValueError(f"the filter's cut must be in [0, 1), not {self.cut}")
+        self.data = self.trained.cfg.data
+        if self.data.graph.endswith(":filtered_graph"):
+            raise ValueError(f"{run_dir} trained on filtered graphs itself: its candidates would recurse")
+        self.candidates = graph_builder(self.data)
+        model = self.trained.model
+
+        @jax.jit
+        def scores(hits, edges, edge_mask):
+            n = hits.shape[0]
+            hit_mask = np.ones(n, bool)
+            return model(hits[None], hit_mask[None], edges[None], edge_mask[None])["edge_scores"][0]
+
+        self._scores = scores
+
+    def scores(self, features: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """[E] filter scores of one event's candidate ``edges`` ([E, 2] rows of ``features``)."""
+        n, m = len(features), len(edges)
+        hits = np.zeros((max(PAD, -(-n // PAD) * PAD), features.shape[1]), np.float32)
+        hits[:n] = features
+        padded = np.zeros((max(EDGE_PAD, -(-m // EDGE_PAD) * EDGE_PAD), 2), np.int32)
+        padded[:m] = edges
+        return np.asarray(jax.device_get(self._scores(hits, padded, np.arange(len(padded)) < m)))[:m]
+
+    def keep(self, features: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """The ``edges`` whose score is above the cut, in their order."""
+        return edges[self.scores(features, edges) > self.cut].astype(np.int32)
+
+    def __call__(self, tables: dict, data_cfg) -> np.ndarray:
+        from smilejax.inputs.trackml.features import hit_features
+
+        cells = None
+        if self.data.cell_features:  # the features the filter trained on, whatever the GNN reads
+            if "cells" not in tables:
+                raise ValueError(
+                    "the edge filter reads cell features (its run has data.cell_features: true): set "
+                    "data.cell_features: true here too"
+                )
+            cells = tables["cells"]
+        return self.keep(hit_features(tables["hits"], cells), self.candidates(tables))
+
+
+@functools.cache
+def _filter_from_environment() -> FilteredGraph:
+    run = os.environ.get("SMILEJAX_TRACKING_FILTER")
+    if not run:
+        raise ValueError(
+            "data.graph=...construction:filtered_graph needs SMILEJAX_TRACKING_FILTER=RUN_DIR (a run of "
+            "smilejax train tracking-filter)"
+        )
+    text = os.environ.get("SMILEJAX_TRACKING_FILTER_CUT")
+    try:
+        cut = float(text) if text else None
+    except ValueError:
+        raise ValueError(f"SMILEJAX_TRACKING_FILTER_CUT must be a score in [0, 1), not {text!r}") from None
+    return FilteredGraph(run, cut)
+
+
+def filtered_graph(tables: dict, data_cfg) -> np.ndarray:
+    """The trackml format's graph hook of a trained edge filter (see the module doc)."""
+    return _filter_from_environment()(tables, data_cfg)
+
+
 def edge_metrics(edges: np.ndarray, true_pairs: np.ndarray, n_hits: int) -> dict[str, float]:
     """Efficiency (true consecutive pairs found) and purity (found pairs that are true) of a graph."""
     key = lambda e: np.minimum(e[:, 0], e[:, 1]) * n_hits + np.maximum(e[:, 0], e[:, 1])  # noqa: E731
@@ -92,4 +187,4 @@ def edge_metrics(edges: np.ndarray, true_pairs: np.ndarray, n_hits: int) -> dict
     }
 
 
-__all__ = ["EmbeddingGraph", "edge_metrics", "embedding_graph"]
+__all__ = ["EmbeddingGraph", "FilteredGraph", "edge_metrics", "embedding_graph", "filtered_graph"]

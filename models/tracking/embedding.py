@@ -10,7 +10,7 @@ within the radius and other pairs beyond the margin. Pairs per event: the true c
 Graph construction: ``radius_graph`` finds, on the device, the ``k`` nearest hits of every hit within
 radius ``r`` in the embedding (fixed-size neighbour lists, queries in chunks so memory is
 ``chunk x N``), and ``edges_from_neighbours`` turns them into a padded inner -> outer edge list for the
-edge classifier. ``FilterMLP`` is acorn's optional edge filter (an MLP on the two hits' features).
+edge classifier. acorn's optional edge filter, a trained stage after either graph, is ``filter``.
 """
 
 from __future__ import annotations
@@ -57,18 +57,6 @@ class Embedding(nnx.Module):
     def __call__(self, hits: jax.Array, hit_mask: jax.Array) -> dict[str, jax.Array]:
         emb = self.mlp(jnp.where(hit_mask[..., None], hits, 0.0).astype(self.dtype)).astype(F32)
         return {"embedding": jnp.where(hit_mask[..., None], emb, 0.0)}
-
-
-class FilterMLP(nnx.Module):
-    """acorn's edge filter: an MLP on the features of an edge's two hits -> one logit per edge."""
-
-    def __init__(self, n_features: int, hidden: int = 256, layers: int = 3, *, rngs: nnx.Rngs, dtype=F32):
-        widths = [2 * n_features] + [hidden] * layers + [1]
-        self.mlp = AcornMLP(widths, layernorm=True, activation="silu", final=False, rngs=rngs, dtype=dtype)
-
-    def __call__(self, hits: jax.Array, edges: jax.Array) -> jax.Array:
-        """hits [N, F], edges [E, 2] -> logits [E]."""
-        return self.mlp(jnp.concatenate([hits[edges[:, 0]], hits[edges[:, 1]]], -1))[:, 0].astype(F32)
 
 
 def radius_graph(
