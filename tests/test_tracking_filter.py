@@ -146,7 +146,7 @@ def test_cut_metrics_on_a_hand_made_event():
 def test_eval_writes_and_prints_the_cuts(filter_run, tmp_path, capsys):
     from smilejax import evaluation
 
-    opts = evaluation.EvalOptions(out=tmp_path / "eval", split="train", model={"cuts": (0.2, 0.7)})
+    opts = evaluation.EvalOptions(out=tmp_path / "eval", split="train", model={"cuts": "0.2,0.7"})
     _, path = evaluation.run(filter_run, opts)
     written = json.loads(path.read_text())
     assert [r["cut"] for r in written["cuts"]] == [0.2, 0.5, 0.7]  # the run's edge_cut joins the list
@@ -172,3 +172,12 @@ def test_config_sizes_and_errors():
         FilterConfig(pos_weight=0)
     with pytest.raises(ValueError, match=r"edge_cut must be in \[0, 1\)"):
         FilterConfig(edge_cut=1.0)
+    from smilejax.models.tracking import FILTER_SPEC
+
+    from smilejax.evaluation import family_options
+
+    assert family_options(FILTER_SPEC.evaluation, {"cuts": "0.1, 0.3"})["cuts"] == "0.1, 0.3"
+    bad_cuts = (("0.1,x", "comma-separated scores"), ("0.5,1", r"scores in \[0, 1\)"), (",", "scores in"))
+    for bad, match in bad_cuts:
+        with pytest.raises(ValueError, match=match):
+            family_options(FILTER_SPEC.evaluation, {"cuts": bad})

@@ -152,22 +152,18 @@ def _summary_filter(metrics: dict) -> str:
     return filter_eval.summary(metrics)
 
 
-def _cuts(text: str) -> tuple[float, ...]:
-    try:
-        cuts = tuple(float(c) for c in text.split(",") if c.strip())
-    except ValueError:
-        raise ValueError(f"--cuts takes comma-separated scores, not {text!r}") from None
-    if not cuts or not all(0 <= c < 1 for c in cuts):
-        raise ValueError(f"--cuts must be scores in [0, 1), not {text!r}")
-    return cuts
+def _check_filter(values) -> None:
+    if values["cuts"] is not None:
+        edge_filter.parse_cuts(values["cuts"])
 
 
 FILTER_EVALUATION = Evaluation(
     evaluate=_evaluate_filter,
     summary=_summary_filter,
     options=(
-        Option("--cuts", _cuts, None, "comma-separated score cuts (default: 0.01-0.9 and model.edge_cut)"),
+        Option("--cuts", str, None, "comma-separated score cuts (default: 0.01-0.9 and model.edge_cut)"),
     ),
+    check=_check_filter,
     about="the filter's scores on the candidate edges of its graph stage, per score cut: edge efficiency "
     "(true edges kept, all and pT > model.pt_cut), purity of the kept edges, kept fraction and edges per "
     "event.",

@@ -96,6 +96,17 @@ def loss(model: Filter, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     }
 
 
+def parse_cuts(text: str) -> tuple[float, ...]:
+    """``smilejax eval``'s ``--cuts``: comma-separated scores in [0, 1)."""
+    try:
+        cuts = tuple(float(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise ValueError(f"--cuts takes comma-separated scores, not {text!r}") from None
+    if not cuts or not all(0 <= c < 1 for c in cuts):
+        raise ValueError(f"--cuts must be scores in [0, 1), not {text!r}")
+    return cuts
+
+
 def build(cfg: FilterConfig, *, rngs: nnx.Rngs, dtype=F32) -> Filter:
     return Filter(cfg, rngs=rngs, dtype=dtype)
 

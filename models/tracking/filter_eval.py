@@ -17,6 +17,7 @@ from smilejax.plotting import pyplot
 from smilejax.trained import TrainedModel
 
 from .evaluation import INPUTS, _eval_inputs, _forward, consecutive_truth
+from .filter import parse_cuts
 
 CUTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 TOTALS = ("candidates", "true", "target", "true_pairs", "target_pairs")
@@ -53,7 +54,8 @@ def rates(totals: dict[str, int], counts: np.ndarray, cuts: Sequence[float], n_e
 def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     trained = _eval_inputs(trained)
     cfg = trained.cfg.model
-    cuts = sorted({*(opts.model.get("cuts") or CUTS), cfg.edge_cut})
+    given = opts.model.get("cuts")
+    cuts = sorted({*(parse_cuts(given) if given else CUTS), cfg.edge_cut})
     src = predict.source(trained, opts.split)
     batch_size = trained.cfg.data.batch_size
     n = predict.available(src, batch_size)
