@@ -97,7 +97,8 @@ def test_needs_the_axis_in_a_mesh():
 
 def test_trains_through_the_framework_step():
     """The framework's train step (steps.build) on a mesh whose ``tensor`` axis partitions the graphs:
-    the losses of three steps equal one device's, through the config switch ``model.partition``. The
+    the losses of three steps equal one device's, through the config switch ``model.partition`` (also on an
+    axis of size 1, which takes the one-device path). The
     mesh is put in context by the caller here (the framework's steps do not do it yet)."""
     from smilejax.models.tracking import SPEC as spec
 
@@ -127,3 +128,6 @@ def test_trains_through_the_framework_step():
     sharded = losses(8, ["mesh.data=2", "mesh.tensor=4"], "tensor", "sharded")
     np.testing.assert_allclose(replicated, ref, rtol=2e-6)
     np.testing.assert_allclose(sharded, ref, rtol=2e-6)
+    # an axis of size 1 splits nothing: the one-device path (a psum over it failed to compile)
+    one_wide = losses(4, ["mesh.data=4", "mesh.tensor=1"], "tensor")
+    np.testing.assert_allclose(one_wide, ref, rtol=2e-6)

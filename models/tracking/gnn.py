@@ -231,6 +231,10 @@ class IGN(nnx.Module):
             from . import partitioned
 
             return partitioned.call(self, hits, hit_mask, edges, edge_mask)
+        return self.unpartitioned(hits, hit_mask, edges, edge_mask)
+
+    def unpartitioned(self, hits, hit_mask, edges, edge_mask) -> dict[str, jax.Array]:
+        """Every graph's edges on one device (under ``jit``'s sharding of the batch axis)."""
         hits = jnp.where(hit_mask[..., None], hits, 0.0)
         logits = jax.vmap(lambda h, e, m: self.graph(h, e, m))(hits, edges, edge_mask)
         return {"edge_logits": logits, "edge_scores": jax.nn.sigmoid(logits)}

@@ -78,6 +78,8 @@ def forward(
     """
     mesh = mesh_for(axis, mesh)
     k = mesh.shape[axis]
+    if k == 1:  # nothing to split; XLA also rejects a psum over a size-1 manual axis here (RET_CHECK)
+        return model.unpartitioned(hits, hit_mask, edges, edge_mask)
     n_edges = edge_mask.shape[1]
     hits = jnp.where(hit_mask[..., None], hits, 0.0)
     edges, edge_mask = _pad(edges, 1, k), _pad(edge_mask, 1, k)
