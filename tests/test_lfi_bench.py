@@ -280,3 +280,16 @@ def test_a_run_stopped_while_scoring_is_finished_from_its_saved_draws(tmp_path, 
     assert "| two_moons | 10 | smilejax (a b) |" in (tmp_path / "table" / "lfi.md").read_text()
     with pytest.raises(SystemExit, match="no saved draws"):
         bench_draws.rescored(tmp_path / "table")
+
+
+@pytest.mark.unit
+def test_a_table_of_added_runs_alone_simulates_nothing(tmp_path, monkeypatch):
+    """--no-sbi --no-smilejax --add-runs: the join of earlier runs, without drawing the simulation sets."""
+    row = {"task": "two_moons", "budget": 10, "impl": "sbi", "seed": 0, "train_s": 3.0, "c2st": 0.6}
+    (tmp_path / "runs.json").write_text(json.dumps({"rows": [row]}))
+    monkeypatch.setattr(bench_study, "simulate", lambda task, budget: pytest.fail("simulated"))
+    args = argparse.Namespace(no_sbi=True, no_smilejax=True, add_runs=str(tmp_path / "runs.json"))
+    args.tasks, args.out, args.batch, args.overrides = "two_moons", str(tmp_path / "t"), None, []
+    assert bench_study.run(_target.load_config("npe-two-moons", []), args) == 0
+    (table,) = json.loads((tmp_path / "t" / "lfi.json").read_text())["rows"]
+    assert (table["impl"], table["c2st"], table["seeds"]) == ("sbi", 0.6, 1)

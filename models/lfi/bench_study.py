@@ -265,6 +265,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 def _trained_rows(cfgs: dict, args, budgets: list[int], chosen: dict, obs: dict) -> tuple:
     """Both sides' trainings on each task's fixed sets, scored: (rows, sbi's failure or None, sbi's info)."""
     rows, problem, info = [], None, {}
+    if args.no_sbi and args.no_smilejax:  # a table of --add-runs alone: nothing to simulate
+        return rows, problem, info
     with tempfile.TemporaryDirectory(prefix="smilejax-lfi-") as tmp_name:
         tmp = Path(tmp_name)
         sets: dict[tuple[str, int], Path] = {}
