@@ -181,3 +181,36 @@ def test_config_sizes_and_errors():
     for bad, match in bad_cuts:
         with pytest.raises(ValueError, match=match):
             family_options(FILTER_SPEC.evaluation, {"cuts": bad})
+
+
+@pytest.mark.unit
+def test_edge_cache_key_follows_the_run_and_cut(tmp_path, monkeypatch):
+    """The trackml edge cache's key holds what a learned graph reads from the environment: another cut,
+    another run, or a retrained run (a new checkpoint) names other cache files; the same settings the same."""
+    from smilejax.inputs.trackml.source import TrackmlConfig, TrackmlSource
+
+    def digest() -> str:
+        cfg = TrackmlConfig(graph="smilejax.models.tracking.construction:filtered_graph")
+        return TrackmlSource([], cfg)._graph_digest()
+
+    (tmp_path / "a" / "checkpoints" / "100").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(tmp_path / "a"))
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER_CUT", "0.2")
+    first = digest()
+    assert digest() == first
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER_CUT", "0.5")
+    other_cut = digest()
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(tmp_path / "b"))
+    other_run = digest()
+    assert len({first, other_cut, other_run}) == 3
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(tmp_path / "a"))
+    (tmp_path / "a" / "checkpoints" / "200").mkdir()
+    assert digest() not in (first, other_cut)
+    # the embedding hook too (its radius)
+    monkeypatch.setenv("SMILEJAX_TRACKING_EMBEDDING", str(tmp_path / "a"))
+    keys = []
+    for radius in ("0.1", "0.2"):
+        monkeypatch.setenv("SMILEJAX_TRACKING_RADIUS", radius)
+        keys.append(construction.embedding_graph.cache_key())
+    assert keys[0] != keys[1]

@@ -186,17 +186,20 @@ def graph_builder(cfg: TrackmlConfig) -> Callable[[dict], np.ndarray]:
     if cfg.graph == "module_map":
         mmap = module_map_for(cfg)
         return lambda tables: mmap.apply(tables["hits"], cfg.module_map_margin, cfg.module_map_triplets)
-    if cfg.graph in GRAPH_BUILDERS:
-        fn = GRAPH_BUILDERS[cfg.graph]
-    elif ":" in cfg.graph:
-        module, _, attr = cfg.graph.partition(":")
-        fn = getattr(importlib.import_module(module), attr)
-    else:
-        raise ValueError(
-            f"data.graph {cfg.graph!r}: use module_map, none, a name of {sorted(GRAPH_BUILDERS)} or "
-            "module:function"
-        )
+    fn = _hook(cfg.graph)
     return lambda tables: np.asarray(fn(tables, cfg), np.int32).reshape(-1, 2)
+
+
+def _hook(name: str) -> Callable:
+    """The graph builder ``data.graph`` names (one of GRAPH_BUILDERS or ``module:function``)."""
+    if name in GRAPH_BUILDERS:
+        return GRAPH_BUILDERS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise ValueError(
+        f"data.graph {name!r}: use module_map, none, a name of {sorted(GRAPH_BUILDERS)} or module:function"
+    )
 
 
 class TrackmlSource:
@@ -262,6 +265,11 @@ class TrackmlSource:
                 # so edges built with the old map must not be read back
                 stamps = [tcache.stamp(f, e, ("hits", "truth", "particles")) for f, e in train]
                 key.append([[str(f.resolve()), e] for f, e in train] + stamps)
+            if cfg.graph not in ("none", "module_map"):
+                # a learned graph names what it reads outside the config (its run, radius or cut, from the
+                # environment) by a ``cache_key()`` attribute, so changing them builds the edges again
+                hook_key = getattr(_hook(cfg.graph), "cache_key", None)
+                key.append(hook_key() if callable(hook_key) else None)
             self._digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
         return self._digest
 

@@ -12,8 +12,9 @@ compile. Edges come back inner -> outer (by the hit's radius), each pair once.
 stage that run trained on (its own ``data.graph`` and module-map settings) and keeps the edges scoring
 above ``$SMILEJAX_TRACKING_FILTER_CUT`` (default: the run's ``edge_cut``).
 
-Note: the trackml format caches candidate edges per graph stage by ``data.graph`` and the module-map
-settings, not by the run: use a fresh ``data.cache_dir`` when the run, the radius or the cut changes.
+The trackml format caches candidate edges per graph stage: its key holds ``data.graph``, the module-map
+settings and each hook's ``cache_key()`` (the run's path and checkpoints, the radius, knn or cut read from
+the environment), so a changed run or setting builds the edges again.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def _from_environment() -> EmbeddingGraph:
 def embedding_graph(tables: dict, data_cfg) -> np.ndarray:
     """The trackml format's graph hook (see the module doc)."""
     return _from_environment()(tables, data_cfg)
+
+
+def _environment_key(run_var: str, *setting_vars: str) -> list:
+    """What a learned graph reads from the environment, for the trackml edge cache's key: the run (its
+    resolved path and its checkpoints' names and times, so a retrained run counts as new) and settings."""
+    run = os.environ.get(run_var)
+    path = Path(run).expanduser().resolve() if run else None
+    steps = sorted((p.name, p.stat().st_mtime_ns) for p in path.glob("checkpoints/*")) if path else []
+    return [str(path), steps, *(os.environ.get(v) for v in setting_vars)]
+
+
+embedding_graph.cache_key = functools.partial(  # type: ignore[attr-defined]
+    _environment_key, "SMILEJAX_TRACKING_EMBEDDING", "SMILEJAX_TRACKING_RADIUS", "SMILEJAX_TRACKING_KNN"
+)
 
 
 class FilteredGraph:
@@ -173,6 +188,11 @@ def _filter_from_environment() -> FilteredGraph:
 def filtered_graph(tables: dict, data_cfg) -> np.ndarray:
     """The trackml format's graph hook of a trained edge filter (see the module doc)."""
     return _filter_from_environment()(tables, data_cfg)
+
+
+filtered_graph.cache_key = functools.partial(  # type: ignore[attr-defined]
+    _environment_key, "SMILEJAX_TRACKING_FILTER", "SMILEJAX_TRACKING_FILTER_CUT"
+)
 
 
 def edge_metrics(edges: np.ndarray, true_pairs: np.ndarray, n_hits: int) -> dict[str, float]:
