@@ -214,3 +214,24 @@ def test_edge_cache_key_follows_the_run_and_cut(tmp_path, monkeypatch):
         monkeypatch.setenv("SMILEJAX_TRACKING_RADIUS", radius)
         keys.append(construction.embedding_graph.cache_key())
     assert keys[0] != keys[1]
+
+
+@pytest.mark.unit
+def test_a_graph_stage_reads_the_features_of_its_own_run(monkeypatch):
+    """The embedding and the filter read hit features as their own run trained (its data.cell_features),
+    not as the GNN's config says: cells dropped when the run had none, a named error when it needs them."""
+    from types import SimpleNamespace
+
+    from smilejax.inputs.trackml import features
+
+    seen = []
+    monkeypatch.setattr(features, "hit_features", lambda hits, cells: seen.append(cells) or hits)
+    tables = {"hits": np.ones((3, 4)), "cells": "the cells"}
+    out = construction.run_features(tables, SimpleNamespace(cell_features=False), "edge filter")
+    assert out is tables["hits"] and seen == [None]
+    construction.run_features(tables, SimpleNamespace(cell_features=True), "edge filter")
+    assert seen == [None, "the cells"]
+    with pytest.raises(ValueError, match="the metric-learning embedding reads cell features"):
+        construction.run_features(
+            {"hits": tables["hits"]}, SimpleNamespace(cell_features=True), "metric-learning embedding"
+        )

@@ -64,10 +64,22 @@ class EmbeddingGraph:
         return edges[mask].astype(np.int32)
 
     def __call__(self, tables: dict, data_cfg) -> np.ndarray:
-        from smilejax.inputs.trackml.features import hit_features
+        return self.edges(run_features(tables, self.trained.cfg.data, "metric-learning embedding"))
 
-        cells = tables.get("cells") if data_cfg.cell_features else None
-        return self.edges(hit_features(tables["hits"], cells))
+
+def run_features(tables: dict, run_data, stage: str) -> np.ndarray:
+    """The hit features a trained graph stage read in training: its own run's ``data.cell_features``,
+    whatever the GNN's config says (``tables`` then needs the cells)."""
+    from smilejax.inputs.trackml.features import hit_features
+
+    if not run_data.cell_features:
+        return hit_features(tables["hits"], None)
+    if tables.get("cells") is None:
+        raise ValueError(
+            f"the {stage} reads cell features (its run has data.cell_features: true): set "
+            "data.cell_features: true here too"
+        )
+    return hit_features(tables["hits"], tables["cells"])
 
 
 @functools.cache
@@ -156,17 +168,7 @@ class FilteredGraph:
         return edges[self.scores(features, edges) > self.cut].astype(np.int32)
 
     def __call__(self, tables: dict, data_cfg) -> np.ndarray:
-        from smilejax.inputs.trackml.features import hit_features
-
-        cells = None
-        if self.data.cell_features:  # the features the filter trained on, whatever the GNN reads
-            if "cells" not in tables:
-                raise ValueError(
-                    "the edge filter reads cell features (its run has data.cell_features: true): set "
-                    "data.cell_features: true here too"
-                )
-            cells = tables["cells"]
-        return self.keep(hit_features(tables["hits"], cells), self.candidates(tables))
+        return self.keep(run_features(tables, self.data, "edge filter"), self.candidates(tables))
 
 
 @functools.cache
