@@ -264,9 +264,8 @@ def test_a_run_stopped_while_scoring_is_finished_from_its_saved_draws(tmp_path, 
     monkeypatch.setattr(bench_draws, "score", stopped_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         bench_draws.finish(record)
-    assert json.loads((tmp_path / "draws" / "smilejax-a_b-two_moons-10-0.o1.c2st").read_text()) == {
-        "c2st": 0.61
-    }  # the first score kept
+    kept = json.loads((tmp_path / "draws" / "smilejax-a_b-two_moons-10-0.o1.c2st").read_text())
+    assert kept["c2st"] == 0.61  # the first score kept
     (alone,) = bench_draws.rescored(tmp_path, "1")  # --observations 1: that one, already scored
     assert alone["c2st_per_observation"] == [0.61] and alone["c2st"] == 0.61
     monkeypatch.undo()
@@ -280,6 +279,26 @@ def test_a_run_stopped_while_scoring_is_finished_from_its_saved_draws(tmp_path, 
     assert "| two_moons | 10 | smilejax (a b) |" in (tmp_path / "table" / "lfi.md").read_text()
     with pytest.raises(SystemExit, match="no saved draws"):
         bench_draws.rescored(tmp_path / "table")
+
+
+@pytest.mark.unit
+def test_a_later_run_under_the_same_name_is_scored_afresh(tmp_path, monkeypatch):
+    """Scores are kept with the draws they scored: new draws saved under the same name (a rerun into the
+    same --out) are scored again, not given the earlier run's C2ST; draws that disagree with their record
+    are refused."""
+    task = tasks.get("two_moons")
+    meta = {"task": "two_moons", "budget": 10, "impl": "sbi", "seed": 0, "train_s": 1.0}
+    calls = []
+    monkeypatch.setattr(bench_draws, "score", lambda task, draws, i: calls.append(i) or 0.5 + len(calls) / 10)
+    first = bench_draws.save(tmp_path, meta, task.reference_samples(1)[None, :30], [1])
+    assert bench_draws.finish(first)["c2st"] == pytest.approx(0.6)
+    assert bench_draws.finish(first)["c2st"] == pytest.approx(0.6) and calls == [1]  # kept, not rescored
+    second = bench_draws.save(tmp_path, meta, task.reference_samples(1)[None, 30:60], [1])
+    assert second == first
+    assert bench_draws.finish(second)["c2st"] == pytest.approx(0.7) and calls == [1, 1]
+    np.save(second.with_suffix(".npy"), np.zeros((1, 30, 2), np.float32))  # half of an interrupted save
+    with pytest.raises(SystemExit, match="not the ones it records"):
+        bench_draws.finish(second)
 
 
 @pytest.mark.unit

@@ -11,6 +11,7 @@ once, one observation each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -41,9 +42,10 @@ def save(out: str | Path, meta: dict, draws: np.ndarray, observations: list[int]
     name = re.sub(r"[^A-Za-z0-9_.+=-]", "_", "-".join(p for p in parts if p))
     if len(draws) != len(observations):
         raise ValueError(f"{name}: {len(draws)} sets of draws for {len(observations)} observations")
-    np.save(folder / f"{name}.npy", np.asarray(draws, np.float32))
+    draws = np.asarray(draws, np.float32)
+    np.save(folder / f"{name}.npy", draws)
     record = folder / f"{name}.json"
-    _write(record, {"meta": meta, "observations": [int(i) for i in observations]})
+    _write(record, {"meta": meta, "observations": [int(i) for i in observations], "draws": _digest(draws)})
     return record
 
 
@@ -69,15 +71,19 @@ def finish(record: Path, only: str = "all") -> dict:
     chosen = [(k, i) for k, i in enumerate(saved) if i in wanted]
     if not chosen:
         raise SystemExit(f"{record}: none of --observations {only} saved (it has {saved})")
-    scores, draws = {}, None
+    draws = np.load(record.with_suffix(".npy"))
+    if _digest(draws) != state["draws"]:
+        raise SystemExit(f"{record}: its draws ({record.stem}.npy) are not the ones it records: rerun it")
+    scores = {}
     for k, i in chosen:
         path = record.parent / f"{record.stem}.o{i}.c2st"  # JSON, named apart from the records
-        if path.exists():
-            scores[i] = json.loads(path.read_text())["c2st"]
+        # a score is kept with the draws it scored: a later run saved under the same name scores afresh
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        if kept.get("draws") == state["draws"]:
+            scores[i] = kept["c2st"]
             continue
-        draws = np.load(record.with_suffix(".npy")) if draws is None else draws
         scores[i] = score(task, draws[k], i)
-        _write(path, {"c2st": scores[i]})
+        _write(path, {"c2st": scores[i], "draws": state["draws"]})
     return row(meta, [scores[i] for _, i in chosen])
 
 
@@ -88,6 +94,10 @@ def rescored(folder: str | Path, only: str = "all") -> list[dict]:
     if not records:
         raise SystemExit(f"--rescore {folder}: no saved draws in {Path(folder) / DIR}")
     return [finish(r, only) for r in records]
+
+
+def _digest(draws: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(draws, np.float32).tobytes()).hexdigest()[:16]
 
 
 def _write(path: Path, state: dict) -> None:
