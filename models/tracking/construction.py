@@ -33,6 +33,14 @@ EDGE_PAD = 8192  # the filter's edges are padded to a multiple of this (a few co
 FILTER_FAMILY = "tracking_filter"
 
 
+def padded(rows: np.ndarray, multiple: int, dtype) -> np.ndarray:
+    """``rows`` [n, ...] zero-padded to a multiple of ``multiple`` rows (at least one multiple), so a
+    few shapes compile across events."""
+    out = np.zeros((max(multiple, -(-len(rows) // multiple) * multiple), *rows.shape[1:]), dtype)
+    out[: len(rows)] = rows
+    return out
+
+
 class EmbeddingGraph:
     """``fn(tables, data_cfg) -> [E, 2]`` candidate edges from the trained embedding of ``run_dir``."""
 
@@ -56,11 +64,8 @@ class EmbeddingGraph:
 
     def edges(self, features: np.ndarray) -> np.ndarray:
         """[E, 2] edges of one event's hit features ([n, F] as the trackml format makes them)."""
-        n = len(features)
-        width = max(PAD, -(-n // PAD) * PAD)
-        hits = np.zeros((width, features.shape[1]), np.float32)
-        hits[:n] = features
-        edges, mask = jax.device_get(self._run(hits, np.arange(width) < n))
+        hits = padded(features, PAD, np.float32)
+        edges, mask = jax.device_get(self._run(hits, np.arange(len(hits)) < len(features)))
         return edges[mask].astype(np.int32)
 
     def __call__(self, tables: dict, data_cfg) -> np.ndarray:
@@ -156,12 +161,9 @@ class FilteredGraph:
 
     def scores(self, features: np.ndarray, edges: np.ndarray) -> np.ndarray:
         """[E] filter scores of one event's candidate ``edges`` ([E, 2] rows of ``features``)."""
-        n, m = len(features), len(edges)
-        hits = np.zeros((max(PAD, -(-n // PAD) * PAD), features.shape[1]), np.float32)
-        hits[:n] = features
-        padded = np.zeros((max(EDGE_PAD, -(-m // EDGE_PAD) * EDGE_PAD), 2), np.int32)
-        padded[:m] = edges
-        return np.asarray(jax.device_get(self._scores(hits, padded, np.arange(len(padded)) < m)))[:m]
+        m = len(edges)
+        hits, rows = padded(features, PAD, np.float32), padded(edges, EDGE_PAD, np.int32)
+        return np.asarray(jax.device_get(self._scores(hits, rows, np.arange(len(rows)) < m)))[:m]
 
     def keep(self, features: np.ndarray, edges: np.ndarray) -> np.ndarray:
         """The ``edges`` whose score is above the cut, in their order."""

@@ -41,11 +41,11 @@ PT_BINS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, np.inf])
 ETA_BINS = np.linspace(-4, 4, 17)
 
 
-def _forward(model, batch: dict) -> dict:
+def forward(model, batch: dict) -> dict:
     return {"edge_scores": model(*(batch[k] for k in INPUTS))["edge_scores"]}
 
 
-def _eval_inputs(trained: TrainedModel) -> TrainedModel:
+def eval_inputs(trained: TrainedModel) -> TrainedModel:
     data = trained.cfg.data.with_batch_size(min(trained.cfg.data.global_batch_sizes()))
     if hasattr(data, "fields"):
         data = dataclasses.replace(data, fields=list(dict.fromkeys([*data.fields, *FIELDS])))
@@ -153,7 +153,7 @@ def summarise(g: dict, pt_cut: float) -> dict:
 
 
 def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
-    trained = _eval_inputs(trained)
+    trained = eval_inputs(trained)
     cfg = trained.cfg.model
     cut = opts.model.get("score_cut")
     cut = cfg.edge_cut if cut is None else cut
@@ -175,7 +175,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     hist_true, hist_false = np.zeros(50), np.zeros(50)
     scores_list = []
     for batch, out in predict.batches(
-        trained, src, _forward, n, desc="eval tracking", unit="event", inputs=INPUTS
+        trained, src, forward, n, desc="eval tracking", unit="event", inputs=INPUTS
     ):
         for row in range(len(batch["hits"])):
             ev = {k: v[row] for k, v in batch.items()}

@@ -16,7 +16,7 @@ from smilejax.evaluation import EvalOptions, predict
 from smilejax.plotting import pyplot
 from smilejax.trained import TrainedModel
 
-from .evaluation import INPUTS, _eval_inputs, _forward, consecutive_truth
+from .evaluation import INPUTS, consecutive_truth, eval_inputs, forward
 from .filter import parse_cuts
 
 CUTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -52,7 +52,7 @@ def rates(totals: dict[str, int], counts: np.ndarray, cuts: Sequence[float], n_e
 
 
 def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
-    trained = _eval_inputs(trained)
+    trained = eval_inputs(trained)
     cfg = trained.cfg.model
     given = opts.model.get("cuts")
     cuts = sorted({*(parse_cuts(given) if given else CUTS), cfg.edge_cut})
@@ -65,7 +65,7 @@ def evaluate(trained: TrainedModel, opts: EvalOptions) -> dict:
     totals = dict.fromkeys(TOTALS, 0)
     counts = np.zeros((len(cuts), len(COUNTS)), np.int64)
     n_events = 0
-    stream = predict.batches(trained, src, _forward, n, desc="eval filter", unit="event", inputs=INPUTS)
+    stream = predict.batches(trained, src, forward, n, desc="eval filter", unit="event", inputs=INPUTS)
     for batch, out in stream:
         for row in range(len(batch["hits"])):
             m, n_hits = int(batch["edge_mask"][row].sum()), int(batch["hit_mask"][row].sum())
