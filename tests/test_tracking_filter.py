@@ -71,22 +71,20 @@ def test_hook_keeps_exactly_the_edges_above_the_cut(filter_run, monkeypatch):
     # through the trackml format: data.graph names the hook, the run and cut come from the environment
     monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(filter_run))
     monkeypatch.setenv("SMILEJAX_TRACKING_FILTER_CUT", repr(cut))
-    construction._filter_from_environment.cache_clear()
-    try:
-        data = config.load(filter_run / "config.yaml").data
-        data.graph = "smilejax.models.tracking.construction:filtered_graph"
-        data.cache_dir = str(filter_run.parent / "cache-filtered")
-        from smilejax.inputs import trackml
+    data = config.load(filter_run / "config.yaml").data
+    data.graph = "smilejax.models.tracking.construction:filtered_graph"
+    data.cache_dir = str(filter_run.parent / "cache-filtered")
+    from smilejax.inputs import trackml
 
-        hooked = trackml.source(data, "eval").edges_of(0)
-    finally:
-        construction._filter_from_environment.cache_clear()
+    hooked = trackml.source(data, "eval").edges_of(0)
     np.testing.assert_array_equal(hooked, kept)
+    # the hook follows the environment within a process (as the edge cache's key does)
+    monkeypatch.setenv("SMILEJAX_TRACKING_FILTER_CUT", "0.75")
+    assert construction._filter_from_environment().cut == 0.75
 
 
 def test_hook_errors_are_named(filter_run, tmp_path, monkeypatch):
     monkeypatch.delenv("SMILEJAX_TRACKING_FILTER", raising=False)
-    construction._filter_from_environment.cache_clear()
     with pytest.raises(ValueError, match="needs SMILEJAX_TRACKING_FILTER=RUN_DIR"):
         construction.filtered_graph({}, None)
     monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(tmp_path / "nowhere"))
@@ -100,10 +98,8 @@ def test_hook_errors_are_named(filter_run, tmp_path, monkeypatch):
     monkeypatch.setenv("SMILEJAX_TRACKING_FILTER", str(filter_run))
     for bad, match in (("abc", "must be a score in"), ("1.5", r"cut must be in \[0, 1\), not 1.5")):
         monkeypatch.setenv("SMILEJAX_TRACKING_FILTER_CUT", bad)
-        construction._filter_from_environment.cache_clear()
         with pytest.raises(ValueError, match=match):
             construction.filtered_graph({}, None)
-    construction._filter_from_environment.cache_clear()
 
 
 @pytest.mark.unit

@@ -87,17 +87,26 @@ def run_features(tables: dict, run_data, stage: str) -> np.ndarray:
     return hit_features(tables["hits"], tables["cells"])
 
 
-@functools.cache
-def _from_environment() -> EmbeddingGraph:
-    run = os.environ.get("SMILEJAX_TRACKING_EMBEDDING")
+def _run_from_environment(var: str, hook: str, config: str) -> str:
+    """The run directory a graph hook reads from ``var``; a named error when it is not set."""
+    run = os.environ.get(var)
     if not run:
         raise ValueError(
-            "data.graph=...construction:embedding_graph needs SMILEJAX_TRACKING_EMBEDDING=RUN_DIR (a run of "
-            "smilejax train tracking-embedding)"
+            f"data.graph=...construction:{hook} needs {var}=RUN_DIR (a run of smilejax train {config})"
         )
+    return run
+
+
+# a hook's loaded model, kept per (run, settings) as read from the environment, so a changed variable
+# loads the other run, in step with the edge cache's key (``_environment_key``)
+_embedding = functools.cache(EmbeddingGraph)
+
+
+def _from_environment() -> EmbeddingGraph:
+    run = _run_from_environment("SMILEJAX_TRACKING_EMBEDDING", "embedding_graph", "tracking-embedding")
     radius = os.environ.get("SMILEJAX_TRACKING_RADIUS")
     knn = os.environ.get("SMILEJAX_TRACKING_KNN")
-    return EmbeddingGraph(run, float(radius) if radius else None, int(knn) if knn else None)
+    return _embedding(run, float(radius) if radius else None, int(knn) if knn else None)
 
 
 def embedding_graph(tables: dict, data_cfg) -> np.ndarray:
@@ -173,20 +182,17 @@ class FilteredGraph:
         return self.keep(run_features(tables, self.data, "edge filter"), self.candidates(tables))
 
 
-@functools.cache
+_filter = functools.cache(FilteredGraph)
+
+
 def _filter_from_environment() -> FilteredGraph:
-    run = os.environ.get("SMILEJAX_TRACKING_FILTER")
-    if not run:
-        raise ValueError(
-            "data.graph=...construction:filtered_graph needs SMILEJAX_TRACKING_FILTER=RUN_DIR (a run of "
-            "smilejax train tracking-filter)"
-        )
+    run = _run_from_environment("SMILEJAX_TRACKING_FILTER", "filtered_graph", "tracking-filter")
     text = os.environ.get("SMILEJAX_TRACKING_FILTER_CUT")
     try:
         cut = float(text) if text else None
     except ValueError:
         raise ValueError(f"SMILEJAX_TRACKING_FILTER_CUT must be a score in [0, 1), not {text!r}") from None
-    return FilteredGraph(run, cut)
+    return _filter(run, cut)
 
 
 def filtered_graph(tables: dict, data_cfg) -> np.ndarray:
