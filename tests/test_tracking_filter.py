@@ -210,6 +210,12 @@ def test_edge_cache_key_follows_the_run_and_cut(tmp_path, monkeypatch):
         monkeypatch.setenv("SMILEJAX_TRACKING_RADIUS", radius)
         keys.append(construction.embedding_graph.cache_key())
     assert keys[0] != keys[1]
+    # a filter trained on an embedding graph: that embedding's settings are in the filter's key too
+    stage = "data:\n  graph: smilejax.models.tracking.construction:embedding_graph\n"
+    (tmp_path / "a" / "config.yaml").write_text("base: tracking-filter-tiny\n" + stage)
+    before = digest()
+    monkeypatch.setenv("SMILEJAX_TRACKING_RADIUS", "0.3")
+    assert digest() != before
 
 
 @pytest.mark.unit

@@ -202,6 +202,14 @@ def _hook(name: str) -> Callable:
     )
 
 
+def hook_key(name: str) -> object:
+    """What the graph hook ``name`` reads outside the config (a learned graph's run, radius or cut, from the
+    environment), by its ``cache_key()`` attribute, for the edge cache's key: changing them builds the
+    edges again. None for a hook without one."""
+    key = getattr(_hook(name), "cache_key", None)
+    return key() if callable(key) else None
+
+
 class TrackmlSource:
     """Random access to events (``BatchSource``); ``read(indices, width=level)`` pads to that level."""
 
@@ -266,10 +274,7 @@ class TrackmlSource:
                 stamps = [tcache.stamp(f, e, ("hits", "truth", "particles")) for f, e in train]
                 key.append([[str(f.resolve()), e] for f, e in train] + stamps)
             if cfg.graph not in ("none", "module_map"):
-                # a learned graph names what it reads outside the config (its run, radius or cut, from the
-                # environment) by a ``cache_key()`` attribute, so changing them builds the edges again
-                hook_key = getattr(_hook(cfg.graph), "cache_key", None)
-                key.append(hook_key() if callable(hook_key) else None)
+                key.append(hook_key(cfg.graph))
             self._digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
         return self._digest
 

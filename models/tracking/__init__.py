@@ -91,15 +91,19 @@ EVALUATION = Evaluation(
     "one-way and two-way matching).",
 )
 
+# the inputs the GNN and the edge filter share: a graph of hits and candidate edges, the same synthetic
+# truth, and the hit axis exported as symbolic (events vary in hits)
+_GRAPH_IO = dict(
+    input_spec=gnn.input_spec, synthetic_labels=synthetic.ign_labels, element_axes={"hits": 1, "hit_mask": 1}
+)
+
 SPEC = ModelSpec(
     name="ign",
     config=IGNConfig,
     build=gnn.build,
     loss=gnn.loss,
-    input_spec=gnn.input_spec,
     evaluation=EVALUATION,
-    synthetic_labels=synthetic.ign_labels,
-    element_axes={"hits": 1, "hit_mask": 1},
+    **_GRAPH_IO,
     # bench train's PyTorch Geometric peer (.pyg-ref, make reference), on the same synthetic graphs
     bench=Bench(length_field="max_edges", torch_peer=features.PEER, torch_config=features.torch_config),
 )
@@ -174,7 +178,6 @@ FILTER_SPEC = ModelSpec(
     config=FilterConfig,
     build=edge_filter.build,
     loss=edge_filter.loss,
-    input_spec=edge_filter.input_spec,
     evaluation=FILTER_EVALUATION,
-    synthetic_labels=synthetic.ign_labels,  # the same candidate edges and truth as the GNN's
+    **_GRAPH_IO,
 )

@@ -27,10 +27,11 @@ import jax
 import numpy as np
 
 from . import embedding
+from .filter import FilterConfig
 
 PAD = 1024
 EDGE_PAD = 8192  # the filter's edges are padded to a multiple of this (a few compiled shapes)
-FILTER_FAMILY = "tracking_filter"
+FILTER_FAMILY = FilterConfig.name
 
 
 def padded(rows: np.ndarray, multiple: int, dtype) -> np.ndarray:
@@ -200,9 +201,23 @@ def filtered_graph(tables: dict, data_cfg) -> np.ndarray:
     return _filter_from_environment()(tables, data_cfg)
 
 
-filtered_graph.cache_key = functools.partial(  # type: ignore[attr-defined]
-    _environment_key, "SMILEJAX_TRACKING_FILTER", "SMILEJAX_TRACKING_FILTER_CUT"
-)
+def _filter_key() -> list:
+    """The filter's run and cut, and the key of the graph stage it filters (a filter trained on an
+    embedding graph also reads that embedding's run and radius from the environment)."""
+    from smilejax.inputs.trackml.source import hook_key
+
+    from smilejax import config
+
+    key = _environment_key("SMILEJAX_TRACKING_FILTER", "SMILEJAX_TRACKING_FILTER_CUT")
+    run = os.environ.get("SMILEJAX_TRACKING_FILTER")
+    path = Path(run).expanduser() / "config.yaml" if run else None
+    if path is not None and path.is_file():
+        stage = config.load(path).data.graph
+        key.append(hook_key(stage) if stage not in ("none", "module_map") else stage)
+    return key
+
+
+filtered_graph.cache_key = _filter_key  # type: ignore[attr-defined]
 
 
 def edge_metrics(edges: np.ndarray, true_pairs: np.ndarray, n_hits: int) -> dict[str, float]:

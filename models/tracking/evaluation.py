@@ -285,10 +285,11 @@ def summary(metrics: dict) -> str:
             f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks)"
         )
     for style, t in metrics.get("acorn", {}).items():
-        reco = [k for k in t if k.startswith("fake_rate_reco_pt>")]
+        fake = matching.RECO_PT_FAKE
+        cuts = [k.removeprefix(fake) for k in t if k.startswith(fake)]
         rows.append(
             f"acorn {style:>7}: efficiency {t['track_efficiency']:.3f}  fake {t['fake_rate']:.4f}  "
-            + "".join(f"(fitted pT > {k[18:]}: {t[k]:.4f} of {t['tracks_reco_pt']})  " for k in reco)
+            + "".join(f"(fitted pT > {c}: {t[fake + c]:.4f} of {t['tracks_reco_pt']})  " for c in cuts)
             + f"duplicate {t['duplicate_rate']:.3f}  ({t['particles']} particles, {t['tracks']} tracks of "
             f">= {metrics['min_track_length']} hits)"
         )

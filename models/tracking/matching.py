@@ -35,6 +35,7 @@ import numpy as np
 STYLES = ("ATLAS", "one_way", "two_way")
 COUNTS = ("particles", "reconstructed", "tracks", "matched_tracks", "duplicates")
 RECO_PT_COUNTS = ("tracks_reco_pt", "matched_tracks_reco_pt")  # with ``track_pt`` only
+RECO_PT_FAKE = "fake_rate_reco_pt>"  # + the pT cut: the fake rate of tracks fitted above it
 
 
 def pairs(labels: np.ndarray, particle: np.ndarray) -> dict[str, np.ndarray]:
@@ -140,5 +141,5 @@ def rates(counts: dict, pt_min: float = 1.0) -> dict:
     if all(k in counts for k in RECO_PT_COUNTS):
         out.update({k: int(counts[k]) for k in RECO_PT_COUNTS})
         reco = ratio(counts["matched_tracks_reco_pt"], counts["tracks_reco_pt"])
-        out[f"fake_rate_reco_pt>{pt_min:g}"] = 1.0 - reco
+        out[f"{RECO_PT_FAKE}{pt_min:g}"] = 1.0 - reco
     return out
