@@ -70,10 +70,9 @@ def assert_equal_outputs(got: dict, expected: dict) -> None:
 # ---------------------------------------------------------------- a Triton server
 
 
-@contextlib.contextmanager
-def triton_serving(run_dir, root, options):
-    """A Triton server on free local ports over a repository exported from ``run_dir``; it must stop
-    cleanly. Fails (never skips) when Triton or the serving packages are missing."""
+def require_triton():
+    """(smilejax.serve.repository, TritonServer) once the serving packages and the Triton binary are
+    there; fails (never skips) naming the install when they are missing."""
     try:
         from smilejax.serve import repository
         from smilejax.serve.server import TritonServer, find_binary
@@ -83,6 +82,14 @@ def triton_serving(run_dir, root, options):
         pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
     except FileNotFoundError as err:
         pytest.fail(f"{err} (CI: {TRITON_INSTALL})")
+    return repository, TritonServer
+
+
+@contextlib.contextmanager
+def triton_serving(run_dir, root, options):
+    """A Triton server on free local ports over a repository exported from ``run_dir``; it must stop
+    cleanly. Fails (never skips) when Triton or the serving packages are missing."""
+    repository, TritonServer = require_triton()
     repository.build(run_dir, root / "repo", options=options)
     server = TritonServer(
         root / "repo",

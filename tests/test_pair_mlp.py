@@ -14,7 +14,7 @@ from jax.sharding import AbstractDevice, AbstractMesh, AxisType, Mesh, NamedShar
 from jax.sharding import PartitionSpec as P
 from smilejax.models import gn2, kernel_mode, pair_mlp
 
-from tests.helpers_gn2 import SMALL, make_batch
+from tests.helpers_gn2 import SMALL, loss_and_grads, make_batch
 
 H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="cuda")  # for lowering
 
@@ -163,16 +163,8 @@ def test_gn2_fused_vertex_head_same_outputs_loss_and_gradients():
         logits(fused)["vertex_logits"], logits(xla)["vertex_logits"], rtol=1e-5, atol=1e-5
     )
 
-    def loss_and_grads(model):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def f(p):
-            return gn2.SPEC.loss(nnx.merge(graphdef, p, rest), batch)
-
-        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
-
-    (loss_ref, m_ref), g_ref = loss_and_grads(xla)
-    (loss_fused, m_fused), g_fused = loss_and_grads(fused)
+    (loss_ref, m_ref), g_ref = loss_and_grads(xla, batch)
+    (loss_fused, m_fused), g_fused = loss_and_grads(fused, batch)
     assert float(m_ref["loss_vertex"]) > 0
     np.testing.assert_allclose(float(loss_fused), float(loss_ref), rtol=1e-6)
     np.testing.assert_allclose(float(m_fused["loss_vertex"]), float(m_ref["loss_vertex"]), rtol=1e-6)

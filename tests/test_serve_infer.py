@@ -17,7 +17,7 @@ import pytest
 
 from smilejax import registry, trained
 from tests.conftest import free_port, run_cli
-from tests.helpers_serve import SERVE_HINT, assert_equal_outputs, model_outputs
+from tests.helpers_serve import assert_equal_outputs, model_outputs, require_triton
 
 MODEL = "gn2_onnx"  # onnxruntime in the Python backend: the wheel's server runs it
 ROWS = 300
@@ -26,15 +26,7 @@ ROWS = 300
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_gn2_run):
     """(server, repository, a small HDF5 file, the in-process outputs on its rows)."""
-    try:
-        from smilejax.serve import repository
-        from smilejax.serve.server import TritonServer, find_binary
-
-        find_binary()
-    except ImportError as err:
-        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
-    except FileNotFoundError as err:
-        pytest.fail(f"{err} (CI: bash launch/install_triton.sh)")
+    repository, TritonServer = require_triton()
     from smilejax.models.gn2 import make_synthetic
 
     root = tmp_path_factory.mktemp("infer")

@@ -17,7 +17,7 @@ import pytest
 
 from smilejax import trained
 from tests.conftest import ROOT, cli_env, free_port, run_cli, smilejax_cmd, stand_in_triton, wait_for
-from tests.helpers_serve import SERVE_HINT, assert_equal_outputs, model_outputs, pipeline_batch
+from tests.helpers_serve import assert_equal_outputs, model_outputs, pipeline_batch, require_triton
 
 KEY = "s3cret-key"
 MODEL = "gn2_onnx"  # onnxruntime in the Python backend: the wheel's server runs it
@@ -64,15 +64,7 @@ def pki(tmp_path_factory) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_gn2_run):
-    try:
-        from smilejax.serve import repository
-        from smilejax.serve.server import find_binary
-
-        find_binary()
-    except ImportError as err:
-        pytest.fail(f"serving tests need the serving packages ({err}): {SERVE_HINT}")
-    except FileNotFoundError as err:
-        pytest.fail(f"{err} (CI: bash launch/install_triton.sh)")
+    repository, _ = require_triton()
     root = tmp_path_factory.mktemp("serve_security")
     options = repository.TritonOptions(kind="cpu")
     repository.build(tiny_gn2_run, root / "repo", formats=("onnx",), options=options, raw=False)
