@@ -203,9 +203,8 @@ def _hook(name: str) -> Callable:
 
 
 def hook_key(name: str) -> object:
-    """What the graph hook ``name`` reads outside the config (a learned graph's run, radius or cut, from the
-    environment), by its ``cache_key()`` attribute, for the edge cache's key: changing them builds the
-    edges again. None for a hook without one."""
+    """For the edge cache's key: what hook ``name`` reads outside the config (a learned graph's run, radius
+    or cut, from the environment) by its ``cache_key()``; None for a hook without one."""
     key = getattr(_hook(name), "cache_key", None)
     return key() if callable(key) else None
 
